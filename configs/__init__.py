@@ -1,0 +1,1 @@
+"""ml_collections configs; tiny.py is the embedded default."""

@@ -1,0 +1,1 @@
+"""Eval binaries and benchmark loaders."""

@@ -1,0 +1,1 @@
+"""Code-execution service for model-written image code. Run: python -m executor --port 8700."""

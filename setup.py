@@ -1,0 +1,41 @@
+"""codevision-jax: train vision-language models that think with images through code, in JAX."""
+
+from setuptools import find_packages, setup
+
+# Pinned so that a fresh clone installs the exact stack the tests ran against.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "transformers==5.23.0",
+    "safetensors==0.8.0",
+    "numpy==2.4.6",
+    "pillow==13.0.0",
+    "opencv-python-headless==5.0.0.93",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "tensorboardX==2.6.5",
+    "psutil==7.2.2",
+]
+
+TEST_REQUIRES = [
+    "pytest==9.2.0",
+    "pytest-xdist==3.8.0",
+    "pytest-timeout==2.4.0",
+    # The reference implementation for parity tests only; the library never imports torch.
+    # Exactly this version: a CPU build is available locally, other versions pull CUDA wheels.
+    "torch==2.13.0",
+]
+
+setup(
+    name="codevision-jax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["codevision_jax*", "executor*", "launch*", "evals*", "configs*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)
