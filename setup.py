@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "grain==0.2.18",
+    "pyarrow==26.0.1",
     "transformers==5.23.0",
     "safetensors==0.8.0",
     "numpy==2.4.6",
