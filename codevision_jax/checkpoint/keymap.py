@@ -1,0 +1,90 @@
+"""The mapping between this project's parameters and HF checkpoint keys.
+
+Module names mirror transformers, so the mapping is mechanical: join the NNX path with dots; a
+linear `kernel` [in, out] is HF's `weight` [out, in] (transposed); everything else (norm and
+embedding `weight`, `bias`) is identical. A family adds only its exceptions: renamed indices
+(`merger.mlp.1` is HF's `merger.mlp.2`, the GELU between them has no weights) and the Conv3d
+patch embedding, whose weight [hidden, C, T, P, P] is our [C*T*P*P, hidden] kernel.
+
+Two key layouts exist for the same tensors:
+* transformers 5 (what `save_pretrained` writes): `model.visual.*`, `model.language_model.*`;
+* the official Qwen release: `visual.*`, `model.*` for the decoder.
+We read both and write the official one; transformers loads either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+from flax import nnx
+
+from codevision_jax.models.config import VLConfig
+
+# Our path -> HF path renames, per family (applied to the dotted path, in order).
+_RENAMES = {
+    "qwen2_5_vl": [(r"^model\.visual\.merger\.mlp\.1\.", "model.visual.merger.mlp.2.")],
+    "qwen3_vl": [],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamMapping:
+  """One parameter: our path (tuple, as in the NNX state) and its HF key and shape."""
+  path: tuple
+  hf_key: str  # transformers-5 layout
+  shape: tuple[int, ...]  # ours
+  hf_shape: tuple[int, ...]
+  kind: str  # "same", "transpose" or "conv"
+
+  def to_hf(self, x: np.ndarray) -> np.ndarray:
+    if self.kind == "same":
+      return x
+    return np.ascontiguousarray(x.T).reshape(self.hf_shape)
+
+  def from_hf(self, x: np.ndarray) -> np.ndarray:
+    if self.kind == "same":
+      return x
+    return np.ascontiguousarray(x.reshape(self.hf_shape[0], -1).T)
+
+
+def param_mappings(model_or_state, config: VLConfig) -> list[ParamMapping]:
+  """One mapping per parameter of `model_or_state` (a module, abstract or not, or its state)."""
+  state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state, nnx.Param)
+  out = []
+  for path, var in nnx.to_flat_state(state):
+    shape = tuple(var.get_value().shape)
+    dotted = ".".join(str(p) for p in path)
+    kind = "same"
+    hf_shape = shape
+    if path[-1] == "kernel":
+      dotted = dotted[: -len("kernel")] + "weight"
+      kind = "transpose"
+      hf_shape = shape[::-1]
+      if dotted.endswith("patch_embed.proj.weight"):
+        v = config.vision
+        kind = "conv"
+        hf_shape = (shape[1], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+    for pattern, repl in _RENAMES[config.model_type]:
+      dotted = re.sub(pattern, repl, dotted)
+    out.append(ParamMapping(tuple(path), dotted, shape, hf_shape, kind))
+  return out
+
+
+def to_transformers_layout(key: str) -> str:
+  """Any accepted checkpoint key -> the transformers-5 layout."""
+  if key.startswith("visual."):
+    return "model." + key
+  if key.startswith("model.") and not key.startswith(("model.visual.", "model.language_model.")):
+    return "model.language_model." + key[len("model."):]
+  return key
+
+
+def to_official_layout(key: str) -> str:
+  """transformers-5 key -> the official Qwen release layout."""
+  if key.startswith("model.visual."):
+    return key[len("model."):]
+  if key.startswith("model.language_model."):
+    return "model." + key[len("model.language_model."):]
+  return key

@@ -1,0 +1,110 @@
+"""The language decoder shared by Qwen2.5-VL (q/k/v biases) and Qwen3-VL (per-head q/k RMSNorm).
+
+Inputs are embeddings (the caller has already put image features in place of image tokens);
+positions are 3-D M-RoPE ids [3, B, T]. `kv_cache` is an optional dict per layer with static-shape
+key/value buffers, used by the sampler; training and scoring pass none.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from codevision_jax.models import attention, rotary
+from codevision_jax.models.config import TextConfig
+from codevision_jax.models.layers import Embed, GatedMLP, Linear, RMSNorm
+
+
+class TextAttention(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, param_dtype, backend: str = "xla"):
+    self.num_heads = cfg.num_attention_heads
+    self.num_kv_heads = cfg.num_key_value_heads
+    self.head_dim = cfg.resolved_head_dim
+    self.backend = backend
+    h, d = cfg.hidden_size, self.head_dim
+    kw = dict(rngs=rngs, param_dtype=param_dtype)
+    self.q_proj = Linear(h, self.num_heads * d, bias=cfg.attention_bias, axes=("embed", "heads"), **kw)
+    self.k_proj = Linear(h, self.num_kv_heads * d, bias=cfg.attention_bias, axes=("embed", "kv_heads"), **kw)
+    self.v_proj = Linear(h, self.num_kv_heads * d, bias=cfg.attention_bias, axes=("embed", "kv_heads"), **kw)
+    self.o_proj = Linear(self.num_heads * d, h, bias=False, axes=("heads", "embed"), **kw)
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+      self.k_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+    else:
+      self.q_norm = self.k_norm = None
+
+  def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
+    b, t, _ = x.shape
+    q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+    k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q = rotary.apply_rotary(q, cos[:, :, None], sin[:, :, None])
+    k = rotary.apply_rotary(k, cos[:, :, None], sin[:, :, None])
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
+      cache = {"k": k, "v": v}
+    out = attention.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
+                                          backend=self.backend)
+    return self.o_proj(out.reshape(b, t, -1)), cache
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, param_dtype, backend: str = "xla"):
+    self.self_attn = TextAttention(cfg, rngs=rngs, param_dtype=param_dtype, backend=backend)
+    self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, bias=False, rngs=rngs,
+                        param_dtype=param_dtype)
+    self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+
+  def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
+    h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index)
+    x = x + h
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return x, cache
+
+
+class TextModel(nnx.Module):
+  """embed_tokens, layers, norm: HF's `model.language_model`."""
+
+  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, param_dtype, backend: str = "xla"):
+    self.config = cfg
+    self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
+    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype, backend=backend)
+                            for _ in range(cfg.num_hidden_layers)])
+    self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+    self.inv_freq = np.asarray(rotary.inv_frequencies(cfg.resolved_head_dim, cfg.rope_theta))
+    self.axis_of_freq = rotary.mrope_axis_of_frequency(cfg.mrope_section, cfg.mrope_interleaved)
+
+  def __call__(self, embeds, position_ids, mask, *, kv_cache=None, cache_index=None,
+               deepstack=None):
+    """embeds [B, T, H]; position_ids [3, B, T]; mask broadcastable to [B, 1, T, S].
+
+    `deepstack`: optional (visual_mask [B, T], [features [B, T, H] per layer]) added to the
+    hidden states after each of the first layers (Qwen3-VL).
+    """
+    cos, sin = rotary.mrope_cos_sin(position_ids, self.inv_freq, self.axis_of_freq, embeds.dtype)
+    x = embeds
+    new_cache = []
+    for i, layer in enumerate(self.layers):
+      cache = None if kv_cache is None else kv_cache[i]
+      x, cache = layer(x, cos, sin, mask, cache, cache_index)
+      new_cache.append(cache)
+      if deepstack is not None and i < len(deepstack[1]):
+        visual_mask, features = deepstack
+        x = x + jnp.where(visual_mask[..., None], features[i].astype(x.dtype), 0)
+    return self.norm(x), (new_cache if kv_cache is not None else None)
+
+
+def causal_mask(attention_mask: jax.Array | None, batch: int, length: int) -> jax.Array:
+  """[B, 1, T, T] boolean: causal, and padding keys masked out."""
+  causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+  if attention_mask is None:
+    return jnp.broadcast_to(causal, (batch, 1, length, length))
+  return causal & attention_mask.astype(bool)[:, None, None, :]

@@ -1,0 +1,136 @@
+"""The vision-language model common to all Qwen-VL families: `model.visual`, `model.language_model`,
+`lm_head`, as in transformers' `*ForConditionalGeneration`.
+
+Two entry points:
+
+* `model(input_ids, pixel_values=..., image_grid_thw=..., attention_mask=...)`: the public call
+  with transformers' processor outputs. It computes the data-dependent metadata (M-RoPE position
+  ids, vision windows) on the host, then runs `forward`.
+* `model.forward(input_ids, pixel_values, vision_meta, attention_mask, position_ids)`: pure array
+  code, safe under `jax.jit`/`nnx.jit` with static shapes. Training and sampling call this with
+  metadata from `model.prepare(...)` computed by the input pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from codevision_jax.models import rotary
+from codevision_jax.models.config import VLConfig
+from codevision_jax.models.layers import Linear
+from codevision_jax.models.text import TextModel, causal_mask
+
+
+class VLModel(nnx.Module):
+  """HF's `model`: the vision tower and the decoder."""
+
+  def __init__(self, visual, language_model):
+    self.visual = visual
+    self.language_model = language_model
+
+
+def scatter_image_features(embeds: jax.Array, is_image: jax.Array, features: jax.Array) -> jax.Array:
+  """Puts feature row k at the k-th image token (row-major over the batch), like masked_scatter."""
+  b, t, h = embeds.shape
+  flat_mask = is_image.reshape(-1)
+  index = jnp.clip(jnp.cumsum(flat_mask) - 1, 0, max(features.shape[0] - 1, 0))
+  gathered = features.astype(embeds.dtype)[index]
+  return jnp.where(flat_mask[:, None], gathered, embeds.reshape(-1, h)).reshape(b, t, h)
+
+
+class VisionLanguageModel(nnx.Module):
+  """Base class; a family sets `vision_class`."""
+
+  vision_class: ClassVar[type]
+
+  def __init__(self, config: VLConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+               attention_backend: str = "xla"):
+    self.config = config
+    visual = self.vision_class(config.vision, rngs=rngs, param_dtype=param_dtype, backend=attention_backend)
+    language_model = TextModel(config.text, rngs=rngs, param_dtype=param_dtype, backend=attention_backend)
+    self.model = VLModel(visual, language_model)
+    if config.tie_word_embeddings:
+      self.lm_head = None
+    else:
+      self.lm_head = Linear(config.text.hidden_size, config.text.vocab_size, bias=False,
+                            axes=("embed", "vocab"), rngs=rngs, param_dtype=param_dtype)
+
+  # ---- host-side preparation --------------------------------------------------------------
+
+  def prepare(self, input_ids, image_grid_thw=None, attention_mask=None):
+    """M-RoPE position ids [3, B, T] and the vision metadata (None without images), in numpy."""
+    c = self.config
+    position_ids, _ = rotary.get_rope_index(
+        np.asarray(input_ids), image_grid_thw, attention_mask, image_token_id=c.image_token_id,
+        spatial_merge_size=c.vision.spatial_merge_size)
+    meta = None if image_grid_thw is None else self.model.visual.metadata(np.asarray(image_grid_thw))
+    return position_ids, meta
+
+  def __call__(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
+               position_ids=None) -> jax.Array:
+    """Logits [B, T, vocab] for transformers-style processor outputs."""
+    if (pixel_values is None) != (image_grid_thw is None):
+      raise ValueError("pixel_values and image_grid_thw must be given together")
+    input_ids = np.asarray(input_ids)
+    self._check_image_tokens(input_ids, pixel_values, image_grid_thw)
+    prepared_positions, meta = self.prepare(input_ids, image_grid_thw, attention_mask)
+    if position_ids is None:
+      position_ids = prepared_positions
+    return self.forward(jnp.asarray(input_ids),
+                        None if pixel_values is None else jnp.asarray(pixel_values), meta,
+                        None if attention_mask is None else jnp.asarray(attention_mask),
+                        jnp.asarray(position_ids))
+
+  def _check_image_tokens(self, input_ids, pixel_values, image_grid_thw):
+    n_tokens = int((input_ids == self.config.image_token_id).sum())
+    if image_grid_thw is None:
+      if n_tokens:
+        raise ValueError(f"input_ids hold {n_tokens} image tokens (id {self.config.image_token_id}) "
+                         "but no pixel_values/image_grid_thw were given")
+      return
+    grid = np.asarray(image_grid_thw).reshape(-1, 3)
+    merge = self.config.vision.spatial_merge_size
+    n_features = int(grid.prod(-1).sum()) // merge ** 2
+    if n_features != n_tokens:
+      raise ValueError(f"image tokens and image features do not match: input_ids hold {n_tokens} "
+                       f"image tokens, image_grid_thw {grid.tolist()} gives {n_features} features")
+    n_patches = int(grid.prod(-1).sum())
+    if np.shape(pixel_values)[0] != n_patches:
+      raise ValueError(f"pixel_values has {np.shape(pixel_values)[0]} rows, image_grid_thw "
+                       f"{grid.tolist()} needs {n_patches} patches")
+
+  # ---- array code ---------------------------------------------------------------------------
+
+  def embed(self, input_ids, pixel_values=None, vision_meta=None):
+    """Token embeddings with image features in place, and DeepStack inputs (or None)."""
+    embeds = self.model.language_model.embed_tokens(input_ids)
+    if pixel_values is None:
+      return embeds, None
+    features, deepstack_features = self.model.visual(pixel_values, vision_meta)
+    is_image = input_ids == self.config.image_token_id
+    embeds = scatter_image_features(embeds, is_image, features)
+    deepstack = None
+    if deepstack_features:
+      deepstack = (is_image, [scatter_image_features(jnp.zeros_like(embeds), is_image, f)
+                              for f in deepstack_features])
+    return embeds, deepstack
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    if self.lm_head is None:
+      return self.model.language_model.embed_tokens.attend(hidden)
+    return self.lm_head(hidden)
+
+  def forward(self, input_ids, pixel_values=None, vision_meta=None, attention_mask=None,
+              position_ids=None, *, return_hidden: bool = False):
+    b, t = input_ids.shape
+    if position_ids is None:
+      position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (3, b, t))
+    embeds, deepstack = self.embed(input_ids, pixel_values, vision_meta)
+    mask = causal_mask(attention_mask, b, t)
+    hidden, _ = self.model.language_model(embeds, position_ids, mask, deepstack=deepstack)
+    return hidden if return_hidden else self.logits(hidden)

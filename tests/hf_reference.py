@@ -1,0 +1,89 @@
+"""Helpers for parity tests: tiny random transformers models and copying their weights into ours.
+
+torch and transformers are imported here only (the library never imports torch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import transformers
+from flax import nnx
+
+from codevision_jax.checkpoint import keymap
+from codevision_jax.models import VLConfig, abstract_model, build_model
+
+QWEN_SPECIAL_IDS = dict(image_token_id=250, video_token_id=251, vision_start_token_id=252,
+                        vision_end_token_id=253)
+
+
+def tiny_hf_config(model_type="qwen2_5_vl", *, tie=False, kv_heads=2, vision_depth=4,
+                   fullatt=(1, 3), window_size=56, text_layers=2, vocab=256, hidden=64, heads=4,
+                   vision_hidden=32, vision_heads=2, deepstack=(1,), **over):
+  """A small random config of the real architecture, as transformers' config object."""
+  if model_type == "qwen2_5_vl":
+    text = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                rms_norm_eps=1e-6, max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                 "mrope_section": _mrope_section(hidden // heads)})
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                  num_heads=vision_heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                  window_size=window_size, fullatt_block_indexes=list(fullatt), out_hidden_size=hidden)
+    cfg = transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision,
+                                         tie_word_embeddings=tie, **QWEN_SPECIAL_IDS, **over)
+  else:
+    raise ValueError(model_type)
+  cfg._attn_implementation = "eager"
+  cfg.text_config._attn_implementation = "eager"
+  cfg.vision_config._attn_implementation = "eager"
+  return cfg
+
+
+def _mrope_section(head_dim):
+  half = head_dim // 2
+  t = half // 4
+  h = (half - t) // 2
+  return [t, h, half - t - h]
+
+
+def random_hf_model(hf_config, seed=0, dtype=torch.float32):
+  """A transformers model with every weight random, norms included (so a missing one shows)."""
+  torch.manual_seed(seed)
+  cls = {"qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration}.get(hf_config.model_type)
+  if cls is None:
+    cls = transformers.Qwen3VLForConditionalGeneration
+  model = cls(hf_config).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "norm" in name or "ln_q" in name:
+        p.copy_(1.0 + 0.2 * torch.randn_like(p))
+      elif name.endswith("bias"):
+        p.copy_(0.05 * torch.randn_like(p))
+  return model.to(dtype)
+
+
+def flax_from_hf(hf_model, param_dtype=np.float32):
+  """Our model with the transformers model's weights (via the checkpoint key map)."""
+  config = VLConfig.from_hf_dict(hf_model.config.to_dict())
+  model = build_model(config, param_dtype=param_dtype)
+  hf_state = {keymap.to_transformers_layout(k): v.detach().float().numpy()
+              for k, v in hf_model.state_dict().items()}
+  graphdef, state = nnx.split(model)
+  flat = dict(nnx.to_flat_state(state))
+  for m in keymap.param_mappings(nnx.state(model, nnx.Param), config):
+    flat[m.path].set_value(np.asarray(m.from_hf(hf_state[m.hf_key])).astype(param_dtype))
+  return model
+
+
+def hf_logits(hf_model, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None):
+  ids = torch.as_tensor(np.asarray(input_ids))
+  kwargs = {}
+  if pixel_values is not None:
+    kwargs.update(pixel_values=torch.as_tensor(np.asarray(pixel_values)),
+                  image_grid_thw=torch.as_tensor(np.asarray(image_grid_thw)))
+  mm = (ids == hf_model.config.image_token_id).int()
+  with torch.no_grad():
+    out = hf_model(input_ids=ids, attention_mask=None if attention_mask is None else torch.as_tensor(
+        np.asarray(attention_mask)), mm_token_type_ids=mm, **kwargs)
+  return out.logits.float().numpy()
