@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from codevision_jax.models import attention, rotary
@@ -79,8 +78,6 @@ class TextModel(nnx.Module):
     self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype, backend=backend)
                             for _ in range(cfg.num_hidden_layers)])
     self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
-    self.inv_freq = np.asarray(rotary.inv_frequencies(cfg.resolved_head_dim, cfg.rope_theta))
-    self.axis_of_freq = rotary.mrope_axis_of_frequency(cfg.mrope_section, cfg.mrope_interleaved)
 
   def __call__(self, embeds, position_ids, mask, *, kv_cache=None, cache_index=None,
                deepstack=None):
@@ -89,7 +86,10 @@ class TextModel(nnx.Module):
     `deepstack`: optional (visual_mask [B, T], [features [B, T, H] per layer]) added to the
     hidden states after each of the first layers (Qwen3-VL).
     """
-    cos, sin = rotary.mrope_cos_sin(position_ids, self.inv_freq, self.axis_of_freq, embeds.dtype)
+    cfg = self.config
+    inv_freq = rotary.inv_frequencies(cfg.resolved_head_dim, cfg.rope_theta)
+    axis_of_freq = rotary.mrope_axis_of_frequency(cfg.mrope_section, cfg.mrope_interleaved)
+    cos, sin = rotary.mrope_cos_sin(position_ids, inv_freq, axis_of_freq, embeds.dtype)
     x = embeds
     new_cache = []
     for i, layer in enumerate(self.layers):

@@ -1,0 +1,59 @@
+"""Named model sizes: the published Qwen-VL architectures and the tiny one tests and the demo use.
+
+`preset("qwen2_5_vl_7b")` gives the `VLConfig` of the real model (shapes only: weights come from
+a checkpoint via `load_hf`). `tiny` configs keep the real architecture at toy widths.
+"""
+
+from __future__ import annotations
+
+from codevision_jax.models.config import TextConfig, VisionConfig, VLConfig
+
+_QWEN2_5_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
+                       spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                       fullatt_block_indexes=(7, 15, 23, 31), hidden_act="silu", tokens_per_second=2)
+_QWEN2_5_TEXT = dict(rms_norm_eps=1e-6, rope_theta=1000000.0, mrope_section=(16, 24, 24),
+                     max_position_embeddings=128000)
+
+
+def _qwen2_5(hidden, intermediate, layers, heads, kv_heads, vocab, tie) -> VLConfig:
+  return VLConfig(
+      model_type="qwen2_5_vl",
+      vision=VisionConfig(out_hidden_size=hidden, **_QWEN2_5_VISION),
+      text=TextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      **_QWEN2_5_TEXT),
+      tie_word_embeddings=tie)
+
+
+def qwen2_5_vl_tiny(vocab_size: int = 512) -> VLConfig:
+  """The embedded default: the Qwen2.5-VL architecture at toy size (runs on a laptop CPU).
+
+  Special token ids sit at the top of the small vocabulary, where the tiny tokenizer puts them.
+  """
+  return VLConfig(
+      model_type="qwen2_5_vl",
+      vision=VisionConfig(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14,
+                          spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                          fullatt_block_indexes=(1, 3), out_hidden_size=128, hidden_act="silu"),
+      text=TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=10000.0,
+                      mrope_section=(4, 6, 6), max_position_embeddings=32768),
+      image_token_id=vocab_size - 6, video_token_id=vocab_size - 5,
+      vision_start_token_id=vocab_size - 4, vision_end_token_id=vocab_size - 3,
+      tie_word_embeddings=False)
+
+
+PRESETS = {
+    "qwen2_5_vl_tiny": qwen2_5_vl_tiny,
+    "qwen2_5_vl_3b": lambda: _qwen2_5(2048, 11008, 36, 16, 2, 151936, True),
+    "qwen2_5_vl_7b": lambda: _qwen2_5(3584, 18944, 28, 28, 4, 152064, False),
+    "qwen2_5_vl_32b": lambda: _qwen2_5(5120, 27648, 64, 40, 8, 152064, False),
+    "qwen2_5_vl_72b": lambda: _qwen2_5(8192, 29568, 80, 64, 8, 152064, False),
+}
+
+
+def preset(name: str) -> VLConfig:
+  try:
+    return PRESETS[name]()
+  except KeyError:
+    raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
