@@ -9,14 +9,14 @@ from codevision_jax.processing import chat
 from codevision_jax.processing import tokenizer as tokenizer_lib
 from codevision_jax.processing import tools
 
-CALL_ARGS = {"code": "from PIL import Image\nresult = image.rotate(180, expand=True).crop((4, 8, 60, 40))",
+CALL_ARGS = {"code": "from PIL import Image\nresult = image.rotate(180).crop((4, 8, 60, 40))",
              "description": "Turn the sign upright and crop it — «détail».", "image_index": 0}
 
 # System, user with two images, assistant with a tool call, tool result with an image, answer.
 CONVERSATION = [
     {"role": "system", "content": tools.SYSTEM_PROMPT},
-    {"role": "user", "content": "<image>\nWhat is written on the sign? The second photo <image> is a "
-                                "closer view."},
+    {"role": "user",
+     "content": "<image>\nWhat is written on the sign? The second photo <image> is a closer view."},
     {"role": "assistant", "content": "<think>The sign is upside down.</think>",
      "tool_calls": [{"name": tools.TOOL_NAME, "arguments": CALL_ARGS}]},
     {"role": "tool", "content": tools.tool_response_content(2)},
@@ -26,8 +26,8 @@ COUNTS = (6, 4, 9)
 
 # The exact text of the two assistant turns that must carry loss, `<|im_end|>` included.
 ASSISTANT_1 = ("<think>The sign is upside down.</think>\n<tool_call>\n"
-               '{"name": "code_image_tool", "arguments": ' + json.dumps(CALL_ARGS, ensure_ascii=False)
-               + "}\n</tool_call><|im_end|>")
+               '{"name": "code_image_tool", "arguments": '
+               + json.dumps(CALL_ARGS, ensure_ascii=False) + "}\n</tool_call><|im_end|>")
 ASSISTANT_2 = "<think>Now it reads STOP.</think>\n<answer>STOP</answer><|im_end|>"
 
 
@@ -108,7 +108,8 @@ def test_ids_equal_apply_chat_template_edge_cases(tok):
       {"role": "user", "content": "Look: <image>"},
       {"role": "assistant", "content": "",
        "tool_calls": [{"function": {"name": tools.TOOL_NAME, "arguments": CALL_ARGS}},
-                      {"name": tools.TOOL_NAME, "arguments": '{"code": "result = img", "image_index": 1}'}]},
+                      {"name": tools.TOOL_NAME,
+                       "arguments": '{"code": "result = img", "image_index": 1}'}]},
       {"role": "tool", "content": "Error: division by zero"},
       {"role": "tool", "content": "Image 1: <image>"},
       {"role": "assistant", "content": "  \n<think>ok</think>"},
@@ -178,7 +179,8 @@ def test_parse_tool_call_valid():
     ("<tool_call>\n[1, 2]\n</tool_call>", "must be a JSON object"),
     ('<tool_call>\n{"name": "zoom", "arguments": {}}\n</tool_call>', "unknown tool 'zoom'"),
     ('<tool_call>\n{"name": "code_image_tool", "arguments": 5}\n</tool_call>', '"arguments" must'),
-    ('<tool_call>{"name": "code_image_tool", "arguments": {"code": 1, "image_index": 0}}</tool_call>',
+    ('<tool_call>{"name": "code_image_tool", "arguments": {"code": 1, "image_index": 0}}'
+     "</tool_call>",
      '"code" must be a non-empty string'),
     ('<tool_call>{"name": "code_image_tool", "arguments": {"code": "' + "x" * 2049
      + '", "image_index": 0}}</tool_call>', "2049 characters; the limit is 2048"),

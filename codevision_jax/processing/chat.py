@@ -90,7 +90,8 @@ def render(messages, tools=None, add_generation_prompt=False, default_system=DEF
     if m.get("role") not in ROLES:
       raise ValueError(f"message {i}: unknown role {m.get('role')!r}; expected one of {ROLES}")
     if m["role"] == "assistant" and tools_lib.IMAGE_PLACEHOLDER in _content(m, i):
-      raise ValueError(f"message {i}: an assistant turn cannot contain an {tools_lib.IMAGE_PLACEHOLDER}")
+      raise ValueError(f"message {i}: an assistant turn cannot contain an "
+                       f"{tools_lib.IMAGE_PLACEHOLDER}")
   out = []
   spans = []
   pos = 0

@@ -47,8 +47,10 @@ PRETOKENIZE_REGEX = (
 # A little text in the register of our conversations, so the merges are not all junk.
 _TRAINING_TEXT = """\
 <think>The image looks rotated. I will rotate it back and crop the region with the text.</think>
-{"name": "code_image_tool", "arguments": {"code": "from PIL import Image\\nresult = image.rotate(270, expand=True)", "description": "Rotate the image upright.", "image_index": 0}}
-<answer>42</answer> The word in the picture is HELLO. What number is shown? Which way does the arrow point?
+{"name": "code_image_tool", "arguments": {"code": "result = image.rotate(270, expand=True)",
+"description": "Rotate the image upright.", "image_index": 0}}
+<answer>42</answer> The word in the picture is HELLO. What number is shown?
+Which way does the arrow point?
 import numpy as np
 img = image.crop((10, 20, 110, 90)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 result = img.resize((img.width * 2, img.height * 2))
@@ -58,7 +60,7 @@ The quick brown fox jumps over the lazy dog. 0123456789 left right up down bar c
 
 
 def load_tokenizer(path):
-  """Loads an HF tokenizer from a local directory (a Qwen checkpoint or `build_tiny_tokenizer`'s)."""
+  """Loads an HF tokenizer from a local directory (a Qwen checkpoint or build_tiny_tokenizer's)."""
   from transformers import AutoTokenizer  # Imported lazily: transformers is slow to import.
   if not os.path.isdir(path):
     raise FileNotFoundError(f"tokenizer directory {path!r} does not exist; pass a local checkpoint "

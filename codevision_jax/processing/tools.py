@@ -76,7 +76,7 @@ _CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 
 def format_tool_call(name, arguments):
-  """`<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>` exactly as the Qwen template writes it.
+  """`<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`, as the Qwen template writes it.
 
   `arguments` is a dict (dumped like Jinja's `tojson`: ensure_ascii=False, default separators) or
   an already-serialised JSON string, which is inserted as is.
@@ -92,7 +92,7 @@ def tool_call_blocks(text):
 
 
 def parse_tool_call(text, num_images=None):
-  """Parses the last tool call in `text` (or `text` itself if it has no tags) -> ToolCall | ParseError.
+  """The last tool call in `text` (or `text` itself if untagged) -> ToolCall | ParseError.
 
   `num_images`, when given, is how many images the trajectory has so far; `image_index` must be
   below it.

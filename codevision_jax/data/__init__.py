@@ -1,0 +1,1 @@
+"""Data: conversation records (SFT/RL), their readers and writers, and synthetic task generators."""

@@ -1,0 +1,69 @@
+"""Write conversations as LLaMA-Factory-style SFT JSONL, images saved beside it as PNG.
+
+The output is read back by `readers.read_sft_records` and is usable by LLaMA-Factory's ShareGPT
+loader with role/content tags (tool results under role "tool"). Structured tool calls are written
+inline in the assistant text exactly as the chat template renders them, so nothing changes.
+"""
+
+import json
+import os
+
+from codevision_jax.data import records as records_lib
+from codevision_jax.processing import tools as tools_lib
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _inline_message(m):
+  calls = [tools_lib.format_tool_call(c.get("function", c)["name"],
+                                      c.get("function", c).get("arguments", {}))
+           for c in m.get("tool_calls") or []]
+  content = m.get("content") or ""
+  if calls:
+    content = "\n".join(([content] if content else []) + calls)
+  return {"role": m["role"], "content": content}
+
+
+def _save_image(source, path):
+  if isinstance(source, (bytes, bytearray)) and bytes(source[:8]) == _PNG_MAGIC:
+    with open(path, "wb") as f:
+      f.write(source)
+  else:
+    records_lib.load_image(source).save(path, format="PNG")
+
+
+def record_to_json(conv, image_paths):
+  """The JSON object for one conversation, given the (relative) paths of its saved images."""
+  out = {"messages": [_inline_message(m) for m in conv.messages], "images": list(image_paths)}
+  if conv.tools:
+    out["tools"] = json.dumps(conv.tools, ensure_ascii=False)
+  for key in ("ground_truth", "required_transforms", "target_box", "question", "answer",
+              "data_source"):
+    value = getattr(conv, key)
+    if value is not None:
+      out[key] = value
+  if conv.extra:
+    out["extra_info"] = conv.extra
+  return out
+
+
+def write_sft_jsonl(records, path):
+  """Writes conversations to `path` (.jsonl) and their images to `<stem>_images/` beside it.
+
+  Returns the number of records written.
+  """
+  path = os.path.abspath(path)
+  stem = os.path.splitext(os.path.basename(path))[0]
+  image_dir = os.path.join(os.path.dirname(path), f"{stem}_images")
+  os.makedirs(image_dir, exist_ok=True)
+  count = 0
+  with open(path, "w", encoding="utf-8") as f:
+    for i, conv in enumerate(records):
+      rel_paths = []
+      for k, source in enumerate(conv.images):
+        rel = os.path.join(f"{stem}_images", f"{i:06d}_{k}.png")
+        _save_image(source, os.path.join(os.path.dirname(path), rel))
+        rel_paths.append(rel)
+      f.write(json.dumps(record_to_json(conv, rel_paths), ensure_ascii=False) + "\n")
+      count += 1
+  return count
