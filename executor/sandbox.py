@@ -1,0 +1,223 @@
+"""Operating-system isolation applied inside the per-call child process.
+
+Layers, applied in this order by `apply()` right after the fork, before any model code runs:
+  1. resource limits (address space, CPU seconds, file size 0, open files, processes, no core dumps);
+  2. no-new-privileges (`prctl(PR_SET_NO_NEW_PRIVS)`);
+  3. Landlock: reads only below the directories Python needs, no writes anywhere, no TCP, no signals
+     or abstract sockets outside the child (the kernel ABI decides which of these are available);
+  4. seccomp (libseccomp via `pyseccomp`): no sockets, no exec, no new processes (threads fail with
+     EAGAIN), no ptrace, mount, namespaces, io_uring, BPF, or signals to other processes.
+The network namespace and the unprivileged user are set up for the whole worker by `pool.py`
+(bubblewrap); the empty environment is set up by the worker and the child.
+
+Nothing here looks at the code's text.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import os
+import resource
+import sys
+import sysconfig
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_SET_DUMPABLE = 4
+
+# Landlock (include/uapi/linux/landlock.h). Syscall numbers are the same on x86_64 and aarch64.
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+_FS_EXECUTE = 1 << 0
+_FS_WRITE_FILE = 1 << 1
+_FS_READ_FILE = 1 << 2
+_FS_READ_DIR = 1 << 3
+_FS_REFER = 1 << 13
+_FS_TRUNCATE = 1 << 14
+_FS_IOCTL_DEV = 1 << 15
+_NET_BIND_TCP = 1 << 0
+_NET_CONNECT_TCP = 1 << 1
+_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
+_SCOPE_SIGNAL = 1 << 1
+
+CLONE_THREAD = 0x00010000
+
+
+class _RulesetAttr(ctypes.Structure):
+  _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+              ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+  _pack_ = 1
+  _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def landlock_abi() -> int:
+  """The kernel's Landlock ABI version, or 0 when Landlock is unavailable."""
+  v = _libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
+                    ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION))
+  return max(int(v), 0)
+
+
+def _handled_fs(abi: int) -> int:
+  bits = (1 << 13) - 1  # EXECUTE .. MAKE_SYM (ABI 1)
+  if abi >= 2:
+    bits |= _FS_REFER
+  if abi >= 3:
+    bits |= _FS_TRUNCATE
+  if abi >= 5:
+    bits |= _FS_IOCTL_DEV
+  return bits
+
+
+def read_paths() -> list[str]:
+  """Directories the child may read: the Python installation, site-packages, shared libraries."""
+  paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sysconfig.get_paths()["stdlib"],
+           sysconfig.get_paths()["platstdlib"], sysconfig.get_paths()["purelib"],
+           sysconfig.get_paths()["platlib"], os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+           "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/usr/share/fonts"}
+  paths.update(p for p in sys.path if p and os.path.isdir(p))
+  return sorted(p for p in paths if p and os.path.isdir(p))
+
+
+def make_landlock_ruleset(abi: int) -> int:
+  """Builds the ruleset once per worker; returns its fd (children call `restrict_self` on it)."""
+  attr = _RulesetAttr(handled_access_fs=_handled_fs(abi),
+                      handled_access_net=(_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0,
+                      scoped=(_SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL) if abi >= 6 else 0)
+  size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
+  fd = _libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
+                     ctypes.c_uint32(0))
+  if fd < 0:
+    raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+  read_dir = _FS_READ_FILE | _FS_READ_DIR
+  for path, access in [(p, read_dir) for p in read_paths()] + [("/dev/null", _FS_READ_FILE),
+                                                               ("/dev/urandom", _FS_READ_FILE)]:
+    try:
+      pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+      continue
+    try:
+      rule = _PathBeneathAttr(allowed_access=access, parent_fd=pfd)
+      if _libc.syscall(_SYS_LANDLOCK_ADD_RULE, fd, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule),
+                       ctypes.c_uint32(0)) != 0:
+        raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
+    finally:
+      os.close(pfd)
+  return fd
+
+
+def _seccomp_filter(pid: int):
+  """A denylist filter (default allow) for the child whose pid is `pid`."""
+  import pyseccomp as sc  # pylint: disable=import-outside-toplevel
+  f = sc.SyscallFilter(sc.ALLOW)
+  kill = sc.KILL_PROCESS
+  eperm = sc.ERRNO(errno.EPERM)
+  forbidden = [
+      # programs and processes
+      "execve", "execveat", "fork", "vfork",
+      # network
+      "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
+      # other processes' memory
+      "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open", "pidfd_getfd", "kcmp",
+      # mounts and namespaces
+      "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "fsopen", "fsmount",
+      "fsconfig", "fspick", "open_tree", "move_mount", "mount_setattr",
+      # kernel attack surface the code never needs
+      "io_uring_setup", "io_uring_enter", "io_uring_register", "bpf", "perf_event_open",
+      "userfaultfd", "keyctl", "add_key", "request_key", "open_by_handle_at", "name_to_handle_at",
+      "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
+      "swapon", "swapoff", "sethostname", "setdomainname", "iopl", "ioperm", "acct", "quotactl",
+  ]
+  for name in forbidden:
+    try:
+      f.add_rule(kill, name)
+    except (ValueError, RuntimeError, OSError):
+      pass  # not a syscall on this architecture
+  # Threads get EAGAIN (Python: "can't start new thread"); clone without CLONE_THREAD is a new process.
+  f.add_rule(sc.ERRNO(errno.EAGAIN), "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, CLONE_THREAD))
+  f.add_rule(kill, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+  f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # glibc then falls back to clone, filtered above
+  # Signals only to itself.
+  for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+    f.add_rule(eperm, name, sc.Arg(0, sc.NE, pid))
+  f.add_rule(eperm, "tkill")
+  f.add_rule(eperm, "pidfd_send_signal")
+  # Limits, priorities and affinity only of itself.
+  f.add_rule(eperm, "prlimit64", sc.Arg(0, sc.NE, 0))
+  f.add_rule(eperm, "setpriority", sc.Arg(1, sc.NE, 0))
+  f.add_rule(eperm, "sched_setaffinity", sc.Arg(0, sc.NE, 0))
+  f.add_rule(eperm, "sched_setscheduler", sc.Arg(0, sc.NE, 0))
+  f.add_rule(eperm, "ioprio_set")
+  return f
+
+
+def seccomp_available() -> bool:
+  """Whether a filter can be built here (libseccomp and pyseccomp importable)."""
+  try:
+    _seccomp_filter(os.getpid())
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+@dataclasses.dataclass
+class Limits:
+  """Per-call resource limits for the child."""
+  cpu_s: int | None = None    # CPU seconds (RLIMIT_CPU), None: set later; the deadline is separate
+  memory_bytes: int = 2 << 30  # address space allowed on top of what the worker already maps
+  open_files: int = 64
+
+
+@dataclasses.dataclass
+class Sandbox:
+  """What the worker has prepared for its children; `apply` runs in each child."""
+  landlock_fd: int = -1     # ruleset fd, -1 when Landlock is unavailable
+  seccomp: bool = True
+  base_vm_bytes: int = 0    # worker's own address-space size, measured once after warm-up
+
+  def apply(self, limits: Limits) -> dict[str, bool]:
+    """Applies every available layer to the calling process; returns which ones took effect."""
+    active = {}
+    as_limit = self.base_vm_bytes + limits.memory_bytes
+    for res, value in ((resource.RLIMIT_AS, as_limit), (resource.RLIMIT_CPU, limits.cpu_s),
+                       (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_NOFILE, limits.open_files),
+                       (resource.RLIMIT_NPROC, 0),
+                       (resource.RLIMIT_CORE, 0), (resource.RLIMIT_MEMLOCK, 0)):
+      if value is not None:
+        resource.setrlimit(res, (value, value))
+    active["rlimits"] = True
+    active["no_new_privs"] = (_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 and
+                              _libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1)
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    if self.landlock_fd >= 0:
+      ok = _libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, self.landlock_fd, ctypes.c_uint32(0)) == 0
+      os.close(self.landlock_fd)
+      active["landlock"] = ok
+      if not ok:
+        raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    else:
+      active["landlock"] = False
+    if self.seccomp:
+      _seccomp_filter(os.getpid()).load()
+      active["seccomp"] = True
+    else:
+      active["seccomp"] = False
+    return active
+
+
+def vm_size_bytes() -> int:
+  """This process's current virtual memory size (VmSize)."""
+  with open("/proc/self/status", encoding="ascii") as f:
+    for line in f:
+      if line.startswith("VmSize:"):
+        return int(line.split()[1]) * 1024
+  return 0
