@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean sandbox-deps
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
@@ -20,7 +20,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m launch.demo
 
-test: $(STAMP)
+# OS packages for the executor's sandbox (bubblewrap; libseccomp for pyseccomp). Idempotent: apt runs
+# only when something is missing; without apt the executor still runs, logging the inactive layers.
+sandbox-deps:
+	@if command -v bwrap >/dev/null 2>&1 && { ldconfig -p 2>/dev/null | grep -q libseccomp.so.2 || ls /usr/lib/*/libseccomp.so.2 >/dev/null 2>&1; }; then \
+	  echo "sandbox-deps: bubblewrap and libseccomp are installed"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq bubblewrap libseccomp2; } \
+	    || echo "sandbox-deps: apt-get failed; the executor will run with fewer isolation layers (docs/executor.md)"; \
+	else \
+	  echo "sandbox-deps: no apt-get here; install bubblewrap and libseccomp2 yourself, or the executor runs with fewer isolation layers (docs/executor.md)"; \
+	fi
+
+test: $(STAMP) sandbox-deps
 	$(PY) -m pytest -q tests
 
 clean:
