@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     # The executor service (executor/) and its client (codevision_jax/tools/executor_client.py).
     "aiohttp==3.14.5",
     "pyseccomp==0.1.2",
+    "ml-dtypes==0.6.0",
 ]
 
 TEST_REQUIRES = [

@@ -8,8 +8,9 @@ patch embedding, whose weight [hidden, C, T, P, P] is our [C*T*P*P, hidden] kern
 
 Two key layouts exist for the same tensors:
 * transformers 5 (what `save_pretrained` writes): `model.visual.*`, `model.language_model.*`;
-* the official Qwen release: `visual.*`, `model.*` for the decoder.
-We read both and write the official one; transformers loads either.
+* the official Qwen2.5-VL release: `visual.*`, `model.*` for the decoder.
+We read both and write the family's official one (Qwen3-VL was released in the transformers-5
+layout, which transformers loads without renaming); transformers loads either.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from codevision_jax.models.config import VLConfig
 # Our path -> HF path renames, per family (applied to the dotted path, in order).
 _RENAMES = {
     "qwen2_5_vl": [(r"^model\.visual\.merger\.mlp\.1\.", "model.visual.merger.mlp.2.")],
-    "qwen3_vl": [],
+    "qwen3_vl": [],  # Same module names as transformers (`merger.linear_fc1`, `pos_embed`, ...).
 }
 
 
@@ -81,8 +82,19 @@ def to_transformers_layout(key: str) -> str:
   return key
 
 
-def to_official_layout(key: str) -> str:
-  """transformers-5 key -> the official Qwen release layout."""
+# Families whose official release uses the transformers-5 layout unchanged.
+_TRANSFORMERS_LAYOUT_RELEASES = ("qwen3_vl",)
+
+
+def to_official_layout(key: str, model_type: str = "qwen2_5_vl") -> str:
+  """transformers-5 key -> the official release layout of `model_type`.
+
+  Qwen2.5-VL's release puts the tower at `visual.*` and the decoder at `model.*`; Qwen3-VL's keeps
+  `model.visual.*` / `model.language_model.*` (transformers has no renaming for qwen3_vl, so a
+  Qwen3-VL file in the Qwen2.5 layout would not load).
+  """
+  if model_type in _TRANSFORMERS_LAYOUT_RELEASES:
+    return key
   if key.startswith("model.visual."):
     return key[len("model."):]
   if key.startswith("model.language_model."):

@@ -1,0 +1,114 @@
+"""`load_hf`: a local HF checkpoint directory -> an NNX model, streamed onto devices.
+
+The model is first built abstractly (shapes only). Each tensor is then read from its safetensors
+file, converted to our layout and dtype, and placed straight on its devices with its sharding
+(`jax.make_array_from_callback`, so on a multi-host mesh each host transfers only its slices).
+Host memory holds at most one tensor at a time besides the model itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from codevision_jax import parallel
+from codevision_jax.checkpoint import keymap
+from codevision_jax.checkpoint.safetensors_io import SafetensorsFile
+from codevision_jax.models import abstract_model, load_config
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def _checkpoint_files(path: str) -> dict[str, str]:
+  """HF key -> file path, from the index when there is one, else from the single file."""
+  index_path = os.path.join(path, INDEX_FILE)
+  if os.path.exists(index_path):
+    try:
+      with open(index_path) as f:
+        weight_map = json.load(f)["weight_map"]
+    except (json.JSONDecodeError, KeyError) as e:
+      raise ValueError(f"{index_path}: not a valid safetensors index ({e!r}); expected "
+                       "{'weight_map': {key: file}}") from None
+    files = {}
+    for key, name in weight_map.items():
+      file_path = os.path.join(path, name)
+      if not os.path.exists(file_path):
+        raise FileNotFoundError(f"{index_path}: key {key!r} points to {name}, which does not exist")
+      files[key] = file_path
+    return files
+  single = os.path.join(path, SINGLE_FILE)
+  candidates = [single] if os.path.exists(single) else sorted(
+      os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+  if not candidates:
+    raise FileNotFoundError(f"{path}: no {SINGLE_FILE}, no {INDEX_FILE} and no *.safetensors file")
+  files = {}
+  for file_path in candidates:
+    for key in SafetensorsFile(file_path).keys():
+      files[key] = file_path
+  return files
+
+
+def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=parallel.DEFAULT_RULES,
+            attention_backend: str = "xla"):
+  """Loads a Qwen-VL checkpoint directory (config.json + safetensors) as an NNX model.
+
+  Args:
+    path: a local directory, as `save_pretrained` or the official release writes it.
+    dtype: parameter dtype ("bfloat16", "float32", ...).
+    mesh: place parameters on this mesh by their logical axes and `rules`; default: the first
+      local device, unsharded.
+  Raises errors naming the key and file for missing or unexpected tensors, shape mismatches and
+  unsupported `model_type`.
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: not a checkpoint directory")
+  config = load_config(path)
+  dtype = jnp.dtype(dtype)
+  model = abstract_model(config, param_dtype=dtype, attention_backend=attention_backend)
+  graphdef, state = nnx.split(model)
+  mappings = keymap.param_mappings(state, config)
+
+  files = _checkpoint_files(path)
+  available = {}
+  for key, file_path in files.items():
+    available.setdefault(keymap.to_transformers_layout(key), (key, file_path))
+  wanted = {m.hf_key for m in mappings}
+  ignorable = {"lm_head.weight"} if config.tie_word_embeddings else set()
+  unexpected = sorted(set(available) - wanted - ignorable)
+  if unexpected:
+    key, file_path = available[unexpected[0]]
+    raise ValueError(f"{file_path}: unexpected tensor {key!r} ({len(unexpected)} unexpected in all) "
+                     f"for model_type {config.model_type!r}; is config.json the right one?")
+  missing = [m.hf_key for m in mappings if m.hf_key not in available]
+  if missing:
+    raise ValueError(f"{path}: checkpoint lacks tensor {keymap.to_official_layout(missing[0])!r} "
+                     f"({len(missing)} missing in all)")
+
+  flat = dict(nnx.to_flat_state(state))
+  opened: dict[str, SafetensorsFile] = {}
+  device = jax.local_devices()[0]
+  for m in mappings:
+    key, file_path = available[m.hf_key]
+    reader = opened.get(file_path) or opened.setdefault(file_path, SafetensorsFile(file_path))
+    if reader.shape(key) != m.hf_shape:
+      raise ValueError(f"{file_path}: tensor {key!r} has shape {reader.shape(key)}, the config "
+                       f"implies {m.hf_shape}")
+    host = m.from_hf(reader.read(key)).astype(dtype, copy=False)
+    var = flat[m.path]
+    if mesh is None:
+      sharding = jax.sharding.SingleDeviceSharding(device)
+    else:
+      sharding = parallel.variable_sharding(var, mesh, rules)
+    value = jax.make_array_from_callback(host.shape, sharding, lambda idx, host=host: host[idx])
+    var.set_value(value)
+    del host
+  logging.info("loaded %s (%s, %d tensors) from %s", config.model_type, dtype.name, len(mappings), path)
+  return nnx.merge(graphdef, state)

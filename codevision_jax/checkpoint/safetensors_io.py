@@ -1,0 +1,123 @@
+"""Streaming safetensors reading and writing, one tensor at a time.
+
+The format: an 8-byte little-endian header length, a JSON header mapping each name to its dtype,
+shape and byte range, then the raw little-endian data. We read a tensor with a positioned read
+(not mmap, whose touched pages count as resident memory) and write tensors one after another, so
+neither direction ever holds more than one tensor on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Callable, Iterable
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class SafetensorsFile:
+  """Random access to the tensors of one .safetensors file."""
+
+  def __init__(self, path: str):
+    self.path = path
+    try:
+      with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+          raise ValueError("file is shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100 * 2**20:
+          raise ValueError(f"header length {n} is implausible")
+        header = json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError) as e:
+      raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+    self.metadata = header.pop("__metadata__", {}) or {}
+    self.entries = header
+    self._data_start = 8 + n
+
+  def keys(self) -> list[str]:
+    return list(self.entries)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self.entries[name]["shape"])
+
+  def read(self, name: str) -> np.ndarray:
+    entry = self.entries[name]
+    dtype = DTYPES.get(entry["dtype"])
+    if dtype is None:
+      raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+    begin, end = entry["data_offsets"]
+    shape = tuple(entry["shape"])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if end - begin != expected:
+      raise ValueError(f"{self.path}: tensor {name!r} spans {end - begin} bytes, shape {shape} of "
+                       f"{entry['dtype']} needs {expected}")
+    buf = bytearray(end - begin)
+    with open(self.path, "rb", buffering=0) as f:
+      view, pos, done = memoryview(buf), self._data_start + begin, 0
+      while done < len(buf):
+        got = os.preadv(f.fileno(), [view[done:]], pos + done)
+        if got <= 0:
+          raise ValueError(f"{self.path}: file ends inside tensor {name!r}")
+        done += got
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def write_file(path: str, specs: list[tuple[str, tuple[int, ...], np.dtype]],
+               produce: Callable[[str], np.ndarray], metadata: dict | None = None) -> None:
+  """Writes tensors named in `specs` (name, shape, dtype), asking `produce(name)` for each in turn."""
+  header, offset = {}, 0
+  for name, shape, dtype in specs:
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    header[name] = {"dtype": _NAMES[np.dtype(dtype)], "shape": list(shape),
+                    "data_offsets": [offset, offset + nbytes]}
+    offset += nbytes
+  header["__metadata__"] = metadata or {"format": "pt"}
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)  # align the data section, as the reference writer does
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for name, shape, dtype in specs:
+      array = np.ascontiguousarray(produce(name), dtype=dtype)
+      if array.shape != tuple(shape):
+        raise ValueError(f"tensor {name!r} has shape {array.shape}, planned {tuple(shape)}")
+      f.write(memoryview(array.reshape(-1)).cast("B"))
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def parse_size(size: int | str) -> int:
+  """'5GB' -> 5e9 bytes (HF's convention: GB = 10^9, GiB = 2^30)."""
+  if isinstance(size, int):
+    return size
+  s = size.strip().upper()
+  for suffix, mult in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
+                       ("KB", 10**3), ("B", 1)):
+    if s.endswith(suffix):
+      return int(float(s[: -len(suffix)]) * mult)
+  return int(s)
+
+
+def plan_shards(sizes: Iterable[tuple[str, int]], max_bytes: int) -> list[list[str]]:
+  """Greedy split of tensors (in order) into shards of at most `max_bytes` (a bigger tensor
+  gets a shard of its own)."""
+  shards: list[list[str]] = [[]]
+  current = 0
+  for name, nbytes in sizes:
+    if shards[-1] and current + nbytes > max_bytes:
+      shards.append([])
+      current = 0
+    shards[-1].append(name)
+    current += nbytes
+  return shards
