@@ -76,7 +76,7 @@ def worker_command(cfg: Config) -> tuple[list[str], dict[str, Any]]:
   for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
     if os.path.islink(top):
       args += ["--symlink", os.readlink(top), top]
-  binds = set(sandbox.read_paths()) | {"/usr", REPO_ROOT, sys.prefix, sys.base_prefix}
+  binds = set(sandbox.read_paths()) | {"/usr", sys.prefix, sys.base_prefix}
   binds.add(os.path.dirname(os.path.realpath(sys.executable)))
   for path in sorted(binds):
     if os.path.isdir(path) and not os.path.islink(path):

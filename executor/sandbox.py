@@ -79,12 +79,15 @@ def _handled_fs(abi: int) -> int:
 
 
 def read_paths() -> list[str]:
-  """Directories the child may read: the Python installation, site-packages, shared libraries."""
-  paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sysconfig.get_paths()["stdlib"],
-           sysconfig.get_paths()["platstdlib"], sysconfig.get_paths()["purelib"],
-           sysconfig.get_paths()["platlib"], os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-           "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/usr/share/fonts"}
-  paths.update(p for p in sys.path if p and os.path.isdir(p))
+  """Directories the child may read: Python's libraries, site-packages, this package, shared libs.
+
+  Not the rest of the repository, the home directory, /etc, /proc or /tmp.
+  """
+  sp = sysconfig.get_paths()
+  paths = {sp["stdlib"], sp["platstdlib"], sp["purelib"], sp["platlib"],
+           os.path.dirname(os.path.abspath(__file__)), "/usr/lib", "/usr/lib64", "/lib", "/lib64",
+           "/usr/local/lib", "/usr/share/fonts"}
+  paths.update(p for p in sys.path if p.endswith(("site-packages", "lib-dynload", ".zip")))
   return sorted(p for p in paths if p and os.path.isdir(p))
 
 

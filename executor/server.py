@@ -144,6 +144,7 @@ class Service:
         except (binascii.Error, ValueError):
           raise BadRequest(f"images[{i}] is neither valid base64 nor a sha256: reference") from None
         out.append(_check_image(data, f"images[{i}]"))
+        self.store.put(data)  # later calls (e.g. the next turn) may refer to it by sha256
     return out
 
   def _parse(self, body: Any) -> tuple[dict[str, Any], list[bytes]]:

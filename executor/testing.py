@@ -1,0 +1,80 @@
+"""Starts a real executor service in a subprocess, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Iterator
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class RunningService:
+  """A started service: its URL, process and log file."""
+
+  def __init__(self, proc: subprocess.Popen, url: str, log_path: str):
+    self.proc = proc
+    self.url = url
+    self.log_path = log_path
+
+  def log(self) -> str:
+    with open(self.log_path, encoding="utf-8", errors="replace") as f:
+      return f.read()
+
+  def get_json(self, path: str) -> dict:
+    with urllib.request.urlopen(self.url + path, timeout=10) as r:
+      return json.load(r)
+
+  def get_text(self, path: str) -> str:
+    with urllib.request.urlopen(self.url + path, timeout=10) as r:
+      return r.read().decode()
+
+
+@contextlib.contextmanager
+def running_service(*args: str, workers: int = 2, env: dict[str, str] | None = None,
+                    startup_timeout_s: float = 120.0) -> Iterator[RunningService]:
+  """`python -m executor --port <free> --workers N *args`, until /healthz answers; killed after."""
+  port = free_port()
+  log = tempfile.NamedTemporaryFile(prefix="executor-", suffix=".log", delete=False)
+  cmd = [sys.executable, "-m", "executor", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), *args]
+  proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                          env=dict(os.environ, **(env or {})))
+  service = RunningService(proc, f"http://127.0.0.1:{port}", log.name)
+  try:
+    deadline = time.monotonic() + startup_timeout_s
+    while True:
+      if proc.poll() is not None:
+        raise RuntimeError(f"executor exited with {proc.returncode}:\n{service.log()}")
+      try:
+        if service.get_json("/healthz")["ok"]:
+          break
+      except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+        pass
+      if time.monotonic() > deadline:
+        raise RuntimeError(f"executor did not start within {startup_timeout_s} s:\n{service.log()}")
+      time.sleep(0.1)
+    yield service
+  finally:
+    proc.terminate()
+    try:
+      proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+    log.close()
+    os.unlink(log.name)
