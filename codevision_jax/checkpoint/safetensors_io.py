@@ -92,7 +92,7 @@ def write_file(path: str, specs: list[tuple[str, tuple[int, ...], np.dtype]],
       array = np.ascontiguousarray(produce(name), dtype=dtype)
       if array.shape != tuple(shape):
         raise ValueError(f"tensor {name!r} has shape {array.shape}, planned {tuple(shape)}")
-      f.write(memoryview(array.reshape(-1)).cast("B"))
+      f.write(array.reshape(-1).view(np.uint8).data)
     f.flush()
     os.fsync(f.fileno())
 
