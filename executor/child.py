@@ -31,6 +31,9 @@ RESULT_FD = 3
 _INTERNAL_PATH = re.compile(r"(/[\w.+-]+)+/(site-packages|lib/python3[\d.]*|executor)/[\w./+-]*")
 
 
+_RESTORED_MODULES = (builtins, io, os, sys, protocol, protocol.json, protocol.struct, traceback)
+
+
 class CodeError(Exception):
   """An error reported to the model as {"type": kind, "message": text}."""
 
@@ -198,10 +201,17 @@ def _execute(req: dict[str, Any], blobs: list[bytes], cfg: Config) -> dict[str, 
         "ImageFilter": ImageFilter, "ImageOps": ImageOps, "np": np, "cv2": cv2, "math": math,
     }
     compiled = compile(source, CODE_FILENAME, "exec")
+    saved = {m: dict(m.__dict__) for m in _RESTORED_MODULES}
     try:
       exec(compiled, namespace)  # pylint: disable=exec-used
     except SystemExit:
       pass  # exit() ends the code like the end of a script
+    finally:
+      # So that reporting works even if the code replaced builtins or the modules used to report
+      # (the process is discarded after this call either way).
+      for module, contents in saved.items():
+        module.__dict__.clear()
+        module.__dict__.update(contents)
     res = namespace.get("result")
     if res is None:
       res = namespace.get("output")

@@ -13,7 +13,7 @@ class Config:
   queue_size: int = 64                 # calls waiting for a worker before 429
   default_timeout_s: float = 10.0      # wall-clock deadline when the request gives none
   max_timeout_s: float = 60.0          # requests may ask for at most this much
-  memory_mb: int = 2048                # address space a call may add to the worker's own
+  memory_mb: int = 1024                # address space a call may add to the worker's own
   open_files: int = 64
   max_input_pixels: int = 64_000_000   # per input image; bigger decodes fail (decompression bombs)
   max_output_pixels: int = 16_777_216  # per result image (4096 x 4096)

@@ -259,7 +259,8 @@ class Worker:
             "message": str(err.get("message", ""))[:2000],
             "line": line if isinstance(line, int) else None}}, []
     except (ValueError, KeyError, TypeError):
-      return fail("ResultError", "the code's process returned a malformed result")
+      return fail("ResultError", "the code's process returned a malformed result (did the code "
+                  "replace parts of Python or of the libraries?)")
     if len(pngs) > cfg.max_output_images:
       return fail("OutputTooLarge", f"the result has {len(pngs)} images; at most "
                   f"{cfg.max_output_images} are returned", ops)
