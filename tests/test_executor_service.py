@@ -1,0 +1,150 @@
+"""Service behaviour around the calls: bounded queue (429), --strict, and the asyncio client."""
+
+import asyncio
+import io
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from codevision_jax.tools.executor_client import ExecResult, ExecutorClient, ExecutorUnavailable
+from executor.testing import REPO_ROOT, free_port, running_service
+
+
+def _png(color: str, size=(16, 12)) -> bytes:
+  buf = io.BytesIO()
+  Image.new("RGB", size, color).save(buf, "PNG")
+  return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def small():
+  """One worker, one queue slot, an image store that keeps nothing."""
+  with running_service("--queue-size", "1", "--image-cache-mb", "0", workers=1) as s:
+    yield s
+
+
+def _metric(service, name: str) -> float:
+  for line in service.get_text("/metrics").splitlines():
+    if line.startswith(name + " "):
+      return float(line.split()[1])
+  raise KeyError(name)
+
+
+def test_full_queue_answers_429_with_a_retry_hint(small):
+  async def main():
+    async with aiohttp.ClientSession() as session:
+      async def one():
+        body = {"code": "import time\ntime.sleep(0.5)\nprint('done')", "images": []}
+        async with session.post(small.url + "/v1/execute", json=body) as r:
+          return r.status, dict(r.headers), await r.json()
+      return await asyncio.gather(*(one() for _ in range(5)))
+
+  results = asyncio.run(main())
+  statuses = sorted(r[0] for r in results)
+  assert statuses.count(200) >= 2 and 429 in statuses, statuses
+  for status, headers, body in results:
+    if status == 429:
+      assert int(headers["Retry-After"]) >= 1
+      assert body["retry_after_s"] > 0 and body["error"]["type"] == "QueueFull"
+    else:
+      assert body["ok"] and body["stdout"] == "done\n"
+  assert _metric(small, "executor_rejected_total") >= 1
+
+
+def test_client_retries_429_and_transport_errors_round_robin(small):
+  dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+  async def main():
+    async with ExecutorClient([dead, small.url], retries=20, backoff_s=0.02) as client:
+      code = "import time\ntime.sleep(0.2)\nresult = image"
+      return await asyncio.gather(*(client.execute(code, [_png("red")]) for _ in range(4)))
+
+  results = asyncio.run(main())
+  assert all(isinstance(r, ExecResult) and r.ok for r in results)
+  assert {r.address for r in results} == {small.url}
+  assert results[0].pil_images()[0].size == (16, 12)
+
+
+def test_client_never_retries_code_errors(small):
+  before = _metric(small, "executor_calls_total")
+
+  async def main():
+    async with ExecutorClient(small.url) as client:
+      return await client.execute("x = 1\ny = x / 0", [])
+
+  res = asyncio.run(main())
+  assert not res.ok
+  assert res.error_text() == "ZeroDivisionError: division by zero (line 2: y = x / 0)"
+  assert _metric(small, "executor_calls_total") == before + 1
+
+
+def test_client_deadline(small):
+  async def main():
+    async with ExecutorClient(small.url, deadline_s=0.5) as client:
+      t0 = time.monotonic()
+      with pytest.raises(ExecutorUnavailable):
+        await client.execute("import time\ntime.sleep(3)", [], timeout_s=3)
+      return time.monotonic() - t0
+
+  assert asyncio.run(main()) < 3
+
+
+def test_client_sends_references_and_falls_back_to_bytes(small):
+  sent = []
+
+  async def main():
+    async with ExecutorClient(small.url) as client:
+      original = client._payload_images  # pylint: disable=protected-access
+
+      def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        sent.append(out)
+        return out
+
+      client._payload_images = spy  # pylint: disable=protected-access
+      img = _png("blue")
+      first = await client.execute("result = image.crop((0, 0, 4, 4))", [img])
+      # This server keeps no images, so the reference is refused and the bytes are resent.
+      second = await client.execute("result = image.crop((0, 0, 4, 4))", [img])
+      return first, second
+
+  before = _metric(small, "executor_bad_requests_total")
+  first, second = asyncio.run(main())
+  assert first.ok and second.ok
+  assert not sent[0][0].startswith("sha256:")
+  assert sent[1][0].startswith("sha256:") and not sent[2][0].startswith("sha256:")
+  assert _metric(small, "executor_bad_requests_total") == before + 1
+
+
+def test_client_references_with_a_caching_server():
+  with running_service(workers=1) as service:
+    async def main():
+      async with ExecutorClient(service.url) as client:
+        img = _png("green")
+        ref = await client.upload(img)
+        first = await client.execute("result = image.rotate(90, expand=True)", [img])
+        second = await client.execute("print(images[1].size)", [img, first.images[0]],
+                                      image_index=1)
+        payload = client._payload_images(  # pylint: disable=protected-access
+            service.url, [img, first.images[0]], [ref, first.image_refs[0]], False)
+        return ref, first, second, payload
+
+    ref, first, second, payload = asyncio.run(main())
+  assert ref.startswith("sha256:")
+  assert first.ok and first.ops[0]["angle"] == 90
+  assert second.stdout == "(12, 16)\n"
+  assert payload == [ref, first.image_refs[0]]  # both held by the server: no bytes resent
+
+
+def test_strict_refuses_to_start_without_every_layer():
+  port = free_port()
+  proc = subprocess.run([sys.executable, "-m", "executor", "--port", str(port), "--workers", "1",
+                         "--isolation", "none", "--strict"], cwd=REPO_ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 2
+  assert "[INACTIVE] bubblewrap" in proc.stderr
+  assert "--strict: refusing to start" in proc.stderr
