@@ -95,6 +95,7 @@ def test_soak_no_leaks():
     asyncio.run(run(plan[200:]))
     after = _settled(service, service.proc.pid)
     metrics = service.get_text("/metrics")
+  print("soak process tree before/after:", before, after)
 
   assert after["count"] == before["count"], (before, after)
   assert after["zombies"] == 0
