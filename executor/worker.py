@@ -18,6 +18,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 os.environ["OPENCV_OPENCL_RUNTIME"] = "disabled"
 
 # pylint: disable=wrong-import-position
+import gc
 import io
 import json
 import select
@@ -77,7 +78,7 @@ class Worker:
     abi = sandbox.landlock_abi()
     self.box = sandbox.Sandbox(
         landlock_fd=sandbox.make_landlock_ruleset(abi) if abi else -1,
-        seccomp=sandbox.seccomp_available(), base_vm_bytes=sandbox.vm_size_bytes())
+        seccomp_bpf=sandbox.compile_seccomp(), base_vm_bytes=sandbox.vm_size_bytes())
     self.landlock_abi = abi
     os.set_inheritable(self.box.landlock_fd, False) if self.box.landlock_fd >= 0 else None
 
@@ -105,7 +106,7 @@ class Worker:
         "no_new_privs": reply.get("ok", False),
         "landlock": self.box.landlock_fd >= 0 and probe.get("landlock_blocks_read", False),
         "landlock_abi": self.landlock_abi,
-        "seccomp": self.box.seccomp and reply.get("ok", False),
+        "seccomp": self.box.seccomp_bpf is not None and reply.get("ok", False),
         "empty_env": probe.get("env_empty", False),
         "uid": os.getuid(),
         "net_ns_inode": os.stat("/proc/self/ns/net").st_ino,
@@ -297,6 +298,10 @@ def main() -> None:
   for var in list(os.environ):
     if var not in ("PATH", "LANG"):
       del os.environ[var]
+  # Everything allocated so far is shared with the children copy-on-write; keep the collector
+  # from walking (and so copying) it in every child.
+  gc.collect()
+  gc.freeze()
   protocol.write_frame(proto_out, {"hello": True, "layers": worker.layers()})
   worker.prepare()
   while True:
