@@ -18,9 +18,11 @@ class Config:
   max_input_pixels: int = 64_000_000   # per input image; bigger decodes fail (decompression bombs)
   max_output_pixels: int = 16_777_216  # per result image (4096 x 4096)
   max_output_images: int = 8
+  max_result_mb: int = 64              # all result PNGs of one call together
   max_stdout_bytes: int = 64 << 10
   max_code_chars: int = 16_384
-  max_request_mb: int = 256            # HTTP body limit
+  max_request_mb: int = 64             # HTTP body limit; memory is bounded by
+                                       # (queue_size + workers) x this
   image_cache_mb: int = 1024           # PUT /v1/images store (LRU)
   png_compress_level: int = 1          # result PNGs: fast to write, a little larger
   isolation: str = "auto"              # "auto": bubblewrap when present; "none": plain processes

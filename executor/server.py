@@ -84,8 +84,11 @@ class Service:
     self.metrics = Metrics()
     self.started = time.time()
     self._mean_latency = 0.05
+    self.in_flight = 0  # execute requests accepted and not yet answered
     m = self.metrics
     m.gauge("executor_queue_depth", "Calls waiting for a worker.", lambda: self.pool.waiting)
+    m.gauge("executor_in_flight", "Execute requests accepted and not answered yet.",
+            lambda: self.in_flight)
     m.gauge("executor_busy_workers", "Calls running now.", lambda: self.pool.busy)
     m.gauge("executor_workers", "Live worker processes.", lambda: len(self.pool.workers))
     m.gauge("executor_worker_restarts_total", "Workers replaced after a failure.",
@@ -170,18 +173,23 @@ class Service:
 
   async def execute(self, request: web.Request) -> web.Response:
     t0 = time.perf_counter()
+    # Refuse before reading the body, so at most workers + queue_size request bodies are held.
+    if self.in_flight >= self.cfg.workers + self.cfg.queue_size:
+      return self._error(BadRequest(f"the executor queue is full ({self.cfg.queue_size} calls "
+                                    "waiting); retry later", 429, "QueueFull"))
+    self.in_flight += 1
     try:
       try:
-        body = await request.json()
-      except ValueError:
-        raise BadRequest("the body is not valid JSON") from None
-      header, blobs = self._parse(body)
-      if self.pool.waiting >= self.cfg.queue_size:
-        raise BadRequest(f"the executor queue is full ({self.cfg.queue_size} calls waiting); "
-                         "retry later", 429, "QueueFull")
-    except BadRequest as e:
-      return self._error(e)
-    reply, pngs = await self.pool.run(header, blobs)
+        try:
+          body = await request.json()
+        except ValueError:
+          raise BadRequest("the body is not valid JSON") from None
+        header, blobs = self._parse(body)
+      except BadRequest as e:
+        return self._error(e)
+      reply, pngs = await self.pool.run(header, blobs)
+    finally:
+      self.in_flight -= 1
     seconds = time.perf_counter() - t0
     self._mean_latency = 0.9 * self._mean_latency + 0.1 * seconds
     error = reply.get("error")

@@ -167,7 +167,7 @@ class Worker:
     cfg = self.cfg
     pidfd = os.pidfd_open(pid)
     stdout, result = bytearray(), bytearray()
-    max_result = cfg.max_output_images * (cfg.max_output_pixels * 5 + (1 << 20)) + (8 << 20)
+    max_result = (cfg.max_result_mb << 20) + (1 << 20)  # PNGs plus the frame's header
     error = None
     try:
       poller = select.poll()
@@ -204,8 +204,8 @@ class Worker:
                    f"{cfg.max_stdout_bytes} bytes and was stopped; print less (e.g. a summary)"}
           break
         if len(result) > max_result:
-          error = {"type": "OutputTooLarge", "message": "the result is too large; return fewer or "
-                   "smaller images"}
+          error = {"type": "OutputTooLarge", "message": f"the result images take more than "
+                   f"{cfg.max_result_mb} MiB as PNG; return fewer or smaller images"}
           break
     finally:
       if error is not None or not exited:
