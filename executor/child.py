@@ -212,6 +212,7 @@ def _execute(req: dict[str, Any], blobs: list[bytes], cfg: Config) -> dict[str, 
       for module, contents in saved.items():
         module.__dict__.clear()
         module.__dict__.update(contents)
+    trace.stop()
     res = namespace.get("result")
     if res is None:
       res = namespace.get("output")

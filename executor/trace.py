@@ -222,9 +222,18 @@ def start(images: list) -> None:
     _set_img_map(im, (i, _IDENTITY))
 
 
+def stop() -> None:
+  """Stops recording: what the service itself does after the code (encoding results) is not traced."""
+  _state["depth"] = 1 << 30
+
+
 def note_result(obj) -> None:
   """Called on the result object(s): records crops/flips made by slicing a tracked array."""
-  _array_map(obj, "result")
+  depth, _state["depth"] = _state["depth"], 0
+  try:
+    _array_map(obj, "result")
+  finally:
+    _state["depth"] = depth
 
 
 # ---- wrapping ----------------------------------------------------------------------------------

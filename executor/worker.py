@@ -80,7 +80,6 @@ class Worker:
         landlock_fd=sandbox.make_landlock_ruleset(abi) if abi else -1,
         seccomp_bpf=sandbox.compile_seccomp(), base_vm_bytes=sandbox.vm_size_bytes())
     self.landlock_abi = abi
-    os.set_inheritable(self.box.landlock_fd, False) if self.box.landlock_fd >= 0 else None
 
   def layers(self) -> dict[str, Any]:
     """Which isolation layers a child really gets, measured by running a probe child."""

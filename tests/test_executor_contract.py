@@ -123,6 +123,7 @@ result = rot
   assert [op.get("fn") for op in out["ops"]] == ["cv2.cvtColor", "cv2.rotate"]
   assert core_ops(out["ops"]) == {"rotate_270"}  # clockwise 90 = counter-clockwise 270
   out = run(service, "result = np.asarray(image).astype(np.float32) / 255.0")
+  assert out["ops"] == []  # converting the result is not an operation of the code
   assert np.array_equal(np.asarray(out["pil"][0]), np.asarray(GRAD))  # float in [0, 1] -> uint8
   out = run(service, "result = np.rot90(np.asarray(image), 2)")
   assert core_ops(out["ops"]) == {"rotate_180"}
