@@ -66,8 +66,11 @@ def _error_dict(exc: BaseException, source_lines: list[str]) -> dict[str, Any]:
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
       if frame.f_code.co_filename == CODE_FILENAME:
         line = lineno
-    message = str(exc)
-  kind = "MemoryError" if isinstance(exc, MemoryError) else type(exc).__name__
+    try:
+      message = str(exc)
+    except Exception:  # pylint: disable=broad-except
+      message = "(the exception's message could not be read)"
+  kind = "MemoryError" if isinstance(exc, MemoryError) else str(type(exc).__name__)
   if isinstance(exc, MemoryError):
     message = (message + " " if message else "") + "(the code ran out of its memory allowance)"
   message = _INTERNAL_PATH.sub("<library>", message)
