@@ -32,6 +32,21 @@ def tiny_hf_config(model_type="qwen2_5_vl", *, tie=False, kv_heads=2, vision_dep
                   window_size=window_size, fullatt_block_indexes=list(fullatt), out_hidden_size=hidden)
     cfg = transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision,
                                          tie_word_embeddings=tie, **QWEN_SPECIAL_IDS, **over)
+  elif model_type == "qwen3_vl":
+    head_dim = over.pop("head_dim", 2 * hidden // heads)  # explicit, unlike hidden // heads
+    text = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                head_dim=head_dim, rms_norm_eps=1e-6, max_position_embeddings=4096,
+                attention_bias=over.pop("attention_bias", False),
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                 "mrope_section": _interleaved_mrope_section(head_dim),
+                                 "mrope_interleaved": True})
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                  num_heads=vision_heads, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                  out_hidden_size=hidden, num_position_embeddings=over.pop("num_position_embeddings", 64),
+                  deepstack_visual_indexes=list(deepstack))
+    cfg = transformers.Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie,
+                                     **QWEN_SPECIAL_IDS, **over)
   else:
     raise ValueError(model_type)
   cfg._attn_implementation = "eager"
@@ -47,6 +62,13 @@ def _mrope_section(head_dim):
   return [t, h, half - t - h]
 
 
+def _interleaved_mrope_section(head_dim):
+  """[t, h, w] with 3 * max(h, w) <= head_dim / 2, as the released [24, 20, 20] for 128."""
+  half = head_dim // 2
+  hw = half * 5 // 16
+  return [half - 2 * hw, hw, hw]
+
+
 def random_hf_model(hf_config, seed=0, dtype=torch.float32):
   """A transformers model with every weight random, norms included (so a missing one shows)."""
   torch.manual_seed(seed)
@@ -60,6 +82,8 @@ def random_hf_model(hf_config, seed=0, dtype=torch.float32):
         p.copy_(1.0 + 0.2 * torch.randn_like(p))
       elif name.endswith("bias"):
         p.copy_(0.05 * torch.randn_like(p))
+      elif name.endswith("pos_embed.weight"):  # Qwen3-VL: large enough that resampling shows
+        p.copy_(0.5 * torch.randn_like(p))
   return model.to(dtype)
 
 

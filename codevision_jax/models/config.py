@@ -66,6 +66,8 @@ class TextConfig:
   mrope_interleaved: bool = False
   attention_bias: bool = True
   qk_norm: bool = False
+  # Qwen3-VL's o_proj has a bias exactly when q/k/v do (`attention_bias`); Qwen2.5-VL's never.
+  o_proj_bias: bool = False
   max_position_embeddings: int = 128000
 
   @property
@@ -138,7 +140,7 @@ class VLConfig:
     t, v = self.text, self.vision
     rope = {"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)}
     if self.model_type == "qwen3_vl":
-      rope["mrope_interleaved"] = t.mrope_interleaved
+      rope["mrope_interleaved"] = True
     text = {
         **self.extra_text,
         "model_type": f"{self.model_type}_text",
@@ -153,7 +155,7 @@ class VLConfig:
       text["attention_bias"] = t.attention_bias
     vision = {
         **self.extra_vision,
-        "model_type": f"{self.model_type}_vision" if self.model_type == "qwen2_5_vl" else self.model_type,
+        "model_type": f"{self.model_type}_vision",
         "depth": v.depth, "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size,
         "num_heads": v.num_heads, "in_channels": v.in_channels, "patch_size": v.patch_size,
         "spatial_merge_size": v.spatial_merge_size, "temporal_patch_size": v.temporal_patch_size,
@@ -164,8 +166,8 @@ class VLConfig:
                     tokens_per_second=v.tokens_per_second)
     else:
       vision.update(num_position_embeddings=v.num_position_embeddings,
-                    deepstack_visual_indexes=list(v.deepstack_visual_indexes))
-      vision["model_type"] = "qwen3_vl"
+                    deepstack_visual_indexes=list(v.deepstack_visual_indexes),
+                    rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta})
     return {
         **self.extra_top,
         "model_type": self.model_type,
@@ -211,15 +213,18 @@ def _parse_text(text: dict, model_type: str, source: str) -> tuple[TextConfig, d
   text = dict(text)
   rope = dict(text.pop("rope_parameters", None) or text.pop("rope_scaling", None) or {})
   text.pop("rope_scaling", None)
-  rope_theta = text.pop("rope_theta", rope.get("rope_theta", TextConfig.rope_theta))
-  section = rope.get("mrope_section")
+  qwen3 = model_type == "qwen3_vl"
+  rope_theta = text.pop("rope_theta", rope.get("rope_theta", 500000.0 if qwen3 else TextConfig.rope_theta))
+  section = rope.get("mrope_section", [24, 20, 20] if qwen3 else None)  # Qwen3VLTextRotaryEmbedding's default
   if section is None:
     raise ValueError(f"{source}: the text config has no rope_parameters/rope_scaling.mrope_section; "
                      "a Qwen-VL decoder needs it (e.g. [16, 24, 24]).")
   kw: dict[str, Any] = {"rope_theta": float(rope_theta), "mrope_section": tuple(int(s) for s in section)}
-  if model_type == "qwen3_vl":
-    kw.update(mrope_interleaved=bool(rope.get("mrope_interleaved", True)), qk_norm=True,
-              attention_bias=bool(text.pop("attention_bias", False)))
+  if qwen3:
+    # transformers' Qwen3-VL always interleaves (it reads no `mrope_interleaved` flag); so do we.
+    bias = bool(text.pop("attention_bias", False))
+    kw.update(mrope_interleaved=True, qk_norm=True, attention_bias=bias, o_proj_bias=bias,
+              head_dim=int(text.pop("head_dim", 128) or 128))
   else:
     text.pop("attention_bias", None)
   for f in dataclasses.fields(TextConfig):
@@ -245,10 +250,10 @@ def _parse_vision(vision: dict, model_type: str, source: str) -> tuple[VisionCon
   kw: dict[str, Any] = {}
   if "rope_theta" in rope:
     kw["rope_theta"] = float(rope["rope_theta"])
-  if model_type == "qwen3_vl":
-    kw.update(hidden_act="gelu_pytorch_tanh", fullatt_block_indexes=(), window_size=0,
-              patch_size=16, num_position_embeddings=2304, intermediate_size=4304,
-              out_hidden_size=3584)
+  if model_type == "qwen3_vl":  # Qwen3VLVisionConfig's defaults; no windows.
+    kw.update(depth=27, hidden_size=1152, hidden_act="gelu_pytorch_tanh", intermediate_size=4304,
+              num_heads=16, patch_size=16, out_hidden_size=3584, num_position_embeddings=2304,
+              deepstack_visual_indexes=(8, 16, 24), fullatt_block_indexes=(), window_size=0)
   for f in dataclasses.fields(VisionConfig):
     if f.name in vision:
       kw[f.name] = _pop_typed(vision, f, source)

@@ -43,12 +43,56 @@ def qwen2_5_vl_tiny(vocab_size: int = 512) -> VLConfig:
       tie_word_embeddings=False)
 
 
+# Qwen3-VL (dense), from the released config.json files. Published totals (HF model cards):
+# 2B 2.13B, 4B 4.44B, 8B 8.77B, 32B 33.4B; tests/test_presets.py pins the exact counts.
+_QWEN3_SMALL_VISION = dict(depth=24, hidden_size=1024, intermediate_size=4096, deepstack_visual_indexes=(5, 11, 17))
+_QWEN3_LARGE_VISION = dict(depth=27, hidden_size=1152, intermediate_size=4304, deepstack_visual_indexes=(8, 16, 24))
+_QWEN3_VISION = dict(num_heads=16, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                     hidden_act="gelu_pytorch_tanh", num_position_embeddings=2304, window_size=0,
+                     fullatt_block_indexes=())
+_QWEN3_TEXT = dict(head_dim=128, rms_norm_eps=1e-6, rope_theta=5000000.0, mrope_section=(24, 20, 20),
+                   mrope_interleaved=True, attention_bias=False, qk_norm=True,
+                   max_position_embeddings=262144)
+
+
+def _qwen3(hidden, intermediate, layers, heads, kv_heads, tie, vision) -> VLConfig:
+  return VLConfig(
+      model_type="qwen3_vl",
+      vision=VisionConfig(out_hidden_size=hidden, **vision, **_QWEN3_VISION),
+      text=TextConfig(vocab_size=151936, hidden_size=hidden, intermediate_size=intermediate,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      **_QWEN3_TEXT),
+      tie_word_embeddings=tie)
+
+
+def qwen3_vl_tiny(vocab_size: int = 512) -> VLConfig:
+  """The Qwen3-VL architecture at toy size: DeepStack at two blocks, explicit head_dim, tied."""
+  return VLConfig(
+      model_type="qwen3_vl",
+      vision=VisionConfig(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=16,
+                          spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=128,
+                          hidden_act="gelu_pytorch_tanh", num_position_embeddings=64,
+                          deepstack_visual_indexes=(1, 2), window_size=0, fullatt_block_indexes=()),
+      text=TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+                      rope_theta=10000.0, mrope_section=(6, 5, 5), mrope_interleaved=True,
+                      attention_bias=False, qk_norm=True, max_position_embeddings=32768),
+      image_token_id=vocab_size - 6, video_token_id=vocab_size - 5,
+      vision_start_token_id=vocab_size - 4, vision_end_token_id=vocab_size - 3,
+      tie_word_embeddings=True)
+
+
 PRESETS = {
     "qwen2_5_vl_tiny": qwen2_5_vl_tiny,
     "qwen2_5_vl_3b": lambda: _qwen2_5(2048, 11008, 36, 16, 2, 151936, True),
     "qwen2_5_vl_7b": lambda: _qwen2_5(3584, 18944, 28, 28, 4, 152064, False),
     "qwen2_5_vl_32b": lambda: _qwen2_5(5120, 27648, 64, 40, 8, 152064, False),
     "qwen2_5_vl_72b": lambda: _qwen2_5(8192, 29568, 80, 64, 8, 152064, False),
+    "qwen3_vl_tiny": qwen3_vl_tiny,
+    "qwen3_vl_2b": lambda: _qwen3(2048, 6144, 28, 16, 8, True, _QWEN3_SMALL_VISION),
+    "qwen3_vl_4b": lambda: _qwen3(2560, 9728, 36, 32, 8, True, _QWEN3_SMALL_VISION),
+    "qwen3_vl_8b": lambda: _qwen3(4096, 12288, 36, 32, 8, False, _QWEN3_LARGE_VISION),
+    "qwen3_vl_32b": lambda: _qwen3(5120, 25600, 64, 64, 8, False, _QWEN3_LARGE_VISION),
 }
 
 

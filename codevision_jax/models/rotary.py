@@ -129,12 +129,16 @@ class VisionMetadata:
   position_ids [N, 2] (h, w) in processor patch order; window_index [N / merge^2]: the order in
   which merged units enter the blocks (identity without windows); full_segments and
   window_segments [N]: attention segment ids in that order (full = one per frame, window = one
-  per window); merged_counts: tokens per image after merging.
+  per window). Families with learned position embeddings resampled to each grid (Qwen3-VL) also
+  set interp_indices and interp_weights [N, taps]: each patch's embedding is the weighted sum of
+  those table rows; None elsewhere.
   """
   position_ids: np.ndarray
   window_index: np.ndarray
   full_segments: np.ndarray
   window_segments: np.ndarray
+  interp_indices: np.ndarray | None = None
+  interp_weights: np.ndarray | None = None
 
   def as_arrays(self) -> "VisionMetadata":
     """Device copies, to pass through `jax.jit`."""

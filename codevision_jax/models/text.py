@@ -28,7 +28,7 @@ class TextAttention(nnx.Module):
     self.q_proj = Linear(h, self.num_heads * d, bias=cfg.attention_bias, axes=("embed", "heads"), **kw)
     self.k_proj = Linear(h, self.num_kv_heads * d, bias=cfg.attention_bias, axes=("embed", "kv_heads"), **kw)
     self.v_proj = Linear(h, self.num_kv_heads * d, bias=cfg.attention_bias, axes=("embed", "kv_heads"), **kw)
-    self.o_proj = Linear(self.num_heads * d, h, bias=False, axes=("heads", "embed"), **kw)
+    self.o_proj = Linear(self.num_heads * d, h, bias=cfg.o_proj_bias, axes=("heads", "embed"), **kw)
     if cfg.qk_norm:
       self.q_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
       self.k_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
