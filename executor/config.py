@@ -25,7 +25,8 @@ class Config:
                                        # (queue_size + workers) x this
   image_cache_mb: int = 1024           # PUT /v1/images store (LRU)
   png_compress_level: int = 1          # result PNGs: fast to write, a little larger
-  isolation: str = "auto"              # "auto": bubblewrap when present; "none": plain processes
+  isolation: str = "auto"              # "auto": bubblewrap, else unshare, else plain processes;
+                                       # or force "bwrap", "unshare", "none" (debugging only)
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self))

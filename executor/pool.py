@@ -60,8 +60,14 @@ def _interpreter_readable_by(uid: int) -> bool:
 def worker_command(cfg: Config) -> tuple[list[str], dict[str, Any]]:
   """The worker's command line and extra Popen arguments for the configured isolation."""
   cmd = [sys.executable, "-m", "executor.worker", cfg.to_json()]
-  bwrap = shutil.which("bwrap")
-  if cfg.isolation == "none" or bwrap is None:
+  bwrap, unshare = shutil.which("bwrap"), shutil.which("unshare")
+  if cfg.isolation == "none":
+    return cmd, {}
+  if cfg.isolation == "unshare" or (cfg.isolation == "auto" and bwrap is None and unshare):
+    # Fallback without bubblewrap: util-linux unshare still gives a network namespace.
+    user = [] if os.getuid() == 0 else ["--user", "--map-root-user"]
+    return [unshare, *user, "--net", "--ipc", "--uts", "--pid", "--fork", "--kill-child", *cmd], {}
+  if bwrap is None:
     return cmd, {}
   kwargs: dict[str, Any] = {}
   if os.getuid() == 0 and _interpreter_readable_by(SANDBOX_UID):
@@ -129,7 +135,8 @@ class Pool:
     self.layers: dict[str, bool] = {}
     self.layer_details: dict[str, Any] = {}
     self._cmd, self._popen_kwargs = worker_command(cfg)
-    self._mode = "bwrap" if self._cmd[0] != sys.executable else "plain"
+    self._mode = ("plain" if self._cmd[0] == sys.executable else
+                  "unshare" if os.path.basename(self._cmd[0]) == "unshare" else "bwrap")
     self._closing = False
 
   async def _spawn(self) -> WorkerProcess:
@@ -155,7 +162,8 @@ class Pool:
         "bubblewrap": worker.mode == "bwrap",
         "network_namespace": got.get("net_ns_inode") != own_net and
                              set(got.get("interfaces", ["?"])) <= {"lo"},
-        "unprivileged_user": probe.get("uid", 0) != 0 and got.get("uid", 0) != 0,
+        "unprivileged_user": probe.get("uid", 0) != 0 and got.get("uid", 0) != 0 and
+                             (worker.mode == "bwrap" or os.getuid() != 0),
         "rlimits": bool(got.get("rlimits")),
         "no_new_privs": bool(got.get("no_new_privs")),
         "landlock": bool(got.get("landlock")),

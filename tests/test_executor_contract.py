@@ -226,6 +226,7 @@ def test_bad_requests_are_refused(service):
 
 
 def test_health_metrics_and_isolation_layers(service):
+  assert run(service, "1 / 0")["error"]["type"] == "ZeroDivisionError"
   health = service.get_json("/healthz")
   assert health["ok"] and health["workers"] == 2
   assert all(health["isolation"].values()), health["isolation"]  # every layer active here
