@@ -308,12 +308,19 @@ def _pil_resize(out, args, kwargs):
 
 
 def _wrap_thumbnail(orig):
+  """Image.thumbnail resizes in place (it calls resize itself: recorded once, here)."""
 
   @functools.wraps(orig)
   def wrapper(self, *args, **kwargs):
+    if _state["depth"]:
+      return orig(self, *args, **kwargs)
     before, mapping = self.size, _img_map(self)
-    out = orig(self, *args, **kwargs)
-    if not _state["depth"]:
+    _state["depth"] += 1
+    try:
+      out = orig(self, *args, **kwargs)
+    finally:
+      _state["depth"] -= 1
+    if self.size != before:
       _record({"op": "resize", "size": list(self.size), "from": list(before),
                "fn": "Image.thumbnail"})
       _set_img_map(self, _then(mapping, _scale_local(*before, *self.size)))

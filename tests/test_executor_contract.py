@@ -182,6 +182,10 @@ def test_ops_compose_boxes_into_original_coordinates(service):
   # Crop after a 2x downscale: box scales back.
   out = run(service, "small = image.resize((60, 40))\nresult = small.crop((10, 5, 20, 15))")
   assert crop_boxes(out["ops"]) == [[20, 10, 40, 30]]
+  # Thumbnail (in place) then crop: one resize op, box scaled back.
+  out = run(service, "t = image.copy()\nt.thumbnail((60, 60))\nresult = t.crop((0, 0, 30, 20))")
+  assert [op["op"] for op in out["ops"]] == ["resize", "crop"]
+  assert crop_boxes(out["ops"]) == [[0, 0, 60, 40]]
   # Crop after rotating 90 degrees: the box maps back through the rotation.
   code = "r = image.rotate(90, expand=True)\nresult = r.crop((10, 20, 30, 50))"
   out = run(service, code)
