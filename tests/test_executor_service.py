@@ -140,6 +140,26 @@ def test_client_references_with_a_caching_server():
   assert payload == [ref, first.image_refs[0]]  # both held by the server: no bytes resent
 
 
+def test_a_killed_worker_is_replaced(small):
+  import psutil  # pylint: disable=import-outside-toplevel
+  root = psutil.Process(small.proc.pid)
+  workers = [p for p in root.children(recursive=True)
+             if "executor.worker" in " ".join(p.cmdline()) and p.name().startswith("python")
+             and p.parent().name() == "bwrap"]
+  assert len(workers) == 1
+  workers[0].kill()
+
+  async def main():
+    async with ExecutorClient(small.url) as client:
+      return [await client.execute("print('alive')", []) for _ in range(3)]
+
+  results = asyncio.run(main())
+  assert all(r.ok or r.error["type"] == "ExecutorError" for r in results)
+  assert results[-1].ok and results[-1].stdout == "alive\n"
+  assert small.get_json("/healthz")["workers"] == 1
+  assert _metric(small, "executor_worker_restarts_total") == 1
+
+
 def test_strict_refuses_to_start_without_every_layer():
   port = free_port()
   proc = subprocess.run([sys.executable, "-m", "executor", "--port", str(port), "--workers", "1",

@@ -95,6 +95,11 @@ def test_soak_no_leaks():
     asyncio.run(run(plan[200:]))
     after = _settled(service, service.proc.pid)
     metrics = service.get_text("/metrics")
+    pids = [p.pid for p in _tree(service.proc.pid)]
+  # Stopping the service leaves nothing behind.
+  time.sleep(1.0)
+  left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+  assert left == [], left
   print("soak process tree before/after:", before, after)
 
   assert after["count"] == before["count"], (before, after)
