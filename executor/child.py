@@ -29,8 +29,7 @@ from executor.config import Config
 CODE_FILENAME = "<code>"
 RESULT_FD = 3
 _INTERNAL_PATH = re.compile(r"(/[\w.+-]+)+/(site-packages|lib/python3[\d.]*|executor)/[\w./+-]*")
-
-
+_memory_mb = 0  # this call's memory allowance, for the MemoryError text
 _RESTORED_MODULES = (builtins, io, os, sys, protocol, protocol.json, protocol.struct, traceback)
 
 
@@ -72,7 +71,8 @@ def _error_dict(exc: BaseException, source_lines: list[str]) -> dict[str, Any]:
       message = "(the exception's message could not be read)"
   kind = "MemoryError" if isinstance(exc, MemoryError) else str(type(exc).__name__)
   if isinstance(exc, MemoryError):
-    message = (message + " " if message else "") + "(the code ran out of its memory allowance)"
+    message = (message + " " if message else "") + (
+        f"(the code needed more than its {_memory_mb} MiB of memory)")
   message = _INTERNAL_PATH.sub("<library>", message)
   if len(message) > 1000:
     message = message[:1000] + "..."
@@ -159,6 +159,8 @@ def serve(cfg: Config, box: sandbox.Sandbox, fds: tuple[int, int, int]) -> NoRet
 
   `fds` are the request pipe (read end), the stdout pipe and the result pipe (write ends).
   """
+  global _memory_mb  # pylint: disable=global-statement
+  _memory_mb = cfg.memory_mb
   code = 70
   try:
     req_fd, out_fd, res_fd = fds
