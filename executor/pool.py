@@ -110,9 +110,12 @@ class WorkerProcess:
 
   async def call(self, header: dict[str, Any], blobs: list[bytes],
                  timeout: float) -> tuple[dict[str, Any], list[bytes]]:
-    self.proc.stdin.write(protocol.encode(header, blobs))
-    await self.proc.stdin.drain()
-    return await asyncio.wait_for(self.read_frame(), timeout)
+    async def exchange():
+      self.proc.stdin.write(protocol.encode(header, blobs))
+      await self.proc.stdin.drain()
+      return await self.read_frame()
+
+    return await asyncio.wait_for(exchange(), timeout)
 
   def kill(self) -> None:
     if self.proc.returncode is None:
