@@ -154,6 +154,28 @@ def _encode_result(res: Any, cfg: Config) -> list[bytes]:
   return out
 
 
+_REHEARSAL = (
+    "a = cv2.GaussianBlur(np.asarray(image), (3, 3), 0)\n"
+    "result = Image.fromarray(a).rotate(90, expand=True).crop((0, 0, 8, 8))",
+    "x = 1 / 0",
+)
+
+
+def _rehearse(cfg: Config) -> None:
+  """Runs a tiny call (our own code) while the child waits for its request.
+
+  A fresh fork shares the worker's memory copy-on-write, so the first touches of the interpreter's
+  and libraries' pages are page faults; taking them here, before the request arrives, keeps them
+  off the call's critical path. Nothing of it reaches the call: only the trace is reset after.
+  """
+  buf = io.BytesIO()
+  Image.new("RGB", (32, 24)).save(buf, "PNG")
+  for code in _REHEARSAL:
+    header = _execute({"code": code}, [buf.getvalue()], cfg)
+    protocol.encode(header, header.pop("_blobs", []))
+    trace.reset()
+
+
 def serve(cfg: Config, box: sandbox.Sandbox, fds: tuple[int, int, int]) -> NoReturn:
   """Runs in a spare child forked ahead of time: sandboxes itself, waits for one call, runs it, exits.
 
@@ -170,6 +192,7 @@ def serve(cfg: Config, box: sandbox.Sandbox, fds: tuple[int, int, int]) -> NoRet
     sys.stdin = io.StringIO("")
     box.apply(sandbox.Limits(memory_bytes=cfg.memory_mb << 20, open_files=cfg.open_files))
     os.environ.clear()
+    _rehearse(cfg)
     frame = protocol.read_frame(0)
     if frame is None:
       return

@@ -222,6 +222,16 @@ def start(images: list) -> None:
     _set_img_map(im, (i, _IDENTITY))
 
 
+def reset() -> None:
+  """Forgets everything recorded so far and records again."""
+  OPS.clear()
+  _arrays.clear()
+  _seen_views.clear()
+  _source_sizes.clear()
+  _state["depth"] = 0
+  _state["via"] = None
+
+
 def stop() -> None:
   """Stops recording: what the service itself does after the code (encoding results) is not traced."""
   _state["depth"] = 1 << 30
