@@ -455,11 +455,15 @@ def _np_flip_axis(fn: str, fixed_axis: int | None):
 def _np_transpose(out, args, kwargs):
   m = args[0]
   axes = _arg(args, kwargs, 1, "axes")
+  ndim = getattr(m, "ndim", 0)
+  swaps_xy = ndim >= 2 and (axes is None and ndim == 2 or
+                            axes is not None and tuple(axes)[:2] in ((1, 0), (1, -ndim)))
+  if not swaps_xy:  # e.g. HWC -> CHW: not a geometric operation on the image
+    _record({"op": "numpy", "fn": "np.transpose"})
+    return
   _record({"op": "transpose", "method": "TRANSPOSE", "fn": "np.transpose"})
-  if isinstance(m, np.ndarray) and m.ndim >= 2 and (axes is None and m.ndim == 2 or
-                                                     axes is not None and tuple(axes)[:2] == (1, 0)):
-    _register_array(out, _then(_any_map(m, "np.transpose"), _transpose_local(
-        Image.Transpose.TRANSPOSE, m.shape[1], m.shape[0])))
+  _register_array(out, _then(_any_map(m, "np.transpose"), _transpose_local(
+      Image.Transpose.TRANSPOSE, m.shape[1], m.shape[0])))
 
 
 def _np_generic(fn: str):

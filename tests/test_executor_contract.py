@@ -125,6 +125,10 @@ result = rot
   out = run(service, "result = np.asarray(image).astype(np.float32) / 255.0")
   assert out["ops"] == []  # converting the result is not an operation of the code
   assert np.array_equal(np.asarray(out["pil"][0]), np.asarray(GRAD))  # float in [0, 1] -> uint8
+  out = run(service, "chw = np.transpose(np.asarray(image), (2, 0, 1))\n"
+                     "result = np.transpose(chw, (1, 2, 0))")  # layout changes, not geometry
+  assert [op["op"] for op in out["ops"]] == ["numpy", "numpy"]
+  assert core_ops(out["ops"]) == set()
   out = run(service, "result = np.rot90(np.asarray(image), 2)")
   assert core_ops(out["ops"]) == {"rotate_180"}
   assert np.array_equal(np.asarray(out["pil"][0]), np.asarray(GRAD)[::-1, ::-1])
