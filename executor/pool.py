@@ -15,7 +15,8 @@ import logging
 import os
 import shutil
 import struct
-import subprocess
+
+import psutil
 import sys
 from typing import Any
 
@@ -47,48 +48,65 @@ def _worker_env() -> dict[str, str]:
           "LANG": "C.UTF-8"}
 
 
-def _interpreter_readable_by(uid: int) -> bool:
-  """Whether `uid` can run this interpreter (it cannot when Python lives under a private /root)."""
-  try:
-    return subprocess.run([sys.executable, "-c", "import numpy, PIL, cv2"], user=uid, group=uid,
-                          extra_groups=[], env=_worker_env(), cwd="/", timeout=60,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
-  except (OSError, subprocess.SubprocessError):
-    return False
-
-
-def worker_command(cfg: Config) -> tuple[list[str], dict[str, Any]]:
-  """The worker's command line and extra Popen arguments for the configured isolation."""
+def worker_command(cfg: Config) -> list[str]:
+  """The worker's command line for the configured isolation."""
   cmd = [sys.executable, "-m", "executor.worker", cfg.to_json()]
   bwrap, unshare = shutil.which("bwrap"), shutil.which("unshare")
   if cfg.isolation == "none":
-    return cmd, {}
+    return cmd
   if cfg.isolation == "unshare" or (cfg.isolation == "auto" and bwrap is None and unshare):
     # Fallback without bubblewrap: util-linux unshare still gives a network namespace.
     user = [] if os.getuid() == 0 else ["--user", "--map-root-user"]
-    return [unshare, *user, "--net", "--ipc", "--uts", "--pid", "--fork", "--kill-child", *cmd], {}
+    return [unshare, *user, "--net", "--ipc", "--uts", "--pid", "--fork", "--kill-child", *cmd]
   if bwrap is None:
-    return cmd, {}
-  kwargs: dict[str, Any] = {}
-  if os.getuid() == 0 and _interpreter_readable_by(SANDBOX_UID):
-    kwargs = {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
-  args = [bwrap, "--die-with-parent", "--new-session", "--unshare-user", "--unshare-pid",
-          "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-          "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
-          "--hostname", "sandbox", "--clearenv"]
+    return cmd
+  setpriv = shutil.which("setpriv")
+  as_root = os.getuid() == 0 and setpriv is not None
+  args = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
+          "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
+  if not as_root:  # unprivileged bubblewrap: a user namespace, no capabilities
+    args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+             "--cap-drop", "ALL"]
+  args.append("--clearenv")
   for key, value in _worker_env().items():
     args += ["--setenv", key, value]
-  args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+  args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
   for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
     if os.path.islink(top):
       args += ["--symlink", os.readlink(top), top]
   binds = set(sandbox.read_paths()) | {"/usr", sys.prefix, sys.base_prefix}
   binds.add(os.path.dirname(os.path.realpath(sys.executable)))
-  for path in sorted(binds):
-    if os.path.isdir(path) and not os.path.islink(path):
-      args += ["--ro-bind", path, path]
-  args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--chdir", REPO_ROOT, "--"]
-  return args + cmd, kwargs
+  binds = sorted(p for p in binds if os.path.isdir(p) and not os.path.islink(p))
+  # Directories bubblewrap must create to mount the binds (e.g. /root/.pyenv): traversable, so that
+  # the unprivileged worker can reach the interpreter even where the host's /root is private.
+  parents = set()
+  for path in binds:
+    parent = os.path.dirname(path)
+    while parent != "/" and not any(parent == b or parent.startswith(b + "/") for b in binds):
+      parents.add(parent)
+      parent = os.path.dirname(parent)
+  for path in sorted(parents):
+    args += ["--perms", "0755", "--dir", path]
+  for path in binds:
+    args += ["--ro-bind", path, path]
+  args += ["--perms", "0755", "--dir", "/etc", "--ro-bind-try", "/etc/ld.so.cache",
+           "/etc/ld.so.cache", "--chdir", REPO_ROOT, "--"]
+  if as_root:  # bubblewrap as root makes the namespaces; the worker itself runs as nobody
+    args += [setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+             "--bounding-set=-all", "--inh-caps=-all", "--"]
+  return args + cmd
+
+
+def _host_uid(pid: int) -> int:
+  """Host uid of the Python worker started as (a descendant of) `pid`; -1 if not found."""
+  try:
+    root = psutil.Process(pid)
+    for proc in [root] + root.children(recursive=True):
+      if proc.name().startswith("python") and "executor.worker" in proc.cmdline():
+        return proc.uids().real
+  except psutil.Error:
+    pass
+  return -1
 
 
 class WorkerProcess:
@@ -98,6 +116,7 @@ class WorkerProcess:
     self.proc = proc
     self.mode = mode
     self.layers: dict[str, Any] = {}
+    self.host_uid = -1  # the worker's real uid as the host sees it
 
   async def read_frame(self) -> tuple[dict[str, Any], list[bytes]]:
     out = self.proc.stdout
@@ -137,7 +156,7 @@ class Pool:
     self.restarts = 0
     self.layers: dict[str, bool] = {}
     self.layer_details: dict[str, Any] = {}
-    self._cmd, self._popen_kwargs = worker_command(cfg)
+    self._cmd = worker_command(cfg)
     self._mode = ("plain" if self._cmd[0] == sys.executable else
                   "unshare" if os.path.basename(self._cmd[0]) == "unshare" else "bwrap")
     self._closing = False
@@ -145,8 +164,7 @@ class Pool:
   async def _spawn(self) -> WorkerProcess:
     proc = await asyncio.create_subprocess_exec(
         *self._cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=None, env=_worker_env(), cwd=REPO_ROOT, close_fds=True, limit=1 << 20,
-        **self._popen_kwargs)
+        stderr=None, env=_worker_env(), cwd=REPO_ROOT, close_fds=True, limit=1 << 20)
     worker = WorkerProcess(proc, self._mode)
     try:
       hello, _ = await asyncio.wait_for(worker.read_frame(), 120)
@@ -154,6 +172,7 @@ class Pool:
       worker.kill()
       raise
     worker.layers = hello.get("layers", {})
+    worker.host_uid = _host_uid(proc.pid)
     self.workers.append(worker)
     return worker
 
@@ -165,8 +184,7 @@ class Pool:
         "bubblewrap": worker.mode == "bwrap",
         "network_namespace": got.get("net_ns_inode") != own_net and
                              set(got.get("interfaces", ["?"])) <= {"lo"},
-        "unprivileged_user": probe.get("uid", 0) != 0 and got.get("uid", 0) != 0 and
-                             (worker.mode == "bwrap" or os.getuid() != 0),
+        "unprivileged_user": probe.get("uid", 0) != 0 and worker.host_uid not in (0, -1),
         "rlimits": bool(got.get("rlimits")),
         "no_new_privs": bool(got.get("no_new_privs")),
         "landlock": bool(got.get("landlock")),
@@ -176,7 +194,7 @@ class Pool:
     self.layer_details = {
         "landlock_abi": got.get("landlock_abi"),
         "worker_uid": got.get("uid"),
-        "host_uid": self._popen_kwargs.get("user", os.getuid()),
+        "host_uid": worker.host_uid,
         "interfaces": got.get("interfaces"),
     }
 

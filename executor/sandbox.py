@@ -215,7 +215,8 @@ def compile_seccomp() -> bytes | None:
       if w >= 0:
         os.close(w)
     prog = b"".join(chunks)
-  except Exception:  # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"executor worker: seccomp unavailable: {type(e).__name__}: {e}", file=sys.stderr)
     return None
   placeholder = _PID_PLACEHOLDER.to_bytes(4, sys.byteorder)
   # Each instruction is {u16 code, u8 jt, u8 jf, u32 k}: the pid can only be a `k`.
