@@ -28,6 +28,7 @@ from executor.config import Config
 
 CODE_FILENAME = "<code>"
 RESULT_FD = 3
+SETUP_FAILED = 70  # exit status when the child could not sandbox itself or read its request
 _INTERNAL_PATH = re.compile(r"(/[\w.+-]+)+/(site-packages|lib/python3[\d.]*|executor)/[\w./+-]*")
 _memory_mb = 0  # this call's memory allowance, for the MemoryError text
 _RESTORED_MODULES = (builtins, io, os, sys, protocol, protocol.json, protocol.struct, traceback)
@@ -183,7 +184,7 @@ def serve(cfg: Config, box: sandbox.Sandbox, fds: tuple[int, int, int]) -> NoRet
   """
   global _memory_mb  # pylint: disable=global-statement
   _memory_mb = cfg.memory_mb
-  code = 70
+  code = SETUP_FAILED
   try:
     req_fd, out_fd, res_fd = fds
     box.landlock_fd = _place_fds(req_fd, out_fd, res_fd, box.landlock_fd)

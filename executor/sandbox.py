@@ -239,8 +239,7 @@ def _load_bpf(prog: bytes, pid: int) -> None:
 @dataclasses.dataclass
 class Limits:
   """Per-call resource limits for the child."""
-  cpu_s: int | None = None    # CPU seconds (RLIMIT_CPU), None: set later; the deadline is separate
-  memory_bytes: int = 2 << 30  # address space allowed on top of what the worker already maps
+  memory_bytes: int = 1 << 30  # address space allowed on top of what the worker already maps
   open_files: int = 64
 
 
@@ -251,35 +250,25 @@ class Sandbox:
   seccomp_bpf: bytes | None = None  # compiled filter (compile_seccomp), None when unavailable
   base_vm_bytes: int = 0    # worker's own address-space size, measured once after warm-up
 
-  def apply(self, limits: Limits) -> dict[str, bool]:
-    """Applies every available layer to the calling process; returns which ones took effect."""
-    active = {}
-    as_limit = self.base_vm_bytes + limits.memory_bytes
-    for res, value in ((resource.RLIMIT_AS, as_limit), (resource.RLIMIT_CPU, limits.cpu_s),
+  def apply(self, limits: Limits) -> None:
+    """Applies every available layer to the calling process; raises OSError if one fails."""
+    # RLIMIT_CPU is set by the child once it knows the call's deadline (child.serve).
+    for res, value in ((resource.RLIMIT_AS, self.base_vm_bytes + limits.memory_bytes),
                        (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_NOFILE, limits.open_files),
-                       (resource.RLIMIT_NPROC, 0),
-                       (resource.RLIMIT_CORE, 0), (resource.RLIMIT_MEMLOCK, 0)):
-      if value is not None:
-        resource.setrlimit(res, (value, value))
-    active["rlimits"] = True
-    active["capabilities_dropped"] = drop_capabilities()
-    active["no_new_privs"] = (_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 and
-                              _libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1)
+                       (resource.RLIMIT_NPROC, 0), (resource.RLIMIT_CORE, 0),
+                       (resource.RLIMIT_MEMLOCK, 0)):
+      resource.setrlimit(res, (value, value))
+    if not drop_capabilities():
+      raise OSError(ctypes.get_errno(), "capset failed")
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+      raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     if self.landlock_fd >= 0:
-      ok = _libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, self.landlock_fd, ctypes.c_uint32(0)) == 0
-      os.close(self.landlock_fd)
-      active["landlock"] = ok
-      if not ok:
+      if _libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, self.landlock_fd, ctypes.c_uint32(0)) != 0:
         raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
-    else:
-      active["landlock"] = False
+      os.close(self.landlock_fd)
     if self.seccomp_bpf is not None:
       _load_bpf(self.seccomp_bpf, os.getpid())
-      active["seccomp"] = True
-    else:
-      active["seccomp"] = False
-    return active
 
 
 def vm_size_bytes() -> int:

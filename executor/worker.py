@@ -142,7 +142,7 @@ class Worker:
       try:
         child.serve(self.cfg, self.box, (req_r, out_w, res_w))
       finally:
-        _posix_exit(70)
+        _posix_exit(child.SETUP_FAILED)
     for fd in (req_r, out_w, res_w):
       os.close(fd)
     self.spare = (pid, req_w, out_r, res_r)
@@ -253,6 +253,9 @@ class Worker:
                     "stopped")
       return fail("CrashError", f"the code crashed the interpreter ({signal.Signals(sig).name})")
     if not result:
+      if os.WEXITSTATUS(status) == child.SETUP_FAILED:
+        return fail("ExecutorError", "the executor could not set up the sandbox for this call; "
+                    "try again")
       return fail("ExitError", f"the code ended the process (exit status "
                   f"{os.WEXITSTATUS(status)}) before a result was produced")
     try:
