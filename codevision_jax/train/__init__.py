@@ -1,0 +1,1 @@
+"""SFT training: optimizer, loss, the jitted step, the loop, Orbax checkpoints, metrics."""

@@ -1,0 +1,285 @@
+"""The SFT training loop: build everything from the config, resume if the workdir has a
+checkpoint, run the jitted step, write summaries and checkpoints.
+
+    state = train(config, workdir)
+
+Restarting with the same workdir resumes from the latest checkpoint (parameters, optimizer
+state, step and data iterator), and gives the same result as an uninterrupted run: the data
+order is a function of (seed, epoch) and the step has no randomness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+import signal
+import time
+import zlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from codevision_jax import parallel
+from codevision_jax.data import pipeline
+from codevision_jax.processing import image as image_lib
+from codevision_jax.train import checkpointing, metrics as metrics_lib, optimizer as optim_lib
+from codevision_jax.train import remat, step as step_lib
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# ---- building blocks ------------------------------------------------------------------------------
+
+def make_mesh(cfg):
+  devices = jax.devices()
+  if cfg.num_devices:
+    devices = devices[:cfg.num_devices]
+  return parallel.make_mesh(cfg.shape.to_dict(), devices=devices)
+
+
+def mesh_rules(cfg):
+  return parallel.rules_from_config(cfg.rules) if cfg.get("rules") else parallel.DEFAULT_RULES
+
+
+def load_tokenizer(cfg, workdir: str):
+  from codevision_jax.processing import tokenizer as tok_lib  # Deferred: transformers import.
+  path = cfg.model.tokenizer or cfg.model.path
+  if not path:  # The tiny model: a tiny tokenizer, built deterministically into the workdir.
+    path = os.path.join(workdir, "tokenizer")
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(path, "tokenizer.json")):
+      tok_lib.build_tiny_tokenizer(path)
+    _barrier("tokenizer")
+  return tok_lib.load_tokenizer(path)
+
+
+def _barrier(name):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def build_model(cfg, tokenizer, mesh, rules):
+  """The model on the mesh: from an HF checkpoint (`model.path`) or a random preset (with the
+  special token ids of the tokenizer)."""
+  from codevision_jax import models
+  from codevision_jax.models import presets
+  param_dtype = cfg.model.param_dtype
+  if cfg.model.path:
+    from codevision_jax.checkpoint.hf_load import load_hf
+    return load_hf(cfg.model.path, dtype=param_dtype, mesh=mesh, rules=rules,
+                   attention_backend=cfg.model.attention_backend)
+  if not cfg.model.preset:
+    raise ValueError("no model: pass --config.model.path=<HF checkpoint directory> (or a "
+                     "--config.model.preset for a random model)")
+  kw = {"vocab_size": cfg.model.vocab_size} if cfg.model.vocab_size else {}
+  mc = presets.PRESETS[cfg.model.preset](**kw) if kw else presets.preset(cfg.model.preset)
+  ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
+      ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+      ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+  if len(tokenizer) > mc.text.vocab_size:
+    raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the preset's vocabulary "
+                     f"{mc.text.vocab_size}; set model.vocab_size")
+  mc = mc.replace(**ids)
+  model = models.build_model(mc, seed=cfg.seed, param_dtype=DTYPES[param_dtype],
+                             attention_backend=cfg.model.attention_backend)
+  return parallel.shard_model(model, mesh, rules)
+
+
+def build_source(cfg):
+  """The conversations: synthetic tasks, or records read from `data.paths` (comma-separated)."""
+  if cfg.data.source == "synthetic":
+    from codevision_jax.data import synthetic
+    convs = synthetic.generate(cfg.data.synthetic_size, seed=cfg.data.synthetic_seed)
+    if cfg.data.synthetic_short:  # No system prompt or tool schemas: short sequences for CPU tests.
+      for c in convs:
+        c.messages = [m for m in c.messages if m["role"] != "system"]
+        c.tools = None
+    return convs
+  if cfg.data.source == "files":
+    from codevision_jax.data.sources import ConversationSource
+    paths = [p for p in cfg.data.paths.split(",") if p]
+    if not paths:
+      raise ValueError("data.source is 'files' but data.paths is empty; pass --config.data.paths=a.jsonl,b.parquet")
+    return ConversationSource.from_files(paths, kind="sft", skip_bad=cfg.data.skip_bad)
+  raise ValueError(f"data.source {cfg.data.source!r} is not one of 'synthetic', 'files'")
+
+
+def image_settings(cfg, model_type):
+  kw = {k: cfg.data[k] for k in ("min_pixels", "max_pixels") if cfg.data[k]}
+  return image_lib.ImageSettings.for_model_type(model_type, **kw)
+
+
+def make_plan(cfg, sizes, total_steps_hint: int = 0) -> pipeline.BatchPlan:
+  spec = pipeline.BatchSpec(buckets=tuple(cfg.data.buckets), batch_size=cfg.data.batch_size,
+                            patch_budget=cfg.data.patch_budget, grad_accum=cfg.train.grad_accum,
+                            max_images=cfg.data.max_images, num_hosts=jax.process_count())
+  plan = pipeline.BatchPlan(sizes, spec, seed=cfg.data.seed, num_epochs=cfg.data.num_epochs)
+  if total_steps_hint > len(plan):  # More steps than epochs: plan enough further epochs.
+    epochs = cfg.data.num_epochs * math.ceil(total_steps_hint / len(plan)) + 1
+    plan = pipeline.BatchPlan(sizes, spec, seed=cfg.data.seed, num_epochs=epochs)
+  return plan
+
+
+def check_geometry(cfg, mesh):
+  """Batch rows and patches are split over the batch mesh axes: sizes must divide evenly."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if cfg.data.batch_size % shards or cfg.data.patch_budget % (4 * shards // math.gcd(4, shards)):
+    raise ValueError(f"data.batch_size {cfg.data.batch_size} and data.patch_budget "
+                     f"{cfg.data.patch_budget} must be multiples of data x fsdp = {shards} (the "
+                     "budget also of 4); change them or --config.mesh.shape")
+
+
+def to_global(batch: dict, shardings: dict) -> dict:
+  """This host's numpy batch -> global jax arrays (each host contributes its rows/patches)."""
+  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Run:
+  """Everything a training run is made of, before the first step (see `build`)."""
+  cfg: Any
+  mesh: Any
+  rules: tuple
+  model_config: Any
+  plan: pipeline.BatchPlan
+  builder: pipeline.BatchBuilder
+  total_steps: int
+  state: dict   # {"step", "params", "opt_state"}, on the mesh
+  frozen: dict  # parameters that do not train, on the mesh
+  state_sh: dict
+  frozen_sh: dict
+  step_fn: Callable  # train_step with the model and optimizer bound; not yet jitted
+
+  def jit_step(self, host_batch: dict):
+    """The jitted step for batches shaped like `host_batch` -> (step, batch shardings)."""
+    batch_sh = step_lib.batch_shardings(self.mesh, self.rules, {k: v.ndim for k, v in host_batch.items()})
+    replicated = NamedSharding(self.mesh, P())
+    return jax.jit(self.step_fn, in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
+                   out_shardings=(self.state_sh, replicated), donate_argnums=(0,)), batch_sh
+
+
+def build(cfg, workdir: str) -> Run:
+  """Mesh, tokenizer, model, data plan, optimizer and the initial state, from the config."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh, rules = make_mesh(cfg.mesh), mesh_rules(cfg.mesh)
+  check_geometry(cfg, mesh)
+  tokenizer = load_tokenizer(cfg, workdir)
+  model = build_model(cfg, tokenizer, mesh, rules)
+  mc = model.config
+
+  source = build_source(cfg)
+  settings = image_settings(cfg, mc.model_type)
+  sizes = pipeline.record_sizes(source, tokenizer, settings)
+  plan = make_plan(cfg, sizes, cfg.train.steps)
+  total_steps = cfg.train.steps or len(plan)
+  builder = pipeline.BatchBuilder(source, tokenizer, settings, plan.spec, mc, host=jax.process_index())
+  log.info("%d records (%d dropped), %d steps per epoch, training %d steps", len(sizes),
+           plan.num_dropped, plan.steps_per_epoch, total_steps)
+
+  remat.apply_remat(model, cfg.train.remat)
+  graphdef, params, frozen, rest = nnx.split(
+      model, optim_lib.trainable_filter(cfg.train.freeze_vision_tower, cfg.train.freeze_merger),
+      nnx.Param, ...)
+  tx = optim_lib.make_optimizer(cfg.optim, total_steps)
+  abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
+  state_sh = step_lib.state_shardings(params, abstract_opt, mesh, rules)
+  frozen_sh = nnx.to_pure_dict(parallel.state_shardings(frozen, mesh, rules))
+  params, frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
+  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+           "opt_state": jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params)}
+  state = jax.device_put(state, state_sh)
+  options = step_lib.StepOptions(compute_dtype=DTYPES[cfg.train.compute_dtype],
+                                 loss_chunk=cfg.train.loss_chunk)
+  step_fn = functools.partial(step_lib.train_step, graphdef=graphdef, rest=rest, tx=tx,
+                              lr_schedule=optim_lib.schedule(cfg.optim, total_steps), options=options)
+  return Run(cfg, mesh, rules, mc, plan, builder, total_steps, state, frozen, state_sh, frozen_sh,
+             step_fn)
+
+
+def host_step_flops(run: Run, host_batch: dict, grids: np.ndarray) -> tuple[float, float]:
+  """(model FLOPs, real tokens) of a step, all hosts together, from this host's batch."""
+  hosts = jax.process_count()
+  tokens = float(host_batch["attention_mask"].sum()) * hosts
+  flops = metrics_lib.step_flops(
+      run.model_config, tokens=tokens, seq_len=host_batch["input_ids"].shape[-1],
+      patches=float(grids.prod(-1).sum()) * hosts, train_vision=not run.cfg.train.freeze_vision_tower)
+  return flops, tokens
+
+
+# ---- the loop ---------------------------------------------------------------------------------------
+
+def train(cfg, workdir: str) -> dict:
+  """Runs (or resumes) training; returns {"state", "frozen", "history"} (history: per-step
+  host-side records of this process's steps: step, loss, batch fingerprint)."""
+  run = build(cfg, workdir)
+  mesh, plan, builder, total_steps = run.mesh, run.plan, run.builder, run.total_steps
+  state, frozen, state_sh, frozen_sh = run.state, run.frozen, run.state_sh, run.frozen_sh
+  ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                    every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
+                                    async_save=cfg.train.async_checkpoints)
+  data_state = None
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, frozen, data_state, _ = ckpt.restore(
+        latest, checkpointing.abstract_like(state, state_sh), checkpointing.abstract_like(frozen, frozen_sh))
+    log.info("resumed from %s at step %d", ckpt.manager.directory, latest)
+  start = int(state["step"])
+  iterator = pipeline.make_iterator(plan, builder, workers=cfg.data.workers,
+                                    buffer=cfg.data.prefetch_buffer, state=data_state)
+
+  jitted = batch_sh = None
+
+  is_primary = jax.process_index() == 0
+  writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_primary)
+  bar = metrics_lib.ProgressBar(total_steps, start=start, every=cfg.train.log_every)
+  peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.train.peak_tflops) * mesh.size
+  config_json = cfg.to_dict()
+  history, pending = [], []
+  t_last, flops_acc, tokens_acc = time.perf_counter(), 0.0, 0.0
+  saved_at = latest
+  for step in range(start, total_steps):
+    host_batch = next(iterator)
+    grids = host_batch.pop("image_grid_thw")
+    if jitted is None:
+      jitted, batch_sh = run.jit_step(host_batch)
+    flops, tokens = host_step_flops(run, host_batch, grids)
+    flops_acc, tokens_acc = flops_acc + flops, tokens_acc + tokens
+    state, m = jitted(state, frozen, to_global(host_batch, batch_sh))
+    pending.append((step + 1, m, zlib.crc32(host_batch["input_ids"].tobytes())))
+    done = step + 1
+    if done % cfg.train.log_every == 0 or done == total_steps:
+      fetched = [(s, jax.device_get(mm), h) for s, mm, h in pending]
+      elapsed = time.perf_counter() - t_last
+      for s, mm, h in fetched:
+        history.append({"step": s, "loss": float(mm["loss"]), "batch_hash": h})
+      last = fetched[-1][1]
+      tps = tokens_acc / elapsed if elapsed > 0 else 0.0
+      scalars = {"train/loss": last["loss"], "train/learning_rate": last["learning_rate"],
+                 "train/grad_norm": last["grad_norm"], "train/loss_tokens": last["loss_tokens"],
+                 "perf/tokens_per_s": tps,
+                 "perf/mfu": flops_acc / elapsed / peak if peak and elapsed > 0 else None}
+      writer.scalars(done, scalars)
+      bar.update(done, tps, loss=float(last["loss"]), lr=float(last["learning_rate"]))
+      pending, t_last, flops_acc, tokens_acc = [], time.perf_counter(), 0.0, 0.0
+    if ckpt.save(done, state, frozen, iterator.get_state(), config_json):
+      saved_at = done
+    if cfg.debug.kill_after_step and done == cfg.debug.kill_after_step:
+      ckpt.wait()  # The checkpoint is on disk; now die without any cleanup, as a preempted job.
+      os.kill(os.getpid(), signal.SIGKILL)
+  if saved_at != total_steps and total_steps > start:
+    ckpt.save(total_steps, state, frozen, iterator.get_state(), config_json, force=True)
+  bar.close()
+  ckpt.close()
+  writer.close()
+  return {"state": state, "frozen": frozen, "history": history}

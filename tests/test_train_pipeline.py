@@ -1,0 +1,107 @@
+"""The SFT input pipeline: static shapes, the padding image, host offsets, determinism, and a
+checkpointable Grain iterator."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from codevision_jax.data import pipeline, synthetic
+from codevision_jax.models import build_model, presets
+from codevision_jax.processing import image as image_lib, tokenizer as tok_lib
+from codevision_jax.train import step as step_lib
+
+SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 4,
+                                                  max_pixels=28 * 28 * 4)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  tok = tok_lib.load_tokenizer(tok_lib.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tok"))))
+  convs = synthetic.generate(12, seed=3)
+  for c in convs:  # Short conversations: no system prompt or tool schemas.
+    c.messages = [m for m in c.messages if m["role"] != "system"]
+    c.tools = None
+  mc = presets.qwen2_5_vl_tiny(512).replace(
+      image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+      vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+      vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
+  sizes = pipeline.record_sizes(convs, tok, SETTINGS)
+  return tok, convs, mc, sizes
+
+
+def spec(**kw):
+  kw = {"buckets": (512, 768), "batch_size": 2, "patch_budget": 96, "max_images": 4, **kw}
+  return pipeline.BatchSpec(**kw)
+
+
+def test_plan_is_deterministic_per_epoch_and_respects_budgets(setup):
+  _, _, _, sizes = setup
+  s = spec()
+  a = pipeline.BatchPlan(sizes, s, seed=0, num_epochs=2)
+  b = pipeline.BatchPlan(sizes, s, seed=0, num_epochs=2)
+  assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]
+  epoch0 = pipeline.plan_epoch(sizes, s, 0, 0)
+  assert epoch0 != pipeline.plan_epoch(sizes, s, 0, 1)  # Reshuffled every epoch.
+  seen = sorted(i for _, groups in epoch0 for g in groups for i in g)
+  assert seen == sorted(np.flatnonzero(sizes[:, 1] <= 96).tolist())  # Each fitting record once.
+  for bucket, groups in epoch0:
+    assert bucket in (512, 768) and len(groups) == s.groups
+    for g in groups:
+      assert len(g) <= s.rows and sizes[g, 1].sum() <= 96 and sizes[g, 0].max(initial=0) <= bucket
+
+
+def test_padded_batch_gives_the_models_logits(setup):
+  tok, convs, mc, sizes = setup
+  s = spec()
+  builder = pipeline.BatchBuilder(convs, tok, SETTINGS, s, mc)
+  rows = np.flatnonzero(sizes[:, 0] <= 512)[:2].tolist()
+  batch = builder((512, [rows]))
+  assert batch["input_ids"].shape == (1, 2, 512) and batch["pixel_values"].shape == (1, 96, 1176)
+  assert batch["position_ids"].shape == (1, 3, 2, 512)
+  real = int(sizes[rows, 1].sum())
+  assert real < 96  # So the padding image is there.
+  # Fewer layers keep the eager forward quick; one windowed and one full-attention vision block.
+  small = mc.replace(text=dataclasses.replace(mc.text, num_hidden_layers=1),
+                     vision=dataclasses.replace(mc.vision, depth=2, fullatt_block_indexes=(1,)))
+  model = build_model(small, seed=0)
+  mb = {k: jnp.asarray(v[0]) for k, v in batch.items() if k != "image_grid_thw"}
+  padded_logits = nnx.jit(lambda m, mb: m.logits(step_lib.forward_hidden(m, mb)))(model, mb)
+  reference = nnx.jit(lambda m, ids, pv, meta, pos: m.forward(ids, pv, meta, None, pos))
+  for row, index in enumerate(rows):  # Each example alone, unpadded, the model's own way.
+    one = builder.group(512, [index])
+    n = int(one["attention_mask"].sum())
+    ids = one["input_ids"][:, :n]
+    grids = one["image_grid_thw"][:int(sizes[index, 2])]
+    pv = one["pixel_values"][:int(sizes[index, 1])]
+    pos, meta = model.prepare(ids, grids)
+    ref = reference(model, jnp.asarray(ids), jnp.asarray(pv), meta.as_arrays(), jnp.asarray(pos))
+    np.testing.assert_allclose(padded_logits[row, :n], ref[0], atol=2e-5, rtol=1e-4)
+
+
+def test_second_host_offsets(setup):
+  tok, convs, mc, _ = setup
+  s = spec(batch_size=2, num_hosts=2)
+  host1 = pipeline.BatchBuilder(convs, tok, SETTINGS, s, mc, host=1)
+  g = host1.group(512, [0])
+  index = g["image_index"][g["image_index"] >= 0]
+  assert index.min() == 96 // 4  # Host 1's features follow host 0's 24 merged units.
+  assert g["window_index"].min() == 24 and sorted(g["window_index"]) == list(range(24, 48))
+  assert g["full_segments"].min() >= 96 and g["window_segments"].min() >= 96
+
+
+def test_iterator_state_resumes_the_sequence(setup):
+  tok, convs, mc, sizes = setup
+  plan = pipeline.BatchPlan(sizes, spec(), seed=1, num_epochs=2)
+  builder = pipeline.BatchBuilder(convs, tok, SETTINGS, plan.spec, mc)
+  it = pipeline.make_iterator(plan, builder)
+  next(it)
+  state = it.get_state()
+  expected = [next(it)["input_ids"] for _ in range(2)]
+  again = pipeline.make_iterator(plan, builder, state=state)
+  assert all(np.array_equal(e, next(again)["input_ids"]) for e in expected)
+  workers = pipeline.make_iterator(plan, builder, workers=1)
+  assert np.array_equal(next(workers)["pixel_values"], next(pipeline.make_iterator(plan, builder))["pixel_values"])
