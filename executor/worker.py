@@ -62,6 +62,17 @@ def _warm_up() -> None:
   Image.fromarray(arr).save(io.BytesIO(), "PNG", compress_level=1)
 
 
+_MAX_OP_JSON = 1024
+
+
+def _checked_ops(ops: Any) -> list[dict[str, Any]]:
+  """The child's trace, bounded: at most MAX_OPS + 1 entries, each a small JSON object."""
+  if not isinstance(ops, list):
+    raise ValueError("bad ops")
+  return [op for op in ops[:trace.MAX_OPS + 1]
+          if isinstance(op, dict) and len(json.dumps(op)) <= _MAX_OP_JSON]
+
+
 def _png_size(data: bytes) -> tuple[int, int] | None:
   if len(data) < 24 or not data.startswith(_PNG_SIG) or data[12:16] != b"IHDR":
     return None
@@ -261,10 +272,7 @@ class Worker:
     try:
       header, pngs = protocol.decode(result)
       ok = header["ok"] is True
-      ops = header.get("ops") or []
-      if not isinstance(ops, list) or not all(isinstance(o, dict) for o in ops):
-        raise ValueError("bad ops")
-      ops = ops[:trace.MAX_OPS + 1]
+      ops = _checked_ops(header.get("ops") or [])
       err = header.get("error")
       if not ok:
         if not isinstance(err, dict):

@@ -245,6 +245,12 @@ import os, site
 path = os.path.join(site.getsitepackages()[0], 'pwned.pth')
 open(path, 'w').write('import os\\n')
 """, 5, {"PermissionError", "OSError"}),
+    ("tamper", "flood_the_trace", """
+import sys
+ops = [m for name, m in sys.modules.items() if name.endswith('trace') and hasattr(m, 'OPS')][0].OPS
+ops.extend([{{'op': 'crop', 'box': 'x' * 10 ** 4}}] * 1000)
+raise ValueError('flooded')
+""", 5, {"ValueError"}),
     ("tamper", "raise_rlimits", """
 import resource
 resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
@@ -315,6 +321,7 @@ def test_attack_fails_cleanly(service, listener, outside_dir, group, name, code,
   assert err["type"] in accepted, err
   assert err["message"], err
   text = json.dumps(out)
+  assert len(text) < 400_000  # answers stay small whatever the code did
   assert CANARY not in text
   assert _listing(SANDBOX_VISIBLE_DIR) == before
   assert os.listdir(outside_dir) == []
