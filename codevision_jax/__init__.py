@@ -18,6 +18,7 @@ _EXPORTS = {
     "save_hf": "codevision_jax.checkpoint.hf_save",
     "preprocess_images": "codevision_jax.processing.image",
     "smart_resize": "codevision_jax.processing.image",
+    "generate": "codevision_jax.sampling.sampler",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,9 @@
 """The one attention function every module calls, with a backend choice.
 
 Shapes: q [B, T, H, D], k and v [B, S, K, D] with H a multiple of K (grouped-query attention),
-`mask` boolean, broadcastable to [B, 1, T, S] (True = may attend). Returns [B, T, H, D].
+or [B, K, S, D] with `kv_layout="bksd"` (the sampler's key/value cache: a decode step reads it
+without a transpose), `mask` boolean, broadcastable to [B, 1, T, S] (True = may attend).
+Returns [B, T, H, D].
 
 Backends:
 * "xla" (default, all platforms): matmuls + float32 softmax, numerically what transformers'
@@ -19,13 +21,17 @@ BACKENDS = ("xla", "cudnn")
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None,
-                          scale: float, backend: str = "xla") -> jax.Array:
+                          scale: float, backend: str = "xla", kv_layout: str = "bskd") -> jax.Array:
   b, t, h, d = q.shape
-  kv_heads = k.shape[2]
+  if kv_layout not in ("bskd", "bksd"):
+    raise ValueError(f"kv_layout {kv_layout!r}: expected 'bskd' or 'bksd'")
+  kv_heads = k.shape[2] if kv_layout == "bskd" else k.shape[1]
   if h % kv_heads:
     raise ValueError(f"{h} query heads are not a multiple of {kv_heads} key/value heads")
   if backend == "xla":
-    return _xla_attention(q, k, v, mask, scale)
+    return _xla_attention(q, k, v, mask, scale, kv_layout)
+  if kv_layout == "bksd":
+    k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)
   if backend == "cudnn":
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
   raise ValueError(f"attention backend {backend!r} is not available; choose one of {BACKENDS}")

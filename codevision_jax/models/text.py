@@ -44,12 +44,15 @@ class TextAttention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     q = rotary.apply_rotary(q, cos[:, :, None], sin[:, :, None])
     k = rotary.apply_rotary(k, cos[:, :, None], sin[:, :, None])
-    if cache is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
+    if cache is not None:  # Laid out [B, K, S, D]: a decode step reads it without a transpose.
+      k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.swapaxes(1, 2).astype(cache["k"].dtype),
+                                              cache_index, axis=2)
+      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.swapaxes(1, 2).astype(cache["v"].dtype),
+                                              cache_index, axis=2)
       cache = {"k": k, "v": v}
     out = attention.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
-                                          backend=self.backend)
+                                          backend=self.backend,
+                                          kv_layout="bskd" if cache is None else "bksd")
     return self.o_proj(out.reshape(b, t, -1)), cache
 
 
