@@ -45,8 +45,10 @@ def qwen2_5_vl_tiny(vocab_size: int = 512) -> VLConfig:
 
 # Qwen3-VL (dense), from the released config.json files. Published totals (HF model cards):
 # 2B 2.13B, 4B 4.44B, 8B 8.77B, 32B 33.4B; tests/test_presets.py pins the exact counts.
-_QWEN3_SMALL_VISION = dict(depth=24, hidden_size=1024, intermediate_size=4096, deepstack_visual_indexes=(5, 11, 17))
-_QWEN3_LARGE_VISION = dict(depth=27, hidden_size=1152, intermediate_size=4304, deepstack_visual_indexes=(8, 16, 24))
+_QWEN3_SMALL_VISION = dict(depth=24, hidden_size=1024, intermediate_size=4096,
+                           deepstack_visual_indexes=(5, 11, 17))  # 2B, 4B
+_QWEN3_LARGE_VISION = dict(depth=27, hidden_size=1152, intermediate_size=4304,
+                           deepstack_visual_indexes=(8, 16, 24))  # 8B, 32B
 _QWEN3_VISION = dict(num_heads=16, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
                      hidden_act="gelu_pytorch_tanh", num_position_embeddings=2304, window_size=0,
                      fullatt_block_indexes=())
