@@ -38,9 +38,10 @@ def spec(**kw):
   return pipeline.BatchSpec(**kw)
 
 
-def test_plan_is_deterministic_per_epoch_and_respects_budgets(setup):
+@pytest.mark.parametrize("sort_window", [0, 2])
+def test_plan_is_deterministic_per_epoch_and_respects_budgets(setup, sort_window):
   _, _, _, sizes = setup
-  s = spec()
+  s = spec(sort_window=sort_window)
   a = pipeline.BatchPlan(sizes, s, seed=0, num_epochs=2)
   b = pipeline.BatchPlan(sizes, s, seed=0, num_epochs=2)
   assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]

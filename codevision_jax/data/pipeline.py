@@ -17,6 +17,10 @@ Shapes are static so that XLA compiles a bounded number of programs:
   longer than the largest bucket, are dropped and counted (never truncated: cutting a
   conversation through an image or a tool call makes a broken example).
 
+With `sort_window` > 0, each window of that many steps' worth of shuffled records is sorted by
+length before batching, and the batches are shuffled again: far less padding, still a fresh
+order every epoch.
+
 A training step consumes `grad_accum` microbatches of `batch_size` rows (all hosts together).
 Each (microbatch, host) pair is a *group* of `batch_size / num_hosts` rows with its own patch
 budget. `BatchPlan` fills groups greedily in the epoch's shuffled order: a record goes to the
@@ -68,6 +72,7 @@ class BatchSpec:
   grad_accum: int = 1
   max_images: int = 16
   num_hosts: int = 1
+  sort_window: int = 0  # > 0: sort each window of this many steps' records by length.
 
   def __post_init__(self):
     if self.batch_size % self.num_hosts:
@@ -137,9 +142,15 @@ def record_sizes(source, tokenizer, settings) -> np.ndarray:
 def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> list:
   """Batches of one epoch: a list of (bucket, groups), groups a list of `spec.groups` lists of
   record indices (group g = microbatch g // num_hosts, host g % num_hosts)."""
-  order = np.random.default_rng([seed, epoch]).permutation(len(sizes))
+  rng = np.random.default_rng([seed, epoch])
+  order = rng.permutation(len(sizes))
   fits = ((sizes[:, 0] <= spec.buckets[-1]) & (sizes[:, 1] <= spec.patch_budget)
           & (sizes[:, 2] <= spec.max_images))
+  order = order[fits[order]]
+  if spec.sort_window:  # Similar lengths share a batch (less padding); batches reshuffled below.
+    w = spec.sort_window * spec.groups * spec.rows
+    order = np.concatenate([c[np.argsort(sizes[c, 0], kind="stable")]
+                            for c in np.split(order, range(w, len(order), w))] + [order[:0]])
   batches, groups, used = [], [[]], [0, 0]  # used: patches, images of the current group
 
   def close_batch():
@@ -147,7 +158,7 @@ def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> lis
     batches.append((spec.bucket(longest), [list(g) for g in groups]
                     + [[] for _ in range(spec.groups - len(groups))]))
 
-  for i in order[fits[order]]:
+  for i in order:
     p, n = int(sizes[i, 1]), int(sizes[i, 2])
     g = groups[-1]
     if len(g) == spec.rows or used[0] + p > spec.patch_budget or used[1] + n > spec.max_images:
@@ -161,6 +172,8 @@ def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> lis
     used[1] += n
   if groups[0]:
     close_batch()
+  if spec.sort_window:
+    batches = [batches[j] for j in rng.permutation(len(batches))]
   return batches
 
 
