@@ -2,7 +2,6 @@
 support, log-probs equal to a teacher-forced forward, parameter swaps without recompiling."""
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +19,6 @@ from codevision_jax.sampling.logits import choose_tokens
 IMG, VS, VE = (H.QWEN_SPECIAL_IDS[k] for k in ("image_token_id", "vision_start_token_id",
                                                 "vision_end_token_id"))
 PAD = 0
-
-
-def _qwen3_landed():
-  return os.path.exists(os.path.join(os.path.dirname(cvj.__file__), "models", "qwen3_vl.py"))
 
 
 def make_prompts(rng, rows, patch_size=14):
@@ -63,12 +58,12 @@ def hf_greedy(hf, ids, mask, pv, grid, max_new_tokens, stop_ids=None):
   return np.pad(new, ((0, 0), (0, max_new_tokens - new.shape[1])), constant_values=PAD)
 
 
-MODEL_TYPES = ["qwen2_5_vl"] + (["qwen3_vl"] if _qwen3_landed() else [])
+MODEL_TYPES = ["qwen2_5_vl", "qwen3_vl"]
 ROWS = [[(1, 4, 4)], [(1, 6, 4)], []]  # two rows with an image of different sizes, one text-only
 
 
 @functools.lru_cache(maxsize=None)
-def setup(model_type):
+def _models(model_type):
   """A random transformers model, ours with its weights, and a left-padded batch of prompts."""
   hf = H.random_hf_model(H.tiny_hf_config(model_type), seed=1)
   patch = hf.config.vision_config.patch_size
@@ -77,7 +72,7 @@ def setup(model_type):
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_greedy_equals_transformers_generate(model_type):
-  hf, ours, (ids, mask, pv, grid) = setup(model_type)
+  hf, ours, (ids, mask, pv, grid) = _models(model_type)
   n = 12
   free = hf_greedy(hf, ids, mask, pv, grid, n)
   # A stop token that row 0 emits at step 3 (and not before): rows then end at different steps.
@@ -96,7 +91,7 @@ def test_greedy_equals_transformers_generate(model_type):
 
 
 def test_sampling_reproducible_with_seed():
-  _, model, (ids, mask, pv, grid) = setup("qwen2_5_vl")
+  _, model, (ids, mask, pv, grid) = _models("qwen2_5_vl")
   sampler = Sampler(model, pad_token_id=PAD)
   kw = dict(max_new_tokens=10, temperature=1.0, top_k=50, top_p=0.95)
   a = sampler.generate(ids, pv, grid, mask, seed=7, **kw)
@@ -160,7 +155,7 @@ def test_top_k_top_p_restrict_the_support():
 
 
 def test_logprobs_equal_teacher_forced_forward():
-  _, model, (ids, mask, pv, grid) = setup("qwen2_5_vl")
+  _, model, (ids, mask, pv, grid) = _models("qwen2_5_vl")
   n = 9
   sampler = Sampler(model, pad_token_id=PAD)
   free, _ = sampler.generate(ids, pv, grid, mask, max_new_tokens=n, temperature=0.8, top_k=30, seed=1)
@@ -186,7 +181,7 @@ def test_logprobs_equal_teacher_forced_forward():
 
 
 def test_update_params_on_device_without_recompiling():
-  _, model, (ids, mask, pv, grid) = setup("qwen2_5_vl")
+  _, model, (ids, mask, pv, grid) = _models("qwen2_5_vl")
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   # New parameters made on device, as a trainer's update would be.
   new_params = jax.tree.map(lambda x: 1.2 * x, params)

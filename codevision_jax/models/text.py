@@ -2,7 +2,8 @@
 
 Inputs are embeddings (the caller has already put image features in place of image tokens);
 positions are 3-D M-RoPE ids [3, B, T]. `kv_cache` is an optional dict per layer with static-shape
-key/value buffers, used by the sampler; training and scoring pass none.
+key/value buffers {"k": [B, K, S, D], "v": ...} (kv heads before slots, so that a decode step
+reads them without a transpose), used by the sampler; training and scoring pass none.
 """
 
 from __future__ import annotations
