@@ -281,6 +281,7 @@ def train(cfg, workdir: str) -> dict:
   if saved_at != total_steps and total_steps > start:
     ckpt.save(total_steps, state, frozen, iterator.get_state(), config_json, force=True)
   bar.close()
+  iterator.close()  # Stops Grain's worker processes and frees their shared memory.
   ckpt.close()
   writer.close()
   return {"state": state, "frozen": frozen, "history": history}
