@@ -40,7 +40,8 @@ class Policy(Protocol):
 
 
 class ModelPolicy:
-  """The model, sampling at `temperature` (0: greedy) with optional top-k/top-p.
+  """The model, sampling at `temperature` (0: greedy) with optional top-k/top-p; image pads and
+  vision markers are never sampled (only tool turns place them).
 
   Trajectory t samples with the key `fold_in(PRNGKey(seed), t)` folded with its token count, so
   its tokens do not depend on which slot it ran in or what ran beside it.
@@ -55,8 +56,11 @@ class ModelPolicy:
     self.stop_ids = list(stop_ids)
     self.steps_per_call = steps_per_call
     self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    c = model.config
+    self.banned_ids = [i for i in (c.image_token_id, c.video_token_id, c.vision_start_token_id,
+                                   c.vision_end_token_id) if i is not None]
     self.seed = seed
-    self._keys = np.asarray(jax.random.split(jax.random.PRNGKey(seed), num_slots))
+    self._keys = np.array(jax.random.split(jax.random.PRNGKey(seed), num_slots))
     self._counts = np.zeros((num_slots,), np.int32)
 
   def update_params(self, params: nnx.State) -> None:
@@ -78,7 +82,8 @@ class ModelPolicy:
     budget[list(slots)] = budgets
     tokens, logprobs, n = self.cache.decode(active, budget, self._keys, self._counts,
                                             max_steps=self.steps_per_call,
-                                            stop_ids=self.stop_ids, **self.sampling)
+                                            stop_ids=self.stop_ids, banned_ids=self.banned_ids,
+                                            **self.sampling)
     self._counts += n.astype(np.int32)
     return {s: (tokens[s, :n[s]], logprobs[s, :n[s]]) for s in slots}
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from codevision_jax.sampling.logits import choose_tokens
+from codevision_jax.sampling.logits import choose_tokens, policy_logprobs
 from codevision_jax.sampling.sampler import prompt_bucket
 
 
@@ -68,8 +68,12 @@ def _prefill_chunk(graphdef, params, rest, cache, logits, slot, start, embeds, p
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_steps", "greedy", "filtered"),
                    donate_argnames=("cache", "logits"))
 def _decode(graphdef, params, rest, cache, logits, lengths, counters, active, budget, keys, counts,
-            temperature, top_k, top_p, stop_ids, *, max_steps: int, greedy: bool, filtered: bool):
+            temperature, top_k, top_p, stop_ids, banned_ids, *, max_steps: int, greedy: bool,
+            filtered: bool):
   """Up to `max_steps` tokens for each active row, until a stop token or its `budget`.
+
+  Tokens in `banned_ids` (image pads, vision markers: only the environment places them) are never
+  sampled; the log-probs stay those of the unrestricted policy, as the training forward sees it.
 
   Returns tokens, log-probs [B, max_steps], the number sampled per row, and the updated cache,
   logits, lengths and counters.
@@ -94,8 +98,11 @@ def _decode(graphdef, params, rest, cache, logits, lengths, counters, active, bu
   def body(state):
     step, cache, logits, n, done, lengths, counters, tokens, logprobs = state
     step_keys = jax.vmap(jax.random.fold_in)(keys, counts + n)
-    tok, lp = choose_tokens(logits, step_keys, temperature, top_k, top_p, greedy=greedy,
-                            filtered=filtered)
+    vocab = jnp.arange(logits.shape[-1])
+    allowed = ~jnp.any(vocab[:, None] == banned_ids[None, :], axis=-1)
+    tok, _ = choose_tokens(jnp.where(allowed, logits, -jnp.inf), step_keys, temperature, top_k,
+                           top_p, greedy=greedy, filtered=filtered)
+    lp = policy_logprobs(logits, tok)
     live = ~done
     tokens = tokens.at[:, step].set(jnp.where(live, tok, 0))
     logprobs = logprobs.at[:, step].set(jnp.where(live, lp, 0.0))
@@ -195,17 +202,19 @@ class SlotCache:
     self.counters[slot] = int(positions[:, 0, :n].max()) + 1
 
   def decode(self, active, budget, keys, counts, *, max_steps: int, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, stop_ids=()):
+             top_k: int = 0, top_p: float = 1.0, stop_ids=(), banned_ids=()):
     """Samples for the rows where `active` [B] is set; see `_decode`. Returns numpy tokens,
     log-probs [B, max_steps] and counts [B]."""
     stops = np.full((8,), -1, np.int32)
     stops[:len(stop_ids)] = list(stop_ids)
+    banned = np.full((8,), -1, np.int32)
+    banned[:len(banned_ids)] = list(banned_ids)
     budget = np.minimum(np.asarray(budget, np.int32), self.capacity - self.lengths)
     tokens, logprobs, n, self.cache, self.logits, lengths, counters = _decode(
         self._graphdef, self._params, self._rest, self.cache, self.logits, self.lengths,
         self.counters, np.asarray(active, bool), budget.astype(np.int32), keys,
         np.asarray(counts, np.int32), np.float32(temperature), np.int32(top_k), np.float32(top_p),
-        stops, max_steps=max_steps, greedy=temperature == 0,
+        stops, banned, max_steps=max_steps, greedy=temperature == 0,
         filtered=temperature > 0 and (top_k > 0 or top_p < 1))
     self.lengths = np.array(lengths)
     self.counters = np.array(counters)

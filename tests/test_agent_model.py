@@ -1,0 +1,106 @@
+"""The agent loop with the tiny model end to end (real executor): a forced first turn calls the
+tool, the model samples after the tool turn, and every sampled log-prob equals a teacher-forced
+forward over the whole trajectory (images included); and launch.rollout writes loadable
+trajectories."""
+
+import asyncio
+import io
+import json
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from codevision_jax.data import synthetic
+from codevision_jax.data.writers import write_sft_jsonl
+from codevision_jax.sampling import agent as agent_lib
+from codevision_jax.sampling import trajectory as traj_lib
+from codevision_jax.sampling.policy import ModelPolicy
+from codevision_jax.tools.executor_client import ExecutorClient
+from executor.testing import running_service
+from launch import rollout as rollout_lib
+
+CALL = ("<think>Rotate it.</think>\n<tool_call>\n{\"name\": \"code_image_tool\", \"arguments\": "
+        "{\"code\": \"result = image.rotate(90, expand=True)\", \"description\": \"rotate\", "
+        "\"image_index\": 0}}\n</tool_call>")
+
+
+class ForcedFirstTurn(ModelPolicy):
+  """The model, except that each trajectory's first turn is `CALL` (teacher-forced)."""
+
+  def __init__(self, tokenizer, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.forced = list(tokenizer(CALL, add_special_tokens=False)["input_ids"])
+    self.pending = set()
+
+  def start(self, slot, trajectory_id, *args):
+    super().start(slot, trajectory_id, *args)
+    self.pending.add(slot)
+
+  def decode(self, slots, budgets):
+    out = {}
+    for s in [s for s in slots if s in self.pending]:
+      self.pending.discard(s)
+      self.cache.append(s, self.forced)
+      out[s] = (np.asarray(self.forced), np.zeros(len(self.forced), np.float32))
+    rest = [(s, b) for s, b in zip(slots, budgets) if s not in out]
+    if rest:
+      out.update(super().decode(*zip(*rest)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+  return rollout_lib.load_policy_parts("", str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def service():
+  with running_service(workers=2) as s:
+    yield s
+
+
+def test_tiny_model_end_to_end(parts, service):
+  model, tok, settings = parts
+  records = synthetic.generate(3, seed=0)
+  config = agent_lib.AgentConfig(max_total_tokens=1500)
+  policy = ForcedFirstTurn(tok, model, agent_lib.stop_ids(tok), num_slots=2, capacity=1500,
+                           chunk=128, steps_per_call=16, temperature=1.0, seed=3)
+
+  async def go():
+    async with ExecutorClient(service.url) as client:
+      return await agent_lib.run_agent(policy, records, tok, client, settings, config)
+
+  trajs, stats = asyncio.run(go())
+  assert stats.decode_calls > 0
+  for traj in trajs:
+    assert traj.finish_reason in ("eos", "answer", "max_tokens", "max_turns")
+    assert traj.tool_calls[0].status == "ok" and traj.tool_calls[0].result_image_index == 1
+    assert len(traj.token_ids) == len(traj.policy_mask) == len(traj.logprobs) <= 1500
+    # Teacher-forced forward over the whole trajectory, with its images re-preprocessed.
+    images = [Image.open(io.BytesIO(im.png)).convert("RGB") for im in traj.images]
+    pv, grid = settings.preprocess(images)
+    assert grid.tolist() == [im.grid_thw for im in traj.images]
+    ids = np.asarray(traj.token_ids)[None]
+    logp = np.asarray(jax.nn.log_softmax(model(ids, pv, grid)[0], -1))
+    sampled = np.flatnonzero(np.asarray(traj.policy_mask))
+    sampled = sampled[sampled > traj.prompt_length + len(policy.forced)]  # After the tool turn.
+    assert len(sampled) > 0
+    got = np.asarray(traj.logprobs)[sampled]
+    want = logp[sampled - 1, ids[0, sampled]]
+    np.testing.assert_allclose(got, want, atol=2e-4)
+
+
+def test_launch_rollout_writes_trajectories(service, tmp_path):
+  data = tmp_path / "tasks.jsonl"
+  write_sft_jsonl(synthetic.generate(3, seed=1), str(data))
+  out = tmp_path / "out"
+  summary = rollout_lib.rollout(
+      out=str(out), data=str(data), executor=service.url, slots=2, samples=2,
+      agent_config=agent_lib.AgentConfig(max_total_tokens=1400), progress=False)
+  assert summary["trajectories"] == 6
+  back = traj_lib.load_jsonl(str(out / "trajectories.jsonl"))
+  assert sorted(t.id for t in back) == list(range(6))
+  assert all(t.finish_reason for t in back)
+  assert json.loads((out / "summary.json").read_text())["trajectories"] == 6
