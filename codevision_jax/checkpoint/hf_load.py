@@ -89,7 +89,7 @@ def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=paralle
                      f"for model_type {config.model_type!r}; is config.json the right one?")
   missing = [m.hf_key for m in mappings if m.hf_key not in available]
   if missing:
-    raise ValueError(f"{path}: checkpoint lacks tensor {keymap.to_official_layout(missing[0])!r} "
+    raise ValueError(f"{path}: checkpoint lacks tensor {keymap.to_official_layout(missing[0], config.model_type)!r} "
                      f"({len(missing)} missing in all)")
 
   flat = dict(nnx.to_flat_state(state))

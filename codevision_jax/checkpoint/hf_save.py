@@ -1,6 +1,6 @@
 """`save_hf`: an NNX model -> an HF checkpoint directory transformers loads with `from_pretrained`.
 
-Keys follow the official Qwen release layout; tensors stream one at a time from the devices into
+Keys follow the official release layout of the family; tensors stream one at a time from the devices into
 sharded safetensors with an index. Writing goes to a temporary sibling directory that replaces
 `out_dir` only when complete, so a half-written export never looks like a checkpoint.
 """
@@ -51,7 +51,7 @@ def save_hf(model, out_dir: str, dtype=None, max_shard_size="5GB", source_dir: s
   for m in mappings:
     value = flat[m.path].get_value()
     out_dtype = np.dtype(dtype if dtype is not None else value.dtype)
-    key = keymap.to_official_layout(m.hf_key)
+    key = keymap.to_official_layout(m.hf_key, config.model_type)
     by_key[key] = (m, out_dtype)
     sizes.append((key, int(np.prod(m.hf_shape, dtype=np.int64)) * out_dtype.itemsize))
   shards = safetensors_io.plan_shards(sizes, safetensors_io.parse_size(max_shard_size))

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from codevision_jax.models.config import TextConfig, VisionConfig, VLConfig
 
+# The special tokens' ids in the tiny tokenizer (`processing.tokenizer.build_tiny_tokenizer`: 384
+# byte-level BPE tokens, then Qwen's added tokens in their release order).
+TINY_TOKENIZER_IDS = dict(image_token_id=396, video_token_id=397, vision_start_token_id=393,
+                          vision_end_token_id=394)
+
 _QWEN2_5_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
                        spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                        fullatt_block_indexes=(7, 15, 23, 31), hidden_act="silu", tokens_per_second=2)
@@ -28,7 +33,7 @@ def _qwen2_5(hidden, intermediate, layers, heads, kv_heads, vocab, tie) -> VLCon
 def qwen2_5_vl_tiny(vocab_size: int = 512) -> VLConfig:
   """The embedded default: the Qwen2.5-VL architecture at toy size (runs on a laptop CPU).
 
-  Special token ids sit at the top of the small vocabulary, where the tiny tokenizer puts them.
+  Special token ids are those of `processing.tokenizer.build_tiny_tokenizer`.
   """
   return VLConfig(
       model_type="qwen2_5_vl",
@@ -38,8 +43,7 @@ def qwen2_5_vl_tiny(vocab_size: int = 512) -> VLConfig:
       text=TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=10000.0,
                       mrope_section=(4, 6, 6), max_position_embeddings=32768),
-      image_token_id=vocab_size - 6, video_token_id=vocab_size - 5,
-      vision_start_token_id=vocab_size - 4, vision_end_token_id=vocab_size - 3,
+      **TINY_TOKENIZER_IDS,
       tie_word_embeddings=False)
 
 
@@ -79,8 +83,7 @@ def qwen3_vl_tiny(vocab_size: int = 512) -> VLConfig:
                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
                       rope_theta=10000.0, mrope_section=(6, 5, 5), mrope_interleaved=True,
                       attention_bias=False, qk_norm=True, max_position_embeddings=32768),
-      image_token_id=vocab_size - 6, video_token_id=vocab_size - 5,
-      vision_start_token_id=vocab_size - 4, vision_end_token_id=vocab_size - 3,
+      **TINY_TOKENIZER_IDS,
       tie_word_embeddings=True)
 
 
