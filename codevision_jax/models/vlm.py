@@ -34,13 +34,17 @@ class VLModel(nnx.Module):
     self.language_model = language_model
 
 
-def scatter_image_features(embeds: jax.Array, is_image: jax.Array, features: jax.Array) -> jax.Array:
-  """Puts feature row k at the k-th image token (row-major over the batch), like masked_scatter."""
-  b, t, h = embeds.shape
-  flat_mask = is_image.reshape(-1)
-  index = jnp.clip(jnp.cumsum(flat_mask) - 1, 0, max(features.shape[0] - 1, 0))
-  gathered = features.astype(embeds.dtype)[index]
-  return jnp.where(flat_mask[:, None], gathered, embeds.reshape(-1, h)).reshape(b, t, h)
+def image_feature_index(is_image: jax.Array) -> jax.Array:
+  """Row of the image features each token takes (-1: a text token): the k-th image token, in
+  row-major order over the batch, takes row k, as transformers' masked_scatter."""
+  flat = is_image.reshape(-1)
+  return jnp.where(flat, jnp.cumsum(flat) - 1, -1).reshape(is_image.shape)
+
+
+def place_image_features(embeds: jax.Array, image_index: jax.Array, features: jax.Array) -> jax.Array:
+  """embeds [B, T, H] with features[image_index] wherever image_index >= 0."""
+  rows = features.astype(embeds.dtype)[jnp.maximum(image_index, 0)]
+  return jnp.where((image_index >= 0)[..., None], rows, embeds)
 
 
 class VisionLanguageModel(nnx.Module):
@@ -106,18 +110,24 @@ class VisionLanguageModel(nnx.Module):
 
   # ---- array code ---------------------------------------------------------------------------
 
-  def embed(self, input_ids, pixel_values=None, vision_meta=None):
-    """Token embeddings with image features in place, and DeepStack inputs (or None)."""
+  def embed(self, input_ids, pixel_values=None, vision_meta=None, image_index=None):
+    """Token embeddings with image features in place, and DeepStack inputs (or None).
+
+    `image_index` [B, T] names the feature row each token takes (-1 for text); by default the
+    k-th image token takes row k. Input pipelines that pad the patches (a padding image) or
+    split a batch across hosts pass it explicitly.
+    """
     embeds = self.model.language_model.embed_tokens(input_ids)
     if pixel_values is None:
       return embeds, None
     features, deepstack_features = self.model.visual(pixel_values, vision_meta)
-    is_image = input_ids == self.config.image_token_id
-    embeds = scatter_image_features(embeds, is_image, features)
+    if image_index is None:
+      image_index = image_feature_index(input_ids == self.config.image_token_id)
+    embeds = place_image_features(embeds, image_index, features)
     deepstack = None
     if deepstack_features:
-      deepstack = (is_image, [scatter_image_features(jnp.zeros_like(embeds), is_image, f)
-                              for f in deepstack_features])
+      deepstack = (image_index >= 0, [place_image_features(jnp.zeros_like(embeds), image_index, f)
+                                      for f in deepstack_features])
     return embeds, deepstack
 
   def logits(self, hidden: jax.Array) -> jax.Array:
@@ -126,11 +136,11 @@ class VisionLanguageModel(nnx.Module):
     return self.lm_head(hidden)
 
   def forward(self, input_ids, pixel_values=None, vision_meta=None, attention_mask=None,
-              position_ids=None, *, return_hidden: bool = False):
+              position_ids=None, *, image_index=None, return_hidden: bool = False):
     b, t = input_ids.shape
     if position_ids is None:
       position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (3, b, t))
-    embeds, deepstack = self.embed(input_ids, pixel_values, vision_meta)
+    embeds, deepstack = self.embed(input_ids, pixel_values, vision_meta, image_index)
     mask = causal_mask(attention_mask, b, t)
     hidden, _ = self.model.language_model(embeds, position_ids, mask, deepstack=deepstack)
     return hidden if return_hidden else self.logits(hidden)

@@ -22,7 +22,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from codevision_jax import parallel
 from codevision_jax.models import rotary
-from codevision_jax.models.text import causal_mask
 from codevision_jax.train import loss as loss_lib
 
 # Per-key position of the batch axis (after the leading microbatch axis) for the sharding.
@@ -42,30 +41,17 @@ def cast_floats(tree, dtype):
 def forward_hidden(model, mb: dict) -> jax.Array:
   """Final hidden states [b, T, H] of one microbatch.
 
-  As `model.forward`, except that image features are gathered by the batch's explicit
-  `image_index` (so the padding image and other hosts' patches are placed correctly) instead
-  of in order of appearance.
+  Image features are placed by the batch's explicit `image_index`, so the padding image and
+  other hosts' patches land on no token.
   """
-  lm = model.model.language_model
-  ids = mb["input_ids"]
-  b, t = ids.shape
-  embeds = lm.embed_tokens(ids)
-  deepstack = None
+  pixel_values, meta = None, None
   if mb["pixel_values"].shape[0]:
+    pixel_values = mb["pixel_values"]
     meta = rotary.VisionMetadata(mb["vision_position_ids"], mb["window_index"], mb["full_segments"],
                                  mb["window_segments"], mb.get("interp_indices"),
                                  mb.get("interp_weights"))
-    features, deep = model.model.visual(mb["pixel_values"].astype(embeds.dtype), meta)
-    index = mb["image_index"]
-    is_image = index >= 0
-    safe = jnp.maximum(index, 0)
-    embeds = jnp.where(is_image[..., None], features.astype(embeds.dtype)[safe], embeds)
-    if deep:
-      deepstack = (is_image, [jnp.where(is_image[..., None], f.astype(embeds.dtype)[safe], 0)
-                              for f in deep])
-  mask = causal_mask(mb["attention_mask"], b, t)
-  hidden, _ = lm(embeds, mb["position_ids"], mask, deepstack=deepstack)
-  return hidden
+  return model.forward(mb["input_ids"], pixel_values, meta, mb["attention_mask"], mb["position_ids"],
+                       image_index=mb["image_index"], return_hidden=True)
 
 
 def microbatch_loss(params, frozen, mb, *, graphdef, rest, options: StepOptions):
