@@ -18,7 +18,7 @@ $(STAMP): setup.py | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m launch.demo
+	$(PY) -m launch.demo --config=configs/tiny.py
 
 # OS packages for the executor's sandbox (bubblewrap; libseccomp for pyseccomp). Idempotent: apt runs
 # only when something is missing; without apt the executor still runs, logging the inactive layers.

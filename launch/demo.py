@@ -1,67 +1,100 @@
-"""python -m launch.demo  (what `make demo` runs)
+"""python -m launch.demo --config=configs/tiny.py [--workdir=DIR]   (what `make demo` runs)
 
-The embedded default end to end on CPU, in about a minute: build the tiny Qwen2.5-VL with random
-weights, export it as an HF checkpoint, load it back with `cvj.load_hf`, preprocess a generated
-image, and run a forward pass, printing each step.
+The main job on the embedded default, on CPU, in a few minutes:
+1. supervised fine-tuning of the tiny Qwen2.5-VL on synthetic orientation-and-crop trajectories
+   (the same code path as `launch.sft`: Grain pipeline, sharded jitted step, Orbax checkpoints,
+   TensorBoard summaries in the workdir);
+2. export of the trained model as an HF checkpoint with `cvj.save_hf`, loaded back with
+   `cvj.load_hf`;
+3. greedy answers (`cvj.generate`) to a few held-out synthetic questions, next to the expert's.
+A toy model trained for a minute learns the format (think, call the tool) long before the content.
 """
 
+import logging
 import os
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
-from PIL import Image, ImageDraw
+from flax import nnx
+from ml_collections import config_flags
 
-import codevision_jax as cvj
-from codevision_jax.models import build_model, presets
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "where to write the checkpoint (default: a temporary directory)")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, summaries, the export (default: a temporary directory).")
 
 
-def demo_image() -> Image.Image:
-  """A 300x200 picture with a word on it, rotated as CodeVision's tasks are."""
-  img = Image.new("RGB", (300, 200), (235, 230, 220))
-  draw = ImageDraw.Draw(img)
-  draw.rectangle([20, 20, 280, 180], outline=(40, 40, 160), width=4)
-  draw.text((90, 85), "CODEVISION", fill=(10, 10, 10))
-  return img.rotate(90, expand=True)
+def trained_model(cfg, workdir, result):
+  """The tiny model with the trained parameters in place."""
+  from codevision_jax.train import loop, optimizer
+  tokenizer = loop.load_tokenizer(cfg, workdir)
+  model = loop.build_model(cfg, tokenizer, loop.make_mesh(cfg.mesh), loop.mesh_rules(cfg.mesh))
+  graphdef, params, frozen, rest = nnx.split(
+      model, optimizer.trainable_filter(cfg.train.freeze_vision_tower, cfg.train.freeze_merger),
+      nnx.Param, ...)
+  nnx.replace_by_pure_dict(params, result["state"]["params"])
+  nnx.replace_by_pure_dict(frozen, result["frozen"])
+  return nnx.merge(graphdef, params, frozen, rest), tokenizer
+
+
+def ask(model, tokenizer, cfg, conversation):
+  """Greedy first assistant turn for the prompt of a synthetic conversation."""
+  import codevision_jax as cvj
+  from codevision_jax.data.records import load_image
+  from codevision_jax.processing import chat
+  from codevision_jax.train import loop
+
+  first_assistant = next(i for i, m in enumerate(conversation.messages) if m["role"] == "assistant")
+  prompt = [m for m in conversation.messages[:first_assistant]
+            if not (cfg.data.synthetic_short and m["role"] == "system")]
+  n_images = sum(m["content"].count("<image>") for m in prompt)
+  images = [load_image(src) for src in conversation.images[:n_images]]
+  settings = loop.image_settings(cfg, model.config.model_type)
+  pixel_values, grid = settings.preprocess(images)
+  tokens = chat.tokenize_conversation(
+      tokenizer, prompt, image_token_counts=chat.image_token_counts(grid), add_generation_prompt=True)
+  im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+  out, _ = cvj.generate(model, tokens.input_ids[None], pixel_values, grid,
+                        max_new_tokens=cfg.demo.max_new_tokens, stop_token_ids=(im_end,),
+                        pad_token_id=tokenizer.pad_token_id or 0)
+  out = np.asarray(out[0]).tolist()
+  if im_end in out:
+    out = out[:out.index(im_end)]
+  return prompt[-1]["content"], tokenizer.decode(out)
 
 
 def main(argv):
   del argv
-  workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="cvj-demo-")
+  import codevision_jax as cvj
+  from codevision_jax.data import synthetic
+  from codevision_jax.train import loop
+
+  cfg = _CONFIG.value
+  workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="cvj-demo-")
+  logging.getLogger().setLevel(logging.INFO)
   t0 = time.perf_counter()
-  config = presets.qwen2_5_vl_tiny()
-  model = build_model(config, seed=0)
-  n_params = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(
-      __import__("flax").nnx.state(model)))
-  print(f"1. built a random tiny Qwen2.5-VL: {n_params / 1e6:.2f}M parameters "
-        f"({config.text.num_hidden_layers} decoder layers, {config.vision.depth} vision blocks)")
+  print(f"== 1. SFT: tiny {cfg.model.preset} on {cfg.data.synthetic_size} synthetic trajectories, "
+        f"{cfg.train.steps} steps (workdir {workdir})", flush=True)
+  result = loop.train(cfg, workdir)
+  losses = [h["loss"] for h in result["history"]]
+  if losses:
+    k = max(1, len(losses) // 6)
+    print(f"   loss: first {np.mean(losses[:k]):.3f} -> last {np.mean(losses[-k:]):.3f} "
+          f"(means of {k} steps); TensorBoard: {os.path.join(workdir, 'tensorboard')}")
 
-  path = cvj.save_hf(model, os.path.join(workdir, "tiny-qwen2_5_vl"))
-  files = sorted(os.listdir(path))
-  print(f"2. exported an HF checkpoint to {path}: {', '.join(files)}")
+  model, tokenizer = trained_model(cfg, workdir, result)
+  export = cvj.save_hf(model, os.path.join(workdir, "hf_export"), source_dir=os.path.join(workdir, "tokenizer"))
+  model = cvj.load_hf(export, dtype="float32")
+  print(f"== 2. exported the trained model to {export} ({', '.join(sorted(os.listdir(export)))}) "
+        "and loaded it back with cvj.load_hf")
 
-  loaded = cvj.load_hf(path, dtype="float32")
-  print(f"3. loaded it back with cvj.load_hf ({loaded.config.model_type}, float32)")
-
-  image = demo_image()
-  pixel_values, grid = cvj.preprocess_images([image], min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
-  n_image_tokens = int(grid.prod()) // config.vision.spatial_merge_size ** 2
-  print(f"4. preprocessed a {image.size[0]}x{image.size[1]} image: pixel_values {pixel_values.shape}, "
-        f"grid (t, h, w) = {grid[0].tolist()}, {n_image_tokens} image tokens")
-
-  rng = np.random.default_rng(0)
-  text = list(rng.integers(0, config.image_token_id - 10, 12))
-  input_ids = np.asarray([text[:6] + [config.vision_start_token_id] + [config.image_token_id] * n_image_tokens
-                          + [config.vision_end_token_id] + text[6:]])
-  logits = np.asarray(loaded(input_ids, pixel_values=pixel_values, image_grid_thw=grid))
-  same = np.asarray(model(input_ids, pixel_values=pixel_values, image_grid_thw=grid))
-  print(f"5. forward pass on {input_ids.shape[1]} tokens: logits {logits.shape}, "
-        f"max |loaded - original| = {np.abs(logits - same).max():.2e}")
-  print(f"done in {time.perf_counter() - t0:.1f}s")
+  print(f"== 3. greedy answers to {cfg.demo.num_questions} held-out questions")
+  for conv in synthetic.generate(cfg.demo.num_questions, seed=cfg.demo.question_seed):
+    question, answer = ask(model, tokenizer, cfg, conv)
+    print(f"-- question: {question.replace('<image>', '[image] ').strip()}")
+    print(f"   required: {conv.required_transforms}, ground truth: {conv.ground_truth!r}")
+    print(f"   model:    {answer.strip()!r}")
+  print(f"done in {time.perf_counter() - t0:.0f}s")
 
 
 if __name__ == "__main__":
