@@ -1,0 +1,130 @@
+"""Agent loop on CPU: how much of the wall time the decoder idles waiting on the code executor.
+
+    python -m benchmarks.agent [--trajectories=64] [--in_flight=32] [--tool_turns=3] [--think=48]
+        [--workers=2] [--executor_url=URL]
+
+The tiny Qwen2.5-VL (random weights, float32) runs the real agent loop against a real executor
+service (started locally unless --executor_url is given) with `--in_flight` trajectories in flight. A
+random model does not call tools by itself, so each turn is scripted in shape: the model samples
+`--think` tokens (sampling at temperature 1, stop tokens and `<tool_call>` banned), then the turn's end is
+teacher-forced: a `code_image_tool` call (rotate, crop or flip of image 0 or the latest tool
+output) for the first `--tool_turns` turns, an answer after that. Everything else is the
+production path: parsing, executor calls as asyncio tasks, tool images resized, preprocessed,
+encoded and appended by chunked prefill, slots refilled from the queue.
+
+Prints the decoder idle fraction (time with no slot to decode because every slot in flight waits
+on a tool call, over the wall time; target under 10%), and the decode, prefill and tool-latency
+figures. The reference in the same run is the time the tool calls took in total (sum of
+latencies), against which the idle time shows how much of it was hidden behind decoding.
+"""
+
+import asyncio
+import json
+import statistics
+import tempfile
+
+import numpy as np
+from absl import app, flags
+
+from codevision_jax.data import synthetic
+from codevision_jax.sampling import agent as agent_lib
+from codevision_jax.sampling.policy import ModelPolicy
+from codevision_jax.tools.executor_client import ExecutorClient
+from executor.testing import running_service
+from launch import rollout as rollout_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("trajectories", 64, "trajectories to run")
+flags.DEFINE_integer("in_flight", 32, "trajectories in flight (slots)")
+flags.DEFINE_integer("tool_turns", 3, "tool calls per trajectory")
+flags.DEFINE_integer("think", 48, "tokens the model samples per turn")
+flags.DEFINE_integer("workers", 2, "workers of the local executor service")
+flags.DEFINE_string("executor_url", "", "executor URL (default: start one)")
+
+CODES = ("result = image.rotate(90, expand=True)",
+         "result = image.crop((0, 0, image.width // 2, image.height // 2))",
+         "from PIL import ImageOps\nresult = ImageOps.mirror(image)")
+
+
+def call_text(turn: int) -> str:
+  args = {"code": CODES[turn % len(CODES)], "description": "look closer", "image_index": turn}
+  return ("</think>\n<tool_call>\n" + json.dumps({"name": "code_image_tool", "arguments": args})
+          + "\n</tool_call>")
+
+
+class ShapedPolicy(ModelPolicy):
+  """Samples `think` tokens per turn, then teacher-forces the turn's end (see the docstring)."""
+
+  def __init__(self, tokenizer, model, *, think: int, tool_turns: int, **kwargs):
+    super().__init__(model, stop_ids=[], **kwargs)
+    self.banned_ids += agent_lib.stop_ids(tokenizer) + [tokenizer.convert_tokens_to_ids("<tool_call>")]
+    ends = [call_text(t) for t in range(tool_turns)] + ["</think>\n<answer>42</answer><|im_end|>"]
+    self.ends = [list(tokenizer(e, add_special_tokens=False)["input_ids"]) for e in ends]
+    self.think = think
+    self.left = {}
+    self.turn = {}
+
+  def start(self, slot, trajectory_id, *args):
+    super().start(slot, trajectory_id, *args)
+    self.left[slot], self.turn[slot] = self.think, 0
+
+  def decode(self, slots, budgets):
+    out = {}
+    sample = [(s, min(b, self.left[s])) for s, b in zip(slots, budgets) if self.left[s] > 0]
+    if sample:
+      out = super().decode([s for s, _ in sample], [b for _, b in sample])
+      for s, _ in sample:
+        self.left[s] -= len(out[s][0])
+    for s in slots:
+      if self.left[s] == 0:  # The turn's sampled part is done: force its end.
+        end = self.ends[min(self.turn[s], len(self.ends) - 1)]
+        self.cache.append(s, end)
+        tokens, logprobs = out.get(s, (np.zeros(0, np.int32), np.zeros(0, np.float32)))
+        out[s] = (np.concatenate([tokens, end]), np.concatenate([logprobs, np.zeros(len(end))]))
+        self.left[s], self.turn[s] = self.think, self.turn[s] + 1
+    return out
+
+
+def main(argv):
+  del argv
+  model, tok, settings = rollout_lib.load_policy_parts("", tempfile.mkdtemp(prefix="cvj-bench-"))
+  records = synthetic.generate(FLAGS.trajectories, seed=0)
+  config = agent_lib.AgentConfig(max_total_tokens=4096)
+
+  def run_once(url, n):
+    policy = ShapedPolicy(tok, model, think=FLAGS.think, tool_turns=FLAGS.tool_turns,
+                          num_slots=FLAGS.in_flight, capacity=config.max_total_tokens, chunk=128,
+                          steps_per_call=16, temperature=1.0)
+
+    async def go():
+      async with ExecutorClient(url) as client:
+        return await agent_lib.run_agent(policy, records[:n], tok, client, settings, config)
+
+    return asyncio.run(go())
+
+  def bench(url):
+    run_once(url, FLAGS.in_flight)  # Warm-up: compiles every shape bucket.
+    return run_once(url, FLAGS.trajectories)
+
+  if FLAGS.executor_url:
+    trajs, stats = bench(FLAGS.executor_url)
+  else:
+    with running_service(workers=FLAGS.workers) as service:
+      trajs, stats = bench(service.url)
+  calls = [c for t in trajs for c in t.tool_calls]
+  latencies = [c.latency_s for c in calls]
+  reasons = {r: sum(t.finish_reason == r for t in trajs) for r in {t.finish_reason for t in trajs}}
+  sampled = sum(sum(t.policy_mask) for t in trajs)
+  print(f"trajectories {len(trajs)} ({reasons}), slots {FLAGS.in_flight}, tool calls {len(calls)} "
+        f"({sum(c.status == 'ok' for c in calls)} ok)")
+  print(f"wall {stats.wall_s:.2f} s: decode {stats.decode_s:.2f} s in {stats.decode_calls} calls, "
+        f"prefill {stats.prefill_s:.2f} s, idle {stats.idle_s:.2f} s")
+  print(f"tool latency median {statistics.median(latencies) * 1e3:.1f} ms, "
+        f"p90 {np.percentile(latencies, 90) * 1e3:.1f} ms, sum {sum(latencies):.2f} s")
+  print(f"policy tokens (sampled + forced turn ends) {sampled}, {sampled / stats.wall_s:.0f}/s")
+  print(f"decoder idle fraction: {stats.idle_fraction:.3f} "
+        f"(idle {stats.idle_s:.2f} s of the {sum(latencies):.2f} s of tool calls)")
+
+
+if __name__ == "__main__":
+  app.run(main)
