@@ -1,5 +1,5 @@
 """The agent loop against the real executor service with a scripted policy: a good call, a call on
-a tool output, malformed calls, a code error, a timeout, max turns, max tokens; the tokens it
+a tool output, malformed calls, a code error, a timeout, max images, max turns, max tokens; the tokens it
 builds equal the chat formatting of the same conversation; JSONL round trip."""
 
 import asyncio
@@ -55,7 +55,7 @@ SCRIPTS = {
         call(ROTATE, index=5), ANSWER],  # malformed JSON, unknown tool, bad image index
     2: [call("x = 1 / 0\nresult = image"), ANSWER],  # code error
     3: [call("while True:\n  pass"), ANSWER],  # timeout
-    4: [call(ROTATE)] * 10,  # max turns
+    4: [call(ROTATE)] * 10,  # max images on the third call, then max turns
     5: ["<think>No tool needed.</think> The answer is unclear.<|im_end|>"],  # eos
     6: ["<think>" + "long thought " * 800 + "</think>"],  # max tokens
 }
@@ -75,7 +75,8 @@ def records():
 @pytest.fixture(scope="module")
 def run(tok, service):
   policy = ScriptedPolicy(tok, SCRIPTS, num_slots=3, steps_per_call=16)
-  config = agent_lib.AgentConfig(max_turns=4, max_total_tokens=2500, tool_timeout_s=1.0)
+  config = agent_lib.AgentConfig(max_turns=4, max_total_tokens=2500, tool_timeout_s=1.0,
+                                  max_images=3)
 
   async def go():
     async with ExecutorClient(service.url) as client:
@@ -106,10 +107,11 @@ def test_finish_reasons_and_calls(run):
   assert "ZeroDivisionError" in trajs[2].tool_calls[0].error
   assert trajs[3].tool_calls[0].status == "code_error"
   assert "Timeout" in trajs[3].tool_calls[0].error
-  assert trajs[4].num_turns == 4 and len(trajs[4].tool_calls) == 3
+  assert trajs[4].num_turns == 4 and [c.status for c in trajs[4].tool_calls] == ["ok", "ok", "limit"]
+  assert len(trajs[4].images) == 3
   assert trajs[6].num_turns == 0 and len(trajs[6].token_ids) == 2500
   assert trajs[1].num_tool_errors == 3
-  assert stats.tool_calls == 2 + 1 + 1 + 3
+  assert stats.tool_calls == 2 + 1 + 1 + 2
   assert stats.decode_calls > 0 and stats.wall_s > 0
 
 

@@ -26,6 +26,7 @@ import io
 import time
 from typing import Callable, Sequence
 
+import aiohttp
 import numpy as np
 from PIL import Image
 
@@ -112,6 +113,10 @@ class AgentLoop:
     self.stop = set(stop_ids(tokenizer))
     self.tool_call_end = tokenizer.convert_tokens_to_ids(TOOL_CALL_END)
     self.stats = AgentStats()
+    capacity = getattr(policy, "capacity", None)
+    if capacity is not None and capacity < config.max_total_tokens:
+      raise ValueError(f"the policy holds {capacity} tokens per slot, fewer than max_total_tokens "
+                       f"{config.max_total_tokens}; build it with capacity >= max_total_tokens")
 
   # ---- images and tokens ------------------------------------------------------------------
 
@@ -186,7 +191,7 @@ class AgentLoop:
     try:
       res = await self.client.execute(call.code, [im.png for im in traj.images], call.image_index,
                                       timeout_s=self.config.tool_timeout_s)
-    except (ExecutorUnavailable, ValueError) as e:
+    except (ExecutorUnavailable, ValueError, aiohttp.ClientError, asyncio.TimeoutError) as e:
       call.status, call.error = "executor_error", f"{type(e).__name__}: {e}"
       return
     finally:

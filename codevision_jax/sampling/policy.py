@@ -51,7 +51,7 @@ class ModelPolicy:
                capacity: int = 4096, chunk: int = 128, steps_per_call: int = 32,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                params: nnx.State | None = None):
-    self.num_slots = num_slots
+    self.num_slots, self.capacity = num_slots, capacity
     self.cache = SlotCache(model, num_slots, capacity, chunk=chunk, params=params)
     self.stop_ids = list(stop_ids)
     self.steps_per_call = steps_per_call
