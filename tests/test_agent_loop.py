@@ -1,5 +1,5 @@
 """The agent loop against the real executor service with a scripted policy: a good call, a call on
-a tool output, malformed calls, a code error, a timeout, max images, max turns, max tokens; the tokens it
+a tool output, malformed calls, a code error, a timeout, max images, max turns, max tokens, a bad record; the tokens it
 builds equal the chat formatting of the same conversation; JSONL round trip."""
 
 import asyncio
@@ -69,6 +69,8 @@ def records():
     img.save(buf, "PNG")
     out.append(Conversation(messages=[{"role": "user", "content": "<image>What number is shown?"}],
                             images=[buf.getvalue()], ground_truth="42", origin=f"test:{i}"))
+  out.append(Conversation(messages=[{"role": "user", "content": "<image>Hm?"}],
+                          images=[b"not an image"], origin="test:bad"))  # ends as an error
   return out
 
 
@@ -89,7 +91,8 @@ def run(tok, service):
 def test_finish_reasons_and_calls(run):
   trajs, stats, _ = run
   assert [t.finish_reason for t in trajs] == ["answer", "answer", "answer", "answer", "max_turns",
-                                              "eos", "max_tokens"]
+                                              "eos", "max_tokens", "error"]
+  assert "test:bad" in trajs[7].error and trajs[7].token_ids == []
   good = trajs[0].tool_calls
   assert [c.status for c in good] == ["ok", "ok"]
   assert [c.image_index for c in good] == [0, 1]

@@ -15,7 +15,8 @@ appended to the slot by chunked prefill; decoding resumes. A finished slot takes
 
 A trajectory ends with a finish reason: `answer` (a turn closed with `<|im_end|>` or eos after an
 `<answer>`), `eos` (closed without one), `max_turns`, `max_tokens` (the total token budget), or
-`error` (the executor could not be reached, or the prompt does not fit).
+`error` (the executor could not be reached, the record's prompt cannot be built or does not
+fit).
 """
 
 from __future__ import annotations
@@ -131,12 +132,17 @@ class AgentLoop:
                                            "question", "answer", "data_source")}
     traj = Trajectory(id=index, origin=getattr(record, "origin", ""), metadata=meta)
     state = _Slot(traj)
-    messages = prompt_messages(record)
-    n_images = sum(m["content"].count(tools_lib.IMAGE_PLACEHOLDER) for m in messages)
-    images = [records_lib.load_image(x) for x in record.images[:n_images]]
-    pv, grid, counts = self._vision(images)
-    tok = chat.tokenize_conversation(self.tokenizer, messages, counts, tools=[tools_lib.CODE_IMAGE_TOOL],
-                                     add_generation_prompt=True)
+    try:
+      messages = prompt_messages(record)
+      n_images = sum(m["content"].count(tools_lib.IMAGE_PLACEHOLDER) for m in messages)
+      images = [records_lib.load_image(x) for x in record.images[:n_images]]
+      pv, grid, counts = self._vision(images)
+      tok = chat.tokenize_conversation(self.tokenizer, messages, counts,
+                                       tools=[tools_lib.CODE_IMAGE_TOOL], add_generation_prompt=True)
+    except (ValueError, TypeError, OSError) as e:  # A bad record ends as an error, not the run.
+      traj.error = f"record {traj.origin or index}: {type(e).__name__}: {e}"
+      traj.finish_reason = "error"
+      return state
     for im, g in zip(images, [] if grid is None else grid.tolist()):
       traj.images.append(TrajectoryImage(_png(im), g, "input"))
     traj.add(tok.input_ids, 0)
