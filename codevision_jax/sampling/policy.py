@@ -44,7 +44,8 @@ class ModelPolicy:
   vision markers are never sampled (only tool turns place them).
 
   Trajectory t samples with the key `fold_in(PRNGKey(seed), t)` folded with its token count, so
-  its tokens do not depend on which slot it ran in or what ran beside it.
+  its random stream does not depend on which slot it ran in or what ran beside it (a run is
+  reproducible given the seed, the records and the number of slots).
   """
 
   def __init__(self, model: nnx.Module, stop_ids: Sequence[int], *, num_slots: int = 8,
