@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "aiohttp==3.14.5",
     "pyseccomp==0.1.2",
     "ml-dtypes==0.6.0",
+    "tqdm==4.70.1",
 ]
 
 TEST_REQUIRES = [
