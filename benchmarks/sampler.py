@@ -53,13 +53,14 @@ PAD = 0
 
 
 def _special_ids():
-  """image, video, vision start, vision end: the top of the vocabulary (as in the tiny presets)."""
-  v = 512 if FLAGS.model == "tiny" else FLAGS.vocab
+  """image, video, vision start, vision end: the tiny presets' (the tiny tokenizer's) ids, or the
+  top of the vocabulary for --model=small."""
+  if FLAGS.model == "tiny":
+    from codevision_jax.models import presets
+    t = presets.TINY_TOKENIZER_IDS
+    return t["image_token_id"], t["video_token_id"], t["vision_start_token_id"], t["vision_end_token_id"]
+  v = FLAGS.vocab
   return v - 6, v - 5, v - 4, v - 3
-
-
-def _vocab():
-  return 512 if FLAGS.model == "tiny" else FLAGS.vocab
 
 
 def _hf_config(family: str):
@@ -99,8 +100,8 @@ def _prompts(batch: int, patch: int):
   rng = np.random.default_rng(batch)
   rows = []
   for _ in range(batch):
-    rows.append(list(rng.integers(1, _vocab() - 8, rng.integers(4, 12))) + [vstart] + [image] * 16 +
-                [vend] + list(rng.integers(1, _vocab() - 8, rng.integers(4, 12))))
+    rows.append(list(rng.integers(1, min(_special_ids()) - 1, rng.integers(4, 12))) + [vstart] + [image] * 16 +
+                [vend] + list(rng.integers(1, min(_special_ids()) - 1, rng.integers(4, 12))))
   length = max(map(len, rows))
   ids = np.full((batch, length), PAD, np.int64)
   mask = np.zeros((batch, length), np.int64)
