@@ -82,7 +82,7 @@ def main(argv):
   print(f"reference: {FLAGS.matmul}^3 {dtype.__name__ if hasattr(dtype, '__name__') else dtype} matmul "
         f"per device: {reference / 1e9:.2f} GFLOP/s")
   print(f"ratio (model FLOP/s / reference matmul FLOP/s): {flops / seconds / reference:.3f}")
-  print(f"MFU (against the published peak): " +
+  print("MFU (against the published peak): " +
         (f"{flops / seconds / peak:.3f}" if peak else f"n/a (no published peak for {kind!r}; "
                                                        "set --config.train.peak_tflops)"))
 

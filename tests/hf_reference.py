@@ -11,10 +11,36 @@ import transformers
 from flax import nnx
 
 from codevision_jax.checkpoint import keymap
-from codevision_jax.models import VLConfig, abstract_model, build_model
+from codevision_jax.models import VLConfig, build_model
 
 QWEN_SPECIAL_IDS = dict(image_token_id=250, video_token_id=251, vision_start_token_id=252,
                         vision_end_token_id=253)
+
+
+def make_batch(rng, rows, patch_dim, pad_left=True, first_text_id=0, pad_id=0):
+  """A batch as transformers' processor gives it. `rows`: per row, a list of image grids (t, h, w),
+  each between random text; rows padded to one length (left by default) with `pad_id` and
+  attention 0. Returns input_ids, attention_mask, pixel_values [patches, patch_dim], grid [n, 3]."""
+  image, start, end = (QWEN_SPECIAL_IDS[k] for k in ("image_token_id", "vision_start_token_id",
+                                                     "vision_end_token_id"))
+  seqs, grids = [], []
+  for row_grids in rows:
+    seq = list(rng.integers(first_text_id, 240, rng.integers(2, 6)))
+    for g in row_grids:
+      seq += [start] + [image] * (int(np.prod(g)) // 4) + [end] + list(
+          rng.integers(first_text_id, 240, rng.integers(1, 5)))
+      grids.append(g)
+    seqs.append(seq)
+  length = max(map(len, seqs))
+  ids = np.full((len(seqs), length), pad_id, np.int64)
+  mask = np.zeros((len(seqs), length), np.int64)
+  for i, seq in enumerate(seqs):
+    sl = slice(length - len(seq), length) if pad_left else slice(0, len(seq))
+    ids[i, sl] = seq
+    mask[i, sl] = 1
+  grid = np.asarray(grids, np.int64).reshape(-1, 3)
+  pv = rng.standard_normal((int(grid.prod(-1).sum()), patch_dim)).astype(np.float32)
+  return ids, mask, pv, grid
 
 
 def tiny_hf_config(model_type="qwen2_5_vl", *, tie=False, kv_heads=2, vision_depth=4,

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import transformers
 from flax import nnx
 
 import hf_reference as H
@@ -14,26 +13,8 @@ IMG, VS, VE = H.QWEN_SPECIAL_IDS["image_token_id"], H.QWEN_SPECIAL_IDS["vision_s
     H.QWEN_SPECIAL_IDS["vision_end_token_id"]
 
 
-def make_batch(rng, rows, patch_dim=3 * 2 * 14 * 14, pad_left=True):
-  """rows: per row, a list of image grids (t, h, w). Text of random length around each image;
-  rows padded to the same length (left by default) with id 0 and attention 0."""
-  seqs, grids = [], []
-  for row_grids in rows:
-    seq = list(rng.integers(0, 240, rng.integers(2, 6)))
-    for g in row_grids:
-      seq += [VS] + [IMG] * (int(np.prod(g)) // 4) + [VE] + list(rng.integers(0, 240, rng.integers(1, 5)))
-      grids.append(g)
-    seqs.append(seq)
-  length = max(map(len, seqs))
-  ids = np.zeros((len(seqs), length), np.int64)
-  mask = np.zeros((len(seqs), length), np.int64)
-  for i, s in enumerate(seqs):
-    sl = slice(length - len(s), length) if pad_left else slice(0, len(s))
-    ids[i, sl] = s
-    mask[i, sl] = 1
-  grid = np.asarray(grids, np.int64)
-  pv = rng.standard_normal((int(grid.prod(-1).sum()), patch_dim)).astype(np.float32)
-  return ids, mask, pv, grid
+def make_batch(rng, rows, pad_left=True):
+  return H.make_batch(rng, rows, 3 * 2 * 14 * 14, pad_left)
 
 
 CONFIGS = {

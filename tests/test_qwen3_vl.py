@@ -23,25 +23,7 @@ PATCH_DIM = 3 * 2 * 16 * 16
 
 
 def make_batch(rng, rows, pad_left=True):
-  """rows: per row, a list of image grids (t, h, w), each between random text; rows padded to one
-  length (left by default) with id 0 and attention 0."""
-  seqs, grids = [], []
-  for row_grids in rows:
-    seq = list(rng.integers(0, 240, rng.integers(2, 6)))
-    for g in row_grids:
-      seq += [VS] + [IMG] * (int(np.prod(g)) // 4) + [VE] + list(rng.integers(0, 240, rng.integers(1, 5)))
-      grids.append(g)
-    seqs.append(seq)
-  length = max(map(len, seqs))
-  ids = np.zeros((len(seqs), length), np.int64)
-  mask = np.zeros((len(seqs), length), np.int64)
-  for i, s in enumerate(seqs):
-    sl = slice(length - len(s), length) if pad_left else slice(0, len(s))
-    ids[i, sl] = s
-    mask[i, sl] = 1
-  grid = np.asarray(grids, np.int64).reshape(-1, 3)
-  pv = rng.standard_normal((int(grid.prod(-1).sum()), PATCH_DIM)).astype(np.float32)
-  return ids, mask, pv, grid
+  return H.make_batch(rng, rows, PATCH_DIM, pad_left)
 
 
 # Position tables of 8x8 (64) or 6x6 (36); the grids below are smaller and larger than both.

@@ -24,24 +24,8 @@ PAD = 0
 def make_prompts(rng, rows, patch_size=14):
   """Left-padded prompts: per row a list of image grids (t, h, w), text around each image and a
   text tail (a chat prompt ends in text). Returns ids, mask, pixel_values, grid (or None)."""
-  seqs, grids = [], []
-  for row_grids in rows:
-    seq = list(rng.integers(1, 240, rng.integers(2, 6)))
-    for g in row_grids:
-      seq += [VS] + [IMG] * (int(np.prod(g)) // 4) + [VE] + list(rng.integers(1, 240, rng.integers(1, 5)))
-      grids.append(g)
-    seqs.append(seq)
-  length = max(map(len, seqs))
-  ids = np.full((len(seqs), length), PAD, np.int64)
-  mask = np.zeros((len(seqs), length), np.int64)
-  for i, s in enumerate(seqs):
-    ids[i, length - len(s):] = s
-    mask[i, length - len(s):] = 1
-  if not grids:
-    return ids, mask, None, None
-  grid = np.asarray(grids, np.int64)
-  pv = rng.standard_normal((int(grid.prod(-1).sum()), 3 * 2 * patch_size ** 2)).astype(np.float32)
-  return ids, mask, pv, grid
+  ids, mask, pv, grid = H.make_batch(rng, rows, 3 * 2 * patch_size ** 2, first_text_id=1, pad_id=PAD)
+  return (ids, mask, pv, grid) if len(grid) else (ids, mask, None, None)
 
 
 def hf_greedy(hf, ids, mask, pv, grid, max_new_tokens, stop_ids=None):

@@ -3,7 +3,6 @@ checkpointable Grain iterator."""
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -14,9 +14,8 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from codevision_jax import parallel
 from codevision_jax.checkpoint import keymap

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from codevision_jax.models import rotary
-from codevision_jax.models.config import VisionConfig, VLConfig
+from codevision_jax.models.config import VisionConfig
 from codevision_jax.models.layers import GatedMLP, Linear, RMSNorm
 from codevision_jax.models.vision import PatchEmbed, VisionAttention, VisionBlock, permute_units
 from codevision_jax.models.vlm import VisionLanguageModel
