@@ -4,7 +4,6 @@ position ids, sharded forward, and HF import/export through `cvj.load_hf` / `cvj
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -13,7 +12,6 @@ from flax import nnx
 
 import codevision_jax as cvj
 import hf_reference as H
-from codevision_jax import parallel
 from codevision_jax.models import VLConfig, qwen3_vl, rotary
 from codevision_jax.models.presets import preset
 
@@ -131,23 +129,7 @@ def test_sharded_forward_equals_unsharded():
   model = H.flax_from_hf(hf)
   ids, mask, pv, grid = make_batch(np.random.default_rng(5),
                                    [[(1, 4, 6)], [(1, 8, 8)], [], [(1, 6, 6), (1, 4, 4)]])
-  expected = np.asarray(model(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask))
-  position_ids, meta = model.prepare(ids, grid, mask)
-
-  mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  parallel.shard_model(model, mesh)
-  q = model.model.language_model.layers[0].self_attn.q_proj.kernel[...]
-  assert len(q.sharding.device_set) == 8 and q.addressable_shards[0].data.shape == (64 // 2, 128 // 2)
-
-  @nnx.jit
-  def forward(m, ids, pv, meta, mask, pos):
-    return m.forward(ids, pv, meta, mask, pos)
-
-  batch = parallel.batch_sharding(mesh, 2)
-  got = forward(model, jax.device_put(ids, batch), pv, meta.as_arrays(), jax.device_put(mask, batch),
-                position_ids)
-  valid = mask.astype(bool)
-  np.testing.assert_allclose(np.asarray(got)[valid], expected[valid], atol=1e-5, rtol=0)
+  H.check_sharded_forward(model, ids, mask, pv, grid)
 
 
 # ---- config.json and checkpoints --------------------------------------------------------------
