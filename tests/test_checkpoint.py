@@ -94,6 +94,17 @@ def test_flat_official_config_form_loads(hf_model, hf_dir, tmp_path):
                              H.hf_logits(hf_model, ids), atol=1e-4, rtol=0)
 
 
+def test_official_vision_field_names_are_read():
+  """The official Qwen2.5-VL release names the input channels `in_chans`."""
+  flat = {"model_type": "qwen2_5_vl", "vocab_size": 256, "hidden_size": 64, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 2,
+          "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}, "rope_theta": 10000.0,
+          "vision_config": {"in_chans": 1, "depth": 2, "hidden_size": 32, "num_heads": 2}}
+  config = VLConfig.from_hf_dict(flat)
+  assert config.vision.in_channels == 1 and "in_chans" not in config.extra_vision
+  assert config.to_hf_dict()["vision_config"]["in_channels"] == 1
+
+
 def test_load_onto_mesh_places_parameters_by_logical_axes(hf_dir):
   from codevision_jax import parallel
   mesh = parallel.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})

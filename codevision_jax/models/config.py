@@ -241,7 +241,8 @@ def _parse_text(text: dict, model_type: str, source: str) -> tuple[TextConfig, d
 def _parse_vision(vision: dict, model_type: str, source: str) -> tuple[VisionConfig, dict]:
   vision = dict(vision)
   # HF aliases (`attribute_map`) and Qwen3's older names.
-  for alias, name in (("num_attention_heads", "num_heads"), ("num_hidden_layers", "depth")):
+  for alias, name in (("num_attention_heads", "num_heads"), ("num_hidden_layers", "depth"),
+                      ("in_chans", "in_channels")):
     if alias in vision and name not in vision:
       vision[name] = vision.pop(alias)
   if model_type == "qwen2_5_vl" and "hidden_size" not in vision and "embed_dim" in vision:
