@@ -88,13 +88,13 @@ def get_rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, image
   deltas = np.zeros((b,), np.int32)
   for row in range(b):
     ids = input_ids[row][mask[row]]
+    if not len(ids):  # A row of padding only.
+      continue
     kinds = np.where(np.isin(ids, list(grids)), ids, -1)
     chunks, current = [], 0
-    start = 0
-    while start < len(ids):
-      end = start
-      while end < len(ids) and kinds[end] == kinds[start]:
-        end += 1
+    # Runs of equal kind (text, or one modality's tokens): boundaries where the kind changes.
+    edges = np.flatnonzero(kinds[1:] != kinds[:-1]) + 1
+    for start, end in zip(np.r_[0, edges], np.r_[edges, len(ids)]):
       if kinds[start] == -1:
         chunks.append(np.broadcast_to(np.arange(end - start) + current, (3, end - start)))
         current += end - start
@@ -111,7 +111,6 @@ def get_rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, image
         tt, hh, ww = np.meshgrid(np.arange(lt), np.arange(lh), np.arange(lw), indexing="ij")
         chunks.append(np.stack([tt.ravel(), hh.ravel(), ww.ravel()]) + current)
         current += max(gh, gw) // spatial_merge_size
-      start = end
     if chunks:
       positions = np.concatenate(chunks, axis=1)
       position_ids[:, row, mask[row]] = positions
