@@ -26,8 +26,9 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-def _checkpoint_files(path: str) -> dict[str, str]:
-  """HF key -> file path, from the index when there is one, else from the single file."""
+def _checkpoint_readers(path: str) -> dict[str, SafetensorsFile]:
+  """HF key -> the reader of its file (one reader, one header parse, per file), from the index
+  when there is one, else from the single file or every *.safetensors file."""
   index_path = os.path.join(path, INDEX_FILE)
   if os.path.exists(index_path):
     try:
@@ -36,23 +37,28 @@ def _checkpoint_files(path: str) -> dict[str, str]:
     except (json.JSONDecodeError, KeyError) as e:
       raise ValueError(f"{index_path}: not a valid safetensors index ({e!r}); expected "
                        "{'weight_map': {key: file}}") from None
-    files = {}
+    by_name: dict[str, SafetensorsFile] = {}
+    readers = {}
     for key, name in weight_map.items():
-      file_path = os.path.join(path, name)
-      if not os.path.exists(file_path):
-        raise FileNotFoundError(f"{index_path}: key {key!r} points to {name}, which does not exist")
-      files[key] = file_path
-    return files
+      if name not in by_name:
+        file_path = os.path.join(path, name)
+        if not os.path.exists(file_path):
+          raise FileNotFoundError(f"{index_path}: key {key!r} points to {name}, which does not exist")
+        by_name[name] = SafetensorsFile(file_path)
+      if key not in by_name[name].entries:
+        raise ValueError(f"{index_path}: key {key!r} is listed in {name}, which does not hold it")
+      readers[key] = by_name[name]
+    return readers
   single = os.path.join(path, SINGLE_FILE)
   candidates = [single] if os.path.exists(single) else sorted(
       os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
   if not candidates:
     raise FileNotFoundError(f"{path}: no {SINGLE_FILE}, no {INDEX_FILE} and no *.safetensors file")
-  files = {}
+  readers = {}
   for file_path in candidates:
-    for key in SafetensorsFile(file_path).keys():
-      files[key] = file_path
-  return files
+    reader = SafetensorsFile(file_path)
+    readers.update(dict.fromkeys(reader.keys(), reader))
+  return readers
 
 
 def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=parallel.DEFAULT_RULES,
@@ -75,16 +81,15 @@ def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=paralle
   graphdef, state = nnx.split(model)
   mappings = keymap.param_mappings(state, config)
 
-  files = _checkpoint_files(path)
   available = {}
-  for key, file_path in files.items():
-    available.setdefault(keymap.to_transformers_layout(key), (key, file_path))
+  for key, reader in _checkpoint_readers(path).items():
+    available.setdefault(keymap.to_transformers_layout(key), (key, reader))
   wanted = {m.hf_key for m in mappings}
   ignorable = {"lm_head.weight"} if config.tie_word_embeddings else set()
   unexpected = sorted(set(available) - wanted - ignorable)
   if unexpected:
-    key, file_path = available[unexpected[0]]
-    raise ValueError(f"{file_path}: unexpected tensor {key!r} ({len(unexpected)} unexpected in all) "
+    key, reader = available[unexpected[0]]
+    raise ValueError(f"{reader.path}: unexpected tensor {key!r} ({len(unexpected)} unexpected in all) "
                      f"for model_type {config.model_type!r}; is config.json the right one?")
   missing = [m.hf_key for m in mappings if m.hf_key not in available]
   if missing:
@@ -92,13 +97,11 @@ def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=paralle
                      f"({len(missing)} missing in all)")
 
   flat = dict(nnx.to_flat_state(state))
-  opened: dict[str, SafetensorsFile] = {}
   device = jax.local_devices()[0]
   for m in mappings:
-    key, file_path = available[m.hf_key]
-    reader = opened.get(file_path) or opened.setdefault(file_path, SafetensorsFile(file_path))
+    key, reader = available[m.hf_key]
     if reader.shape(key) != m.hf_shape:
-      raise ValueError(f"{file_path}: tensor {key!r} has shape {reader.shape(key)}, the config "
+      raise ValueError(f"{reader.path}: tensor {key!r} has shape {reader.shape(key)}, the config "
                        f"implies {m.hf_shape}")
     host = m.from_hf(reader.read(key)).astype(dtype, copy=False)
     var = flat[m.path]
