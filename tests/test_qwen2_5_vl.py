@@ -79,13 +79,7 @@ def test_rope_index_equals_transformers_with_left_padding():
   hf = H.random_hf_model(H.tiny_hf_config(), seed=5)
   rng = np.random.default_rng(4)
   ids, mask, _, grid = make_batch(rng, [[(1, 4, 6), (1, 8, 2)], [(1, 10, 4)], []])
-  t_ids = torch.as_tensor(ids)
-  expected, expected_delta = hf.model.get_rope_index(
-      t_ids, mm_token_type_ids=(t_ids == IMG).int(), image_grid_thw=torch.as_tensor(grid),
-      attention_mask=torch.as_tensor(mask))
-  got, delta = rotary.get_rope_index(ids, grid, mask, image_token_id=IMG, spatial_merge_size=2)
-  np.testing.assert_array_equal(got, expected.numpy())
-  np.testing.assert_array_equal(delta, expected_delta.numpy().reshape(-1))
+  H.check_rope_index(hf, ids, mask, grid)
 
 
 def test_vision_window_metadata_equals_transformers():
