@@ -14,6 +14,7 @@ import math
 import os
 import re
 import resource
+import select
 import sys
 import traceback
 import warnings
@@ -23,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from executor import protocol, sandbox, trace
+from executor import png, protocol, sandbox, trace
 from executor.config import Config
 
 CODE_FILENAME = "<code>"
@@ -149,9 +150,7 @@ def _encode_result(res: Any, cfg: Config) -> list[bytes]:
       raise CodeError("ResultError", f"result image {i} is empty ({im.width}x{im.height})")
     if im.mode not in ("1", "L", "LA", "RGB", "RGBA", "P", "I;16"):
       im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-    buf = io.BytesIO()
-    im.save(buf, "PNG", compress_level=cfg.png_compress_level)
-    out.append(buf.getvalue())
+    out.append(png.encode(im, cfg.png_compress_level))
   return out
 
 
@@ -162,16 +161,24 @@ _REHEARSAL = (
 )
 
 
+def _request_waiting() -> bool:
+  return bool(select.select([0], [], [], 0)[0])
+
+
 def _rehearse(cfg: Config) -> None:
   """Runs a tiny call (our own code) while the child waits for its request.
 
   A fresh fork shares the worker's memory copy-on-write, so the first touches of the interpreter's
   and libraries' pages are page faults; taking them here, before the request arrives, keeps them
   off the call's critical path. Nothing of it reaches the call: only the trace is reset after.
+  When the request is already waiting (a busy service), the faults would be taken either way, so
+  the rehearsal stops and the call runs.
   """
   buf = io.BytesIO()
   Image.new("RGB", (32, 24)).save(buf, "PNG")
   for code in _REHEARSAL:
+    if _request_waiting():
+      return
     header = _execute({"code": code}, [buf.getvalue()], cfg)
     protocol.encode(header, header.pop("_blobs", []))
     trace.reset()

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps  # pylint: disable=unused-import
 
-from executor import child, protocol, sandbox, trace
+from executor import child, png, protocol, sandbox, trace
 from executor.config import Config
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -59,7 +59,8 @@ def _warm_up() -> None:
   cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
   cv2.resize(arr, (32, 32))
   np.linalg.norm(arr.astype(np.float32))
-  Image.fromarray(arr).save(io.BytesIO(), "PNG", compress_level=1)
+  for mode in ("RGB", "RGBA", "L", "P"):
+    png.encode(Image.fromarray(arr).convert(mode))
 
 
 _MAX_OP_JSON = 1024

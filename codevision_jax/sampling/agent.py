@@ -37,6 +37,7 @@ from codevision_jax.processing import image as image_lib
 from codevision_jax.processing import tools as tools_lib
 from codevision_jax.sampling.trajectory import ToolCallRecord, Trajectory, TrajectoryImage
 from codevision_jax.tools.executor_client import ExecutorUnavailable
+from executor import png as png_lib
 
 TOOL_CALL_END = "</tool_call>"
 
@@ -86,9 +87,7 @@ def prompt_messages(record) -> list[dict]:
 
 
 def _png(image: Image.Image) -> bytes:
-  buf = io.BytesIO()
-  image.save(buf, "PNG", compress_level=1)
-  return buf.getvalue()
+  return png_lib.encode(image)
 
 
 class _Slot:

@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import aiohttp
 
+from executor import png
+
 
 class ExecutorUnavailable(Exception):
   """No address answered within the deadline (transport errors, 5xx or 429 on every attempt)."""
@@ -65,9 +67,7 @@ def _to_bytes(image: Any) -> bytes:
   if isinstance(image, (bytes, bytearray, memoryview)):
     return bytes(image)
   if hasattr(image, "save"):  # a PIL image
-    buf = io.BytesIO()
-    image.save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
+    return png.encode(image)
   raise TypeError(f"an image must be PNG/JPEG bytes or a PIL image, not {type(image).__name__}")
 
 
