@@ -4,11 +4,16 @@
 
 One process, one run: it measures the reference first, then starts the service (same machine) and
 drives it with the asyncio client. Both paths do the same work per call: PNG bytes in, decode, run
-the code, PNG bytes out (compress level 1, as the service).
+the code, PNG bytes out (executor/png.py at compress level 1, as the service).
   - trivial code (`result = image`, 64x64 image), one call at a time: the fixed per-call overhead
-    is the service's median latency minus the reference's;
+    is the service's median latency minus the reference's. Measured twice: with `--gap-ms` between
+    calls (an isolated call: what one tool call adds to a rollout), and back to back (each call
+    then shares the two cores with the clean-up of the call before and the fork of the next
+    call's process, which the service does off the critical path);
   - a realistic call (1024x1024 image: crop, rotate 30 degrees with expand, Gaussian blur, PNG
-    out): throughput at `--concurrency` calls in flight, and p50/p99 latency.
+    out): throughput at `--concurrency` calls in flight, and p50/p99 latency; and the ceiling of
+    the code plus the PNG out alone (no decode, no isolation, no HTTP) on every core;
+  - the result PNG written by Pillow (level 1) and by executor/png.py.
 Targets (2-core machine): overhead <= 5 ms median, >= 1,500 realistic calls/minute, p99 < 3x p50.
 
 The machine may be shared, so the script also prints CPU time per call (this process plus every
@@ -38,6 +43,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from codevision_jax.tools.executor_client import ExecutorClient
+from executor import png as png_lib
 from executor.testing import running_service
 
 TRIVIAL_CODE = "result = image"
@@ -66,15 +72,27 @@ def make_image(size: int, seed: int = 0) -> bytes:
   return buf.getvalue()
 
 
-def in_process(code: str, png: bytes) -> bytes:
-  """The reference approach: exec in this process, no isolation (same work as the service)."""
-  image = Image.open(io.BytesIO(png)).convert("RGB")
+def run_code(code: str, image: Image.Image) -> Image.Image:
   namespace = {"image": image, "img": image, "images": [image], "Image": Image,
                "ImageDraw": ImageDraw, "ImageEnhance": ImageEnhance, "ImageFilter": ImageFilter,
                "ImageOps": ImageOps, "np": np, "cv2": cv2, "math": math}
   exec(compile(code, "<code>", "exec"), namespace)  # pylint: disable=exec-used
+  return namespace["result"]
+
+
+def in_process(code: str, png: bytes) -> bytes:
+  """The reference approach: exec in this process, no isolation (same work as the service)."""
+  return png_lib.encode(run_code(code, Image.open(io.BytesIO(png)).convert("RGB")))
+
+
+def code_and_png_out(code: str, image: Image.Image) -> bytes:
+  """The least work a call must do: the code on an image already decoded, and the PNG out."""
+  return png_lib.encode(run_code(code, image))
+
+
+def pil_png(image: Image.Image) -> bytes:
   buf = io.BytesIO()
-  namespace["result"].save(buf, "PNG", compress_level=1)
+  image.save(buf, "PNG", compress_level=1)
   return buf.getvalue()
 
 
@@ -119,20 +137,23 @@ class Run:
     return (os.cpu_count() or 1) * 60 / (self.cpu / len(self.lat))
 
 
-def bench_in_process(code: str, png: bytes, calls: int) -> Run:
+def bench_in_process(fn, args: tuple, calls: int, gap_s: float = 0.0) -> Run:
+  """`calls` sequential calls of fn(*args), `gap_s` apart."""
   for _ in range(5):
-    in_process(code, png)
+    fn(*args)
   lat = []
   c0, t0 = cpu_seconds([os.getpid()]), time.perf_counter()
   for _ in range(calls):
+    if gap_s:
+      time.sleep(gap_s)
     t = time.perf_counter()
-    in_process(code, png)
+    fn(*args)
     lat.append(time.perf_counter() - t)
   return Run(lat, time.perf_counter() - t0, cpu_seconds([os.getpid()]) - c0)
 
 
 async def bench_service(url: str, service_pid: int, code: str, png: bytes, calls: int,
-                        concurrency: int) -> Run:
+                        concurrency: int, gap_s: float = 0.0) -> Run:
   async with ExecutorClient(url, max_connections=concurrency) as client:
     for _ in range(max(5, concurrency)):
       res = await client.execute(code, [png])
@@ -144,6 +165,8 @@ async def bench_service(url: str, service_pid: int, code: str, png: bytes, calls
 
     async def one():
       async with sem:
+        if gap_s:
+          await asyncio.sleep(gap_s)
         t = time.perf_counter()
         res = await client.execute(code, [png])
         lat.append(time.perf_counter() - t)
@@ -188,25 +211,38 @@ def main() -> None:
   p.add_argument("--trivial-calls", type=int, default=300)
   p.add_argument("--real-calls", type=int, default=400)
   p.add_argument("--concurrency", type=int, default=0, help="default: 2 x workers")
+  p.add_argument("--gap-ms", type=float, default=20.0,
+                 help="idle time between isolated trivial calls (both paths)")
   p.add_argument("--worker-critical-path", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker_critical_path:
     worker_critical_path(args.trivial_calls)
     return
   concurrency = args.concurrency or 2 * args.workers
+  gap = args.gap_ms / 1000
+  cores = os.cpu_count() or 1
   small, big = make_image(64), make_image(1024)
-  print(f"machine: {os.cpu_count()} CPUs; service workers: {args.workers}; "
+  print(f"machine: {cores} CPUs; service workers: {args.workers}; "
         f"realistic input: 1024x1024 PNG of {len(big) / 1024:.0f} KiB")
 
   load_before = os.getloadavg()[0]
-  ref_triv = bench_in_process(TRIVIAL_CODE, small, args.trivial_calls)
-  ref_real = bench_in_process(REAL_CODE, big, min(args.real_calls, 150))
+  ref_iso = bench_in_process(in_process, (TRIVIAL_CODE, small), args.trivial_calls, gap)
+  ref_b2b = bench_in_process(in_process, (TRIVIAL_CODE, small), args.trivial_calls)
+  real_calls = min(args.real_calls, 150)
+  ref_real = bench_in_process(in_process, (REAL_CODE, big), real_calls)
+  decoded = Image.open(io.BytesIO(big)).convert("RGB")
+  floor = bench_in_process(code_and_png_out, (REAL_CODE, decoded), real_calls)
+  result = run_code(REAL_CODE, decoded)
+  enc_pil = bench_in_process(pil_png, (result,), 30)
+  enc_ours = bench_in_process(png_lib.encode, (result,), 30)
 
   with running_service(workers=args.workers) as service:
     layers = service.get_json("/healthz")["isolation"]
     pid = service.proc.pid
-    svc_triv = asyncio.run(bench_service(service.url, pid, TRIVIAL_CODE, small,
-                                         args.trivial_calls, 1))
+    svc_iso = asyncio.run(bench_service(service.url, pid, TRIVIAL_CODE, small,
+                                        args.trivial_calls, 1, gap))
+    svc_b2b = asyncio.run(bench_service(service.url, pid, TRIVIAL_CODE, small,
+                                        args.trivial_calls, 1))
     svc_real = asyncio.run(bench_service(service.url, pid, REAL_CODE, big, args.real_calls,
                                          concurrency))
   active = [k for k, v in layers.items() if v]
@@ -214,14 +250,17 @@ def main() -> None:
   print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f}")
 
   ms = 1000.0
-  triv_ref, triv_svc = statistics.median(ref_triv.lat) * ms, statistics.median(svc_triv.lat) * ms
   print("\n[trivial] `result = image` on 64x64, one call at a time")
-  for label, run in (("in-process exec", ref_triv), ("service        ", svc_triv)):
-    print(f"  {label}  median {statistics.median(run.lat) * ms:7.2f} ms   "
-          f"p99 {pct(run.lat, 99) * ms:7.2f} ms   CPU {run.cpu_ms:6.2f} ms/call")
-  print(f"  fixed overhead   {triv_svc - triv_ref:7.2f} ms median (target <= 5 ms); "
-        f"{svc_triv.cpu_ms - ref_triv.cpu_ms:.2f} ms CPU; ratio service/in-process "
-        f"{triv_svc / triv_ref:.1f}x")
+  for label, ref, svc in ((f"isolated ({args.gap_ms:g} ms apart)", ref_iso, svc_iso),
+                          ("back to back", ref_b2b, svc_b2b)):
+    triv_ref, triv_svc = statistics.median(ref.lat) * ms, statistics.median(svc.lat) * ms
+    print(f"  {label}")
+    for name, run in (("in-process exec", ref), ("service        ", svc)):
+      print(f"    {name}  median {statistics.median(run.lat) * ms:7.2f} ms   "
+            f"p99 {pct(run.lat, 99) * ms:7.2f} ms   CPU {run.cpu_ms:6.2f} ms/call")
+    print(f"    fixed overhead   {triv_svc - triv_ref:7.2f} ms median (target <= 5 ms); "
+          f"{svc.cpu_ms - ref.cpu_ms:.2f} ms CPU; ratio service/in-process "
+          f"{triv_svc / triv_ref:.1f}x")
   sys.stdout.flush()
   subprocess.run([sys.executable, os.path.abspath(__file__), "--worker-critical-path",
                   "--trivial-calls", str(min(args.trivial_calls, 100))], check=True)
@@ -231,15 +270,26 @@ def main() -> None:
   print(f"  in-process exec  {ref_real.per_min:6.0f} calls/min (1 process, sequential)   "
         f"p50 {statistics.median(ref_real.lat) * ms:7.2f} ms   p99 {pct(ref_real.lat, 99) * ms:7.2f} ms"
         f"   CPU {ref_real.cpu_ms:6.1f} ms/call -> {ref_real.cpu_bound_per_min():.0f} calls/min "
-        f"on {os.cpu_count()} idle cores")
+        f"on {cores} idle cores")
   print(f"  service          {svc_real.per_min:6.0f} calls/min ({args.workers} workers, "
         f"{concurrency} in flight)   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   CPU "
         f"{svc_real.cpu_ms:6.1f} ms/call -> {svc_real.cpu_bound_per_min():.0f} calls/min on "
-        f"{os.cpu_count()} idle cores")
+        f"{cores} idle cores")
   print(f"  throughput ratio service/in-process {svc_real.per_min / ref_real.per_min:.2f}x "
         f"(target >= 1500/min); CPU per call service/in-process "
         f"{svc_real.cpu_ms / ref_real.cpu_ms:.2f}x")
   print(f"  p99/p50 {p99 / p50:.2f}   (target < 3)")
+  print(f"  ceiling: the code + PNG out alone (image already decoded, no isolation, no HTTP) "
+        f"costs {floor.cpu_ms:.1f} ms CPU/call -> at most {floor.cpu_bound_per_min():.0f} "
+        f"calls/min on {cores} cores")
+
+  print("\n[encode] the realistic result, {0}x{1}, as PNG".format(*result.size))
+  size_pil, size_ours = len(pil_png(result)), len(png_lib.encode(result))
+  print(f"  Pillow, level 1        {statistics.median(enc_pil.lat) * ms:6.1f} ms  "
+        f"{size_pil / 1024:6.0f} KiB")
+  print(f"  executor/png.py        {statistics.median(enc_ours.lat) * ms:6.1f} ms  "
+        f"{size_ours / 1024:6.0f} KiB   ({statistics.median(enc_pil.lat) / statistics.median(enc_ours.lat):.2f}x "
+        f"faster, {size_ours / size_pil:.2f}x the size)")
 
 
 if __name__ == "__main__":
