@@ -101,9 +101,9 @@ def pct(values: list[float], q: float) -> float:
   return values[min(len(values) - 1, max(0, math.ceil(q / 100 * len(values)) - 1))]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-  """CPU time of these processes and of their descendants, the exited ones included."""
-  total = 0.0
+def usage(pids: list[int]) -> tuple[float, int]:
+  """CPU seconds and minor page faults of these processes and their descendants, exited ones included."""
+  cpu, faults = 0.0, 0
   seen = set()
   for pid in pids:
     root = psutil.Process(pid)
@@ -113,17 +113,26 @@ def cpu_seconds(pids: list[int]) -> float:
       seen.add(proc.pid)
       try:
         t = proc.cpu_times()
-        total += t.user + t.system + t.children_user + t.children_system
-      except psutil.NoSuchProcess:
-        pass
-  return total
+        with open(f"/proc/{proc.pid}/stat", encoding="ascii") as f:
+          fields = f.read().rsplit(")", 1)[1].split()
+      except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+        continue
+      cpu += t.user + t.system + t.children_user + t.children_system
+      faults += int(fields[7]) + int(fields[8])  # minflt, cminflt
+  return cpu, faults
 
 
 class Run:
-  """Latencies, wall time and CPU time of one measured batch of calls."""
+  """Latencies, wall time, CPU time and minor page faults of one measured batch of calls."""
 
-  def __init__(self, lat: list[float], wall: float, cpu: float):
-    self.lat, self.wall, self.cpu = lat, wall, cpu
+  def __init__(self, lat: list[float], wall: float, before: tuple[float, int],
+               after: tuple[float, int]):
+    self.lat, self.wall = lat, wall
+    self.cpu, self.faults = after[0] - before[0], after[1] - before[1]
+
+  @property
+  def faults_per_call(self) -> float:
+    return self.faults / len(self.lat)
 
   @property
   def per_min(self) -> float:
@@ -142,14 +151,14 @@ def bench_in_process(fn, args: tuple, calls: int, gap_s: float = 0.0) -> Run:
   for _ in range(5):
     fn(*args)
   lat = []
-  c0, t0 = cpu_seconds([os.getpid()]), time.perf_counter()
+  u0, t0 = usage([os.getpid()]), time.perf_counter()
   for _ in range(calls):
     if gap_s:
       time.sleep(gap_s)
     t = time.perf_counter()
     fn(*args)
     lat.append(time.perf_counter() - t)
-  return Run(lat, time.perf_counter() - t0, cpu_seconds([os.getpid()]) - c0)
+  return Run(lat, time.perf_counter() - t0, u0, usage([os.getpid()]))
 
 
 async def bench_service(url: str, service_pid: int, code: str, png: bytes, calls: int,
@@ -161,7 +170,7 @@ async def bench_service(url: str, service_pid: int, code: str, png: bytes, calls
     sem = asyncio.Semaphore(concurrency)
     lat: list[float] = []
     pids = [os.getpid(), service_pid]
-    c0 = cpu_seconds(pids)
+    u0 = usage(pids)
 
     async def one():
       async with sem:
@@ -175,7 +184,7 @@ async def bench_service(url: str, service_pid: int, code: str, png: bytes, calls
     t0 = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(calls)))
     wall = time.perf_counter() - t0
-    return Run(lat, wall, cpu_seconds(pids) - c0)
+    return Run(lat, wall, u0, usage(pids))
 
 
 def worker_critical_path(calls: int, idle_s: float = 0.03) -> None:
@@ -203,6 +212,16 @@ def worker_critical_path(calls: int, idle_s: float = 0.03) -> None:
     assert reply["ok"], reply
   print(f"  worker's part of the critical path (no HTTP, no bubblewrap, {idle_s * 1000:.0f} ms idle "
         f"between calls): median {statistics.median(lat) * 1000:.2f} ms")
+  fork_exit = []
+  for _ in range(calls):
+    t = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+      os._exit(0)  # pylint: disable=protected-access
+    os.waitpid(pid, 0)
+    fork_exit.append(time.perf_counter() - t)
+  print(f"  fork of the warm worker + exit of a child that does nothing: median "
+        f"{statistics.median(fork_exit) * 1000:.2f} ms")
 
 
 def main() -> None:
@@ -257,7 +276,8 @@ def main() -> None:
     print(f"  {label}")
     for name, run in (("in-process exec", ref), ("service        ", svc)):
       print(f"    {name}  median {statistics.median(run.lat) * ms:7.2f} ms   "
-            f"p99 {pct(run.lat, 99) * ms:7.2f} ms   CPU {run.cpu_ms:6.2f} ms/call")
+            f"p99 {pct(run.lat, 99) * ms:7.2f} ms   CPU {run.cpu_ms:6.2f} ms/call   "
+            f"{run.faults_per_call:6.0f} page faults/call")
     print(f"    fixed overhead   {triv_svc - triv_ref:7.2f} ms median (target <= 5 ms); "
           f"{svc.cpu_ms - ref.cpu_ms:.2f} ms CPU; ratio service/in-process "
           f"{triv_svc / triv_ref:.1f}x")
@@ -270,11 +290,11 @@ def main() -> None:
   print(f"  in-process exec  {ref_real.per_min:6.0f} calls/min (1 process, sequential)   "
         f"p50 {statistics.median(ref_real.lat) * ms:7.2f} ms   p99 {pct(ref_real.lat, 99) * ms:7.2f} ms"
         f"   CPU {ref_real.cpu_ms:6.1f} ms/call -> {ref_real.cpu_bound_per_min():.0f} calls/min "
-        f"on {cores} idle cores")
+        f"on {cores} idle cores   {ref_real.faults_per_call:.0f} page faults/call")
   print(f"  service          {svc_real.per_min:6.0f} calls/min ({args.workers} workers, "
         f"{concurrency} in flight)   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   CPU "
         f"{svc_real.cpu_ms:6.1f} ms/call -> {svc_real.cpu_bound_per_min():.0f} calls/min on "
-        f"{cores} idle cores")
+        f"{cores} idle cores   {svc_real.faults_per_call:.0f} page faults/call")
   print(f"  throughput ratio service/in-process {svc_real.per_min / ref_real.per_min:.2f}x "
         f"(target >= 1500/min); CPU per call service/in-process "
         f"{svc_real.cpu_ms / ref_real.cpu_ms:.2f}x")
