@@ -3,8 +3,8 @@
 Pillow's PNG writer tries every row filter on every row (adaptive filtering) even at compression
 level 1, which makes it the largest cost of a typical tool call after the model's own code. libpng
 through OpenCV with one fixed filter (Up: each row minus the row above) and zlib's run-length
-strategy writes the same pixels 2-3.6x faster and, on documents, charts and photos alike, a few
-percent smaller (benchmarks/executor.py prints both encoders side by side).
+strategy writes the same pixels about twice as fast, and smaller (benchmarks/executor.py prints
+both encoders on the result of its realistic call).
 
 8-bit L, RGB and RGBA go through OpenCV; other modes (palette, 1-bit, LA, 16-bit, ...) keep
 Pillow's writer, which stores them exactly.
