@@ -80,14 +80,14 @@ def run_code(code: str, image: Image.Image) -> Image.Image:
   return namespace["result"]
 
 
-def in_process(code: str, png: bytes) -> bytes:
-  """The reference approach: exec in this process, no isolation (same work as the service)."""
-  return png_lib.encode(run_code(code, Image.open(io.BytesIO(png)).convert("RGB")))
-
-
 def code_and_png_out(code: str, image: Image.Image) -> bytes:
   """The least work a call must do: the code on an image already decoded, and the PNG out."""
   return png_lib.encode(run_code(code, image))
+
+
+def in_process(code: str, png: bytes) -> bytes:
+  """The reference approach: exec in this process, no isolation (same work as the service)."""
+  return code_and_png_out(code, Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def pil_png(image: Image.Image) -> bytes:
