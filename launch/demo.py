@@ -42,6 +42,7 @@ def ask(model, tokenizer, cfg, conversation):
   import codevision_jax as cvj
   from codevision_jax.data.records import load_image
   from codevision_jax.processing import chat
+  from codevision_jax.processing import image as image_lib
   from codevision_jax.train import loop
 
   first_assistant = next(i for i, m in enumerate(conversation.messages) if m["role"] == "assistant")
@@ -52,7 +53,7 @@ def ask(model, tokenizer, cfg, conversation):
   settings = loop.image_settings(cfg, model.config.model_type)
   pixel_values, grid = settings.preprocess(images)
   tokens = chat.tokenize_conversation(
-      tokenizer, prompt, image_token_counts=chat.image_token_counts(grid), add_generation_prompt=True)
+      tokenizer, prompt, image_token_counts=image_lib.num_image_tokens(grid, settings.merge_size), add_generation_prompt=True)
   im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
   out, _ = cvj.generate(model, tokens.input_ids[None], pixel_values, grid,
                         max_new_tokens=cfg.demo.max_new_tokens, stop_token_ids=(im_end,),

@@ -166,14 +166,14 @@ def check_sharded_forward(model, ids, mask, pv, grid):
 
 def check_rope_index(hf_model, ids, mask, grid):
   """Our host-side `get_rope_index` equals transformers' (positions and rope deltas)."""
-  from codevision_jax.models import rotary
+  from codevision_jax.models import prepare
 
   image = hf_model.config.image_token_id
   t_ids = torch.as_tensor(ids)
   expected, expected_delta = hf_model.model.get_rope_index(
       t_ids, mm_token_type_ids=(t_ids == image).int(), image_grid_thw=torch.as_tensor(grid),
       attention_mask=torch.as_tensor(mask))
-  got, delta = rotary.get_rope_index(ids, grid, mask, image_token_id=image,
+  got, delta = prepare.get_rope_index(ids, grid, mask, image_token_id=image,
                                      spatial_merge_size=hf_model.config.vision_config.spatial_merge_size)
   np.testing.assert_array_equal(got, expected.numpy())
   np.testing.assert_array_equal(delta, expected_delta.numpy().reshape(-1))

@@ -138,7 +138,7 @@ def test_tokens_equal_the_chat_formatting(run, tok):
               {"role": "assistant", "content": SCRIPTS[0][1]},
               {"role": "tool", "content": "Image 2: <image>"},
               {"role": "assistant", "content": SCRIPTS[0][2][:-len("<|im_end|>")]}]
-  counts = chat.image_token_counts([im.grid_thw for im in traj.images])
+  counts = image_lib.num_image_tokens([im.grid_thw for im in traj.images])
   ref = chat.tokenize_conversation(tok, messages, counts, tools=[tools_lib.CODE_IMAGE_TOOL])
   np.testing.assert_array_equal(traj.token_ids, ref.input_ids[:-1])  # Ends at the last <|im_end|>.
   sampled = [t for t, m in zip(traj.token_ids, traj.policy_mask) if m]

@@ -141,11 +141,6 @@ def test_prompt_and_tool_turn_pieces_concatenate_to_full_conversation(tok):
   assert built == full.input_ids.tolist()
 
 
-def test_image_token_counts_from_grid():
-  assert chat.image_token_counts([[1, 4, 6], [1, 8, 8]]) == (6, 16)
-  assert chat.image_token_counts(np.array([[1, 6, 6]]), merge_size=1) == (36,)
-
-
 def test_formatting_errors(tok):
   with pytest.raises(ValueError, match="3 <image> placeholders but 2"):
     chat.tokenize_conversation(tok, CONVERSATION, (1, 2))

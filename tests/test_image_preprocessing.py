@@ -106,6 +106,8 @@ def test_num_image_tokens():
   assert tokens.tolist() == want
   assert image_lib.num_image_tokens(thw[0], 2) == want[0]
   assert image_lib.num_image_tokens([1, 4, 6], merge_size=2) == 6
+  assert tuple(image_lib.num_image_tokens([[1, 4, 6], [1, 8, 8]])) == (6, 16)
+  assert tuple(image_lib.num_image_tokens(np.array([[1, 6, 6]]), merge_size=1)) == (36,)
 
 
 def test_settings_from_preprocessor_config(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import hf_reference as H
-from codevision_jax.models import rotary
+from codevision_jax.models import prepare
 
 IMG, VS, VE = H.QWEN_SPECIAL_IDS["image_token_id"], H.QWEN_SPECIAL_IDS["vision_start_token_id"], \
     H.QWEN_SPECIAL_IDS["vision_end_token_id"]
@@ -87,7 +87,7 @@ def test_vision_window_metadata_equals_transformers():
   grid = np.array([[1, 10, 14], [1, 4, 4], [2, 6, 18]])
   index, cu = vision_utils.get_vision_window_index(torch.as_tensor(grid), spatial_merge_size=2,
                                                    window_size=56, patch_size=14)
-  meta = rotary.vision_metadata(grid, spatial_merge_size=2, patch_size=14, window_size=56)
+  meta = prepare.window_metadata(grid, spatial_merge_size=2, patch_size=14, window_size=56)
   np.testing.assert_array_equal(meta.window_index, index.numpy())
   lengths = np.diff(cu.numpy())
   np.testing.assert_array_equal(np.bincount(meta.window_segments), lengths[lengths > 0])

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from flax import nnx
 
 import codevision_jax as cvj
 import hf_reference as H
-from codevision_jax.models import VLConfig, qwen3_vl
+from codevision_jax.models import VLConfig, prepare
 from codevision_jax.models.presets import preset
 
 IMG, VS, VE = (H.QWEN_SPECIAL_IDS[k] for k in ("image_token_id", "vision_start_token_id",
@@ -106,9 +105,7 @@ def test_vision_metadata_equals_transformers():
   indices, weights = vision_utils.get_vision_interpolation_indices_and_weights(
       torch.as_tensor(grid), num_grid_per_side=48, mode="bilinear", align_corners=True,
       spatial_merge_size=2)
-  visual = nnx.eval_shape(lambda: qwen3_vl.Qwen3VLVisionModel(
-      preset("qwen3_vl_8b").vision, rngs=nnx.Rngs(0), param_dtype=np.float32))  # 48x48 table
-  meta = visual.metadata(grid)
+  meta = prepare.vision_metadata(preset("qwen3_vl_8b"), grid)  # 48x48 table
   np.testing.assert_array_equal(meta.interp_indices, indices.numpy())
   np.testing.assert_array_equal(meta.interp_weights, weights.numpy())  # bit-identical float32
   np.testing.assert_array_equal(meta.position_ids, vision_utils.get_vision_position_ids(

@@ -50,13 +50,12 @@ import dataclasses
 import io
 import logging
 import os
-import types
 
 import numpy as np
 from PIL import Image
 
 from codevision_jax.data import records as records_lib
-from codevision_jax.models import rotary
+from codevision_jax.models import prepare
 from codevision_jax.processing import chat, image as image_lib
 
 log = logging.getLogger(__name__)
@@ -121,8 +120,8 @@ def image_grids(conversation, settings: image_lib.ImageSettings) -> np.ndarray:
 
 
 def tokenize(conversation, tokenizer, grids, merge_size):
-  counts = image_lib.num_image_tokens(grids, merge_size) if len(grids) else ()
-  return chat.tokenize_conversation(tokenizer, conversation.messages, tuple(int(c) for c in counts),
+  return chat.tokenize_conversation(tokenizer, conversation.messages,
+                                    image_lib.num_image_tokens(grids, merge_size),
                                     tools=conversation.tools)
 
 
@@ -211,14 +210,6 @@ class BatchPlan:
 
 # ---- building a host's batch ---------------------------------------------------------------------
 
-def vision_metadata_fn(model_config):
-  """The vision tower's metadata function for a model config, without building the model."""
-  from codevision_jax.models import model_class  # Deferred: pulls in flax.
-  visual_cls = model_class(model_config.model_type).vision_class
-  holder = types.SimpleNamespace(config=model_config.vision)
-  return lambda grids: visual_cls.metadata(holder, grids)
-
-
 class BatchBuilder:
   """(bucket, groups) -> this host's batch of numpy arrays. Picklable (runs in Grain workers)."""
 
@@ -236,14 +227,6 @@ class BatchBuilder:
       raise ValueError(f"the tokenizer's {chat.IMAGE_PAD} id "
                        f"{tokenizer.convert_tokens_to_ids(chat.IMAGE_PAD)} differs from the model "
                        f"config's image_token_id {self.image_token_id}")
-
-  def __getstate__(self):
-    return {k: v for k, v in self.__dict__.items() if k != "_meta_fn"}
-
-  def _metadata(self, grids):
-    if getattr(self, "_meta_fn", None) is None:
-      self._meta_fn = vision_metadata_fn(self.model_config)
-    return self._meta_fn(grids)
 
   def __call__(self, item):
     bucket, groups = item
@@ -279,9 +262,8 @@ class BatchBuilder:
     if n_real > budget or len(grids) > spec.max_images:
       raise ValueError(f"records {list(indices)} need {n_real} patches / {len(grids)} images, over "
                        f"the budget {budget} / {spec.max_images}: the size pass and the batch disagree")
-    position_ids, _ = rotary.get_rope_index(ids, grids if len(grids) else None, attention,
-                                            image_token_id=self.image_token_id,
-                                            spatial_merge_size=self.merge)
+    position_ids = prepare.position_ids(self.model_config, ids, grids if len(grids) else None,
+                                        attention)
     unit = self.merge ** 2
     is_image = ids == self.image_token_id
     image_index = np.where(is_image, np.cumsum(is_image.ravel()).reshape(b, length) - 1
@@ -308,7 +290,7 @@ class BatchBuilder:
       empty = np.zeros((0,), np.int32)
       return dict(pixel_values=pixels, vision_position_ids=np.zeros((0, 2), np.int32),
                   window_index=empty, full_segments=empty, window_segments=empty)
-    meta = self._metadata(all_grids)
+    meta = prepare.vision_metadata(self.model_config, all_grids)
     # Offsets make this host's units and segments distinct from every other host's.
     out = dict(pixel_values=pixels,
                vision_position_ids=np.asarray(meta.position_ids, np.int32),

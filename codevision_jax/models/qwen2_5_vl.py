@@ -11,6 +11,7 @@ from flax import nnx
 from codevision_jax.models import rotary
 from codevision_jax.models.config import VisionConfig
 from codevision_jax.models.layers import GatedMLP, Linear, RMSNorm
+from codevision_jax.models.prepare import VisionMetadata
 from codevision_jax.models.vision import PatchEmbed, VisionAttention, VisionBlock, permute_units
 from codevision_jax.models.vlm import VisionLanguageModel
 
@@ -48,12 +49,7 @@ class Qwen2_5_VisionTransformer(nnx.Module):
         for _ in range(cfg.depth)])
     self.merger = PatchMerger(cfg, **kw)
 
-  def metadata(self, grid_thw) -> rotary.VisionMetadata:
-    c = self.config
-    return rotary.vision_metadata(grid_thw, spatial_merge_size=c.spatial_merge_size,
-                                  patch_size=c.patch_size, window_size=c.window_size)
-
-  def __call__(self, pixel_values: jax.Array, meta: rotary.VisionMetadata) -> tuple[jax.Array, list]:
+  def __call__(self, pixel_values: jax.Array, meta: VisionMetadata) -> tuple[jax.Array, list]:
     """pixel_values [N, C*T*P*P] -> merged features [N / merge^2, out_hidden] (and no DeepStack)."""
     c = self.config
     unit = c.spatial_merge_size ** 2

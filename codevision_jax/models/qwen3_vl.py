@@ -7,44 +7,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from codevision_jax.models import rotary
 from codevision_jax.models.config import VisionConfig
 from codevision_jax.models.layers import LayerNorm, Linear, PlainMLP, _normal, param
+from codevision_jax.models.prepare import VisionMetadata
 from codevision_jax.models.vision import PatchEmbed, VisionAttention, VisionBlock
 from codevision_jax.models.vlm import VisionLanguageModel
-
-
-def interpolation_taps(grid_thw, num_grid_per_side: int, merge: int) -> tuple[np.ndarray, np.ndarray]:
-  """Bilinear (align_corners) resampling of the square learned position table to each grid.
-
-  transformers' `get_vision_interpolation_indices_and_weights(mode="bilinear",
-  align_corners=True)`, in numpy float32: for every patch, in processor (merge-block) order, 4
-  row indices into the flattened [side * side] table and their weights. Returns int32 [N, 4] and
-  float32 [N, 4].
-  """
-  side = num_grid_per_side
-  idx, wts = [], []
-  for t, h, w in np.asarray(grid_thw).reshape(-1, 3).tolist():
-    rows = rotary.vision_position_ids([[1, h, w]], merge)  # (row, col) per patch, merge-block order
-    h_taps, h_w = _axis_taps(rows[:, 0], h, side)
-    w_taps, w_w = _axis_taps(rows[:, 1], w, side)
-    index = (h_taps[:, :, None] * side + w_taps[:, None, :]).reshape(-1, 4)
-    weight = (h_w[:, :, None] * w_w[:, None, :]).reshape(-1, 4)
-    idx.append(np.tile(index, (t, 1)))
-    wts.append(np.tile(weight, (t, 1)))
-  return np.concatenate(idx).astype(np.int32), np.concatenate(wts).astype(np.float32)
-
-
-def _axis_taps(index: np.ndarray, size: int, side: int):
-  src = index.astype(np.float32) * np.float32(side - 1) / np.float32(max(size - 1, 1))
-  floor = np.floor(src)
-  offsets = np.arange(2)
-  taps = np.clip(floor.astype(np.int64)[:, None] + offsets, 0, side - 1)
-  distance = np.abs(src[:, None] - floor[:, None] - offsets.astype(np.float32))
-  return taps, np.maximum(np.float32(1) - distance, 0).astype(np.float32)
 
 
 class PositionEmbedding(nnx.Module):
@@ -109,16 +79,7 @@ class Qwen3VLVisionModel(nnx.Module):
     self.deepstack_merger_list = nnx.List([PatchMerger(cfg, postshuffle_norm=True, **kw)
                                            for _ in cfg.deepstack_visual_indexes])
 
-  def metadata(self, grid_thw) -> rotary.VisionMetadata:
-    c = self.config
-    meta = rotary.vision_metadata(grid_thw, spatial_merge_size=c.spatial_merge_size,
-                                  patch_size=c.patch_size, window_size=0)
-    indices, weights = interpolation_taps(grid_thw, int(c.num_position_embeddings ** 0.5),
-                                          c.spatial_merge_size)
-    return rotary.VisionMetadata(meta.position_ids, meta.window_index, meta.full_segments,
-                                 meta.window_segments, indices, weights)
-
-  def __call__(self, pixel_values: jax.Array, meta: rotary.VisionMetadata) -> tuple[jax.Array, list]:
+  def __call__(self, pixel_values: jax.Array, meta: VisionMetadata) -> tuple[jax.Array, list]:
     """pixel_values [N, C*T*P*P] -> merged features [N / merge^2, out_hidden] and one DeepStack
     feature array of that shape per `deepstack_visual_indexes` entry."""
     c = self.config

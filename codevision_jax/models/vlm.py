@@ -8,7 +8,7 @@ Two entry points:
   ids, vision windows) on the host, then runs `forward`.
 * `model.forward(input_ids, pixel_values, vision_meta, attention_mask, position_ids)`: pure array
   code, safe under `jax.jit`/`nnx.jit` with static shapes. Training and sampling call this with
-  metadata from `model.prepare(...)` computed by the input pipeline.
+  position ids and vision metadata from `models.prepare` computed by the input pipeline.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from codevision_jax.models import rotary
+from codevision_jax.models import prepare as prepare_lib
 from codevision_jax.models.config import VLConfig
 from codevision_jax.models.layers import Linear
 from codevision_jax.models.text import TextModel, causal_mask
@@ -67,13 +67,9 @@ class VisionLanguageModel(nnx.Module):
   # ---- host-side preparation --------------------------------------------------------------
 
   def prepare(self, input_ids, image_grid_thw=None, attention_mask=None):
-    """M-RoPE position ids [3, B, T] and the vision metadata (None without images), in numpy."""
-    c = self.config
-    position_ids, _ = rotary.get_rope_index(
-        np.asarray(input_ids), image_grid_thw, attention_mask, image_token_id=c.image_token_id,
-        spatial_merge_size=c.vision.spatial_merge_size)
-    meta = None if image_grid_thw is None else self.model.visual.metadata(np.asarray(image_grid_thw))
-    return position_ids, meta
+    """M-RoPE position ids [3, B, T] and the vision metadata (None without images), in numpy:
+    `models.prepare.prepare` with this model's config."""
+    return prepare_lib.prepare(self.config, input_ids, image_grid_thw, attention_mask)
 
   def __call__(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
                position_ids=None) -> jax.Array:
@@ -81,7 +77,7 @@ class VisionLanguageModel(nnx.Module):
     if (pixel_values is None) != (image_grid_thw is None):
       raise ValueError("pixel_values and image_grid_thw must be given together")
     input_ids = np.asarray(input_ids)
-    self._check_image_tokens(input_ids, pixel_values, image_grid_thw)
+    prepare_lib.check_image_tokens(self.config, input_ids, pixel_values, image_grid_thw)
     prepared_positions, meta = self.prepare(input_ids, image_grid_thw, attention_mask)
     if position_ids is None:
       position_ids = prepared_positions
@@ -89,24 +85,6 @@ class VisionLanguageModel(nnx.Module):
                         None if pixel_values is None else jnp.asarray(pixel_values), meta,
                         None if attention_mask is None else jnp.asarray(attention_mask),
                         jnp.asarray(position_ids))
-
-  def _check_image_tokens(self, input_ids, pixel_values, image_grid_thw):
-    n_tokens = int((input_ids == self.config.image_token_id).sum())
-    if image_grid_thw is None:
-      if n_tokens:
-        raise ValueError(f"input_ids hold {n_tokens} image tokens (id {self.config.image_token_id}) "
-                         "but no pixel_values/image_grid_thw were given")
-      return
-    grid = np.asarray(image_grid_thw).reshape(-1, 3)
-    merge = self.config.vision.spatial_merge_size
-    n_features = int(grid.prod(-1).sum()) // merge ** 2
-    if n_features != n_tokens:
-      raise ValueError(f"image tokens and image features do not match: input_ids hold {n_tokens} "
-                       f"image tokens, image_grid_thw {grid.tolist()} gives {n_features} features")
-    n_patches = int(grid.prod(-1).sum())
-    if np.shape(pixel_values)[0] != n_patches:
-      raise ValueError(f"pixel_values has {np.shape(pixel_values)[0]} rows, image_grid_thw "
-                       f"{grid.tolist()} needs {n_patches} patches")
 
   # ---- array code ---------------------------------------------------------------------------
 

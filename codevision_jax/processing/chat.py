@@ -58,12 +58,6 @@ def tools_block(tools):
   return _TOOLS_HEADER + lines + _TOOLS_FOOTER
 
 
-def image_token_counts(grid_thw, merge_size=2):
-  """Per-image pad counts from an `image_grid_thw` array [N, 3]: t * h * w // merge_size**2."""
-  grid = np.asarray(grid_thw, dtype=np.int64).reshape(-1, 3)
-  return tuple(int(n) for n in grid.prod(axis=1) // (merge_size * merge_size))
-
-
 def _tool_call_parts(call):
   call = call.get("function", call)
   return call["name"], call.get("arguments", {})
@@ -170,7 +164,7 @@ def tokenize_conversation(tokenizer, messages, image_token_counts=(), tools=None
   """Renders and tokenises a conversation -> TokenizedConversation.
 
   `image_token_counts[k]` is the number of `<|image_pad|>` tokens for the k-th `<image>` (see
-  `image_token_counts()`); `images` is passed through for the caller's convenience.
+  `processing.image.num_image_tokens`); `images` is passed through for the caller's convenience.
   """
   r = render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
              default_system=default_system)

@@ -124,7 +124,7 @@ class AgentLoop:
     if not images:
       return None, None, ()
     pv, grid = self.settings.preprocess(list(images))
-    return pv, grid, chat.image_token_counts(grid, self.settings.merge_size)
+    return pv, grid, tuple(image_lib.num_image_tokens(grid, self.settings.merge_size))
 
   def _start(self, slot: int, index: int, record) -> _Slot:
     meta = {k: getattr(record, k) for k in ("ground_truth", "required_transforms", "target_box",

@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from codevision_jax.models import prepare
+
 from codevision_jax.sampling.logits import choose_tokens
 
 _NEW_TOKEN_MULTIPLE = 16
@@ -156,10 +158,6 @@ class Sampler:
     self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
     self.config = model.config
     self.pad_token_id = default_pad_token_id(self.config) if pad_token_id is None else int(pad_token_id)
-    # Host-side preparation (M-RoPE ids, vision metadata) needs the config only: keep a model
-    # without arrays for it.
-    graphdef, params, rest = self._graphdef, self._params, self._rest
-    self._host_model = nnx.eval_shape(lambda: nnx.merge(graphdef, params, rest))
 
   @property
   def params(self) -> nnx.State:
@@ -208,8 +206,8 @@ class Sampler:
     if not mask[:, -1].all():
       raise ValueError("inputs must be left-padded (attention_mask[:, -1] all 1), as transformers' "
                        "processor gives them with padding_side='left'")
-    self._host_model._check_image_tokens(input_ids, pixel_values, image_grid_thw)
-    positions, meta = self._host_model.prepare(input_ids, image_grid_thw, mask)
+    prepare.check_image_tokens(self.config, input_ids, pixel_values, image_grid_thw)
+    positions, meta = prepare.prepare(self.config, input_ids, image_grid_thw, mask)
     stops = list(stop_token_ids)
     slots = max(_STOP_SLOTS, _round_up(len(stops), _STOP_SLOTS))
     stop_ids = np.full((slots,), -1, np.int32)

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from codevision_jax.models import prepare
+
 from codevision_jax.sampling.logits import choose_tokens, policy_logprobs
 from codevision_jax.sampling.sampler import prompt_bucket
 
@@ -138,8 +140,6 @@ class SlotCache:
     if params is not None:
       self._params = params
     self.config = model.config
-    graphdef, p, rest = self._graphdef, self._params, self._rest
-    self._host_model = nnx.eval_shape(lambda: nnx.merge(graphdef, p, rest))
     self.num_slots, self.capacity, self.chunk = num_slots, capacity, chunk
     tc = self.config.text
     shape = (num_slots, tc.num_key_value_heads, capacity + chunk + 1, tc.resolved_head_dim)
@@ -169,8 +169,8 @@ class SlotCache:
     if start + n > self.capacity:
       raise ValueError(f"slot {slot}: {start} + {n} tokens exceed the capacity {self.capacity}")
     grid = None if image_grid_thw is None or len(image_grid_thw) == 0 else np.asarray(image_grid_thw)
-    self._host_model._check_image_tokens(ids[None], pixel_values if grid is not None else None, grid)
-    positions, meta = self._host_model.prepare(ids[None], grid)
+    prepare.check_image_tokens(self.config, ids[None], pixel_values if grid is not None else None, grid)
+    positions, meta = prepare.prepare(self.config, ids[None], grid)
     positions = positions + self.counters[slot]
     bucket = prompt_bucket(n)
     padded = np.zeros((1, bucket), np.int32)

@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from codevision_jax import parallel
-from codevision_jax.models import rotary
+from codevision_jax.models.prepare import VisionMetadata
 from codevision_jax.train import loss as loss_lib
 
 # Per-key position of the batch axis (after the leading microbatch axis) for the sharding.
@@ -47,7 +47,7 @@ def forward_hidden(model, mb: dict) -> jax.Array:
   pixel_values, meta = None, None
   if mb["pixel_values"].shape[0]:
     pixel_values = mb["pixel_values"]
-    meta = rotary.VisionMetadata(mb["vision_position_ids"], mb["window_index"], mb["full_segments"],
+    meta = VisionMetadata(mb["vision_position_ids"], mb["window_index"], mb["full_segments"],
                                  mb["window_segments"], mb.get("interp_indices"),
                                  mb.get("interp_weights"))
   return model.forward(mb["input_ids"], pixel_values, meta, mb["attention_mask"], mb["position_ids"],
