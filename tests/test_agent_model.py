@@ -42,7 +42,7 @@ class ForcedFirstTurn(ModelPolicy):
     out = {}
     for s in [s for s in slots if s in self.pending]:
       self.pending.discard(s)
-      self.cache.append(s, self.forced)
+      self.engine.append(s, self.forced)
       out[s] = (np.asarray(self.forced), np.zeros(len(self.forced), np.float32))
     rest = [(s, b) for s, b in zip(slots, budgets) if s not in out]
     if rest:

@@ -13,7 +13,7 @@ from flax import nnx
 import codevision_jax as cvj
 import hf_reference as H
 from codevision_jax.sampling import Sampler
-from codevision_jax.sampling import sampler as sampling
+from codevision_jax.sampling import engine as sampling
 from codevision_jax.sampling.logits import choose_tokens
 
 IMG, VS, VE = (H.QWEN_SPECIAL_IDS[k] for k in ("image_token_id", "vision_start_token_id",

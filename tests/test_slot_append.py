@@ -1,13 +1,13 @@
-"""Incremental appends into a slot's cache give the logits of a from-scratch forward over the
-whole conversation (ours vs ours), for Qwen2.5-VL and Qwen3-VL; and batched decode of several
-slots equals decoding each conversation on its own."""
+"""The decode engine's slots: incremental appends into a slot's cache give the logits of a
+from-scratch forward over the whole conversation (ours vs ours), for Qwen2.5-VL and Qwen3-VL; and
+batched decode of several slots equals decoding each conversation on its own."""
 
 import jax
 import numpy as np
 import pytest
 
 from codevision_jax.models import build_model, presets
-from codevision_jax.sampling.slots import SlotCache
+from codevision_jax.sampling.engine import DecodeEngine
 
 FAMILIES = {"qwen2_5_vl": presets.qwen2_5_vl_tiny, "qwen3_vl": presets.qwen3_vl_tiny}
 
@@ -15,6 +15,12 @@ FAMILIES = {"qwen2_5_vl": presets.qwen2_5_vl_tiny, "qwen3_vl": presets.qwen3_vl_
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def model(request):
   return build_model(FAMILIES[request.param](), seed=1)
+
+
+def engine(model, num_slots, capacity, chunk):
+  out = DecodeEngine(model, chunk=chunk)
+  out.allocate(num_slots, capacity)
+  return out
 
 
 def _segment(model, rng, n_text, grid=None):
@@ -48,7 +54,7 @@ def test_appends_match_a_full_forward(model):
   # (its positions jump by max(h, w) / merge), then more text spanning several chunks.
   segments = [_segment(model, rng, 5, (1, 4, 6)), _segment(model, rng, 7),
               _segment(model, rng, 3, (1, 6, 2)), _segment(model, rng, 40)]
-  cache = SlotCache(model, num_slots=3, capacity=256, chunk=16)
+  cache = engine(model, num_slots=3, capacity=256, chunk=16)
   # Fill slot 0 with something else first: slots must not see each other.
   cache.append(0, rng.integers(1, 200, 30))
   full = _full_logits(model, segments)
@@ -65,14 +71,15 @@ def test_batched_decode_equals_single_slot_forward(model):
   prompts = [[_segment(model, rng, 4, (1, 4, 4)), _segment(model, rng, 3)],
              [_segment(model, rng, 9)],
              [_segment(model, rng, 2, (1, 2, 6))]]
-  cache = SlotCache(model, num_slots=4, capacity=128, chunk=16)
+  cache = engine(model, num_slots=4, capacity=128, chunk=16)
   for slot, segs in enumerate(prompts):
     for ids, pv, grid in segs:
       cache.append(slot, ids, pv, None if grid is None else np.asarray([grid], np.int64))
   keys = jax.random.split(jax.random.PRNGKey(0), 4)
   active = np.array([True, True, False, False])  # Slot 2 waits (e.g. on a tool call).
   budget = np.array([6, 3, 6, 0])
-  tokens, logprobs, n = cache.decode(active, budget, keys, np.zeros(4, np.int32), max_steps=8)
+  tokens, logprobs, n = jax.device_get(cache.decode(active, budget, keys, np.zeros(4, np.int32),
+                                                    max_steps=8))
   assert n.tolist() == [6, 3, 0, 0]
   for slot in (0, 1):
     generated = tokens[slot, :n[slot]]

@@ -2,8 +2,11 @@
 
 Inputs are embeddings (the caller has already put image features in place of image tokens);
 positions are 3-D M-RoPE ids [3, B, T]. `kv_cache` is an optional dict per layer with static-shape
-key/value buffers {"k": [B, K, S, D], "v": ...} (kv heads before slots, so that a decode step
-reads them without a transpose), used by the sampler; training and scoring pass none.
+key/value buffers {"k": [B, K, S, D], "v": ...} (kv heads before entries, so that a decode step
+reads them without a transpose; `init_kv_cache`), used by the sampler: the T new tokens' keys and
+values are written at entries `cache_index[b]`, `cache_index[b] + 1`, ... of row b (each row has
+its own write position), and the mask [B, 1, T, S] says which entries each query sees. Training
+and scoring pass no cache.
 """
 
 from __future__ import annotations
@@ -45,11 +48,12 @@ class TextAttention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     q = rotary.apply_rotary(q, cos[:, :, None], sin[:, :, None])
     k = rotary.apply_rotary(k, cos[:, :, None], sin[:, :, None])
-    if cache is not None:  # Laid out [B, K, S, D]: a decode step reads it without a transpose.
-      k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.swapaxes(1, 2).astype(cache["k"].dtype),
-                                              cache_index, axis=2)
-      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.swapaxes(1, 2).astype(cache["v"].dtype),
-                                              cache_index, axis=2)
+    if cache is not None:  # Row r's T new entries go at cache_index[r], cache_index[r] + 1, ...
+      entries = cache_index[:, None] + jnp.arange(t)
+      rows = jnp.arange(b)[:, None]
+      kw = dict(unique_indices=True, indices_are_sorted=True)
+      k = cache["k"].at[rows, :, entries].set(k.astype(cache["k"].dtype), **kw)
+      v = cache["v"].at[rows, :, entries].set(v.astype(cache["v"].dtype), **kw)
       cache = {"k": k, "v": v}
     out = attention.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
                                           backend=self.backend,
@@ -104,6 +108,13 @@ class TextModel(nnx.Module):
         visual_mask, features = deepstack
         x = x + jnp.where(visual_mask[..., None], features[i].astype(x.dtype), 0)
     return self.norm(x), (new_cache if kv_cache is not None else None)
+
+
+def init_kv_cache(cfg: TextConfig, batch: int, length: int, dtype) -> list[dict]:
+  """An empty cache: per layer {"k", "v"} of zeros [batch, kv_heads, length, head_dim]."""
+  shape = (batch, cfg.num_key_value_heads, length, cfg.resolved_head_dim)
+  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+          for _ in range(cfg.num_hidden_layers)]
 
 
 def causal_mask(attention_mask: jax.Array | None, batch: int, length: int) -> jax.Array:

@@ -122,3 +122,15 @@ class VisionLanguageModel(nnx.Module):
     mask = causal_mask(attention_mask, b, t)
     hidden, _ = self.model.language_model(embeds, position_ids, mask, deepstack=deepstack)
     return hidden if return_hidden else self.logits(hidden)
+
+  # ---- incremental decoding (the sampler's API) ------------------------------------------------
+
+  def extend(self, embeds, position_ids, mask, cache, cache_index, deepstack=None):
+    """Runs the decoder over new tokens whose keys and values join `cache` (`text.init_kv_cache`).
+
+    embeds [B, T, H] (from `embed`); position_ids [3, B, T]; mask [B, 1, T, S] over the cache's
+    entries (the new ones included); cache_index [B]: where row b's new entries go. Returns the
+    final hidden states [B, T, H] (`logits` turns them into logits) and the updated cache.
+    """
+    return self.model.language_model(embeds, position_ids, mask, kv_cache=cache,
+                                     cache_index=cache_index, deepstack=deepstack)

@@ -9,7 +9,7 @@ A policy holds `num_slots` sequences. The agent loop calls
 * `decode(slots, budgets)`: one batched call that samples for those slots; for each it returns
   (tokens, log-probs), ending at a stop token, at the slot's budget or at the policy's step count.
 
-`ModelPolicy` runs the model (`slots.SlotCache`); `ScriptedPolicy` replays given assistant texts
+`ModelPolicy` runs the model (`engine.DecodeEngine`); `ScriptedPolicy` replays given assistant texts
 through the tokenizer, so the loop can be tested against the real executor without a model.
 """
 
@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from codevision_jax.sampling.slots import SlotCache
+from codevision_jax.sampling.engine import DecodeEngine
 
 
 class Policy(Protocol):
@@ -53,7 +53,8 @@ class ModelPolicy:
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                params: nnx.State | None = None):
     self.num_slots, self.capacity = num_slots, capacity
-    self.cache = SlotCache(model, num_slots, capacity, chunk=chunk, params=params)
+    self.engine = DecodeEngine(model, chunk=chunk, params=params)
+    self.engine.allocate(num_slots, capacity)
     self.stop_ids = list(stop_ids)
     self.steps_per_call = steps_per_call
     self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -65,26 +66,25 @@ class ModelPolicy:
     self._counts = np.zeros((num_slots,), np.int32)
 
   def update_params(self, params: nnx.State) -> None:
-    self.cache.update_params(params)
+    self.engine.update_params(params)
 
   def start(self, slot, trajectory_id, input_ids, pixel_values=None, image_grid_thw=None):
-    self.cache.reset(slot)
+    self.engine.reset(slot)
     self._keys[slot] = np.asarray(jax.random.fold_in(jax.random.PRNGKey(self.seed), trajectory_id))
     self._counts[slot] = 0
-    self.cache.append(slot, input_ids, pixel_values, image_grid_thw)
+    self.engine.append(slot, input_ids, pixel_values, image_grid_thw)
 
   def append(self, slot, input_ids, pixel_values=None, image_grid_thw=None):
-    self.cache.append(slot, input_ids, pixel_values, image_grid_thw)
+    self.engine.append(slot, input_ids, pixel_values, image_grid_thw)
 
   def decode(self, slots, budgets):
     active = np.zeros((self.num_slots,), bool)
     budget = np.zeros((self.num_slots,), np.int32)
     active[list(slots)] = True
     budget[list(slots)] = budgets
-    tokens, logprobs, n = self.cache.decode(active, budget, self._keys, self._counts,
-                                            max_steps=self.steps_per_call,
-                                            stop_ids=self.stop_ids, banned_ids=self.banned_ids,
-                                            **self.sampling)
+    tokens, logprobs, n = jax.device_get(self.engine.decode(
+        active, budget, self._keys, self._counts, max_steps=self.steps_per_call,
+        stop_ids=self.stop_ids, banned_ids=self.banned_ids, **self.sampling))
     self._counts += n.astype(np.int32)
     return {s: (tokens[s, :n[s]], logprobs[s, :n[s]]) for s in slots}
 

@@ -1,0 +1,335 @@
+"""The decode engine: `num_slots` sequences in one static key/value cache, prefill into slots, and
+batched decoding on device. `Sampler.generate` (a batch of prompts) and the agent loop's policy
+(trajectories that come and go, with tool turns appended between decode rounds) both run on it.
+
+    engine = DecodeEngine(model, chunk=128)
+    engine.allocate(num_slots=32, capacity=16384)
+    engine.append(slot, input_ids, pixel_values, image_grid_thw)    # chunked prefill of one slot
+    tokens, logprobs, counts = engine.decode(active, budgets, keys, counts, max_steps=32)
+
+State, on device (`DecodeState`): per layer a cache [S, K, L, D] of S slots, the pending logits
+[S, V] (each slot's next-token distribution), each slot's length (tokens in its cache) and its
+M-RoPE counter (the next text position: the maximum position so far plus one, as
+`get_rope_index` advances it). A slot's tokens sit at cache entries [0, length); the next
+`chunk` entries take the padding of a chunked prefill (never valid keys) and the last entry is a
+scratch entry that idle rows write to, so L = capacity + chunk + 1.
+
+Prefill. A segment (text with expanded image pads, and its images) goes after a slot's content:
+its positions are `get_rope_index` of the segment alone plus the slot's counter, which is what
+`get_rope_index` gives for the whole conversation (the counter depends only on what came
+before), so the logits after an append equal a from-scratch forward. `append` embeds the segment
+(vision tower included) once and runs the decoder over it in `chunk`-token pieces (one
+compilation for every segment length); `prefill` fills every slot from empty in one batched call
+(`generate`'s prompts).
+
+Decode. One on-device while_loop samples for the active slots until each has a stop token or its
+budget (or `max_steps` pass). Every sampled token, a stop token too, is fed back, so after a
+round the cache holds everything sampled and the pending logits follow the last token. Each row
+writes its key/value at its own length; rows not asked for, or done, write to the scratch entry.
+Banned ids (image pads, vision markers: only the environment places them) are never sampled; the
+log-probs stay those of the unrestricted policy at temperature 1 (see `logits`).
+
+Stop and banned ids travel as arrays padded to a multiple of `ID_SLOTS` entries; they, the
+sampling settings, the budgets and the parameters are traced: changing them does not recompile.
+Compilations are shared by every engine of the same architecture.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from codevision_jax.models import prepare
+from codevision_jax.models.text import init_kv_cache
+from codevision_jax.sampling.logits import choose_tokens, policy_logprobs
+
+ID_SLOTS = 8
+
+TRACE_COUNTS = {"prefill": 0, "decode": 0}
+"""How many times each jitted function was traced (a Python side effect at trace time)."""
+
+
+def prompt_bucket(length: int) -> int:
+  """Powers of two from 16 to 256, then multiples of 256."""
+  if length <= 256:
+    return max(16, 1 << (max(length, 1) - 1).bit_length())
+  return -(-length // 256) * 256
+
+
+def id_array(ids: Sequence[int]) -> np.ndarray:
+  """Token ids padded with -1 to a multiple of `ID_SLOTS` entries (at least one multiple)."""
+  ids = [int(i) for i in ids]
+  out = np.full((max(ID_SLOTS, -(-len(ids) // ID_SLOTS) * ID_SLOTS),), -1, np.int32)
+  out[:len(ids)] = ids
+  return out
+
+
+@struct.dataclass
+class DecodeState:
+  cache: list  # per layer {"k", "v"} [S, K, L, D]
+  logits: jax.Array  # [S, V] float32
+  lengths: jax.Array  # [S] int32
+  counters: jax.Array  # [S] int32
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _embed(graphdef, params, rest, input_ids, pixel_values, vision_meta):
+  """Tokens [R, T] -> embeddings [R, T, H] and DeepStack inputs (or None)."""
+  return nnx.merge(graphdef, params, rest).embed(input_ids, pixel_values, vision_meta)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "all_slots"), donate_argnames=("state",))
+def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstack, positions, n_real,
+             last, advance, *, all_slots: bool) -> DecodeState:
+  """Runs the decoder over `embeds` [R, C, H] of `slots` [R], written at each slot's length.
+
+  positions [3, R, C] count from the slot's counter; n_real [R]: real tokens of the chunk (the rest
+  is padding, written past the new length); last [R]: the chunk index of the segment's last token
+  (its logits become the slot's pending logits), or -1 when the segment goes on in a later chunk;
+  advance [R]: added to the slot's counter. `all_slots`: `slots` is every slot in order.
+  """
+  TRACE_COUNTS["prefill"] += 1
+  model = nnx.merge(graphdef, params, rest)
+  c = embeds.shape[1]
+  start = state.lengths[slots]
+  rows = state.cache if all_slots else [{k: v[slots] for k, v in layer.items()} for layer in state.cache]
+  entries = jnp.arange(rows[0]["k"].shape[2])
+  mask = entries[None, None, :] <= (start[:, None] + jnp.arange(c))[:, :, None]  # [R, C, L]
+  positions = positions + state.counters[slots][None, :, None]
+  hidden, rows = model.extend(embeds, positions, mask[:, None], rows, start, deepstack)
+  cache = rows if all_slots else [{k: state.cache[i][k].at[slots].set(v) for k, v in layer.items()}
+                                  for i, layer in enumerate(rows)]
+  at_last = jnp.take_along_axis(hidden, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
+  new = model.logits(at_last).astype(state.logits.dtype)
+  logits = state.logits.at[slots].set(jnp.where((last >= 0)[:, None], new, state.logits[slots]))
+  return state.replace(cache=cache, logits=logits, lengths=state.lengths.at[slots].add(n_real),
+                       counters=state.counters.at[slots].add(advance))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_steps", "greedy", "filtered"),
+                   donate_argnames=("state",))
+def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity, keys, counts,
+            temperature, top_k, top_p, stop_ids, banned_ids, *, max_steps: int, greedy: bool,
+            filtered: bool):
+  """Up to `max_steps` tokens for each active row, until a stop token or its budget (at most the
+  room left in its slot). Row r samples with `fold_in(keys[r], counts[r] + k)` for its k-th token
+  of this call. Returns tokens and log-probs [S, max_steps] (0 past each row's count), the
+  number sampled per row, and the new state."""
+  TRACE_COUNTS["decode"] += 1
+  model = nnx.merge(graphdef, params, rest)
+  s = active.shape[0]
+  entries = jnp.arange(state.cache[0]["k"].shape[2])
+  scratch = entries.shape[0] - 1
+  banned = jnp.any(jnp.arange(state.logits.shape[-1])[:, None] == banned_ids[None, :], axis=-1)
+  budget = jnp.minimum(budget, capacity - state.lengths)
+
+  def cond(carry):
+    step, _, _, done, _, _ = carry
+    return (step < max_steps) & ~jnp.all(done)
+
+  def body(carry):
+    step, state, n, done, tokens, logprobs = carry
+    step_keys = jax.vmap(jax.random.fold_in)(keys, counts + n)
+    tok, _ = choose_tokens(jnp.where(banned, -jnp.inf, state.logits), step_keys, temperature,
+                           top_k, top_p, greedy=greedy, filtered=filtered)
+    live = ~done
+    tokens = tokens.at[:, step].set(jnp.where(live, tok, 0))
+    logprobs = logprobs.at[:, step].set(jnp.where(live, policy_logprobs(state.logits, tok), 0.0))
+    index = jnp.where(live, state.lengths, scratch)
+    key_ok = (entries[None, :] <= index[:, None]) | ~live[:, None]  # Idle rows: output dropped.
+    embeds, _ = model.embed(tok[:, None])
+    positions = jnp.broadcast_to(state.counters[None, :, None], (3, s, 1))
+    hidden, cache = model.extend(embeds, positions, key_ok[:, None, None, :], state.cache, index)
+    new_logits = model.logits(hidden[:, -1]).astype(state.logits.dtype)
+    state = state.replace(cache=cache, logits=jnp.where(live[:, None], new_logits, state.logits),
+                          lengths=state.lengths + live, counters=state.counters + live)
+    n = n + live
+    stopped = jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+    done = done | (live & stopped) | (n >= budget)
+    return step + 1, state, n, done, tokens, logprobs
+
+  carry = (jnp.asarray(0, jnp.int32), state, jnp.zeros((s,), jnp.int32), ~active | (budget <= 0),
+           jnp.zeros((s, max_steps), jnp.int32), jnp.zeros((s, max_steps), jnp.float32))
+  _, state, n, _, tokens, logprobs = jax.lax.while_loop(cond, body, carry)
+  return tokens, logprobs, n, state
+
+
+class DecodeEngine:
+  """One model's prefill and decode over a state of `num_slots` sequences, with swappable
+  parameters; see the module docstring.
+
+  The model is split into its graph definition (static for the jitted functions, so engines of
+  one architecture share compilations) and its parameters (an `nnx.State` argument), so
+  `update_params` replaces the weights without a recompilation. `chunk` is the prefill piece of
+  `append` (0: this engine only prefills whole batches with `prefill`, and its cache needs no
+  room for chunk padding).
+  """
+
+  def __init__(self, model: nnx.Module, *, chunk: int = 128, params: nnx.State | None = None):
+    self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
+    self.config = model.config
+    self.chunk = chunk
+    if params is not None:
+      self.update_params(params)
+    self.state: DecodeState | None = None
+    self.capacity = 0
+    self._lengths = np.zeros((0,), np.int64)  # Host copy; `_unsynced` holds the last decode's counts.
+    self._unsynced = None
+
+  @property
+  def params(self) -> nnx.State:
+    return self._params
+
+  def update_params(self, params: nnx.State) -> None:
+    """Uses `params` (e.g. the trainer's, on device) from the next call on. No copy is made.
+
+    `params` must have the structure, shapes and dtypes of the model's `nnx.Param` state (as
+    `nnx.state(model, nnx.Param)` gives); anything else would recompile, so it raises instead.
+    """
+    old = jax.tree_util.tree_flatten_with_path(self._params)[0]
+    new, new_def = jax.tree_util.tree_flatten_with_path(params)
+    if new_def != jax.tree.structure(self._params):
+      missing = {jax.tree_util.keystr(p) for p, _ in old} ^ {jax.tree_util.keystr(p) for p, _ in new}
+      raise ValueError("update_params: the new state's structure differs from the model's "
+                       f"parameters (paths in one but not the other: {sorted(missing)[:5]}); pass "
+                       "nnx.state(model, nnx.Param) of the same architecture")
+    for (path, a), (_, b) in zip(old, new):
+      if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"update_params: {jax.tree_util.keystr(path)} is {b.dtype}{list(b.shape)}, "
+                         f"the sampler was built for {a.dtype}{list(a.shape)}")
+    self._params = params
+
+  # ---- the state --------------------------------------------------------------------------
+
+  def allocate(self, num_slots: int, capacity: int) -> None:
+    """A fresh state of `num_slots` empty slots holding up to `capacity` tokens each."""
+    tc = self.config.text
+    dtype = jax.tree.leaves(self._params)[0].dtype
+    self.state = DecodeState(
+        cache=init_kv_cache(tc, num_slots, capacity + self.chunk + 1, dtype),
+        logits=jnp.zeros((num_slots, tc.vocab_size), jnp.float32),
+        lengths=jnp.zeros((num_slots,), jnp.int32), counters=jnp.zeros((num_slots,), jnp.int32))
+    self.capacity = capacity
+    self._lengths = np.zeros((num_slots,), np.int64)
+    self._unsynced = None
+
+  def release(self) -> None:
+    """Drops the state (and the memory of its cache)."""
+    self.state, self._unsynced = None, None
+
+  @property
+  def num_slots(self) -> int:
+    return len(self._lengths)
+
+  @property
+  def lengths(self) -> np.ndarray:
+    """Tokens in each slot (a host copy; reading it after `decode` waits for the decode)."""
+    if self._unsynced is not None:
+      self._lengths = self._lengths + np.asarray(self._unsynced)
+      self._unsynced = None
+    return self._lengths
+
+  @property
+  def logits(self) -> jax.Array:
+    """The pending next-token logits [S, V] of every slot."""
+    return self.state.logits
+
+  def reset(self, slot: int) -> None:
+    """Empties a slot (its stale cache entries are never valid keys again)."""
+    self.lengths[slot] = 0
+    self.state = self.state.replace(lengths=self.state.lengths.at[slot].set(0),
+                                    counters=self.state.counters.at[slot].set(0))
+
+  # ---- prefill ----------------------------------------------------------------------------
+
+  def _check(self, input_ids, pixel_values, image_grid_thw) -> None:
+    if self.state is None:
+      raise ValueError("the engine has no state: call allocate(num_slots, capacity) first")
+    prepare.check_image_tokens(self.config, input_ids, pixel_values, image_grid_thw)
+
+  def _filler_id(self) -> int:
+    """Padding after the real tokens of a row: any id that is not an image token."""
+    return 0 if self.config.image_token_id != 0 else 1
+
+  def append(self, slot: int, input_ids, pixel_values=None, image_grid_thw=None) -> None:
+    """Prefills a segment (text with expanded image pads, and its images) after the slot's
+    content, `chunk` tokens at a time."""
+    ids = np.asarray(input_ids, np.int32).reshape(-1)
+    n = len(ids)
+    if n == 0:
+      return
+    if not self.chunk:
+      raise ValueError("this engine was built with chunk=0 (whole-batch prefill only); build it "
+                       "with a chunk size to append to single slots")
+    grid = None if image_grid_thw is None or len(image_grid_thw) == 0 else np.asarray(image_grid_thw)
+    pixel_values = pixel_values if grid is not None else None
+    self._check(ids[None], pixel_values, grid)
+    start = int(self.lengths[slot])
+    if start + n > self.capacity:
+      raise ValueError(f"slot {slot}: {start} + {n} tokens exceed the capacity {self.capacity}")
+    positions, meta = prepare.prepare(self.config, ids[None], grid)
+    c = self.chunk
+    width = -(-n // c) * c
+    padded = np.full((1, max(prompt_bucket(n), width)), self._filler_id(), np.int32)
+    padded[0, :n] = ids
+    embeds, deepstack = _embed(self._graphdef, self._params, self._rest, padded,
+                               None if grid is None else jnp.asarray(pixel_values), meta)
+    positions = np.pad(positions, ((0, 0), (0, 0), (0, padded.shape[1] - n)))
+    advance = np.int32(positions[:, 0, :n].max() + 1)
+    for lo in range(0, n, c):
+      piece = slice(lo, lo + c)
+      ds = None if deepstack is None else (deepstack[0][:, piece], [f[:, piece] for f in deepstack[1]])
+      is_last = lo + c >= n
+      self.state = _prefill(
+          self._graphdef, self._params, self._rest, self.state, np.asarray([slot], np.int32),
+          embeds[:, piece], ds, positions[:, :, piece], np.asarray([min(c, n - lo)], np.int32),
+          np.asarray([n - 1 - lo if is_last else -1], np.int32),
+          np.asarray([advance if is_last else 0], np.int32), all_slots=False)
+    self._lengths[slot] = start + n
+
+  def prefill(self, rows: Sequence[np.ndarray], pixel_values=None, image_grid_thw=None) -> None:
+    """Fills every slot, all empty, with one segment each (`rows[s]`, token ids) in one batched
+    call; the images of all rows come in row order, as a processor gives them."""
+    s = self.num_slots
+    if len(rows) != s:
+      raise ValueError(f"prefill takes one segment per slot: {len(rows)} for {s} slots")
+    if self.lengths.any():
+      raise ValueError("prefill fills empty slots only; reset them or allocate a new state")
+    lengths = np.asarray([len(r) for r in rows], np.int32)
+    if lengths.min() < 1 or lengths.max() > self.capacity:
+      raise ValueError(f"every segment needs 1 to {self.capacity} tokens, got {lengths.tolist()}")
+    padded = np.full((s, prompt_bucket(int(lengths.max()))), self._filler_id(), np.int32)
+    real = np.arange(padded.shape[1])[None] < lengths[:, None]
+    padded[real] = np.concatenate([np.asarray(r, np.int32) for r in rows])
+    self._check(padded, pixel_values, image_grid_thw)
+    positions, meta = prepare.prepare(self.config, padded, image_grid_thw, real)
+    embeds, deepstack = _embed(self._graphdef, self._params, self._rest, padded,
+                               None if pixel_values is None else jnp.asarray(pixel_values), meta)
+    self.state = _prefill(self._graphdef, self._params, self._rest, self.state,
+                          np.arange(s, dtype=np.int32), embeds, deepstack, positions, lengths,
+                          lengths - 1, (positions.max(axis=(0, 2)) + 1).astype(np.int32),
+                          all_slots=True)
+    self._lengths = lengths.astype(np.int64)
+
+  # ---- decode -----------------------------------------------------------------------------
+
+  def decode(self, active, budget, keys, counts, *, max_steps: int, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, stop_ids: Sequence[int] = (),
+             banned_ids: Sequence[int] = ()) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Samples for the slots where `active` [S] is set; see `_decode`. Returns device arrays:
+    tokens and log-probs [S, max_steps] and the count sampled per slot [S]."""
+    if self.state is None:
+      raise ValueError("the engine has no state: call allocate(num_slots, capacity) first")
+    tokens, logprobs, n, self.state = _decode(
+        self._graphdef, self._params, self._rest, self.state, np.asarray(active, bool),
+        np.asarray(budget, np.int32), np.int32(self.capacity), keys, np.asarray(counts, np.int32),
+        np.float32(temperature), np.int32(top_k), np.float32(top_p), id_array(stop_ids),
+        id_array(banned_ids), max_steps=max_steps, greedy=temperature == 0,
+        filtered=temperature > 0 and (top_k > 0 or top_p < 1))
+    self._unsynced = n if self._unsynced is None else self._unsynced + n  # Stays on device.
+    return tokens, logprobs, n
