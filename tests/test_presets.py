@@ -7,8 +7,7 @@ import pytest
 from flax import nnx
 
 from codevision_jax.models import VLConfig, abstract_model
-from codevision_jax.models.presets import PRESETS, preset
-from configs import model_sizes
+from codevision_jax.models.presets import PRESETS, SIZES, preset
 
 # Exact counts, embeddings included (tied ones once). Cross-checked against a closed-form count
 # from the released config.json shapes and against the model cards' rounded totals
@@ -34,17 +33,16 @@ def test_full_size_parameter_count(name):
   model = abstract_model(preset(name))
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model)))
   assert count(model) == EXPECTED[name]
-  assert model_sizes.SIZES[name].parameters == EXPECTED[name]
+  assert SIZES[name].parameters == EXPECTED[name]
 
 
 def test_every_real_size_is_named_and_round_trips_through_config_json():
-  assert set(EXPECTED) == {n for n in PRESETS if not n.endswith("_tiny")} == set(model_sizes.SIZES)
+  assert set(EXPECTED) == {n for n in PRESETS if not n.endswith("_tiny")} == set(SIZES)
   for name in PRESETS:
     cfg = preset(name)
     assert VLConfig.from_hf_dict(cfg.to_hf_dict()) == cfg, name
-    assert model_sizes.get_config(name).model_type == cfg.model_type
 
 
 def test_unknown_name_lists_the_known_ones():
   with pytest.raises(ValueError, match="qwen3_vl_8b"):
-    model_sizes.vl_config("qwen3_vl_9b")
+    preset("qwen3_vl_9b")

@@ -1,10 +1,31 @@
-"""Named model sizes: the published Qwen-VL architectures and the tiny one tests and the demo use.
+"""Named model sizes: the published Qwen-VL architectures and the tiny ones tests and the demo use.
 
 `preset("qwen2_5_vl_7b")` gives the `VLConfig` of the real model (shapes only: weights come from
-a checkpoint via `load_hf`). `tiny` configs keep the real architecture at toy widths.
+a checkpoint via `load_hf`); a recipe names one as `config.model.preset` for a random model of
+that size. `SIZES` records the published checkpoints of each and their exact parameter counts,
+which tests/test_presets.py checks against a full-size abstract build:
+
+    from codevision_jax.models import abstract_model, build_model
+    model = abstract_model(preset("qwen3_vl_8b"))      # shapes only; build_model(...): random weights
+    model = cvj.load_hf("/ckpt/Qwen3-VL-8B-Instruct")  # weights; the architecture from config.json
+
+| name | checkpoints (HF) | parameters | published |
+| --- | --- | --- | --- |
+| qwen2_5_vl_3b | Qwen/Qwen2.5-VL-3B-Instruct | 3,754,622,976 | 3.75B |
+| qwen2_5_vl_7b | Qwen/Qwen2.5-VL-7B-Instruct | 8,292,166,656 | 8.29B |
+| qwen2_5_vl_32b | Qwen/Qwen2.5-VL-32B-Instruct | 33,448,292,352 | 33.5B |
+| qwen2_5_vl_72b | Qwen/Qwen2.5-VL-72B-Instruct | 73,406,351,360 | 73.4B |
+| qwen3_vl_2b | Qwen/Qwen3-VL-2B-{Instruct,Thinking} | 2,127,532,032 | 2.13B |
+| qwen3_vl_4b | Qwen/Qwen3-VL-4B-{Instruct,Thinking} | 4,437,815,808 | 4.44B |
+| qwen3_vl_8b | Qwen/Qwen3-VL-8B-{Instruct,Thinking} | 8,767,123,696 | 8.77B |
+| qwen3_vl_32b | Qwen/Qwen3-VL-32B-{Instruct,Thinking} | 33,357,390,064 | 33.4B |
+
+`qwen2_5_vl_tiny` and `qwen3_vl_tiny` keep the real architectures at toy widths (tests, CPU demos).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from codevision_jax.models.config import TextConfig, VisionConfig, VLConfig
 
@@ -106,3 +127,27 @@ def preset(name: str) -> VLConfig:
     return PRESETS[name]()
   except KeyError:
     raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+  checkpoints: tuple[str, ...]
+  parameters: int  # exact, embeddings included (tied embeddings counted once)
+  published: str   # as the model card rounds it
+
+
+def _qwen3_checkpoints(size: str) -> tuple[str, ...]:
+  return (f"Qwen/Qwen3-VL-{size}-Instruct", f"Qwen/Qwen3-VL-{size}-Thinking")
+
+
+SIZES = {
+    "qwen2_5_vl_3b": ModelSize(("Qwen/Qwen2.5-VL-3B-Instruct",), 3_754_622_976, "3.75B"),
+    "qwen2_5_vl_7b": ModelSize(("Qwen/Qwen2.5-VL-7B-Instruct",), 8_292_166_656, "8.29B"),
+    "qwen2_5_vl_32b": ModelSize(("Qwen/Qwen2.5-VL-32B-Instruct",), 33_448_292_352, "33.5B"),
+    "qwen2_5_vl_72b": ModelSize(("Qwen/Qwen2.5-VL-72B-Instruct",), 73_406_351_360, "73.4B"),
+    "qwen3_vl_2b": ModelSize(_qwen3_checkpoints("2B"), 2_127_532_032, "2.13B"),
+    "qwen3_vl_4b": ModelSize(_qwen3_checkpoints("4B"), 4_437_815_808, "4.44B"),
+    "qwen3_vl_8b": ModelSize(_qwen3_checkpoints("8B"), 8_767_123_696, "8.77B"),
+    "qwen3_vl_32b": ModelSize(_qwen3_checkpoints("32B"), 33_357_390_064, "33.4B"),
+}
+"""The published checkpoints and exact parameter count of every real-size preset."""
