@@ -31,6 +31,7 @@ from codevision_jax.sampling import agent as agent_lib
 from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.tools.executor_client import ExecutorClient
 from executor.testing import running_service
+from configs import tiny_rollout
 from launch import rollout as rollout_lib
 
 FLAGS = flags.FLAGS
@@ -78,7 +79,7 @@ class ShapedPolicy(ModelPolicy):
     for s in slots:
       if self.left[s] == 0:  # The turn's sampled part is done: force its end.
         end = self.ends[min(self.turn[s], len(self.ends) - 1)]
-        self.cache.append(s, end)
+        self.engine.append(s, end)
         tokens, logprobs = out.get(s, (np.zeros(0, np.int32), np.zeros(0, np.float32)))
         out[s] = (np.concatenate([tokens, end]), np.concatenate([logprobs, np.zeros(len(end))]))
         self.left[s], self.turn[s] = self.think, self.turn[s] + 1
@@ -87,7 +88,8 @@ class ShapedPolicy(ModelPolicy):
 
 def main(argv):
   del argv
-  model, tok, settings = rollout_lib.load_policy_parts("", tempfile.mkdtemp(prefix="cvj-bench-"))
+  model, tok, settings = rollout_lib.build_policy_parts(tiny_rollout.get_config(),
+                                                        tempfile.mkdtemp(prefix="cvj-bench-"))
   records = synthetic.generate(FLAGS.trajectories, seed=0)
   config = agent_lib.AgentConfig(max_total_tokens=4096)
 

@@ -49,7 +49,7 @@ def matmul_peak(mesh, n: int, dtype) -> float:
 def main(argv):
   del argv
   import jax
-  from codevision_jax.train import loop, metrics
+  from codevision_jax.train import loop, metrics, run_setup
   cfg = _CONFIG.value
   with tempfile.TemporaryDirectory() as workdir:
     run = loop.build(cfg, workdir)
@@ -65,7 +65,7 @@ def main(argv):
     if i >= FLAGS.warmup:
       times.append(time.perf_counter() - t)
   seconds = statistics.median(times)
-  dtype = loop.DTYPES[cfg.train.compute_dtype]
+  dtype = run_setup.DTYPES[cfg.train.compute_dtype]
   reference = matmul_peak(run.mesh, FLAGS.matmul, dtype)
   kind = jax.devices()[0].device_kind
   peak = metrics.peak_flops(kind, cfg.train.peak_tflops) * run.mesh.size

@@ -1,15 +1,90 @@
 """python -m launch.sft --config=configs/qwen3_vl_8b_sft.py --workdir=DIR --config.model.path=/ckpt/Qwen3-VL-8B-Thinking --config.data.paths=/data/codevision_sft.json
 
 CodeVision's SFT recipe for Qwen3-VL-8B (`model_type` "qwen3_vl", read from the checkpoint's
-config.json): the same recipe as configs/qwen2_5_vl_7b_sft.py (lr 1e-5, cosine, warmup ratio
-0.05, 2 epochs, cutoff 32768 tokens, images at most 262144 pixels, frozen vision tower and
-merger). Image preprocessing uses Qwen3-VL's settings (16-pixel patches) with that pixel cap.
+config.json), every value stated here; the recipe is the one of Qwen2.5-VL-7B: lr 1e-5, cosine
+decay, warmup ratio 0.05, 2 epochs, sequences cut off at 32768 tokens (longer ones are dropped,
+see data.pipeline), images at most 262144 pixels, vision tower and merger frozen. bfloat16
+compute over float32 master weights, per-layer rematerialisation, chunked cross-entropy (the
+152k-entry vocabulary). Image preprocessing follows the checkpoint's processor (16-pixel patches)
+with the pixel cap above. The model and its tokenizer are read from `model.path` (an HF
+checkpoint directory); data from `data.paths` (ShareGPT JSON/JSONL or Parquet, comma-separated).
+
+Batch: `data.batch_size` rows per microbatch (all hosts; a multiple of data x fsdp) times
+`train.grad_accum` microbatches = 8 x 4 = 32 sequences per optimizer step. The vision tower
+attends densely over a microbatch's patches, so `data.patch_budget` (patches per host and
+microbatch) is what bounds its memory. Multi-host: add `--config.distributed.num_processes=N`.
 """
 
-from configs import qwen2_5_vl_7b_sft
+import ml_collections
 
 
 def get_config():
-  c = qwen2_5_vl_7b_sft.get_config()
-  c.model.path = ""  # Required: --config.model.path=... (a Qwen3-VL HF checkpoint directory)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.path = ""              # Required: --config.model.path=<Qwen3-VL checkpoint directory>.
+  c.model.preset = ""            # A named random model instead of a checkpoint (smoke tests).
+  c.model.vocab_size = 0         # 0: the preset's.
+  c.model.tokenizer = ""         # Empty: model.path's tokenizer.
+  c.model.param_dtype = "float32"  # Master weights.
+  c.model.attention_backend = "xla"  # "cudnn" on NVIDIA GPUs.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "files"
+  c.data.paths = ""              # Required: --config.data.paths=a.jsonl,b.parquet
+  c.data.skip_bad = False        # True: skip and count unreadable records instead of stopping.
+  c.data.synthetic_size = 5000   # For --config.data.source=synthetic (a smoke test of the recipe).
+  c.data.synthetic_seed = 0
+  c.data.synthetic_short = False
+  c.data.seed = 0                # Shuffling: epoch e's order is a function of (seed, e).
+  c.data.num_epochs = 2
+  c.data.buckets = (2048, 4096, 8192, 16384, 32768)  # Padded lengths; 32768: the cutoff.
+  c.data.sort_window = 8         # Sort each 8 steps' records by length (less padding); 0: off.
+  c.data.batch_size = 8          # Rows of one microbatch, all hosts together.
+  c.data.patch_budget = 8192     # Image patches per host and microbatch (a multiple of 4).
+  c.data.max_images = 32         # Images per host and microbatch.
+  c.data.min_pixels = 0          # 0: the checkpoint's preprocessor setting.
+  c.data.max_pixels = 262144
+  c.data.workers = 4             # Grain worker processes building batches.
+  c.data.prefetch_buffer = 2
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-5
+  c.optim.schedule = "cosine"
+  c.optim.warmup_ratio = 0.05
+  c.optim.warmup_steps = 0       # If set, wins over warmup_ratio.
+  c.optim.final_lr_ratio = 0.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.0
+  c.optim.max_grad_norm = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 0              # 0: data.num_epochs epochs.
+  c.train.grad_accum = 4
+  c.train.compute_dtype = "bfloat16"  # float32 master weights either way.
+  c.train.remat = "full"         # "none", "full", "dots", "dots_all"
+  c.train.loss_chunk = 2048      # Sequence positions per cross-entropy chunk.
+  c.train.freeze_vision_tower = True
+  c.train.freeze_merger = True
+  c.train.log_every = 10
+  c.train.checkpoint_every = 200
+  c.train.keep_checkpoints = 3
+  c.train.async_checkpoints = True
+  c.train.peak_tflops = 0.0      # Per-device peak for MFU when the device kind is not known.
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+  c.mesh.num_devices = 0         # 0: all devices.
+  c.mesh.rules = ()              # Empty: parallel.DEFAULT_RULES.
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.num_processes = 1  # > 1: jax.distributed.initialize() with the fields below.
+  c.distributed.coordinator_address = ""
+  c.distributed.process_id = -1    # -1: from the cluster environment.
+
+  c.debug = ml_collections.ConfigDict()
+  c.debug.kill_after_step = 0
   return c

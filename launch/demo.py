@@ -26,9 +26,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, summaries, the exp
 
 def trained_model(cfg, workdir, result):
   """The tiny model with the trained parameters in place."""
-  from codevision_jax.train import loop, optimizer
-  tokenizer = loop.load_tokenizer(cfg, workdir)
-  model = loop.build_model(cfg, tokenizer, loop.make_mesh(cfg.mesh), loop.mesh_rules(cfg.mesh))
+  from codevision_jax.train import optimizer, run_setup
+  tokenizer = run_setup.load_tokenizer(cfg.model, workdir)
+  model = run_setup.build_model(cfg.model, tokenizer, run_setup.make_mesh(cfg.mesh),
+                                run_setup.mesh_rules(cfg.mesh), seed=cfg.seed)
   graphdef, params, frozen, rest = nnx.split(
       model, optimizer.trainable_filter(cfg.train.freeze_vision_tower, cfg.train.freeze_merger),
       nnx.Param, ...)
@@ -43,14 +44,14 @@ def ask(model, tokenizer, cfg, conversation):
   from codevision_jax.data.records import load_image
   from codevision_jax.processing import chat
   from codevision_jax.processing import image as image_lib
-  from codevision_jax.train import loop
+  from codevision_jax.train import run_setup
 
   first_assistant = next(i for i, m in enumerate(conversation.messages) if m["role"] == "assistant")
   prompt = [m for m in conversation.messages[:first_assistant]
             if not (cfg.data.synthetic_short and m["role"] == "system")]
   n_images = sum(m["content"].count("<image>") for m in prompt)
   images = [load_image(src) for src in conversation.images[:n_images]]
-  settings = loop.image_settings(cfg, model.config.model_type)
+  settings = run_setup.image_settings(cfg.model, cfg.data, model.config.model_type)
   pixel_values, grid = settings.preprocess(images)
   tokens = chat.tokenize_conversation(
       tokenizer, prompt, image_token_counts=image_lib.num_image_tokens(grid, settings.merge_size), add_generation_prompt=True)

@@ -19,6 +19,7 @@ from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.tools.executor_client import ExecutorClient
 from executor.testing import running_service
+from configs import tiny_rollout
 from launch import rollout as rollout_lib
 
 CALL = ("<think>Rotate it.</think>\n<tool_call>\n{\"name\": \"code_image_tool\", \"arguments\": "
@@ -52,7 +53,7 @@ class ForcedFirstTurn(ModelPolicy):
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-  return rollout_lib.load_policy_parts("", str(tmp_path_factory.mktemp("tiny")))
+  return rollout_lib.build_policy_parts(tiny_rollout.get_config(), str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +97,10 @@ def test_launch_rollout_writes_trajectories(service, tmp_path):
   data = tmp_path / "tasks.jsonl"
   write_sft_jsonl(synthetic.generate(3, seed=1), str(data))
   out = tmp_path / "out"
-  summary = rollout_lib.rollout(
-      out=str(out), data=str(data), executor=service.url, slots=2, samples=2,
-      agent_config=agent_lib.AgentConfig(max_total_tokens=1400), progress=False)
+  cfg = tiny_rollout.get_config()
+  cfg.data.source, cfg.data.paths, cfg.executor.urls = "files", str(data), service.url
+  cfg.sampling.slots, cfg.sampling.samples, cfg.agent.max_total_tokens = 2, 2, 1400
+  summary = rollout_lib.rollout(cfg, str(out), progress=False)
   assert summary["trajectories"] == 6
   back = traj_lib.load_jsonl(str(out / "trajectories.jsonl"))
   assert sorted(t.id for t in back) == list(range(6))

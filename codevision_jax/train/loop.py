@@ -28,95 +28,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from codevision_jax import parallel
 from codevision_jax.data import pipeline
-from codevision_jax.processing import image as image_lib
 from codevision_jax.train import checkpointing, metrics as metrics_lib, optimizer as optim_lib
-from codevision_jax.train import remat, step as step_lib
+from codevision_jax.train import remat, run_setup, step as step_lib
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 # ---- building blocks ------------------------------------------------------------------------------
-
-def make_mesh(cfg):
-  devices = jax.devices()
-  if cfg.num_devices:
-    devices = devices[:cfg.num_devices]
-  return parallel.make_mesh(cfg.shape.to_dict(), devices=devices)
-
-
-def mesh_rules(cfg):
-  return parallel.rules_from_config(cfg.rules) if cfg.get("rules") else parallel.DEFAULT_RULES
-
-
-def load_tokenizer(cfg, workdir: str):
-  from codevision_jax.processing import tokenizer as tok_lib  # Deferred: transformers import.
-  path = cfg.model.tokenizer or cfg.model.path
-  if not path:  # The tiny model: a tiny tokenizer, built deterministically into the workdir.
-    path = os.path.join(workdir, "tokenizer")
-    if jax.process_index() == 0 and not os.path.exists(os.path.join(path, "tokenizer.json")):
-      tok_lib.build_tiny_tokenizer(path)
-    _barrier("tokenizer")
-  return tok_lib.load_tokenizer(path)
-
-
-def _barrier(name):
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
-def build_model(cfg, tokenizer, mesh, rules):
-  """The model on the mesh: from an HF checkpoint (`model.path`) or a random preset (with the
-  special token ids of the tokenizer)."""
-  from codevision_jax import models
-  from codevision_jax.models import presets
-  param_dtype = cfg.model.param_dtype
-  if cfg.model.path:
-    from codevision_jax.checkpoint.hf_load import load_hf
-    return load_hf(cfg.model.path, dtype=param_dtype, mesh=mesh, rules=rules,
-                   attention_backend=cfg.model.attention_backend)
-  if not cfg.model.preset:
-    raise ValueError("no model: pass --config.model.path=<HF checkpoint directory> (or a "
-                     "--config.model.preset for a random model)")
-  kw = {"vocab_size": cfg.model.vocab_size} if cfg.model.vocab_size else {}
-  mc = presets.PRESETS[cfg.model.preset](**kw) if kw else presets.preset(cfg.model.preset)
-  ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
-      ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-      ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-  if len(tokenizer) > mc.text.vocab_size:
-    raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the preset's vocabulary "
-                     f"{mc.text.vocab_size}; set model.vocab_size")
-  mc = mc.replace(**ids)
-  model = models.build_model(mc, seed=cfg.seed, param_dtype=DTYPES[param_dtype],
-                             attention_backend=cfg.model.attention_backend)
-  return parallel.shard_model(model, mesh, rules)
-
-
-def build_source(cfg):
-  """The conversations: synthetic tasks, or records read from `data.paths` (comma-separated)."""
-  if cfg.data.source == "synthetic":
-    from codevision_jax.data import synthetic
-    convs = synthetic.generate(cfg.data.synthetic_size, seed=cfg.data.synthetic_seed)
-    if cfg.data.synthetic_short:  # No system prompt or tool schemas: short sequences for CPU tests.
-      for c in convs:
-        c.messages = [m for m in c.messages if m["role"] != "system"]
-        c.tools = None
-    return convs
-  if cfg.data.source == "files":
-    from codevision_jax.data.sources import ConversationSource
-    paths = [p for p in cfg.data.paths.split(",") if p]
-    if not paths:
-      raise ValueError("data.source is 'files' but data.paths is empty; pass --config.data.paths=a.jsonl,b.parquet")
-    return ConversationSource.from_files(paths, kind="sft", skip_bad=cfg.data.skip_bad)
-  raise ValueError(f"data.source {cfg.data.source!r} is not one of 'synthetic', 'files'")
-
-
-def image_settings(cfg, model_type):
-  kw = {k: cfg.data[k] for k in ("min_pixels", "max_pixels") if cfg.data[k]}
-  return image_lib.ImageSettings.for_model_type(model_type, **kw)
-
 
 def make_plan(cfg, sizes, total_steps_hint: int = 0) -> pipeline.BatchPlan:
   spec = pipeline.BatchSpec(buckets=tuple(cfg.data.buckets), batch_size=cfg.data.batch_size,
@@ -173,14 +91,14 @@ class Run:
 def build(cfg, workdir: str) -> Run:
   """Mesh, tokenizer, model, data plan, optimizer and the initial state, from the config."""
   os.makedirs(workdir, exist_ok=True)
-  mesh, rules = make_mesh(cfg.mesh), mesh_rules(cfg.mesh)
+  mesh, rules = run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh)
   check_geometry(cfg, mesh)
-  tokenizer = load_tokenizer(cfg, workdir)
-  model = build_model(cfg, tokenizer, mesh, rules)
+  tokenizer = run_setup.load_tokenizer(cfg.model, workdir)
+  model = run_setup.build_model(cfg.model, tokenizer, mesh, rules, seed=cfg.seed)
   mc = model.config
 
-  source = build_source(cfg)
-  settings = image_settings(cfg, mc.model_type)
+  source = run_setup.conversation_source(cfg.data, kind="sft")
+  settings = run_setup.image_settings(cfg.model, cfg.data, mc.model_type)
   sizes = pipeline.record_sizes(source, tokenizer, settings)
   plan = make_plan(cfg, sizes, cfg.train.steps)
   total_steps = cfg.train.steps or len(plan)
@@ -200,7 +118,7 @@ def build(cfg, workdir: str) -> Run:
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "opt_state": jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params)}
   state = jax.device_put(state, state_sh)
-  options = step_lib.StepOptions(compute_dtype=DTYPES[cfg.train.compute_dtype],
+  options = step_lib.StepOptions(compute_dtype=run_setup.DTYPES[cfg.train.compute_dtype],
                                  loss_chunk=cfg.train.loss_chunk)
   step_fn = functools.partial(step_lib.train_step, graphdef=graphdef, rest=rest, tx=tx,
                               lr_schedule=optim_lib.schedule(cfg.optim, total_steps), options=options)

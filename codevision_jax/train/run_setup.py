@@ -1,0 +1,123 @@
+"""The run setup every entry point shares: config sections in, the objects of a run out.
+
+    mesh, rules = run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh)
+    tokenizer = run_setup.load_tokenizer(cfg.model, workdir)
+    model = run_setup.build_model(cfg.model, tokenizer, mesh, rules, seed=cfg.seed)
+    settings = run_setup.image_settings(cfg.model, cfg.data, model.config.model_type)
+    records = run_setup.conversation_source(cfg.data, kind="sft")
+
+SFT (`train.loop`), rollouts (`launch.rollout`), the demo and RL read the same config sections
+(`model`, `data`, `mesh`; see `configs/tiny_sft.py`), so a model, tokenizer, mesh and data set
+are described once, the same way, in every recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+
+from codevision_jax import parallel
+from codevision_jax.processing import image as image_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# The model config's names of the special tokens a tokenizer must agree on.
+SPECIAL_TOKENS = (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                  ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))
+
+
+def make_mesh(mesh_cfg):
+  """The device mesh of `mesh.shape` over the first `mesh.num_devices` devices (0: all)."""
+  devices = jax.devices()
+  if mesh_cfg.num_devices:
+    devices = devices[:mesh_cfg.num_devices]
+  return parallel.make_mesh(mesh_cfg.shape.to_dict(), devices=devices)
+
+
+def mesh_rules(mesh_cfg):
+  """Logical-axis rules: `mesh.rules`, or `parallel.DEFAULT_RULES` when empty."""
+  return parallel.rules_from_config(mesh_cfg.rules) if mesh_cfg.get("rules") else parallel.DEFAULT_RULES
+
+
+def load_tokenizer(model_cfg, workdir: str):
+  """`model.tokenizer` or `model.path`'s tokenizer; with neither (a random preset), the tiny
+  tokenizer, built deterministically into `<workdir>/tokenizer`."""
+  from codevision_jax.processing import tokenizer as tok_lib  # Deferred: transformers import.
+  path = model_cfg.tokenizer or model_cfg.path
+  if not path:
+    path = os.path.join(workdir, "tokenizer")
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(path, "tokenizer.json")):
+      tok_lib.build_tiny_tokenizer(path)
+    _barrier("tokenizer")
+  return tok_lib.load_tokenizer(path)
+
+
+def _barrier(name):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def special_token_ids(tokenizer) -> dict:
+  """The tokenizer's ids of the image pad, video pad and vision markers, by model-config name."""
+  return {name: tokenizer.convert_tokens_to_ids(token) for name, token in SPECIAL_TOKENS}
+
+
+def build_model(model_cfg, tokenizer, mesh=None, rules=None, *, seed: int = 0):
+  """The model, placed on `mesh` by its logical axes: loaded from an HF checkpoint
+  (`model.path`), or a random `model.preset` carrying the tokenizer's special-token ids."""
+  from codevision_jax import models
+  from codevision_jax.models import presets
+  if model_cfg.path:
+    from codevision_jax.checkpoint.hf_load import load_hf
+    return load_hf(model_cfg.path, dtype=model_cfg.param_dtype, mesh=mesh, rules=rules,
+                   attention_backend=model_cfg.attention_backend)
+  if not model_cfg.preset:
+    raise ValueError("no model: pass --config.model.path=<HF checkpoint directory> (or a "
+                     "--config.model.preset for a random model)")
+  mc = presets.preset(model_cfg.preset)
+  if model_cfg.vocab_size:
+    mc = mc.replace(text=dataclasses.replace(mc.text, vocab_size=model_cfg.vocab_size))
+  if len(tokenizer) > mc.text.vocab_size:
+    raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the preset's vocabulary "
+                     f"{mc.text.vocab_size}; set model.vocab_size")
+  model = models.build_model(mc.replace(**special_token_ids(tokenizer)), seed=seed,
+                             param_dtype=DTYPES[model_cfg.param_dtype],
+                             attention_backend=model_cfg.attention_backend)
+  return model if mesh is None else parallel.shard_model(model, mesh, rules)
+
+
+def image_settings(model_cfg, data_cfg, model_type: str) -> image_lib.ImageSettings:
+  """Preprocessing settings: the checkpoint's `preprocessor_config.json` when `model.path` has
+  one, else the family's; `data.min_pixels` / `data.max_pixels` override when set (non-zero)."""
+  path = model_cfg.path and os.path.join(model_cfg.path, "preprocessor_config.json")
+  if path and os.path.exists(path):
+    settings = image_lib.ImageSettings.from_preprocessor_config(path)
+  else:
+    settings = image_lib.ImageSettings.for_model_type(model_type)
+  return dataclasses.replace(settings, **{k: data_cfg[k] for k in ("min_pixels", "max_pixels")
+                                          if data_cfg[k]})
+
+
+def conversation_source(data_cfg, *, kind: str):
+  """The records of a run: `data.synthetic_size` synthetic tasks, or the files of `data.paths`
+  (comma-separated; `kind` "sft" needs an assistant turn per record, "rl" a prompt)."""
+  if data_cfg.source == "synthetic":
+    from codevision_jax.data import synthetic
+    convs = synthetic.generate(data_cfg.synthetic_size, seed=data_cfg.synthetic_seed)
+    if data_cfg.get("synthetic_short"):  # No system prompt or tool schemas: short CPU sequences.
+      for c in convs:
+        c.messages = [m for m in c.messages if m["role"] != "system"]
+        c.tools = None
+    return convs
+  if data_cfg.source == "files":
+    from codevision_jax.data.sources import ConversationSource
+    paths = [p for p in data_cfg.paths.split(",") if p]
+    if not paths:
+      raise ValueError("data.source is 'files' but data.paths is empty; pass "
+                       "--config.data.paths=a.jsonl,b.parquet")
+    return ConversationSource.from_files(paths, kind=kind, skip_bad=data_cfg.skip_bad)
+  raise ValueError(f"data.source {data_cfg.source!r} is not one of 'synthetic', 'files'")

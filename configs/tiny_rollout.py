@@ -1,0 +1,66 @@
+"""python -m launch.rollout --config=configs/tiny_rollout.py --out=/tmp/rollout
+
+Rollouts of the agent loop on the embedded default: the tiny Qwen2.5-VL (random init, tiny
+tokenizer built into the output directory) answering 8 synthetic orientation-and-crop tasks
+through the code tool, with an executor service started for the run, on CPU in under a minute.
+The same sections as the SFT recipes describe the model and data (`model`, `data`, `mesh`); a
+real run names a checkpoint, a data file and running executor services, e.g.
+
+    python -m launch.rollout --config=configs/tiny_rollout.py --out=/runs/rollout \\
+        --config.model.path=/ckpt/Qwen2.5-VL-7B-Instruct --config.data.max_pixels=0 \\
+        --config.data.source=files --config.data.paths=/data/eval.parquet \\
+        --config.agent.max_total_tokens=16384 --config.executor.urls=http://exec-0:8700
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0                   # Initialisation of a random `model.preset`.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.path = ""            # An HF checkpoint directory; empty: a random `preset`.
+  c.model.preset = "qwen2_5_vl_tiny"
+  c.model.vocab_size = 512     # For tiny presets (the tiny tokenizer has ~406 tokens).
+  c.model.tokenizer = ""       # Empty: `model.path`, or a tiny tokenizer built in the output dir.
+  c.model.param_dtype = "float32"
+  c.model.attention_backend = "xla"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"  # "synthetic" or "files" (RL/eval parquet, ShareGPT JSON/JSONL).
+  c.data.paths = ""            # Comma-separated data files for source="files".
+  c.data.skip_bad = False      # Skip (and count) records that cannot be read, instead of stopping.
+  c.data.synthetic_size = 8
+  c.data.synthetic_seed = 0
+  c.data.limit = 0             # Use only the first N records (0: all).
+  c.data.min_pixels = 0        # 0: the checkpoint's (or the family's) setting.
+  c.data.max_pixels = 28 * 28 * 64
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.samples = 1       # Trajectories per record.
+  c.sampling.slots = 8         # Trajectories in flight (decoded together).
+  c.sampling.temperature = 1.0  # 0: greedy.
+  c.sampling.top_k = 0         # 0: off.
+  c.sampling.top_p = 1.0       # 1: off.
+  c.sampling.seed = 0
+  c.sampling.steps_per_call = 32  # Decode steps per device call between tool-call checks.
+  c.sampling.chunk = 128       # Prefill chunk of prompts and tool turns.
+
+  c.agent = ml_collections.ConfigDict()  # codevision_jax.sampling.agent.AgentConfig
+  c.agent.max_turns = 12       # Assistant turns, as CodeVision.
+  c.agent.max_total_tokens = 4096  # Prompt + response tokens per trajectory.
+  c.agent.max_tool_response_tokens = 10000
+  c.agent.max_images = 16      # Input and tool images of one trajectory.
+  c.agent.tool_timeout_s = 10.0  # CPU seconds per tool call.
+  c.agent.max_stdout_chars = 512  # Of the code's printed output shown to the model.
+
+  c.executor = ml_collections.ConfigDict()
+  c.executor.urls = ""         # Comma-separated service URLs; empty: start a local service.
+  c.executor.workers = 2       # Workers of the local service.
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+  c.mesh.num_devices = 1       # The sampler's devices (0: all).
+  c.mesh.rules = ()            # Empty: parallel.DEFAULT_RULES.
+  return c
