@@ -74,7 +74,7 @@ def main(argv):
         f"remat {cfg.train.remat}")
   print(f"batch [microbatches, rows, T] = {list(shape)}, {tokens:.0f} real tokens "
         f"({tokens / (shape[0] * shape[1] * shape[2]):.0%} of the padded), "
-        f"{float(grids.prod(-1).sum()):.0f} image patches of a budget of {batch['pixel_values'].shape[1]}")
+        f"{float(grids.prod(-1).sum()):.0f} image patches of a budget of {batch['vision'].pixel_values.shape[1]}")
   print(f"step: {seconds * 1e3:.1f} ms median of {len(times)} "
         f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}); loss {float(m['loss']):.4f}")
   print(f"tokens/s: {tokens / seconds:,.0f}")

@@ -3,12 +3,13 @@ checkpointable Grain iterator."""
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from codevision_jax.data import pipeline, synthetic
+from codevision_jax.data import encode, pipeline, synthetic
 from codevision_jax.models import build_model, presets
 from codevision_jax.processing import image as image_lib, tokenizer as tok_lib
 from codevision_jax.train import step as step_lib
@@ -28,7 +29,7 @@ def setup(tmp_path_factory):
       image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
       vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
       vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
-  sizes = pipeline.record_sizes(convs, tok, SETTINGS)
+  sizes = encode.record_sizes(convs, tok, SETTINGS)
   return tok, convs, mc, sizes
 
 
@@ -60,7 +61,7 @@ def test_padded_batch_gives_the_models_logits(setup):
   builder = pipeline.BatchBuilder(convs, tok, SETTINGS, s, mc)
   rows = np.flatnonzero(sizes[:, 0] <= 512)[:2].tolist()
   batch = builder((512, [rows]))
-  assert batch["input_ids"].shape == (1, 2, 512) and batch["pixel_values"].shape == (1, 96, 1176)
+  assert batch["input_ids"].shape == (1, 2, 512) and batch["vision"].pixel_values.shape == (1, 96, 1176)
   assert batch["position_ids"].shape == (1, 3, 2, 512)
   real = int(sizes[rows, 1].sum())
   assert real < 96  # So the padding image is there.
@@ -68,7 +69,7 @@ def test_padded_batch_gives_the_models_logits(setup):
   small = mc.replace(text=dataclasses.replace(mc.text, num_hidden_layers=1),
                      vision=dataclasses.replace(mc.vision, depth=2, fullatt_block_indexes=(1,)))
   model = build_model(small, seed=0)
-  mb = {k: jnp.asarray(v[0]) for k, v in batch.items() if k != "image_grid_thw"}
+  mb = jax.tree.map(lambda v: jnp.asarray(v[0]), {k: v for k, v in batch.items() if k != "image_grid_thw"})
   padded_logits = nnx.jit(lambda m, mb: m.logits(step_lib.forward_hidden(m, mb)))(model, mb)
   reference = nnx.jit(lambda m, ids, pv, meta, pos: m.forward(ids, pv, meta, None, pos))
   for row, index in enumerate(rows):  # Each example alone, unpadded, the model's own way.
@@ -76,7 +77,7 @@ def test_padded_batch_gives_the_models_logits(setup):
     n = int(one["attention_mask"].sum())
     ids = one["input_ids"][:, :n]
     grids = one["image_grid_thw"][:int(sizes[index, 2])]
-    pv = one["pixel_values"][:int(sizes[index, 1])]
+    pv = one["vision"].pixel_values[:int(sizes[index, 1])]
     pos, meta = model.prepare(ids, grids)
     ref = reference(model, jnp.asarray(ids), jnp.asarray(pv), meta.as_arrays(), jnp.asarray(pos))
     np.testing.assert_allclose(padded_logits[row, :n], ref[0], atol=2e-5, rtol=1e-4)
@@ -89,8 +90,9 @@ def test_second_host_offsets(setup):
   g = host1.group(512, [0])
   index = g["image_index"][g["image_index"] >= 0]
   assert index.min() == 96 // 4  # Host 1's features follow host 0's 24 merged units.
-  assert g["window_index"].min() == 24 and sorted(g["window_index"]) == list(range(24, 48))
-  assert g["full_segments"].min() >= 96 and g["window_segments"].min() >= 96
+  meta = g["vision"].meta
+  assert meta.window_index.min() == 24 and sorted(meta.window_index) == list(range(24, 48))
+  assert meta.full_segments.min() >= 96 and meta.window_segments.min() >= 96
 
 
 def test_iterator_state_resumes_the_sequence(setup):
@@ -104,4 +106,5 @@ def test_iterator_state_resumes_the_sequence(setup):
   again = pipeline.make_iterator(plan, builder, state=state)
   assert all(np.array_equal(e, next(again)["input_ids"]) for e in expected)
   workers = pipeline.make_iterator(plan, builder, workers=1)
-  assert np.array_equal(next(workers)["pixel_values"], next(pipeline.make_iterator(plan, builder))["pixel_values"])
+  assert np.array_equal(next(workers)["vision"].pixel_values,
+                        next(pipeline.make_iterator(plan, builder))["vision"].pixel_values)

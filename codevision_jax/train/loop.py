@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from codevision_jax import parallel
-from codevision_jax.data import pipeline
+from codevision_jax.data import encode, pipeline
 from codevision_jax.train import checkpointing, metrics as metrics_lib, optimizer as optim_lib
 from codevision_jax.train import remat, run_setup, step as step_lib
 
@@ -59,7 +59,7 @@ def check_geometry(cfg, mesh):
 
 def to_global(batch: dict, shardings: dict) -> dict:
   """This host's numpy batch -> global jax arrays (each host contributes its rows/patches)."""
-  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ class Run:
 
   def jit_step(self, host_batch: dict):
     """The jitted step for batches shaped like `host_batch` -> (step, batch shardings)."""
-    batch_sh = step_lib.batch_shardings(self.mesh, self.rules, {k: v.ndim for k, v in host_batch.items()})
+    batch_sh = step_lib.batch_shardings(self.mesh, self.rules, host_batch)
     replicated = NamedSharding(self.mesh, P())
     return jax.jit(self.step_fn, in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
                    out_shardings=(self.state_sh, replicated), donate_argnums=(0,)), batch_sh
@@ -99,7 +99,7 @@ def build(cfg, workdir: str) -> Run:
 
   source = run_setup.conversation_source(cfg.data, kind="sft")
   settings = run_setup.image_settings(cfg.model, cfg.data, mc.model_type)
-  sizes = pipeline.record_sizes(source, tokenizer, settings)
+  sizes = encode.record_sizes(source, tokenizer, settings)
   plan = make_plan(cfg, sizes, cfg.train.steps)
   total_steps = cfg.train.steps or len(plan)
   builder = pipeline.BatchBuilder(source, tokenizer, settings, plan.spec, mc, host=jax.process_index())

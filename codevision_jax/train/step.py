@@ -21,11 +21,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from codevision_jax import parallel
-from codevision_jax.models.prepare import VisionMetadata
 from codevision_jax.train import loss as loss_lib
 
-# Per-key position of the batch axis (after the leading microbatch axis) for the sharding.
-BATCH_AXIS = {"position_ids": 2, "image_grid_thw": None}  # Others: axis 1 (rows or patches).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +41,8 @@ def forward_hidden(model, mb: dict) -> jax.Array:
   Image features are placed by the batch's explicit `image_index`, so the padding image and
   other hosts' patches land on no token.
   """
-  pixel_values, meta = None, None
-  if mb["pixel_values"].shape[0]:
-    pixel_values = mb["pixel_values"]
-    meta = VisionMetadata(mb["vision_position_ids"], mb["window_index"], mb["full_segments"],
-                                 mb["window_segments"], mb.get("interp_indices"),
-                                 mb.get("interp_weights"))
+  vision = mb["vision"]
+  pixel_values, meta = (vision.pixel_values, vision.meta) if vision.pixel_values.shape[0] else (None, None)
   return model.forward(mb["input_ids"], pixel_values, meta, mb["attention_mask"], mb["position_ids"],
                        image_index=mb["image_index"], return_hidden=True)
 
@@ -88,16 +81,14 @@ def train_step(state, frozen, batch, *, graphdef, rest, tx: optax.GradientTransf
 
 # ---- shardings -------------------------------------------------------------------------------------
 
-def batch_shardings(mesh, rules, batch_ndims: dict) -> dict:
-  """NamedShardings of the batch arrays: the batch (or patch) axis over the batch mesh axes."""
-  out = {}
-  for key, ndim in batch_ndims.items():
-    axis = BATCH_AXIS.get(key, 1)
-    if axis is None:
-      out[key] = NamedSharding(mesh, P())
-    else:
-      out[key] = parallel.batch_sharding(mesh, ndim, rules, batch_axis=axis)
-  return out
+def batch_shardings(mesh, rules, batch: dict) -> dict:
+  """NamedShardings of a batch (a pytree of [microbatch, ...] arrays): the row axis, or the patch
+  axis of the vision inputs, over the batch mesh axes (axis 2 for `position_ids` [k, 3, b, T],
+  axis 1 for every other array)."""
+  def sharding(path, x):
+    axis = 2 if path[0].key == "position_ids" else 1
+    return parallel.batch_sharding(mesh, x.ndim, rules, batch_axis=axis)
+  return jax.tree_util.tree_map_with_path(sharding, batch)
 
 
 def state_shardings(param_state: nnx.State, opt_state, mesh, rules):

@@ -1,0 +1,102 @@
+"""Examples -> one host's microbatch of fixed geometry: `rows` x `length` tokens and exactly
+`patch_budget` image patches, whatever the examples hold.
+
+    mb = pack(examples, length=512, rows=4, patch_budget=512, max_images=8, model_config=mc,
+              pad_id=tokenizer.pad_token_id)
+
+Tokens are right-padded to `length` in `rows` rows (rows without an example are all padding, with
+no loss). The pixel values of all the examples' images travel as one array of `patch_budget`
+patch rows; the space left over is filled by one *padding image* of zero pixels with grid
+(1, merge, n_pad / merge): it gets its own attention segment (its own frame and windows), so real
+patches never attend to it, and no token points at its features, so it changes neither the
+output nor the gradient.
+
+The microbatch (b = rows, T = length, P = patch_budget):
+
+    input_ids, targets, loss_mask, attention_mask [b, T]; position_ids [3, b, T] (M-RoPE)
+    image_index [b, T]: for an image token, the row of the merged vision features (numbered over
+      all hosts' patches of the microbatch: host h's first row is h * P / merge^2); -1 elsewhere
+    vision: `VisionInputs` (pixel_values [P, C*T*p*p] and the vision tower's `VisionMetadata`,
+      whose window units and segments are made globally unique across hosts)
+    image_grid_thw [max_images, 3] (zero rows after the real images; the padding image is not
+      listed): host-side bookkeeping, not a model input
+
+`targets[t]` is `input_ids[t + 1]`; `loss_mask[t]` is 1 when that next token carries loss.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from flax import struct
+
+from codevision_jax.data.encode import Example
+from codevision_jax.models import prepare
+from codevision_jax.models.config import VLConfig
+
+
+@struct.dataclass
+class VisionInputs:
+  """The vision tower's inputs for a microbatch: patches and their metadata, one pytree."""
+  pixel_values: np.ndarray  # [P, C * temporal_patch * patch^2]
+  meta: prepare.VisionMetadata
+
+
+def pack(examples: Sequence[Example], *, length: int, rows: int, patch_budget: int,
+         max_images: int, model_config: VLConfig, pad_id: int, host: int = 0) -> dict:
+  """The microbatch of `examples` (see the module docstring); ValueError when they do not fit."""
+  if len(examples) > rows:
+    raise ValueError(f"{len(examples)} examples do not fit in {rows} rows")
+  ids = np.full((rows, length), pad_id, np.int32)
+  token_mask = np.zeros((rows, length), np.int32)
+  attention = np.zeros((rows, length), np.int32)
+  for row, ex in enumerate(examples):
+    n = len(ex)
+    if n > length:
+      raise ValueError(f"an example of {n} tokens does not fit in length {length}")
+    ids[row, :n], token_mask[row, :n], attention[row, :n] = ex.input_ids, ex.loss_mask, 1
+  patch_dim = (model_config.vision.in_channels * model_config.vision.temporal_patch_size
+               * model_config.vision.patch_size ** 2)
+  pixels = np.concatenate([ex.pixel_values for ex in examples]
+                          + [np.zeros((0, patch_dim), np.float32)]).astype(np.float32)
+  grids = np.concatenate([ex.image_grid_thw for ex in examples]
+                         + [np.zeros((0, 3), np.int64)]).astype(np.int64)
+  if len(pixels) > patch_budget or len(grids) > max_images:
+    raise ValueError(f"the examples need {len(pixels)} patches / {len(grids)} images, over the "
+                     f"budget {patch_budget} / {max_images}")
+  unit = model_config.vision.spatial_merge_size ** 2
+  is_image = ids == model_config.image_token_id
+  image_index = np.where(is_image, np.cumsum(is_image.ravel()).reshape(rows, length) - 1
+                         + host * patch_budget // unit, -1).astype(np.int32)
+  thw = np.zeros((max_images, 3), np.int32)
+  thw[:len(grids)] = grids
+  return dict(
+      input_ids=ids, attention_mask=attention,
+      position_ids=prepare.position_ids(model_config, ids, grids if len(grids) else None,
+                                        attention).astype(np.int32),
+      image_index=image_index,
+      targets=np.concatenate([ids[:, 1:], np.full((rows, 1), pad_id, np.int32)], axis=1),
+      loss_mask=np.concatenate([token_mask[:, 1:], np.zeros((rows, 1), np.int32)], axis=1),
+      vision=_vision_inputs(pixels, grids, patch_budget, model_config, host),
+      image_grid_thw=thw)
+
+
+def _vision_inputs(pixels, grids, budget: int, model_config: VLConfig, host: int) -> VisionInputs:
+  """Pixel values and metadata padded to the budget with the padding image; this host's window
+  units and segments offset past every earlier host's."""
+  merge = model_config.vision.spatial_merge_size
+  n_pad = budget - len(pixels)
+  if n_pad:
+    grids = np.concatenate([grids, [[1, merge, n_pad // merge]]]).astype(np.int64)
+    pixels = np.concatenate([pixels, np.zeros((n_pad, pixels.shape[1]), np.float32)])
+  if budget == 0:
+    empty = np.zeros((0,), np.int32)
+    return VisionInputs(pixels, prepare.VisionMetadata(np.zeros((0, 2), np.int32), empty, empty, empty))
+  meta = prepare.vision_metadata(model_config, grids)
+  meta = meta.replace(
+      position_ids=meta.position_ids.astype(np.int32),
+      window_index=(meta.window_index + host * budget // merge ** 2).astype(np.int32),
+      full_segments=(meta.full_segments + host * budget).astype(np.int32),
+      window_segments=(meta.window_segments + host * budget).astype(np.int32))
+  return VisionInputs(pixels, meta)
