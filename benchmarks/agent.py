@@ -28,6 +28,7 @@ from absl import app, flags
 
 from codevision_jax.data import synthetic
 from codevision_jax.sampling import agent as agent_lib
+from codevision_jax.sampling import environment
 from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.tools.executor_client import ExecutorClient
 from executor.testing import running_service
@@ -58,7 +59,7 @@ class ShapedPolicy(ModelPolicy):
 
   def __init__(self, tokenizer, model, *, think: int, tool_turns: int, **kwargs):
     super().__init__(model, stop_ids=[], **kwargs)
-    self.banned_ids += agent_lib.stop_ids(tokenizer) + [tokenizer.convert_tokens_to_ids("<tool_call>")]
+    self.banned_ids += environment.stop_ids(tokenizer) + [tokenizer.convert_tokens_to_ids("<tool_call>")]
     ends = [call_text(t) for t in range(tool_turns)] + ["</think>\n<answer>42</answer><|im_end|>"]
     self.ends = [list(tokenizer(e, add_special_tokens=False)["input_ids"]) for e in ends]
     self.think = think
@@ -115,7 +116,7 @@ def main(argv):
       trajs, stats = bench(service.url)
   calls = [c for t in trajs for c in t.tool_calls]
   latencies = [c.latency_s for c in calls]
-  reasons = {r: sum(t.finish_reason == r for t in trajs) for r in {t.finish_reason for t in trajs}}
+  reasons = {str(r): sum(t.finish_reason == r for t in trajs) for r in {t.finish_reason for t in trajs}}
   sampled = sum(sum(t.policy_mask) for t in trajs)
   print(f"trajectories {len(trajs)} ({reasons}), slots {FLAGS.in_flight}, tool calls {len(calls)} "
         f"({sum(c.status == 'ok' for c in calls)} ok)")

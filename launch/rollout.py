@@ -68,6 +68,7 @@ def rollout(cfg, out: str, *, progress: bool = True) -> dict:
   import tqdm
 
   from codevision_jax.sampling import agent as agent_lib
+  from codevision_jax.sampling import environment
   from codevision_jax.sampling import trajectory as traj_lib
   from codevision_jax.sampling.policy import ModelPolicy
   from codevision_jax.tools.executor_client import ExecutorClient
@@ -78,7 +79,7 @@ def rollout(cfg, out: str, *, progress: bool = True) -> dict:
   model, tokenizer, settings = build_policy_parts(cfg, out)
   records = load_records(cfg)
   s = cfg.sampling
-  policy = ModelPolicy(model, agent_lib.stop_ids(tokenizer), num_slots=s.slots,
+  policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=s.slots,
                        capacity=config.max_total_tokens, chunk=s.chunk,
                        steps_per_call=s.steps_per_call, temperature=s.temperature, top_k=s.top_k,
                        top_p=s.top_p, seed=s.seed)

@@ -15,6 +15,7 @@ from PIL import Image
 from codevision_jax.data import synthetic
 from codevision_jax.data.writers import write_sft_jsonl
 from codevision_jax.sampling import agent as agent_lib
+from codevision_jax.sampling import environment
 from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.tools.executor_client import ExecutorClient
@@ -66,7 +67,7 @@ def test_tiny_model_end_to_end(parts, service):
   model, tok, settings = parts
   records = synthetic.generate(3, seed=0)
   config = agent_lib.AgentConfig(max_total_tokens=1500)
-  policy = ForcedFirstTurn(tok, model, agent_lib.stop_ids(tok), num_slots=2, capacity=1500,
+  policy = ForcedFirstTurn(tok, model, environment.stop_ids(tok), num_slots=2, capacity=1500,
                            chunk=128, steps_per_call=16, temperature=1.0, seed=3)
 
   async def go():

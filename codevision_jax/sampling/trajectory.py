@@ -7,11 +7,28 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 from typing import Any, Iterable
 
-FINISH_REASONS = ("answer", "eos", "max_turns", "max_tokens", "error")
+
+class Finish(enum.StrEnum):
+  """Why a trajectory ended."""
+  ANSWER = "answer"  # a turn closed with <|im_end|> or eos after an <answer>
+  EOS = "eos"  # a turn closed without one
+  MAX_TURNS = "max_turns"  # a tool call in the last allowed assistant turn
+  MAX_TOKENS = "max_tokens"  # the prompt + response token budget is spent
+  ERROR = "error"  # the record cannot be used, or the executor cannot be reached
+
+
+class CallStatus(enum.StrEnum):
+  """What came of a tool call."""
+  OK = "ok"
+  PARSE_ERROR = "parse_error"  # malformed JSON, unknown tool, bad argument: never executed
+  CODE_ERROR = "code_error"  # the code raised, timed out or returned no usable image
+  LIMIT = "limit"  # refused: too many images, or a result too large for the context
+  EXECUTOR_ERROR = "executor_error"  # the service could not be reached
 
 
 @dataclasses.dataclass
@@ -24,18 +41,13 @@ class TrajectoryImage:
 
 @dataclasses.dataclass
 class ToolCallRecord:
-  """One `</tool_call>` of the policy and what came of it.
-
-  `status`: "ok"; "parse_error" (malformed JSON, unknown tool, bad argument: never executed);
-  "code_error" (the code raised, timed out or returned no image); "limit" (refused: too many
-  images or a too large result); "executor_error" (the service could not be reached).
-  """
+  """One `</tool_call>` of the policy and what came of it (`status`: a `CallStatus`)."""
   turn: int
   raw: str  # the text of the call block
   code: str | None = None
   description: str | None = None
   image_index: int | None = None
-  status: str = "ok"
+  status: CallStatus = CallStatus.OK
   error: str | None = None
   result_image_index: int | None = None
   stdout: str = ""
@@ -55,7 +67,7 @@ class Trajectory:
   images: list = dataclasses.field(default_factory=list)  # TrajectoryImage
   tool_calls: list = dataclasses.field(default_factory=list)  # ToolCallRecord
   num_turns: int = 0
-  finish_reason: str = ""
+  finish_reason: Finish | None = None
   error: str | None = None
   timings: dict = dataclasses.field(default_factory=dict)  # seconds
   metadata: dict = dataclasses.field(default_factory=dict)  # ground truth etc. of the record
@@ -68,7 +80,7 @@ class Trajectory:
 
   @property
   def num_tool_errors(self) -> int:
-    return sum(c.status != "ok" for c in self.tool_calls)
+    return sum(c.status != CallStatus.OK for c in self.tool_calls)
 
   def to_json(self, image_paths: list[str]) -> dict[str, Any]:
     out = dataclasses.asdict(self)
@@ -83,8 +95,9 @@ class Trajectory:
     for im in obj.pop("images"):
       with open(os.path.join(base_dir, im["path"]), "rb") as f:
         images.append(TrajectoryImage(f.read(), list(im["grid_thw"]), im["source"]))
-    calls = [ToolCallRecord(**c) for c in obj.pop("tool_calls")]
-    return cls(images=images, tool_calls=calls, **obj)
+    calls = [ToolCallRecord(**{**c, "status": CallStatus(c["status"])}) for c in obj.pop("tool_calls")]
+    finish = obj.pop("finish_reason")
+    return cls(images=images, tool_calls=calls, finish_reason=Finish(finish) if finish else None, **obj)
 
 
 def save_jsonl(trajectories: Iterable[Trajectory], path: str, *, append: bool = False) -> None:
@@ -110,6 +123,6 @@ def load_jsonl(path: str) -> list[Trajectory]:
       if line.strip():
         try:
           out.append(Trajectory.from_json(json.loads(line), base))
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
+        except (KeyError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError.
           raise ValueError(f"{path}:{i + 1}: not a trajectory record ({e})") from e
   return out
