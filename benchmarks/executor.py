@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from codevision_jax.tools.executor_client import ExecutorClient
-from executor import png as png_lib
+from codevision_jax.processing import png as png_lib
 from executor.testing import running_service
 
 TRIVIAL_CODE = "result = image"

@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from executor import png, protocol, sandbox, trace
+from codevision_jax.processing import png
+from executor import protocol, sandbox, trace
 from executor.config import Config
 
 CODE_FILENAME = "<code>"

@@ -23,6 +23,8 @@ import resource
 import sys
 import sysconfig
 
+from codevision_jax.processing import png
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 PR_SET_NO_NEW_PRIVS = 38
@@ -99,14 +101,16 @@ def _handled_fs(abi: int) -> int:
 
 
 def read_paths() -> list[str]:
-  """Directories the child may read: Python's libraries, site-packages, this package, shared libs.
+  """Directories the child may read: Python's libraries, site-packages, this package, the
+  library's `processing` package (the PNG encoder the service shares with its clients), shared
+  libraries and fonts.
 
   Not the rest of the repository, the home directory, /etc, /proc or /tmp.
   """
   sp = sysconfig.get_paths()
   paths = {sp["stdlib"], sp["platstdlib"], sp["purelib"], sp["platlib"],
-           os.path.dirname(os.path.abspath(__file__)), "/usr/lib", "/usr/lib64", "/lib", "/lib64",
-           "/usr/local/lib", "/usr/share/fonts"}
+           os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(png.__file__)),
+           "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/usr/share/fonts"}
   paths.update(p for p in sys.path if p.endswith(("site-packages", "lib-dynload", ".zip")))
   return sorted(p for p in paths if p and os.path.isdir(p))
 

@@ -33,7 +33,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps  # pylint: disable=unused-import
 
-from executor import child, png, protocol, sandbox, trace
+from codevision_jax.processing import png
+from executor import child, protocol, sandbox, trace
 from executor.config import Config
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from executor import png
+from codevision_jax.processing import png
 
 
 def _image(mode: str) -> Image.Image:

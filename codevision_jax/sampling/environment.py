@@ -31,7 +31,7 @@ from PIL import Image
 from codevision_jax.data import records as records_lib
 from codevision_jax.processing import chat
 from codevision_jax.processing import image as image_lib
-from executor import png as png_lib
+from codevision_jax.processing import png as png_lib
 from codevision_jax.processing import tools as tools_lib
 from codevision_jax.sampling.trajectory import (CallStatus, Finish, ToolCallRecord, Trajectory,
                                                 TrajectoryImage)

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import aiohttp
 
-from executor import png
+from codevision_jax.processing import png
 
 
 class ExecutorUnavailable(Exception):
