@@ -31,7 +31,7 @@ from codevision_jax.sampling import agent as agent_lib
 from codevision_jax.sampling import environment
 from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.tools.executor_client import ExecutorClient
-from executor.testing import running_service
+from executor.local import local_service
 from configs import tiny_rollout
 from launch import rollout as rollout_lib
 
@@ -112,7 +112,7 @@ def main(argv):
   if FLAGS.executor_url:
     trajs, stats = bench(FLAGS.executor_url)
   else:
-    with running_service(workers=FLAGS.workers) as service:
+    with local_service(workers=FLAGS.workers) as service:
       trajs, stats = bench(service.url)
   calls = [c for t in trajs for c in t.tool_calls]
   latencies = [c.latency_s for c in calls]

@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from codevision_jax.tools.executor_client import ExecutorClient
 from codevision_jax.processing import png as png_lib
-from executor.testing import running_service
+from executor.local import local_service
 
 TRIVIAL_CODE = "result = image"
 REAL_CODE = """
@@ -255,7 +255,7 @@ def main() -> None:
   enc_pil = bench_in_process(pil_png, (result,), 30)
   enc_ours = bench_in_process(png_lib.encode, (result,), 30)
 
-  with running_service(workers=args.workers) as service:
+  with local_service(workers=args.workers) as service:
     layers = service.get_json("/healthz")["isolation"]
     pid = service.proc.pid
     svc_iso = asyncio.run(bench_service(service.url, pid, TRIVIAL_CODE, small,

@@ -72,7 +72,7 @@ def rollout(cfg, out: str, *, progress: bool = True) -> dict:
   from codevision_jax.sampling import trajectory as traj_lib
   from codevision_jax.sampling.policy import ModelPolicy
   from codevision_jax.tools.executor_client import ExecutorClient
-  from executor.testing import running_service
+  from executor.local import local_service
 
   os.makedirs(out, exist_ok=True)
   config = agent_lib.AgentConfig(**cfg.agent.to_dict())
@@ -93,7 +93,7 @@ def rollout(cfg, out: str, *, progress: bool = True) -> dict:
 
   with contextlib.ExitStack() as stack:
     urls = [u for u in cfg.executor.urls.split(",") if u] or [
-        stack.enter_context(running_service(workers=cfg.executor.workers)).url]
+        stack.enter_context(local_service(workers=cfg.executor.workers)).url]
 
     async def go():
       async with ExecutorClient(urls) as client:

@@ -20,7 +20,7 @@ from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ScriptedPolicy
 from codevision_jax.tools import ops as ops_lib
 from codevision_jax.tools.executor_client import ExecutorClient
-from executor.testing import running_service
+from executor.local import local_service
 
 SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 2,
                                                   max_pixels=28 * 28 * 8)
@@ -34,7 +34,7 @@ def tok(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service():
-  with running_service(workers=2) as s:
+  with local_service(workers=2) as s:
     yield s
 
 

@@ -19,7 +19,7 @@ from codevision_jax.sampling import environment
 from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.tools.executor_client import ExecutorClient
-from executor.testing import running_service
+from executor.local import local_service
 from configs import tiny_rollout
 from launch import rollout as rollout_lib
 
@@ -59,7 +59,7 @@ def parts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service():
-  with running_service(workers=2) as s:
+  with local_service(workers=2) as s:
     yield s
 
 

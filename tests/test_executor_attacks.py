@@ -19,7 +19,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from executor.testing import REPO_ROOT, running_service
+from executor.local import REPO_ROOT, local_service
 
 CANARY = "canary-" + uuid.uuid4().hex
 # A directory bound into the sandbox (read-only, and Landlock forbids writes anyway) and one that
@@ -94,7 +94,7 @@ def outside_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service():
-  with running_service(workers=2, env={"EXECUTOR_TEST_CANARY": CANARY}) as s:
+  with local_service(workers=2, env={"EXECUTOR_TEST_CANARY": CANARY}) as s:
     yield s
 
 

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from codevision_jax.tools.ops import core_ops, crop_boxes
-from executor.testing import running_service
+from executor.local import local_service
 
 
 @pytest.fixture(scope="module")
 def service():
-  with running_service(workers=2) as s:
+  with local_service(workers=2) as s:
     yield s
 
 

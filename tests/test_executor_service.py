@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from codevision_jax.tools.executor_client import ExecResult, ExecutorClient, ExecutorUnavailable
-from executor.testing import REPO_ROOT, free_port, running_service
+from executor.local import REPO_ROOT, free_port, local_service
 
 
 def _png(color: str, size=(16, 12)) -> bytes:
@@ -23,7 +23,7 @@ def _png(color: str, size=(16, 12)) -> bytes:
 @pytest.fixture(scope="module")
 def small():
   """One worker, one queue slot, an image store that keeps nothing."""
-  with running_service("--queue-size", "1", "--image-cache-mb", "0", workers=1) as s:
+  with local_service("--queue-size", "1", "--image-cache-mb", "0", workers=1) as s:
     yield s
 
 
@@ -121,7 +121,7 @@ def test_client_sends_references_and_falls_back_to_bytes(small):
 
 
 def test_client_references_with_a_caching_server():
-  with running_service(workers=1) as service:
+  with local_service(workers=1) as service:
     async def main():
       async with ExecutorClient(service.url) as client:
         img = _png("green")

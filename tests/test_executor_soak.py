@@ -9,7 +9,7 @@ import psutil
 from PIL import Image
 
 from codevision_jax.tools.executor_client import ExecutorClient
-from executor.testing import running_service
+from executor.local import local_service
 
 CALLS = 2000
 CONCURRENCY = 16
@@ -75,7 +75,7 @@ def test_soak_no_leaks():
     else:
       plan.append((rng.choice(GOOD), 5.0, None))
 
-  with running_service(workers=2) as service:
+  with local_service(workers=2) as service:
     async def run(calls):
       sem = asyncio.Semaphore(CONCURRENCY)
       async with ExecutorClient(service.url, max_connections=CONCURRENCY) as client:

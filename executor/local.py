@@ -1,4 +1,12 @@
-"""Starts a real executor service in a subprocess, for tests and benchmarks."""
+"""A local executor service in a subprocess, for the duration of a `with` block.
+
+    with local_service(workers=2) as service:
+      async with ExecutorClient(service.url) as client: ...
+
+What `launch.rollout` starts when no service URLs are configured, and what the tests and
+benchmarks run against. A fleet of services for real runs is started with `python -m executor`
+on the executor hosts (docs/executor.md).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-class RunningService:
+class LocalService:
   """A started service: its URL, process and log file."""
 
   def __init__(self, proc: subprocess.Popen, url: str, log_path: str):
@@ -45,8 +53,8 @@ class RunningService:
 
 
 @contextlib.contextmanager
-def running_service(*args: str, workers: int = 2, env: dict[str, str] | None = None,
-                    startup_timeout_s: float = 120.0) -> Iterator[RunningService]:
+def local_service(*args: str, workers: int = 2, env: dict[str, str] | None = None,
+                  startup_timeout_s: float = 120.0) -> Iterator[LocalService]:
   """`python -m executor --port <free> --workers N *args`, until /healthz answers; killed after."""
   port = free_port()
   log = tempfile.NamedTemporaryFile(prefix="executor-", suffix=".log", delete=False)
@@ -54,7 +62,7 @@ def running_service(*args: str, workers: int = 2, env: dict[str, str] | None = N
          "--workers", str(workers), *args]
   proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                           env=dict(os.environ, **(env or {})))
-  service = RunningService(proc, f"http://127.0.0.1:{port}", log.name)
+  service = LocalService(proc, f"http://127.0.0.1:{port}", log.name)
   try:
     deadline = time.monotonic() + startup_timeout_s
     while True:
