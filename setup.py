@@ -20,7 +20,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "tensorboardX==2.6.5",
     "psutil==7.2.2",
-    # The executor service (executor/) and its client (codevision_jax/tools/executor_client.py).
+    # The executor service (executor/) and its client (codevision_jax/execution/client.py).
     "aiohttp==3.14.5",
     "pyseccomp==0.1.2",
     "ml-dtypes==0.6.0",

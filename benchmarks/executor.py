@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from codevision_jax.tools.executor_client import ExecutorClient
+from codevision_jax.execution.client import ExecutorClient
 from codevision_jax.processing import png as png_lib
 from executor.local import local_service
 

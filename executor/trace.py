@@ -15,7 +15,7 @@ Only the outermost call is recorded (a PIL method that calls other PIL methods i
 never changes what the code computes; a failure inside the tracer is ignored.
 
 The entries and their mapping to CodeVision's core operations are described in
-`codevision_jax/tools/ops.py`; rotation angles are counter-clockwise, as PIL's.
+`codevision_jax/execution/ops.py`; rotation angles are counter-clockwise, as PIL's.
 """
 
 from __future__ import annotations

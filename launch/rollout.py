@@ -71,7 +71,7 @@ def rollout(cfg, out: str, *, progress: bool = True) -> dict:
   from codevision_jax.sampling import environment
   from codevision_jax.sampling import trajectory as traj_lib
   from codevision_jax.sampling.policy import ModelPolicy
-  from codevision_jax.tools.executor_client import ExecutorClient
+  from codevision_jax.execution.client import ExecutorClient
   from executor.local import local_service
 
   os.makedirs(out, exist_ok=True)

@@ -14,12 +14,12 @@ from codevision_jax.data.records import Conversation
 from codevision_jax.processing import chat
 from codevision_jax.processing import image as image_lib
 from codevision_jax.processing import tokenizer as tokenizer_lib
-from codevision_jax.processing import tools as tools_lib
+from codevision_jax.processing import code_tool
 from codevision_jax.sampling import agent as agent_lib
 from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ScriptedPolicy
-from codevision_jax.tools import ops as ops_lib
-from codevision_jax.tools.executor_client import ExecutorClient
+from codevision_jax.execution import ops as ops_lib
+from codevision_jax.execution.client import ExecutorClient
 from executor.local import local_service
 
 SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 2,
@@ -131,7 +131,7 @@ def test_tokens_equal_the_chat_formatting(run, tok):
   """The good trajectory, rebuilt as messages and tokenised by the SFT formatting, is the same
   token sequence; the policy mask covers exactly the sampled assistant text."""
   traj = run[0][0]
-  messages = [{"role": "system", "content": tools_lib.SYSTEM_PROMPT},
+  messages = [{"role": "system", "content": code_tool.SYSTEM_PROMPT},
               {"role": "user", "content": "<image>What number is shown?"},
               {"role": "assistant", "content": SCRIPTS[0][0]},
               {"role": "tool", "content": "Image 1: <image>"},
@@ -139,7 +139,7 @@ def test_tokens_equal_the_chat_formatting(run, tok):
               {"role": "tool", "content": "Image 2: <image>"},
               {"role": "assistant", "content": SCRIPTS[0][2][:-len("<|im_end|>")]}]
   counts = image_lib.num_image_tokens([im.grid_thw for im in traj.images])
-  ref = chat.tokenize_conversation(tok, messages, counts, tools=[tools_lib.CODE_IMAGE_TOOL])
+  ref = chat.tokenize_conversation(tok, messages, counts, tools=[code_tool.CODE_IMAGE_TOOL])
   np.testing.assert_array_equal(traj.token_ids, ref.input_ids[:-1])  # Ends at the last <|im_end|>.
   sampled = [t for t, m in zip(traj.token_ids, traj.policy_mask) if m]
   expected = sum((list(tok(s, add_special_tokens=False)["input_ids"]) for s in SCRIPTS[0]), [])

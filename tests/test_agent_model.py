@@ -18,7 +18,7 @@ from codevision_jax.sampling import agent as agent_lib
 from codevision_jax.sampling import environment
 from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ModelPolicy
-from codevision_jax.tools.executor_client import ExecutorClient
+from codevision_jax.execution.client import ExecutorClient
 from executor.local import local_service
 from configs import tiny_rollout
 from launch import rollout as rollout_lib

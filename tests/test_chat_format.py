@@ -7,19 +7,19 @@ import pytest
 
 from codevision_jax.processing import chat
 from codevision_jax.processing import tokenizer as tokenizer_lib
-from codevision_jax.processing import tools
+from codevision_jax.processing import code_tool
 
 CALL_ARGS = {"code": "from PIL import Image\nresult = image.rotate(180).crop((4, 8, 60, 40))",
              "description": "Turn the sign upright and crop it — «détail».", "image_index": 0}
 
 # System, user with two images, assistant with a tool call, tool result with an image, answer.
 CONVERSATION = [
-    {"role": "system", "content": tools.SYSTEM_PROMPT},
+    {"role": "system", "content": code_tool.SYSTEM_PROMPT},
     {"role": "user",
      "content": "<image>\nWhat is written on the sign? The second photo <image> is a closer view."},
     {"role": "assistant", "content": "<think>The sign is upside down.</think>",
-     "tool_calls": [{"name": tools.TOOL_NAME, "arguments": CALL_ARGS}]},
-    {"role": "tool", "content": tools.tool_response_content(2)},
+     "tool_calls": [{"name": code_tool.TOOL_NAME, "arguments": CALL_ARGS}]},
+    {"role": "tool", "content": code_tool.tool_response_content(2)},
     {"role": "assistant", "content": "<think>Now it reads STOP.</think>\n<answer>STOP</answer>"},
 ]
 COUNTS = (6, 4, 9)
@@ -56,7 +56,7 @@ def test_tiny_tokenizer_has_qwen_special_tokens(tok):
 
 
 def test_masks_exact_on_multiturn_conversation_with_two_images_and_tool_call(tok):
-  out = chat.tokenize_conversation(tok, CONVERSATION, COUNTS, tools=[tools.CODE_IMAGE_TOOL])
+  out = chat.tokenize_conversation(tok, CONVERSATION, COUNTS, tools=[code_tool.CODE_IMAGE_TOOL])
   ids, mask = out.input_ids, out.loss_mask
   assert ids.dtype == np.int32 and mask.dtype == np.int32 and ids.shape == mask.shape
   assert set(np.unique(mask)) == {0, 1}
@@ -89,7 +89,7 @@ def test_masks_exact_on_multiturn_conversation_with_two_images_and_tool_call(tok
 @pytest.mark.parametrize("use_tools", [False, True])
 @pytest.mark.parametrize("generation_prompt", [False, True])
 def test_ids_equal_apply_chat_template(tok, use_tools, generation_prompt):
-  tool_list = [tools.CODE_IMAGE_TOOL] if use_tools else None
+  tool_list = [code_tool.CODE_IMAGE_TOOL] if use_tools else None
   ours = chat.tokenize_conversation(tok, CONVERSATION, COUNTS, tools=tool_list,
                                     add_generation_prompt=generation_prompt)
   theirs = chat.chat_template_ids(tok, CONVERSATION, COUNTS, tools=tool_list,
@@ -107,8 +107,8 @@ def test_ids_equal_apply_chat_template_edge_cases(tok):
   messages = [
       {"role": "user", "content": "Look: <image>"},
       {"role": "assistant", "content": "",
-       "tool_calls": [{"function": {"name": tools.TOOL_NAME, "arguments": CALL_ARGS}},
-                      {"name": tools.TOOL_NAME,
+       "tool_calls": [{"function": {"name": code_tool.TOOL_NAME, "arguments": CALL_ARGS}},
+                      {"name": code_tool.TOOL_NAME,
                        "arguments": '{"code": "result = img", "image_index": 1}'}]},
       {"role": "tool", "content": "Error: division by zero"},
       {"role": "tool", "content": "Image 1: <image>"},
@@ -116,7 +116,7 @@ def test_ids_equal_apply_chat_template_edge_cases(tok):
       {"role": "user", "content": "And now?"},
       {"role": "assistant", "content": "<answer>B</answer>"},
   ]
-  for tool_list in (None, [tools.CODE_IMAGE_TOOL]):
+  for tool_list in (None, [code_tool.CODE_IMAGE_TOOL]):
     ours = chat.tokenize_conversation(tok, messages, (3, 2), tools=tool_list)
     np.testing.assert_array_equal(ours.input_ids,
                                   chat.chat_template_ids(tok, messages, (3, 2), tools=tool_list))
@@ -127,7 +127,7 @@ def test_ids_equal_apply_chat_template_edge_cases(tok):
 
 def test_prompt_and_tool_turn_pieces_concatenate_to_full_conversation(tok):
   """What the agent loop builds turn by turn equals the tokenised full conversation."""
-  tool_list = [tools.CODE_IMAGE_TOOL]
+  tool_list = [code_tool.CODE_IMAGE_TOOL]
   full = chat.tokenize_conversation(tok, CONVERSATION, COUNTS, tools=tool_list)
   prompt = chat.tokenize_conversation(tok, CONVERSATION[:2], COUNTS[:2], tools=tool_list,
                                       add_generation_prompt=True)
@@ -153,19 +153,19 @@ def test_formatting_errors(tok):
 
 
 def test_parse_tool_call_valid():
-  text = "<think>flip it</think>\n" + tools.format_tool_call(tools.TOOL_NAME, CALL_ARGS)
-  call = tools.parse_tool_call(text, num_images=1)
-  assert call == tools.ToolCall(tools.TOOL_NAME, CALL_ARGS["code"], CALL_ARGS["description"], 0)
+  text = "<think>flip it</think>\n" + code_tool.format_tool_call(code_tool.TOOL_NAME, CALL_ARGS)
+  call = code_tool.parse_tool_call(text, num_images=1)
+  assert call == code_tool.ToolCall(code_tool.TOOL_NAME, CALL_ARGS["code"], CALL_ARGS["description"], 0)
   assert call.arguments == CALL_ARGS
   # Arguments serialised as a string, and a bare JSON object without tags, are accepted.
-  raw = json.dumps({"name": tools.TOOL_NAME,
+  raw = json.dumps({"name": code_tool.TOOL_NAME,
                     "arguments": json.dumps({"code": "result = img", "image_index": 3})})
-  call = tools.parse_tool_call(raw)
-  assert isinstance(call, tools.ToolCall) and call.image_index == 3 and call.description == ""
+  call = code_tool.parse_tool_call(raw)
+  assert isinstance(call, code_tool.ToolCall) and call.image_index == 3 and call.description == ""
   # The last of several calls is the one parsed.
-  two = tools.format_tool_call(tools.TOOL_NAME, CALL_ARGS) + tools.format_tool_call(
-      tools.TOOL_NAME, dict(CALL_ARGS, image_index=1))
-  assert tools.parse_tool_call(two).image_index == 1
+  two = code_tool.format_tool_call(code_tool.TOOL_NAME, CALL_ARGS) + code_tool.format_tool_call(
+      code_tool.TOOL_NAME, dict(CALL_ARGS, image_index=1))
+  assert code_tool.parse_tool_call(two).image_index == 1
 
 
 @pytest.mark.parametrize("text, message", [
@@ -194,6 +194,6 @@ def test_parse_tool_call_valid():
     ('<tool_call>{"name": "code_image_tool", "arguments": {"code": "a"', "not closed"),
 ])
 def test_parse_tool_call_errors(text, message):
-  result = tools.parse_tool_call(text, num_images=2)
-  assert isinstance(result, tools.ParseError)
+  result = code_tool.parse_tool_call(text, num_images=2)
+  assert isinstance(result, code_tool.ParseError)
   assert message in result.message

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codevision_jax.tools.ops import core_ops, crop_boxes
+from codevision_jax.execution.ops import core_ops, crop_boxes
 from executor.local import local_service
 
 

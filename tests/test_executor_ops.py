@@ -2,7 +2,7 @@
 
 import pytest
 
-from codevision_jax.tools.ops import CORE_OPS, core_ops, crop_boxes, non_core_ops
+from codevision_jax.execution.ops import CORE_OPS, core_ops, crop_boxes, non_core_ops
 
 
 @pytest.mark.parametrize("op,core", [

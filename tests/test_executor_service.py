@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from codevision_jax.tools.executor_client import ExecResult, ExecutorClient, ExecutorUnavailable
+from codevision_jax.execution.client import ExecResult, ExecutorClient, ExecutorUnavailable
 from executor.local import REPO_ROOT, free_port, local_service
 
 

@@ -8,7 +8,7 @@ import time
 import psutil
 from PIL import Image
 
-from codevision_jax.tools.executor_client import ExecutorClient
+from codevision_jax.execution.client import ExecutorClient
 from executor.local import local_service
 
 CALLS = 2000

@@ -14,9 +14,9 @@ from PIL import Image
 from codevision_jax.data import readers, records, sources, synthetic, writers
 from codevision_jax.processing import chat
 from codevision_jax.processing import tokenizer as tokenizer_lib
-from codevision_jax.processing import tools
+from codevision_jax.processing import code_tool
 
-TOOLS_JSON = json.dumps([tools.CODE_IMAGE_TOOL["function"]])
+TOOLS_JSON = json.dumps([code_tool.CODE_IMAGE_TOOL["function"]])
 
 
 def _png(color, size=(12, 8)):
@@ -32,7 +32,7 @@ def data_dir(tmp_path):
 
 
 def _good_messages_record():
-  call = tools.format_tool_call(tools.TOOL_NAME, {"code": "result = image", "description": "d",
+  call = code_tool.format_tool_call(code_tool.TOOL_NAME, {"code": "result = image", "description": "d",
                                                   "image_index": 0})
   return {
       "messages": [
@@ -53,7 +53,7 @@ def _good_sharegpt_record():
       "conversations": [
           {"from": "human", "value": "<image>Which colour?"},
           {"from": "function_call", "value": json.dumps(
-              {"name": tools.TOOL_NAME, "arguments": {"code": "result = img", "image_index": 0}})},
+              {"name": code_tool.TOOL_NAME, "arguments": {"code": "result = img", "image_index": 0}})},
           {"from": "observation", "value": "<image>"},
           {"from": "gpt", "value": "<answer>blue</answer>"},
       ],
@@ -78,13 +78,13 @@ def test_read_jsonl_and_json_forms(data_dir):
     assert len(recs) == 2
     first, second = recs
     assert first.images == [str(data_dir / "imgs" / "a.png"), str(data_dir / "imgs" / "b.png")]
-    assert first.tools == [tools.CODE_IMAGE_TOOL]  # Bare function schemas get wrapped.
+    assert first.tools == [code_tool.CODE_IMAGE_TOOL]  # Bare function schemas get wrapped.
     assert first.ground_truth == "red" and first.origin == f"{path}:0"
     roles = [m["role"] for m in first.messages]
     assert roles == ["system", "user", "assistant", "tool", "assistant"]
     assert [m["role"] for m in second.messages] == ["user", "assistant", "tool", "assistant"]
     assert second.messages[1] == {"role": "assistant", "content": "", "tool_calls": [
-        {"name": tools.TOOL_NAME, "arguments": {"code": "result = img", "image_index": 0}}]}
+        {"name": code_tool.TOOL_NAME, "arguments": {"code": "result = img", "image_index": 0}}]}
     assert records.load_image(second.images[0]).getpixel((0, 0)) == (0, 0, 255)
 
 

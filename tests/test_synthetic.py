@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from codevision_jax.data import records, synthetic
-from codevision_jax.processing import tools
+from codevision_jax.processing import code_tool
 
 N = 36
 
@@ -89,14 +89,14 @@ def test_expert_code_undoes_transform_and_crops_the_content(recs):
     calls = []
     for k, m in enumerate(r.messages):
       for c in m.get("tool_calls") or []:
-        call = tools.parse_tool_call(tools.format_tool_call(c["name"], c["arguments"]),
+        call = code_tool.parse_tool_call(code_tool.format_tool_call(c["name"], c["arguments"]),
                                      num_images=1 + len(calls))
-        assert isinstance(call, tools.ToolCall), call
+        assert isinstance(call, code_tool.ToolCall), call
         calls.append(call)
         out = _run_code(call.code, images[call.image_index])
         np.testing.assert_array_equal(np.asarray(out), np.asarray(images[len(calls)]))
         assert r.messages[k + 1] == {"role": "tool",
-                                     "content": tools.tool_response_content(len(calls))}
+                                     "content": code_tool.tool_response_content(len(calls))}
     assert len(images) == 1 + len(calls)
     final = images[-1]
     if r.required_transforms:
@@ -116,7 +116,7 @@ def test_metadata_and_answer_format(recs):
     if "crop" in r.required_transforms:
       assert (x2 - x1) * (y2 - y1) < 0.2 * w * h
     assert r.ground_truth == r.answer and r.data_source == synthetic.DATA_SOURCE
-    assert r.tools == [tools.CODE_IMAGE_TOOL] and r.messages[0]["content"] == tools.SYSTEM_PROMPT
+    assert r.tools == [code_tool.CODE_IMAGE_TOOL] and r.messages[0]["content"] == code_tool.SYSTEM_PROMPT
     assert r.num_placeholders() == len(r.images)
     assistant = [m for m in r.messages if m["role"] == "assistant"]
     for m in assistant:

@@ -22,7 +22,7 @@ import os
 import re
 
 from codevision_jax.data import records as records_lib
-from codevision_jax.processing import tools as tools_lib
+from codevision_jax.processing import code_tool
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _content_text(content, where):
     out = []
     for part in content:
       if isinstance(part, dict) and part.get("type") in ("image", "image_url"):
-        out.append(tools_lib.IMAGE_PLACEHOLDER)
+        out.append(code_tool.IMAGE_PLACEHOLDER)
       elif isinstance(part, dict) and isinstance(part.get("text"), str):
         out.append(part["text"])
       else:
@@ -139,7 +139,7 @@ def _normalise_messages(raw_messages, require_assistant):
     content = _content_text(_first(m, "content", "value"), where)
     msg = {"role": role, "content": content}
     if role == "function_call":
-      if tools_lib.tool_call_blocks(content):
+      if code_tool.tool_call_blocks(content):
         msg = {"role": "assistant", "content": content}
       else:
         msg = {"role": "assistant", "content": "",
@@ -150,9 +150,9 @@ def _normalise_messages(raw_messages, require_assistant):
     if msg["role"] == "assistant":
       if not msg["content"].strip() and not msg.get("tool_calls"):
         raise ValueError(f"{where}: empty assistant turn (no text and no tool call)")
-      if tools_lib.IMAGE_PLACEHOLDER in msg["content"]:
+      if code_tool.IMAGE_PLACEHOLDER in msg["content"]:
         raise ValueError(f"{where}: an assistant turn cannot contain "
-                         f"{tools_lib.IMAGE_PLACEHOLDER}")
+                         f"{code_tool.IMAGE_PLACEHOLDER}")
     messages.append(msg)
   for i, m in enumerate(messages):
     if m["role"] == "system" and i != 0:
@@ -222,9 +222,9 @@ def normalise_record(raw, image_dir, require_assistant=True):
   raw_images = raw.get("images") or []
   if not isinstance(raw_images, list):
     raw_images = [raw_images]
-  placeholders = sum(m["content"].count(tools_lib.IMAGE_PLACEHOLDER) for m in messages)
+  placeholders = sum(m["content"].count(code_tool.IMAGE_PLACEHOLDER) for m in messages)
   if placeholders != len(raw_images):
-    raise ValueError(f"{placeholders} {tools_lib.IMAGE_PLACEHOLDER} placeholders but "
+    raise ValueError(f"{placeholders} {code_tool.IMAGE_PLACEHOLDER} placeholders but "
                      f"{len(raw_images)} images")
   images = [_resolve_image(item, k, image_dir) for k, item in enumerate(raw_images)]
   extra_info = dict(raw.get("extra_info") or {})

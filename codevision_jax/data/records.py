@@ -11,7 +11,7 @@ import os
 
 from PIL import Image
 
-from codevision_jax.processing import tools as tools_lib
+from codevision_jax.processing import code_tool
 
 
 @dataclasses.dataclass
@@ -29,7 +29,7 @@ class Conversation:
   origin: str = ""  # "<file>:<record index>", for error messages
 
   def num_placeholders(self):
-    return sum((m.get("content") or "").count(tools_lib.IMAGE_PLACEHOLDER) for m in self.messages)
+    return sum((m.get("content") or "").count(code_tool.IMAGE_PLACEHOLDER) for m in self.messages)
 
 
 def load_image(source):

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from codevision_jax.data import records as records_lib
-from codevision_jax.processing import tools as tools_lib
+from codevision_jax.processing import code_tool
 
 TRANSFORMS = ("none", "rotate_90", "rotate_180", "rotate_270", "flip_horizontal", "flip_vertical")
 KINDS = ("word", "number", "arrow", "chart")
@@ -214,7 +214,7 @@ def _think(text):
 
 
 def _call(code, description, index):
-  return {"name": tools_lib.TOOL_NAME,
+  return {"name": code_tool.TOOL_NAME,
           "arguments": {"code": code, "description": description, "image_index": index}}
 
 
@@ -238,14 +238,14 @@ def make_task(seed, index, p_small=0.5, kinds=KINDS, transforms=TRANSFORMS):
   required = (["crop"] if small else []) + ([transform] if transform != "none" else [])
 
   images = [given]
-  messages = [{"role": "system", "content": tools_lib.SYSTEM_PROMPT},
-              {"role": "user", "content": f"{tools_lib.IMAGE_PLACEHOLDER}\n{question}"}]
+  messages = [{"role": "system", "content": code_tool.SYSTEM_PROMPT},
+              {"role": "user", "content": f"{code_tool.IMAGE_PLACEHOLDER}\n{question}"}]
 
   def tool_turn(think, code, description, src_index, result):
     images.append(result)
     messages.append({"role": "assistant", "content": _think(think),
                      "tool_calls": [_call(code, description, src_index)]})
-    messages.append({"role": "tool", "content": tools_lib.tool_response_content(len(images) - 1)})
+    messages.append({"role": "tool", "content": code_tool.tool_response_content(len(images) - 1)})
 
   crop_box = ", ".join(str(v) for v in target_box)
   up_box = ", ".join(str(v) for v in upright_box)
@@ -278,7 +278,7 @@ def make_task(seed, index, p_small=0.5, kinds=KINDS, transforms=TRANSFORMS):
   return records_lib.Conversation(
       messages=messages,
       images=[records_lib.png_bytes(im) for im in images],
-      tools=[tools_lib.CODE_IMAGE_TOOL],
+      tools=[code_tool.CODE_IMAGE_TOOL],
       ground_truth=answer,
       required_transforms=required,
       target_box=target_box,

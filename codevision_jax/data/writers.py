@@ -9,13 +9,13 @@ import json
 import os
 
 from codevision_jax.data import records as records_lib
-from codevision_jax.processing import tools as tools_lib
+from codevision_jax.processing import code_tool
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _inline_message(m):
-  calls = [tools_lib.format_tool_call(c.get("function", c)["name"],
+  calls = [code_tool.format_tool_call(c.get("function", c)["name"],
                                       c.get("function", c).get("arguments", {}))
            for c in m.get("tool_calls") or []]
   content = m.get("content") or ""

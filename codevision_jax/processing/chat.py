@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from codevision_jax.processing import tools as tools_lib
+from codevision_jax.processing import code_tool
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -74,7 +74,7 @@ def _content(message, index):
 
 
 def _images_to_blocks(text):
-  return text.replace(tools_lib.IMAGE_PLACEHOLDER, VISION_BLOCK)
+  return text.replace(code_tool.IMAGE_PLACEHOLDER, VISION_BLOCK)
 
 
 def render(messages, tools=None, add_generation_prompt=False, default_system=DEFAULT_SYSTEM):
@@ -83,9 +83,9 @@ def render(messages, tools=None, add_generation_prompt=False, default_system=DEF
   for i, m in enumerate(messages):
     if m.get("role") not in ROLES:
       raise ValueError(f"message {i}: unknown role {m.get('role')!r}; expected one of {ROLES}")
-    if m["role"] == "assistant" and tools_lib.IMAGE_PLACEHOLDER in _content(m, i):
+    if m["role"] == "assistant" and code_tool.IMAGE_PLACEHOLDER in _content(m, i):
       raise ValueError(f"message {i}: an assistant turn cannot contain an "
-                       f"{tools_lib.IMAGE_PLACEHOLDER}")
+                       f"{code_tool.IMAGE_PLACEHOLDER}")
   out = []
   spans = []
   pos = 0
@@ -111,7 +111,7 @@ def render(messages, tools=None, add_generation_prompt=False, default_system=DEF
     if role in ("user", "system"):
       emit(f"{IM_START}{role}\n{_images_to_blocks(content)}{IM_END}\n")
     elif role == "assistant":
-      calls = [tools_lib.format_tool_call(*_tool_call_parts(c)) for c in m.get("tool_calls") or []]
+      calls = [code_tool.format_tool_call(*_tool_call_parts(c)) for c in m.get("tool_calls") or []]
       body = "\n".join(([content] if content or not calls else []) + calls)
       emit(GENERATION_PROMPT)
       emit(body + IM_END, loss=True)
@@ -194,9 +194,9 @@ def to_hf_messages(messages):
   out = []
   for i, m in enumerate(messages):
     content = _content(m, i)
-    if tools_lib.IMAGE_PLACEHOLDER in content:
+    if code_tool.IMAGE_PLACEHOLDER in content:
       parts = []
-      for k, piece in enumerate(content.split(tools_lib.IMAGE_PLACEHOLDER)):
+      for k, piece in enumerate(content.split(code_tool.IMAGE_PLACEHOLDER)):
         if k:
           parts.append({"type": "image"})
         if piece:

@@ -32,10 +32,10 @@ from codevision_jax.data import records as records_lib
 from codevision_jax.processing import chat
 from codevision_jax.processing import image as image_lib
 from codevision_jax.processing import png as png_lib
-from codevision_jax.processing import tools as tools_lib
+from codevision_jax.processing import code_tool
 from codevision_jax.sampling.trajectory import (CallStatus, Finish, ToolCallRecord, Trajectory,
                                                 TrajectoryImage)
-from codevision_jax.tools.executor_client import ExecutorUnavailable
+from codevision_jax.execution.client import ExecutorUnavailable
 
 TOOL_CALL_END = "</tool_call>"
 
@@ -70,7 +70,7 @@ def stop_ids(tokenizer) -> list[int]:
 
 def prompt_messages(record) -> list[dict]:
   """CodeVision's system prompt, then the record's messages before its first assistant turn."""
-  out = [{"role": "system", "content": tools_lib.SYSTEM_PROMPT}]
+  out = [{"role": "system", "content": code_tool.SYSTEM_PROMPT}]
   for m in record.messages:
     if m["role"] == "assistant":
       break
@@ -103,11 +103,11 @@ class CodeToolEnvironment:
     traj = Trajectory(id=index, origin=getattr(record, "origin", ""), metadata=meta)
     try:
       messages = prompt_messages(record)
-      n_images = sum(m["content"].count(tools_lib.IMAGE_PLACEHOLDER) for m in messages)
+      n_images = sum(m["content"].count(code_tool.IMAGE_PLACEHOLDER) for m in messages)
       images = [records_lib.load_image(x) for x in record.images[:n_images]]
       pv, grid, counts = self._vision(images)
       tok = chat.tokenize_conversation(self.tokenizer, messages, counts,
-                                       tools=[tools_lib.CODE_IMAGE_TOOL], add_generation_prompt=True)
+                                       tools=[code_tool.CODE_IMAGE_TOOL], add_generation_prompt=True)
     except (ValueError, TypeError, OSError) as e:  # A bad record ends as an error, not the run.
       traj.error = f"record {traj.origin or index}: {type(e).__name__}: {e}"
       traj.finish_reason = Finish.ERROR
@@ -132,10 +132,10 @@ class CodeToolEnvironment:
       return Finish.ANSWER if "</answer>" in text else Finish.EOS
     if traj.num_turns >= self.config.max_turns:
       return Finish.MAX_TURNS
-    blocks = tools_lib.tool_call_blocks(text)
+    blocks = code_tool.tool_call_blocks(text)
     raw = blocks[-1].strip() if blocks else text
-    parsed = tools_lib.parse_tool_call(text, len(traj.images))
-    if isinstance(parsed, tools_lib.ParseError):
+    parsed = code_tool.parse_tool_call(text, len(traj.images))
+    if isinstance(parsed, code_tool.ParseError):
       return ToolCallRecord(turn=traj.num_turns, raw=raw, status=CallStatus.PARSE_ERROR,
                             error=parsed.message)
     call = ToolCallRecord(turn=traj.num_turns, raw=raw, code=parsed.code,
@@ -194,7 +194,7 @@ class CodeToolEnvironment:
     stdout = (call.stdout or "")[:cfg.max_stdout_chars].strip()
     if png is not None:
       call.result_image_index = len(traj.images)
-      content = tools_lib.tool_response_content(call.result_image_index, stdout or None)
+      content = code_tool.tool_response_content(call.result_image_index, stdout or None)
     else:
       content = f"Error: {call.error}"
     ids, _ = chat.tokenize_text(self.tokenizer, chat.IM_END + chat.render_tool_turn([content]),

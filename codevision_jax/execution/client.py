@@ -43,7 +43,7 @@ class ExecResult:
   images: list[bytes]           # result images, PNG bytes
   stdout: str
   error: dict[str, Any] | None  # {"type", "message", "line"} when ok is False
-  ops: list[dict[str, Any]]     # the runtime trace (codevision_jax/tools/ops.py)
+  ops: list[dict[str, Any]]     # the runtime trace (codevision_jax/execution/ops.py)
   duration_ms: float            # server-side time for the call
   address: str                  # which service answered
   image_refs: list[str] = dataclasses.field(default_factory=list)  # "sha256:..." of `images`

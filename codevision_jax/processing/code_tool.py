@@ -1,7 +1,7 @@
 """The one tool (`code_image_tool`): its schema, the system prompt, and parsing of tool calls.
 
 This is the single place that defines what the model is told about the tool and how its calls
-are read back; the data pipeline, the agent loop and RL all import from here.
+are read back; the data pipeline and the agent loop's environment import from here.
 """
 
 import dataclasses
