@@ -46,7 +46,7 @@ print(int(hwm) * 1024, time.perf_counter() - t)
 def _write_checkpoint(path: str, size_bytes: float, dtype: str) -> int:
   import numpy as np
   from codevision_jax import models
-  from codevision_jax.checkpoint import hf_save
+  from codevision_jax.hf import save as hf_save
   from codevision_jax.models import presets
 
   itemsize = np.dtype(dtype).itemsize

@@ -10,7 +10,7 @@ import torch
 import transformers
 from flax import nnx
 
-from codevision_jax.checkpoint import keymap
+from codevision_jax.hf import keymap
 from codevision_jax.models import VLConfig, build_model
 
 QWEN_SPECIAL_IDS = dict(image_token_id=250, video_token_id=251, vision_start_token_id=252,

@@ -10,7 +10,7 @@ import transformers
 
 import codevision_jax as cvj
 import hf_reference as H
-from codevision_jax.checkpoint import safetensors_io
+from codevision_jax.hf import safetensors_io
 from codevision_jax.models import VLConfig
 
 

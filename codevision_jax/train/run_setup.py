@@ -72,7 +72,7 @@ def build_model(model_cfg, tokenizer, mesh=None, rules=None, *, seed: int = 0):
   from codevision_jax import models
   from codevision_jax.models import presets
   if model_cfg.path:
-    from codevision_jax.checkpoint.hf_load import load_hf
+    from codevision_jax.hf.load import load_hf
     return load_hf(model_cfg.path, dtype=model_cfg.param_dtype, mesh=mesh, rules=rules,
                    attention_backend=model_cfg.attention_backend)
   if not model_cfg.preset:

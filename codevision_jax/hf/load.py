@@ -18,8 +18,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from codevision_jax import parallel
-from codevision_jax.checkpoint import keymap
-from codevision_jax.checkpoint.safetensors_io import SafetensorsFile
+from codevision_jax.hf import keymap
+from codevision_jax.hf.safetensors_io import SafetensorsFile
 from codevision_jax.models import abstract_model, load_config
 
 INDEX_FILE = "model.safetensors.index.json"

@@ -16,8 +16,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from codevision_jax.checkpoint import keymap, safetensors_io
-from codevision_jax.checkpoint.hf_load import INDEX_FILE, SINGLE_FILE
+from codevision_jax.hf import keymap, safetensors_io
+from codevision_jax.hf.load import INDEX_FILE, SINGLE_FILE
 
 # Files copied from `source_dir` when present: tokenizer, processor, chat template, generation.
 AUXILIARY_FILES = (
