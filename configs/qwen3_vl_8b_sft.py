@@ -84,7 +84,4 @@ def get_config():
   c.distributed.num_processes = 1  # > 1: jax.distributed.initialize() with the fields below.
   c.distributed.coordinator_address = ""
   c.distributed.process_id = -1    # -1: from the cluster environment.
-
-  c.debug = ml_collections.ConfigDict()
-  c.debug.kill_after_step = 0
   return c

@@ -12,7 +12,7 @@ from configs import tiny_sft
 from codevision_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDES = {  # The tiny recipe at test size; also passed to the killed process as flags.
+OVERRIDES = {  # The tiny recipe at test size.
     "data.synthetic_size": 48, "data.buckets": (512,), "data.batch_size": 4,
     "data.patch_budget": 64, "data.max_pixels": 28 * 28 * 4, "train.log_every": 1,
     "train.steps": 6, "train.checkpoint_every": 3, "mesh.num_devices": 2, "mesh.shape.data": 1,
@@ -31,15 +31,28 @@ def config():
   return c
 
 
+# The run as a preempted job: SIGKILLed, without any cleanup, once step 3's checkpoint is on disk.
+KILLED_AFTER_STEP_3 = f"""
+import os, signal, sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+from test_train_resume import config
+from codevision_jax.train import loop
+
+def kill_after_step_3(step, checkpointer):
+  if step == 3:
+    checkpointer.wait()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+loop.train(config(), sys.argv[1], hooks=[kill_after_step_3])
+"""
+
+
 def test_kill_and_resume_equals_straight_run(tmp_path):
   straight = loop.train(config(), str(tmp_path / "straight"))
 
   workdir = str(tmp_path / "resumed")
-  flags = [f"--config.{k}={v}".replace(" ", "") for k, v in OVERRIDES.items()]
-  proc = subprocess.run(
-      [sys.executable, "-m", "launch.sft", "--config=configs/tiny_sft.py", f"--workdir={workdir}",
-       *flags, "--config.debug.kill_after_step=3"],
-      cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_STEP_3, workdir], cwd=ROOT,
+                        env=dict(os.environ), capture_output=True, text=True, timeout=600)
   assert proc.returncode == -9, proc.stderr[-3000:]  # Killed, not finished.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
 

@@ -1,6 +1,9 @@
 """SFT training: sharded training equals one-device training; the loss goes down."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -88,3 +91,18 @@ def test_gradient_accumulation_is_the_token_mean(tmp_path):
   np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-5)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5),
                jax.device_get(one["params"]), jax.device_get(two["params"]))
+
+
+def test_launch_sft_runs_from_the_command_line(tmp_path):
+  """The README's command with overrides: it trains, checkpoints, and a rerun resumes (no steps)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flags = ["--config.data.synthetic_size=8", "--config.data.buckets=(512,)", "--config.train.steps=2",
+           "--config.data.max_pixels=3136", "--config.mesh.num_devices=1",
+           "--config.train.checkpoint_every=2"]
+  cmd = [sys.executable, "-m", "launch.sft", "--config=configs/tiny_sft.py",
+         f"--workdir={tmp_path}", *flags]
+  for _ in range(2):
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  assert os.listdir(tmp_path / "checkpoints") == ["2"]
+  assert "resumed from" in proc.stderr

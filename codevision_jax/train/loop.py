@@ -15,10 +15,9 @@ import functools
 import logging
 import math
 import os
-import signal
 import time
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -138,9 +137,15 @@ def host_step_flops(run: Run, host_batch: dict, grids: np.ndarray) -> tuple[floa
 
 # ---- the loop ---------------------------------------------------------------------------------------
 
-def train(cfg, workdir: str) -> dict:
+StepHook = Callable[[int, checkpointing.Checkpointer], None]
+"""Called after every step, once the step's checkpoint (if one is due) has been started, with the
+step number and the run's checkpointer (`wait()` returns when its saves are on disk)."""
+
+
+def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
   """Runs (or resumes) training; returns {"state", "frozen", "history"} (history: per-step
-  host-side records of this process's steps: step, loss, batch fingerprint)."""
+  host-side records of this process's steps: step, loss, batch fingerprint). `hooks` run after
+  every step."""
   run = build(cfg, workdir)
   mesh, plan, builder, total_steps = run.mesh, run.plan, run.builder, run.total_steps
   state, frozen, state_sh, frozen_sh = run.state, run.frozen, run.state_sh, run.frozen_sh
@@ -193,9 +198,8 @@ def train(cfg, workdir: str) -> dict:
       pending, t_last, flops_acc, tokens_acc = [], time.perf_counter(), 0.0, 0.0
     if ckpt.save(done, state, frozen, iterator.get_state(), config_json):
       saved_at = done
-    if cfg.debug.kill_after_step and done == cfg.debug.kill_after_step:
-      ckpt.wait()  # The checkpoint is on disk; now die without any cleanup, as a preempted job.
-      os.kill(os.getpid(), signal.SIGKILL)
+    for hook in hooks:
+      hook(done, ckpt)
   if saved_at != total_steps and total_steps > start:
     ckpt.save(total_steps, state, frozen, iterator.get_state(), config_json, force=True)
   bar.close()
