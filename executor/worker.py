@@ -290,8 +290,8 @@ class Worker:
     if len(pngs) > cfg.max_output_images:
       return fail("OutputTooLarge", f"the result has {len(pngs)} images; at most "
                   f"{cfg.max_output_images} are returned", ops)
-    for i, png in enumerate(pngs):
-      size = _png_size(png)
+    for i, blob in enumerate(pngs):
+      size = _png_size(blob)
       if size is None:
         return fail("ResultError", f"result image {i} could not be encoded", ops)
       if size[0] * size[1] > cfg.max_output_pixels:
