@@ -127,16 +127,18 @@ def _to_image(obj: Any, i: int) -> Image.Image:
   return im
 
 
-def _encode_result(res: Any, cfg: Config) -> list[bytes]:
+def _encode_result(res: Any, cfg: Config) -> tuple[list[bytes], list]:
+  """PNG bytes of the result image(s) and where each came from (`trace.result_map`)."""
   items = list(res) if isinstance(res, (list, tuple)) else [res]
   if not items:
     raise CodeError("ResultError", "`result` is an empty list; put at least one image in it")
   if len(items) > cfg.max_output_images:
     raise CodeError("OutputTooLarge", f"the result has {len(items)} images; at most "
                     f"{cfg.max_output_images} are returned, so return fewer")
-  out = []
+  out, maps = [], []
   for i, obj in enumerate(items):
     trace.note_result(obj)
+    maps.append(trace.result_map(obj))
     if isinstance(obj, Image.Image):
       w, h = obj.size
     elif isinstance(obj, np.ndarray) and obj.ndim >= 2:
@@ -152,7 +154,7 @@ def _encode_result(res: Any, cfg: Config) -> list[bytes]:
     if im.mode not in ("1", "L", "LA", "RGB", "RGBA", "P", "I;16"):
       im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
     out.append(png.encode(im, cfg.png_compress_level))
-  return out
+  return out, maps
 
 
 # The path every call takes (decode, exec, encode). Rehearsing more (library calls, the error path)
@@ -247,7 +249,8 @@ def _execute(req: dict[str, Any], blobs: list[bytes], cfg: Config) -> dict[str, 
     res = namespace.get("result")
     if res is None:
       res = namespace.get("output")
-    pngs = [] if res is None else _encode_result(res, cfg)
-    return {"ok": True, "error": None, "ops": trace.OPS, "no_result": res is None, "_blobs": pngs}
+    pngs, maps = ([], []) if res is None else _encode_result(res, cfg)
+    return {"ok": True, "error": None, "ops": trace.OPS, "result_maps": maps,
+            "no_result": res is None, "_blobs": pngs}
   except BaseException as e:  # pylint: disable=broad-except
     return {"ok": False, "error": _error_dict(e, lines), "ops": trace.OPS, "no_result": True}

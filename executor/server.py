@@ -201,6 +201,7 @@ class Service:
         "stdout": reply.get("stdout", ""),
         "error": error,
         "ops": reply.get("ops", []),
+        "result_maps": reply.get("result_maps", [None] * len(pngs)),
         "duration_ms": round(seconds * 1000.0, 3),
     })
 

@@ -237,6 +237,16 @@ def stop() -> None:
   _state["depth"] = 1 << 30
 
 
+def result_map(obj) -> dict[str, Any] | None:
+  """Where a result image came from: {"source": input image index, "map": [a, b, c, d, e, f]}
+  (source x = a*x + b*y + c, y = d*x + e*y + f for pixel-edge coordinates x, y of the result), or
+  None when its origin was not tracked."""
+  mapping = _any_map(obj, "result")
+  if mapping is None:
+    return None
+  return {"source": mapping[0], "map": [float(v) for v in mapping[1]]}
+
+
 def note_result(obj) -> None:
   """Called on the result object(s): records crops/flips made by slicing a tracked array."""
   depth, _state["depth"] = _state["depth"], 0

@@ -21,6 +21,7 @@ os.environ["OPENCV_OPENCL_RUNTIME"] = "disabled"
 import gc
 import io
 import json
+import math
 import select
 import signal
 import socket
@@ -73,6 +74,18 @@ def _checked_ops(ops: Any) -> list[dict[str, Any]]:
     raise ValueError("bad ops")
   return [op for op in ops[:trace.MAX_OPS + 1]
           if isinstance(op, dict) and len(json.dumps(op)) <= _MAX_OP_JSON]
+
+
+def _checked_maps(maps: Any, n: int) -> list[dict[str, Any] | None]:
+  """The child's result maps, one per result image: well-formed entries, None for the others."""
+  maps = maps if isinstance(maps, list) and len(maps) == n else [None] * n
+  out = []
+  for m in maps:
+    ok = (isinstance(m, dict) and isinstance(m.get("source"), int) and isinstance(m.get("map"), list)
+          and len(m["map"]) == 6 and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                         for v in m["map"]))
+    out.append({"source": m["source"], "map": [float(v) for v in m["map"]]} if ok else None)
+  return out
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -300,7 +313,8 @@ class Worker:
     if not pngs and header.get("no_result") and not text:
       return fail("NoResult", "the code produced neither a result nor any printed text; set "
                   "`result` to a PIL image, a numpy array or a list of them", ops)
-    return {"ok": True, "error": None, "ops": ops, "stdout": text}, pngs
+    return {"ok": True, "error": None, "ops": ops, "stdout": text,
+            "result_maps": _checked_maps(header.get("result_maps"), len(pngs))}, pngs
 
 
 def main() -> None:

@@ -208,6 +208,31 @@ def test_ops_compose_boxes_into_original_coordinates(service):
   assert core_ops(out["ops"]) == {"crop", "flip_vertical"}
 
 
+@pytest.mark.parametrize("code", [
+    "result = image.rotate(90, expand=True)",
+    "result = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((5, 10, 45, 50))",
+    "result = image.crop((10, 10, 100, 70)).rotate(270, expand=True).crop((3, 4, 30, 60))",
+    "result = Image.fromarray(np.asarray(image)[::-1, 20:80])",
+    "result = image.resize((240, 160))",
+])
+def test_result_maps_take_result_pixels_to_input_pixels(service, code):
+  """Each result image's map sends the centre of every result pixel to the input pixel it shows
+  (the gradient's colours name the input position)."""
+  out = run(service, code)
+  (m,) = out["result_maps"]
+  assert m["source"] == 0
+  a, b, c, d, e, f = m["map"]
+  got = np.asarray(out["pil"][0]).astype(np.int64)
+  y, x = np.mgrid[:got.shape[0], :got.shape[1]] + 0.5
+  np.testing.assert_array_equal(np.floor(a * x + b * y + c), got[..., 0])
+  np.testing.assert_array_equal(np.floor(d * x + e * y + f), got[..., 1])
+
+
+def test_result_map_is_none_for_an_untracked_image(service):
+  out = run(service, "result = Image.new('RGB', (20, 10))")
+  assert out["result_maps"] == [None]
+
+
 def test_image_references(service):
   req = urllib.request.Request(service.url + "/v1/images", data=GRAD_PNG, method="PUT",
                                headers={"Content-Type": "image/png"})

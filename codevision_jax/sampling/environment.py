@@ -165,6 +165,7 @@ class CodeToolEnvironment:
       call.status, call.error = CallStatus.CODE_ERROR, ("the code produced no image: leave the "
                                                         "output image in `result`")
     else:
+      call.result_map = res.result_maps[0] if res.result_maps else None
       return res.images[0]
     return None
 

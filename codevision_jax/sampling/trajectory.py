@@ -52,6 +52,9 @@ class ToolCallRecord:
   result_image_index: int | None = None
   stdout: str = ""
   ops: list = dataclasses.field(default_factory=list)
+  # Where the result image came from: {"source": trajectory image index, "map": [a, b, c, d, e, f]}
+  # from its pixels to that image's (ExecResult.result_maps), or None if not tracked.
+  result_map: dict | None = None
   latency_s: float = 0.0
 
 
