@@ -28,6 +28,9 @@ class Example:
   loss_mask: np.ndarray  # int32 [T], 1 on tokens that carry loss (assistant turns)
   pixel_values: np.ndarray  # float32 [P, C * temporal_patch * patch^2], the images' patches in order
   image_grid_thw: np.ndarray  # int64 [N, 3]
+  # Per-token float32 arrays [T] packed beside the tokens (RL: the sampler's log-probs, the
+  # advantage), by name.
+  token_values: dict = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.input_ids)

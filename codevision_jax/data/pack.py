@@ -22,6 +22,8 @@ The microbatch (b = rows, T = length, P = patch_budget):
       listed): host-side bookkeeping, not a model input
 
 `targets[t]` is `input_ids[t + 1]`; `loss_mask[t]` is 1 when that next token carries loss.
+Each of the examples' `token_values` becomes a float32 [b, T] array under its name, aligned the
+same way (position t holds the value of token t + 1) and 0 on padding.
 """
 
 from __future__ import annotations
@@ -51,11 +53,15 @@ def pack(examples: Sequence[Example], *, length: int, rows: int, patch_budget: i
   ids = np.full((rows, length), pad_id, np.int32)
   token_mask = np.zeros((rows, length), np.int32)
   attention = np.zeros((rows, length), np.int32)
+  values = {name: np.zeros((rows, length), np.float32)
+            for name in sorted({k for ex in examples for k in ex.token_values})}
   for row, ex in enumerate(examples):
     n = len(ex)
     if n > length:
       raise ValueError(f"an example of {n} tokens does not fit in length {length}")
     ids[row, :n], token_mask[row, :n], attention[row, :n] = ex.input_ids, ex.loss_mask, 1
+    for name, v in ex.token_values.items():
+      values[name][row, :n] = v
   patch_dim = (model_config.vision.in_channels * model_config.vision.temporal_patch_size
                * model_config.vision.patch_size ** 2)
   pixels = np.concatenate([ex.pixel_values for ex in examples]
@@ -77,9 +83,15 @@ def pack(examples: Sequence[Example], *, length: int, rows: int, patch_budget: i
                                         attention).astype(np.int32),
       image_index=image_index,
       targets=np.concatenate([ids[:, 1:], np.full((rows, 1), pad_id, np.int32)], axis=1),
-      loss_mask=np.concatenate([token_mask[:, 1:], np.zeros((rows, 1), np.int32)], axis=1),
+      loss_mask=_next(token_mask),
       vision=_vision_inputs(pixels, grids, patch_budget, model_config, host),
-      image_grid_thw=thw)
+      image_grid_thw=thw,
+      **{name: _next(v) for name, v in values.items()})
+
+
+def _next(x: np.ndarray) -> np.ndarray:
+  """Position t gets token t + 1's value (the last position: 0)."""
+  return np.concatenate([x[:, 1:], np.zeros_like(x[:, :1])], axis=1)
 
 
 def _vision_inputs(pixels, grids, budget: int, model_config: VLConfig, host: int) -> VisionInputs:

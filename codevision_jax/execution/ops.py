@@ -63,11 +63,12 @@ def core_ops(ops: Iterable[dict[str, Any]]) -> set[str]:
 def non_core_ops(ops: Iterable[dict[str, Any]]) -> set[str]:
   """Names of the traced operations outside the core set (e.g. "enhance", "cv2.GaussianBlur").
 
-  A rotation by an angle that is not a multiple of 90 degrees counts as "rotate".
+  A rotation by an angle that is not a multiple of 90 degrees counts as "rotate". The trace's
+  "truncated" marker is not an operation.
   """
   names = set()
   for op in ops:
-    if isinstance(op, dict) and op_core(op) is None:
+    if isinstance(op, dict) and op_core(op) is None and op.get("op") != "truncated":
       kind = op.get("op")
       names.add(str(op.get("fn")) if kind in ("cv2", "numpy") else str(kind))
   return names

@@ -1,0 +1,108 @@
+"""Scoring trajectories: the policy text, operations from the executor trace with crop boxes
+carried back to the first image through result maps, rule and judge correctness, the reward."""
+
+import asyncio
+import dataclasses
+import socket
+
+import numpy as np
+import pytest
+
+from codevision_jax.processing import tokenizer as tokenizer_lib
+from codevision_jax.rl import scoring
+from codevision_jax.rl.judge import Judge
+from codevision_jax.sampling.trajectory import (CallStatus, ToolCallRecord, Trajectory,
+                                                TrajectoryImage)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+  return tokenizer_lib.load_tokenizer(
+      tokenizer_lib.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tok"))))
+
+
+def trajectory(tok, turns, calls=(), n_images=1, **meta):
+  """Prompt tokens, then each turn's tokens sampled (mask 1) with a tool turn (mask 0) between."""
+  traj = Trajectory(id=0, metadata={"ground_truth": "PENCIL", "question": "What word?",
+                                    "required_transforms": ["rotate_90", "crop"],
+                                    "target_box": [100, 50, 300, 150], **meta})
+  traj.add(tok("<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n")["input_ids"], 0)
+  for k, text in enumerate(turns):
+    if k:
+      traj.add(tok("<|im_start|>user\n<tool_response>\nImage 1\n</tool_response><|im_end|>\n"
+                   "<|im_start|>assistant\n")["input_ids"], 0)
+    traj.add(tok(text + "<|im_end|>")["input_ids"], 1, np.zeros(1))
+  traj.images = [TrajectoryImage(b"", [1, 2, 2], "input")] + [
+      TrajectoryImage(b"", [1, 2, 2], "tool") for _ in range(n_images - 1)]
+  traj.tool_calls = list(calls)
+  return traj
+
+
+# Image 1 is image 0 (400 x 200) rotated 270 counter-clockwise (90 clockwise), 200 x 400: its
+# pixel (x, y) shows image 0's (y, 200 - x).
+ROTATE_270 = ToolCallRecord(turn=1, raw="", code="...", image_index=0, result_image_index=1,
+                            ops=[{"op": "rotate", "angle": 270, "expand": True}],
+                            result_map={"source": 0, "map": [0.0, 1.0, 0.0, -1.0, 0.0, 200.0]})
+CROP_ON_1 = ToolCallRecord(turn=2, raw="", code="...", image_index=1, result_image_index=2,
+                           ops=[{"op": "crop", "box": [50, 100, 150, 300], "source": 1}])
+
+
+def test_response_text_and_operations(tok):
+  traj = trajectory(tok, ["<think>turn it</think>", "<think>crop</think>",
+                          "<think>read</think>\n<answer>PENCIL</answer>"],
+                    calls=[ROTATE_270, CROP_ON_1], n_images=3)
+  text = scoring.response_text(tok, traj)
+  assert text == "<think>turn it</think>\n<think>crop</think>\n<think>read</think>\n<answer>PENCIL</answer>"
+  names, boxes = scoring.operations(traj)
+  assert names == {"rotate_270", "crop"}
+  # The crop (50, 100)-(150, 300) of the rotated copy is (100, 50)-(300, 150) of the original.
+  assert boxes == [[100.0, 50.0, 300.0, 150.0]]
+  # Without the rotation's result map the crop cannot be placed on the original.
+  lost = dataclasses.replace(ROTATE_270, result_map=None)
+  assert scoring.operations(trajectory(tok, ["a"], calls=[lost, CROP_ON_1], n_images=3))[1] == []
+
+
+def test_scores_of_a_group(tok):
+  good = trajectory(tok, ["<think>turn it</think>", "<think>crop</think>",
+                          "<think>read</think>\n<answer>PENCIL</answer>"],
+                    calls=[ROTATE_270, CROP_ON_1], n_images=3)
+  failed = dataclasses.replace(ROTATE_270, status=CallStatus.CODE_ERROR, result_image_index=None,
+                               ops=[])
+  wrong = trajectory(tok, ["<think>x</think>", "<think>guess</think>\n<answer>LEMON</answer>"],
+                     calls=[failed])
+  no_tool = trajectory(tok, ["<think>guess</think>\n<answer>pencil</answer>"])
+  scores, parts, stats = asyncio.run(scoring.score([good, wrong, no_tool], [0, 0, 0], tok))
+  # Right answer, format, both required ops with a perfect crop, exactly the required ops,
+  # 2 calls (not over max(2, |req|)).
+  assert parts[0]["correct"] == 1.0 and parts[0]["fmt"] == 1.0 and parts[0]["r_mandatory"] == 1.0
+  assert parts[0]["r_exact"] == 0.1 and parts[0]["c_usage"] == 0.0
+  assert scores[0] == pytest.approx(1.0 + 0.1 + 1.0 + 0.1)
+  # A failed call: -0.05; wrong answer; no ops.
+  assert parts[1]["tool_errors"] == 1.0 and scores[1] == pytest.approx(0.1 - 0.05)
+  # "pencil" is not "PENCIL" by the rule; crop required and not done: r_acc gated anyway.
+  assert parts[2]["correct"] == 0.0 and scores[2] == pytest.approx(0.1)
+  assert stats.judged == 0
+
+
+def test_judge_decides_what_the_rule_does_not_and_falls_back_when_down(tok):
+  no_tool = trajectory(tok, ["<think>guess</think>\n<answer>pencil</answer>"],
+                       required_transforms=[], target_box=None)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+
+  async def go():
+    async with Judge(f"http://127.0.0.1:{port}/v1", "m", retries=0) as judge:
+      return await scoring.score([no_tool], [0], tok, judge=judge)
+
+  scores, parts, stats = asyncio.run(go())
+  assert stats.judged == 1 and stats.judge_fallbacks == 1 and parts[0]["correct"] == 0.0
+
+  class Yes:
+    async def verdict(self, question, truth, prediction):
+      assert (question, truth, prediction) == ("What word?", "PENCIL", "pencil")
+      return True
+
+  scores, parts, stats = asyncio.run(scoring.score([no_tool], [0], tok, judge=Yes()))
+  assert parts[0]["correct"] == 1.0 and stats.judge_yes == 1
+  assert scores[0] == pytest.approx(1.0 + 0.1)
