@@ -19,7 +19,6 @@ latencies), against which the idle time shows how much of it was hidden behind d
 """
 
 import asyncio
-import json
 import statistics
 import tempfile
 
@@ -28,10 +27,9 @@ from absl import app, flags
 
 from codevision_jax.data import synthetic
 from codevision_jax.sampling import agent as agent_lib
-from codevision_jax.sampling import environment
-from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.execution.client import ExecutorClient
 from executor.local import local_service
+from benchmarks.shaped_policy import ShapedPolicy
 from configs import tiny_rollout
 from launch import rollout as rollout_lib
 
@@ -42,50 +40,6 @@ flags.DEFINE_integer("tool_turns", 3, "tool calls per trajectory")
 flags.DEFINE_integer("think", 48, "tokens the model samples per turn")
 flags.DEFINE_integer("workers", 2, "workers of the local executor service")
 flags.DEFINE_string("executor_url", "", "executor URL (default: start one)")
-
-CODES = ("result = image.rotate(90, expand=True)",
-         "result = image.crop((0, 0, image.width // 2, image.height // 2))",
-         "from PIL import ImageOps\nresult = ImageOps.mirror(image)")
-
-
-def call_text(turn: int) -> str:
-  args = {"code": CODES[turn % len(CODES)], "description": "look closer", "image_index": turn}
-  return ("</think>\n<tool_call>\n" + json.dumps({"name": "code_image_tool", "arguments": args})
-          + "\n</tool_call>")
-
-
-class ShapedPolicy(ModelPolicy):
-  """Samples `think` tokens per turn, then teacher-forces the turn's end (see the docstring)."""
-
-  def __init__(self, tokenizer, model, *, think: int, tool_turns: int, **kwargs):
-    super().__init__(model, stop_ids=[], **kwargs)
-    self.banned_ids += environment.stop_ids(tokenizer) + [tokenizer.convert_tokens_to_ids("<tool_call>")]
-    ends = [call_text(t) for t in range(tool_turns)] + ["</think>\n<answer>42</answer><|im_end|>"]
-    self.ends = [list(tokenizer(e, add_special_tokens=False)["input_ids"]) for e in ends]
-    self.think = think
-    self.left = {}
-    self.turn = {}
-
-  def start(self, slot, trajectory_id, *args):
-    super().start(slot, trajectory_id, *args)
-    self.left[slot], self.turn[slot] = self.think, 0
-
-  def decode(self, slots, budgets):
-    out = {}
-    sample = [(s, min(b, self.left[s])) for s, b in zip(slots, budgets) if self.left[s] > 0]
-    if sample:
-      out = super().decode([s for s, _ in sample], [b for _, b in sample])
-      for s, _ in sample:
-        self.left[s] -= len(out[s][0])
-    for s in slots:
-      if self.left[s] == 0:  # The turn's sampled part is done: force its end.
-        end = self.ends[min(self.turn[s], len(self.ends) - 1)]
-        self.engine.append(s, end)
-        tokens, logprobs = out.get(s, (np.zeros(0, np.int32), np.zeros(0, np.float32)))
-        out[s] = (np.concatenate([tokens, end]), np.concatenate([logprobs, np.zeros(len(end))]))
-        self.left[s], self.turn[s] = self.think, self.turn[s] + 1
-    return out
-
 
 def main(argv):
   del argv

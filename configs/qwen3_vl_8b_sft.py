@@ -37,6 +37,10 @@ def get_config():
   c.data.synthetic_size = 5000   # For --config.data.source=synthetic (a smoke test of the recipe).
   c.data.synthetic_seed = 0
   c.data.synthetic_short = False
+  c.data.synthetic_kinds = ("word", "number", "arrow", "chart")  # Card contents to draw from.
+  c.data.synthetic_transforms = ("none", "rotate_90", "rotate_180", "rotate_270", "flip_horizontal",
+                                 "flip_vertical")
+  c.data.synthetic_p_small = 0.5  # Share of cards placed small on a large canvas (a crop needed).
   c.data.seed = 0                # Shuffling: epoch e's order is a function of (seed, e).
   c.data.num_epochs = 2
   c.data.buckets = (2048, 4096, 8192, 16384, 32768)  # Padded lengths; 32768: the cutoff.

@@ -54,6 +54,7 @@ def get_config():
   c.agent.max_images = 16      # Input and tool images of one trajectory.
   c.agent.tool_timeout_s = 10.0  # CPU seconds per tool call.
   c.agent.max_stdout_chars = 512  # Of the code's printed output shown to the model.
+  c.agent.system_prompt = True  # CodeVision's system prompt and tool schema in every prompt.
 
   c.executor = ml_collections.ConfigDict()
   c.executor.urls = ""         # Comma-separated service URLs; empty: start a local service.

@@ -30,6 +30,10 @@ def get_config():
   c.data.synthetic_size = 256
   c.data.synthetic_seed = 0
   c.data.synthetic_short = True  # Drop system prompt and tool schemas (short CPU sequences).
+  c.data.synthetic_kinds = ("word", "number", "arrow", "chart")  # Card contents to draw from.
+  c.data.synthetic_transforms = ("none", "rotate_90", "rotate_180", "rotate_270", "flip_horizontal",
+                                 "flip_vertical")
+  c.data.synthetic_p_small = 0.5  # Share of cards placed small on a large canvas (a crop needed).
   c.data.seed = 0              # Shuffling: epoch e's order is a function of (seed, e).
   c.data.num_epochs = 1
   c.data.buckets = (256, 512, 768)  # Padded sequence lengths; the largest is the cutoff.

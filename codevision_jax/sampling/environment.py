@@ -49,6 +49,10 @@ class AgentConfig:
   max_images: int = 16  # input and tool images of one trajectory
   tool_timeout_s: float = 10.0
   max_stdout_chars: int = 512  # of the code's printed output shown to the model
+  # CodeVision's system prompt and tool schema before the record's messages; False: the record's
+  # user turns alone (how `data.synthetic_short` trains the tiny model, whose tokenizer makes the
+  # schema ~1,000 tokens long).
+  system_prompt: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +72,10 @@ def stop_ids(tokenizer) -> list[int]:
   return ids
 
 
-def prompt_messages(record) -> list[dict]:
-  """CodeVision's system prompt, then the record's messages before its first assistant turn."""
-  out = [{"role": "system", "content": code_tool.SYSTEM_PROMPT}]
+def prompt_messages(record, system_prompt: bool = True) -> list[dict]:
+  """CodeVision's system prompt (unless `system_prompt` is False), then the record's messages
+  before its first assistant turn."""
+  out = [{"role": "system", "content": code_tool.SYSTEM_PROMPT}] if system_prompt else []
   for m in record.messages:
     if m["role"] == "assistant":
       break
@@ -102,12 +107,13 @@ class CodeToolEnvironment:
                                            "question", "answer", "data_source")}
     traj = Trajectory(id=index, origin=getattr(record, "origin", ""), metadata=meta)
     try:
-      messages = prompt_messages(record)
+      messages = prompt_messages(record, self.config.system_prompt)
       n_images = sum(m["content"].count(code_tool.IMAGE_PLACEHOLDER) for m in messages)
       images = [records_lib.load_image(x) for x in record.images[:n_images]]
       pv, grid, counts = self._vision(images)
-      tok = chat.tokenize_conversation(self.tokenizer, messages, counts,
-                                       tools=[code_tool.CODE_IMAGE_TOOL], add_generation_prompt=True)
+      tools = [code_tool.CODE_IMAGE_TOOL] if self.config.system_prompt else None
+      tok = chat.tokenize_conversation(self.tokenizer, messages, counts, tools=tools,
+                                       add_generation_prompt=True)
     except (ValueError, TypeError, OSError) as e:  # A bad record ends as an error, not the run.
       traj.error = f"record {traj.origin or index}: {type(e).__name__}: {e}"
       traj.finish_reason = Finish.ERROR

@@ -10,6 +10,7 @@ A checkpoint `<workdir>/checkpoints/<step>/` holds four items:
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -56,3 +57,16 @@ class Checkpointer:
 def abstract_like(tree, shardings):
   """ShapeDtypeStructs with shardings, the target of a restore."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def restore_items(step_dir: str, abstract_items: dict) -> dict:
+  """Some items of the checkpoint in `step_dir` (`<checkpoints>/<step>`), and of each only the
+  subtree its abstract tree names (e.g. the parameters of a train state without its optimizer
+  state), placed by the abstract arrays' shardings."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  return {name: checkpointer.restore(
+      os.path.join(step_dir, name),
+      args=ocp.args.PyTreeRestore(item=abstract,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                  partial_restore=True))
+          for name, abstract in abstract_items.items()}

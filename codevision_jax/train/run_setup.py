@@ -103,11 +103,16 @@ def image_settings(model_cfg, data_cfg, model_type: str) -> image_lib.ImageSetti
 
 
 def conversation_source(data_cfg, *, kind: str):
-  """The records of a run: `data.synthetic_size` synthetic tasks, or the files of `data.paths`
-  (comma-separated; `kind` "sft" needs an assistant turn per record, "rl" a prompt)."""
+  """The records of a run: `data.synthetic_size` synthetic tasks (optionally only some
+  `data.synthetic_kinds` / `synthetic_transforms`, with `synthetic_p_small` of them small on a
+  large canvas), or the files of `data.paths` (comma-separated; `kind` "sft" needs an assistant
+  turn per record, "rl" a prompt)."""
   if data_cfg.source == "synthetic":
     from codevision_jax.data import synthetic
-    convs = synthetic.generate(data_cfg.synthetic_size, seed=data_cfg.synthetic_seed)
+    variety = {k: data_cfg.get(f"synthetic_{k}") for k in ("kinds", "transforms", "p_small")}
+    convs = synthetic.generate(data_cfg.synthetic_size, seed=data_cfg.synthetic_seed,
+                               **{k: (tuple(v) if k != "p_small" else v) for k, v in variety.items()
+                                  if v is not None})
     if data_cfg.get("synthetic_short"):  # No system prompt or tool schemas: short CPU sequences.
       for c in convs:
         c.messages = [m for m in c.messages if m["role"] != "system"]

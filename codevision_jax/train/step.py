@@ -81,12 +81,12 @@ def train_step(state, frozen, batch, *, graphdef, rest, tx: optax.GradientTransf
 
 # ---- shardings -------------------------------------------------------------------------------------
 
-def batch_shardings(mesh, rules, batch: dict) -> dict:
-  """NamedShardings of a batch (a pytree of [microbatch, ...] arrays): the row axis, or the patch
-  axis of the vision inputs, over the batch mesh axes (axis 2 for `position_ids` [k, 3, b, T],
-  axis 1 for every other array)."""
+def batch_shardings(mesh, rules, batch: dict, *, stacked: bool = True) -> dict:
+  """NamedShardings of a batch (a pytree of arrays): the row axis, or the patch axis of the vision
+  inputs, over the batch mesh axes. `stacked`: the arrays have a leading microbatch axis [k, ...]
+  (the SFT step's batches); else one microbatch (`position_ids` [3, b, T], the rest [b or P, ...])."""
   def sharding(path, x):
-    axis = 2 if path[0].key == "position_ids" else 1
+    axis = (1 if path[0].key == "position_ids" else 0) + int(stacked)
     return parallel.batch_sharding(mesh, x.ndim, rules, batch_axis=axis)
   return jax.tree_util.tree_map_with_path(sharding, batch)
 

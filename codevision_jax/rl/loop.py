@@ -1,0 +1,503 @@
+"""The GRPO loop: rollouts through the code tool, the CodeVision reward, clipped policy updates.
+
+    result = train(cfg, workdir, executor_urls=["http://127.0.0.1:8700"])
+
+Each round:
+1. the next `rollout.prompts` records, each `rollout.group_size` times, go through the agent loop
+   with the current policy on the decode engine (sampling seed: a function of `seed` and the
+   round), the code running on the executor services;
+2. every trajectory is scored (`rl.scoring`: rule, then the optional judge; the dense tool
+   reward) and advantages are normalised within each prompt's group (`algo.advantage`);
+3. the trajectories are packed into microbatches; the log-probs of the sampled tokens under the
+   learner's current parameters (the "old" policy) and under the frozen reference are computed
+   before any update (the sampler's own log-probs are kept, their mismatch is a metric);
+4. `algo.ppo_epochs` passes over mini-batches of `algo.mini_batch_prompts` prompts' groups, each
+   an optimizer step on the token mean of the clipped surrogate plus `kl_coef` times the KL over
+   the mini-batch's policy tokens;
+5. the sampler gets the new parameters on device (cast to its dtype; no host trip, no recompile).
+
+Trajectories that ended in an infrastructure error (the executor unreachable, a record that cannot
+be used) are scored and counted but not trained on; when more than `executor.max_error_fraction`
+of a round's tool calls could not reach a service, the run stops with a message that says so.
+
+The trainer's state (policy, optimizer, reference, step), the prompt iterator and the config are an
+Orbax checkpoint every `train.checkpoint_every` rounds; rerunning in the same workdir resumes, and
+on CPU a killed and resumed run equals an uninterrupted one (the sampling seed of a round depends
+only on the seed and the round). Metrics: TensorBoard in `<workdir>/tensorboard`, one JSON line
+per round in `<workdir>/metrics.jsonl`, a few trajectories of each round (with their reward parts)
+in `<workdir>/rollouts/round_NNNNN/trajectories.jsonl`, images beside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from codevision_jax import parallel
+from codevision_jax.execution.client import ExecutorClient
+from codevision_jax.rl import advantages as adv_lib
+from codevision_jax.rl import batch as batch_lib
+from codevision_jax.rl import scoring
+from codevision_jax.rl import step as rl_step
+from codevision_jax.rl.judge import Judge
+from codevision_jax.sampling import agent as agent_lib
+from codevision_jax.sampling import environment
+from codevision_jax.sampling import trajectory as traj_lib
+from codevision_jax.sampling.policy import ModelPolicy
+from codevision_jax.train import checkpointing, metrics as metrics_lib, optimizer as optim_lib
+from codevision_jax.train import remat, run_setup
+from codevision_jax.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+RoundHook = Callable[[int, checkpointing.Checkpointer], None]
+"""Called after every round, once its checkpoint (if due) has been started: (round, checkpointer)."""
+
+
+# ---- set-up --------------------------------------------------------------------------------------
+
+def check_records(records: Sequence, *, skip_bad: bool) -> list:
+  """RL records need a ground truth; a record without one raises (naming it), or is dropped and
+  counted with `skip_bad`."""
+  good = [r for r in records if r.ground_truth not in (None, "")]
+  bad = [r for r in records if r.ground_truth in (None, "")]
+  if bad and not skip_bad:
+    where = getattr(bad[0], "origin", "") or "a record"
+    raise ValueError(f"{where}: no ground truth (field reward_model.ground_truth, or ground_truth); "
+                     f"{len(bad)} of {len(records)} records lack one. The reward needs it: fix the "
+                     "data, or pass --config.data.skip_bad=True to skip those records")
+  if bad:
+    log.warning("skipping %d of %d records without a ground truth", len(bad), len(records))
+  return good
+
+
+def check_config(cfg, mesh) -> None:
+  """Settings that cannot work, found before the first round."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  t = cfg.train
+  if t.rows % shards or t.patch_budget % 4 or t.patch_budget % shards:
+    raise ValueError(f"train.rows {t.rows} and train.patch_budget {t.patch_budget} must be "
+                     f"multiples of data x fsdp = {shards} (the budget also of 4)")
+  if max(t.buckets) < cfg.agent.max_total_tokens:
+    raise ValueError(f"train.buckets {tuple(t.buckets)} cannot hold a whole trajectory of "
+                     f"agent.max_total_tokens {cfg.agent.max_total_tokens}; add a bucket of at least that")
+  if cfg.rollout.prompts % cfg.algo.mini_batch_prompts:
+    raise ValueError(f"rollout.prompts {cfg.rollout.prompts} must be a multiple of "
+                     f"algo.mini_batch_prompts {cfg.algo.mini_batch_prompts}")
+  if cfg.algo.advantage not in adv_lib.ESTIMATORS:
+    raise ValueError(f"algo.advantage {cfg.algo.advantage!r} is not one of {sorted(adv_lib.ESTIMATORS)}")
+  if cfg.rollout.slots < 1 or cfg.rollout.group_size < 1:
+    raise ValueError("rollout.slots and rollout.group_size must be at least 1")
+
+
+def restore_sft_params(sft_workdir: str, params: dict, frozen: dict, params_sh, frozen_sh):
+  """The trained parameters of an SFT run's latest checkpoint (`train.loop`), placed like
+  `params` / `frozen`; the optimizer state is not read."""
+  ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(sft_workdir), "checkpoints"),
+                                    every=0, keep=1, async_save=False)
+  step = ckpt.latest_step()
+  ckpt.close()
+  if step is None:
+    raise FileNotFoundError(f"init.sft_workdir {sft_workdir}: no checkpoint in {sft_workdir}/checkpoints; "
+                            "run `python -m launch.sft` there first, or leave init.sft_workdir empty")
+  return checkpointing.restore_items(
+      os.path.join(os.path.abspath(sft_workdir), "checkpoints", str(step)),
+      {"state": {"params": checkpointing.abstract_like(params, params_sh)},
+       "frozen": checkpointing.abstract_like(frozen, frozen_sh)})
+
+
+@dataclasses.dataclass
+class RLRun:
+  """Everything an RL run is made of, before the first round (see `build`)."""
+  cfg: Any
+  mesh: Any
+  rules: tuple
+  tokenizer: Any
+  model_config: Any
+  settings: Any
+  records: list
+  rounds: int  # `train.rounds`, or `data.num_epochs` passes over the records when that is 0
+  policy: ModelPolicy
+  param_template: nnx.State  # the sampler's parameter structure
+  geometry: batch_lib.Geometry
+  state: dict  # {"step", "params", "opt_state", "reference"}, on the mesh
+  frozen: dict
+  state_sh: dict
+  frozen_sh: dict
+  logprobs: Callable  # jitted (params, frozen, mb) -> [b, T]
+  grads: Callable  # jitted (params, frozen, mb) -> (grads, sums)
+  apply: Callable  # jitted (train state, grads, tokens) -> (train state, metrics)
+  sampler_copy: Callable  # jitted: parameters -> a copy in the sampler's dtype
+
+  @property
+  def pad_id(self) -> int:
+    return self.tokenizer.pad_token_id
+
+
+def build(cfg, workdir: str) -> RLRun:
+  """Mesh, tokenizer, model, records, optimizer, reference, the sampler; checks the config."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh, rules = run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh)
+  check_config(cfg, mesh)
+  tokenizer = run_setup.load_tokenizer(cfg.model, workdir)
+  model = run_setup.build_model(cfg.model, tokenizer, mesh, rules, seed=cfg.seed)
+  mc = model.config
+  settings = run_setup.image_settings(cfg.model, cfg.data, mc.model_type)
+  source = run_setup.conversation_source(cfg.data, kind="rl")
+  records = check_records([source[i] for i in range(len(source))], skip_bad=cfg.data.skip_bad)
+  if len(records) < cfg.rollout.prompts:
+    raise ValueError(f"the data has {len(records)} usable records, fewer than rollout.prompts "
+                     f"{cfg.rollout.prompts} a round needs")
+  if not cfg.train.rounds and not cfg.data.num_epochs:
+    raise ValueError("set train.rounds, or data.num_epochs for that many passes over the records")
+
+  remat.apply_remat(model, cfg.train.remat)
+  graphdef, params, frozen, rest = nnx.split(
+      model, optim_lib.trainable_filter(cfg.train.freeze_vision_tower, cfg.train.freeze_merger),
+      nnx.Param, ...)
+  rounds = cfg.train.rounds or cfg.data.num_epochs * len(records) // cfg.rollout.prompts
+  steps_per_round = cfg.rollout.prompts // cfg.algo.mini_batch_prompts * cfg.algo.ppo_epochs
+  tx = optim_lib.make_optimizer(cfg.optim, rounds * steps_per_round)
+  abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
+  state_sh = step_lib.state_shardings(params, abstract_opt, mesh, rules)
+  state_sh["reference"] = state_sh["params"]
+  frozen_sh = nnx.to_pure_dict(parallel.state_shardings(frozen, mesh, rules))
+  params, frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
+  if cfg.init.sft_workdir:
+    restored = restore_sft_params(cfg.init.sft_workdir, params, frozen, state_sh["params"], frozen_sh)
+    params, frozen = restored["state"]["params"], restored["frozen"]
+    log.info("initialised from the SFT run in %s", cfg.init.sft_workdir)
+  ref_dtype = run_setup.DTYPES[cfg.algo.ref_dtype]
+  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+           "opt_state": jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params),
+           "reference": jax.jit(lambda p: step_lib.cast_floats(p, ref_dtype),
+                                out_shardings=state_sh["reference"])(params)}
+  state = jax.device_put(state, state_sh)
+
+  options = rl_step.RLStepOptions(
+      compute_dtype=run_setup.DTYPES[cfg.train.compute_dtype], loss_chunk=cfg.train.loss_chunk,
+      clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, clip_c=cfg.algo.clip_c,
+      kl_coef=cfg.algo.kl_coef, kl_kind=cfg.algo.kl_kind)
+  bound = dict(graphdef=graphdef, rest=rest, options=options)
+  train_sh = {k: state_sh[k] for k in ("step", "params", "opt_state")}
+  apply = jax.jit(functools.partial(rl_step.apply_grads, tx=tx,
+                                    lr_schedule=optim_lib.schedule(cfg.optim, rounds * steps_per_round)),
+                  out_shardings=(train_sh, NamedSharding(mesh, P())), donate_argnums=(0,))
+
+  sampler_dtype = run_setup.DTYPES[cfg.rollout.param_dtype or cfg.model.param_dtype]
+  agent_cfg = environment.AgentConfig(**cfg.agent.to_dict())
+  policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=cfg.rollout.slots,
+                       capacity=agent_cfg.max_total_tokens, chunk=cfg.rollout.chunk,
+                       steps_per_call=cfg.rollout.steps_per_call,
+                       temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k,
+                       top_p=cfg.rollout.top_p, seed=cfg.seed)
+  run = RLRun(cfg, mesh, rules, tokenizer, mc, settings, records, rounds, policy, nnx.state(model, nnx.Param),
+              batch_lib.Geometry(tuple(cfg.train.buckets), cfg.train.rows, cfg.train.patch_budget,
+                                 cfg.train.max_images),
+              state, frozen, state_sh, frozen_sh,
+              jax.jit(functools.partial(rl_step.logprobs, **bound)),
+              jax.jit(functools.partial(rl_step.microbatch_grads, **bound)), apply,
+              jax.jit(lambda tree: jax.tree.map(jnp.copy, step_lib.cast_floats(tree, sampler_dtype))))
+  hand_to_sampler(run, state["params"])
+  return run
+
+
+def hand_to_sampler(run: RLRun, params: dict) -> None:
+  """The sampler takes a copy of the learner's parameters (with the frozen ones) in its dtype,
+  made on device: the learner's own buffers are donated to its next update."""
+  sampler_params = jax.tree.map(lambda x: x, run.param_template)
+  nnx.replace_by_pure_dict(sampler_params, run.sampler_copy(params))
+  nnx.replace_by_pure_dict(sampler_params, run.sampler_copy(run.frozen))
+  run.policy.update_params(sampler_params)
+
+
+def prompt_iterator(cfg, num_records: int, state: dict | None = None):
+  """A checkpointable Grain iterator of record-index batches: each epoch a fresh shuffle of the
+  records (a function of data.seed and the epoch), `rollout.prompts` indices per round."""
+  import grain  # Deferred: only training needs it.
+  ds = (grain.MapDataset.range(num_records).shuffle(seed=cfg.data.seed).repeat()
+        .batch(cfg.rollout.prompts, drop_remainder=True))
+  it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+  if state is not None:
+    it.set_state(state)
+  return it
+
+
+# ---- one round -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Rollout:
+  """A round's (or an evaluation's) trajectories, their groups, scores and reward parts."""
+  trajectories: list
+  group_ids: np.ndarray
+  scores: np.ndarray
+  parts: list
+  agent_stats: agent_lib.AgentStats
+  scoring_stats: scoring.ScoringStats
+  scoring_s: float
+
+
+async def rollout(run: RLRun, records: Sequence, *, samples: int, seed: int, client, judge=None,
+                  temperature: float | None = None) -> Rollout:
+  """Each record `samples` times through the agent loop (sampling seed `seed`), then scored."""
+  policy = run.policy
+  policy.seed = seed
+  if temperature is not None:
+    policy.sampling["temperature"] = temperature
+  expanded = [r for r in records for _ in range(samples)]
+  trajectories, stats = await agent_lib.run_agent(
+      policy, expanded, run.tokenizer, client, run.settings,
+      environment.AgentConfig(**run.cfg.agent.to_dict()))
+  policy.sampling["temperature"] = run.cfg.rollout.temperature
+  group_ids = np.repeat(np.arange(len(records)), samples)
+  t = time.perf_counter()
+  r = run.cfg.reward
+  scores, parts, sstats = await scoring.score(
+      trajectories, group_ids, run.tokenizer, judge=judge,
+      weights={k: r[k] for k in ("format", "alpha", "beta", "gamma", "emerge")},
+      tool_error_penalty=r.tool_error_penalty)
+  return Rollout(trajectories, group_ids, scores, parts, stats, sstats, time.perf_counter() - t)
+
+
+def round_seed(seed: int, round_index: int) -> int:
+  """The sampling seed of a round: depends only on the run's seed and the round."""
+  return int(jax.random.randint(jax.random.fold_in(jax.random.PRNGKey(seed), round_index), (),
+                                0, 2 ** 31 - 1))
+
+
+def check_executor(ro: Rollout, max_error_fraction: float, urls: Sequence[str], round_index: int):
+  calls = [c for t in ro.trajectories for c in t.tool_calls]
+  failed = sum(c.status == traj_lib.CallStatus.EXECUTOR_ERROR for c in calls)
+  if calls and failed / len(calls) > max_error_fraction:
+    example = next(c.error for c in calls if c.status == traj_lib.CallStatus.EXECUTOR_ERROR)
+    raise RuntimeError(
+        f"round {round_index}: {failed} of {len(calls)} tool calls could not reach the executor "
+        f"service(s) {', '.join(urls)} (for example: {example}). Check that the services are up "
+        "(GET /healthz), then rerun the same command to resume from the last checkpoint; "
+        "executor.max_error_fraction sets how many failures a round tolerates")
+
+
+def _device(run: RLRun, mb: dict, shardings: dict | None) -> tuple[dict, dict]:
+  host = {k: v for k, v in mb.items() if k != "image_grid_thw"}
+  shardings = shardings or step_lib.batch_shardings(run.mesh, run.rules, host, stacked=False)
+  return jax.tree.map(lambda x, s: jax.device_put(x, s), host, shardings), shardings
+
+
+def learn(run: RLRun, ro: Rollout) -> tuple[dict, dict]:
+  """Advantages, log-probs and the policy updates of one round -> (new state, metrics)."""
+  cfg = run.cfg
+  adv = adv_lib.ESTIMATORS[cfg.algo.advantage](ro.scores, ro.group_ids, eps=cfg.algo.eps)
+  examples, dropped = {}, 0
+  for i, traj in enumerate(ro.trajectories):
+    if traj.finish_reason == traj_lib.Finish.ERROR or not traj.token_ids:
+      continue
+    ex = batch_lib.trajectory_example(traj, run.settings, float(adv[i]))
+    if run.geometry.fits(ex):
+      examples[i] = ex
+    else:
+      dropped += 1
+      log.warning("trajectory %d (%d tokens, %d patches) does not fit the microbatch geometry; not "
+                  "trained on", traj.id, len(ex), len(ex.pixel_values))
+  # Mini-batches: the groups of `mini_batch_prompts` prompts at a time.
+  per = cfg.algo.mini_batch_prompts
+  minibatches = []
+  for start in range(0, len(np.unique(ro.group_ids)), per):
+    members = [i for i in examples if start <= ro.group_ids[i] < start + per]
+    if members:
+      minibatches.append(batch_lib.microbatches([examples[i] for i in members], run.geometry,
+                                                run.model_config, run.pad_id))
+  state = run.state
+  t0 = time.perf_counter()
+  shardings, mismatch, mismatch_n = None, 0.0, 0.0
+  for mbs in minibatches:  # Old and reference log-probs before any update.
+    for mb in mbs:
+      dev, shardings = _device(run, mb, shardings)
+      old = run.logprobs(state["params"], run.frozen, dev)
+      mb["old_logprobs"] = np.asarray(old)
+      mb["ref_logprobs"] = (np.asarray(run.logprobs(state["reference"], run.frozen, dev))
+                            if cfg.algo.kl_coef else np.zeros_like(mb["old_logprobs"]))
+      mask = mb["loss_mask"] > 0
+      mismatch += float(np.abs(mb["sample_logprobs"] - mb["old_logprobs"])[mask].sum())
+      mismatch_n += float(mask.sum())
+  logprob_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  sums = collections.Counter()
+  update = {"grad_norm": 0.0, "learning_rate": 0.0}
+  shardings = None
+  for _ in range(cfg.algo.ppo_epochs):
+    for mbs in minibatches:
+      total, tokens = None, 0.0
+      for mb in mbs:
+        dev, shardings = _device(run, mb, shardings)
+        grads, s = run.grads(state["params"], run.frozen, dev)
+        total = grads if total is None else jax.tree.map(jnp.add, total, grads)
+        s = jax.device_get(s)
+        sums.update({k: float(v) for k, v in s.items()})
+        tokens += float(s["tokens"])
+      train_state = {k: state[k] for k in ("step", "params", "opt_state")}
+      train_state, update = run.apply(train_state, total, jnp.float32(tokens))
+      state = {**train_state, "reference": state["reference"]}
+  update = jax.device_get(update)
+  n = max(sums["tokens"], 1.0)
+  metrics = {f"actor/{k}": sums[k] / n for k in rl_step.METRIC_SUMS if k != "tokens"}
+  metrics.update({"actor/grad_norm": float(update["grad_norm"]),
+                  "actor/learning_rate": float(update["learning_rate"]),
+                  "actor/logprob_mismatch": mismatch / max(mismatch_n, 1.0),
+                  "actor/policy_tokens": sums["tokens"] / max(cfg.algo.ppo_epochs, 1),
+                  "actor/updates": float(len(minibatches) * cfg.algo.ppo_epochs),
+                  "batch/trained_trajectories": float(len(examples)),
+                  "batch/dropped_trajectories": float(dropped),
+                  "time/logprobs_s": logprob_s, "time/update_s": time.perf_counter() - t0})
+  return state, metrics
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+
+def rollout_metrics(ro: Rollout, prefix: str) -> dict:
+  """Means of the reward parts and what the trajectories did."""
+  trajs = ro.trajectories
+  calls = [c for t in trajs for c in t.tool_calls]
+  out = {f"{prefix}/reward/{k}": float(np.mean([p[k] for p in ro.parts]))
+         for k in ("score", "total", "r_acc", "fmt", "r_mandatory", "r_necessity", "r_exact",
+                   "r_emerge", "c_usage", "r_spurious", "r_tool_error")}
+  out.update({
+      f"{prefix}/accuracy": float(np.mean([p["correct"] for p in ro.parts])),
+      f"{prefix}/format_rate": float(np.mean([p["fmt"] for p in ro.parts])),
+      f"{prefix}/tool_calls_per_trajectory": len(calls) / max(len(trajs), 1),
+      f"{prefix}/tool_error_rate": (sum(c.status != traj_lib.CallStatus.OK for c in calls)
+                                    / max(len(calls), 1)),
+      f"{prefix}/turns": float(np.mean([t.num_turns for t in trajs])),
+      f"{prefix}/response_tokens": float(np.mean([sum(t.policy_mask) for t in trajs])),
+      f"{prefix}/judge_calls": float(ro.scoring_stats.judged),
+      f"{prefix}/judge_fallbacks": float(ro.scoring_stats.judge_fallbacks),
+  })
+  for reason, count in collections.Counter(str(t.finish_reason) for t in trajs).items():
+    out[f"{prefix}/finish/{reason}"] = count / len(trajs)
+  return out
+
+
+def _save_rollouts(workdir: str, round_index: int, ro: Rollout, k: int) -> None:
+  if k <= 0:
+    return
+  keep = ro.trajectories[:k]
+  for t, p in zip(keep, ro.parts):
+    t.metadata["reward"] = p
+  traj_lib.save_jsonl(keep, os.path.join(workdir, "rollouts", f"round_{round_index:05d}",
+                                         "trajectories.jsonl"))
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+
+def train(cfg, workdir: str, *, executor_urls: Sequence[str], hooks: Sequence[RoundHook] = ()) -> dict:
+  """Runs (or resumes) GRPO; returns {"state", "frozen", "history"} (history: per-round metrics of
+  this process's rounds)."""
+  return asyncio.run(_train(cfg, workdir, list(executor_urls), hooks))
+
+
+def _judge(cfg):
+  if not cfg.judge.url:
+    return contextlib.nullcontext(None)
+  return Judge(cfg.judge.url, cfg.judge.model, max_concurrency=cfg.judge.max_concurrency,
+               timeout_s=cfg.judge.timeout_s, retries=cfg.judge.retries)
+
+
+def eval_records(cfg) -> list:
+  """The held-out prompts: `eval.paths`, or synthetic tasks of the data's kind with `eval.seed`."""
+  data = cfg.data.copy_and_resolve_references()
+  with data.unlocked():
+    if cfg.eval.paths:
+      data.source, data.paths = "files", cfg.eval.paths
+    data.synthetic_size, data.synthetic_seed = cfg.eval.size, cfg.eval.seed
+  source = run_setup.conversation_source(data, kind="rl")
+  return check_records([source[i] for i in range(min(len(source), cfg.eval.size))], skip_bad=True)
+
+
+async def evaluate(run: RLRun, records: Sequence, client, judge=None) -> Rollout:
+  """The current policy on held-out records (`eval.samples` each, at `eval.temperature`, with a
+  fixed seed so evaluations compare)."""
+  return await rollout(run, records, samples=run.cfg.eval.samples, seed=run.cfg.eval.seed,
+                       client=client, judge=judge, temperature=run.cfg.eval.temperature)
+
+
+async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
+  if not urls:
+    raise ValueError("no executor service: pass executor_urls (launch.rl starts a local one when "
+                     "executor.urls is empty)")
+  run = build(cfg, workdir)
+  ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                    every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
+                                    async_save=cfg.train.async_checkpoints)
+  data_state = None
+  start = ckpt.latest_step() or 0
+  if start:
+    run.state, run.frozen, data_state, _ = ckpt.restore(
+        start, checkpointing.abstract_like(run.state, run.state_sh),
+        checkpointing.abstract_like(run.frozen, run.frozen_sh))
+    hand_to_sampler(run, run.state["params"])
+    log.info("resumed from %s at round %d", ckpt.manager.directory, start)
+  prompts = prompt_iterator(cfg, len(run.records), data_state)
+  held_out = eval_records(cfg) if cfg.eval.every else []
+  writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"))
+  bar = metrics_lib.ProgressBar(run.rounds, start=start, every=cfg.train.log_every)
+  history = []
+  config_json = cfg.to_dict()
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  try:
+    async with ExecutorClient(urls) as client, _judge(cfg) as judge:
+      if held_out and cfg.eval.get("before_training") and start == 0:
+        m = rollout_metrics(await evaluate(run, held_out, client, judge), "eval")
+        writer.scalars(0, m)
+        history.append({"round": 0, **m})
+        with open(metrics_path, "a", encoding="utf-8") as f:
+          f.write(json.dumps({"round": 0, **m}) + "\n")
+      for r in range(start, run.rounds):
+        t_round = time.perf_counter()
+        records = [run.records[i] for i in next(prompts)]
+        ro = await rollout(run, records, samples=cfg.rollout.group_size, seed=round_seed(cfg.seed, r),
+                           client=client, judge=judge)
+        check_executor(ro, cfg.executor.max_error_fraction, urls, r + 1)
+        run.state, m = learn(run, ro)
+        t = time.perf_counter()
+        hand_to_sampler(run, run.state["params"])
+        m["time/handoff_s"] = time.perf_counter() - t
+        st = ro.agent_stats
+        m.update(rollout_metrics(ro, "rollout"))
+        m.update({"time/rollout_s": st.wall_s, "time/generation_s": st.decode_s + st.prefill_s,
+                  "time/waiting_on_tools_s": st.idle_s, "time/scoring_s": ro.scoring_s,
+                  "rollout/sampler_idle_fraction": st.idle_fraction,
+                  "time/round_s": time.perf_counter() - t_round})
+        done = r + 1
+        if cfg.eval.every and (done % cfg.eval.every == 0 or done == run.rounds):
+          ev = await evaluate(run, held_out, client, judge)
+          m.update(rollout_metrics(ev, "eval"))
+        _save_rollouts(workdir, done, ro, cfg.train.save_rollouts)
+        writer.scalars(done, m)
+        history.append({"round": done, **m})
+        with open(metrics_path, "a", encoding="utf-8") as f:
+          f.write(json.dumps({"round": done, **m}) + "\n")
+        bar.update(done, m["actor/policy_tokens"] / max(m["time/round_s"], 1e-9),
+                   reward=m["rollout/reward/score"], acc=m["rollout/accuracy"],
+                   tools=m["rollout/tool_calls_per_trajectory"])
+        ckpt.save(done, run.state, run.frozen, prompts.get_state(), config_json,
+                  force=done == run.rounds)
+        for hook in hooks:
+          hook(done, ckpt)
+  finally:
+    bar.close()
+    ckpt.close()
+    writer.close()
+  return {"state": run.state, "frozen": run.frozen, "history": history, "run": run}

@@ -1,0 +1,57 @@
+"""GRPO: python -m launch.rl --config=configs/tiny_rl.py --workdir=DIR
+
+Any config field can be overridden (`--config.train.rounds=50 --config.optim.lr=1e-6`). With no
+`--config.executor.urls`, an executor service is started for the run (`executor.workers` workers)
+and its isolation layers are logged. If the config has an `sft` section and no
+`init.sft_workdir`, that SFT runs first into `<workdir>/sft` (resuming like any SFT run) and RL
+starts from it. Rerunning with the same workdir resumes.
+"""
+
+import contextlib
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, metrics, rollouts.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  cfg, workdir = _CONFIG.value, _WORKDIR.value
+  logging.getLogger().setLevel(logging.INFO)
+  from codevision_jax.rl import loop
+  from executor.local import local_service
+
+  if cfg.get("sft") is not None and not cfg.init.sft_workdir and not cfg.model.path:
+    from codevision_jax.train import loop as sft_loop
+    sft_dir = os.path.join(workdir, "sft")
+    print(f"== SFT first: {cfg.sft.train.steps} steps into {sft_dir}", flush=True)
+    sft_loop.train(cfg.sft, sft_dir)
+    cfg.init.sft_workdir = sft_dir
+  with contextlib.ExitStack() as stack:
+    urls = [u for u in cfg.executor.urls.split(",") if u]
+    if not urls:
+      service = stack.enter_context(local_service(workers=cfg.executor.workers))
+      layers = service.get_json("/healthz")["isolation"]
+      print(f"== executor service at {service.url}, isolation layers: "
+            + ", ".join(f"{k} {'on' if v else 'OFF'}" for k, v in layers.items()), flush=True)
+      urls = [service.url]
+    result = loop.train(cfg, workdir, executor_urls=urls)
+  last = result["history"][-1] if result["history"] else {}
+  print(f"== done: {result['run'].rounds} rounds in {workdir}")
+  if last:
+    print(f"   last round: reward {last['rollout/reward/score']:.3f}, accuracy "
+          f"{last['rollout/accuracy']:.3f}, tool calls per trajectory "
+          f"{last['rollout/tool_calls_per_trajectory']:.2f}")
+  print(f"   checkpoints: {os.path.join(workdir, 'checkpoints')}\n"
+        f"   metrics (a JSON line per round): {os.path.join(workdir, 'metrics.jsonl')}\n"
+        f"   TensorBoard: {os.path.join(workdir, 'tensorboard')}\n"
+        f"   sampled trajectories: {os.path.join(workdir, 'rollouts')}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,187 @@
+"""GRPO end to end on CPU: the tiny model after a short SFT learns from the reward (held-out
+reward up, tool calls up), a killed and resumed run equals an uninterrupted one, and faults
+(the executor killed mid-round, a judge refusing connections, records without ground truth)
+end in clear outcomes."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import jax
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from codevision_jax.data.records import png_bytes
+from codevision_jax.rl import loop
+from codevision_jax.sampling import engine
+from codevision_jax.sampling import trajectory as traj_lib
+from codevision_jax.train import loop as sft_loop
+from configs import tiny_rl
+from executor.local import local_service
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Held-out reward before and after the 16 rounds of the tiny recipe, measured with
+# `python -m launch.rl --config=configs/tiny_rl.py --config.seed=S --config.sft.seed=S` for S = 0, 1,
+# 2 (32 held-out trajectories per evaluation): 0.68 -> 1.11, 0.96 -> 1.63, 0.58 -> 1.18; tool calls
+# per trajectory 0.28 -> 1.28, 0.47 -> 0.91, 0.19 -> 0.78. One evaluation's mean moves by about
+# 0.1 between samplings, so a gain of 0.2 is far from what noise gives and far below what RL gives.
+MARGIN = 0.2
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tmp_path_factory):
+  """The tiny recipe's short SFT (arrow signs, upright or upside down)."""
+  path = str(tmp_path_factory.mktemp("sft"))
+  sft_loop.train(tiny_rl.get_config().sft, path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def service():
+  with local_service(workers=2) as s:
+    yield s
+
+
+def config(sft_dir, **small):
+  c = tiny_rl.get_config()
+  c.init.sft_workdir = sft_dir
+  if small:  # A couple of short rounds.
+    c.rollout.prompts, c.rollout.group_size, c.algo.mini_batch_prompts = 4, 2, 2
+    c.eval.every = 0
+    c.train.save_rollouts = 0
+    for key, value in small.items():
+      section, field = key.split("__")
+      c[section][field] = value
+  return c
+
+
+def test_rl_raises_the_held_out_reward(sft_dir, service, tmp_path):
+  c = config(sft_dir)
+  c.eval.every, c.eval.samples = c.train.rounds, 4  # Before training and at the end.
+  traces = {}
+
+  def count_traces(done, _):
+    traces[done] = dict(engine.TRACE_COUNTS)
+
+  result = loop.train(c, str(tmp_path), executor_urls=[service.url], hooks=[count_traces])
+  history = result["history"]
+  before, after = history[0], history[-1]
+  assert before["round"] == 0 and after["round"] == c.train.rounds
+  gain = after["eval/reward/score"] - before["eval/reward/score"]
+  assert gain >= MARGIN, (before["eval/reward/score"], after["eval/reward/score"])
+  # The tool is what pays here: its use grows, it does not collapse.
+  assert after["eval/tool_calls_per_trajectory"] > max(0.5, before["eval/tool_calls_per_trajectory"])
+  # New weights reach the sampler every round without a recompilation.
+  assert traces[1] == traces[c.train.rounds - 1]
+  rounds = [h for h in history if h["round"] > 0]
+  # The learner's recomputed log-probs equal the sampler's (float32 noise only).
+  assert max(h["actor/logprob_mismatch"] for h in rounds) < 1e-5
+  assert all(h["rollout/sampler_idle_fraction"] < 0.5 for h in rounds)
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert sum(1 for _ in f) == c.train.rounds + 1
+  assert len(os.listdir(tmp_path / "rollouts")) == c.train.rounds
+  saved = traj_lib.load_jsonl(str(tmp_path / "rollouts" / "round_00016" / "trajectories.jsonl"))
+  assert len(saved) == c.train.save_rollouts and "score" in saved[0].metadata["reward"]
+  assert os.listdir(tmp_path / "tensorboard")
+
+
+KILLED_AFTER_ROUND_1 = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_rl_loop import config
+from codevision_jax.rl import loop
+from codevision_jax.sampling import engine
+from codevision_jax.sampling import trajectory as traj_lib
+
+def kill_after_round_1(done, checkpointer):
+  if done == 1:
+    checkpointer.wait()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+loop.train(config({sft!r}, train__rounds=2, train__checkpoint_every=1), sys.argv[1],
+           executor_urls=[sys.argv[2]], hooks=[kill_after_round_1])
+"""
+
+
+def test_kill_and_resume_equals_the_straight_run(sft_dir, service, tmp_path):
+  c = config(sft_dir, train__rounds=2, train__checkpoint_every=1)
+  straight = loop.train(c, str(tmp_path / "straight"), executor_urls=[service.url])
+  workdir = str(tmp_path / "resumed")
+  script = KILLED_AFTER_ROUND_1.format(tests=os.path.dirname(os.path.abspath(__file__)), sft=sft_dir)
+  proc = subprocess.run([sys.executable, "-c", script, workdir, service.url], cwd=ROOT,
+                        env=dict(os.environ), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == -9, proc.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
+  resumed = loop.train(c, workdir, executor_urls=[service.url])
+  assert [h["round"] for h in resumed["history"]] == [2]
+  a, b = straight["history"][-1], resumed["history"][0]
+  for key in a:
+    if not key.startswith("time/") and key not in ("rollout/sampler_idle_fraction",):
+      assert a[key] == b[key], key  # The same prompts, samples, rewards and losses.
+  sa, sb = jax.device_get(straight["state"]), jax.device_get(resumed["state"])
+  jax.tree.map(np.testing.assert_array_equal, sa["params"], sb["params"])
+  jax.tree.map(np.testing.assert_array_equal, sa["opt_state"], sb["opt_state"])
+  assert int(sa["step"]) == int(sb["step"])
+
+
+def _calls(url):
+  with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+    return int(re.search(r"^executor_calls_total (\d+)", r.read().decode(), re.M).group(1))
+
+
+def test_executor_killed_mid_round_stops_the_run_with_a_clear_message(sft_dir, tmp_path):
+  c = config(sft_dir, train__rounds=3, rollout__prompts=8, rollout__group_size=4)
+  with local_service(workers=1) as doomed:
+    def kill_after_two_calls():
+      while doomed.proc.poll() is None:
+        try:
+          if _calls(doomed.url) >= 2:
+            doomed.proc.kill()
+            return
+        except OSError:
+          pass
+        time.sleep(0.01)
+
+    threading.Thread(target=kill_after_two_calls, daemon=True).start()
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"could not reach the executor service\(s\) "
+                       + re.escape(doomed.url)):
+      loop.train(c, str(tmp_path), executor_urls=[doomed.url])
+    assert time.perf_counter() - t0 < 300  # Failed calls end; nothing hangs.
+
+
+def test_a_judge_refusing_connections_falls_back_to_the_rule(sft_dir, service, tmp_path):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]  # Nothing listens there once the socket is closed.
+  c = config(sft_dir, train__rounds=1, judge__url=f"http://127.0.0.1:{port}/v1",
+             judge__model="judge", judge__retries=0)
+  result = loop.train(c, str(tmp_path), executor_urls=[service.url])
+  (h,) = result["history"]
+  assert h["rollout/judge_calls"] > 0 and h["rollout/judge_fallbacks"] == h["rollout/judge_calls"]
+  assert os.listdir(tmp_path / "checkpoints") == ["1"]  # The round trained and was saved.
+
+
+def test_records_without_ground_truth_are_refused_before_the_first_round(tmp_path):
+  rows = [{"prompt": [{"role": "user", "content": "<image>Which way does the arrow point?"}],
+           "images": [{"bytes": png_bytes(Image.new("RGB", (64, 64), "white"))}],
+           "data_source": "test", "reward_model": {"ground_truth": "up" if i != 3 else None},
+           "extra_info": {"question": "Which way?"}} for i in range(12)]
+  path = str(tmp_path / "rl.parquet")
+  pq.write_table(pa.Table.from_pylist(rows), path)
+  c = config("", train__rounds=1)
+  c.data.source, c.data.paths = "files", path
+  with pytest.raises(ValueError, match=re.escape(f"{path}:3: no ground truth") + ".*skip_bad"):
+    loop.build(c, str(tmp_path / "run"))
+  c.data.skip_bad = True
+  run = loop.build(c, str(tmp_path / "run"))
+  assert len(run.records) == 11
