@@ -25,36 +25,34 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, summaries, the exp
 
 
 def trained_model(cfg, workdir, result):
-  """The tiny model with the trained parameters in place."""
+  """The tiny model with the trained parameters in place, its tokenizer and image settings."""
   from codevision_jax.train import optimizer, run_setup
-  tokenizer = run_setup.load_tokenizer(cfg.model, workdir)
-  model = run_setup.build_model(cfg.model, tokenizer, run_setup.make_mesh(cfg.mesh),
-                                run_setup.mesh_rules(cfg.mesh), seed=cfg.seed)
+  tokenizer, model, settings = run_setup.model_parts(
+      cfg, workdir, run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh))
   graphdef, params, frozen, rest = nnx.split(
       model, optimizer.trainable_filter(cfg.train.freeze_vision_tower, cfg.train.freeze_merger),
       nnx.Param, ...)
   nnx.replace_by_pure_dict(params, result["state"]["params"])
   nnx.replace_by_pure_dict(frozen, result["frozen"])
-  return nnx.merge(graphdef, params, frozen, rest), tokenizer
+  return nnx.merge(graphdef, params, frozen, rest), tokenizer, settings
 
 
-def ask(model, tokenizer, cfg, conversation):
+def ask(model, tokenizer, settings, cfg, conversation):
   """Greedy first assistant turn for the prompt of a synthetic conversation."""
   import codevision_jax as cvj
   from codevision_jax.data.records import load_image
   from codevision_jax.processing import chat
   from codevision_jax.processing import image as image_lib
-  from codevision_jax.train import run_setup
 
   first_assistant = next(i for i, m in enumerate(conversation.messages) if m["role"] == "assistant")
   prompt = [m for m in conversation.messages[:first_assistant]
             if not (cfg.data.synthetic_short and m["role"] == "system")]
   n_images = sum(m["content"].count("<image>") for m in prompt)
   images = [load_image(src) for src in conversation.images[:n_images]]
-  settings = run_setup.image_settings(cfg.model, cfg.data, model.config.model_type)
   pixel_values, grid = settings.preprocess(images)
   tokens = chat.tokenize_conversation(
-      tokenizer, prompt, image_token_counts=image_lib.num_image_tokens(grid, settings.merge_size), add_generation_prompt=True)
+      tokenizer, prompt, image_token_counts=image_lib.num_image_tokens(grid, settings.merge_size),
+      add_generation_prompt=True)
   im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
   out, _ = cvj.generate(model, tokens.input_ids[None], pixel_values, grid,
                         max_new_tokens=cfg.demo.max_new_tokens, stop_token_ids=(im_end,),
@@ -84,7 +82,7 @@ def main(argv):
     print(f"   loss: first {np.mean(losses[:k]):.3f} -> last {np.mean(losses[-k:]):.3f} "
           f"(means of {k} steps); TensorBoard: {os.path.join(workdir, 'tensorboard')}")
 
-  model, tokenizer = trained_model(cfg, workdir, result)
+  model, tokenizer, settings = trained_model(cfg, workdir, result)
   export = cvj.save_hf(model, os.path.join(workdir, "hf_export"), source_dir=os.path.join(workdir, "tokenizer"))
   model = cvj.load_hf(export, dtype="float32")
   print(f"== 2. exported the trained model to {export} ({', '.join(sorted(os.listdir(export)))}) "
@@ -92,7 +90,7 @@ def main(argv):
 
   print(f"== 3. greedy answers to {cfg.demo.num_questions} held-out questions")
   for conv in synthetic.generate(cfg.demo.num_questions, seed=cfg.demo.question_seed):
-    question, answer = ask(model, tokenizer, cfg, conv)
+    question, answer = ask(model, tokenizer, settings, cfg, conv)
     print(f"-- question: {question.replace('<image>', '[image] ').strip()}")
     print(f"   required: {conv.required_transforms}, ground truth: {conv.ground_truth!r}")
     print(f"   model:    {answer.strip()!r}")

@@ -32,10 +32,9 @@ def build_policy_parts(cfg, workdir: str):
   """(model, tokenizer, image settings) of the config's model; a tiny tokenizer, if one is
   needed, is built under `workdir`."""
   from codevision_jax.train import run_setup
-  mesh, rules = run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh)
-  tokenizer = run_setup.load_tokenizer(cfg.model, workdir)
-  model = run_setup.build_model(cfg.model, tokenizer, mesh, rules, seed=cfg.seed)
-  return model, tokenizer, run_setup.image_settings(cfg.model, cfg.data, model.config.model_type)
+  tokenizer, model, settings = run_setup.model_parts(
+      cfg, workdir, run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh))
+  return model, tokenizer, settings
 
 
 def load_records(cfg) -> list:

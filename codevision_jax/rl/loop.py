@@ -102,6 +102,9 @@ def check_config(cfg, mesh) -> None:
     raise ValueError(f"algo.advantage {cfg.algo.advantage!r} is not one of {sorted(adv_lib.ESTIMATORS)}")
   if cfg.rollout.slots < 1 or cfg.rollout.group_size < 1:
     raise ValueError("rollout.slots and rollout.group_size must be at least 1")
+  if cfg.eval.every and cfg.data.source == "files" and not cfg.eval.paths:
+    raise ValueError("eval.every is set but eval.paths is empty: held-out evaluation needs its own "
+                     "records (--config.eval.paths=heldout.parquet), or set eval.every=0")
 
 
 def restore_sft_params(sft_workdir: str, params: dict, frozen: dict, params_sh, frozen_sh):
@@ -153,10 +156,8 @@ def build(cfg, workdir: str) -> RLRun:
   os.makedirs(workdir, exist_ok=True)
   mesh, rules = run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh)
   check_config(cfg, mesh)
-  tokenizer = run_setup.load_tokenizer(cfg.model, workdir)
-  model = run_setup.build_model(cfg.model, tokenizer, mesh, rules, seed=cfg.seed)
+  tokenizer, model, settings = run_setup.model_parts(cfg, workdir, mesh, rules)
   mc = model.config
-  settings = run_setup.image_settings(cfg.model, cfg.data, mc.model_type)
   source = run_setup.conversation_source(cfg.data, kind="rl")
   records = check_records([source[i] for i in range(len(source))], skip_bad=cfg.data.skip_bad)
   if len(records) < cfg.rollout.prompts:

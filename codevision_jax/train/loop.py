@@ -92,12 +92,9 @@ def build(cfg, workdir: str) -> Run:
   os.makedirs(workdir, exist_ok=True)
   mesh, rules = run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh)
   check_geometry(cfg, mesh)
-  tokenizer = run_setup.load_tokenizer(cfg.model, workdir)
-  model = run_setup.build_model(cfg.model, tokenizer, mesh, rules, seed=cfg.seed)
+  tokenizer, model, settings = run_setup.model_parts(cfg, workdir, mesh, rules)
   mc = model.config
-
   source = run_setup.conversation_source(cfg.data, kind="sft")
-  settings = run_setup.image_settings(cfg.model, cfg.data, mc.model_type)
   sizes = encode.record_sizes(source, tokenizer, settings)
   plan = make_plan(cfg, sizes, cfg.train.steps)
   total_steps = cfg.train.steps or len(plan)

@@ -1,9 +1,7 @@
 """The run setup every entry point shares: config sections in, the objects of a run out.
 
     mesh, rules = run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh)
-    tokenizer = run_setup.load_tokenizer(cfg.model, workdir)
-    model = run_setup.build_model(cfg.model, tokenizer, mesh, rules, seed=cfg.seed)
-    settings = run_setup.image_settings(cfg.model, cfg.data, model.config.model_type)
+    tokenizer, model, settings = run_setup.model_parts(cfg, workdir, mesh, rules)
     records = run_setup.conversation_source(cfg.data, kind="sft")
 
 SFT (`train.loop`), rollouts (`launch.rollout`), the demo and RL read the same config sections
@@ -88,6 +86,14 @@ def build_model(model_cfg, tokenizer, mesh=None, rules=None, *, seed: int = 0):
                              param_dtype=DTYPES[model_cfg.param_dtype],
                              attention_backend=model_cfg.attention_backend)
   return model if mesh is None else parallel.shard_model(model, mesh, rules)
+
+
+def model_parts(cfg, workdir: str, mesh=None, rules=None):
+  """(tokenizer, model on the mesh, image settings) of a config's `model` and `data` sections and
+  its `seed`: `load_tokenizer`, `build_model` and `image_settings` together."""
+  tokenizer = load_tokenizer(cfg.model, workdir)
+  model = build_model(cfg.model, tokenizer, mesh, rules, seed=cfg.seed)
+  return tokenizer, model, image_settings(cfg.model, cfg.data, model.config.model_type)
 
 
 def image_settings(model_cfg, data_cfg, model_type: str) -> image_lib.ImageSettings:
