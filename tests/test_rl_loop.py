@@ -139,19 +139,21 @@ def _calls(url):
 
 
 def test_executor_killed_mid_round_stops_the_run_with_a_clear_message(sft_dir, tmp_path):
-  c = config(sft_dir, train__rounds=3, rollout__prompts=8, rollout__group_size=4)
+  # The service dies once it has answered a call: the rest of that round's calls and every later
+  # round's fail (four rounds, so that a round after the death has calls to fail).
+  c = config(sft_dir, train__rounds=4, rollout__prompts=8, rollout__group_size=4)
   with local_service(workers=1) as doomed:
-    def kill_after_two_calls():
+    def kill_after_a_call():
       while doomed.proc.poll() is None:
         try:
-          if _calls(doomed.url) >= 2:
+          if _calls(doomed.url) >= 1:
             doomed.proc.kill()
             return
         except OSError:
           pass
         time.sleep(0.01)
 
-    threading.Thread(target=kill_after_two_calls, daemon=True).start()
+    threading.Thread(target=kill_after_a_call, daemon=True).start()
     t0 = time.perf_counter()
     with pytest.raises(RuntimeError, match=r"could not reach the executor service\(s\) "
                        + re.escape(doomed.url)):
