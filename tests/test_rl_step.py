@@ -24,7 +24,7 @@ def config(**mesh):
   return c
 
 
-def rollout(run) -> loop.Rollout:
+def rollout(run) -> loop.ScoredRollouts:
   """Expert trajectories of synthetic tasks (their assistant tokens as the policy's), with
   made-up sampler log-probs and scores."""
   convs = synthetic.generate(8, seed=5, kinds=("arrow",), transforms=("none", "rotate_180"),
@@ -41,7 +41,7 @@ def rollout(run) -> loop.Rollout:
     t.images = [TrajectoryImage(png, list(g), "input" if k == 0 else "tool")
                 for k, (png, g) in enumerate(zip(conv.images, ex.image_grid_thw.tolist()))]
     trajs.append(t)
-  return loop.Rollout(trajs, np.repeat(np.arange(4), 2), rng.random(8).astype(np.float32),
+  return loop.ScoredRollouts(trajs, np.repeat(np.arange(4), 2), rng.random(8).astype(np.float32),
                       [{}] * 8, AgentStats(), ScoringStats(), 0.0)
 
 

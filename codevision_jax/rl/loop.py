@@ -241,7 +241,7 @@ def prompt_iterator(cfg, num_records: int, state: dict | None = None):
 # ---- one round -------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class Rollout:
+class ScoredRollouts:
   """A round's (or an evaluation's) trajectories, their groups, scores and reward parts."""
   trajectories: list
   group_ids: np.ndarray
@@ -253,17 +253,15 @@ class Rollout:
 
 
 async def rollout(run: RLRun, records: Sequence, *, samples: int, seed: int, client, judge=None,
-                  temperature: float | None = None) -> Rollout:
+                  temperature: float | None = None) -> ScoredRollouts:
   """Each record `samples` times through the agent loop (sampling seed `seed`), then scored."""
   policy = run.policy
   policy.seed = seed
-  if temperature is not None:
-    policy.sampling["temperature"] = temperature
+  policy.sampling["temperature"] = run.cfg.rollout.temperature if temperature is None else temperature
   expanded = [r for r in records for _ in range(samples)]
   trajectories, stats = await agent_lib.run_agent(
       policy, expanded, run.tokenizer, client, run.settings,
       environment.AgentConfig(**run.cfg.agent.to_dict()))
-  policy.sampling["temperature"] = run.cfg.rollout.temperature
   group_ids = np.repeat(np.arange(len(records)), samples)
   t = time.perf_counter()
   r = run.cfg.reward
@@ -271,7 +269,8 @@ async def rollout(run: RLRun, records: Sequence, *, samples: int, seed: int, cli
       trajectories, group_ids, run.tokenizer, judge=judge,
       weights={k: r[k] for k in ("format", "alpha", "beta", "gamma", "emerge")},
       tool_error_penalty=r.tool_error_penalty)
-  return Rollout(trajectories, group_ids, scores, parts, stats, sstats, time.perf_counter() - t)
+  return ScoredRollouts(trajectories, group_ids, scores, parts, stats, sstats,
+                        time.perf_counter() - t)
 
 
 def round_seed(seed: int, round_index: int) -> int:
@@ -280,7 +279,10 @@ def round_seed(seed: int, round_index: int) -> int:
                                 0, 2 ** 31 - 1))
 
 
-def check_executor(ro: Rollout, max_error_fraction: float, urls: Sequence[str], round_index: int):
+def check_executor(ro: ScoredRollouts, max_error_fraction: float, urls: Sequence[str],
+                   round_index: int) -> None:
+  """Raises when more than `max_error_fraction` of the round's tool calls could not reach a
+  service."""
   calls = [c for t in ro.trajectories for c in t.tool_calls]
   failed = sum(c.status == traj_lib.CallStatus.EXECUTOR_ERROR for c in calls)
   if calls and failed / len(calls) > max_error_fraction:
@@ -298,7 +300,7 @@ def _device(run: RLRun, mb: dict, shardings: dict | None) -> tuple[dict, dict]:
   return jax.tree.map(lambda x, s: jax.device_put(x, s), host, shardings), shardings
 
 
-def learn(run: RLRun, ro: Rollout) -> tuple[dict, dict]:
+def learn(run: RLRun, ro: ScoredRollouts) -> tuple[dict, dict]:
   """Advantages, log-probs and the policy updates of one round -> (new state, metrics)."""
   cfg = run.cfg
   adv = adv_lib.ESTIMATORS[cfg.algo.advantage](ro.scores, ro.group_ids, eps=cfg.algo.eps)
@@ -368,7 +370,7 @@ def learn(run: RLRun, ro: Rollout) -> tuple[dict, dict]:
 
 # ---- metrics ---------------------------------------------------------------------------------------
 
-def rollout_metrics(ro: Rollout, prefix: str) -> dict:
+def rollout_metrics(ro: ScoredRollouts, prefix: str) -> dict:
   """Means of the reward parts and what the trajectories did."""
   trajs = ro.trajectories
   calls = [c for t in trajs for c in t.tool_calls]
@@ -391,7 +393,7 @@ def rollout_metrics(ro: Rollout, prefix: str) -> dict:
   return out
 
 
-def _save_rollouts(workdir: str, round_index: int, ro: Rollout, k: int) -> None:
+def _save_rollouts(workdir: str, round_index: int, ro: ScoredRollouts, k: int) -> None:
   if k <= 0:
     return
   keep = ro.trajectories[:k]
@@ -427,7 +429,7 @@ def eval_records(cfg) -> list:
   return check_records([source[i] for i in range(min(len(source), cfg.eval.size))], skip_bad=True)
 
 
-async def evaluate(run: RLRun, records: Sequence, client, judge=None) -> Rollout:
+async def evaluate(run: RLRun, records: Sequence, client, judge=None) -> ScoredRollouts:
   """The current policy on held-out records (`eval.samples` each, at `eval.temperature`, with a
   fixed seed so evaluations compare)."""
   return await rollout(run, records, samples=run.cfg.eval.samples, seed=run.cfg.eval.seed,
