@@ -9,7 +9,6 @@ subprocess that imports JAX and the library and builds the abstract model, witho
 Reports (peak_load - peak_baseline) / checkpoint_bytes; target: at most 1.15.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,6 +17,8 @@ import tempfile
 import time
 
 from absl import app, flags
+
+from benchmarks.big_checkpoint import write_checkpoint
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("size_gb", 1.0, "approximate checkpoint size in GB")
@@ -43,31 +44,6 @@ print(int(hwm) * 1024, time.perf_counter() - t)
 """
 
 
-def _write_checkpoint(path: str, size_bytes: float, dtype: str) -> int:
-  import numpy as np
-  from codevision_jax import models
-  from codevision_jax.hf import save as hf_save
-  from codevision_jax.models import presets
-
-  itemsize = np.dtype(dtype).itemsize
-  # Decoder layers of hidden 1024: ~12.6M parameters each; embeddings 2 x 32000 x 1024.
-  base = presets.qwen2_5_vl_tiny()
-  per_layer = 4 * 1024 * 1024 + 3 * 1024 * 2816
-  layers = max(1, int((size_bytes / itemsize - 2 * 32000 * 1024) / per_layer))
-  cfg = base.replace(
-      text=base.text.__class__(**{**base.text.__dict__, "vocab_size": 32000, "hidden_size": 1024,
-                                  "intermediate_size": 2816, "num_hidden_layers": layers,
-                                  "num_attention_heads": 8, "num_key_value_heads": 8,
-                                  "mrope_section": (16, 24, 24)}),
-      vision=base.vision.__class__(**{**base.vision.__dict__, "out_hidden_size": 1024}),
-      image_token_id=31990, video_token_id=31991, vision_start_token_id=31992, vision_end_token_id=31993)
-  model = models.build_model(cfg, param_dtype=np.dtype(dtype))
-  hf_save.save_hf(model, path, max_shard_size="200MB")
-  del model
-  index = json.load(open(os.path.join(path, "model.safetensors.index.json")))
-  return index["metadata"]["total_size"]
-
-
 def _child(path: str, mode: str) -> tuple[int, float]:
   out = subprocess.run([sys.executable, "-c", _CHILD, path, FLAGS.dtype, mode], check=True,
                        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -81,7 +57,7 @@ def main(argv):
   path = os.path.join(root, "ckpt")
   try:
     t = time.perf_counter()
-    size = _write_checkpoint(path, FLAGS.size_gb * 1e9, FLAGS.dtype)
+    size = write_checkpoint(path, FLAGS.size_gb * 1e9, FLAGS.dtype)
     print(f"wrote {size / 1e9:.2f} GB checkpoint in {time.perf_counter() - t:.1f}s: {path}")
     baseline, _ = _child(path, "baseline")
     peak, seconds = _child(path, "load")

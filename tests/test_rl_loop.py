@@ -17,11 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import safetensors.numpy
 
 from codevision_jax.data.records import png_bytes
 from codevision_jax.rl import loop
 from codevision_jax.sampling import engine
 from codevision_jax.sampling import trajectory as traj_lib
+from codevision_jax.train import export
 from codevision_jax.train import loop as sft_loop
 from configs import tiny_rl
 from executor.local import local_service
@@ -171,6 +173,11 @@ def test_a_judge_refusing_connections_falls_back_to_the_rule(sft_dir, service, t
   (h,) = result["history"]
   assert h["rollout/judge_calls"] > 0 and h["rollout/judge_fallbacks"] == h["rollout/judge_calls"]
   assert os.listdir(tmp_path / "checkpoints") == ["1"]  # The round trained and was saved.
+  # An RL checkpoint exports like an SFT one: the policy's parameters, not the reference's.
+  out = export.export_run(str(tmp_path), str(tmp_path / "hf"))
+  lm_head = safetensors.numpy.load_file(os.path.join(out, "model.safetensors"))["lm_head.weight"]
+  np.testing.assert_array_equal(
+      lm_head, np.asarray(jax.device_get(result["state"]["params"]["lm_head"]["kernel"])).T)
 
 
 def test_records_without_ground_truth_are_refused_before_the_first_round(tmp_path):

@@ -42,15 +42,30 @@ def save_hf(model, out_dir: str, dtype=None, max_shard_size="5GB", source_dir: s
     max_shard_size: bytes per safetensors file ("5GB", "500MB" or an int).
     source_dir: a checkpoint directory whose tokenizer and processor files are copied over.
   """
-  config = model.config
   state = nnx.state(model, nnx.Param)
+  flat = dict(nnx.to_flat_state(state))
+  return write_hf(model.config, state, lambda path: _host_value(flat[path].get_value()), out_dir,
+                  dtype=dtype, max_shard_size=max_shard_size,
+                  files={name: os.path.join(source_dir, name) for name in AUXILIARY_FILES
+                         if source_dir and os.path.exists(os.path.join(source_dir, name))})
+
+
+def write_hf(config, state: nnx.State, value_of, out_dir: str, *, dtype=None, max_shard_size="5GB",
+             files: dict | None = None, config_updates: dict | None = None) -> str:
+  """Writes an HF checkpoint directory from parameter values fetched one at a time.
+
+  `state` gives the parameters' paths, shapes and dtypes (an abstract state is enough);
+  `value_of(path)` returns one parameter's host value, called once per parameter, in write order,
+  so at most one tensor is in memory beside the file being written. `files` maps names in the
+  output to files copied in (tokenizer, processor); `config_updates` are set at the top level and
+  in `text_config` of config.json. Atomic: the directory appears only when complete.
+  """
   flat = dict(nnx.to_flat_state(state))
   mappings = keymap.param_mappings(state, config)
   by_key = {}
   sizes = []
   for m in mappings:
-    value = flat[m.path].get_value()
-    out_dtype = np.dtype(dtype if dtype is not None else value.dtype)
+    out_dtype = np.dtype(dtype if dtype is not None else flat[m.path].get_value().dtype)
     key = keymap.to_official_layout(m.hf_key, config.model_type)
     by_key[key] = (m, out_dtype)
     sizes.append((key, int(np.prod(m.hf_shape, dtype=np.int64)) * out_dtype.itemsize))
@@ -70,7 +85,7 @@ def save_hf(model, out_dir: str, dtype=None, max_shard_size="5GB", source_dir: s
 
       def produce(k):
         m, _ = by_key[k]
-        return m.to_hf(_host_value(flat[m.path].get_value()))
+        return m.to_hf(value_of(m.path))
 
       if is_writer:
         safetensors_io.write_file(os.path.join(tmp, name), specs, produce)
@@ -89,12 +104,13 @@ def save_hf(model, out_dir: str, dtype=None, max_shard_size="5GB", source_dir: s
         next(iter(flat.values())).get_value().dtype)
     hf_config["dtype"] = {"bfloat16": "bfloat16", "float32": "float32", "float16": "float16"}.get(
         written_dtype.name, "float32")
+    for key, value in (config_updates or {}).items():
+      hf_config[key] = value
+      hf_config.setdefault("text_config", {})[key] = value
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(hf_config, f, indent=2)
-    if source_dir is not None:
-      for name in AUXILIARY_FILES:
-        if os.path.exists(os.path.join(source_dir, name)):
-          shutil.copy2(os.path.join(source_dir, name), os.path.join(tmp, name))
+    for name, src in (files or {}).items():
+      shutil.copy2(src, os.path.join(tmp, name))
     _replace_dir(tmp, out_dir)
     tmp = None
   finally:

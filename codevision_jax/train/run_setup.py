@@ -68,11 +68,22 @@ def build_model(model_cfg, tokenizer, mesh=None, rules=None, *, seed: int = 0):
   """The model, placed on `mesh` by its logical axes: loaded from an HF checkpoint
   (`model.path`), or a random `model.preset` carrying the tokenizer's special-token ids."""
   from codevision_jax import models
-  from codevision_jax.models import presets
   if model_cfg.path:
     from codevision_jax.hf.load import load_hf
     return load_hf(model_cfg.path, dtype=model_cfg.param_dtype, mesh=mesh, rules=rules,
                    attention_backend=model_cfg.attention_backend)
+  model = models.build_model(model_config(model_cfg, tokenizer), seed=seed,
+                             param_dtype=DTYPES[model_cfg.param_dtype],
+                             attention_backend=model_cfg.attention_backend)
+  return model if mesh is None else parallel.shard_model(model, mesh, rules)
+
+
+def model_config(model_cfg, tokenizer):
+  """The architecture a config's `model` section names: `model.path`'s config.json, or the preset
+  (with `model.vocab_size`) carrying the tokenizer's special-token ids."""
+  from codevision_jax.models import load_config, presets
+  if model_cfg.path:
+    return load_config(model_cfg.path)
   if not model_cfg.preset:
     raise ValueError("no model: pass --config.model.path=<HF checkpoint directory> (or a "
                      "--config.model.preset for a random model)")
@@ -82,10 +93,7 @@ def build_model(model_cfg, tokenizer, mesh=None, rules=None, *, seed: int = 0):
   if len(tokenizer) > mc.text.vocab_size:
     raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the preset's vocabulary "
                      f"{mc.text.vocab_size}; set model.vocab_size")
-  model = models.build_model(mc.replace(**special_token_ids(tokenizer)), seed=seed,
-                             param_dtype=DTYPES[model_cfg.param_dtype],
-                             attention_backend=model_cfg.attention_backend)
-  return model if mesh is None else parallel.shard_model(model, mesh, rules)
+  return mc.replace(**special_token_ids(tokenizer))
 
 
 def model_parts(cfg, workdir: str, mesh=None, rules=None):

@@ -1,0 +1,134 @@
+"""A training run's Orbax checkpoint (SFT or RL) -> an HF checkpoint directory transformers loads.
+
+    export_run("/runs/sft_7b", "/exports/sft_7b", dtype="bfloat16")
+
+The model's architecture, tokenizer and image settings come from the config the run saved with
+its checkpoints (`model.path`'s config.json, or the preset with the tokenizer's special ids); the
+trained parameters (an SFT state's `params`, or an RL state's policy `params`) and the frozen ones
+are read one tensor at a time straight from the checkpoint into the safetensors files (no
+optimizer state, no whole copy of the model in memory), so a CPU-only host exports any size.
+Tokenizer and processor files come from `source` (an HF checkpoint directory), else from the
+run's tokenizer; a `preprocessor_config.json` the source lacks is written from the run's image
+settings, so `AutoProcessor.from_pretrained` works. The output appears atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from codevision_jax.hf import save as hf_save
+from codevision_jax.models import abstract_model
+from codevision_jax.train import run_setup
+
+log = logging.getLogger(__name__)
+
+PROCESSOR_CLASSES = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps with a finished checkpoint in `<workdir>/checkpoints`, oldest first (a save in
+  progress writes to a temporary name first)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{workdir}: no checkpoints directory; pass the --workdir of a "
+                            "launch.sft or launch.rl run")
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def preprocessor_config(settings, model_type: str) -> dict:
+  """A transformers image-processor config with these settings."""
+  return {"image_processor_type": "Qwen2VLImageProcessor",
+          "processor_class": PROCESSOR_CLASSES[model_type],
+          "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+          "do_convert_rgb": True, "resample": 3,
+          "image_mean": list(settings.image_mean), "image_std": list(settings.image_std),
+          "min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels,
+          "size": {"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels},
+          "patch_size": settings.patch_size, "merge_size": settings.merge_size,
+          "temporal_patch_size": settings.temporal_patch_size}
+
+
+def _leaf_paths(tree, prefix=()) -> dict:
+  """{path (with int indices): metadata} of a checkpoint's metadata tree."""
+  out = {}
+  for k, v in tree.items():
+    key = int(k) if isinstance(k, str) and k.isdigit() else k
+    if isinstance(v, dict):
+      out.update(_leaf_paths(v, prefix + (key,)))
+    else:
+      out[prefix + (key,)] = v
+  return out
+
+
+def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
+               source: str | None = None, max_shard_size: str = "5GB") -> str:
+  """Writes the run's checkpoint `step` (default: the newest) as an HF directory; returns it."""
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no finished checkpoint")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise ValueError(f"{workdir}: no checkpoint of step {step}; the finished ones are {steps}")
+  step_dir = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
+  with open(os.path.join(step_dir, "config", "metadata")) as f:
+    cfg = ml_collections.ConfigDict(json.load(f))
+  tok_dir = source or cfg.model.tokenizer or cfg.model.path or os.path.join(workdir, "tokenizer")
+  from codevision_jax.processing import tokenizer as tok_lib  # Deferred: transformers import.
+  tokenizer = tok_lib.load_tokenizer(tok_dir)
+  mc = run_setup.model_config(cfg.model, tokenizer)
+  state = nnx.state(abstract_model(mc, param_dtype=run_setup.DTYPES[cfg.model.param_dtype]), nnx.Param)
+
+  checkpointer = ocp.PyTreeCheckpointer()
+  where = {}
+  for item, sub in (("state", ("params",)), ("frozen", ())):
+    tree = checkpointer.metadata(os.path.join(step_dir, item)).item_metadata.tree
+    for path in _leaf_paths(tree):
+      if path[:len(sub)] == sub:
+        where[path[len(sub):]] = (item, path)
+  missing = [p for p, _ in nnx.to_flat_state(state) if p not in where]
+  if missing:
+    raise ValueError(f"{step_dir} lacks parameters the model has, e.g. {missing[:3]}: it is not a "
+                     f"checkpoint of this model ({mc.model_type}, from the run's config)")
+
+  def value_of(path) -> np.ndarray:
+    item, full = where[path]
+    target, args = 0, ocp.RestoreArgs(restore_type=np.ndarray)
+    for k in reversed(full):
+      target, args = {str(k): target}, {str(k): args}
+    out = checkpointer.restore(os.path.join(step_dir, item), args=ocp.args.PyTreeRestore(
+        item=target, restore_args=args, partial_restore=True))
+    for k in full:
+      out = out[str(k)]
+    return np.asarray(out)
+
+  files = {}
+  for name in hf_save.AUXILIARY_FILES:
+    path = os.path.join(tok_dir, name)
+    if os.path.exists(path):
+      files[name] = path
+  written = []
+  if "preprocessor_config.json" not in files:
+    settings = run_setup.image_settings(cfg.model, cfg.data, mc.model_type)
+    generated = os.path.join(os.path.abspath(workdir), f".preprocessor_config.{os.getpid()}.json")
+    with open(generated, "w") as f:
+      json.dump(preprocessor_config(settings, mc.model_type), f, indent=2)
+    files["preprocessor_config.json"] = generated
+    written.append(generated)
+  # The tokenizer's own ids (None where it has none), unless the model's config.json gives them:
+  # transformers' defaults are the real vocabulary's, outside a small preset's.
+  ids = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+         if k not in mc.extra_text and k not in mc.extra_top}
+  try:
+    return hf_save.write_hf(mc, state, value_of, out_dir, dtype=dtype, max_shard_size=max_shard_size,
+                            files=files, config_updates=ids)
+  finally:
+    for path in written:
+      os.remove(path)
