@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "ml-collections==1.1.0",
     "absl-py==2.5.1",
     "tensorboardX==2.6.5",
+    "tensorboard==2.21.0",  # `tensorboard --logdir <workdir>/tensorboard` to view the runs.
     "psutil==7.2.2",
     # The executor service (executor/) and its client (codevision_jax/execution/client.py).
     "aiohttp==3.14.5",

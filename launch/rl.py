@@ -47,10 +47,13 @@ def main(argv):
     print(f"   last round: reward {last['rollout/reward/score']:.3f}, accuracy "
           f"{last['rollout/accuracy']:.3f}, tool calls per trajectory "
           f"{last['rollout/tool_calls_per_trajectory']:.2f}")
-  print(f"   checkpoints: {os.path.join(workdir, 'checkpoints')}\n"
+  print(f"   checkpoints: {os.path.join(workdir, 'checkpoints')} (rerun the same command to resume)\n"
         f"   metrics (a JSON line per round): {os.path.join(workdir, 'metrics.jsonl')}\n"
-        f"   TensorBoard: {os.path.join(workdir, 'tensorboard')}\n"
-        f"   sampled trajectories: {os.path.join(workdir, 'rollouts')}")
+        f"   sampled trajectories: {os.path.join(workdir, 'rollouts')}\n"
+        f"   TensorBoard logs: {os.path.join(workdir, 'tensorboard')}; view them with\n"
+        f"     tensorboard --logdir {os.path.join(workdir, 'tensorboard')}\n"
+        "   export the policy as an HF model with\n"
+        f"     python -m launch.export --workdir={workdir} --out={os.path.join(workdir, 'hf')}")
 
 
 if __name__ == "__main__":

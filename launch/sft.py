@@ -6,6 +6,7 @@ first and then feeds its own shard of the data. Rerunning with the same workdir 
 """
 
 import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -28,7 +29,23 @@ def main(argv):
     jax.distributed.initialize(**kw)
   logging.getLogger().setLevel(logging.INFO)
   from codevision_jax.train import loop
-  loop.train(cfg, _WORKDIR.value)
+  result = loop.train(cfg, _WORKDIR.value)
+  if jax.process_index() == 0:
+    print(summary(_WORKDIR.value, result.get("last", {})))
+
+
+def summary(workdir: str, last: dict) -> str:
+  """What a finished run wrote where, and the commands that come next."""
+  lines = [f"== done: {workdir}"]
+  if last:
+    lines.append(f"   last logged step {last['step']}: loss {last['loss']:.4f}, "
+                 f"{last['tokens_per_s']:,.0f} tokens/s")
+  lines += [f"   checkpoints: {os.path.join(workdir, 'checkpoints')} (rerun the same command to resume)",
+            f"   TensorBoard logs: {os.path.join(workdir, 'tensorboard')}; view them with",
+            f"     tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
+            "   export the newest checkpoint as an HF model with",
+            f"     python -m launch.export --workdir={workdir} --out={os.path.join(workdir, 'hf')}"]
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -101,8 +101,14 @@ def test_launch_sft_runs_from_the_command_line(tmp_path):
            "--config.train.checkpoint_every=2"]
   cmd = [sys.executable, "-m", "launch.sft", "--config=configs/tiny_sft.py",
          f"--workdir={tmp_path}", *flags]
+  outputs = []
   for _ in range(2):
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs.append(proc.stdout)
+  # The run ends with what it wrote where and the next commands.
+  assert "last logged step 2: loss" in outputs[0] and "tokens/s" in outputs[0]
+  assert f"tensorboard --logdir {tmp_path}/tensorboard" in outputs[0]
+  assert f"python -m launch.export --workdir={tmp_path} --out={tmp_path}/hf" in outputs[0]
   assert os.listdir(tmp_path / "checkpoints") == ["2"]
   assert "resumed from" in proc.stderr

@@ -140,9 +140,9 @@ step number and the run's checkpointer (`wait()` returns when its saves are on d
 
 
 def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
-  """Runs (or resumes) training; returns {"state", "frozen", "history"} (history: per-step
-  host-side records of this process's steps: step, loss, batch fingerprint). `hooks` run after
-  every step."""
+  """Runs (or resumes) training; returns {"state", "frozen", "history", "last"} (history: per-step
+  host-side records of this process's steps: step, loss, batch fingerprint; last: the step, loss
+  and tokens/s of the last log). `hooks` run after every step."""
   run = build(cfg, workdir)
   mesh, plan, builder, total_steps = run.mesh, run.plan, run.builder, run.total_steps
   state, frozen, state_sh, frozen_sh = run.state, run.frozen, run.state_sh, run.frozen_sh
@@ -166,7 +166,7 @@ def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
   bar = metrics_lib.ProgressBar(total_steps, start=start, every=cfg.train.log_every)
   peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.train.peak_tflops) * mesh.size
   config_json = cfg.to_dict()
-  history, pending = [], []
+  history, pending, last_logged = [], [], {}
   t_last, flops_acc, tokens_acc = time.perf_counter(), 0.0, 0.0
   saved_at = latest
   for step in range(start, total_steps):
@@ -192,6 +192,7 @@ def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
                  "perf/mfu": flops_acc / elapsed / peak if peak and elapsed > 0 else None}
       writer.scalars(done, scalars)
       bar.update(done, tps, loss=float(last["loss"]), lr=float(last["learning_rate"]))
+      last_logged = {"step": done, "loss": float(last["loss"]), "tokens_per_s": tps}
       pending, t_last, flops_acc, tokens_acc = [], time.perf_counter(), 0.0, 0.0
     if ckpt.save(done, state, frozen, iterator.get_state(), config_json):
       saved_at = done
@@ -203,4 +204,4 @@ def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
   iterator.close()  # Stops Grain's worker processes and frees their shared memory.
   ckpt.close()
   writer.close()
-  return {"state": state, "frozen": frozen, "history": history}
+  return {"state": state, "frozen": frozen, "history": history, "last": last_logged}
