@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 
 import numpy as np
@@ -19,6 +20,8 @@ from PIL import Image
 
 from codevision_jax.data import records as records_lib
 from codevision_jax.processing import chat, image as image_lib
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,35 +54,80 @@ def encode(conversation, tokenizer, settings: image_lib.ImageSettings) -> Exampl
                  np.asarray(grids, np.int64).reshape(-1, 3))
 
 
-# ---- sizes from image headers -----------------------------------------------------------------
+# ---- sizes from image headers ---------------------------------------------------------------
 
-def _image_size(source):
-  """(width, height) from the header only."""
-  if isinstance(source, Image.Image):
-    return source.size
+class BadImage(ValueError):
+  """An image of a record that cannot be decoded."""
+
+
+def _open(source):
   if isinstance(source, (bytes, bytearray)):
-    with Image.open(io.BytesIO(source)) as im:
-      return im.size
-  with Image.open(os.fspath(source)) as im:
-    return im.size
+    return Image.open(io.BytesIO(source))
+  return Image.open(os.fspath(source))
+
+
+def checked_image_size(source) -> tuple[int, int]:
+  """(width, height) of an image, after checking that it decodes: PNG's chunk checksums through
+  to its end (`verify`), a JPEG decoded at an eighth of its size, other formats in full. Raises
+  BadImage with the reason."""
+  if isinstance(source, Image.Image):  # Already decoded in memory.
+    return source.size
+  try:
+    with _open(source) as im:
+      size = im.size
+      if im.format == "PNG":
+        im.verify()
+      else:
+        if im.format == "JPEG":
+          im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        im.load()
+    return size
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise BadImage(f"{type(e).__name__}: {e}") from None
 
 
 def image_grids(conversation, settings: image_lib.ImageSettings) -> np.ndarray:
-  """The `image_grid_thw` [N, 3] preprocessing will give, from image headers only."""
+  """The `image_grid_thw` [N, 3] preprocessing will give; every image is checked to decode
+  (`checked_image_size`). BadImage names the image by index (and path)."""
   grids = []
-  for source in conversation.images:
-    w, h = _image_size(source)
+  for k, source in enumerate(conversation.images):
+    try:
+      w, h = checked_image_size(source)
+    except BadImage as e:
+      where = f" ({source})" if isinstance(source, (str, os.PathLike)) else ""
+      raise BadImage(f"image {k}{where} cannot be decoded: {e}") from None
     rh, rw = image_lib.smart_resize(h, w, settings.factor, settings.min_pixels, settings.max_pixels)
     grids.append((1, rh // settings.patch_size, rw // settings.patch_size))
   return np.asarray(grids, np.int64).reshape(-1, 3)
 
 
-def record_sizes(source, tokenizer, settings: image_lib.ImageSettings) -> np.ndarray:
-  """[N, 3] int64: tokens, patches and images of every record (one pass, no pixel decoding)."""
+BAD_RECORD = -1
+"""The token count `record_sizes` gives a record skipped for a broken image (it fits no batch)."""
+
+
+def record_sizes(source, tokenizer, settings: image_lib.ImageSettings, *,
+                 skip_bad: bool = False) -> np.ndarray:
+  """[N, 3] int64: tokens, patches and images of every record, from one pass that reads image
+  headers and checks that every image decodes (no preprocessing). A record with a broken image
+  raises ValueError naming it (its origin, file:record) and the image, or, with `skip_bad`, is
+  logged, counted and given BAD_RECORD tokens."""
   out = np.zeros((len(source), 3), np.int64)
+  bad = []
   for i in range(len(source)):
     conv = source[i]
-    grids = image_grids(conv, settings)
+    try:
+      grids = image_grids(conv, settings)
+    except (BadImage, image_lib.ImagePreprocessingError) as e:
+      where = getattr(conv, "origin", "") or f"record {i}"
+      if not skip_bad:
+        raise ValueError(f"{where}: {e}. Fix or remove the record, or pass "
+                         "--config.data.skip_bad=True to skip such records") from None
+      bad.append(f"{where}: {e}")
+      out[i] = (BAD_RECORD, 0, 0)
+      continue
     out[i] = (len(_tokenize(conv, tokenizer, grids, settings.merge_size).input_ids),
               int(grids.prod(-1).sum()), len(grids))
+  if bad:
+    log.warning("skipping %d of %d records with images that cannot be used (data.skip_bad), e.g. %s",
+                len(bad), len(out), "; ".join(bad[:3]))
   return out

@@ -73,6 +73,11 @@ class BatchSpec:
   def groups(self) -> int:
     return self.grad_accum * self.num_hosts
 
+  def fits(self, sizes: np.ndarray) -> np.ndarray:
+    """Which records (rows of `encode.record_sizes`) a batch can hold."""
+    return ((sizes[:, 0] >= 0) & (sizes[:, 0] <= self.buckets[-1])
+            & (sizes[:, 1] <= self.patch_budget) & (sizes[:, 2] <= self.max_images))
+
   def bucket(self, length: int) -> int:
     for b in self.buckets:
       if length <= b:
@@ -87,9 +92,7 @@ def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> lis
   record indices (group g = microbatch g // num_hosts, host g % num_hosts)."""
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(len(sizes))
-  fits = ((sizes[:, 0] <= spec.buckets[-1]) & (sizes[:, 1] <= spec.patch_budget)
-          & (sizes[:, 2] <= spec.max_images))
-  order = order[fits[order]]
+  order = order[spec.fits(sizes)[order]]
   if spec.sort_window:  # Similar lengths share a batch (less padding); batches reshuffled below.
     w = spec.sort_window * spec.groups * spec.rows
     order = np.concatenate([c[np.argsort(sizes[c, 0], kind="stable")]
@@ -120,6 +123,40 @@ def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> lis
   return batches
 
 
+def _drop_reasons(sizes: np.ndarray, spec: BatchSpec) -> str:
+  ok = sizes[:, 0] >= 0
+  reasons = [(int((~ok).sum()), "have an image that cannot be used (skipped)"),
+             (int((ok & (sizes[:, 0] > spec.buckets[-1])).sum()),
+              f"are longer than the largest bucket {spec.buckets[-1]}"),
+             (int((ok & (sizes[:, 1] > spec.patch_budget)).sum()),
+              f"have more image patches than data.patch_budget {spec.patch_budget}"),
+             (int((ok & (sizes[:, 2] > spec.max_images)).sum()),
+              f"have more images than data.max_images {spec.max_images}")]
+  return "; ".join(f"{n:,} {why}" for n, why in reasons if n)
+
+
+def why_nothing_fits(sizes: np.ndarray, spec: BatchSpec) -> str:
+  """What stops every record from fitting a batch, and the setting to change."""
+  n = len(sizes)
+  if not n:
+    return "0 records: the data set is empty"
+  ok = sizes[:, 0] >= 0
+  if not ok.any():
+    return f"none of the {n:,} records can be used: every one has an image that cannot be decoded"
+  tokens, patches, images = sizes[ok, 0], sizes[ok, 1], sizes[ok, 2]
+  if (tokens > spec.buckets[-1]).all():
+    return (f"all {n:,} records are longer than the largest bucket {spec.buckets[-1]} (shortest "
+            f"{tokens.min():,} tokens); raise data.buckets")
+  if (patches > spec.patch_budget).all():
+    return (f"all {n:,} records have more image patches than data.patch_budget "
+            f"{spec.patch_budget} (fewest {patches.min():,}); raise data.patch_budget or lower "
+            "data.max_pixels")
+  if (images > spec.max_images).all():
+    return (f"all {n:,} records have more images than data.max_images {spec.max_images} (fewest "
+            f"{images.min():,}); raise data.max_images")
+  return f"no record fits the batch geometry: {_drop_reasons(sizes, spec)}"
+
+
 class BatchPlan:
   """Step -> (bucket, groups) over `num_epochs` epochs, each with its own deterministic shuffle.
 
@@ -127,18 +164,16 @@ class BatchPlan:
   """
 
   def __init__(self, sizes: np.ndarray, spec: BatchSpec, *, seed: int, num_epochs: int = 1):
-    self.sizes, self.spec, self.seed = np.asarray(sizes), spec, seed
-    dropped = int(len(sizes) - ((sizes[:, 0] <= spec.buckets[-1]) & (sizes[:, 1] <= spec.patch_budget)
-                                & (sizes[:, 2] <= spec.max_images)).sum())
-    if dropped:
-      log.warning("%d of %d records are dropped: longer than %d tokens, more than %d patches or "
-                  "more than %d images", dropped, len(sizes), spec.buckets[-1], spec.patch_budget,
-                  spec.max_images)
-    self.num_dropped = dropped
+    self.sizes, self.spec, self.seed = np.asarray(sizes).reshape(-1, 3), spec, seed
+    fits = spec.fits(self.sizes)
+    self.num_dropped = int((~fits).sum())
+    if not fits.any():
+      raise ValueError(why_nothing_fits(self.sizes, spec))
+    if self.num_dropped:
+      log.warning("%d of %d records are dropped: %s", self.num_dropped, len(fits),
+                  _drop_reasons(self.sizes, spec))
     self._epochs = [plan_epoch(self.sizes, spec, seed, e) for e in range(num_epochs)]
     self._steps = [(e, j) for e, batches in enumerate(self._epochs) for j in range(len(batches))]
-    if not self._steps:
-      raise ValueError(f"no record fits the batch geometry {spec}; raise buckets or patch_budget")
 
   @property
   def steps_per_epoch(self) -> int:
@@ -181,7 +216,11 @@ class BatchBuilder:
     examples = []
     for index in indices:
       conv = self.source[index]
-      example = encode.encode(conv, self.tokenizer, self.settings)
+      try:
+        example = encode.encode(conv, self.tokenizer, self.settings)
+      except (OSError, ValueError) as e:  # E.g. an image the sizing pass could not check in full.
+        raise ValueError(f"{getattr(conv, 'origin', '') or f'record {index}'}: {type(e).__name__}: "
+                         f"{e}") from e
       if len(example) > length:
         raise ValueError(f"record {index} ({getattr(conv, 'origin', '')}) has {len(example)} "
                          f"tokens, more than its bucket {length}: the size pass and the batch "

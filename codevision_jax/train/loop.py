@@ -95,7 +95,10 @@ def build(cfg, workdir: str) -> Run:
   tokenizer, model, settings = run_setup.model_parts(cfg, workdir, mesh, rules)
   mc = model.config
   source = run_setup.conversation_source(cfg.data, kind="sft")
-  sizes = encode.record_sizes(source, tokenizer, settings)
+  if not len(source):
+    raise ValueError(f"0 records in {cfg.data.paths or 'the synthetic data (data.synthetic_size)'}: "
+                     "nothing to train on")
+  sizes = encode.record_sizes(source, tokenizer, settings, skip_bad=cfg.data.skip_bad)
   plan = make_plan(cfg, sizes, cfg.train.steps)
   total_steps = cfg.train.steps or len(plan)
   builder = pipeline.BatchBuilder(source, tokenizer, settings, plan.spec, mc, host=jax.process_index())
@@ -169,39 +172,41 @@ def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
   history, pending, last_logged = [], [], {}
   t_last, flops_acc, tokens_acc = time.perf_counter(), 0.0, 0.0
   saved_at = latest
-  for step in range(start, total_steps):
-    host_batch = next(iterator)
-    grids = host_batch.pop("image_grid_thw")
-    if jitted is None:
-      jitted, batch_sh = run.jit_step(host_batch)
-    flops, tokens = host_step_flops(run, host_batch, grids)
-    flops_acc, tokens_acc = flops_acc + flops, tokens_acc + tokens
-    state, m = jitted(state, frozen, to_global(host_batch, batch_sh))
-    pending.append((step + 1, m, zlib.crc32(host_batch["input_ids"].tobytes())))
-    done = step + 1
-    if done % cfg.train.log_every == 0 or done == total_steps:
-      fetched = [(s, jax.device_get(mm), h) for s, mm, h in pending]
-      elapsed = time.perf_counter() - t_last
-      for s, mm, h in fetched:
-        history.append({"step": s, "loss": float(mm["loss"]), "batch_hash": h})
-      last = fetched[-1][1]
-      tps = tokens_acc / elapsed if elapsed > 0 else 0.0
-      scalars = {"train/loss": last["loss"], "train/learning_rate": last["learning_rate"],
-                 "train/grad_norm": last["grad_norm"], "train/loss_tokens": last["loss_tokens"],
-                 "perf/tokens_per_s": tps,
-                 "perf/mfu": flops_acc / elapsed / peak if peak and elapsed > 0 else None}
-      writer.scalars(done, scalars)
-      bar.update(done, tps, loss=float(last["loss"]), lr=float(last["learning_rate"]))
-      last_logged = {"step": done, "loss": float(last["loss"]), "tokens_per_s": tps}
-      pending, t_last, flops_acc, tokens_acc = [], time.perf_counter(), 0.0, 0.0
-    if ckpt.save(done, state, frozen, iterator.get_state(), config_json):
-      saved_at = done
-    for hook in hooks:
-      hook(done, ckpt)
-  if saved_at != total_steps and total_steps > start:
-    ckpt.save(total_steps, state, frozen, iterator.get_state(), config_json, force=True)
-  bar.close()
-  iterator.close()  # Stops Grain's worker processes and frees their shared memory.
-  ckpt.close()
-  writer.close()
+  try:
+    for step in range(start, total_steps):
+      host_batch = next(iterator)
+      grids = host_batch.pop("image_grid_thw")
+      if jitted is None:
+        jitted, batch_sh = run.jit_step(host_batch)
+      flops, tokens = host_step_flops(run, host_batch, grids)
+      flops_acc, tokens_acc = flops_acc + flops, tokens_acc + tokens
+      state, m = jitted(state, frozen, to_global(host_batch, batch_sh))
+      pending.append((step + 1, m, zlib.crc32(host_batch["input_ids"].tobytes())))
+      done = step + 1
+      if done % cfg.train.log_every == 0 or done == total_steps:
+        fetched = [(s, jax.device_get(mm), h) for s, mm, h in pending]
+        elapsed = time.perf_counter() - t_last
+        for s, mm, h in fetched:
+          history.append({"step": s, "loss": float(mm["loss"]), "batch_hash": h})
+        last = fetched[-1][1]
+        tps = tokens_acc / elapsed if elapsed > 0 else 0.0
+        scalars = {"train/loss": last["loss"], "train/learning_rate": last["learning_rate"],
+                   "train/grad_norm": last["grad_norm"], "train/loss_tokens": last["loss_tokens"],
+                   "perf/tokens_per_s": tps,
+                   "perf/mfu": flops_acc / elapsed / peak if peak and elapsed > 0 else None}
+        writer.scalars(done, scalars)
+        bar.update(done, tps, loss=float(last["loss"]), lr=float(last["learning_rate"]))
+        last_logged = {"step": done, "loss": float(last["loss"]), "tokens_per_s": tps}
+        pending, t_last, flops_acc, tokens_acc = [], time.perf_counter(), 0.0, 0.0
+      if ckpt.save(done, state, frozen, iterator.get_state(), config_json):
+        saved_at = done
+      for hook in hooks:
+        hook(done, ckpt)
+    if saved_at != total_steps and total_steps > start:
+      ckpt.save(total_steps, state, frozen, iterator.get_state(), config_json, force=True)
+  finally:  # Also when a step fails: pending checkpoint saves finish before the error surfaces.
+    bar.close()
+    iterator.close()  # Stops Grain's worker processes and frees their shared memory.
+    ckpt.close()
+    writer.close()
   return {"state": state, "frozen": frozen, "history": history, "last": last_logged}

@@ -1,0 +1,88 @@
+"""Bad data is found before the first step, with messages that name the file, the record and the
+image and say what to change; `data.skip_bad` skips and counts; a failure during training still
+finishes the checkpoint being written."""
+
+import io
+import os
+
+import pytest
+from PIL import Image
+
+from codevision_jax.data import synthetic
+from codevision_jax.data.writers import write_sft_jsonl
+from codevision_jax.train import checkpointing, loop
+from configs import tiny_sft
+
+
+def config(path, **train):
+  c = tiny_sft.get_config()
+  c.data.source, c.data.paths = "files", str(path)
+  c.data.buckets, c.data.max_pixels = (512,), 28 * 28 * 4
+  c.train.steps, c.train.checkpoint_every, c.mesh.num_devices = 2, 2, 1
+  for k, v in train.items():
+    c.train[k] = v
+  return c
+
+
+def write_records(tmp_path, n=8, damage=()):
+  """Synthetic SFT records as JSONL; `damage` maps record index -> "truncated" or "garbage"."""
+  convs = synthetic.generate(n, seed=1, kinds=("word",), p_small=0.0)
+  for c in convs:
+    c.messages = [m for m in c.messages if m["role"] != "system"]
+    c.tools = None
+  path = tmp_path / "data.jsonl"
+  write_sft_jsonl(convs, str(path))
+  for index, kind in dict(damage).items():
+    image = tmp_path / "data_images" / f"{index:06d}_0.png"
+    data = image.read_bytes()
+    image.write_bytes(data[:len(data) // 2] if kind == "truncated" else b"\x00garbage" * 40)
+  return path
+
+
+def test_undecodable_images_are_named_before_the_first_step(tmp_path):
+  path = write_records(tmp_path, damage={2: "truncated", 5: "garbage"})
+  with pytest.raises(ValueError, match=rf"{path}:2: image 0 \(.*000002_0.png\) cannot be decoded: "
+                     r".*skip_bad=True"):
+    loop.build(config(path), str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()  # Nothing started.
+  # With skip_bad the two records are skipped and counted; training goes on without them.
+  c = config(path)
+  c.data.skip_bad = True
+  run = loop.build(c, str(tmp_path / "run"))
+  assert run.plan.num_dropped == 2
+  result = loop.train(c, str(tmp_path / "run"))
+  assert [h["step"] for h in result["history"]] == [1, 2]
+
+
+def test_empty_files_and_records_that_fit_no_batch(tmp_path):
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("")
+  with pytest.raises(ValueError, match=rf"0 records in {empty}: the file is empty"):
+    loop.build(config(empty), str(tmp_path / "a"))
+  path = write_records(tmp_path)
+  c = config(path)
+  c.data.buckets = (64,)
+  with pytest.raises(ValueError, match=r"all 8 records are longer than the largest bucket 64 "
+                     r"\(shortest [\d,]+ tokens\); raise data.buckets"):
+    loop.build(c, str(tmp_path / "b"))
+  c = config(path)
+  c.data.patch_budget = 4
+  with pytest.raises(ValueError, match=r"all 8 records have more image patches than "
+                     r"data.patch_budget 4 \(fewest \d+\); raise data.patch_budget"):
+    loop.build(c, str(tmp_path / "c"))
+
+
+def test_a_failing_step_still_finishes_the_checkpoint_being_saved(tmp_path):
+  path = write_records(tmp_path)
+
+  def fail_after_step_2(step, _):
+    if step == 2:
+      raise RuntimeError("the host went away")
+
+  c = config(path, steps=4)
+  with pytest.raises(RuntimeError, match="the host went away"):
+    loop.train(c, str(tmp_path / "run"), hooks=[fail_after_step_2])
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "run" / "checkpoints"), every=2, keep=2)
+  assert ckpt.latest_step() == 2  # Written in full, asynchronously, before the error surfaced.
+  resumed = loop.train(c, str(tmp_path / "run"))
+  assert [h["step"] for h in resumed["history"]] == [3, 4]
