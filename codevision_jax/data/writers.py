@@ -1,8 +1,12 @@
-"""Write conversations as LLaMA-Factory-style SFT JSONL, images saved beside it as PNG.
+"""Write records in the formats the readers take (docs/data.md has an example of each):
 
-The output is read back by `readers.read_sft_records` and is usable by LLaMA-Factory's ShareGPT
-loader with role/content tags (tool results under role "tool"). Structured tool calls are written
-inline in the assistant text exactly as the chat template renders them, so nothing changes.
+* `write_sft_jsonl`: LLaMA-Factory-style ShareGPT JSONL, images saved beside it as PNG. Read back
+  by `readers.read_sft_records`, usable by LLaMA-Factory's loader with role/content tags (tool
+  results under role "tool"). Structured tool calls are written inline in the assistant text
+  exactly as the chat template renders them, so nothing changes.
+* `write_rl_parquet`: verl's RL parquet (`prompt`, `images` as PNG bytes, `data_source`,
+  `reward_model`, `extra_info`), the prompts of the conversations with their ground truth and
+  reward metadata. Read back by `readers.read_rl_records`.
 """
 
 import json
@@ -67,3 +71,39 @@ def write_sft_jsonl(records, path):
       f.write(json.dumps(record_to_json(conv, rel_paths), ensure_ascii=False) + "\n")
       count += 1
   return count
+
+
+def prompt_messages(conv):
+  """The messages before the first assistant turn."""
+  out = []
+  for m in conv.messages:
+    if m["role"] == "assistant":
+      break
+    out.append({"role": m["role"], "content": m.get("content") or ""})
+  return out
+
+
+def write_rl_parquet(records, path):
+  """Writes the records' prompts as verl RL parquet rows (images as PNG bytes, only those of the
+  prompt). Returns the number of rows written."""
+  import pyarrow as pa  # Deferred: only Parquet writers need it.
+  import pyarrow.parquet as pq
+  rows = []
+  for conv in records:
+    prompt = prompt_messages(conv)
+    n_images = sum(m["content"].count(code_tool.IMAGE_PLACEHOLDER) for m in prompt)
+    extra = {k: v for k, v in conv.extra.items() if isinstance(v, (str, int, float))}
+    extra.update(question=conv.question or "", answer=conv.answer or "",
+                 required_transforms=list(conv.required_transforms or []),
+                 gt_bbox=[float(v) for v in conv.target_box] if conv.target_box else [])
+    rows.append({
+        "prompt": prompt,
+        "images": [{"bytes": records_lib.png_bytes(records_lib.load_image(src)), "path": None}
+                   for src in conv.images[:n_images]],
+        "data_source": conv.data_source or "",
+        "reward_model": {"ground_truth": conv.ground_truth, "style": "rule"},
+        "extra_info": extra,
+    })
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  pq.write_table(pa.Table.from_pylist(rows), path)
+  return len(rows)
