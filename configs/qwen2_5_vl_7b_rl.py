@@ -131,6 +131,8 @@ def get_config():
   c.train.checkpoint_every = 10
   c.train.keep_checkpoints = 3
   c.train.async_checkpoints = True
+  c.train.resume_step = 0         # 0: the newest intact checkpoint; N: resume from step N.
+  c.train.allow_config_change = False  # Resume even when the config differs from the checkpoint's.
   c.train.save_rollouts = 8
   c.train.peak_tflops = 0.0
 

@@ -139,6 +139,8 @@ def get_config():
   c.train.checkpoint_every = 4
   c.train.keep_checkpoints = 2
   c.train.async_checkpoints = True
+  c.train.resume_step = 0         # 0: the newest intact checkpoint; N: resume from step N.
+  c.train.allow_config_change = False  # Resume even when the config differs from the checkpoint's.
   c.train.save_rollouts = 4      # Trajectories of each round written to <workdir>/rollouts/.
   c.train.peak_tflops = 0.0
 

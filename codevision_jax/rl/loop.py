@@ -59,7 +59,7 @@ from codevision_jax.sampling import environment
 from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.train import checkpointing, metrics as metrics_lib, optimizer as optim_lib
-from codevision_jax.train import remat, run_setup
+from codevision_jax.train import remat, resume, run_setup
 from codevision_jax.train import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -444,14 +444,18 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
   ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                     every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                                     async_save=cfg.train.async_checkpoints)
-  data_state = None
-  start = ckpt.latest_step() or 0
-  if start:
-    run.state, run.frozen, data_state, _ = ckpt.restore(
-        start, checkpointing.abstract_like(run.state, run.state_sh),
-        checkpointing.abstract_like(run.frozen, run.frozen_sh))
+  data_state, start = None, 0
+  restored = ckpt.restore_resumable(checkpointing.abstract_like(run.state, run.state_sh),
+                                    checkpointing.abstract_like(run.frozen, run.frozen_sh),
+                                    step=cfg.train.resume_step or None)
+  if restored is not None:
+    start, run.state, run.frozen, data_state, saved_config = restored
+    resume.check(saved_config, cfg, step=start, steps_key="train.rounds")
     hand_to_sampler(run, run.state["params"])
-    log.info("resumed from %s at round %d", ckpt.manager.directory, start)
+    log.info("resumed from %s at round %d", ckpt.directory, start)
+    if start >= run.rounds:
+      log.warning("the checkpoint is at round %d and the run has %d rounds: nothing to train "
+                  "(raise --config.train.rounds to train further)", start, run.rounds)
   prompts = prompt_iterator(cfg, len(run.records), data_state)
   held_out = eval_records(cfg) if cfg.eval.every else []
   writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -46,12 +47,97 @@ class Checkpointer:
         data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
     return out["state"], out["frozen"], out["data"], out["config"]
 
+  def restore_resumable(self, abstract_state, abstract_frozen, step: int | None = None):
+    """(step, state, frozen, data_state, config) to resume from: checkpoint `step`, or the newest
+    one that restores; None when there is none.
+
+    A damaged checkpoint (a file missing or cut short) is named with what is wrong and moved
+    aside to `<step>.damaged` (kept, out of the way of new saves), with a warning, and the next
+    older one is tried. An asked-for `step` that is damaged or missing raises, naming the finished
+    steps. Checkpoints newer than an asked-for step are moved aside to `<step>.superseded`, so
+    that training can write those steps again.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    set_aside = set()
+    _silence_failed_restore_noise()
+    if step is not None and step not in steps:
+      raise ValueError(f"train.resume_step {step}: no such checkpoint in {self.directory}; the "
+                       f"finished ones are {sorted(steps)}")
+    for s in ([step] if step is not None else steps):
+      try:
+        state, frozen, data, config = self.restore(s, abstract_state, abstract_frozen)
+      except Exception as e:  # noqa: BLE001 - TensorStore and Orbax raise many kinds.
+        reason = _root_cause(e)
+        if step is not None:
+          raise ValueError(f"checkpoint {s} in {self.directory} cannot be restored ({reason}); "
+                           f"pick another with --config.train.resume_step (finished: "
+                           f"{sorted(steps)}), or leave it unset to use the newest intact one") from None
+        log.warning("checkpoint %d in %s is damaged (%s): moved to %d.damaged; trying the next "
+                    "older one", s, self.directory, reason, s)
+        self._set_aside(s, "damaged")
+        set_aside.add(s)
+        continue
+      for newer in [n for n in steps if n > s and n not in set_aside]:
+        log.warning("resuming from step %d: the newer checkpoint %d is moved to %d.superseded",
+                    s, newer, newer)
+        self._set_aside(newer, "superseded")
+      return s, state, frozen, data, config
+    if steps:
+      raise ValueError(f"every checkpoint in {self.directory} is damaged (moved to *.damaged); "
+                       "remove the directory to start the run over")
+    return None
+
+  @property
+  def directory(self) -> str:
+    return str(self.manager.directory)
+
+  def _set_aside(self, step: int, why: str) -> None:
+    src = os.path.join(self.directory, str(step))
+    dst = f"{src}.{why}"
+    k = 1
+    while os.path.exists(dst):
+      dst, k = f"{src}.{why}-{k}", k + 1
+    os.rename(src, dst)
+    self.manager.reload()
+
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _root_cause(error: BaseException) -> str:
+  """The first line of the innermost error of a chain (TensorStore's says which file and what)."""
+  lines = []
+  while error is not None and len(lines) < 8:
+    text = str(error).strip()
+    lines.append(text.splitlines()[0][:300] if text else type(error).__name__)
+    error = error.__cause__ or error.__context__
+  specific = [l for l in lines if not l.startswith("Encountered error while reading array")]
+  return (specific or lines)[-1]
+
+
+def _silence_failed_restore_noise() -> None:
+  """When a restore fails, Orbax's remaining reads finish on a closed event loop and each
+  reports itself ('Event loop is closed', 'Encountered error while reading array index') as an
+  unraisable exception, hundreds of lines in all. The failure is reported once, by name, so
+  those reports are dropped; every other one still goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_drops_restore_noise", False):
+    return
+
+  def hook(unraisable):
+    text = str(unraisable.exc_value)
+    if "Event loop is closed" in text or "Encountered error while reading array" in text:
+      return
+    previous(unraisable)
+
+  hook._drops_restore_noise = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(
+      lambda record: "Encountered error while reading array" not in record.getMessage())
 
 
 def abstract_like(tree, shardings):

@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from codevision_jax import parallel
 from codevision_jax.data import encode, pipeline
 from codevision_jax.train import checkpointing, metrics as metrics_lib, optimizer as optim_lib
-from codevision_jax.train import remat, run_setup, step as step_lib
+from codevision_jax.train import remat, resume, run_setup, step as step_lib
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +152,18 @@ def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
   ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                     every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                                     async_save=cfg.train.async_checkpoints)
-  data_state = None
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, frozen, data_state, _ = ckpt.restore(
-        latest, checkpointing.abstract_like(state, state_sh), checkpointing.abstract_like(frozen, frozen_sh))
-    log.info("resumed from %s at step %d", ckpt.manager.directory, latest)
+  data_state, latest = None, None
+  restored = ckpt.restore_resumable(checkpointing.abstract_like(state, state_sh),
+                                    checkpointing.abstract_like(frozen, frozen_sh),
+                                    step=cfg.train.resume_step or None)
+  if restored is not None:
+    latest, state, frozen, data_state, saved_config = restored
+    resume.check(saved_config, cfg, step=latest)
+    log.info("resumed from %s at step %d", ckpt.directory, latest)
   start = int(state["step"])
+  if start >= total_steps and latest is not None:
+    log.warning("the checkpoint is at step %d and the run has %d steps: nothing to train (raise "
+                "--config.train.steps to train further)", start, total_steps)
   iterator = pipeline.make_iterator(plan, builder, workers=cfg.data.workers,
                                     buffer=cfg.data.prefetch_buffer, state=data_state)
 

@@ -1,0 +1,65 @@
+"""What changed between a checkpoint's config and the config a run resumes with, and what to do.
+
+A resumed run continues exactly where it stopped only if what it trains on and how it trains are
+unchanged. Settings that do not touch that (logging, checkpoint cadence, the mesh, data loading
+workers, where the executor or the judge runs, ...) may change freely. Any other change stops the
+run before it starts, naming each field with its old and new value, unless
+`train.allow_config_change` is set (then each is logged as a warning). More steps than the run
+had are allowed with a note (the learning-rate schedule stretches to the new length).
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+# Fields (or sections, with a trailing dot) whose changes keep the resumed run exact.
+FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+        "train.async_checkpoints", "train.peak_tflops", "train.resume_step",
+        "train.allow_config_change", "train.save_rollouts", "train.steps", "train.rounds",
+        "data.workers", "data.prefetch_buffer", "mesh.", "distributed.", "executor.urls",
+        "executor.workers", "judge.max_concurrency", "judge.timeout_s", "judge.retries", "eval.",
+        "demo.")
+
+
+def _flat(tree, prefix="") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def changes(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+  """(field, saved value, current value) of every field that differs, sorted."""
+  a, b = _flat(saved), _flat(current)
+  missing = object()
+  return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+          if a.get(k, missing) != b.get(k, missing)]
+
+
+def check(saved: dict, current, *, step: int, steps_key: str = "train.steps") -> None:
+  """Raises ValueError for changes that break exact resumption (unless
+  `train.allow_config_change`), logs the others."""
+  current = current.to_dict() if hasattr(current, "to_dict") else current
+  found = [(k, old, new) for k, old, new in changes(saved, current)
+           if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in FREE)]
+  def show(v):
+    return "(absent)" if not isinstance(v, (str, int, float, bool, list, type(None))) else repr(v)
+  for k, old, new in changes(saved, current):
+    if k == steps_key and isinstance(old, int) and isinstance(new, int) and new > old > 0:
+      log.warning("%s was %d and is now %d: the learning-rate schedule now spans %d steps", k, old,
+                  new, new)
+  if not found:
+    return
+  listing = "; ".join(f"{k}: {show(old)} -> {show(new)}" for k, old, new in found)
+  if current.get("train", {}).get("allow_config_change"):
+    log.warning("resuming from step %d with a changed config (allowed): %s", step, listing)
+    return
+  raise ValueError(f"the checkpoint of step {step} was written with another config: {listing}. "
+                   "Resuming would not continue that run exactly. Use the same settings, a new "
+                   "--workdir for a new run, or --config.train.allow_config_change=True to resume "
+                   "with these changes anyway")

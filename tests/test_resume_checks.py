@@ -1,0 +1,81 @@
+"""Resuming: a damaged newest checkpoint is named and set aside and the run falls back to the
+newest intact one; a chosen step resumes; a changed config is refused with what changed (or
+allowed with the override); asking for fewer steps than done says so and trains nothing."""
+
+import logging
+import os
+
+import pytest
+
+from codevision_jax.train import loop
+from configs import tiny_sft
+
+
+def config(**train):
+  c = tiny_sft.get_config()
+  c.data.synthetic_size, c.data.buckets, c.data.max_pixels = 8, (512,), 28 * 28 * 4
+  c.train.steps, c.train.checkpoint_every, c.mesh.num_devices = 4, 2, 1
+  for k, v in train.items():
+    c.train[k] = v
+  return c
+
+
+def damage(workdir, step):
+  """Removes one data file of the checkpoint's train state and cuts another short."""
+  d = os.path.join(workdir, "checkpoints", str(step), "state", "ocdbt.process_0", "d")
+  first, second = sorted(os.listdir(d))[:2]
+  os.remove(os.path.join(d, first))
+  with open(os.path.join(d, second), "r+b") as f:
+    f.truncate(10)
+
+
+@pytest.fixture
+def trained(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train(config(), workdir)
+  return workdir
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(trained, caplog):
+  damage(trained, 4)
+  with caplog.at_level(logging.WARNING):
+    result = loop.train(config(steps=6), trained)
+  warning = next(r.getMessage() for r in caplog.records if "is damaged" in r.getMessage())
+  assert f"checkpoint 4 in {trained}/checkpoints is damaged (" in warning and "moved to 4.damaged" in warning
+  assert "Error reading" in warning  # What is wrong, from TensorStore: which file, which error.
+  assert [h["step"] for h in result["history"]] == [3, 4, 5, 6]  # From step 2.
+  assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["4", "4.damaged", "6"]
+
+
+def test_a_chosen_step_and_a_damaged_chosen_step(trained):
+  result = loop.train(config(steps=4, resume_step=2), trained)
+  assert [h["step"] for h in result["history"]] == [3, 4]
+  assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["2", "4", "4.superseded"]
+  damage(trained, 2)
+  with pytest.raises(ValueError, match=r"checkpoint 2 in .* cannot be restored \(.*\); pick another "
+                     r"with --config.train.resume_step \(finished: \[2, 4\]\)"):
+    loop.train(config(resume_step=2), trained)
+  with pytest.raises(ValueError, match=r"train.resume_step 3: no such checkpoint .* \[2, 4\]"):
+    loop.train(config(resume_step=3), trained)
+
+
+def test_config_changes_are_refused_unless_allowed(trained, caplog):
+  c = config(steps=6)
+  c.optim.lr, c.data.seed = 5e-4, 7
+  with pytest.raises(ValueError, match=r"the checkpoint of step 4 was written with another config: "
+                     r"data.seed: 0 -> 7; optim.lr: 0.001 -> 0.0005\. .*"
+                     r"--config.train.allow_config_change=True"):
+    loop.train(c, trained)
+  c.train.allow_config_change = True
+  with caplog.at_level(logging.WARNING):
+    result = loop.train(c, trained)
+  assert any("changed config (allowed)" in r.getMessage() for r in caplog.records)
+  assert [h["step"] for h in result["history"]] == [5, 6]
+
+
+def test_fewer_steps_than_done_trains_nothing_and_says_so(trained, caplog):
+  with caplog.at_level(logging.WARNING):
+    result = loop.train(config(steps=3), trained)
+  assert result["history"] == []
+  assert any("the checkpoint is at step 4 and the run has 3 steps: nothing to train" in r.getMessage()
+             for r in caplog.records)
