@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test install clean sandbox-deps
 
@@ -12,8 +13,13 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): setup.py | $(PY)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e .
 	@touch $(STAMP)
+
+# The test extra adds pytest and torch (the parity tests' reference); the demo does not need them.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -33,7 +39,7 @@ sandbox-deps:
 	  echo "sandbox-deps: no apt-get here; install bubblewrap and libseccomp2 yourself, or the executor runs with fewer isolation layers (docs/executor.md)"; \
 	fi
 
-test: $(STAMP) sandbox-deps
+test: $(TEST_STAMP) sandbox-deps
 	$(PY) -m pytest -q tests
 
 clean:

@@ -44,5 +44,12 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["codevision_jax*", "executor*", "launch*", "evals*", "configs*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={
+        "test": TEST_REQUIRES,
+        # Accelerators: `pip install -e ".[cuda12]"` (NVIDIA GPUs, CUDA 12 wheels included),
+        # ".[cuda13]", or ".[tpu]" (Cloud TPU VMs). The same JAX version as the CPU pin.
+        "cuda12": ["jax[cuda12]==0.10.2"],
+        "cuda13": ["jax[cuda13]==0.10.2"],
+        "tpu": ["jax[tpu]==0.10.2"],
+    },
 )

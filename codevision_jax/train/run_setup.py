@@ -12,6 +12,7 @@ are described once, the same way, in every recipe.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import jax
@@ -20,6 +21,8 @@ import jax.numpy as jnp
 from codevision_jax import parallel
 from codevision_jax.processing import image as image_lib
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # The model config's names of the special tokens a tokenizer must agree on.
@@ -27,12 +30,45 @@ SPECIAL_TOKENS = (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|vid
                   ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))
 
 
+def devices() -> list:
+  """`jax.devices()`, with a message that says what to do when JAX cannot start the backend it
+  was asked for (JAX_PLATFORMS=cuda on a host without an NVIDIA GPU raises a bare AssertionError)."""
+  try:
+    return jax.devices()
+  except (RuntimeError, AssertionError, ValueError) as e:
+    asked = os.environ.get("JAX_PLATFORMS")
+    raise RuntimeError(
+        f"JAX could not start its backend ({type(e).__name__}: {str(e).strip() or 'no detail'})"
+        + (f"; JAX_PLATFORMS={asked!r} asks for a platform this host lacks: unset it to use the "
+           "devices that are present" if asked else "")
+        + ". For GPUs install the CUDA wheels (pip install -e '.[cuda12]'), for TPUs "
+        "pip install -e '.[tpu]'") from None
+
+
 def make_mesh(mesh_cfg):
   """The device mesh of `mesh.shape` over the first `mesh.num_devices` devices (0: all)."""
-  devices = jax.devices()
+  present = devices()
   if mesh_cfg.num_devices:
-    devices = devices[:mesh_cfg.num_devices]
-  return parallel.make_mesh(mesh_cfg.shape.to_dict(), devices=devices)
+    present = present[:mesh_cfg.num_devices]
+  return parallel.make_mesh(mesh_cfg.shape.to_dict(), devices=present)
+
+
+def check_platform(model_cfg) -> None:
+  """Settings that cannot work on the present devices fail here, before anything is built."""
+  platform = devices()[0].platform
+  if model_cfg.attention_backend == "cudnn" and platform != "gpu":
+    raise ValueError(f"model.attention_backend is 'cudnn', which needs NVIDIA GPUs, but the devices "
+                     f"are {platform} ({devices()[0].device_kind}): pass "
+                     "--config.model.attention_backend=xla, or run on GPUs with the CUDA wheels "
+                     "(pip install -e '.[cuda12]')")
+
+
+def describe(mesh, model_cfg) -> str:
+  """The platform, devices, processes, mesh and attention backend of a run, for its first log line."""
+  d = mesh.devices.flat[0]
+  return (f"{d.platform} platform, {mesh.size} x {d.device_kind} on the mesh "
+          f"({len(devices())} device(s) present, {jax.process_count()} process(es)); mesh "
+          f"{dict(mesh.shape)}; attention backend {model_cfg.attention_backend}")
 
 
 def mesh_rules(mesh_cfg):
@@ -98,7 +134,11 @@ def model_config(model_cfg, tokenizer):
 
 def model_parts(cfg, workdir: str, mesh=None, rules=None):
   """(tokenizer, model on the mesh, image settings) of a config's `model` and `data` sections and
-  its `seed`: `load_tokenizer`, `build_model` and `image_settings` together."""
+  its `seed`: `load_tokenizer`, `build_model` and `image_settings` together, after
+  `check_platform`; logs `describe` when there is a mesh."""
+  check_platform(cfg.model)
+  if mesh is not None:
+    log.info("%s", describe(mesh, cfg.model))
   tokenizer = load_tokenizer(cfg.model, workdir)
   model = build_model(cfg.model, tokenizer, mesh, rules, seed=cfg.seed)
   return tokenizer, model, image_settings(cfg.model, cfg.data, model.config.model_type)
