@@ -20,6 +20,9 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
+flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
+                  "internals) and of JAX's backend probing.")
+
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, summaries, the export (default: a temporary directory).")
 
@@ -72,6 +75,8 @@ def main(argv):
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="cvj-demo-")
   logging.getLogger().setLevel(logging.INFO)
+  from codevision_jax.train import run_setup
+  run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   t0 = time.perf_counter()
   print(f"== 1. SFT: tiny {cfg.model.preset} on {cfg.data.synthetic_size} synthetic trajectories, "
         f"{cfg.train.steps} steps (workdir {workdir})", flush=True)

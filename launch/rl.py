@@ -14,6 +14,9 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
+                  "internals) and of JAX's backend probing.")
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, metrics, rollouts.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -23,6 +26,8 @@ def main(argv):
   del argv
   cfg, workdir = _CONFIG.value, _WORKDIR.value
   logging.getLogger().setLevel(logging.INFO)
+  from codevision_jax.train import run_setup
+  run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   from codevision_jax.rl import loop
   from executor.local import local_service
 

@@ -11,6 +11,9 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
+                  "internals) and of JAX's backend probing.")
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, the tokenizer.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -28,6 +31,8 @@ def main(argv):
       kw["process_id"] = cfg.distributed.process_id
     jax.distributed.initialize(**kw)
   logging.getLogger().setLevel(logging.INFO)
+  from codevision_jax.train import run_setup
+  run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   from codevision_jax.train import loop
   result = loop.train(cfg, _WORKDIR.value)
   if jax.process_index() == 0:

@@ -106,4 +106,35 @@ def test_launch_rollout_writes_trajectories(service, tmp_path):
   back = traj_lib.load_jsonl(str(out / "trajectories.jsonl"))
   assert sorted(t.id for t in back) == list(range(6))
   assert all(t.finish_reason for t in back)
-  assert json.loads((out / "summary.json").read_text())["trajectories"] == 6
+  summary_file = json.loads((out / "summary.json").read_text())
+  assert summary_file["trajectories"] == 6 and summary_file["with_ground_truth"] == 6
+  assert 0.0 <= summary_file["accuracy"] <= 1.0 and "score" in summary_file["reward"]
+  assert summary_file["tools"]["calls"] == sum(len(t.tool_calls) for t in back)
+  # The readable transcripts: a line per trajectory, in id order, with the text of every turn.
+  lines = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
+  assert [x["id"] for x in lines] == list(range(6))
+  for x, traj in zip(lines, sorted(back, key=lambda t: t.id)):
+    assert x["turns"] and x["turns"][0]["role"] == "assistant" and x["ground_truth"]
+    assert isinstance(x["correct"], bool) and len(x["tool_calls"]) == len(traj.tool_calls)
+  assert summary_file["accuracy"] == sum(x["correct"] for x in lines) / 6
+
+
+def test_launch_rollout_stops_when_no_executor_answers(tmp_path):
+  """The health check runs before the model is built and names every address it tried."""
+  import socket
+  from codevision_jax.execution.client import ExecutorUnavailable
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+  cfg = tiny_rollout.get_config()
+  cfg.executor.urls = dead
+  with pytest.raises(ExecutorUnavailable,
+                     match=f"(?s)no executor service answers.*{dead}.*executor.urls"):
+    rollout_lib.rollout(cfg, str(tmp_path / "out"), progress=False)
+  assert not (tmp_path / "out" / "trajectories.jsonl").exists()
+
+
+def test_health_check_leaves_out_dead_services(service):
+  from codevision_jax.execution.client import healthy_services
+  dead = "http://127.0.0.1:9"
+  assert asyncio.run(healthy_services([dead, service.url + "/"], timeout_s=5)) == [service.url]

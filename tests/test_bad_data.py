@@ -2,11 +2,7 @@
 image and say what to change; `data.skip_bad` skips and counts; a failure during training still
 finishes the checkpoint being written."""
 
-import io
-import os
-
 import pytest
-from PIL import Image
 
 from codevision_jax.data import synthetic
 from codevision_jax.data.writers import write_sft_jsonl

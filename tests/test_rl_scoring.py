@@ -106,3 +106,38 @@ def test_judge_decides_what_the_rule_does_not_and_falls_back_when_down(tok):
   scores, parts, stats = asyncio.run(scoring.score([no_tool], [0], tok, judge=Yes()))
   assert parts[0]["correct"] == 1.0 and stats.judge_yes == 1
   assert scores[0] == pytest.approx(1.0 + 0.1)
+
+
+def test_transcript_of_a_trajectory(tok):
+  """The readable record: every turn's text (tool turns with images as <image>), each call's code,
+  status, stdout, error and result image, the answer, correctness and reward parts."""
+  from codevision_jax.rl import transcript
+  failed_crop = dataclasses.replace(CROP_ON_1, status=CallStatus.CODE_ERROR,
+                                    error="ValueError: box outside", result_image_index=None)
+  traj = trajectory(tok, ["<think>turn it</think>", "<think>crop</think>",
+                          "<think>read</think>\n<answer>PENCIL</answer>"],
+                    calls=[dataclasses.replace(ROTATE_270, stdout="(200, 400)\n"), failed_crop],
+                    n_images=2)
+  prompt = tok("<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+  traj.id, traj.prompt_length = 7, len(prompt)
+  _, parts, _ = asyncio.run(scoring.score([traj], [0], tok))
+  record = transcript.transcript(tok, traj, parts[0])
+  assert [t["role"] for t in record["turns"]] == ["assistant", "tool"] * 2 + ["assistant"]
+  assert record["turns"][0]["text"] == "<think>turn it</think>"
+  assert record["turns"][1]["text"] == "<tool_response>\nImage 1\n</tool_response>"
+  assert record["answer"] == "PENCIL" and record["correct"] is True
+  assert record["reward"]["score"] == pytest.approx(parts[0]["score"])
+  assert record["reward"]["tool_errors"] == 1.0
+  first, second = record["tool_calls"]
+  assert first["code"] == "..." and first["stdout"] == "(200, 400)\n" and first["status"] == "ok"
+  assert first["result_image"] == "images/7_1.png" and first["ops"] == ["rotate"]
+  assert second["status"] == "code_error" and second["error"] == "ValueError: box outside"
+  assert second["result_image"] is None
+  assert record["images"] == ["images/7_0.png", "images/7_1.png"]
+  # Image tokens read as <image>; without ground truth nothing is graded.
+  ids = tok("<|im_start|>user\n<tool_response>\n<|vision_start|><|image_pad|><|image_pad|>"
+            "<|vision_end|>\n</tool_response><|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+  assert transcript._text(tok, ids) == "<tool_response>\n<image>\n</tool_response>"
+  traj.metadata["ground_truth"] = None
+  record = transcript.transcript(tok, traj, parts[0])
+  assert record["correct"] is None and record["reward"] is None and record["answer"] == "PENCIL"

@@ -101,11 +101,15 @@ def test_launch_sft_runs_from_the_command_line(tmp_path):
            "--config.train.checkpoint_every=2"]
   cmd = [sys.executable, "-m", "launch.sft", "--config=configs/tiny_sft.py",
          f"--workdir={tmp_path}", *flags]
-  outputs = []
-  for _ in range(2):
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+  outputs, logs = [], []
+  for extra in ([], ["--orbax_logs"]):
+    proc = subprocess.run(cmd + extra, cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     outputs.append(proc.stdout)
+    logs.append(proc.stderr)
+  # Orbax's INFO lines stay out of the console unless asked for; its warnings would still show.
+  assert "CheckpointManager init" not in logs[0] and "CheckpointManager init" in logs[1]
+  assert "cpu platform" in logs[0] and "libtpu" not in logs[0]  # ours show, JAX's probing does not
   # The run ends with what it wrote where and the next commands.
   assert "last logged step 2: loss" in outputs[0] and "tokens/s" in outputs[0]
   assert f"tensorboard --logdir {tmp_path}/tensorboard" in outputs[0]

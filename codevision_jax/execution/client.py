@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import io
 import itertools
+import logging
 import time
 from typing import Any, Sequence
 
@@ -34,6 +35,38 @@ from codevision_jax.processing import png
 
 class ExecutorUnavailable(Exception):
   """No address answered within the deadline (transport errors, 5xx or 429 on every attempt)."""
+
+
+async def _health(session: aiohttp.ClientSession, address: str, timeout_s: float) -> str | None:
+  """None when `address` answers GET /healthz with ok true; else what went wrong."""
+  try:
+    async with session.get(f"{address}/healthz",
+                           timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+      body = await resp.json(content_type=None)
+      if resp.status == 200 and isinstance(body, dict) and body.get("ok"):
+        return None
+      return f"answered HTTP {resp.status}: {body}"
+  except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ValueError) as e:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+async def healthy_services(addresses: Sequence[str], *, timeout_s: float = 10.0) -> list[str]:
+  """The addresses whose GET /healthz answers ok (a warning names the others); raises
+  ExecutorUnavailable naming every address and its failure when none does."""
+  addresses = [a.rstrip("/") for a in addresses]
+  async with aiohttp.ClientSession() as session:
+    problems = await asyncio.gather(*(_health(session, a, timeout_s) for a in addresses))
+  good = [a for a, p in zip(addresses, problems) if p is None]
+  bad = [f"  {a}: {p}" for a, p in zip(addresses, problems) if p is not None]
+  if not good:
+    raise ExecutorUnavailable(
+        "no executor service answers /healthz:\n" + "\n".join(bad) + "\nStart one with "
+        "`python -m executor --port 8700` (see docs/executor.md) and pass its URL in "
+        "executor.urls, or leave executor.urls empty to start a local service for the run")
+  if bad:
+    logging.warning("executor services that do not answer /healthz are left out:\n%s",
+                    "\n".join(bad))
+  return good
 
 
 @dataclasses.dataclass

@@ -48,7 +48,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from codevision_jax import parallel
-from codevision_jax.execution.client import ExecutorClient
+from codevision_jax.execution.client import ExecutorClient, healthy_services
 from codevision_jax.rl import advantages as adv_lib
 from codevision_jax.rl import batch as batch_lib
 from codevision_jax.rl import scoring
@@ -440,6 +440,7 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
   if not urls:
     raise ValueError("no executor service: pass executor_urls (launch.rl starts a local one when "
                      "executor.urls is empty)")
+  urls = await healthy_services(urls)
   run = build(cfg, workdir)
   ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                     every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,

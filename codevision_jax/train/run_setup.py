@@ -30,6 +30,29 @@ SPECIAL_TOKENS = (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|vid
                   ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))
 
 
+class _DropLibraryInfo(logging.Filter):
+  """Drops INFO (and lower) records logged from inside the files of the given libraries."""
+
+  def __init__(self, fragments: tuple[str, ...]):
+    super().__init__()
+    self.fragments = fragments
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno > logging.INFO or not any(f in record.pathname for f in self.fragments)
+
+
+def quiet_orbax(verbose: bool = False) -> None:
+  """Keeps Orbax's INFO lines (hundreds per short run) and JAX's backend probing ("Unable to
+  initialize backend 'tpu'") out of the console; their warnings and errors still show. `verbose`
+  (the launchers' --orbax_logs) leaves them in."""
+  if verbose:
+    return
+  noise = _DropLibraryInfo((f"{os.sep}orbax{os.sep}", f"jax{os.sep}_src{os.sep}xla_bridge.py"))
+  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+    if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+      handler.addFilter(noise)
+
+
 def devices() -> list:
   """`jax.devices()`, with a message that says what to do when JAX cannot start the backend it
   was asked for (JAX_PLATFORMS=cuda on a host without an NVIDIA GPU raises a bare AssertionError)."""
