@@ -3,6 +3,7 @@ reward up, tool calls up), a killed and resumed run equals an uninterrupted one,
 (the executor killed mid-round, a judge refusing connections, records without ground truth)
 end in clear outcomes."""
 
+import json
 import os
 import re
 import socket
@@ -93,6 +94,10 @@ def test_rl_raises_the_held_out_reward(sft_dir, service, tmp_path):
   assert len(os.listdir(tmp_path / "rollouts")) == c.train.rounds
   saved = traj_lib.load_jsonl(str(tmp_path / "rollouts" / "round_00016" / "trajectories.jsonl"))
   assert len(saved) == c.train.save_rollouts and "score" in saved[0].metadata["reward"]
+  with open(tmp_path / "rollouts" / "round_00016" / "transcripts.jsonl") as f:
+    readable = [json.loads(line) for line in f]
+  assert [r["reward"]["score"] for r in readable] == [t.metadata["reward"]["score"] for t in saved]
+  assert any(call["code"] for r in readable for call in r["tool_calls"])
   assert os.listdir(tmp_path / "tensorboard")
 
 

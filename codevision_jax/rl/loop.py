@@ -52,6 +52,7 @@ from codevision_jax.execution.client import ExecutorClient, healthy_services
 from codevision_jax.rl import advantages as adv_lib
 from codevision_jax.rl import batch as batch_lib
 from codevision_jax.rl import scoring
+from codevision_jax.rl import transcript
 from codevision_jax.rl import step as rl_step
 from codevision_jax.rl.judge import Judge
 from codevision_jax.sampling import agent as agent_lib
@@ -393,14 +394,20 @@ def rollout_metrics(ro: ScoredRollouts, prefix: str) -> dict:
   return out
 
 
-def _save_rollouts(workdir: str, round_index: int, ro: ScoredRollouts, k: int) -> None:
+def _save_rollouts(workdir: str, round_index: int, ro: ScoredRollouts, k: int,
+                   tokenizer) -> None:
+  """The round's first `k` trajectories (tokens, with their reward parts in `metadata`) and their
+  readable transcripts, under `<workdir>/rollouts/round_NNNNN/`."""
   if k <= 0:
     return
   keep = ro.trajectories[:k]
   for t, p in zip(keep, ro.parts):
     t.metadata["reward"] = p
-  traj_lib.save_jsonl(keep, os.path.join(workdir, "rollouts", f"round_{round_index:05d}",
-                                         "trajectories.jsonl"))
+  directory = os.path.join(workdir, "rollouts", f"round_{round_index:05d}")
+  traj_lib.save_jsonl(keep, os.path.join(directory, "trajectories.jsonl"))
+  with open(os.path.join(directory, "transcripts.jsonl"), "w", encoding="utf-8") as f:
+    for t, p in zip(keep, ro.parts):
+      f.write(json.dumps(transcript.transcript(tokenizer, t, p), ensure_ascii=False) + "\n")
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -492,7 +499,7 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
         if cfg.eval.every and (done % cfg.eval.every == 0 or done == run.rounds):
           ev = await evaluate(run, held_out, client, judge)
           m.update(rollout_metrics(ev, "eval"))
-        _save_rollouts(workdir, done, ro, cfg.train.save_rollouts)
+        _save_rollouts(workdir, done, ro, cfg.train.save_rollouts, run.tokenizer)
         writer.scalars(done, m)
         history.append({"round": done, **m})
         with open(metrics_path, "a", encoding="utf-8") as f:
