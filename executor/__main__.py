@@ -1,4 +1,9 @@
-"""python -m executor --host 127.0.0.1 --port 8700 --workers N [--strict]"""
+"""python -m executor --host 127.0.0.1 --port 8700 --workers N [--strict]
+
+The sandboxed code-execution service (docs/executor.md): POST /v1/execute runs a call's Python on
+its images, PUT /v1/images stores an image for 'sha256:' references, GET /healthz and
+GET /metrics (Prometheus) report on it. Every error answer is JSON.
+"""
 
 from __future__ import annotations
 
@@ -18,20 +23,27 @@ from executor.server import Service, describe_layers
 log = logging.getLogger("executor")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+  """The description as written; every option with its default."""
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
   defaults = Config()
-  p = argparse.ArgumentParser(prog="python -m executor", description=__doc__)
-  p.add_argument("--host", default="127.0.0.1")
-  p.add_argument("--port", type=int, default=8700)
+  p = argparse.ArgumentParser(prog="python -m executor", description=__doc__,
+                              formatter_class=_HelpFormatter)
+  p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+  p.add_argument("--port", type=int, default=8700, help="port to listen on")
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                 help="worker processes, each running one call at a time (default: CPU count)")
+                 help="worker processes, each running one call at a time (this machine's CPU "
+                 "count)")
   p.add_argument("--strict", action="store_true",
                  help="refuse to start unless every isolation layer is active")
   for field in dataclasses.fields(Config):
     if field.name == "workers":
       continue
     p.add_argument("--" + field.name.replace("_", "-"), type=type(getattr(defaults, field.name)),
-                   default=getattr(defaults, field.name))
+                   default=getattr(defaults, field.name), help=field.metadata["help"],
+                   choices=field.metadata.get("choices"))
   args = p.parse_args(argv)
   cfg = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
   if cfg.workers < 1:

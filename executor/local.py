@@ -54,11 +54,13 @@ class LocalService:
 
 @contextlib.contextmanager
 def local_service(*args: str, workers: int = 2, env: dict[str, str] | None = None,
-                  startup_timeout_s: float = 120.0) -> Iterator[LocalService]:
-  """`python -m executor --port <free> --workers N *args`, until /healthz answers; killed after."""
+                  startup_timeout_s: float = 120.0, python: str | None = None
+                  ) -> Iterator[LocalService]:
+  """`python -m executor --port <free> --workers N *args`, until /healthz answers; killed after.
+  `python`: the interpreter to run it with (default: this one)."""
   port = free_port()
   log = tempfile.NamedTemporaryFile(prefix="executor-", suffix=".log", delete=False)
-  cmd = [sys.executable, "-m", "executor", "--host", "127.0.0.1", "--port", str(port),
+  cmd = [python or sys.executable, "-m", "executor", "--host", "127.0.0.1", "--port", str(port),
          "--workers", str(workers), *args]
   proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                           env=dict(os.environ, **(env or {})))

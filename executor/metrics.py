@@ -20,6 +20,7 @@ class Metrics:
     self.timeouts = 0
     self.rejected = 0       # 429s
     self.bad_requests = 0   # 4xx other than 429
+    self.refused: collections.Counter[tuple[int, str]] = collections.Counter()  # (status, type)
     self.bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)
     self.latency_sum = 0.0
     self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
@@ -34,6 +35,14 @@ class Metrics:
         self.timeouts += 1
     self.bucket_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
     self.latency_sum += seconds
+
+  def refuse(self, status: int, kind: str) -> None:
+    """An error answer (4xx or 5xx) other than a code error."""
+    self.refused[(status, kind)] += 1
+    if status == 429:
+      self.rejected += 1
+    elif 400 <= status < 500:
+      self.bad_requests += 1
 
   def gauge(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
     self.gauges[name] = (help_text, fn)
@@ -62,6 +71,13 @@ class Metrics:
         "# HELP executor_bad_requests_total Requests refused as malformed (4xx other than 429).",
         "# TYPE executor_bad_requests_total counter",
         f"executor_bad_requests_total {self.bad_requests}",
+        "# HELP executor_refused_total Error answers (4xx, 5xx) by HTTP status and error type.",
+        "# TYPE executor_refused_total counter",
+    ]
+    for (status, kind), n in sorted(self.refused.items()):
+      label = kind.replace("\\", "\\\\").replace('"', '\\"')
+      lines.append(f'executor_refused_total{{status="{status}",type="{label}"}} {n}')
+    lines += [
         "# HELP executor_call_duration_seconds Time to answer a code execution.",
         "# TYPE executor_call_duration_seconds histogram",
     ]

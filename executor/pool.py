@@ -25,7 +25,8 @@ from executor.config import Config
 
 log = logging.getLogger("executor")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Real paths: the sandbox binds directories, and a bind of a symbolic link's path is not the link.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 SANDBOX_UID = 65534  # "nobody"
 _GRACE_S = 5.0
 
@@ -48,9 +49,27 @@ def _worker_env() -> dict[str, str]:
           "LANG": "C.UTF-8"}
 
 
+def interpreter() -> str:
+  """This Python through its directory's real path: a virtual environment reached through a
+  symbolic link (`/link/bin/python`, `/link` -> `/srv/venv`) becomes `/srv/venv/bin/python`,
+  which the sandbox binds. The file name stays, so Python still finds the environment's
+  `pyvenv.cfg` (next to `bin/`) and its site-packages."""
+  exe = os.path.abspath(sys.executable)
+  return os.path.join(os.path.realpath(os.path.dirname(exe)), os.path.basename(exe))
+
+
+def sandbox_binds() -> list[str]:
+  """The directories bound read-only into the worker's sandbox, as real paths: the interpreter's
+  and its environment's, the standard library, site-packages, this package, shared libraries."""
+  paths = set(sandbox.read_paths()) | {"/usr", sys.prefix, sys.base_prefix,
+                                       os.path.dirname(os.path.realpath(sys.executable)),
+                                       os.path.dirname(interpreter())}
+  return sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
+
+
 def worker_command(cfg: Config) -> list[str]:
   """The worker's command line for the configured isolation."""
-  cmd = [sys.executable, "-m", "executor.worker", cfg.to_json()]
+  cmd = [interpreter(), "-m", "executor.worker", cfg.to_json()]
   bwrap, unshare = shutil.which("bwrap"), shutil.which("unshare")
   if cfg.isolation == "none":
     return cmd
@@ -74,9 +93,7 @@ def worker_command(cfg: Config) -> list[str]:
   for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
     if os.path.islink(top):
       args += ["--symlink", os.readlink(top), top]
-  binds = set(sandbox.read_paths()) | {"/usr", sys.prefix, sys.base_prefix}
-  binds.add(os.path.dirname(os.path.realpath(sys.executable)))
-  binds = sorted(p for p in binds if os.path.isdir(p) and not os.path.islink(p))
+  binds = sandbox_binds()
   # Directories bubblewrap must create to mount the binds (e.g. /root/.pyenv): traversable, so that
   # the unprivileged worker can reach the interpreter even where the host's /root is private.
   parents = set()
@@ -157,7 +174,7 @@ class Pool:
     self.layers: dict[str, bool] = {}
     self.layer_details: dict[str, Any] = {}
     self._cmd = worker_command(cfg)
-    self._mode = ("plain" if self._cmd[0] == sys.executable else
+    self._mode = ("plain" if self._cmd[0] == interpreter() else
                   "unshare" if os.path.basename(self._cmd[0]) == "unshare" else "bwrap")
     self._closing = False
 

@@ -109,7 +109,8 @@ def read_paths() -> list[str]:
   """
   sp = sysconfig.get_paths()
   paths = {sp["stdlib"], sp["platstdlib"], sp["purelib"], sp["platlib"],
-           os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(png.__file__)),
+           os.path.dirname(os.path.realpath(__file__)),
+           os.path.dirname(os.path.realpath(png.__file__)),
            "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/usr/share/fonts"}
   paths.update(p for p in sys.path if p.endswith(("site-packages", "lib-dynload", ".zip")))
   return sorted(p for p in paths if p and os.path.isdir(p))

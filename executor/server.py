@@ -98,8 +98,37 @@ class Service:
     m.gauge("executor_image_store_images", "Images held by the image store.",
             lambda: len(self.store))
 
+  @web.middleware
+  async def _json_errors(self, request: web.Request, handler) -> web.StreamResponse:
+    """Every error answer is JSON and counted: aiohttp's own (404, 405, 413 for a body over
+    --max-request-mb) and anything unexpected (500, logged)."""
+    try:
+      return await handler(request)
+    except web.HTTPException as e:
+      if e.status < 400:
+        raise
+      return self._error(BadRequest(self._http_message(request, e), e.status,
+                                    e.reason.replace(" ", "")))
+    except Exception:  # pylint: disable=broad-except
+      log.exception("unexpected error answering %s %s", request.method, request.path)
+      return self._error(BadRequest("the service failed to answer this request (see its log)",
+                                    500, "InternalError"))
+
+  def _http_message(self, request: web.Request, e: web.HTTPException) -> str:
+    if e.status == 413:
+      return (f"the request body is larger than the service's limit of {self.cfg.max_request_mb} "
+              "MB (--max-request-mb): send fewer or smaller images, or upload each image once "
+              "with PUT /v1/images and refer to it as 'sha256:<hex>'")
+    if e.status == 404:
+      return (f"no endpoint {request.path}: the service answers POST /v1/execute, "
+              "PUT /v1/images, GET /healthz and GET /metrics")
+    if e.status == 405:
+      return f"{request.path} does not answer {request.method}"
+    return e.text or e.reason
+
   def app(self) -> web.Application:
-    app = web.Application(client_max_size=self.cfg.max_request_mb << 20)
+    app = web.Application(client_max_size=self.cfg.max_request_mb << 20,
+                          middlewares=[self._json_errors])
     app.add_routes([web.post("/v1/execute", self.execute), web.put("/v1/images", self.put_image),
                     web.get("/healthz", self.healthz), web.get("/metrics", self.render_metrics)])
     app.on_startup.append(self._startup)
@@ -113,10 +142,7 @@ class Service:
     await self.pool.close()
 
   def _error(self, e: BadRequest) -> web.Response:
-    if e.status == 429:
-      self.metrics.rejected += 1
-    else:
-      self.metrics.bad_requests += 1
+    self.metrics.refuse(e.status, e.kind)
     body = {"ok": False, "images": [], "stdout": "", "ops": [], "duration_ms": 0.0,
             "error": {"type": e.kind, "message": str(e)}}
     headers = {}
@@ -167,9 +193,13 @@ class Service:
       timeout = cfg.default_timeout_s
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
       raise BadRequest("`timeout_s` must be a positive number")
+    notes = []
+    if timeout > cfg.max_timeout_s:
+      notes.append(f"timeout_s {timeout:g} is above this service's maximum (--max-timeout-s); "
+                   f"the call ran with {cfg.max_timeout_s:g}")
     timeout = min(float(timeout), cfg.max_timeout_s)
     blobs = self._resolve(body.get("images", []))
-    return {"code": code, "image_index": index, "timeout_s": timeout}, blobs
+    return {"code": code, "image_index": index, "timeout_s": timeout}, blobs, notes
 
   async def execute(self, request: web.Request) -> web.Response:
     t0 = time.perf_counter()
@@ -184,7 +214,7 @@ class Service:
           body = await request.json()
         except ValueError:
           raise BadRequest("the body is not valid JSON") from None
-        header, blobs = self._parse(body)
+        header, blobs, notes = self._parse(body)
       except BadRequest as e:
         return self._error(e)
       reply, pngs = await self.pool.run(header, blobs)
@@ -193,6 +223,9 @@ class Service:
     seconds = time.perf_counter() - t0
     self._mean_latency = 0.9 * self._mean_latency + 0.1 * seconds
     error = reply.get("error")
+    if error and error.get("type") == "InputImageError":  # a bad input, as the magic-byte check
+      return self._error(BadRequest(error.get("message", "an input image cannot be decoded"),
+                                    400, "InputImageError"))
     self.metrics.observe(seconds, error.get("type", "Error") if error else None)
     return web.json_response({
         "ok": bool(reply.get("ok")),
@@ -203,6 +236,7 @@ class Service:
         "ops": reply.get("ops", []),
         "result_maps": reply.get("result_maps", [None] * len(pngs)),
         "duration_ms": round(seconds * 1000.0, 3),
+        "notes": notes,
     })
 
   async def put_image(self, request: web.Request) -> web.Response:

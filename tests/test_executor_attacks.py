@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 import threading
+import urllib.error
 import urllib.request
 import uuid
 import zlib
@@ -332,10 +333,14 @@ def test_attack_fails_cleanly(service, listener, outside_dir, group, name, code,
 
 
 def test_decompression_bomb_input_is_refused(service):
-  out = execute(service, "result = image", images=[_bomb_png(12000)])
+  """An input image is not the code's doing: a bomb is refused (400) like any unreadable image."""
+  with pytest.raises(urllib.error.HTTPError) as refused:
+    execute(service, "result = image", images=[_bomb_png(12000)])
+  assert refused.value.code == 400
+  out = json.loads(refused.value.read())
   assert not out["ok"]
   assert out["error"]["type"] == "InputImageError"
-  assert "too large" in out["error"]["message"]
+  assert "input image 0 is too large" in out["error"]["message"]
   assert execute(service, CLEAN_STATE_PROBE)["ok"]
 
 

@@ -1,16 +1,23 @@
 """Service behaviour around the calls: bounded queue (429), --strict, and the asyncio client."""
 
 import asyncio
+import base64
+import dataclasses
 import io
+import json
+import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import aiohttp
 import pytest
 from PIL import Image
 
 from codevision_jax.execution.client import ExecResult, ExecutorClient, ExecutorUnavailable
+from executor.config import Config
 from executor.local import REPO_ROOT, free_port, local_service
 
 
@@ -22,8 +29,9 @@ def _png(color: str, size=(16, 12)) -> bytes:
 
 @pytest.fixture(scope="module")
 def small():
-  """One worker, one queue slot, an image store that keeps nothing."""
-  with local_service("--queue-size", "1", "--image-cache-mb", "0", workers=1) as s:
+  """One worker, one queue slot, an image store that keeps nothing, 1 MB request bodies."""
+  with local_service("--queue-size", "1", "--image-cache-mb", "0", "--max-request-mb", "1",
+                     workers=1) as s:
     yield s
 
 
@@ -168,3 +176,100 @@ def test_strict_refuses_to_start_without_every_layer():
   assert proc.returncode == 2
   assert "[INACTIVE] bubblewrap" in proc.stderr
   assert "--strict: refusing to start" in proc.stderr
+
+
+def _request(service, method: str, path: str, data: bytes = b"", content_type="application/json"):
+  req = urllib.request.Request(service.url + path, data=data or None, method=method,
+                               headers={"Content-Type": content_type})
+  try:
+    with urllib.request.urlopen(req, timeout=60) as r:
+      return r.status, r.headers.get("Content-Type", ""), json.load(r)
+  except urllib.error.HTTPError as e:
+    return e.code, e.headers.get("Content-Type", ""), json.loads(e.read())
+
+
+def _refused(service, status: int, kind: str) -> float:
+  try:
+    return _metric(service, f'executor_refused_total{{status="{status}",type="{kind}"}}')
+  except KeyError:
+    return 0.0
+
+
+def test_every_error_answer_is_json_and_counted(small):
+  """413 (a body over --max-request-mb), an unknown path, a wrong method and a truncated input
+  image (400, like any other unreadable image) answer JSON with the error's type and message."""
+  truncated = _png("red", (64, 64))[:-40]
+  cases = [
+      ("POST", "/v1/execute", json.dumps({"code": "x", "images": ["A" * (2 << 20)]}).encode(),
+       413, "RequestEntityTooLarge", "--max-request-mb"),
+      ("PUT", "/v1/images", b"\x89PNG\r\n\x1a\n" + bytes(2 << 20), 413, "RequestEntityTooLarge",
+       "PUT /v1/images"),
+      ("GET", "/v2/execute", b"", 404, "NotFound", "no endpoint /v2/execute"),
+      ("GET", "/v1/execute", b"", 405, "MethodNotAllowed", "does not answer GET"),
+      ("POST", "/v1/execute", json.dumps({"code": "result = image", "images": [
+          base64.b64encode(truncated).decode()]}).encode(), 400, "InputImageError",
+       "input image 0 is not a readable PNG or JPEG"),
+  ]
+  for method, path, data, status, kind, words in cases:
+    before = _refused(small, status, kind)
+    got, content_type, body = _request(small, method, path, data,
+                                       "application/octet-stream" if method == "PUT" else
+                                       "application/json")
+    assert (got, body["error"]["type"]) == (status, kind), body
+    assert content_type.startswith("application/json") and body["ok"] is False
+    assert words in body["error"]["message"], body["error"]["message"]
+    assert _refused(small, status, kind) == before + 1
+  # The service still answers, and the client reports a 4xx as a refused request.
+  async def main():
+    async with ExecutorClient(small.url) as client:
+      with pytest.raises(ValueError, match="input image 0 is not a readable PNG or JPEG"):
+        await client.execute("result = image", [truncated])
+      return await client.execute("print('alive')", [])
+  assert asyncio.run(main()).stdout == "alive\n"
+
+
+def test_a_timeout_above_the_maximum_runs_with_the_maximum_and_says_so(small):
+  body = json.dumps({"code": "print('ok')", "images": [], "timeout_s": 600}).encode()
+  status, _, out = _request(small, "POST", "/v1/execute", body)
+  assert status == 200 and out["ok"] and out["stdout"] == "ok\n"
+  assert out["notes"] == ["timeout_s 600 is above this service's maximum (--max-timeout-s); the "
+                          "call ran with 60"]
+  status, _, out = _request(small, "POST", "/v1/execute", json.dumps(
+      {"code": "print('ok')", "images": [], "timeout_s": 5}).encode())
+  assert out["notes"] == []
+
+
+def test_help_lists_every_option_with_its_default():
+  out = subprocess.run([sys.executable, "-m", "executor", "--help"], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=60, check=True).stdout
+  options = " ".join(out[out.index("options:"):].split())
+  for field in dataclasses.fields(Config):
+    if field.name == "workers":
+      continue
+    option = "--" + field.name.replace("_", "-")
+    assert option + " " in options, option
+    # The option's help ends with its default.
+    entry = options[options.index(option + " "):].split(" --")[0]
+    assert f"(default: {getattr(Config(), field.name)})" in entry, (option, entry)
+  assert "characters of `code` per call" in options and "(default: 16384)" in options
+
+
+def test_a_virtual_environment_reached_through_a_symbolic_link(tmp_path):
+  """The workers' sandbox binds the interpreter's real directories: a service started with
+  `<link>/bin/python`, `<link>` a symbolic link to the environment, becomes healthy with every
+  isolation layer it has otherwise, and runs code."""
+  link = tmp_path / "env-link"
+  os.symlink(sys.prefix, link)
+  python = str(link / os.path.relpath(os.path.abspath(sys.executable), sys.prefix))
+  with local_service(workers=1) as plain:
+    layers = plain.get_json("/healthz")["isolation"]
+  with local_service(workers=1, python=python) as linked:
+    assert linked.get_json("/healthz")["isolation"] == layers
+
+    async def main():
+      async with ExecutorClient(linked.url) as client:
+        return await client.execute("result = image.rotate(90, expand=True)", [_png("red")])
+
+    res = asyncio.run(main())
+  assert res.ok, res.error
+  assert res.pil_images()[0].size == (12, 16)

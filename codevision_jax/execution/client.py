@@ -83,6 +83,7 @@ class ExecResult:
   # Per result image: {"source": input index, "map": [a, b, c, d, e, f]} taking its pixel
   # coordinates to that input's (source x = a*x + b*y + c, y = d*x + e*y + f), or None.
   result_maps: list = dataclasses.field(default_factory=list)
+  notes: list = dataclasses.field(default_factory=list)  # e.g. a timeout_s clamped to the maximum
 
   def error_text(self) -> str:
     """The error as the model should read it, e.g. 'ZeroDivisionError: division by zero (line 3)'."""
@@ -203,7 +204,8 @@ class ExecutorClient:
                               stdout=out.get("stdout", ""), error=out.get("error"),
                               ops=out.get("ops", []), duration_ms=out.get("duration_ms", 0.0),
                               address=address, image_refs=list(out.get("image_refs", [])),
-                              result_maps=list(out.get("result_maps") or []))
+                              result_maps=list(out.get("result_maps") or []),
+                              notes=list(out.get("notes") or []))
           payload = await resp.json(content_type=None) if resp.content_length != 0 else {}
           if resp.status == 404 and (payload.get("error") or {}).get("type") == "UnknownImage":
             self._held[address].clear()  # that server lost images: send bytes this time
