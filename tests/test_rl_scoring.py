@@ -130,7 +130,7 @@ def test_transcript_of_a_trajectory(tok):
   assert record["reward"]["tool_errors"] == 1.0
   first, second = record["tool_calls"]
   assert first["code"] == "..." and first["stdout"] == "(200, 400)\n" and first["status"] == "ok"
-  assert first["result_image"] == "images/7_1.png" and first["ops"] == ["rotate"]
+  assert first["result_image"] == "images/7_1.png" and first["ops"] == ["rotate_270"]
   assert second["status"] == "code_error" and second["error"] == "ValueError: box outside"
   assert second["result_image"] is None
   assert record["images"] == ["images/7_0.png", "images/7_1.png"]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from codevision_jax.data import records, synthetic
-from codevision_jax.processing import code_tool
+from codevision_jax.processing import code_tool, orientation
 
 N = 36
 
@@ -52,13 +52,13 @@ def test_transform_box_and_inverse(transform):
   box = [5, 3, 17, 11]
   mask = np.zeros((h, w), dtype=np.uint8)
   mask[box[1]:box[3], box[0]:box[2]] = 255
-  moved = np.asarray(synthetic.apply_transform(Image.fromarray(mask), transform))
+  moved = np.asarray(orientation.apply_transform(Image.fromarray(mask), transform))
   ys, xs = np.nonzero(moved)
-  assert synthetic.transform_box(box, transform, (w, h)) == [xs.min(), ys.min(), xs.max() + 1,
+  assert orientation.transform_box(box, transform, (w, h)) == [xs.min(), ys.min(), xs.max() + 1,
                                                              ys.max() + 1]
   image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
-  inverse = synthetic.inverse_transform(transform)
-  restored = synthetic.apply_transform(synthetic.apply_transform(image, transform), inverse)
+  inverse = orientation.inverse_transform(transform)
+  restored = orientation.apply_transform(orientation.apply_transform(image, transform), inverse)
   np.testing.assert_array_equal(np.asarray(restored), np.asarray(image))
   if transform.startswith("rotate_"):
     degrees = int(transform.split("_")[1])
@@ -82,8 +82,8 @@ def test_expert_code_undoes_transform_and_crops_the_content(recs):
     expected = given.crop(tuple(r.target_box))
     for t in r.required_transforms:
       if t != "crop":
-        expected = synthetic.apply_transform(expected, synthetic.inverse_transform(t))
-    upright = synthetic.apply_transform(given, synthetic.inverse_transform(r.extra["transform"]))
+        expected = orientation.apply_transform(expected, orientation.inverse_transform(t))
+    upright = orientation.apply_transform(given, orientation.inverse_transform(r.extra["transform"]))
     np.testing.assert_array_equal(np.asarray(upright.crop(tuple(r.extra["upright_box"]))),
                                   np.asarray(expected))
     calls = []

@@ -68,6 +68,16 @@ def operations(traj: Trajectory) -> tuple[set[str], list[list[float]]]:
   return names, boxes
 
 
+def accepted_answers(ground_truth) -> list[str]:
+  """A record's ground truth as the list of answers that count as correct: one string, several
+  (an eval item such as OCRBench's lists them), or none."""
+  if ground_truth is None:
+    return []
+  if isinstance(ground_truth, (list, tuple)):
+    return [str(t) for t in ground_truth]
+  return [str(ground_truth)]
+
+
 @dataclasses.dataclass
 class ScoringStats:
   judged: int = 0  # answers the rule did not match, sent to the judge
@@ -82,20 +92,22 @@ async def score(trajectories: Sequence[Trajectory], group_ids: Sequence[int], to
   "correct", "used_tool", "tool_errors", "r_tool_error", "score"), and the judge's statistics.
 
   The score is the tool reward's total plus `tool_error_penalty` per failed tool call (a call
-  that was malformed, raised, timed out or was refused). Trajectories with no ground truth
-  score 0 with `correct` False.
+  that was malformed, raised, timed out or was refused). A ground truth may list several
+  accepted answers (any one matches). Trajectories with no ground truth score 0 with `correct`
+  False.
   """
   stats = ScoringStats()
   texts = [response_text(tokenizer, t) for t in trajectories]
   correct = []
   for traj, text in zip(trajectories, texts):
-    truth = traj.metadata.get("ground_truth")
+    truths = accepted_answers(traj.metadata.get("ground_truth"))
     prediction = reward.extract_answer(text)
-    ok = truth is not None and reward.answers_match(prediction, truth)
-    if not ok and truth is not None and judge is not None and prediction:
+    ok = any(reward.answers_match(prediction, t) for t in truths)
+    if not ok and truths and judge is not None and prediction:
       stats.judged += 1
       try:
-        ok = await judge.verdict(traj.metadata.get("question") or "", truth, prediction)
+        ok = await judge.verdict(traj.metadata.get("question") or "", " or ".join(truths),
+                                 prediction)
         stats.judge_yes += ok
       except JudgeUnavailable:
         stats.judge_fallbacks += 1

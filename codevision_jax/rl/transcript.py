@@ -7,7 +7,8 @@ reward parts.
 
 `turns` splits the tokens after the prompt into runs the policy sampled ("assistant") and runs it
 did not ("tool": the tool response the loop appended, chat framing included). Image tokens show
-as `<image>`; the chat's frame tokens are dropped.
+as `<image>`; the chat's frame tokens are dropped. A call's `ops` are the operations the reward
+reads from the executor's trace: core ones (`rotate_270`, `crop`, ...) and the names of others.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 
 import numpy as np
 
+from codevision_jax.execution import ops as ops_lib
 from codevision_jax.rl import reward, scoring
 from codevision_jax.sampling.trajectory import Trajectory
 
@@ -41,14 +43,20 @@ def turns(tokenizer, traj: Trajectory) -> list[dict]:
           for a, b in zip(edges[:-1], edges[1:])]
 
 
-def image_path(traj: Trajectory, index: int | None) -> str | None:
-  """Where `trajectory.save_jsonl` writes image `index` of `traj`, relative to its file."""
-  return None if index is None else os.path.join("images", f"{traj.id}_{index}.png")
+def image_path(traj: Trajectory, index: int | None, name: str | None = None) -> str | None:
+  """Where image `index` of `traj` is written, relative to its transcript's file:
+  `images/<name>_<index>.png`, `name` by default the trajectory's id (as `trajectory.save_jsonl`
+  writes them)."""
+  if index is None:
+    return None
+  return os.path.join("images", f"{traj.id if name is None else name}_{index}.png")
 
 
-def transcript(tokenizer, traj: Trajectory, parts: dict | None = None) -> dict:
+def transcript(tokenizer, traj: Trajectory, parts: dict | None = None, *,
+               image_name: str | None = None) -> dict:
   """The readable record of `traj`. `parts` (its reward parts from `rl.scoring.score`) give
-  `correct` and `reward` when the record has ground truth; both are None otherwise."""
+  `correct` and `reward` when the record has ground truth; both are None otherwise. Image paths
+  are `image_path(traj, k, image_name)`."""
   truth = traj.metadata.get("ground_truth")
   graded = truth is not None and parts is not None
   return {
@@ -66,9 +74,9 @@ def transcript(tokenizer, traj: Trajectory, parts: dict | None = None) -> dict:
       "tool_calls": [{
           "turn": c.turn, "description": c.description, "image_index": c.image_index,
           "code": c.code, "status": c.status, "stdout": c.stdout, "error": c.error,
-          "result_image": image_path(traj, c.result_image_index),
-          "ops": sorted({op.get("op") for op in c.ops if isinstance(op, dict) and op.get("op")}),
+          "result_image": image_path(traj, c.result_image_index, image_name),
+          "ops": sorted(ops_lib.core_ops(c.ops) | ops_lib.non_core_ops(c.ops)),
           "latency_s": round(c.latency_s, 4),
       } for c in traj.tool_calls],
-      "images": [image_path(traj, k) for k in range(len(traj.images))],
+      "images": [image_path(traj, k, image_name) for k in range(len(traj.images))],
   }
