@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test install clean sandbox-deps
+.PHONY: demo test install clean sandbox-deps browser-deps
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
@@ -39,7 +39,22 @@ sandbox-deps:
 	  echo "sandbox-deps: no apt-get here; install bubblewrap and libseccomp2 yourself, or the executor runs with fewer isolation layers (docs/executor.md)"; \
 	fi
 
-test: $(TEST_STAMP) sandbox-deps
+# A headless Chromium for the report viewer's browser tests (tests/test_viewer.py). Idempotent: apt
+# runs only when no Chromium is on PATH; without one those tests fail, naming this target.
+BROWSERS := chromium-headless-shell chromium chromium-browser google-chrome
+browser-deps:
+	@found=$$(for b in $(BROWSERS); do command -v $$b 2>/dev/null && break; done); \
+	if [ -n "$$found" ]; then \
+	  echo "browser-deps: headless Chromium at $$found"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium-headless-shell; } \
+	    || echo "browser-deps: apt-get failed; install chromium-headless-shell (or chromium) yourself, or the viewer's browser tests fail"; \
+	else \
+	  echo "browser-deps: no apt-get here; put a headless Chromium on PATH ($(BROWSERS)), or the viewer's browser tests fail"; \
+	fi
+
+test: $(TEST_STAMP) sandbox-deps browser-deps
 	$(PY) -m pytest -q tests
 
 clean:

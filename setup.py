@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "pyseccomp==0.1.2",
     "ml-dtypes==0.6.0",
     "tqdm==4.70.1",
+    "matplotlib==3.11.2",  # The eval report's plots (evals/report.py).
 ]
 
 TEST_REQUIRES = [

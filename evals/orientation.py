@@ -1,0 +1,302 @@
+"""python -m evals.orientation --checkpoint=DIR [--suite=S --data=FILE] --out=DIR [--tools=both]
+
+The orientation-robustness eval: every item of a VQA suite asked upright and under each of the
+five transforms (rotate 90/180/270, flip horizontal, flip vertical), with the code tool on and,
+as the no-tool baseline, off (`--tools=on|off|both`). Scored exactly as RL rewards are (the
+answer rule, then the judge when `--judge` names one; rule-only otherwise, said in the report).
+
+  --checkpoint  an HF checkpoint directory, or a launch.sft / launch.rl workdir (its newest
+                checkpoint is exported to <out>/model first); omitted: the tiny random model of
+                the embedded default (a smoke test)
+  --suite/--data  synthetic (built in, held-out synthetic tasks; no --data) or a published suite
+                read from its local file: ocrbench (OCRBench.json with OCRBench_Images/),
+                chartqapro (parquet), mvtoolbench (verl parquet), vstar (test_questions.jsonl),
+                hrbench4k / hrbench8k (hr_bench_4k.tsv / hr_bench_8k.tsv). Suites published with
+                their own transforms (mvtoolbench) or none (vstar, hrbench) are asked as published
+                unless --transforms says otherwise.
+
+Writes under --out: results.jsonl (one scored case per line: its transcript, correctness and
+reward parts), images/, bad_items.jsonl (items that could not be used, by file and row),
+report.json, report.md (beside the published numbers) and report.html (plots and a trajectory
+viewer). Rerunning the same command resumes: cases already in results.jsonl are not run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Sequence
+
+from codevision_jax.processing import orientation
+from codevision_jax.sampling.environment import AgentConfig
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"
+# Suites whose items are asked as published unless --transforms says otherwise.
+AS_PUBLISHED = ("mvtoolbench", "vstar", "hrbench4k", "hrbench8k")
+CONFIG_FILE = "eval_config.json"
+
+
+class EvalError(ValueError):
+  """A bad eval request or input, found before the model is loaded."""
+
+
+def default_transforms(suite: str) -> tuple[str, ...]:
+  return ("none",) if suite in AS_PUBLISHED else orientation.TRANSFORMS
+
+
+def read_items(suite: str, data: str | None, *, limit: int = 0, synthetic_size: int = 24,
+               synthetic_kinds: Sequence[str] | None = None):
+  """(items, bad items) of the suite; raises EvalError for a missing or superfluous --data."""
+  from evals import suites, synthetic_suite
+  if suite == SYNTHETIC:
+    if data:
+      raise EvalError(f"--data={data} was given with --suite=synthetic (the built-in benchmark); "
+                      f"name the suite of the file with --suite (one of {sorted(suites.SUITES)})")
+    n = min(synthetic_size, limit) if limit else synthetic_size
+    kinds = tuple(synthetic_kinds) if synthetic_kinds else None
+    return synthetic_suite.synthetic_items(n, **({"kinds": kinds} if kinds else {})), []
+  if suite not in suites.SUITES:
+    raise EvalError(f"unknown --suite={suite!r}; choose from "
+                    f"{[SYNTHETIC] + sorted(suites.SUITES)}")
+  if not data:
+    raise EvalError(f"--suite={suite} reads its published file: pass --data=PATH")
+  return suites.read_suite(suite, data, limit=limit)
+
+
+def model_dir(checkpoint: str, out: str) -> tuple[str, int | None]:
+  """(HF directory, training step or None) of --checkpoint: the directory itself when it holds
+  an HF checkpoint, else a training workdir's newest checkpoint exported to `<out>/model`."""
+  if os.path.exists(os.path.join(checkpoint, "config.json")):
+    return checkpoint, None
+  if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
+    from codevision_jax.train import export
+    steps = export.checkpoint_steps(checkpoint)
+    if not steps:
+      raise EvalError(f"--checkpoint={checkpoint}: no finished checkpoint in "
+                      f"{checkpoint}/checkpoints")
+    target = os.path.join(out, "model")
+    stamp = os.path.join(out, "model.step")
+    if not (os.path.exists(os.path.join(target, "config.json")) and os.path.exists(stamp)
+            and open(stamp).read().strip() == str(steps[-1])):
+      if os.path.exists(target):
+        import shutil
+        shutil.rmtree(target)
+      log.info("exporting step %d of %s to %s", steps[-1], checkpoint, target)
+      export.export_run(checkpoint, target, step=steps[-1])
+      with open(stamp, "w") as f:
+        f.write(str(steps[-1]))
+    return target, steps[-1]
+  raise EvalError(f"--checkpoint={checkpoint}: neither an HF checkpoint directory (with "
+                  "config.json) nor a launch.sft / launch.rl workdir (with checkpoints/)")
+
+
+def _check_resume(out: str, request: dict) -> None:
+  """Refuses to mix results of a different model, suite, data or agent setting into `out`."""
+  path = os.path.join(out, CONFIG_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    changed = [f"{k}: {before.get(k)!r} -> {request[k]!r}" for k in request
+               if before.get(k) != request[k]]
+    if changed:
+      raise EvalError(f"{out} holds results of a different eval ({', '.join(changed)}); pass a "
+                      f"new --out, or delete {out} to start over")
+  os.makedirs(out, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(request, f, indent=2)
+
+
+def evaluate(out: str, *, suite: str = SYNTHETIC, data: str | None = None,
+             checkpoint: str | None = None, transforms: Sequence[str] | None = None,
+             tools: Sequence[str] = ("on", "off"), limit: int = 0, batch: int = 16,
+             executor_urls: Sequence[str] = (), executor_workers: int = 2, judge_url: str = "",
+             judge_model: str = "judge", agent: AgentConfig = AgentConfig(),
+             max_pixels: int = 0, dtype: str = "float32", temperature: float = 0.0,
+             seed: int = 0, synthetic_size: int = 24,
+             synthetic_kinds: Sequence[str] | None = None, notes: Sequence[str] = (),
+             progress: bool = True) -> dict:
+  """Runs (or resumes) the eval into `out` and writes its report; returns the report with
+  `run` (counts of this invocation) and `paths` added."""
+  import tqdm
+
+  from codevision_jax.execution.client import ExecutorClient, healthy_services
+  from codevision_jax.rl.judge import Judge
+  from codevision_jax.sampling import environment
+  from codevision_jax.sampling.policy import ModelPolicy
+  from codevision_jax.train import run_setup
+  from configs import tiny_rollout
+  from evals import report as report_lib
+  from evals import runner
+  from executor.local import local_service
+  
+  t0 = time.perf_counter()
+  transforms = tuple(transforms or default_transforms(suite))
+  cases_tools = tuple(tools)
+  items, bad = read_items(suite, data, limit=limit, synthetic_size=synthetic_size,
+                          synthetic_kinds=synthetic_kinds)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "bad_items.jsonl"), "w") as f:
+    for b in bad:
+      f.write(json.dumps(dataclasses.asdict(b)) + "\n")
+  for b in bad[:10]:
+    log.warning("bad item, left out and counted: %s:%d: %s", b.file, b.row, b.reason)
+  if not items:
+    raise EvalError(f"0 usable items in {data or suite} ({len(bad)} bad, listed in "
+                    f"{os.path.join(out, 'bad_items.jsonl')})")
+  cases = runner.make_cases(items, transforms, cases_tools)
+  hf_dir, step = model_dir(checkpoint, out) if checkpoint else (None, None)
+  _check_resume(out, {"suite": suite, "data": os.path.abspath(data) if data else None,
+                      "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
+                      "checkpoint_step": step, "agent": dataclasses.asdict(agent),
+                      "max_pixels": max_pixels, "dtype": dtype, "temperature": temperature,
+                      "seed": seed, "judge": judge_url or None})
+
+  cfg = tiny_rollout.get_config()
+  cfg.model.path = hf_dir or ""
+  cfg.model.param_dtype = dtype
+  cfg.data.max_pixels = max_pixels or (0 if hf_dir else cfg.data.max_pixels)
+  cfg.seed = seed
+  todo = [c for c in cases if c.key not in runner.load_results(out)]
+  stats = runner.RunStats(skipped=len(cases) - len(todo))
+  with contextlib.ExitStack() as stack:
+    needs_executor = any(c.tools == "on" for c in todo)
+    urls = list(executor_urls)
+    if needs_executor and not urls:
+      urls = [stack.enter_context(local_service(workers=executor_workers)).url]
+    if needs_executor:
+      urls = asyncio.run(healthy_services(urls))  # Before minutes of model loading.
+    if todo:
+      tokenizer, model, settings = run_setup.model_parts(
+          cfg, out, run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh))
+      policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=batch,
+                           capacity=agent.max_total_tokens, temperature=temperature, seed=seed)
+      bar = tqdm.tqdm(total=len(cases), initial=len(cases) - len(todo), desc=f"eval {suite}",
+                      unit="case", disable=not progress)
+
+      async def go():
+        async with contextlib.AsyncExitStack() as s:
+          client = await s.enter_async_context(ExecutorClient(urls)) if urls else None
+          judge = (await s.enter_async_context(Judge(judge_url, judge_model))
+                   if judge_url else None)
+          return await runner.run_cases(todo, out, policy=policy, tokenizer=tokenizer,
+                                        client=client, settings=settings, agent=agent,
+                                        judge=judge, chunk=max(batch * 4, 16),
+                                        on_scored=bar.update)
+      stats = asyncio.run(go())
+      bar.close()
+
+  keys = {c.key for c in cases}
+  results = [r for k, r in runner.load_results(out).items() if k in keys]
+  model_name = (f"{checkpoint}" + (f" (step {step})" if step is not None else "")
+                if checkpoint else "the tiny random model (embedded default)")
+  run_notes = [
+      f"model: {model_name}; suite {suite} ({len(items)} items, {len(bad)} bad and left out); "
+      f"transforms {', '.join(transforms)}; tools {', '.join(cases_tools)}",
+      ("scoring: the answer rule, then the LLM judge at " + judge_url) if judge_url else
+      "scoring: rule-only (no --judge): answers the rule does not match count as wrong",
+  ] + list(notes)
+  if not checkpoint:
+    run_notes.append("random weights: a smoke test of the pipeline, not a measurement")
+  if stats.executor_failures:
+    run_notes.append(f"{stats.executor_failures} case(s) not scored: the executor could not be "
+                     "reached; rerun the same command to retry them")
+  if len(results) < len(cases):
+    run_notes.append(f"{len(cases) - len(results)} of {len(cases)} cases have no result yet")
+  meta = {"model": model_name, "suite": suite, "data": data, "transforms": list(transforms),
+          "tools": list(cases_tools), "items": len(items), "cases": len(cases),
+          "judge": judge_url or None, "notes": run_notes}
+  report = report_lib.write_report(out, results, meta=meta,
+                                   bad_items=[dataclasses.asdict(b) for b in bad])
+  report["run"] = {**dataclasses.asdict(stats), "wall_s": time.perf_counter() - t0}
+  report["paths"] = {k: os.path.join(out, f) for k, f in (
+      ("html", "report.html"), ("markdown", "report.md"), ("json", "report.json"),
+      ("results", runner.RESULTS), ("bad_items", "bad_items.jsonl"))}
+  return report
+
+
+def summary_lines(report: dict) -> list[str]:
+  """The terminal summary of a report: accuracy per suite and mode, and where the files are."""
+  lines = []
+  for suite, modes in report["suites"].items():
+    for mode, m in modes.items():
+      by = ", ".join(f"{t} {100 * x['accuracy']:.1f}" for t, x in m["by_transform"].items())
+      lines.append(f"   {suite}, tools {mode}: average {100 * m['average_accuracy']:.1f}% "
+                   f"({by}); {m['all']['tool_calls_per_trajectory']:.2f} calls per trajectory")
+  for note in report["meta"]["notes"]:
+    lines.append(f"   note: {note}")
+  lines.append(f"   report: {report['paths']['html']} (open in a browser), "
+               f"{report['paths']['markdown']}, {report['paths']['json']}")
+  return lines
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  from codevision_jax.train import run_setup
+  f = flags.FLAGS
+  logging.getLogger().setLevel(logging.INFO)
+  run_setup.quiet_orbax(f.orbax_logs)
+  tools = ("on", "off") if f.tools == "both" else (f.tools,)
+  agent = AgentConfig(max_turns=f.max_turns, max_total_tokens=f.max_total_tokens,
+                      tool_timeout_s=f.tool_timeout_s, system_prompt=f.system_prompt)
+  out = f.out or os.path.join("/tmp", f"cvj-eval-{int(time.time())}")
+  try:
+    report = evaluate(
+        out, suite=f.suite, data=f.data, checkpoint=f.checkpoint, transforms=f.transforms,
+        tools=tools, limit=f.limit, batch=f.batch, executor_urls=f.executor or (),
+        judge_url=f.judge or "", judge_model=f.judge_model, agent=agent,
+        max_pixels=f.max_pixels, dtype=f.dtype, temperature=f.temperature, seed=f.seed,
+        synthetic_size=f.synthetic_size, synthetic_kinds=f.synthetic_kinds)
+  except EvalError as e:
+    raise SystemExit(f"error: {e}")
+  print(f"== eval done in {report['run']['wall_s']:.0f} s: {report['run']['scored']} cases "
+        f"scored now, {report['run']['skipped']} from an earlier run")
+  print("\n".join(summary_lines(report)))
+
+
+def define_flags():
+  from absl import flags
+  flags.DEFINE_string("checkpoint", None, "HF checkpoint directory or training workdir "
+                      "(default: the tiny random model).")
+  flags.DEFINE_string("suite", SYNTHETIC, "synthetic, ocrbench, chartqapro, mvtoolbench, vstar, "
+                      "hrbench4k or hrbench8k.")
+  flags.DEFINE_string("data", None, "The suite's published file (not for synthetic).")
+  flags.DEFINE_string("out", None, "Output directory (default: a new one under /tmp); rerun "
+                      "with the same --out to resume.")
+  flags.DEFINE_enum("tools", "both", ["on", "off", "both"], "With the code tool, without "
+                    "(the no-tool baseline), or both.")
+  flags.DEFINE_list("transforms", None, "Transforms to ask each item under (default: upright "
+                    "and all five; as published for mvtoolbench, vstar, hrbench).")
+  flags.DEFINE_integer("limit", 0, "Only the first N items (0: all).")
+  flags.DEFINE_integer("batch", 16, "Trajectories decoded together.")
+  flags.DEFINE_list("executor", None, "Executor service URLs (default: start a local one).")
+  flags.DEFINE_integer("executor_workers", 2, "Workers of the local executor service.")
+  flags.DEFINE_string("judge", None, "OpenAI-compatible endpoint of the LLM judge, e.g. "
+                      "http://judge:8000/v1 (default: rule-only scoring).")
+  flags.DEFINE_string("judge_model", "judge", "The judge endpoint's model name.")
+  flags.DEFINE_integer("max_turns", 12, "Assistant turns with the tool.")
+  flags.DEFINE_integer("max_total_tokens", 8192, "Prompt + response tokens per trajectory.")
+  flags.DEFINE_float("tool_timeout_s", 10.0, "CPU seconds per tool call.")
+  flags.DEFINE_bool("system_prompt", True, "CodeVision's system prompt and tool schema with the "
+                    "tool (off for models trained without them, like the demo's).")
+  flags.DEFINE_integer("max_pixels", 0, "Image pixel budget (0: the checkpoint's).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Weights' dtype.")
+  flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0: greedy).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_integer("synthetic_size", 24, "Items of the built-in synthetic suite.")
+  flags.DEFINE_list("synthetic_kinds", None, "Only these synthetic kinds (word, number, arrow, "
+                    "chart).")
+  flags.DEFINE_bool("orbax_logs", False, "Show Orbax's and JAX's INFO log lines.")
+
+
+if __name__ == "__main__":
+  from absl import app
+  define_flags()
+  app.run(main)
