@@ -52,7 +52,7 @@ def default_transforms(suite: str) -> tuple[str, ...]:
 
 
 def read_items(suite: str, data: str | None, *, limit: int = 0, synthetic_size: int = 24,
-               synthetic_kinds: Sequence[str] | None = None):
+               synthetic_kinds: Sequence[str] | None = None, synthetic_p_small: float = 0.5):
   """(items, bad items) of the suite; raises EvalError for a missing or superfluous --data."""
   from evals import suites, synthetic_suite
   if suite == SYNTHETIC:
@@ -61,7 +61,8 @@ def read_items(suite: str, data: str | None, *, limit: int = 0, synthetic_size: 
                       f"name the suite of the file with --suite (one of {sorted(suites.SUITES)})")
     n = min(synthetic_size, limit) if limit else synthetic_size
     kinds = tuple(synthetic_kinds) if synthetic_kinds else None
-    return synthetic_suite.synthetic_items(n, **({"kinds": kinds} if kinds else {})), []
+    return synthetic_suite.synthetic_items(n, p_small=synthetic_p_small,
+                                           **({"kinds": kinds} if kinds else {})), []
   if suite not in suites.SUITES:
     raise EvalError(f"unknown --suite={suite!r}; choose from "
                     f"{[SYNTHETIC] + sorted(suites.SUITES)}")
@@ -120,7 +121,8 @@ def evaluate(out: str, *, suite: str = SYNTHETIC, data: str | None = None,
              judge_model: str = "judge", agent: AgentConfig = AgentConfig(),
              max_pixels: int = 0, dtype: str = "float32", temperature: float = 0.0,
              seed: int = 0, synthetic_size: int = 24,
-             synthetic_kinds: Sequence[str] | None = None, notes: Sequence[str] = (),
+             synthetic_kinds: Sequence[str] | None = None, synthetic_p_small: float = 0.5,
+             notes: Sequence[str] = (),
              progress: bool = True) -> dict:
   """Runs (or resumes) the eval into `out` and writes its report; returns the report with
   `run` (counts of this invocation) and `paths` added."""
@@ -140,7 +142,7 @@ def evaluate(out: str, *, suite: str = SYNTHETIC, data: str | None = None,
   transforms = tuple(transforms or default_transforms(suite))
   cases_tools = tuple(tools)
   items, bad = read_items(suite, data, limit=limit, synthetic_size=synthetic_size,
-                          synthetic_kinds=synthetic_kinds)
+                          synthetic_kinds=synthetic_kinds, synthetic_p_small=synthetic_p_small)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "bad_items.jsonl"), "w") as f:
     for b in bad:
@@ -156,7 +158,10 @@ def evaluate(out: str, *, suite: str = SYNTHETIC, data: str | None = None,
                       "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
                       "checkpoint_step": step, "agent": dataclasses.asdict(agent),
                       "max_pixels": max_pixels, "dtype": dtype, "temperature": temperature,
-                      "seed": seed, "judge": judge_url or None})
+                      "seed": seed, "judge": judge_url or None,
+                      "synthetic": ({"kinds": list(synthetic_kinds or ()),
+                                     "p_small": synthetic_p_small} if suite == SYNTHETIC
+                                    else None)})
 
   cfg = tiny_rollout.get_config()
   cfg.model.path = hf_dir or ""
@@ -253,7 +258,8 @@ def main(argv):
         tools=tools, limit=f.limit, batch=f.batch, executor_urls=f.executor or (),
         judge_url=f.judge or "", judge_model=f.judge_model, agent=agent,
         max_pixels=f.max_pixels, dtype=f.dtype, temperature=f.temperature, seed=f.seed,
-        synthetic_size=f.synthetic_size, synthetic_kinds=f.synthetic_kinds)
+        synthetic_size=f.synthetic_size, synthetic_kinds=f.synthetic_kinds,
+        synthetic_p_small=f.synthetic_p_small)
   except EvalError as e:
     raise SystemExit(f"error: {e}")
   print(f"== eval done in {report['run']['wall_s']:.0f} s: {report['run']['scored']} cases "
@@ -293,6 +299,8 @@ def define_flags():
   flags.DEFINE_integer("synthetic_size", 24, "Items of the built-in synthetic suite.")
   flags.DEFINE_list("synthetic_kinds", None, "Only these synthetic kinds (word, number, arrow, "
                     "chart).")
+  flags.DEFINE_float("synthetic_p_small", 0.5, "Share of synthetic items whose card is small on a "
+                     "busy canvas (a crop is needed).")
   flags.DEFINE_bool("orbax_logs", False, "Show Orbax's and JAX's INFO log lines.")
 
 

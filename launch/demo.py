@@ -1,15 +1,21 @@
 """python -m launch.demo --config=configs/tiny.py [--workdir=DIR]   (what `make demo` runs)
 
-The main job on the embedded default, on CPU, in a few minutes:
-1. supervised fine-tuning of the tiny Qwen2.5-VL on synthetic orientation-and-crop trajectories
-   (the same code path as `launch.sft`: Grain pipeline, sharded jitted step, Orbax checkpoints,
-   TensorBoard summaries in the workdir);
-2. export of the trained model as an HF checkpoint with `cvj.save_hf`, loaded back with
+The whole pipeline on the embedded default, on CPU in a few minutes, each stage through the code
+path of its own command:
+1. SFT of the tiny Qwen2.5-VL on synthetic tool-use trajectories (`launch.sft`: Grain pipeline,
+   sharded jitted step, Orbax checkpoints, TensorBoard summaries);
+2. GRPO from that model (`launch.rl`): rollouts through the code tool on a local executor
+   service, the CodeVision reward, the clipped policy loss with KL;
+3. export of the RL policy as an HF checkpoint (`launch.export`), loaded back with
    `cvj.load_hf`;
-3. greedy answers (`cvj.generate`) to a few held-out synthetic questions, next to the expert's.
-A toy model trained for a minute learns the format (think, call the tool) long before the content.
+4. the orientation eval of the export (`evals.orientation`): held-out synthetic tasks upright and
+   under the five transforms, with the code tool and without, scored as RL rewards, with
+   report.html (plots and a trajectory viewer);
+5. a summary table: what ran, the eval accuracies, where everything is.
+A toy model trained for minutes is a smoke test of the pipeline; its accuracies are not a result.
 """
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -17,89 +23,140 @@ import time
 
 import numpy as np
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
 flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
                   "internals) and of JAX's backend probing.")
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, summaries, the export (default: a temporary directory).")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes (default: a temporary "
+                               "directory).")
 
 
-def trained_model(cfg, workdir, result):
-  """The tiny model with the trained parameters in place, its tokenizer and image settings."""
-  from codevision_jax.train import optimizer, run_setup
-  tokenizer, model, settings = run_setup.model_parts(
-      cfg, workdir, run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh))
-  graphdef, params, frozen, rest = nnx.split(
-      model, optimizer.trainable_filter(cfg.train.freeze_vision_tower, cfg.train.freeze_merger),
-      nnx.Param, ...)
-  nnx.replace_by_pure_dict(params, result["state"]["params"])
-  nnx.replace_by_pure_dict(frozen, result["frozen"])
-  return nnx.merge(graphdef, params, frozen, rest), tokenizer, settings
+def _sft(cfg, workdir) -> dict:
+  from codevision_jax.train import loop
+  result = loop.train(cfg.sft, os.path.join(workdir, "sft"))
+  losses = [h["loss"] for h in result["history"]]
+  k = max(1, len(losses) // 6)
+  return {"steps": cfg.sft.train.steps,
+          "loss": (float(np.mean(losses[:k])), float(np.mean(losses[-k:]))) if losses else None}
 
 
-def ask(model, tokenizer, settings, cfg, conversation):
-  """Greedy first assistant turn for the prompt of a synthetic conversation."""
+def _rl(cfg, workdir, urls) -> dict:
+  from codevision_jax.rl import loop
+  cfg.init.sft_workdir = os.path.join(workdir, "sft")
+  result = loop.train(cfg, os.path.join(workdir, "rl"), executor_urls=urls)
+  history = result["history"]
+  pick = lambda m: {k: m[f"rollout/{k}"] for k in ("reward/score", "accuracy",  # noqa: E731
+                                                   "tool_calls_per_trajectory")}
+  return {"rounds": cfg.train.rounds,
+          "first": pick(history[0]) if history else None,
+          "last": pick(history[-1]) if history else None}
+
+
+def _export(workdir) -> dict:
+  """Exports the RL policy's newest checkpoint and loads it back."""
   import codevision_jax as cvj
-  from codevision_jax.data.records import load_image
-  from codevision_jax.processing import chat
-  from codevision_jax.processing import image as image_lib
+  from flax import nnx
+  from codevision_jax.train import export
+  rl_dir, hf_dir = os.path.join(workdir, "rl"), os.path.join(workdir, "hf")
+  if not os.path.exists(os.path.join(hf_dir, "config.json")):
+    export.export_run(rl_dir, hf_dir)
+  model = cvj.load_hf(hf_dir, dtype="float32")
+  reloaded = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  return {"dir": hf_dir, "files": sorted(os.listdir(hf_dir)), "tensors": len(reloaded),
+          "parameters": int(sum(v.size for v in reloaded.values()))}
 
-  first_assistant = next(i for i, m in enumerate(conversation.messages) if m["role"] == "assistant")
-  prompt = [m for m in conversation.messages[:first_assistant]
-            if not (cfg.data.synthetic_short and m["role"] == "system")]
-  n_images = sum(m["content"].count("<image>") for m in prompt)
-  images = [load_image(src) for src in conversation.images[:n_images]]
-  pixel_values, grid = settings.preprocess(images)
-  tokens = chat.tokenize_conversation(
-      tokenizer, prompt, image_token_counts=image_lib.num_image_tokens(grid, settings.merge_size),
-      add_generation_prompt=True)
-  im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-  out, _ = cvj.generate(model, tokens.input_ids[None], pixel_values, grid,
-                        max_new_tokens=cfg.demo.max_new_tokens, stop_token_ids=(im_end,),
-                        pad_token_id=tokenizer.pad_token_id or 0)
-  out = np.asarray(out[0]).tolist()
-  if im_end in out:
-    out = out[:out.index(im_end)]
-  return prompt[-1]["content"], tokenizer.decode(out)
+
+def _eval(cfg, workdir, urls) -> dict:
+  from codevision_jax.sampling.environment import AgentConfig
+  from evals import orientation
+  e = cfg.orientation
+  return orientation.evaluate(
+      os.path.join(workdir, "eval"), checkpoint=os.path.join(workdir, "hf"),
+      transforms=tuple(e.transforms), tools=tuple(e.tools), batch=e.batch,
+      executor_urls=urls,
+      agent=AgentConfig(**cfg.agent.to_dict()), synthetic_size=e.size,
+      synthetic_kinds=tuple(e.kinds), synthetic_p_small=e.p_small, seed=cfg.seed,
+      notes=["a toy model trained for minutes on CPU: a smoke test of the pipeline, not a "
+             "measurement"])
+
+
+def run(cfg, workdir: str) -> dict:
+  """Runs the pipeline into `workdir`; returns each stage's figures and wall time."""
+  from executor.local import local_service
+  stages = {}
+
+  def stage(name, title, fn, *args):
+    print(f"== {len(stages) + 1}. {title}", flush=True)
+    t = time.perf_counter()
+    stages[name] = fn(*args)
+    stages[name]["wall_s"] = time.perf_counter() - t
+
+  with contextlib.ExitStack() as stack:
+    service = stack.enter_context(local_service(workers=cfg.executor.workers))
+    urls = [service.url]
+    stage("sft", f"SFT: {cfg.sft.train.steps} steps of the tiny {cfg.sft.model.preset} on "
+          f"{cfg.sft.data.synthetic_size} synthetic trajectories", _sft, cfg, workdir)
+    stage("rl", f"GRPO: {cfg.train.rounds} rounds of {cfg.rollout.prompts} prompts x "
+          f"{cfg.rollout.group_size} rollouts through the code tool", _rl, cfg, workdir, urls)
+    stage("export", "export of the RL policy as an HF checkpoint, loaded back", _export, workdir)
+    o = cfg.orientation
+    stage("eval", f"orientation eval: {o.size} held-out items x {len(o.transforms)} transforms, "
+          f"tools {' and '.join(o.tools)}", _eval, cfg, workdir, urls)
+  return stages
+
+
+def summary(stages: dict, workdir: str) -> str:
+  """The closing table of the demo."""
+  sft, rl, ex, ev = stages["sft"], stages["rl"], stages["export"], stages["eval"]
+  rows = [("stage", "result", "time"),
+          ("1 SFT", f"loss {sft['loss'][0]:.3f} -> {sft['loss'][1]:.3f}" if sft["loss"] else
+           "no steps", f"{sft['wall_s']:.0f} s")]
+  if rl["last"]:
+    f, l = rl["first"], rl["last"]
+    rows.append(("2 GRPO", f"reward {f['reward/score']:.2f} -> {l['reward/score']:.2f}, tool calls "
+                 f"per trajectory {f['tool_calls_per_trajectory']:.2f} -> "
+                 f"{l['tool_calls_per_trajectory']:.2f}", f"{rl['wall_s']:.0f} s"))
+  rows.append(("3 export", f"{ex['tensors']} tensors, {ex['parameters']:,} parameters, reloaded",
+               f"{ex['wall_s']:.0f} s"))
+  for suite, modes in ev["suites"].items():
+    for mode, m in modes.items():
+      by = " ".join(f"{100 * x['accuracy']:.0f}" for x in m["by_transform"].values())
+      rows.append((f"4 eval, tools {mode}",
+                   f"accuracy {100 * m['average_accuracy']:.1f}% (by transform: {by}), "
+                   f"{m['all']['tool_calls_per_trajectory']:.2f} calls per trajectory", ""))
+  rows[-1] = rows[-1][:2] + (f"{ev['wall_s']:.0f} s",)
+  width = [max(len(r[i]) for r in rows) for i in range(3)]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows]
+  lines.insert(1, "  ".join("-" * w for w in width))
+  transforms = ", ".join(stages["eval"]["meta"]["transforms"])
+  return "\n".join(
+      lines + ["",
+               f"eval transforms, in order: {transforms}",
+               "This is a toy model trained for minutes on CPU: a smoke test of the whole "
+               "pipeline, not a measurement.",
+               f"report (plots, every trajectory): {ev['paths']['html']}",
+               f"the SFT and RL runs: {os.path.join(workdir, 'sft')}, "
+               f"{os.path.join(workdir, 'rl')}; TensorBoard: tensorboard --logdir {workdir}",
+               f"the HF export: {ex['dir']}",
+               "next: the same stages on a real model, e.g. python -m launch.sft "
+               "--config=configs/qwen2_5_vl_7b_sft.py --workdir=/runs/sft (README)"])
 
 
 def main(argv):
   del argv
-  import codevision_jax as cvj
-  from codevision_jax.data import synthetic
-  from codevision_jax.train import loop
-
+  from codevision_jax.train import run_setup
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="cvj-demo-")
   logging.getLogger().setLevel(logging.INFO)
-  from codevision_jax.train import run_setup
   run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   t0 = time.perf_counter()
-  print(f"== 1. SFT: tiny {cfg.model.preset} on {cfg.data.synthetic_size} synthetic trajectories, "
-        f"{cfg.train.steps} steps (workdir {workdir})", flush=True)
-  result = loop.train(cfg, workdir)
-  losses = [h["loss"] for h in result["history"]]
-  if losses:
-    k = max(1, len(losses) // 6)
-    print(f"   loss: first {np.mean(losses[:k]):.3f} -> last {np.mean(losses[-k:]):.3f} "
-          f"(means of {k} steps); TensorBoard: {os.path.join(workdir, 'tensorboard')}")
-
-  model, tokenizer, settings = trained_model(cfg, workdir, result)
-  export = cvj.save_hf(model, os.path.join(workdir, "hf_export"), source_dir=os.path.join(workdir, "tokenizer"))
-  model = cvj.load_hf(export, dtype="float32")
-  print(f"== 2. exported the trained model to {export} ({', '.join(sorted(os.listdir(export)))}) "
-        "and loaded it back with cvj.load_hf")
-
-  print(f"== 3. greedy answers to {cfg.demo.num_questions} held-out questions")
-  for conv in synthetic.generate(cfg.demo.num_questions, seed=cfg.demo.question_seed):
-    question, answer = ask(model, tokenizer, settings, cfg, conv)
-    print(f"-- question: {question.replace('<image>', '[image] ').strip()}")
-    print(f"   required: {conv.required_transforms}, ground truth: {conv.ground_truth!r}")
-    print(f"   model:    {answer.strip()!r}")
-  print(f"done in {time.perf_counter() - t0:.0f}s")
+  print(f"codevision-jax demo: the whole pipeline on a tiny model, on CPU (workdir {workdir})",
+        flush=True)
+  stages = run(cfg, workdir)
+  print(f"\n== done in {time.perf_counter() - t0:.0f} s\n{summary(stages, workdir)}")
 
 
 if __name__ == "__main__":

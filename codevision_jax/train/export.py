@@ -14,6 +14,7 @@ settings, so `AutoProcessor.from_pretrained` works. The output appears atomicall
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -56,6 +57,26 @@ def preprocessor_config(settings, model_type: str) -> dict:
           "temporal_patch_size": settings.temporal_patch_size}
 
 
+class _MissingMetadataWarning(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "Metadata file does not exist" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_missing_metadata_warning():
+  """Orbax warns that an item of a CheckpointManager step has no `_CHECKPOINT_METADATA` of its
+  own (the manager writes it per step): expected here, so kept out of the console."""
+  handlers = logging.getLogger().handlers + logging.getLogger("absl").handlers
+  quiet = _MissingMetadataWarning()
+  for h in handlers:
+    h.addFilter(quiet)
+  try:
+    yield
+  finally:
+    for h in handlers:
+      h.removeFilter(quiet)
+
+
 def _leaf_paths(tree, prefix=()) -> dict:
   """{path (with int indices): metadata} of a checkpoint's metadata tree."""
   out = {}
@@ -89,7 +110,8 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
   checkpointer = ocp.PyTreeCheckpointer()
   where = {}
   for item, sub in (("state", ("params",)), ("frozen", ())):
-    tree = checkpointer.metadata(os.path.join(step_dir, item)).item_metadata.tree
+    with _no_missing_metadata_warning():
+      tree = checkpointer.metadata(os.path.join(step_dir, item)).item_metadata.tree
     for path in _leaf_paths(tree):
       if path[:len(sub)] == sub:
         where[path[len(sub):]] = (item, path)
