@@ -5,8 +5,8 @@
 Runs the eval's cases (`evals.runner`: each synthetic item upright and under the five
 transforms, scored) with one model and sampler twice in one process, once with the tool and once
 without (the no-tool baseline is the reference), each into a fresh directory after a warm-up
-that compiles the shapes, and prints cases (item x transform) per second of each, their ratio, and the tool calls
-and turns per trajectory behind the difference. `--checkpoint` names a trained model (e.g. the
+that compiles the shapes, and prints cases (item x transform) per second of each, their ratio,
+and the tool calls and turns per trajectory behind the difference. `--checkpoint` names a trained model (e.g. the
 HF export `make demo` writes, `<workdir>/hf`, with `--system_prompt=false`); by default the tiny
 random model, which rarely makes a well-formed call, so there the two differ mostly in turns.
 """
@@ -31,6 +31,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "HF checkpoint or training workdir (default: tiny random).")
 flags.DEFINE_integer("size", 8, "Synthetic items (each asked under 6 transforms).")
 flags.DEFINE_list("kinds", ["arrow"], "Synthetic kinds.")
+flags.DEFINE_float("p_small", 0.0, "Share of synthetic items small on a canvas (as the demo's).")
 flags.DEFINE_integer("batch", 16, "Trajectories decoded together.")
 flags.DEFINE_integer("max_turns", 4, "Assistant turns with the tool.")
 flags.DEFINE_integer("max_total_tokens", 768, "Prompt + response tokens per trajectory.")
@@ -53,7 +54,7 @@ def main(argv):
                                   system_prompt=FLAGS.system_prompt)
   policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=FLAGS.batch,
                        capacity=agent.max_total_tokens, temperature=0.0)
-  items = synthetic_suite.synthetic_items(FLAGS.size, kinds=FLAGS.kinds)
+  items = synthetic_suite.synthetic_items(FLAGS.size, kinds=FLAGS.kinds, p_small=FLAGS.p_small)
 
   def run(url, tools, n):
     cases = runner.make_cases(items[:n], transforms.TRANSFORMS, (tools,))
