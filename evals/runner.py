@@ -4,7 +4,8 @@
     stats = await run_cases(cases, out, policy=..., tokenizer=..., client=..., settings=...,
                             agent=AgentConfig(...), judge=None)
 
-A case is one (item, transform, tools) triple with a stable key `<suite>/<item>/<transform>/<tools>`.
+A case is one (item, transform, tools) triple with a stable key
+`<suite>/<item>/<transform>/<tools>`.
 Its record is the item's image under the transform (`processing.orientation`: the target box moves
 with it, and the transform joins the item's required transforms, so the process reward reads it
 as a training task's) and the question as one user turn. With the tool ("on") the agent loop runs
