@@ -140,6 +140,8 @@ def summary(stages: dict, workdir: str) -> str:
                f"report (plots, every trajectory): {ev['paths']['html']}",
                f"the SFT and RL runs: {os.path.join(workdir, 'sft')}, "
                f"{os.path.join(workdir, 'rl')}; TensorBoard: tensorboard --logdir {workdir}",
+               "the RL rounds' sampled trajectories in the same viewer: python -m launch.view "
+               f"--rollouts={os.path.join(workdir, 'rl')}",
                f"the HF export: {ex['dir']}",
                "next: the same stages on a real model, e.g. python -m launch.sft "
                "--config=configs/qwen2_5_vl_7b_sft.py --workdir=/runs/sft (README)"])
