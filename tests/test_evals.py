@@ -264,3 +264,29 @@ def test_the_binary_on_a_published_suite_with_a_bad_item(tmp_path):
                          f"--out={tmp_path / 'x'}"], capture_output=True, text=True, timeout=300,
                         cwd=REPO)
   assert proc.returncode != 0 and "--suite=ocrbench reads its published file" in proc.stderr
+
+
+def test_the_judge_decides_what_the_rule_does_not_match(tmp_path, tok, service):
+  """With a judge, answers the rule rejects go to it (here an endpoint that always agrees), as
+  in RL scoring; answers the rule accepts are not sent."""
+  from codevision_jax.rl.judge import Judge
+  from test_rl_judge import FakeEndpoint, serve
+  endpoint = FakeEndpoint(reply="Yes.")
+  policy = ScriptedPolicy(tok, SCRIPTS, num_slots=2)
+  chosen = [c for c in cases() if c.tools == "on"]
+
+  async def go():
+    web_runner, url = await serve(endpoint)
+    try:
+      async with ExecutorClient(service.url) as client, Judge(url, "judge") as judge:
+        return await runner.run_cases(chosen, str(tmp_path), policy=policy, tokenizer=tok,
+                                      client=client, settings=SETTINGS,
+                                      agent=AgentConfig(max_turns=4, max_total_tokens=2000),
+                                      judge=judge)
+    finally:
+      await web_runner.cleanup()
+  stats = asyncio.run(go())
+  results = runner.load_results(str(tmp_path))
+  assert stats.judged == 1 and endpoint.requests == 1  # Only "nope" against "3/4".
+  assert results["ocrbench/1/rotate_90/on"]["correct"]
+  assert results["ocrbench/1/rotate_90/on"]["reward"]["r_acc"] == 1.0
