@@ -25,13 +25,17 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
-                  "internals) and of JAX's backend probing.")
+FLAGS = flags.FLAGS
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.",
-                                          lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes (default: a temporary "
-                               "directory).")
+
+def define_flags():
+  """The command's flags, defined only when it runs (tests import this module beside other
+  launchers)."""
+  flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
+                    "internals) and of JAX's backend probing.")
+  config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.", lock_config=False)
+  flags.DEFINE_string("workdir", None, "Where every stage writes (default: a temporary "
+                      "directory).")
 
 
 def _sft(cfg, workdir) -> dict:
@@ -150,10 +154,10 @@ def summary(stages: dict, workdir: str) -> str:
 def main(argv):
   del argv
   from codevision_jax.train import run_setup
-  cfg = _CONFIG.value
-  workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="cvj-demo-")
+  cfg = FLAGS.config
+  workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="cvj-demo-")
   logging.getLogger().setLevel(logging.INFO)
-  run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
+  run_setup.quiet_orbax(FLAGS.orbax_logs)
   t0 = time.perf_counter()
   print(f"codevision-jax demo: the whole pipeline on a tiny model, on CPU (workdir {workdir})",
         flush=True)
@@ -162,4 +166,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

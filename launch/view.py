@@ -22,9 +22,15 @@ from absl import app, flags
 
 from evals import viewer
 
-_ROLLOUTS = flags.DEFINE_string("rollouts", None, "A launch.rollout output directory, an RL "
-                                "workdir, or its rollouts/ directory.")
-_OUT = flags.DEFINE_string("out", None, "The HTML file to write (default: DIR/view.html).")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command's flags, defined only when it runs (tests import this module beside other
+  launchers that have an --out)."""
+  flags.DEFINE_string("rollouts", None, "A launch.rollout output directory, an RL workdir, or "
+                      "its rollouts/ directory.")
+  flags.DEFINE_string("out", None, "The HTML file to write (default: DIR/view.html).")
 
 TRANSCRIPTS = "transcripts.jsonl"
 
@@ -140,11 +146,11 @@ def build(rollouts: str, out: str | None = None) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not _ROLLOUTS.value:
+  if not FLAGS.rollouts:
     raise app.UsageError("--rollouts=DIR is required (a launch.rollout output, an RL workdir or "
                          "its rollouts/)")
   try:
-    out = os.path.abspath(build(_ROLLOUTS.value, _OUT.value))
+    out = os.path.abspath(build(FLAGS.rollouts, FLAGS.out))
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"launch.view: {e}") from None
   print(f"wrote {out}\n"
@@ -153,4 +159,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
