@@ -137,7 +137,7 @@ def evaluate(out: str, *, suite: str = SYNTHETIC, data: str | None = None,
   from evals import report as report_lib
   from evals import runner
   from executor.local import local_service
-  
+
   t0 = time.perf_counter()
   transforms = tuple(transforms or default_transforms(suite))
   cases_tools = tuple(tools)
