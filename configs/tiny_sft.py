@@ -38,6 +38,8 @@ def get_config():
   c.data.num_epochs = 1
   c.data.buckets = (256, 512, 768)  # Padded sequence lengths; the largest is the cutoff.
   c.data.sort_window = 8       # Sort each 8 steps' records by length (less padding); 0: off.
+  c.data.groups = 0            # Row groups per microbatch (0: one per process); fixed,
+                               # the batches are the same for any process count.
   c.data.batch_size = 4        # Rows of one microbatch, all hosts together.
   c.data.patch_budget = 512    # Image patches per host and microbatch (a multiple of 4).
   c.data.max_images = 8        # Images per host and microbatch.

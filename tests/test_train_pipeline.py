@@ -95,6 +95,29 @@ def test_second_host_offsets(setup):
   assert meta.full_segments.min() >= 96 and meta.window_segments.min() >= 96
 
 
+def test_fixed_groups_give_one_host_the_batches_of_two(setup):
+  """With data.groups fixed, one host builds exactly the concatenation of what two hosts build
+  (rows, patches and every index into them), so the global batch does not depend on the
+  number of processes."""
+  tok, convs, mc, sizes = setup
+  one = pipeline.BatchPlan(sizes, spec(batch_size=4, num_groups=2), seed=0)
+  two = pipeline.BatchPlan(sizes, spec(batch_size=4, num_groups=2, num_hosts=2), seed=0)
+  assert [one[i] for i in range(len(one))] == [two[i] for i in range(len(two))]
+  whole = pipeline.BatchBuilder(convs, tok, SETTINGS, one.spec, mc)(one[0])
+  parts = [pipeline.BatchBuilder(convs, tok, SETTINGS, two.spec, mc, host=h)(two[0])
+           for h in range(2)]
+  assert whole["input_ids"].shape[1] == 2 * parts[0]["input_ids"].shape[1] == 4
+  for key in ("input_ids", "image_index", "loss_mask", "attention_mask"):
+    np.testing.assert_array_equal(whole[key], np.concatenate([p[key] for p in parts], axis=1))
+  np.testing.assert_array_equal(whole["position_ids"],
+                                np.concatenate([p["position_ids"] for p in parts], axis=2))
+  vision = [jax.tree.leaves(p["vision"]) for p in parts]
+  for a, *b in zip(jax.tree.leaves(whole["vision"]), *vision):
+    np.testing.assert_array_equal(a, np.concatenate(b, axis=1))
+  with pytest.raises(ValueError, match="data.groups 3 is not a multiple of the 2 processes"):
+    spec(batch_size=6, num_groups=3, num_hosts=2)
+
+
 def test_iterator_state_resumes_the_sequence(setup):
   tok, convs, mc, sizes = setup
   plan = pipeline.BatchPlan(sizes, spec(), seed=1, num_epochs=2)

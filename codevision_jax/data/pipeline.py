@@ -20,8 +20,11 @@ length before batching, and the batches are shuffled again: far less padding, st
 order every epoch.
 
 A training step consumes `grad_accum` microbatches of `batch_size` rows (all hosts together).
-Each (microbatch, host) pair is a *group* of `batch_size / num_hosts` rows with its own patch
-budget. `BatchPlan` fills groups greedily in the epoch's shuffled order: a record goes to the
+Each microbatch is `num_groups` *groups* (by default one per host) of `batch_size / num_groups`
+rows, each with its own patch budget; host h builds the h-th `num_groups / num_hosts` of them.
+A fixed `num_groups` (`data.groups`) makes the batches independent of the number of processes:
+a run on 2 hosts then trains on exactly the batches of the same run on one, and a checkpoint
+resumes exactly under either. `BatchPlan` fills groups greedily in the epoch's shuffled order: a record goes to the
 current group if there is a free row and its patches fit, else the next group starts (rows left
 empty are padding with no loss). All groups of a step share one bucket. The plan is a pure
 function of (record sizes, seed, epoch), computed identically on every host, so all hosts agree
@@ -56,22 +59,38 @@ class BatchSpec:
   max_images: int = 16
   num_hosts: int = 1
   sort_window: int = 0  # > 0: sort each window of this many steps' records by length.
+  num_groups: int = 0  # Groups per microbatch, a multiple of num_hosts (0: num_hosts).
 
   def __post_init__(self):
-    if self.batch_size % self.num_hosts:
-      raise ValueError(f"batch_size {self.batch_size} is not divisible by the {self.num_hosts} hosts")
+    if self.group_count % self.num_hosts:
+      raise ValueError(f"data.groups {self.num_groups} is not a multiple of the {self.num_hosts} "
+                       "processes; set it to one (or 0: one group per process)")
+    if self.batch_size % self.group_count:
+      raise ValueError(f"batch_size {self.batch_size} is not divisible into {self.group_count} "
+                       "groups (data.groups, or one per process)")
     if self.patch_budget % 4:
       raise ValueError(f"patch_budget {self.patch_budget} must be a multiple of 4 (merged 2x2 units)")
     if list(self.buckets) != sorted(set(self.buckets)) or not self.buckets:
       raise ValueError(f"buckets must be increasing sequence lengths, got {self.buckets}")
 
   @property
+  def group_count(self) -> int:
+    """Groups per microbatch."""
+    return self.num_groups or self.num_hosts
+
+  @property
+  def groups_per_host(self) -> int:
+    return self.group_count // self.num_hosts
+
+  @property
   def rows(self) -> int:
-    return self.batch_size // self.num_hosts
+    """Rows of one group."""
+    return self.batch_size // self.group_count
 
   @property
   def groups(self) -> int:
-    return self.grad_accum * self.num_hosts
+    """Groups per step."""
+    return self.grad_accum * self.group_count
 
   def fits(self, sizes: np.ndarray) -> np.ndarray:
     """Which records (rows of `encode.record_sizes`) a batch can hold."""
@@ -89,7 +108,8 @@ class BatchSpec:
 
 def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> list:
   """Batches of one epoch: a list of (bucket, groups), groups a list of `spec.groups` lists of
-  record indices (group g = microbatch g // num_hosts, host g % num_hosts)."""
+  record indices (group g belongs to microbatch g // group_count and, within it, to host
+  (g % group_count) // groups_per_host)."""
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(len(sizes))
   order = order[spec.fits(sizes)[order]]
@@ -208,11 +228,16 @@ class BatchBuilder:
   def __call__(self, item):
     bucket, groups = item
     spec = self.spec
-    mine = [groups[m * spec.num_hosts + self.host] for m in range(spec.grad_accum)]
-    return jax.tree.map(lambda *parts: np.stack(parts), *[self.group(bucket, g) for g in mine])
+    first = self.host * spec.groups_per_host
+    microbatches = [
+        concat_groups([self.group(bucket, groups[m * spec.group_count + j], j)
+                       for j in range(first, first + spec.groups_per_host)])
+        for m in range(spec.grad_accum)]
+    return jax.tree.map(lambda *parts: np.stack(parts), *microbatches)
 
-  def group(self, length: int, indices) -> dict:
-    """One host's microbatch: the records `indices`, encoded and packed to `length` tokens."""
+  def group(self, length: int, indices, position: int | None = None) -> dict:
+    """Group `position` of a microbatch (default: this host's, one group per host): the records
+    `indices`, encoded and packed to `length` tokens."""
     examples = []
     for index in indices:
       conv = self.source[index]
@@ -229,7 +254,18 @@ class BatchBuilder:
     spec = self.spec
     return pack.pack(examples, length=length, rows=spec.rows, patch_budget=spec.patch_budget,
                      max_images=spec.max_images, model_config=self.model_config, pad_id=self.pad_id,
-                     host=self.host)
+                     host=self.host if position is None else position)
+
+
+def concat_groups(parts: list[dict]) -> dict:
+  """Packed groups of one microbatch -> one host microbatch, laid out as the global batch is
+  (rows, then patches, in group order; M-RoPE position ids [3, b, T] along their row axis)."""
+  if len(parts) == 1:
+    return parts[0]
+  out = {k: np.concatenate([p[k] for p in parts], axis=1 if k == "position_ids" else 0)
+         for k in parts[0] if k != "vision"}
+  out["vision"] = jax.tree.map(lambda *xs: np.concatenate(xs), *[p["vision"] for p in parts])
+  return out
 
 
 def make_dataset(plan: BatchPlan, builder: BatchBuilder, *, workers: int = 0, buffer: int = 2):

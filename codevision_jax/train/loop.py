@@ -39,7 +39,7 @@ def make_plan(cfg, sizes, total_steps_hint: int = 0) -> pipeline.BatchPlan:
   spec = pipeline.BatchSpec(buckets=tuple(cfg.data.buckets), batch_size=cfg.data.batch_size,
                             patch_budget=cfg.data.patch_budget, grad_accum=cfg.train.grad_accum,
                             max_images=cfg.data.max_images, num_hosts=jax.process_count(),
-                            sort_window=cfg.data.sort_window)
+                            sort_window=cfg.data.sort_window, num_groups=cfg.data.groups)
   plan = pipeline.BatchPlan(sizes, spec, seed=cfg.data.seed, num_epochs=cfg.data.num_epochs)
   if total_steps_hint > len(plan):  # More steps than epochs: plan enough further epochs.
     epochs = cfg.data.num_epochs * math.ceil(total_steps_hint / len(plan)) + 1

@@ -1,0 +1,98 @@
+"""SFT with two JAX processes on this machine (`jax.distributed.initialize`, coordinator on
+127.0.0.1, gloo collectives, 4 simulated CPU devices each) on a (data 2, fsdp 2, tensor 2) mesh
+over all 8 devices, against the same run in one process with 8 devices: the same parameters
+within float32 tolerance, each process reading only its own rows; checkpoints restore across
+process counts; a 2-process run SIGKILLed after a checkpoint resumes exactly. The processes are
+`tests/multiprocess_sft.py`."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "multiprocess_sft.py")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run(processes: int, workdir, steps: int, out, kill_at: int | None = None) -> dict:
+  """Runs the SFT on `processes` processes; returns process 0's output (parameters, the steps
+  it trained, every process's batch fingerprints), or the return codes when killed."""
+  port = str(free_port())
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  procs = [subprocess.Popen(
+      [sys.executable, SCRIPT, str(i), str(processes), port, str(workdir), str(steps), str(out)]
+      + ([str(kill_at)] if kill_at else []), env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  codes = [p.returncode for p in procs]
+  if kill_at:
+    assert codes == [-9] * processes, logs[0][-3000:]
+    return {"codes": codes}
+  assert codes == [0] * processes, "\n".join(log[-3000:] for log in logs)
+  with open(str(out) + ".json") as f:
+    info = json.load(f)
+  return {"params": dict(np.load(out)), **info}
+
+
+def assert_close(a: dict, b: dict):
+  assert set(a) == set(b)
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=2e-5, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("mp")
+  one = run(1, tmp / "one", 4, tmp / "one.npz")
+  two = run(2, tmp / "two", 4, tmp / "two.npz")
+  return tmp, one, two
+
+
+def test_two_processes_train_as_one(runs):
+  _, one, two = runs
+  assert one["steps"] == two["steps"] == [1, 2, 3, 4]
+  assert_close(one["params"], two["params"])
+  # Each process built only its own rows: its batches differ from the other's every step.
+  host0, host1 = two["fingerprints"]
+  assert all(a != b for a, b in zip(host0, host1))
+  assert len(one["fingerprints"]) == 1
+
+
+def _from_step_3(src, dst):
+  """A copy of a workdir whose newest checkpoint is step 3."""
+  shutil.copytree(src, dst)
+  shutil.rmtree(os.path.join(dst, "checkpoints", "4"))
+  assert sorted(os.listdir(os.path.join(dst, "checkpoints"))) == ["3"]
+  return dst
+
+
+def test_checkpoints_restore_across_process_counts(runs):
+  tmp, one, two = runs
+  # The 2-process checkpoint of step 3 resumed by one process, and the other way round.
+  by_one = run(1, _from_step_3(tmp / "two", tmp / "two_then_one"), 4, tmp / "a.npz")
+  by_two = run(2, _from_step_3(tmp / "one", tmp / "one_then_two"), 4, tmp / "b.npz")
+  assert by_one["steps"] == by_two["steps"] == [4]
+  assert_close(by_one["params"], two["params"])
+  assert_close(by_two["params"], one["params"])
+
+
+def test_two_processes_killed_and_restarted_resume_exactly(runs):
+  tmp, _, two = runs
+  workdir = tmp / "killed"
+  run(2, workdir, 4, tmp / "k.npz", kill_at=3)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
+  resumed = run(2, workdir, 4, tmp / "k.npz")
+  assert resumed["steps"] == [4]
+  for k, v in two["params"].items():
+    np.testing.assert_array_equal(resumed["params"][k], v, err_msg=k)
