@@ -26,6 +26,8 @@ def main(argv):
   del argv
   cfg, workdir = _CONFIG.value, _WORKDIR.value
   logging.getLogger().setLevel(logging.INFO)
+  from codevision_jax import distributed_env
+  distributed_env.initialize(cfg.get("distributed"))  # Slurm / torchrun env / TPU / config.
   from codevision_jax.train import run_setup
   run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   from codevision_jax.rl import loop

@@ -1,8 +1,10 @@
 """Supervised fine-tuning: python -m launch.sft --config=configs/tiny_sft.py --workdir=DIR
 
-Any config field can be overridden: `--config.train.steps=100 --config.optim.lr=1e-5`. With
-`--config.distributed.num_processes=N` (N > 1) every process calls `jax.distributed.initialize()`
-first and then feeds its own shard of the data. Rerunning with the same workdir resumes.
+Any config field can be overridden: `--config.train.steps=100 --config.optim.lr=1e-5`. On a
+cluster (Slurm, a Kubernetes job with torchrun-style variables, a TPU slice via launch.tpu) every
+process calls `jax.distributed.initialize()` with what codevision_jax/distributed_env.py derives
+from the scheduler, then feeds its own shard of the data; `--config.distributed.*` overrides it.
+Rerunning with the same workdir resumes.
 """
 
 import logging
@@ -22,15 +24,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   cfg = _CONFIG.value
+  logging.getLogger().setLevel(logging.INFO)  # Before initialize, so its log line shows.
+  from codevision_jax import distributed_env
+  distributed_env.initialize(cfg.distributed)  # Slurm / torchrun env / TPU / config; see there.
   import jax  # After flag parsing, so that --help is fast.
-  if cfg.distributed.num_processes > 1:
-    kw = {"num_processes": cfg.distributed.num_processes}
-    if cfg.distributed.coordinator_address:
-      kw["coordinator_address"] = cfg.distributed.coordinator_address
-    if cfg.distributed.process_id >= 0:
-      kw["process_id"] = cfg.distributed.process_id
-    jax.distributed.initialize(**kw)
-  logging.getLogger().setLevel(logging.INFO)
   from codevision_jax.train import run_setup
   run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   from codevision_jax.train import loop

@@ -96,3 +96,22 @@ def test_two_processes_killed_and_restarted_resume_exactly(runs):
   assert resumed["steps"] == [4]
   for k, v in two["params"].items():
     np.testing.assert_array_equal(resumed["params"][k], v, err_msg=k)
+
+
+def test_export_of_a_two_process_checkpoint_on_one_cpu_host(runs, tmp_path):
+  """launch.export's code reads the 2-process run's checkpoint in this single process (8
+  simulated devices, no distributed runtime): the HF model it writes holds the trained values."""
+  import jax
+  from flax import nnx
+
+  import codevision_jax as cvj
+  from codevision_jax.train import export
+
+  tmp, _, two = runs
+  out = export.export_run(str(tmp / "two"), str(tmp_path / "hf"))
+  loaded = nnx.to_pure_dict(nnx.state(cvj.load_hf(out, dtype="float32"), nnx.Param))
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+  assert set(two["params"]) <= set(flat)
+  for k, v in two["params"].items():
+    np.testing.assert_array_equal(flat[k], v, err_msg=k)
