@@ -93,6 +93,7 @@ def get_config():
   c.executor.urls = ""
   c.executor.workers = 16
   c.executor.max_error_fraction = 0.5
+  c.executor.call_deadline_s = 60.0
 
   c.algo = ml_collections.ConfigDict()
   c.algo.advantage = "grpo"

@@ -99,6 +99,8 @@ def get_config():
   c.executor.urls = ""           # Comma-separated service URLs; empty: the launcher starts one.
   c.executor.workers = 2         # Workers of that local service.
   c.executor.max_error_fraction = 0.5  # Stop when more of a round's calls cannot reach a service.
+  c.executor.call_deadline_s = 60.0  # Per tool call, all attempts and any wait for a service
+  #   taken out of rotation to come back; then the call counts as failed.
 
   c.algo = ml_collections.ConfigDict()
   c.algo.advantage = "grpo"      # "grpo" or "dr_grpo" (codevision_jax.rl.advantages)

@@ -148,7 +148,8 @@ def _calls(url):
 def test_executor_killed_mid_round_stops_the_run_with_a_clear_message(sft_dir, tmp_path):
   # The service dies once it has answered a call: the rest of that round's calls and every later
   # round's fail (four rounds, so that a round after the death has calls to fail).
-  c = config(sft_dir, train__rounds=4, rollout__prompts=8, rollout__group_size=4)
+  c = config(sft_dir, train__rounds=4, rollout__prompts=8, rollout__group_size=4,
+             executor__call_deadline_s=5.0)
   with local_service(workers=1) as doomed:
     def kill_after_a_call():
       while doomed.proc.poll() is None:

@@ -472,7 +472,8 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
   config_json = cfg.to_dict()
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   try:
-    async with ExecutorClient(urls) as client, _judge(cfg) as judge:
+    async with ExecutorClient(urls, deadline_s=cfg.executor.call_deadline_s) as client, \
+        _judge(cfg) as judge:
       if held_out and cfg.eval.get("before_training") and start == 0:
         m = rollout_metrics(await evaluate(run, held_out, client, judge), "eval")
         writer.scalars(0, m)

@@ -19,8 +19,8 @@ FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
         "train.async_checkpoints", "train.peak_tflops", "train.resume_step",
         "train.allow_config_change", "train.save_rollouts", "train.steps", "train.rounds",
         "data.workers", "data.prefetch_buffer", "mesh.", "distributed.", "executor.urls",
-        "executor.workers", "judge.max_concurrency", "judge.timeout_s", "judge.retries", "eval.",
-        "demo.")
+        "executor.workers", "executor.call_deadline_s", "judge.max_concurrency", "judge.timeout_s",
+        "judge.retries", "eval.", "demo.")
 
 
 def _flat(tree, prefix="") -> dict:
