@@ -48,6 +48,9 @@ def main(argv):
             + ", ".join(f"{k} {'on' if v else 'OFF'}" for k, v in layers.items()), flush=True)
       urls = [service.url]
     result = loop.train(cfg, workdir, executor_urls=urls)
+  import jax
+  if jax.process_index() != 0:  # Process 0 tells what was written.
+    return
   last = result["history"][-1] if result["history"] else {}
   print(f"== done: {result['run'].rounds} rounds in {workdir}")
   if last:

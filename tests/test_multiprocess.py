@@ -115,3 +115,29 @@ def test_export_of_a_two_process_checkpoint_on_one_cpu_host(runs, tmp_path):
   assert set(two["params"]) <= set(flat)
   for k, v in two["params"].items():
     np.testing.assert_array_equal(flat[k], v, err_msg=k)
+
+
+def test_load_hf_on_two_processes_reads_each_share_once(tmp_path):
+  """load_hf onto a mesh that shards the parameters across two processes: each process reads
+  from the files exactly the bytes its devices hold (about half the checkpoint; the norms and
+  biases that every device holds, twice), and the loaded model is the checkpoint."""
+  import codevision_jax as cvj
+  from codevision_jax import models
+  from codevision_jax.models import presets
+
+  hf_dir = str(tmp_path / "hf")
+  cvj.save_hf(models.build_model(presets.preset("qwen2_5_vl_tiny"), seed=0), hf_dir,
+              max_shard_size="200KB")  # Many files, tensors of one layer spread over several.
+  port, out = str(free_port()), str(tmp_path / "load.json")
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multiprocess_load.py"), str(i),
+                             "2", port, hf_dir, out], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+  with open(out) as f:
+    info = json.load(f)
+  assert info["equal"]
+  assert info["read"] == info["held"]
+  for read in info["read"]:
+    assert 0.45 * info["total"] < read < 0.6 * info["total"], info

@@ -25,7 +25,6 @@ from codevision_jax.rl import loop
 from codevision_jax.sampling import engine
 from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.train import export
-from codevision_jax.train import loop as sft_loop
 from configs import tiny_rl
 from executor.local import local_service
 from PIL import Image
@@ -38,14 +37,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # per trajectory 0.28 -> 1.25, 0.47 -> 0.91, 0.19 -> 0.78. One evaluation's mean moves by about
 # 0.1 between samplings, so a gain of 0.2 is far from what noise gives and far below what RL gives.
 MARGIN = 0.2
-
-
-@pytest.fixture(scope="module")
-def sft_dir(tmp_path_factory):
-  """The tiny recipe's short SFT (arrow signs, upright or upside down)."""
-  path = str(tmp_path_factory.mktemp("sft"))
-  sft_loop.train(tiny_rl.get_config().sft, path)
-  return path
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,10 @@
 
 The model is first built abstractly (shapes only). Each tensor is then read from its safetensors
 file, converted to our layout and dtype, and placed straight on its devices with its sharding
-(`jax.make_array_from_callback`, so on a multi-host mesh each host transfers only its slices).
-Host memory holds at most one tensor at a time besides the model itself.
+(`jax.make_array_from_callback`). Each process reads from the files only the part of each tensor
+that its own devices hold (`held_box`: whole rows with one read, a column range with one read per
+row), so on a multi-process mesh that shards the parameters across processes each reads its
+share of the checkpoint. Host memory holds at most one tensor at a time besides the model.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -61,6 +64,41 @@ def _checkpoint_readers(path: str) -> dict[str, SafetensorsFile]:
   return readers
 
 
+def held_box(shape: tuple[int, ...], sharding) -> list[tuple[int, int]]:
+  """Per axis, the [start, stop) of a tensor that this process's devices hold together."""
+  held = list(sharding.addressable_devices_indices_map(shape).values())
+  box = []
+  for axis, size in enumerate(shape):
+    spans = [idx[axis].indices(size)[:2] if axis < len(idx) else (0, size) for idx in held]
+    box.append((min(a for a, _ in spans), max(b for _, b in spans)))
+  return box
+
+
+def read_held(reader: SafetensorsFile, key: str, m: keymap.ParamMapping,
+              box: list[tuple[int, int]]) -> np.ndarray:
+  """The part `box` (our layout) of parameter `m`, read from HF tensor `key` and converted,
+  reading only the rows and columns of the file's tensor that the box covers."""
+  if m.kind == "same":
+    if len(m.shape) == 0:
+      return reader.read(key)
+    if len(m.shape) <= 2:
+      block = reader.read_box(key, box[0], box[1] if len(m.shape) == 2 else None)
+      return block.reshape([hi - lo for lo, hi in box])
+    block = reader.read_box(key, box[0]).reshape((box[0][1] - box[0][0],) + m.shape[1:])
+    return block[(slice(None),) + tuple(slice(lo, hi) for lo, hi in box[1:])]
+  # A kernel [in, out]: the file holds [out, in...] (its 2-D view is our transpose).
+  return np.ascontiguousarray(reader.read_box(key, box[1], box[0]).T)
+
+
+def _shifted(idx: tuple, shape: tuple[int, ...], starts: list[int]) -> tuple:
+  """A device's index into the whole tensor -> its index into the block read from `starts`."""
+  out = []
+  for axis, size in enumerate(shape):
+    lo, hi = idx[axis].indices(size)[:2] if axis < len(idx) else (0, size)
+    out.append(slice(lo - starts[axis], hi - starts[axis]))
+  return tuple(out)
+
+
 def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=parallel.DEFAULT_RULES,
             attention_backend: str = "xla"):
   """Loads a Qwen-VL checkpoint directory (config.json + safetensors) as an NNX model.
@@ -82,7 +120,8 @@ def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=paralle
   mappings = keymap.param_mappings(state, config)
 
   available = {}
-  for key, reader in _checkpoint_readers(path).items():
+  readers = _checkpoint_readers(path)
+  for key, reader in readers.items():
     available.setdefault(keymap.to_transformers_layout(key), (key, reader))
   wanted = {m.hf_key for m in mappings}
   ignorable = {"lm_head.weight"} if config.tie_word_embeddings else set()
@@ -103,14 +142,18 @@ def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=paralle
     if reader.shape(key) != m.hf_shape:
       raise ValueError(f"{reader.path}: tensor {key!r} has shape {reader.shape(key)}, the config "
                        f"implies {m.hf_shape}")
-    host = m.from_hf(reader.read(key)).astype(dtype, copy=False)
     var = flat[m.path]
     if mesh is None:
       sharding = jax.sharding.SingleDeviceSharding(device)
     else:
       sharding = parallel.variable_sharding(var, mesh, rules)
-    value = jax.make_array_from_callback(host.shape, sharding, lambda idx, host=host: host[idx])
-    var.set_value(value)
-    del host
-  logging.info("loaded %s (%s, %d tensors) from %s", config.model_type, dtype.name, len(mappings), path)
+    box = held_box(m.shape, sharding)
+    block = read_held(reader, key, m, box).astype(dtype, copy=False)
+    starts = [lo for lo, _ in box]
+    var.set_value(jax.make_array_from_callback(
+        m.shape, sharding, lambda idx, block=block: block[_shifted(idx, m.shape, starts)]))
+    del block
+  read = sum(r.bytes_read for r in {id(r): r for r in readers.values()}.values())
+  logging.info("loaded %s (%s, %d tensors) from %s; this process read %.1f MB of tensor data",
+               config.model_type, dtype.name, len(mappings), path, read / 1e6)
   return nnx.merge(graphdef, state)

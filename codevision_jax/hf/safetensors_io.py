@@ -44,6 +44,7 @@ class SafetensorsFile:
     self.metadata = header.pop("__metadata__", {}) or {}
     self.entries = header
     self._data_start = 8 + n
+    self.bytes_read = 0  # tensor bytes read so far
 
   def keys(self) -> list[str]:
     return list(self.entries)
@@ -51,7 +52,8 @@ class SafetensorsFile:
   def shape(self, name: str) -> tuple[int, ...]:
     return tuple(self.entries[name]["shape"])
 
-  def read(self, name: str) -> np.ndarray:
+  def _entry(self, name: str) -> tuple[np.dtype, int, tuple[int, ...]]:
+    """(dtype, absolute offset of the data, shape) of a tensor, its byte range checked."""
     entry = self.entries[name]
     dtype = DTYPES.get(entry["dtype"])
     if dtype is None:
@@ -62,15 +64,44 @@ class SafetensorsFile:
     if end - begin != expected:
       raise ValueError(f"{self.path}: tensor {name!r} spans {end - begin} bytes, shape {shape} of "
                        f"{entry['dtype']} needs {expected}")
-    buf = bytearray(end - begin)
+    return dtype, self._data_start + begin, shape
+
+  def _pread(self, fd: int, view: memoryview, pos: int, name: str) -> None:
+    done = 0
+    while done < len(view):
+      got = os.preadv(fd, [view[done:]], pos + done)
+      if got <= 0:
+        raise ValueError(f"{self.path}: file ends inside tensor {name!r}")
+      done += got
+    self.bytes_read += len(view)
+
+  def read(self, name: str) -> np.ndarray:
+    dtype, pos, shape = self._entry(name)
+    buf = bytearray(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
     with open(self.path, "rb", buffering=0) as f:
-      view, pos, done = memoryview(buf), self._data_start + begin, 0
-      while done < len(buf):
-        got = os.preadv(f.fileno(), [view[done:]], pos + done)
-        if got <= 0:
-          raise ValueError(f"{self.path}: file ends inside tensor {name!r}")
-        done += got
+      self._pread(f.fileno(), memoryview(buf), pos, name)
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+  def read_box(self, name: str, rows: tuple[int, int], cols: tuple[int, int] | None = None
+               ) -> np.ndarray:
+    """Rows [r0, r1) and columns [c0, c1) (default: all) of a tensor's 2-D view
+    [shape[0], -1], reading only those bytes: one read for whole rows, else one per row."""
+    dtype, pos, shape = self._entry(name)
+    width = int(np.prod(shape[1:], dtype=np.int64))
+    (r0, r1), (c0, c1) = rows, cols or (0, width)
+    if not (0 <= r0 <= r1 <= (shape[0] if shape else 1) and 0 <= c0 <= c1 <= width):
+      raise ValueError(f"{self.path}: rows {rows} / columns {cols} are outside tensor {name!r} "
+                       f"of shape {shape}")
+    out = np.empty((r1 - r0, c1 - c0), dtype)
+    raw = out.view(np.uint8)  # (bfloat16 has no buffer protocol of its own)
+    with open(self.path, "rb", buffering=0) as f:
+      if c1 - c0 == width:
+        self._pread(f.fileno(), memoryview(raw).cast("B"), pos + r0 * width * dtype.itemsize, name)
+      else:
+        for i in range(r1 - r0):
+          self._pread(f.fileno(), memoryview(raw[i]),
+                      pos + ((r0 + i) * width + c0) * dtype.itemsize, name)
+    return out
 
 
 def write_file(path: str, specs: list[tuple[str, tuple[int, ...], np.dtype]],

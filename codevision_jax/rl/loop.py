@@ -51,6 +51,7 @@ from codevision_jax import parallel
 from codevision_jax.execution.client import ExecutorClient, healthy_services
 from codevision_jax.rl import advantages as adv_lib
 from codevision_jax.rl import batch as batch_lib
+from codevision_jax.rl import replicas
 from codevision_jax.rl import scoring
 from codevision_jax.rl import transcript
 from codevision_jax.rl import step as rl_step
@@ -142,10 +143,10 @@ class RLRun:
   frozen: dict
   state_sh: dict
   frozen_sh: dict
-  logprobs: Callable  # jitted (params, frozen, mb) -> [b, T]
+  logprobs: Callable  # jitted (params, frozen, mb) -> [b, T], replicated
   grads: Callable  # jitted (params, frozen, mb) -> (grads, sums)
   apply: Callable  # jitted (train state, grads, tokens) -> (train state, metrics)
-  sampler_copy: Callable  # jitted: parameters -> a copy in the sampler's dtype
+  sampler_copy: dict  # "params" / "frozen": learner arrays -> the sampler's copy, in its dtype
 
   @property
   def pad_id(self) -> int:
@@ -178,6 +179,7 @@ def build(cfg, workdir: str) -> RLRun:
   state_sh = step_lib.state_shardings(params, abstract_opt, mesh, rules)
   state_sh["reference"] = state_sh["params"]
   frozen_sh = nnx.to_pure_dict(parallel.state_shardings(frozen, mesh, rules))
+  params_state, frozen_state = params, frozen
   params, frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
   if cfg.init.sft_workdir:
     restored = restore_sft_params(cfg.init.sft_workdir, params, frozen, state_sh["params"], frozen_sh)
@@ -201,29 +203,53 @@ def build(cfg, workdir: str) -> RLRun:
                   out_shardings=(train_sh, NamedSharding(mesh, P())), donate_argnums=(0,))
 
   sampler_dtype = run_setup.DTYPES[cfg.rollout.param_dtype or cfg.model.param_dtype]
+  cast = lambda tree: jax.tree.map(jnp.copy, step_lib.cast_floats(tree, sampler_dtype))
+  if jax.process_count() == 1:  # The sampler shares the learner's mesh.
+    sampler_model, copy = model, jax.jit(cast)
+    sampler_copy = {"params": copy, "frozen": copy}
+  else:  # Each process samples on its own replica (rl.replicas).
+    sampler_model, sampler_copy = _replica(graphdef, params_state, frozen_state, rest, mesh, rules,
+                                           cast)
   agent_cfg = environment.AgentConfig(**cfg.agent.to_dict())
-  policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=cfg.rollout.slots,
+  policy = ModelPolicy(sampler_model, environment.stop_ids(tokenizer), num_slots=cfg.rollout.slots,
                        capacity=agent_cfg.max_total_tokens, chunk=cfg.rollout.chunk,
                        steps_per_call=cfg.rollout.steps_per_call,
                        temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k,
                        top_p=cfg.rollout.top_p, seed=cfg.seed)
-  run = RLRun(cfg, mesh, rules, tokenizer, mc, settings, records, rounds, policy, nnx.state(model, nnx.Param),
+  run = RLRun(cfg, mesh, rules, tokenizer, mc, settings, records, rounds, policy,
+              nnx.state(sampler_model, nnx.Param),
               batch_lib.Geometry(tuple(cfg.train.buckets), cfg.train.rows, cfg.train.patch_budget,
                                  cfg.train.max_images),
               state, frozen, state_sh, frozen_sh,
-              jax.jit(functools.partial(rl_step.logprobs, **bound)),
-              jax.jit(functools.partial(rl_step.microbatch_grads, **bound)), apply,
-              jax.jit(lambda tree: jax.tree.map(jnp.copy, step_lib.cast_floats(tree, sampler_dtype))))
+              jax.jit(functools.partial(rl_step.logprobs, **bound),
+                      out_shardings=NamedSharding(mesh, P())),
+              jax.jit(functools.partial(rl_step.microbatch_grads, **bound)), apply, sampler_copy)
   hand_to_sampler(run, state["params"])
   return run
+
+
+def _replica(graphdef, params, frozen, rest, mesh, rules, cast):
+  """This process's sampler model, on its local devices, and the copies that refresh it: the
+  learner's arrays resharded device to device into the replica layout (`rl.replicas`)."""
+  placements = [replicas.ReplicaPlacement(s, mesh, rules) for s in (params, frozen, rest)]
+  local = []
+  for state, placement in zip((params, frozen, rest), placements):
+    copy = jax.tree.map(lambda x: x, state)
+    nnx.replace_by_pure_dict(copy, placement.localize(placement.reshard()(nnx.to_pure_dict(state))))
+    local.append(copy)
+  copies = {}
+  for name, placement in zip(("params", "frozen"), placements):
+    jitted = placement.reshard(cast)
+    copies[name] = lambda tree, jitted=jitted, placement=placement: placement.localize(jitted(tree))
+  return nnx.merge(graphdef, *local), copies
 
 
 def hand_to_sampler(run: RLRun, params: dict) -> None:
   """The sampler takes a copy of the learner's parameters (with the frozen ones) in its dtype,
   made on device: the learner's own buffers are donated to its next update."""
   sampler_params = jax.tree.map(lambda x: x, run.param_template)
-  nnx.replace_by_pure_dict(sampler_params, run.sampler_copy(params))
-  nnx.replace_by_pure_dict(sampler_params, run.sampler_copy(run.frozen))
+  nnx.replace_by_pure_dict(sampler_params, run.sampler_copy["params"](params))
+  nnx.replace_by_pure_dict(sampler_params, run.sampler_copy["frozen"](run.frozen))
   run.policy.update_params(sampler_params)
 
 
@@ -255,23 +281,36 @@ class ScoredRollouts:
 
 async def rollout(run: RLRun, records: Sequence, *, samples: int, seed: int, client, judge=None,
                   temperature: float | None = None) -> ScoredRollouts:
-  """Each record `samples` times through the agent loop (sampling seed `seed`), then scored."""
+  """Each record `samples` times through the agent loop (sampling seed `seed`), then scored.
+
+  With several processes each rolls out and scores its own contiguous share of `records` on its
+  sampler replica, and then every process holds all of them: trajectory ids, and so the sampling
+  streams, are those of a one-process run."""
   policy = run.policy
   policy.seed = seed
   policy.sampling["temperature"] = run.cfg.rollout.temperature if temperature is None else temperature
-  expanded = [r for r in records for _ in range(samples)]
+  lo, hi = replicas.share(len(records))
+  expanded = [r for r in records[lo:hi] for _ in range(samples)]
   trajectories, stats = await agent_lib.run_agent(
       policy, expanded, run.tokenizer, client, run.settings,
-      environment.AgentConfig(**run.cfg.agent.to_dict()))
-  group_ids = np.repeat(np.arange(len(records)), samples)
+      environment.AgentConfig(**run.cfg.agent.to_dict()), first_id=lo * samples)
+  group_ids = np.repeat(np.arange(lo, hi), samples)
   t = time.perf_counter()
   r = run.cfg.reward
   scores, parts, sstats = await scoring.score(
       trajectories, group_ids, run.tokenizer, judge=judge,
       weights={k: r[k] for k in ("format", "alpha", "beta", "gamma", "emerge")},
       tool_error_penalty=r.tool_error_penalty)
-  return ScoredRollouts(trajectories, group_ids, scores, parts, stats, sstats,
-                        time.perf_counter() - t)
+  scoring_s = time.perf_counter() - t
+  if jax.process_count() > 1:
+    shares = replicas.allgather_objects((trajectories, scores, parts, sstats))
+    trajectories = [t for share in shares for t in share[0]]
+    scores = np.concatenate([share[1] for share in shares])
+    parts = [p for share in shares for p in share[2]]
+    sstats = scoring.ScoringStats(**{f.name: sum(getattr(share[3], f.name) for share in shares)
+                                     for f in dataclasses.fields(scoring.ScoringStats)})
+    group_ids = np.repeat(np.arange(len(records)), samples)
+  return ScoredRollouts(trajectories, group_ids, scores, parts, stats, sstats, scoring_s)
 
 
 def round_seed(seed: int, round_index: int) -> int:
@@ -296,9 +335,11 @@ def check_executor(ro: ScoredRollouts, max_error_fraction: float, urls: Sequence
 
 
 def _device(run: RLRun, mb: dict, shardings: dict | None) -> tuple[dict, dict]:
+  """A microbatch (the same on every process) on the mesh; each device takes its slice."""
   host = {k: v for k, v in mb.items() if k != "image_grid_thw"}
   shardings = shardings or step_lib.batch_shardings(run.mesh, run.rules, host, stacked=False)
-  return jax.tree.map(lambda x, s: jax.device_put(x, s), host, shardings), shardings
+  return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
+                      host, shardings), shardings
 
 
 def learn(run: RLRun, ro: ScoredRollouts) -> tuple[dict, dict]:
@@ -410,6 +451,12 @@ def _save_rollouts(workdir: str, round_index: int, ro: ScoredRollouts, k: int,
       f.write(json.dumps(transcript.transcript(tokenizer, t, p), ensure_ascii=False) + "\n")
 
 
+def _append_metrics(path: str, line: dict, is_primary: bool) -> None:
+  if is_primary:
+    with open(path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(line) + "\n")
+
+
 # ---- the loop --------------------------------------------------------------------------------------
 
 def train(cfg, workdir: str, *, executor_urls: Sequence[str], hooks: Sequence[RoundHook] = ()) -> dict:
@@ -466,7 +513,8 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
                   "(raise --config.train.rounds to train further)", start, run.rounds)
   prompts = prompt_iterator(cfg, len(run.records), data_state)
   held_out = eval_records(cfg) if cfg.eval.every else []
-  writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"))
+  is_primary = jax.process_index() == 0  # Writes the logs; every process saves checkpoints.
+  writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_primary)
   bar = metrics_lib.ProgressBar(run.rounds, start=start, every=cfg.train.log_every)
   history = []
   config_json = cfg.to_dict()
@@ -478,8 +526,7 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
         m = rollout_metrics(await evaluate(run, held_out, client, judge), "eval")
         writer.scalars(0, m)
         history.append({"round": 0, **m})
-        with open(metrics_path, "a", encoding="utf-8") as f:
-          f.write(json.dumps({"round": 0, **m}) + "\n")
+        _append_metrics(metrics_path, {"round": 0, **m}, is_primary)
       for r in range(start, run.rounds):
         t_round = time.perf_counter()
         records = [run.records[i] for i in next(prompts)]
@@ -500,11 +547,11 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
         if cfg.eval.every and (done % cfg.eval.every == 0 or done == run.rounds):
           ev = await evaluate(run, held_out, client, judge)
           m.update(rollout_metrics(ev, "eval"))
-        _save_rollouts(workdir, done, ro, cfg.train.save_rollouts, run.tokenizer)
+        _save_rollouts(workdir, done, ro, cfg.train.save_rollouts if is_primary else 0,
+                       run.tokenizer)
         writer.scalars(done, m)
         history.append({"round": done, **m})
-        with open(metrics_path, "a", encoding="utf-8") as f:
-          f.write(json.dumps({"round": done, **m}) + "\n")
+        _append_metrics(metrics_path, {"round": done, **m}, is_primary)
         bar.update(done, m["actor/policy_tokens"] / max(m["time/round_s"], 1e-9),
                    reward=m["rollout/reward/score"], acc=m["rollout/accuracy"],
                    tools=m["rollout/tool_calls_per_trajectory"])

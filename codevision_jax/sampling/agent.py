@@ -107,10 +107,11 @@ class AgentLoop:
     if self.on_finish is not None:
       self.on_finish(traj)
 
-  async def run(self, records: Sequence) -> list[Trajectory]:
-    """All records' trajectories, in record order."""
+  async def run(self, records: Sequence, first_id: int = 0) -> list[Trajectory]:
+    """All records' trajectories, in record order; record k's trajectory has id `first_id + k`
+    (its sampling stream depends on the id)."""
     t_start = time.perf_counter()
-    queue = list(enumerate(records))[::-1]
+    queue = list(enumerate(records, first_id))[::-1]
     free = list(range(self.policy.num_slots))[::-1]
     slots: dict[int, _Slot] = {}
     done: list[Trajectory] = []
@@ -164,11 +165,11 @@ class AgentLoop:
 
 
 async def run_agent(policy, records: Sequence, tokenizer, client, settings: image_lib.ImageSettings,
-                    config: AgentConfig = AgentConfig(), *, on_finish=None
+                    config: AgentConfig = AgentConfig(), *, on_finish=None, first_id: int = 0
                     ) -> tuple[list[Trajectory], AgentStats]:
-  """Trajectories for `records` (in order) under the CodeVision tool environment, and the run's
-  statistics."""
+  """Trajectories for `records` (in order, ids from `first_id`) under the CodeVision tool
+  environment, and the run's statistics."""
   loop = AgentLoop(policy, CodeToolEnvironment(tokenizer, client, settings, config),
                    on_finish=on_finish)
-  trajectories = await loop.run(records)
+  trajectories = await loop.run(records, first_id)
   return trajectories, loop.stats

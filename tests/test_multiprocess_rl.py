@@ -1,0 +1,81 @@
+"""GRPO with two JAX processes on this machine (`jax.distributed.initialize`, coordinator on
+127.0.0.1, gloo collectives, 4 simulated CPU devices each) against the same round in one process
+with 8 devices: each process rolls out its half of the prompts on a sampler replica held by its
+own devices, the learner trains on the (data 2, fsdp 2, tensor 2) mesh over all 8, and the round
+equals the one-process round (the same trajectories, scores and parameters within float32
+tolerance); after the update every replica holds the new weights. The processes are
+`tests/multiprocess_rl.py`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from executor.local import local_service
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "multiprocess_rl.py")
+
+
+def free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run(processes: int, workdir, sft_dir, executor_url, out) -> dict:
+  """One RL round on `processes` processes; process 0's output (parameters, trajectories, what
+  each process saw)."""
+  port = str(free_port())
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  procs = [subprocess.Popen(
+      [sys.executable, SCRIPT, str(i), str(processes), port, str(workdir), sft_dir, executor_url,
+       str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(processes)]
+  logs = [p.communicate(timeout=900)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0] * processes, "\n".join(l[-3000:] for l in logs)
+  with open(str(out) + ".json") as f:
+    info = json.load(f)
+  return {"params": dict(np.load(out)), **info}
+
+
+@pytest.fixture(scope="module")
+def rounds(sft_dir, tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("mprl")
+  with local_service(workers=2) as service:
+    one = run(1, tmp / "one", sft_dir, service.url, tmp / "one.npz")
+    two = run(2, tmp / "two", sft_dir, service.url, tmp / "two.npz")
+  return one, two
+
+
+def test_each_process_samples_its_share_on_its_own_devices(rounds):
+  _, two = rounds
+  p0, p1 = two["processes"]
+  assert (p0["share"], p1["share"]) == ([0, 2], [2, 4])  # Prompts [start, stop) of 4.
+  for p in (p0, p1):
+    assert p["sampler_devices"] == p["local_devices"] and len(p["local_devices"]) == 4
+    assert p["sampler_synced"], p  # The replica holds the updated policy.
+  assert not set(p0["local_devices"]) & set(p1["local_devices"])
+
+
+def test_a_two_process_round_equals_the_one_process_round(rounds):
+  one, two = rounds
+  assert [t["id"] for t in one["trajectories"]] == [t["id"] for t in two["trajectories"]] \
+      == list(range(8))
+  for a, b in zip(one["trajectories"], two["trajectories"]):
+    assert a["token_ids"] == b["token_ids"], a["id"]
+    assert a["reward"] == pytest.approx(b["reward"]), a["id"]
+  # The trajectories used the tool: the executor served both processes' replicas.
+  assert sum(t["tool_calls"] for t in two["trajectories"]) > 0
+  assert one["processes"][0]["sampler_synced"]
+  for key in ("rollout/reward/score", "rollout/accuracy", "actor/policy_tokens"):
+    assert two["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-6), key
+  assert set(one["params"]) == set(two["params"])
+  for k in one["params"]:
+    np.testing.assert_allclose(two["params"][k], one["params"][k], rtol=1e-4, atol=2e-5, err_msg=k)
+  # The round moved the policy (the comparison is not of two untouched copies).
+  assert one["metrics"]["actor/grad_norm"] > 0
