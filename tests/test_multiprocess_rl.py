@@ -79,3 +79,27 @@ def test_a_two_process_round_equals_the_one_process_round(rounds):
     np.testing.assert_allclose(two["params"][k], one["params"][k], rtol=1e-4, atol=2e-5, err_msg=k)
   # The round moved the policy (the comparison is not of two untouched copies).
   assert one["metrics"]["actor/grad_norm"] > 0
+
+
+def test_replica_blocks_split_the_leading_mesh_axes():
+  import jax
+  from codevision_jax import parallel
+  from codevision_jax.rl import replicas
+
+  def shape(data, fsdp, tensor, processes):
+    mesh = parallel.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor},
+                              devices=jax.devices()[:data * fsdp * tensor])
+    return replicas.local_shape(mesh, processes)
+
+  assert shape(2, 2, 2, 2) == (1, 2, 2)
+  assert shape(1, 4, 2, 2) == (1, 2, 2)
+  assert shape(2, 2, 2, 4) == (1, 1, 2)
+  assert shape(1, 8, 1, 8) == (1, 1, 1)
+  assert shape(2, 2, 2, 1) == (2, 2, 2)
+  assert shape(1, 1, 8, 4) == (1, 1, 2)  # Tensor-parallel replicas of 2 devices.
+  with pytest.raises(ValueError, match="cannot be split into 4 per-process blocks"):
+    shape(2, 3, 1, 4)
+  with pytest.raises(ValueError, match="cannot be split into 2 per-process blocks"):
+    shape(3, 2, 1, 2)
+  assert [replicas.share(10, p, 3) for p in range(3)] == [(0, 3), (3, 7), (7, 10)]
+  assert [replicas.share(4, p, 2) for p in range(2)] == [(0, 2), (2, 4)]

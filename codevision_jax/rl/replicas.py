@@ -49,8 +49,9 @@ def local_shape(mesh: Mesh, processes: int) -> tuple[int, ...]:
       break
   if left != 1 or len(shape) != len(mesh.shape):
     raise ValueError(f"the mesh {dict(mesh.shape)} cannot be split into {processes} per-process "
-                     "blocks along its leading axes; choose mesh.shape so that data x fsdp "
-                     "(or data alone) is a multiple of the process count")
+                     "blocks along its leading axes (data, then fsdp, then tensor); choose "
+                     "mesh.shape so that the process count divides data, or is data times a "
+                     "divisor of fsdp (and so on)")
   return tuple(shape)
 
 
