@@ -31,7 +31,7 @@ def get_config():
   c.model.vocab_size = 0
   c.model.tokenizer = ""
   c.model.param_dtype = "float32"  # Master weights.
-  c.model.attention_backend = "xla"  # "cudnn" on NVIDIA GPUs.
+  c.model.attention_backend = "auto"  # cudnn on NVIDIA GPUs, splash on TPUs, xla on CPUs.
 
   c.init = ml_collections.ConfigDict()
   c.init.sft_workdir = ""        # The SFT run to start from (empty: model.path's weights).

@@ -26,7 +26,7 @@ def get_config():
   c.model.vocab_size = 0         # 0: the preset's.
   c.model.tokenizer = ""         # Empty: model.path's tokenizer.
   c.model.param_dtype = "float32"  # Master weights.
-  c.model.attention_backend = "xla"  # "cudnn" on NVIDIA GPUs.
+  c.model.attention_backend = "auto"  # cudnn on NVIDIA GPUs, splash on TPUs, xla on CPUs.
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "files"

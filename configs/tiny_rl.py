@@ -27,7 +27,7 @@ def get_config():
   c.model.vocab_size = 512
   c.model.tokenizer = ""         # Empty: `model.path`, or a tiny tokenizer built in the workdir.
   c.model.param_dtype = "float32"
-  c.model.attention_backend = "xla"
+  c.model.attention_backend = "auto"  # cudnn on NVIDIA GPUs, splash on TPUs, xla on CPUs.
 
   c.init = ml_collections.ConfigDict()
   c.init.sft_workdir = ""        # Start from this SFT run's latest checkpoint (empty: the `sft`

@@ -25,7 +25,7 @@ def get_config():
   c.model.vocab_size = 512     # For tiny presets (the tiny tokenizer has ~406 tokens).
   c.model.tokenizer = ""       # Empty: `model.path`, or a tiny tokenizer built in the output dir.
   c.model.param_dtype = "float32"
-  c.model.attention_backend = "xla"
+  c.model.attention_backend = "auto"  # cudnn on NVIDIA GPUs, splash on TPUs, xla on CPUs.
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # "synthetic" or "files" (RL/eval parquet, ShareGPT JSON/JSONL).

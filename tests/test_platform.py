@@ -25,7 +25,25 @@ def test_cudnn_without_an_nvidia_gpu_fails_at_start(tmp_path):
   c = tiny_sft.get_config()
   c.model.attention_backend = "cudnn"
   with pytest.raises(ValueError, match=r"model.attention_backend is 'cudnn', which needs NVIDIA "
-                     r"GPUs, but the devices are cpu .*--config.model.attention_backend=xla"):
+                     r"GPUs, but the devices are cpu .*--config.model.attention_backend=auto"):
+    run_setup.model_parts(c, str(tmp_path))
+
+
+def test_splash_off_tpu_fails_at_start_unless_interpreted(tmp_path, monkeypatch):
+  c = tiny_sft.get_config()
+  c.model.attention_backend = "splash"
+  monkeypatch.delenv("CVJ_SPLASH_INTERPRET", raising=False)
+  with pytest.raises(ValueError, match=r"model.attention_backend is 'splash', the TPU Pallas "
+                     r"kernel, but the devices are cpu .*CVJ_SPLASH_INTERPRET=1"):
+    run_setup.model_parts(c, str(tmp_path))
+  monkeypatch.setenv("CVJ_SPLASH_INTERPRET", "1")
+  run_setup.check_platform(c.model)
+
+
+def test_an_unknown_backend_fails_at_start_naming_the_field(tmp_path):
+  c = tiny_sft.get_config()
+  c.model.attention_backend = "flash"
+  with pytest.raises(ValueError, match=r"model.attention_backend 'flash' is not one of"):
     run_setup.model_parts(c, str(tmp_path))
 
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from codevision_jax.models.attention import resolve_backend
 from codevision_jax.models.config import SUPPORTED_MODEL_TYPES, TextConfig, VisionConfig, VLConfig, load_config
 
 
@@ -20,10 +21,15 @@ def model_class(model_type: str):
   raise ValueError(f"model_type {model_type!r} is not supported; expected one of {list(SUPPORTED_MODEL_TYPES)}")
 
 
-def build_model(config: VLConfig, *, seed: int = 0, param_dtype=jnp.float32, attention_backend: str = "xla"):
-  """A randomly initialised model (normal(0.02) matrices, unit norms, zero biases)."""
+def build_model(config: VLConfig, *, seed: int = 0, param_dtype=jnp.float32, attention_backend: str = "xla",
+                scan_layers: bool = False):
+  """A randomly initialised model (normal(0.02) matrices, unit norms, zero biases);
+  `attention_backend` "auto" is the default platform's choice (`attention.resolve_backend`);
+  `scan_layers`: the decoder layers stacked and run by a scan (`text.TextModel`)."""
   cls = model_class(config.model_type)
-  return cls(config, rngs=nnx.Rngs(seed), param_dtype=param_dtype, attention_backend=attention_backend)
+  attention_backend = resolve_backend(attention_backend, jax.default_backend())
+  return cls(config, rngs=nnx.Rngs(seed), param_dtype=param_dtype, attention_backend=attention_backend,
+             scan_layers=scan_layers)
 
 
 class _ShapeOnlyKeys:
@@ -39,11 +45,13 @@ class _ShapeOnlyKeys:
     return lambda: jax.random.key(0)
 
 
-def abstract_model(config: VLConfig, *, param_dtype=jnp.float32, attention_backend: str = "xla"):
+def abstract_model(config: VLConfig, *, param_dtype=jnp.float32, attention_backend: str = "xla",
+                   scan_layers: bool = False):
   """The model with shapes only (no memory): for loading checkpoints and counting parameters."""
   cls = model_class(config.model_type)
+  attention_backend = resolve_backend(attention_backend, jax.default_backend())
   return nnx.eval_shape(lambda: cls(config, rngs=_ShapeOnlyKeys(), param_dtype=param_dtype,
-                                    attention_backend=attention_backend))
+                                    attention_backend=attention_backend, scan_layers=scan_layers))
 
 
 __all__ = ["VLConfig", "TextConfig", "VisionConfig", "load_config", "model_class", "build_model", "abstract_model"]

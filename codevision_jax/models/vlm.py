@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from codevision_jax.models import prepare as prepare_lib
+from codevision_jax.models import attention, prepare as prepare_lib
 from codevision_jax.models.config import VLConfig
 from codevision_jax.models.layers import Linear
 from codevision_jax.models.text import TextModel, causal_mask
@@ -53,10 +53,11 @@ class VisionLanguageModel(nnx.Module):
   vision_class: ClassVar[type]
 
   def __init__(self, config: VLConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-               attention_backend: str = "xla"):
+               attention_backend: str = "xla", scan_layers: bool = False):
     self.config = config
     visual = self.vision_class(config.vision, rngs=rngs, param_dtype=param_dtype, backend=attention_backend)
-    language_model = TextModel(config.text, rngs=rngs, param_dtype=param_dtype, backend=attention_backend)
+    language_model = TextModel(config.text, rngs=rngs, param_dtype=param_dtype, backend=attention_backend,
+                               scan_layers=scan_layers)
     self.model = VLModel(visual, language_model)
     if config.tie_word_embeddings:
       self.lm_head = None
@@ -119,7 +120,10 @@ class VisionLanguageModel(nnx.Module):
     if position_ids is None:
       position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (3, b, t))
     embeds, deepstack = self.embed(input_ids, pixel_values, vision_meta, image_index)
-    mask = causal_mask(attention_mask, b, t)
+    # The dense mask and its causal/segment form (padding is segment 0), for every backend.
+    segments = None if attention_mask is None else attention.padding_segments(attention_mask)
+    mask = attention.Masks(causal_mask(attention_mask, b, t), causal=True,
+                           segment_ids=None if segments is None else (segments, segments))
     hidden, _ = self.model.language_model(embeds, position_ids, mask, deepstack=deepstack)
     return hidden if return_hidden else self.logits(hidden)
 

@@ -76,22 +76,39 @@ def make_mesh(mesh_cfg):
   return parallel.make_mesh(mesh_cfg.shape.to_dict(), devices=present)
 
 
+def attention_backend(model_cfg) -> str:
+  """`model.attention_backend` resolved on the present devices ("auto": cudnn on NVIDIA GPUs,
+  splash on TPUs, xla on CPUs; `attention.resolve_backend`)."""
+  from codevision_jax.models import attention
+  return attention.resolve_backend(model_cfg.attention_backend, devices()[0].platform)
+
+
 def check_platform(model_cfg) -> None:
   """Settings that cannot work on the present devices fail here, before anything is built."""
-  platform = devices()[0].platform
-  if model_cfg.attention_backend == "cudnn" and platform != "gpu":
+  from codevision_jax.models import attention
+  platform, kind = devices()[0].platform, devices()[0].device_kind
+  backend = attention_backend(model_cfg)
+  if backend == "cudnn" and platform != "gpu":
     raise ValueError(f"model.attention_backend is 'cudnn', which needs NVIDIA GPUs, but the devices "
-                     f"are {platform} ({devices()[0].device_kind}): pass "
-                     "--config.model.attention_backend=xla, or run on GPUs with the CUDA wheels "
-                     "(pip install -e '.[cuda12]')")
+                     f"are {platform} ({kind}): pass "
+                     "--config.model.attention_backend=auto (or xla), or run on GPUs with the CUDA "
+                     "wheels (pip install -e '.[cuda12]')")
+  if backend == "splash" and platform != "tpu" and not attention.splash_interpret():
+    raise ValueError(f"model.attention_backend is 'splash', the TPU Pallas kernel, but the devices "
+                     f"are {platform} ({kind}): pass --config.model.attention_backend=auto (or "
+                     f"xla), or set {attention.INTERPRET_ENV}=1 to run it in Pallas interpret "
+                     "mode (slow; for tests)")
 
 
 def describe(mesh, model_cfg) -> str:
   """The platform, devices, processes, mesh and attention backend of a run, for its first log line."""
   d = mesh.devices.flat[0]
+  backend = attention_backend(model_cfg)
+  if model_cfg.attention_backend == "auto":
+    backend += f" (auto on {d.platform})"
   return (f"{d.platform} platform, {mesh.size} x {d.device_kind} on the mesh "
           f"({len(devices())} device(s) present, {jax.process_count()} process(es)); mesh "
-          f"{dict(mesh.shape)}; attention backend {model_cfg.attention_backend}")
+          f"{dict(mesh.shape)}; attention backend {backend}")
 
 
 def mesh_rules(mesh_cfg):
@@ -130,10 +147,10 @@ def build_model(model_cfg, tokenizer, mesh=None, rules=None, *, seed: int = 0):
   if model_cfg.path:
     from codevision_jax.hf.load import load_hf
     return load_hf(model_cfg.path, dtype=model_cfg.param_dtype, mesh=mesh, rules=rules,
-                   attention_backend=model_cfg.attention_backend)
+                   attention_backend=attention_backend(model_cfg))
   model = models.build_model(model_config(model_cfg, tokenizer), seed=seed,
                              param_dtype=DTYPES[model_cfg.param_dtype],
-                             attention_backend=model_cfg.attention_backend)
+                             attention_backend=attention_backend(model_cfg))
   return model if mesh is None else parallel.shard_model(model, mesh, rules)
 
 
