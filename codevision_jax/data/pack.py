@@ -46,8 +46,13 @@ class VisionInputs:
 
 
 def pack(examples: Sequence[Example], *, length: int, rows: int, patch_budget: int,
-         max_images: int, model_config: VLConfig, pad_id: int, host: int = 0) -> dict:
-  """The microbatch of `examples` (see the module docstring); ValueError when they do not fit."""
+         max_images: int, model_config: VLConfig, pad_id: int, host: int = 0,
+         max_image_patches: int = 0) -> dict:
+  """The microbatch of `examples` (see the module docstring); ValueError when they do not fit.
+
+  `max_image_patches` bounds the patches of one image frame (the preprocessing's max_pixels over
+  the patch area; 0: the patch budget): the vision tower's full-attention span, the same for
+  every microbatch of a run whatever its images, so that microbatches stack and compile once."""
   if len(examples) > rows:
     raise ValueError(f"{len(examples)} examples do not fit in {rows} rows")
   ids = np.full((rows, length), pad_id, np.int32)
@@ -84,7 +89,8 @@ def pack(examples: Sequence[Example], *, length: int, rows: int, patch_budget: i
       image_index=image_index,
       targets=np.concatenate([ids[:, 1:], np.full((rows, 1), pad_id, np.int32)], axis=1),
       loss_mask=_next(token_mask),
-      vision=_vision_inputs(pixels, grids, patch_budget, model_config, host),
+      vision=_vision_inputs(pixels, grids, patch_budget, model_config, host,
+                            max_image_patches or patch_budget),
       image_grid_thw=thw,
       **{name: _next(v) for name, v in values.items()})
 
@@ -94,10 +100,18 @@ def _next(x: np.ndarray) -> np.ndarray:
   return np.concatenate([x[:, 1:], np.zeros_like(x[:, :1])], axis=1)
 
 
-def _vision_inputs(pixels, grids, budget: int, model_config: VLConfig, host: int) -> VisionInputs:
+def _vision_inputs(pixels, grids, budget: int, model_config: VLConfig, host: int,
+                   max_image_patches: int) -> VisionInputs:
   """Pixel values and metadata padded to the budget with the padding image; this host's window
-  units and segments offset past every earlier host's."""
+  units and segments offset past every earlier host's; the full-attention span bounds
+  `max_image_patches` (the padding image may be longer: nobody reads its features)."""
   merge = model_config.vision.spatial_merge_size
+  frames = grids[:, 1] * grids[:, 2] if len(grids) else np.zeros((0,), np.int64)
+  if len(frames) and frames.max() > max_image_patches:
+    raise ValueError(f"an image of grid {grids[int(frames.argmax())].tolist()} has "
+                     f"{int(frames.max())} patches per frame, more than the "
+                     f"{max_image_patches} that max_pixels allows; resize it with the run's "
+                     "image settings (data.max_pixels)")
   n_pad = budget - len(pixels)
   if n_pad:
     grids = np.concatenate([grids, [[1, merge, n_pad // merge]]]).astype(np.int64)
@@ -106,7 +120,9 @@ def _vision_inputs(pixels, grids, budget: int, model_config: VLConfig, host: int
     empty = np.zeros((0,), np.int32)
     return VisionInputs(pixels, prepare.VisionMetadata(np.zeros((0, 2), np.int32), empty, empty, empty))
   meta = prepare.vision_metadata(model_config, grids)
+  span = prepare.span_bound(max_image_patches)
   meta = meta.replace(
+      full_span=span, window_span=meta.window_span if model_config.vision.window_size else span,
       position_ids=meta.position_ids.astype(np.int32),
       window_index=(meta.window_index + host * budget // merge ** 2).astype(np.int32),
       full_segments=(meta.full_segments + host * budget).astype(np.int32),

@@ -254,7 +254,8 @@ class BatchBuilder:
     spec = self.spec
     return pack.pack(examples, length=length, rows=spec.rows, patch_budget=spec.patch_budget,
                      max_images=spec.max_images, model_config=self.model_config, pad_id=self.pad_id,
-                     host=self.host if position is None else position)
+                     host=self.host if position is None else position,
+                     max_image_patches=self.settings.max_pixels // self.settings.patch_size ** 2)
 
 
 def concat_groups(parts: list[dict]) -> dict:

@@ -33,6 +33,13 @@ class VisionMetadata:
   per window). Families with learned position embeddings resampled to each grid (Qwen3-VL) also
   set interp_indices and interp_weights [N, taps]: each patch's embedding is the weighted sum of
   those table rows; None elsewhere.
+
+  Segments are contiguous runs. full_span and window_span are static bounds (not arrays: jitted
+  code specialises on them) on the length of the runs whose attention must be exact: the vision
+  tower then attends within a band of patches around each block instead of over all N
+  (`vision.segment_attention`). Runs longer than their bound (the padding image of a packed
+  microbatch, whose outputs nobody reads) attend within the band only. 0: no bound, attention
+  over all patches.
   """
   position_ids: np.ndarray
   window_index: np.ndarray
@@ -40,6 +47,8 @@ class VisionMetadata:
   window_segments: np.ndarray
   interp_indices: np.ndarray | None = None
   interp_weights: np.ndarray | None = None
+  full_span: int = struct.field(pytree_node=False, default=0)
+  window_span: int = struct.field(pytree_node=False, default=0)
 
   def as_arrays(self) -> "VisionMetadata":
     """Device copies, to pass through `jax.jit`."""
@@ -128,6 +137,12 @@ def vision_position_ids(grid_thw, merge: int) -> np.ndarray:
   return np.concatenate(out, axis=0).astype(np.int32)
 
 
+def span_bound(longest: int) -> int:
+  """A static bound on segment lengths >= `longest`: the next power of two, at least 64, so that
+  jitted code sees few distinct bounds."""
+  return max(64, 1 << max(int(longest) - 1, 0).bit_length())
+
+
 def _segments_from_lengths(lengths) -> np.ndarray:
   lengths = np.asarray(lengths, np.int64)
   return np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
@@ -138,16 +153,18 @@ def window_metadata(grid_thw, *, spatial_merge_size: int, patch_size: int,
   """Window permutation and attention segments as transformers' `get_vision_window_index`.
 
   With `window_size` 0 there are no windows (Qwen3-VL): identity order, window segments equal
-  to the full-attention ones.
+  to the full-attention ones. The spans bound the frames' patches (`span_bound`) and a whole
+  window's, whatever the grids hold.
   """
   grid = np.asarray(grid_thw).reshape(-1, 3).astype(np.int64)
   merge = spatial_merge_size
   unit = merge * merge
   full = _segments_from_lengths(np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0]))
   n_units = int((grid[:, 0] * grid[:, 1] * grid[:, 2]).sum()) // unit
+  full_span = span_bound((grid[:, 1] * grid[:, 2]).max()) if len(grid) else 0
   if not window_size:
     return VisionMetadata(vision_position_ids(grid, merge), np.arange(n_units, dtype=np.int32), full,
-                          full)
+                          full, full_span=full_span, window_span=full_span)
   win = window_size // merge // patch_size
   if win <= 0:
     raise ValueError(f"window_size {window_size} is smaller than one merged patch "
@@ -168,7 +185,8 @@ def window_metadata(grid_thw, *, spatial_merge_size: int, patch_size: int,
     offset += t * lh * lw
   window_index = np.concatenate(index).astype(np.int32)
   return VisionMetadata(vision_position_ids(grid, merge), window_index, full,
-                        _segments_from_lengths(lengths))
+                        _segments_from_lengths(lengths), full_span=full_span,
+                        window_span=span_bound(win * win * unit))
 
 
 def interpolation_taps(grid_thw, num_grid_per_side: int, merge: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,8 @@ from codevision_jax.models import rotary
 from codevision_jax.models.config import VisionConfig
 from codevision_jax.models.layers import GatedMLP, Linear, RMSNorm
 from codevision_jax.models.prepare import VisionMetadata
-from codevision_jax.models.vision import PatchEmbed, VisionAttention, VisionBlock, permute_units
+from codevision_jax.models.vision import (PatchEmbed, Segments, VisionAttention, VisionBlock,
+                                          permute_units)
 from codevision_jax.models.vlm import VisionLanguageModel
 
 
@@ -58,7 +59,8 @@ class Qwen2_5_VisionTransformer(nnx.Module):
     x = permute_units(x, order, unit)
     cos, sin = rotary.vision_cos_sin(jnp.asarray(meta.position_ids), c.head_dim, c.rope_theta)
     cos, sin = permute_units(cos, order, unit), permute_units(sin, order, unit)
-    full, window = jnp.asarray(meta.full_segments), jnp.asarray(meta.window_segments)
+    full = Segments(jnp.asarray(meta.full_segments), meta.full_span)
+    window = Segments(jnp.asarray(meta.window_segments), meta.window_span)
     for i, block in enumerate(self.blocks):
       x = block(x, cos, sin, full if i in c.fullatt_block_indexes else window)
     merged = self.merger(x)

@@ -13,7 +13,7 @@ from codevision_jax.models import rotary
 from codevision_jax.models.config import VisionConfig
 from codevision_jax.models.layers import LayerNorm, Linear, PlainMLP, _normal, param
 from codevision_jax.models.prepare import VisionMetadata
-from codevision_jax.models.vision import PatchEmbed, VisionAttention, VisionBlock
+from codevision_jax.models.vision import PatchEmbed, Segments, VisionAttention, VisionBlock
 from codevision_jax.models.vlm import VisionLanguageModel
 
 
@@ -87,7 +87,7 @@ class Qwen3VLVisionModel(nnx.Module):
     pos = self.pos_embed(jnp.asarray(meta.interp_indices), jnp.asarray(meta.interp_weights))
     x = x + pos.astype(x.dtype)
     cos, sin = rotary.vision_cos_sin(jnp.asarray(meta.position_ids), c.head_dim, c.rope_theta)
-    segments = jnp.asarray(meta.full_segments)
+    segments = Segments(jnp.asarray(meta.full_segments), meta.full_span)
     deepstack = []
     for i, block in enumerate(self.blocks):
       x = block(x, cos, sin, segments)

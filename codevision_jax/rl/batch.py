@@ -33,6 +33,7 @@ class Geometry:
   rows: int
   patch_budget: int
   max_images: int
+  max_image_patches: int = 0  # patches of one image frame at most (0: the budget; `pack.pack`)
 
   def bucket(self, length: int) -> int:
     for b in self.buckets:
@@ -80,4 +81,5 @@ def microbatches(examples: Sequence[Example], geometry: Geometry, model_config, 
     groups.append(current)
   return [pack.pack(g, length=geometry.bucket(max(len(ex) for ex in g)), rows=geometry.rows,
                     patch_budget=geometry.patch_budget, max_images=geometry.max_images,
-                    model_config=model_config, pad_id=pad_id) for g in groups]
+                    model_config=model_config, pad_id=pad_id,
+                    max_image_patches=geometry.max_image_patches) for g in groups]
