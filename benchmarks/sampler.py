@@ -113,6 +113,24 @@ def _prompts(batch: int, patch: int):
   return ids, mask, pv, grid
 
 
+def decode_rate(run, *, batch: int, new_tokens: int, runs: int) -> float:
+  """Decode tokens/s of `run(n)` (a whole generate call for n new tokens per row, which returns
+  when done), from the median over `runs` of t(new_tokens) - t(1), timed back to back: prefill
+  and per-call overheads cancel."""
+  diffs = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    run(new_tokens)
+    t1 = time.perf_counter()
+    run(1)
+    diffs.append((t1 - t0) - (time.perf_counter() - t1))
+  diff = statistics.median(diffs)
+  if diff <= 0:
+    raise RuntimeError(f"decoding {new_tokens - 1} more tokens took no measurable time (t(n) - "
+                       f"t(1) = {diff:.2e}s); raise --new_tokens or --runs")
+  return batch * (new_tokens - 1) / diff
+
+
 def _bench_batch(hf, ours, batch: int, patch: int, torch_threads: list[int]) -> tuple[float, float]:
   import jax
   import numpy as np
@@ -139,19 +157,7 @@ def _bench_batch(hf, ours, batch: int, patch: int, torch_threads: list[int]) -> 
     return out[:, ids.shape[1]:].numpy()
 
   def rate(run):
-    """Decode tokens/s from the median over runs of t(new_tokens) - t(1), timed back to back."""
-    diffs = []
-    for _ in range(FLAGS.runs):
-      t0 = time.perf_counter()
-      run(n)
-      t1 = time.perf_counter()
-      run(1)
-      diffs.append((t1 - t0) - (time.perf_counter() - t1))
-    diff = statistics.median(diffs)
-    if diff <= 0:
-      raise RuntimeError(f"decoding {n - 1} more tokens took no measurable time (t(n) - t(1) = "
-                         f"{diff:.2e}s); raise --new_tokens or --runs")
-    return batch * (n - 1) / diff
+    return decode_rate(run, batch=batch, new_tokens=n, runs=FLAGS.runs)
 
   same = (ours_run(n) == hf_run(n)).mean()  # also the warm-up (compilation) of both lengths
   ours_run(1)

@@ -46,6 +46,28 @@ def matmul_peak(mesh, n: int, dtype) -> float:
   return 2 * n ** 3 * mesh.size / statistics.median(times)
 
 
+def time_step(run, batch: dict, grids, *, steps: int, warmup: int) -> dict:
+  """Times the run's jitted step on one host batch (without its "image_grid_thw", given as
+  `grids`): `warmup` untimed calls (compilation), then `steps` timed ones. The run's state is
+  donated to the step (do not reuse `run.state`). Returns {"seconds" (median), "times", "loss",
+  "tokens" (real tokens), "flops" (model FLOPs of the step)}."""
+  import jax
+  from codevision_jax.train import loop
+  step, batch_sh = run.jit_step(batch)
+  flops, tokens = loop.host_step_flops(run, batch, grids)
+  state, times = run.state, []
+  for i in range(warmup + steps):
+    t = time.perf_counter()
+    state, m = step(state, run.frozen, loop.to_global(batch, batch_sh))
+    jax.block_until_ready(m)
+    if i >= warmup:
+      times.append(time.perf_counter() - t)
+  run.state = None
+  del state
+  return {"seconds": statistics.median(times), "times": times, "loss": float(m["loss"]),
+          "tokens": tokens, "flops": flops}
+
+
 def main(argv):
   del argv
   import jax
@@ -55,16 +77,8 @@ def main(argv):
     run = loop.build(cfg, workdir)
   batch = run.builder(run.plan[0])
   grids = batch.pop("image_grid_thw")
-  step, batch_sh = run.jit_step(batch)
-  flops, tokens = loop.host_step_flops(run, batch, grids)
-  state, times = run.state, []
-  for i in range(FLAGS.warmup + FLAGS.steps):
-    t = time.perf_counter()
-    state, m = step(state, run.frozen, loop.to_global(batch, batch_sh))
-    jax.block_until_ready(m)
-    if i >= FLAGS.warmup:
-      times.append(time.perf_counter() - t)
-  seconds = statistics.median(times)
+  timed = time_step(run, batch, grids, steps=FLAGS.steps, warmup=FLAGS.warmup)
+  seconds, times, flops, tokens = timed["seconds"], timed["times"], timed["flops"], timed["tokens"]
   dtype = run_setup.DTYPES[cfg.train.compute_dtype]
   reference = matmul_peak(run.mesh, FLAGS.matmul, dtype)
   kind = jax.devices()[0].device_kind
@@ -76,7 +90,7 @@ def main(argv):
         f"({tokens / (shape[0] * shape[1] * shape[2]):.0%} of the padded), "
         f"{float(grids.prod(-1).sum()):.0f} image patches of a budget of {batch['vision'].pixel_values.shape[1]}")
   print(f"step: {seconds * 1e3:.1f} ms median of {len(times)} "
-        f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}); loss {float(m['loss']):.4f}")
+        f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}); loss {timed['loss']:.4f}")
   print(f"tokens/s: {tokens / seconds:,.0f}")
   print(f"model FLOPs: {flops / 1e9:.2f} GFLOP/step, {flops / seconds / 1e9:.2f} GFLOP/s")
   print(f"reference: {FLAGS.matmul}^3 {dtype.__name__ if hasattr(dtype, '__name__') else dtype} matmul "

@@ -66,8 +66,8 @@ class Masks:
 
 
 def padding_segments(attention_mask: jax.Array) -> jax.Array:
-  """Segment ids [B, T] int32 of a 0/1 attention mask: 1 for tokens, 0 for padding (padding then
-  attends to padding only, and no query row is empty)."""
+  """Segment ids [B, T] int32 of an attention mask: its values (1 on tokens, or 1, 2, ... per
+  packed sequence; 0 on padding, which then attends to padding only: no query row is empty)."""
   return attention_mask.astype(jnp.int32)
 
 
