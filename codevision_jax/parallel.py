@@ -35,6 +35,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vocab", "tensor"),
     ("patch", None),
     ("norm", None),
+    ("layers", None),  # The leading axis of scanned (stacked) decoder layers: never sharded.
 )
 
 _warned: set = set()

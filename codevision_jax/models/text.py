@@ -7,6 +7,11 @@ reads them without a transpose; `init_kv_cache`), used by the sampler: the T new
 values are written at entries `cache_index[b]`, `cache_index[b] + 1`, ... of row b (each row has
 its own write position), and the mask [B, 1, T, S] says which entries each query sees. Training
 and scoring pass no cache.
+
+With `scan_layers` the decoder layers are one `DecoderLayer` whose parameters carry a leading
+layer axis [L, ...] (logical axis "layers", replicated), run by `jax.lax.scan`: XLA compiles one
+layer whatever the depth, with the same numerics. Its cache is stacked too: {"k": [L, B, K, S, D],
+"v": ...} (`init_kv_cache` gives the form a model takes).
 """
 
 from __future__ import annotations
@@ -80,11 +85,16 @@ class DecoderLayer(nnx.Module):
 class TextModel(nnx.Module):
   """embed_tokens, layers, norm: HF's `model.language_model`."""
 
-  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, param_dtype, backend: str = "xla"):
+  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, param_dtype, backend: str = "xla",
+               scan_layers: bool = False):
     self.config = cfg
+    self.scan_layers = scan_layers
     self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
-    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype, backend=backend)
-                            for _ in range(cfg.num_hidden_layers)])
+    if scan_layers:
+      self.layers = stacked_layers(cfg, rngs.params(), param_dtype=param_dtype, backend=backend)
+    else:
+      self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype, backend=backend)
+                              for _ in range(cfg.num_hidden_layers)])
     self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
 
   def __call__(self, embeds, position_ids, mask, *, kv_cache=None, cache_index=None,
@@ -98,6 +108,10 @@ class TextModel(nnx.Module):
     inv_freq = rotary.inv_frequencies(cfg.resolved_head_dim, cfg.rope_theta)
     axis_of_freq = rotary.mrope_axis_of_frequency(cfg.mrope_section, cfg.mrope_interleaved)
     cos, sin = rotary.mrope_cos_sin(position_ids, inv_freq, axis_of_freq, embeds.dtype)
+    if self.scan_layers:
+      x, new_cache = _run_scanned(self.layers, embeds, cos, sin, mask, kv_cache, cache_index,
+                                  deepstack)
+      return self.norm(x), new_cache
     x = embeds
     new_cache = []
     for i, layer in enumerate(self.layers):
@@ -110,11 +124,76 @@ class TextModel(nnx.Module):
     return self.norm(x), (new_cache if kv_cache is not None else None)
 
 
-def init_kv_cache(cfg: TextConfig, batch: int, length: int, dtype) -> list[dict]:
-  """An empty cache: per layer {"k", "v"} of zeros [batch, kv_heads, length, head_dim]."""
+def stacked_layers(cfg: TextConfig, key: jax.Array, *, param_dtype, backend: str = "xla"):
+  """`cfg.num_hidden_layers` decoder layers as one `DecoderLayer` whose parameters are stacked
+  along a leading axis (logical name "layers"), layer i initialised from the i-th split of `key`
+  (Flax NNX's scan-over-layers construction: `nnx.vmap` over split keys)."""
+
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def make(layer_key):
+    return DecoderLayer(cfg, rngs=nnx.Rngs(layer_key), param_dtype=param_dtype, backend=backend)
+
+  return make(jax.random.split(key, cfg.num_hidden_layers))
+
+
+def _run_scanned(layers: DecoderLayer, x, cos, sin, mask, kv_cache, cache_index, deepstack):
+  """The stacked `layers` over hidden states x [B, T, H] with `jax.lax.scan`: one compiled layer.
+
+  The stacked cache (when given) is carried and layer i's slice is replaced in place, so that a
+  decode step holds one cache. DeepStack features (for the first len(features) layers) are
+  stacked [n, B, T, H] and layer i adds row min(i, n - 1) where i < n, zeros elsewhere: exactly
+  the unscanned sum. Returns the hidden states and the new cache (None without one).
+  """
+  graphdef, state = nnx.split(layers)
+  num_layers = jax.tree.leaves(state)[0].shape[0]
+  if deepstack is not None:
+    visual_mask, features = deepstack
+    features = jnp.stack([f.astype(x.dtype) for f in features])
+
+  def body(carry, xs):
+    x, cache = carry
+    layer_state, i = xs
+    layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+    x, layer_cache = nnx.merge(graphdef, layer_state)(x, cos, sin, mask, layer_cache, cache_index)
+    if cache is not None:
+      cache = jax.tree.map(lambda c, new: jax.lax.dynamic_update_index_in_dim(c, new, i, 0),
+                           cache, layer_cache)
+    if deepstack is not None:
+      n = features.shape[0]
+      row = jax.lax.dynamic_index_in_dim(features, jnp.minimum(i, n - 1), 0, keepdims=False)
+      x = x + jnp.where(visual_mask[..., None] & (i < n), row, 0)
+    return (x, cache), None
+
+  (x, cache), _ = jax.lax.scan(body, (x, kv_cache), (state, jnp.arange(num_layers)))
+  return x, cache
+
+
+def init_kv_cache(model_or_cfg: TextModel | TextConfig, batch: int, length: int, dtype,
+                  *, stacked: bool | None = None) -> list[dict] | dict:
+  """An empty cache of zeros for `model_or_cfg` (a `TextModel`, or a config with `stacked`):
+  per layer {"k", "v"} [batch, kv_heads, length, head_dim], or for a scanned model (`stacked`)
+  one {"k", "v"} [layers, batch, kv_heads, length, head_dim]."""
+  if isinstance(model_or_cfg, TextModel):
+    cfg = model_or_cfg.config
+    stacked = model_or_cfg.scan_layers if stacked is None else stacked
+  else:
+    cfg = model_or_cfg
   shape = (batch, cfg.num_key_value_heads, length, cfg.resolved_head_dim)
+  if stacked:
+    shape = (cfg.num_hidden_layers,) + shape
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
   return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
           for _ in range(cfg.num_hidden_layers)]
+
+
+def cache_slot_axis(cache: list[dict] | dict) -> int:
+  """The batch (slot) axis of a cache's arrays: 0 per layer, 1 when stacked."""
+  return 1 if isinstance(cache, dict) else 0
+
+
+def cache_entries(cache: list[dict] | dict) -> int:
+  """The number of entries S (the length) of a cache in either form."""
+  return jax.tree.leaves(cache)[0].shape[-2]
 
 
 def causal_mask(attention_mask: jax.Array | None, batch: int, length: int) -> jax.Array:

@@ -7,7 +7,8 @@ batched decoding on device. `Sampler.generate` (a batch of prompts) and the agen
     engine.append(slot, input_ids, pixel_values, image_grid_thw)    # chunked prefill of one slot
     tokens, logprobs, counts = engine.decode(active, budgets, keys, counts, max_steps=32)
 
-State, on device (`DecodeState`): per layer a cache [S, K, L, D] of S slots, the pending logits
+State, on device (`DecodeState`): per layer a cache [S, K, L, D] of S slots (one stacked
+[layers, S, K, L, D] for a decoder with `scan_layers`), the pending logits
 [S, V] (each slot's next-token distribution), each slot's length (tokens in its cache) and its
 M-RoPE counter (the next text position: the maximum position so far plus one, as
 `get_rope_index` advances it). A slot's tokens sit at cache entries [0, length); the next
@@ -45,7 +46,7 @@ import numpy as np
 from flax import nnx, struct
 
 from codevision_jax.models import prepare
-from codevision_jax.models.text import init_kv_cache
+from codevision_jax.models.text import cache_entries, cache_slot_axis, init_kv_cache
 from codevision_jax.sampling.logits import choose_tokens, policy_logprobs
 
 ID_SLOTS = 8
@@ -71,10 +72,24 @@ def id_array(ids: Sequence[int]) -> np.ndarray:
 
 @struct.dataclass
 class DecodeState:
-  cache: list  # per layer {"k", "v"} [S, K, L, D]
+  cache: list | dict  # per layer {"k", "v"} [S, K, L, D]; scanned decoder: {"k", "v"} [layers, S, K, L, D]
   logits: jax.Array  # [S, V] float32
   lengths: jax.Array  # [S] int32
   counters: jax.Array  # [S] int32
+
+
+def _take_slots(cache, slots):
+  """The rows `slots` of a cache in either form (`text.init_kv_cache`)."""
+  axis = cache_slot_axis(cache)
+  index = (slice(None),) * axis + (slots,)
+  return jax.tree.map(lambda v: v[index], cache)
+
+
+def _put_slots(cache, rows, slots):
+  """`cache` with its rows `slots` replaced by `rows` (of `_take_slots`' form)."""
+  axis = cache_slot_axis(cache)
+  index = (slice(None),) * axis + (slots,)
+  return jax.tree.map(lambda v, r: v.at[index].set(r), cache, rows)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -97,13 +112,12 @@ def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstac
   model = nnx.merge(graphdef, params, rest)
   c = embeds.shape[1]
   start = state.lengths[slots]
-  rows = state.cache if all_slots else [{k: v[slots] for k, v in layer.items()} for layer in state.cache]
-  entries = jnp.arange(rows[0]["k"].shape[2])
+  rows = state.cache if all_slots else _take_slots(state.cache, slots)
+  entries = jnp.arange(cache_entries(rows))
   mask = entries[None, None, :] <= (start[:, None] + jnp.arange(c))[:, :, None]  # [R, C, L]
   positions = positions + state.counters[slots][None, :, None]
   hidden, rows = model.extend(embeds, positions, mask[:, None], rows, start, deepstack)
-  cache = rows if all_slots else [{k: state.cache[i][k].at[slots].set(v) for k, v in layer.items()}
-                                  for i, layer in enumerate(rows)]
+  cache = rows if all_slots else _put_slots(state.cache, rows, slots)
   at_last = jnp.take_along_axis(hidden, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
   new = model.logits(at_last).astype(state.logits.dtype)
   logits = state.logits.at[slots].set(jnp.where((last >= 0)[:, None], new, state.logits[slots]))
@@ -123,7 +137,7 @@ def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity
   TRACE_COUNTS["decode"] += 1
   model = nnx.merge(graphdef, params, rest)
   s = active.shape[0]
-  entries = jnp.arange(state.cache[0]["k"].shape[2])
+  entries = jnp.arange(cache_entries(state.cache))
   scratch = entries.shape[0] - 1
   banned = jnp.any(jnp.arange(state.logits.shape[-1])[:, None] == banned_ids[None, :], axis=-1)
   budget = jnp.minimum(budget, capacity - state.lengths)
@@ -173,6 +187,8 @@ class DecodeEngine:
   def __init__(self, model: nnx.Module, *, chunk: int = 128, params: nnx.State | None = None):
     self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
     self.config = model.config
+    # The cache's form follows the decoder's (stacked for scanned layers).
+    self._stacked = getattr(model.model.language_model, "scan_layers", False)
     self.chunk = chunk
     if params is not None:
       self.update_params(params)
@@ -211,7 +227,7 @@ class DecodeEngine:
     tc = self.config.text
     dtype = jax.tree.leaves(self._params)[0].dtype
     self.state = DecodeState(
-        cache=init_kv_cache(tc, num_slots, capacity + self.chunk + 1, dtype),
+        cache=init_kv_cache(tc, num_slots, capacity + self.chunk + 1, dtype, stacked=self._stacked),
         logits=jnp.zeros((num_slots, tc.vocab_size), jnp.float32),
         lengths=jnp.zeros((num_slots,), jnp.int32), counters=jnp.zeros((num_slots,), jnp.int32))
     self.capacity = capacity
