@@ -11,6 +11,10 @@ Two key layouts exist for the same tensors:
 * the official Qwen2.5-VL release: `visual.*`, `model.*` for the decoder.
 We read both and write the family's official one (Qwen3-VL was released in the transformers-5
 layout, which transformers loads without renaming); transformers loads either.
+
+A scanned decoder (`scan_layers`) holds each layer parameter once, stacked [L, ...], at
+`model.language_model.layers.<name>`: it maps to L tensors `...layers.{i}.<name>`, one mapping per
+layer (`ParamMapping.layer`: the index into the stacked array).
 """
 
 from __future__ import annotations
@@ -35,9 +39,15 @@ class ParamMapping:
   """One parameter: our path (tuple, as in the NNX state) and its HF key and shape."""
   path: tuple
   hf_key: str  # transformers-5 layout
-  shape: tuple[int, ...]  # ours
+  shape: tuple[int, ...]  # ours (one layer's, for a stacked parameter)
   hf_shape: tuple[int, ...]
   kind: str  # "same", "transpose" or "conv"
+  layer: int | None = None  # a stacked parameter's layer (its index on the leading axis)
+
+  def take(self, x):
+    """This mapping's tensor in our layout from the parameter's value x (layer `layer` of a
+    stacked parameter, x itself otherwise)."""
+    return x if self.layer is None else x[self.layer]
 
   def to_hf(self, x: np.ndarray) -> np.ndarray:
     if self.kind == "same":
@@ -53,24 +63,54 @@ class ParamMapping:
 def param_mappings(model_or_state, config: VLConfig) -> list[ParamMapping]:
   """One mapping per parameter of `model_or_state` (a module, abstract or not, or its state)."""
   state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state, nnx.Param)
-  out = []
+  out, stacked, num_layers = [], [], 0
   for path, var in nnx.to_flat_state(state):
     shape = tuple(var.get_value().shape)
-    dotted = ".".join(str(p) for p in path)
-    kind = "same"
-    hf_shape = shape
-    if path[-1] == "kernel":
-      dotted = dotted[: -len("kernel")] + "weight"
-      kind = "transpose"
-      hf_shape = shape[::-1]
-      if dotted.endswith("patch_embed.proj.weight"):
-        v = config.vision
-        kind = "conv"
-        hf_shape = (shape[1], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
-    for pattern, repl in _RENAMES[config.model_type]:
-      dotted = re.sub(pattern, repl, dotted)
-    out.append(ParamMapping(tuple(path), dotted, shape, hf_shape, kind))
-  return out
+    if is_stacked_layer_path(path):
+      stacked.append(_mapping(path, ".".join(str(p) for p in path), shape[1:], config))
+      num_layers = shape[0]
+      continue
+    out.extend(_per_layer(stacked, num_layers))  # The stacked group (when there is one) ends.
+    stacked = []
+    out.append(_mapping(path, ".".join(str(p) for p in path), shape, config))
+  return out + _per_layer(stacked, num_layers)
+
+
+def _per_layer(stacked: list[ParamMapping], num_layers: int) -> list[ParamMapping]:
+  """The mappings of stacked parameters, one per layer and parameter, layer-major: the order of
+  an unscanned decoder's parameters (so that both export the same file)."""
+  prefix = ".".join(_STACKED_PREFIX) + "."
+  return [dataclasses.replace(m, layer=i, hf_key=m.hf_key.replace(prefix, f"{prefix}{i}.", 1))
+          for i in range(num_layers) for m in stacked]
+
+
+# Where a scanned decoder keeps its stacked layers.
+_STACKED_PREFIX = ("model", "language_model", "layers")
+
+
+def is_stacked_layer_path(path: tuple) -> bool:
+  """Whether an NNX path is a parameter of scanned (stacked) decoder layers: `layers` followed by
+  a name, where an unscanned decoder has a layer index."""
+  n = len(_STACKED_PREFIX)
+  return (tuple(str(p) for p in path[:n]) == _STACKED_PREFIX and len(path) > n
+          and not isinstance(path[n], int) and not str(path[n]).isdigit())
+
+
+def _mapping(path: tuple, dotted: str, shape: tuple[int, ...], config: VLConfig) -> ParamMapping:
+  """The mapping of one tensor of our `shape` at `dotted` (the joined NNX path)."""
+  kind = "same"
+  hf_shape = shape
+  if path[-1] == "kernel":
+    dotted = dotted[: -len("kernel")] + "weight"
+    kind = "transpose"
+    hf_shape = shape[::-1]
+    if dotted.endswith("patch_embed.proj.weight"):
+      v = config.vision
+      kind = "conv"
+      hf_shape = (shape[1], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+  for pattern, repl in _RENAMES[config.model_type]:
+    dotted = re.sub(pattern, repl, dotted)
+  return ParamMapping(tuple(path), dotted, shape, hf_shape, kind)
 
 
 def to_transformers_layout(key: str) -> str:

@@ -6,10 +6,15 @@ file, converted to our layout and dtype, and placed straight on its devices with
 that its own devices hold (`held_box`: whole rows with one read, a column range with one read per
 row), so on a multi-process mesh that shards the parameters across processes each reads its
 share of the checkpoint. Host memory holds at most one tensor at a time besides the model.
+
+With `scan_layers` the decoder's parameters are stacked [L, ...]: layer i's tensor is read (its
+held part) and placed on the devices alone, then written into slice i of the stacked array on the
+devices, so the host still holds one layer's tensor at a time.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -99,8 +104,37 @@ def _shifted(idx: tuple, shape: tuple[int, ...], starts: list[int]) -> tuple:
   return tuple(out)
 
 
+def _layer_sharding(sharding):
+  """The sharding of one layer of a stacked parameter placed with `sharding` (its leading axis
+  dropped)."""
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[1:]))
+  return sharding
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "sharding"))
+def _zeros(shape, dtype, sharding):
+  return jax.lax.with_sharding_constraint(jnp.zeros(shape, dtype), sharding)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_layer(stacked, layer, i):
+  return jax.lax.dynamic_update_index_in_dim(stacked, layer.astype(stacked.dtype), i, 0)
+
+
+def _place(reader, key, m: keymap.ParamMapping, sharding, dtype):
+  """Tensor `key` of mapping `m` as an array on `sharding`, reading only the part this process
+  holds."""
+  shape = m.shape
+  box = held_box(shape, sharding)
+  block = read_held(reader, key, m, box).astype(dtype, copy=False)
+  starts = [lo for lo, _ in box]
+  return jax.make_array_from_callback(
+      shape, sharding, lambda idx: block[_shifted(idx, shape, starts)])
+
+
 def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=parallel.DEFAULT_RULES,
-            attention_backend: str = "xla"):
+            attention_backend: str = "xla", scan_layers: bool = False):
   """Loads a Qwen-VL checkpoint directory (config.json + safetensors) as an NNX model.
 
   Args:
@@ -108,6 +142,7 @@ def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=paralle
     dtype: parameter dtype ("bfloat16", "float32", ...).
     mesh: place parameters on this mesh by their logical axes and `rules`; default: the first
       local device, unsharded.
+    scan_layers: build the decoder with stacked layers run by a scan (`models.text.TextModel`).
   Raises errors naming the key and file for missing or unexpected tensors, shape mismatches and
   unsupported `model_type`.
   """
@@ -115,7 +150,8 @@ def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=paralle
     raise FileNotFoundError(f"{path}: not a checkpoint directory")
   config = load_config(path)
   dtype = jnp.dtype(dtype)
-  model = abstract_model(config, param_dtype=dtype, attention_backend=attention_backend)
+  model = abstract_model(config, param_dtype=dtype, attention_backend=attention_backend,
+                         scan_layers=scan_layers)
   graphdef, state = nnx.split(model)
   mappings = keymap.param_mappings(state, config)
 
@@ -147,12 +183,15 @@ def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=paralle
       sharding = jax.sharding.SingleDeviceSharding(device)
     else:
       sharding = parallel.variable_sharding(var, mesh, rules)
-    box = held_box(m.shape, sharding)
-    block = read_held(reader, key, m, box).astype(dtype, copy=False)
-    starts = [lo for lo, _ in box]
-    var.set_value(jax.make_array_from_callback(
-        m.shape, sharding, lambda idx, block=block: block[_shifted(idx, m.shape, starts)]))
-    del block
+    if m.layer is None:
+      var.set_value(_place(reader, key, m, sharding, dtype))
+      continue
+    stacked = var.get_value()
+    if not isinstance(stacked, jax.Array):  # Still abstract: this is the first layer read.
+      stacked = _zeros(tuple(stacked.shape), dtype, sharding)
+    layer = _place(reader, key, m, _layer_sharding(sharding), dtype)
+    var.set_value(_set_layer(stacked, layer, m.layer))
+    del layer
   read = sum(r.bytes_read for r in {id(r): r for r in readers.values()}.values())
   logging.info("loaded %s (%s, %d tensors) from %s; this process read %.1f MB of tensor data",
                config.model_type, dtype.name, len(mappings), path, read / 1e6)

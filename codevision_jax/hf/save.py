@@ -44,7 +44,12 @@ def save_hf(model, out_dir: str, dtype=None, max_shard_size="5GB", source_dir: s
   """
   state = nnx.state(model, nnx.Param)
   flat = dict(nnx.to_flat_state(state))
-  return write_hf(model.config, state, lambda path: _host_value(flat[path].get_value()), out_dir,
+
+  def value_of(path, layer=None):
+    x = flat[path].get_value()
+    return _host_value(x if layer is None else x[layer])  # One layer of a stacked parameter.
+
+  return write_hf(model.config, state, value_of, out_dir,
                   dtype=dtype, max_shard_size=max_shard_size,
                   files={name: os.path.join(source_dir, name) for name in AUXILIARY_FILES
                          if source_dir and os.path.exists(os.path.join(source_dir, name))})
@@ -56,7 +61,9 @@ def write_hf(config, state: nnx.State, value_of, out_dir: str, *, dtype=None, ma
 
   `state` gives the parameters' paths, shapes and dtypes (an abstract state is enough);
   `value_of(path)` returns one parameter's host value, called once per parameter, in write order,
-  so at most one tensor is in memory beside the file being written. `files` maps names in the
+  so at most one tensor is in memory beside the file being written; for a parameter of scanned
+  decoder layers (stacked [L, ...]) it is called as `value_of(path, i)` once per layer i and
+  returns that layer's value. `files` maps names in the
   output to files copied in (tokenizer, processor); `config_updates` are set at the top level and
   in `text_config` of config.json. Atomic: the directory appears only when complete.
   """
@@ -85,7 +92,7 @@ def write_hf(config, state: nnx.State, value_of, out_dir: str, *, dtype=None, ma
 
       def produce(k):
         m, _ = by_key[k]
-        return m.to_hf(value_of(m.path))
+        return m.to_hf(value_of(m.path) if m.layer is None else value_of(m.path, m.layer))
 
       if is_writer:
         safetensors_io.write_file(os.path.join(tmp, name), specs, produce)

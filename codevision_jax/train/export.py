@@ -105,7 +105,8 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
   from codevision_jax.processing import tokenizer as tok_lib  # Deferred: transformers import.
   tokenizer = tok_lib.load_tokenizer(tok_dir)
   mc = run_setup.model_config(cfg.model, tokenizer)
-  state = nnx.state(abstract_model(mc, param_dtype=run_setup.DTYPES[cfg.model.param_dtype]), nnx.Param)
+  state = nnx.state(abstract_model(mc, param_dtype=run_setup.DTYPES[cfg.model.param_dtype],
+                                   scan_layers=cfg.model.get("scan_layers", False)), nnx.Param)
 
   checkpointer = ocp.PyTreeCheckpointer()
   where = {}
@@ -120,7 +121,8 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
     raise ValueError(f"{step_dir} lacks parameters the model has, e.g. {missing[:3]}: it is not a "
                      f"checkpoint of this model ({mc.model_type}, from the run's config)")
 
-  def value_of(path) -> np.ndarray:
+  def value_of(path, layer=None) -> np.ndarray:
+    """One parameter, or layer `layer` of a stacked one (read whole, then sliced)."""
     item, full = where[path]
     target, args = 0, ocp.RestoreArgs(restore_type=np.ndarray)
     for k in reversed(full):
@@ -129,7 +131,7 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
         item=target, restore_args=args, partial_restore=True))
     for k in full:
       out = out[str(k)]
-    return np.asarray(out)
+    return np.asarray(out if layer is None else out[layer])
 
   files = {}
   for name in hf_save.AUXILIARY_FILES:
