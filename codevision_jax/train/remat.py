@@ -2,7 +2,9 @@
 backward pass instead of storing them, with a `jax.checkpoint` policy chosen by name.
 
 Applied from outside the model (no model code changes): every layer's class is swapped for a
-subclass whose `__call__` is wrapped in `nnx.remat`. Parameters and names are unchanged.
+subclass whose `__call__` is wrapped in `nnx.remat`. Parameters and names are unchanged. A scanned
+decoder (`scan_layers`) has one stacked layer module, whose swapped class the scan body runs: the
+policy applies to each layer inside the scan.
 
 Policies: "none" (store everything), "full" (store nothing but the layer inputs), "dots"
 (store matmul outputs without batch dimensions), "dots_all" (store every matmul output).
@@ -34,7 +36,9 @@ def apply_remat(model, policy: str):
     return model
   if policy not in POLICIES:
     raise ValueError(f"remat policy {policy!r} is not one of {['none', *POLICIES]}")
-  layers = list(model.model.language_model.layers) + list(getattr(model.model.visual, "blocks", []))
+  text = model.model.language_model
+  decoder = [text.layers] if getattr(text, "scan_layers", False) else list(text.layers)
+  layers = decoder + list(getattr(model.model.visual, "blocks", []))
   for layer in layers:
     base = getattr(type(layer), "_remat_base", type(layer))
     cls = _remat_class(base, policy)
