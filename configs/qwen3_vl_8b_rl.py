@@ -34,6 +34,7 @@ def get_config():
   c.model.tokenizer = ""
   c.model.param_dtype = "float32"  # Master weights.
   c.model.attention_backend = "auto"  # cudnn on NVIDIA GPUs, splash on TPUs, xla on CPUs.
+  c.model.scan_layers = False  # True: decoder layers stacked, run by a scan (one compiled layer).
 
   c.init = ml_collections.ConfigDict()
   c.init.sft_workdir = ""        # The SFT run to start from (empty: model.path's weights).

@@ -29,6 +29,7 @@ def get_config():
   c.model.tokenizer = ""         # Empty: model.path's tokenizer.
   c.model.param_dtype = "float32"  # Master weights.
   c.model.attention_backend = "auto"  # cudnn on NVIDIA GPUs, splash on TPUs, xla on CPUs.
+  c.model.scan_layers = False  # True: decoder layers stacked, run by a scan (one compiled layer).
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "files"

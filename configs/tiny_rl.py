@@ -28,6 +28,7 @@ def get_config():
   c.model.tokenizer = ""         # Empty: `model.path`, or a tiny tokenizer built in the workdir.
   c.model.param_dtype = "float32"
   c.model.attention_backend = "auto"  # cudnn on NVIDIA GPUs, splash on TPUs, xla on CPUs.
+  c.model.scan_layers = False  # True: decoder layers stacked, run by a scan (one compiled layer).
 
   c.init = ml_collections.ConfigDict()
   c.init.sft_workdir = ""        # Start from this SFT run's latest checkpoint (empty: the `sft`

@@ -147,10 +147,12 @@ def build_model(model_cfg, tokenizer, mesh=None, rules=None, *, seed: int = 0):
   if model_cfg.path:
     from codevision_jax.hf.load import load_hf
     return load_hf(model_cfg.path, dtype=model_cfg.param_dtype, mesh=mesh, rules=rules,
-                   attention_backend=attention_backend(model_cfg))
+                   attention_backend=attention_backend(model_cfg),
+                   scan_layers=model_cfg.get("scan_layers", False))
   model = models.build_model(model_config(model_cfg, tokenizer), seed=seed,
                              param_dtype=DTYPES[model_cfg.param_dtype],
-                             attention_backend=attention_backend(model_cfg))
+                             attention_backend=attention_backend(model_cfg),
+                             scan_layers=model_cfg.get("scan_layers", False))
   return model if mesh is None else parallel.shard_model(model, mesh, rules)
 
 
