@@ -10,6 +10,9 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "grain==0.2.18",
+    # data.source="tfds": prepared sets, read as ArrayRecord (data/tfds_source.py); no TensorFlow.
+    "tensorflow-datasets==4.9.10",
+    "array-record==0.8.6",
     "pyarrow==26.0.1",
     "transformers==5.23.0",
     "safetensors==0.8.0",

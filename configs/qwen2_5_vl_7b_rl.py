@@ -40,6 +40,9 @@ def get_config():
   c.data = ml_collections.ConfigDict()
   c.data.source = "files"
   c.data.paths = ""              # Required: --config.data.paths=a.parquet,b.parquet
+  c.data.tfds_name = ""          # source="tfds": the set launch.prepare_tfds wrote (--name),
+  c.data.tfds_dir = ""           # ... under this directory (--data_dir), local or mounted,
+  c.data.tfds_split = "train"    # ... this split of it (--split).
   c.data.skip_bad = False
   c.data.synthetic_size = 4096   # For --config.data.source=synthetic (a smoke test of the recipe).
   c.data.synthetic_seed = 0

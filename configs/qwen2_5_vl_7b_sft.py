@@ -32,6 +32,9 @@ def get_config():
   c.data = ml_collections.ConfigDict()
   c.data.source = "files"
   c.data.paths = ""              # Required: --config.data.paths=a.jsonl,b.parquet
+  c.data.tfds_name = ""          # source="tfds": the set launch.prepare_tfds wrote (--name),
+  c.data.tfds_dir = ""           # ... under this directory (--data_dir), local or mounted,
+  c.data.tfds_split = "train"    # ... this split of it (--split).
   c.data.skip_bad = False        # True: skip and count unreadable records instead of stopping.
   c.data.synthetic_size = 5000   # For --config.data.source=synthetic (a smoke test of the recipe).
   c.data.synthetic_seed = 0

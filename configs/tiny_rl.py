@@ -47,8 +47,11 @@ def get_config():
   c.sft.mesh.num_devices = 1     # The toy model on one device (its batch of 4 does not split 8 ways).
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"    # "synthetic" or "files" (verl RL parquet, JSON/JSONL records).
+  c.data.source = "synthetic"    # "synthetic", "files" (verl RL parquet, JSON/JSONL) or "tfds".
   c.data.paths = ""
+  c.data.tfds_name = ""          # source="tfds": the set launch.prepare_tfds wrote (--name),
+  c.data.tfds_dir = ""           # ... under this directory (--data_dir), local or mounted,
+  c.data.tfds_split = "train"    # ... this split of it (--split).
   c.data.skip_bad = False        # Skip (and count) records without a usable ground truth.
   c.data.synthetic_size = 512
   c.data.synthetic_seed = 1

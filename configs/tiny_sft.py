@@ -25,8 +25,11 @@ def get_config():
   c.model.scan_layers = False  # True: decoder layers stacked, run by a scan (one compiled layer).
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"  # "synthetic" or "files" (ShareGPT JSON/JSONL/Parquet).
+  c.data.source = "synthetic"  # "synthetic", "files" (ShareGPT JSON/JSONL/Parquet) or "tfds".
   c.data.paths = ""            # Comma-separated data files for source="files".
+  c.data.tfds_name = ""        # source="tfds": the set launch.prepare_tfds wrote (--name),
+  c.data.tfds_dir = ""         # ... under this directory (--data_dir), local or mounted,
+  c.data.tfds_split = "train"  # ... this split of it (--split).
   c.data.skip_bad = False
   c.data.synthetic_size = 256
   c.data.synthetic_seed = 0

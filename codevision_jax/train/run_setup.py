@@ -201,8 +201,9 @@ def image_settings(model_cfg, data_cfg, model_type: str) -> image_lib.ImageSetti
 def conversation_source(data_cfg, *, kind: str):
   """The records of a run: `data.synthetic_size` synthetic tasks (optionally only some
   `data.synthetic_kinds` / `synthetic_transforms`, with `synthetic_p_small` of them small on a
-  large canvas), or the files of `data.paths` (comma-separated; `kind` "sft" needs an assistant
-  turn per record, "rl" a prompt)."""
+  large canvas), the files of `data.paths` (comma-separated; `kind` "sft" needs an assistant
+  turn per record, "rl" a prompt), or the TFDS set `data.tfds_name` (split `data.tfds_split`)
+  that `launch.prepare_tfds` wrote under `data.tfds_dir` (read on access, from ArrayRecord)."""
   if data_cfg.source == "synthetic":
     from codevision_jax.data import synthetic
     variety = {k: data_cfg.get(f"synthetic_{k}") for k in ("kinds", "transforms", "p_small")}
@@ -221,4 +222,17 @@ def conversation_source(data_cfg, *, kind: str):
       raise ValueError("data.source is 'files' but data.paths is empty; pass "
                        "--config.data.paths=a.jsonl,b.parquet")
     return ConversationSource.from_files(paths, kind=kind, skip_bad=data_cfg.skip_bad)
-  raise ValueError(f"data.source {data_cfg.source!r} is not one of 'synthetic', 'files'")
+  if data_cfg.source == "tfds":
+    from codevision_jax.data import tfds_source
+    name, data_dir = data_cfg.get("tfds_name"), data_cfg.get("tfds_dir")
+    split = data_cfg.get("tfds_split") or tfds_source.DEFAULT_SPLIT
+    if not name or not data_dir:
+      raise ValueError("data.source is 'tfds' but data.tfds_name and data.tfds_dir are not both "
+                       "set; pass --config.data.tfds_name=NAME --config.data.tfds_dir=DIR (the "
+                       "--name and --data_dir of python -m launch.prepare_tfds)")
+    try:
+      return tfds_source.TfdsSource(name, data_dir, split, kind=kind)
+    except tfds_source.TfdsError as e:
+      raise ValueError(f"data.tfds_name={name!r}, data.tfds_dir={data_dir!r}, data.tfds_split="
+                       f"{split!r}: {e}") from None
+  raise ValueError(f"data.source {data_cfg.source!r} is not one of 'synthetic', 'files', 'tfds'")
