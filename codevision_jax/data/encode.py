@@ -5,14 +5,14 @@ takes them. Packing examples into batches of fixed geometry is `data.pack`.
     sizes = record_sizes(source, tokenizer, settings)   # [N, 3]: tokens, patches, images
 
 `record_sizes` is the same encoding from image headers alone (no pixel decoding): the batch plan
-needs every record's size before the first step.
+needs every record's size before the first step (`data.sizing` runs it in worker processes,
+`data.size_cache` keeps it per data file across starts).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 import os
 
 import numpy as np
@@ -20,8 +20,6 @@ from PIL import Image
 
 from codevision_jax.data import records as records_lib
 from codevision_jax.processing import chat, image as image_lib
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,29 +103,23 @@ BAD_RECORD = -1
 """The token count `record_sizes` gives a record skipped for a broken image (it fits no batch)."""
 
 
+def record_size(conversation, tokenizer, settings: image_lib.ImageSettings) -> tuple[int, int, int]:
+  """(tokens, patches, images) of one record, from its image headers (every image is checked to
+  decode). Raises BadImage or ImagePreprocessingError for an image that cannot be used."""
+  grids = image_grids(conversation, settings)
+  return (len(_tokenize(conversation, tokenizer, grids, settings.merge_size).input_ids),
+          int(grids.prod(-1).sum()), len(grids))
+
+
 def record_sizes(source, tokenizer, settings: image_lib.ImageSettings, *,
-                 skip_bad: bool = False) -> np.ndarray:
+                 skip_bad: bool = False, workers: int = 0, progress: str = "") -> np.ndarray:
   """[N, 3] int64: tokens, patches and images of every record, from one pass that reads image
-  headers and checks that every image decodes (no preprocessing). A record with a broken image
-  raises ValueError naming it (its origin, file:record) and the image, or, with `skip_bad`, is
-  logged, counted and given BAD_RECORD tokens."""
-  out = np.zeros((len(source), 3), np.int64)
-  bad = []
-  for i in range(len(source)):
-    conv = source[i]
-    try:
-      grids = image_grids(conv, settings)
-    except (BadImage, image_lib.ImagePreprocessingError) as e:
-      where = getattr(conv, "origin", "") or f"record {i}"
-      if not skip_bad:
-        raise ValueError(f"{where}: {e}. Fix or remove the record, or pass "
-                         "--config.data.skip_bad=True to skip such records") from None
-      bad.append(f"{where}: {e}")
-      out[i] = (BAD_RECORD, 0, 0)
-      continue
-    out[i] = (len(_tokenize(conv, tokenizer, grids, settings.merge_size).input_ids),
-              int(grids.prod(-1).sum()), len(grids))
-  if bad:
-    log.warning("skipping %d of %d records with images that cannot be used (data.skip_bad), e.g. %s",
-                len(bad), len(out), "; ".join(bad[:3]))
-  return out
+  headers and checks that every image decodes (no preprocessing), in `workers` processes (0: this
+  one; `data.sizing`), with a progress line labelled `progress` when given. A record with a broken
+  image raises ValueError naming it (its origin, file:record) and the image, or, with `skip_bad`,
+  is logged, counted and given BAD_RECORD tokens. `data.size_cache.record_sizes` is the same,
+  cached per data file."""
+  from codevision_jax.data import sizing  # Deferred: sizing imports this module.
+  measured = sizing.measure(source, tokenizer, settings, workers=workers,
+                            stop_at_bad=not skip_bad, label=progress)
+  return sizing.finish([measured], source, skip_bad=skip_bad)
