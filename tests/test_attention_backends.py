@@ -82,8 +82,9 @@ def test_splash_with_a_cache_or_a_dense_mask_only_uses_xla(interpret):
       attention.dot_product_attention(q, cache_k, cache_v, backend="xla", **kw))
 
 
-def test_the_tiny_model_with_splash_gives_the_xla_logits(interpret):
-  cfg = presets.preset("qwen2_5_vl_tiny")
+@pytest.mark.parametrize("name", ["qwen2_5_vl_tiny", "qwen3_vl_tiny"])
+def test_the_tiny_model_with_splash_gives_the_xla_logits(interpret, name):
+  cfg = presets.preset(name)
   rng = np.random.default_rng(0)
   ids = rng.integers(0, 380, size=(2, 96)).astype(np.int32)
   am = np.ones_like(ids)
