@@ -36,6 +36,7 @@ def get_config():
   c.data.tfds_dir = ""           # ... under this directory (--data_dir), local or mounted,
   c.data.tfds_split = "train"    # ... this split of it (--split).
   c.data.skip_bad = False        # True: skip and count unreadable records instead of stopping.
+  c.data.size_cache = ""         # Record sizes: "" <workdir>/size_cache, "off", or a folder.
   c.data.synthetic_size = 5000   # For --config.data.source=synthetic (a smoke test of the recipe).
   c.data.synthetic_seed = 0
   c.data.synthetic_short = False

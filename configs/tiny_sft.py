@@ -31,6 +31,7 @@ def get_config():
   c.data.tfds_dir = ""         # ... under this directory (--data_dir), local or mounted,
   c.data.tfds_split = "train"  # ... this split of it (--split).
   c.data.skip_bad = False
+  c.data.size_cache = ""       # Record sizes: "" <workdir>/size_cache, "off", or a folder.
   c.data.synthetic_size = 256
   c.data.synthetic_seed = 0
   c.data.synthetic_short = True  # Drop system prompt and tool schemas (short CPU sequences).

@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from codevision_jax import parallel
-from codevision_jax.data import encode, pipeline
+from codevision_jax.data import pipeline, size_cache
 from codevision_jax.train import checkpointing, metrics as metrics_lib, optimizer as optim_lib
 from codevision_jax.train import remat, resume, run_setup, step as step_lib
 
@@ -45,6 +45,16 @@ def make_plan(cfg, sizes, total_steps_hint: int = 0) -> pipeline.BatchPlan:
     epochs = cfg.data.num_epochs * math.ceil(total_steps_hint / len(plan)) + 1
     plan = pipeline.BatchPlan(sizes, spec, seed=cfg.data.seed, num_epochs=epochs)
   return plan
+
+
+def record_sizes(data_cfg, source, tokenizer, settings, workdir: str):
+  """Every record's tokens, patches and images (`size_cache.record_sizes`): read from the size
+  cache (`data.size_cache`) or sized in `data.workers` processes; process 0 writes the cache."""
+  return size_cache.record_sizes(
+      source, tokenizer, settings, cache_dir=size_cache.cache_dir(data_cfg, workdir),
+      skip_bad=data_cfg.skip_bad, workers=data_cfg.get("workers", 0),
+      process_index=jax.process_index(),
+      barrier=functools.partial(run_setup._barrier, "size_cache"))
 
 
 def check_geometry(cfg, mesh):
@@ -98,7 +108,7 @@ def build(cfg, workdir: str) -> Run:
   if not len(source):
     raise ValueError(f"0 records in {cfg.data.paths or 'the synthetic data (data.synthetic_size)'}: "
                      "nothing to train on")
-  sizes = encode.record_sizes(source, tokenizer, settings, skip_bad=cfg.data.skip_bad)
+  sizes = record_sizes(cfg.data, source, tokenizer, settings, workdir)
   plan = make_plan(cfg, sizes, cfg.train.steps)
   total_steps = cfg.train.steps or len(plan)
   builder = pipeline.BatchBuilder(source, tokenizer, settings, plan.spec, mc, host=jax.process_index())

@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
         "train.async_checkpoints", "train.peak_tflops", "train.resume_step",
         "train.allow_config_change", "train.save_rollouts", "train.steps", "train.rounds",
-        "data.workers", "data.prefetch_buffer", "mesh.", "distributed.", "executor.urls",
-        "executor.workers", "executor.call_deadline_s", "judge.max_concurrency", "judge.timeout_s",
-        "judge.retries", "eval.", "demo.")
+        "data.workers", "data.prefetch_buffer", "data.size_cache", "mesh.", "distributed.",
+        "executor.urls", "executor.workers", "executor.call_deadline_s", "judge.max_concurrency",
+        "judge.timeout_s", "judge.retries", "eval.", "demo.")
 
 
 def _flat(tree, prefix="") -> dict:
