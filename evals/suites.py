@@ -27,6 +27,9 @@ Multiple-choice suites keep their ground truth as the option letter ("A"), which
 `codevision_jax.rl.reward.answers_match` scores. A bad row (no question, no ground truth, a
 missing image file, an image that does not decode) becomes a `BadItem`; a file that is missing or
 not in the published format raises, naming the path and the file expected.
+
+Any suite also reads "tfds:NAME@DIR": the RL records of a TFDS set that `launch.prepare_tfds`
+made (e.g. of MVToolBench's parquet), one item per record as an MVToolBench row (`read_tfds`).
 """
 
 from __future__ import annotations
@@ -461,6 +464,11 @@ _MVTOOLBENCH_EXPECTED = ("verl RL rows (prompt, images, reward_model.ground_trut
 
 def _mvtoolbench_item(raw, row: int, *, path: str) -> EvalItem:
   conv = readers.normalise_record(raw, os.path.dirname(path), require_assistant=False)
+  return _record_item(conv, row, suite="mvtoolbench", source=f"{path}:{row}")
+
+
+def _record_item(conv, row: int, *, suite: str, source: str) -> EvalItem:
+  """A normalised RL record (`records.Conversation`, verl fields) -> an item of `suite`."""
   texts = (m["content"].replace(code_tool.IMAGE_PLACEHOLDER, "").strip()
            for m in conv.messages if m["role"] == "user")
   question = "\n".join(t for t in texts if t)
@@ -477,8 +485,8 @@ def _mvtoolbench_item(raw, row: int, *, path: str) -> EvalItem:
   transforms = list(conv.required_transforms or [])
   extra = dict(conv.extra, data_source=conv.data_source)
   category = _category(conv.extra, "category", "type") or "+".join(transforms)
-  return EvalItem(suite="mvtoolbench", id=_item_id(conv.extra, "index", row), question=question,
-                  answers=[str(truth).strip()], image=conv.images[0], source=f"{path}:{row}",
+  return EvalItem(suite=suite, id=_item_id(conv.extra, "index", row), question=question,
+                  answers=[str(truth).strip()], image=conv.images[0], source=source,
                   required_transforms=transforms, target_box=box, category=category, extra=extra)
 
 
@@ -597,8 +605,36 @@ SUITES: dict[str, Callable[[str, int], tuple[list[EvalItem], list[BadItem]]]] = 
 
 def read_suite(name: str, path: str, *, limit: int = 0) -> tuple[list[EvalItem], list[BadItem]]:
   """Items and bad items of suite `name` read from `path` (a file, or for suites published as a
-  directory, the directory); `limit` > 0: only the first `limit` rows are read (bad ones count
-  toward the limit)."""
+  directory, the directory, or "tfds:NAME@DIR", a prepared TFDS set: `read_tfds`); `limit` > 0:
+  only the first `limit` rows are read (bad ones count toward the limit)."""
   if name not in SUITES:
     raise ValueError(f"unknown suite {name!r}; valid suites: {', '.join(SUITES)}")
+  if path.startswith(TFDS_PREFIX):
+    return read_tfds(name, path, limit)
   return SUITES[name](path, limit)
+
+
+# ---- prepared TFDS sets --------------------------------------------------------------------------
+
+TFDS_PREFIX = "tfds:"
+_TFDS_EXPECTED = "a TFDS set written by python -m launch.prepare_tfds --kind=rl"
+
+
+def read_tfds(suite: str, spec: str, limit: int = 0):
+  """Items of `suite` from a TFDS set that `launch.prepare_tfds --kind=rl` made of verl RL rows
+  (an MVToolBench parquet, held-out prompts): `spec` is "tfds:NAME@DIR" (split train) or
+  "tfds:NAME:SPLIT@DIR", the command's --name, --split and --data_dir. Each record is one item
+  as an MVToolBench row is (user text, ground truth, one image, required transforms, box)."""
+  from codevision_jax.data import tfds_source
+  names, at, data_dir = spec[len(TFDS_PREFIX):].partition("@")
+  name, _, split = names.partition(":")
+  if not (at and name and data_dir):
+    raise ValueError(f"--data={spec}: name a TFDS set as tfds:NAME@DIR or tfds:NAME:SPLIT@DIR "
+                     "(launch.prepare_tfds's --name, --split and --data_dir)")
+  try:
+    source = tfds_source.TfdsSource(name, data_dir, split or tfds_source.DEFAULT_SPLIT)
+  except tfds_source.TfdsError as e:
+    raise ValueError(f"--data={spec}: {e}") from None
+  rows = ((row, source[row]) for row in range(len(source)))
+  to_item = lambda conv, row: _record_item(conv, row, suite=suite, source=f"{spec}:{row}")
+  return _read(suite, spec, rows, to_item, limit, _TFDS_EXPECTED)

@@ -172,3 +172,19 @@ def test_prepare_command(data, tmp_path):
                                f"--data_dir={tmp_path}")
   assert wrong_kind.returncode == 1
   assert "rl.parquet: record 0: no assistant turn to train on" in wrong_kind.stderr
+
+
+def test_eval_suite_reads_a_prepared_set(data):
+  """`--data=tfds:NAME@DIR` gives an eval suite the items of the parquet it was prepared from."""
+  from evals import orientation, suites
+  spec = f"tfds:syn_rl@{data['dir']}"
+  items, bad = orientation.read_items("mvtoolbench", spec, limit=10)
+  expected, expected_bad = suites.read_suite("mvtoolbench", data["rl"], limit=10)
+  assert len(items) == 10 and not bad and not expected_bad
+  for a, b in zip(items, expected):
+    assert a.source == f"{spec}:{a.id}"
+    assert dataclasses.replace(a, source="") == dataclasses.replace(b, source="")
+  with pytest.raises(ValueError, match=r"tfds:NAME@DIR or tfds:NAME:SPLIT@DIR"):
+    suites.read_suite("mvtoolbench", "tfds:syn_rl")
+  with pytest.raises(ValueError, match=r"no split 'test'"):
+    suites.read_suite("mvtoolbench", f"tfds:syn_rl:test@{data['dir']}")
