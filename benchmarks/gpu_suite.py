@@ -353,7 +353,7 @@ def engine_row(s: Shapes, model, torch_ref: dict | None) -> dict:
     for slot in range(b):
       engine.append(slot, ids[slot], pv[slot * patches:(slot + 1) * patches], grid[slot:slot + 1])
     jax.block_until_ready(engine.logits)
-    keys = jax.random.split(jax.random.key(0), b)
+    keys = jax.random.split(jax.random.PRNGKey(0), b)  # Raw keys, as Sampler.generate.
     counts = np.zeros((b,), np.int32)
     t = time.perf_counter()
     for _ in range(rounds):
@@ -513,7 +513,9 @@ def torch_child(args, budget: Budget) -> list:
     cmd = [sys.executable, "-m", "benchmarks.gpu_suite", "--torch_only", f"--out={out}",
            f"--budget_s={max(budget.left() * 0.4, 1):.0f}"] + (["--tiny"] if args.tiny else [])
     try:
-      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(budget.left(), 1))
+      # JAX on the CPU there: the child imports the project but must leave the GPU to torch.
+      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(budget.left(), 1),
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
     except subprocess.TimeoutExpired:
       return [skipped(n, "the torch child ran past the time budget") for n in names]
     sys.stderr.write(proc.stderr[-2000:] if proc.returncode else "")
