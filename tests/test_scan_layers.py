@@ -239,15 +239,22 @@ def test_lowered_program_does_not_grow_with_depth():
   assert unscanned > 2.0, unscanned
 
 
-def test_sft_with_scanned_layers_and_remat_trains_sharded(tmp_path):
+def test_sft_with_scanned_layers_and_remat_trains_sharded_and_exports(tmp_path):
   from test_train_step import small_config
-  from codevision_jax.train import loop
+  from codevision_jax.train import export, loop
   c = small_config(data=1, fsdp=4, tensor=2)
   c.model.scan_layers = True
   c.train.remat = "full"
-  c.train.steps = 2
-  out = loop.train(c, str(tmp_path))
+  c.train.steps = c.train.checkpoint_every = 2
+  out = loop.train(c, str(tmp_path / "run"))
   losses = [h["loss"] for h in out["history"]]
   assert len(losses) == 2 and np.all(np.isfinite(losses))
   kernel = out["state"]["params"]["model"]["language_model"]["layers"]["mlp"]["gate_proj"]["kernel"]
   assert kernel.shape == (4, 128, 256) and len(kernel.sharding.device_set) == 8
+  # The run's checkpoint exports per-layer HF tensors, which load (unscanned) as the trained ones.
+  hf_dir = export.export_run(str(tmp_path / "run"), str(tmp_path / "hf"))
+  plain = load_hf(hf_dir, dtype="float32")
+  trained = np.asarray(jax.device_get(kernel))
+  for i in range(4):
+    np.testing.assert_array_equal(
+        np.asarray(plain.model.language_model.layers[i].mlp.gate_proj.kernel[...]), trained[i])
