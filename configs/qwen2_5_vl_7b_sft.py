@@ -50,6 +50,8 @@ def get_config():
   c.data.sort_window = 8         # Sort each 8 steps' records by length (less padding); 0: off.
   c.data.groups = 0              # Row groups per microbatch (0: one per process); fixed,
                                  # the batches are the same for any process count.
+  c.data.packing = "none"        # Sequence packing: "first_fit" or "best_fit" put several records
+                                 # in a row (each its own attention segment); "none": one per row.
   c.data.batch_size = 8          # Rows of one microbatch, all hosts together.
   c.data.patch_budget = 8192     # Image patches per host and microbatch (a multiple of 4).
   c.data.max_images = 32         # Images per host and microbatch.

@@ -13,7 +13,8 @@ output nor the gradient.
 
 The microbatch (b = rows, T = length, P = patch_budget):
 
-    input_ids, targets, loss_mask, attention_mask [b, T]; position_ids [3, b, T] (M-RoPE)
+    input_ids, targets, loss_mask [b, T]; attention_mask [b, T]: 0 on padding, else the token's
+      segment (1; 1, 2, ... with sequence packing); position_ids [3, b, T] (M-RoPE)
     image_index [b, T]: for an image token, the row of the merged vision features (numbered over
       all hosts' patches of the microbatch: host h's first row is h * P / merge^2); -1 elsewhere
     vision: `VisionInputs` (pixel_values [P, C*T*p*p] and the vision tower's `VisionMetadata`,
@@ -47,26 +48,43 @@ class VisionInputs:
 
 def pack(examples: Sequence[Example], *, length: int, rows: int, patch_budget: int,
          max_images: int, model_config: VLConfig, pad_id: int, host: int = 0,
-         max_image_patches: int = 0) -> dict:
+         max_image_patches: int = 0, rows_of: Sequence[int] | None = None) -> dict:
   """The microbatch of `examples` (see the module docstring); ValueError when they do not fit.
 
   `max_image_patches` bounds the patches of one image frame (the preprocessing's max_pixels over
   the patch area; 0: the patch budget): the vision tower's full-attention span, the same for
-  every microbatch of a run whatever its images, so that microbatches stack and compile once."""
-  if len(examples) > rows:
-    raise ValueError(f"{len(examples)} examples do not fit in {rows} rows")
+  every microbatch of a run whatever its images, so that microbatches stack and compile once.
+
+  `rows_of` packs several examples per row (sequence packing): example k goes to row
+  `rows_of[k]`, after the examples before it in that row (the examples in row-major order). Each
+  is its own attention segment: `attention_mask` holds segment ids 1, 2, ... per row (0:
+  padding), M-RoPE positions restart at every segment, and no loss crosses a boundary. Default:
+  one example per row (segment 1)."""
+  rows_of = list(range(len(examples))) if rows_of is None else list(rows_of)
+  if len(rows_of) != len(examples) or rows_of != sorted(rows_of) or (rows_of and rows_of[-1] >= rows):
+    raise ValueError(f"rows_of {rows_of} must give each of the {len(examples)} examples a row "
+                     f"below {rows}, in row-major order")
   ids = np.full((rows, length), pad_id, np.int32)
   token_mask = np.zeros((rows, length), np.int32)
   attention = np.zeros((rows, length), np.int32)
+  positions = np.zeros((3, rows, length), np.int32)
   values = {name: np.zeros((rows, length), np.float32)
             for name in sorted({k for ex in examples for k in ex.token_values})}
-  for row, ex in enumerate(examples):
-    n = len(ex)
-    if n > length:
-      raise ValueError(f"an example of {n} tokens does not fit in length {length}")
-    ids[row, :n], token_mask[row, :n], attention[row, :n] = ex.input_ids, ex.loss_mask, 1
+  used = np.zeros((rows,), np.int64)
+  for row, ex in zip(rows_of, examples):
+    n, start = len(ex), int(used[row])
+    if start + n > length:
+      raise ValueError(f"an example of {n} tokens does not fit in row {row} of length {length} "
+                       f"({start} tokens already there)")
+    span = slice(start, start + n)
+    ids[row, span], token_mask[row, span] = ex.input_ids, ex.loss_mask
+    attention[row, span] = attention[row, start - 1] + 1 if start else 1
+    positions[:, row, span] = prepare.position_ids(
+        model_config, ex.input_ids[None],
+        ex.image_grid_thw if len(ex.image_grid_thw) else None)[:, 0]
     for name, v in ex.token_values.items():
-      values[name][row, :n] = v
+      values[name][row, span] = v
+    used[row] += n
   patch_dim = (model_config.vision.in_channels * model_config.vision.temporal_patch_size
                * model_config.vision.patch_size ** 2)
   pixels = np.concatenate([ex.pixel_values for ex in examples]
@@ -84,15 +102,20 @@ def pack(examples: Sequence[Example], *, length: int, rows: int, patch_budget: i
   thw[:len(grids)] = grids
   return dict(
       input_ids=ids, attention_mask=attention,
-      position_ids=prepare.position_ids(model_config, ids, grids if len(grids) else None,
-                                        attention).astype(np.int32),
+      position_ids=positions,
       image_index=image_index,
       targets=np.concatenate([ids[:, 1:], np.full((rows, 1), pad_id, np.int32)], axis=1),
-      loss_mask=_next(token_mask),
+      loss_mask=_next(token_mask) * _same_segment_next(attention),
       vision=_vision_inputs(pixels, grids, patch_budget, model_config, host,
                             max_image_patches or patch_budget),
       image_grid_thw=thw,
       **{name: _next(v) for name, v in values.items()})
+
+
+def _same_segment_next(segments: np.ndarray) -> np.ndarray:
+  """1 where token t + 1 is in token t's segment (a target within the same conversation)."""
+  return np.concatenate([segments[:, 1:] == segments[:, :-1],
+                         np.zeros_like(segments[:, :1], bool)], axis=1).astype(np.int32)
 
 
 def _next(x: np.ndarray) -> np.ndarray:

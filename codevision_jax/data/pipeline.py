@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 
 
+PACKING = ("none", "first_fit", "best_fit")
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchSpec:
   """Static batch geometry. `batch_size` counts rows of one microbatch over all hosts."""
@@ -60,6 +63,7 @@ class BatchSpec:
   num_hosts: int = 1
   sort_window: int = 0  # > 0: sort each window of this many steps' records by length.
   num_groups: int = 0  # Groups per microbatch, a multiple of num_hosts (0: num_hosts).
+  packing: str = "none"  # "none" (a record per row), "first_fit" or "best_fit" (`plan_epoch`).
 
   def __post_init__(self):
     if self.group_count % self.num_hosts:
@@ -72,6 +76,8 @@ class BatchSpec:
       raise ValueError(f"patch_budget {self.patch_budget} must be a multiple of 4 (merged 2x2 units)")
     if list(self.buckets) != sorted(set(self.buckets)) or not self.buckets:
       raise ValueError(f"buckets must be increasing sequence lengths, got {self.buckets}")
+    if self.packing not in PACKING:
+      raise ValueError(f"data.packing {self.packing!r} is not one of {PACKING}")
 
   @property
   def group_count(self) -> int:
@@ -109,7 +115,13 @@ class BatchSpec:
 def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> list:
   """Batches of one epoch: a list of (bucket, groups), groups a list of `spec.groups` lists of
   record indices (group g belongs to microbatch g // group_count and, within it, to host
-  (g % group_count) // groups_per_host)."""
+  (g % group_count) // groups_per_host).
+
+  With `spec.packing`, a group is instead a list of rows, each a list of record indices whose
+  tokens together fit the largest bucket: each record in turn goes to the first row of the open
+  group with room for it ("first_fit") or to the one it fills best ("best_fit"), else to a new
+  row; a group closes when it has `rows` rows and the record fits none, or when its patches or
+  images would exceed the budget. The bucket is that of the longest row."""
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(len(sizes))
   order = order[spec.fits(sizes)[order]]
@@ -117,6 +129,10 @@ def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> lis
     w = spec.sort_window * spec.groups * spec.rows
     order = np.concatenate([c[np.argsort(sizes[c, 0], kind="stable")]
                             for c in np.split(order, range(w, len(order), w))] + [order[:0]])
+  if spec.packing != "none":
+    batches = _packed_batches(order, sizes, spec)
+    return ([batches[j] for j in rng.permutation(len(batches))] if spec.sort_window
+            else batches)
   batches, groups, used = [], [[]], [0, 0]  # used: patches, images of the current group
 
   def close_batch():
@@ -140,6 +156,45 @@ def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> lis
     close_batch()
   if spec.sort_window:
     batches = [batches[j] for j in rng.permutation(len(batches))]
+  return batches
+
+
+def _packed_batches(order: np.ndarray, sizes: np.ndarray, spec: BatchSpec) -> list:
+  """The batches of `plan_epoch` with sequence packing (records in `order`)."""
+  length = spec.buckets[-1]
+  batches, groups = [], []
+  rows, room, used = None, [], [0, 0]  # the open group's rows, their room left, patches/images
+
+  def close_batch():
+    longest = max(length - r for g in groups for r in g[1])
+    batches.append((spec.bucket(longest), [g[0] for g in groups]
+                    + [[] for _ in range(spec.groups - len(groups))]))
+
+  for i in order:
+    n, p, k = (int(x) for x in sizes[i])
+    fits = [r for r in range(len(room)) if room[r] >= n]
+    if rows is None or used[0] + p > spec.patch_budget or used[1] + k > spec.max_images or (
+        not fits and len(rows) == spec.rows):
+      if len(groups) == spec.groups:
+        close_batch()
+        groups = []
+      rows, room, used = [], [], [0, 0]
+      groups.append((rows, room))
+      fits = []
+    if not fits:
+      rows.append([])
+      room.append(length)
+      r = len(rows) - 1
+    elif spec.packing == "first_fit":
+      r = fits[0]
+    else:  # best_fit: the row left with the least room.
+      r = min(fits, key=lambda j: (room[j], j))
+    rows[r].append(int(i))
+    room[r] -= n
+    used[0] += p
+    used[1] += k
+  if groups:
+    close_batch()
   return batches
 
 
@@ -237,7 +292,11 @@ class BatchBuilder:
 
   def group(self, length: int, indices, position: int | None = None) -> dict:
     """Group `position` of a microbatch (default: this host's, one group per host): the records
-    `indices`, encoded and packed to `length` tokens."""
+    `indices` (with sequence packing: rows of records), encoded and packed to `length` tokens."""
+    rows_of = None
+    if self.spec.packing != "none":
+      rows_of = [r for r, row in enumerate(indices) for _ in row]
+      indices = [i for row in indices for i in row]
     examples = []
     for index in indices:
       conv = self.source[index]
@@ -255,7 +314,8 @@ class BatchBuilder:
     return pack.pack(examples, length=length, rows=spec.rows, patch_budget=spec.patch_budget,
                      max_images=spec.max_images, model_config=self.model_config, pad_id=self.pad_id,
                      host=self.host if position is None else position,
-                     max_image_patches=self.settings.max_pixels // self.settings.patch_size ** 2)
+                     max_image_patches=self.settings.max_pixels // self.settings.patch_size ** 2,
+                     rows_of=rows_of)
 
 
 def concat_groups(parts: list[dict]) -> dict:

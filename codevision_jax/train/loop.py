@@ -39,7 +39,8 @@ def make_plan(cfg, sizes, total_steps_hint: int = 0) -> pipeline.BatchPlan:
   spec = pipeline.BatchSpec(buckets=tuple(cfg.data.buckets), batch_size=cfg.data.batch_size,
                             patch_budget=cfg.data.patch_budget, grad_accum=cfg.train.grad_accum,
                             max_images=cfg.data.max_images, num_hosts=jax.process_count(),
-                            sort_window=cfg.data.sort_window, num_groups=cfg.data.groups)
+                            sort_window=cfg.data.sort_window, num_groups=cfg.data.groups,
+                            packing=cfg.data.packing)
   plan = pipeline.BatchPlan(sizes, spec, seed=cfg.data.seed, num_epochs=cfg.data.num_epochs)
   if total_steps_hint > len(plan):  # More steps than epochs: plan enough further epochs.
     epochs = cfg.data.num_epochs * math.ceil(total_steps_hint / len(plan)) + 1
@@ -138,7 +139,7 @@ def build(cfg, workdir: str) -> Run:
 def host_step_flops(run: Run, host_batch: dict, grids: np.ndarray) -> tuple[float, float]:
   """(model FLOPs, real tokens) of a step, all hosts together, from this host's batch."""
   hosts = jax.process_count()
-  tokens = float(host_batch["attention_mask"].sum()) * hosts
+  tokens = float((host_batch["attention_mask"] > 0).sum()) * hosts
   flops = metrics_lib.step_flops(
       run.model_config, tokens=tokens, seq_len=host_batch["input_ids"].shape[-1],
       patches=float(grids.prod(-1).sum()) * hosts, train_vision=not run.cfg.train.freeze_vision_tower)

@@ -75,7 +75,7 @@ def train_step(state, frozen, batch, *, graphdef, rest, tx: optax.GradientTransf
   new_params = optax.apply_updates(params, updates)
   metrics = {"loss": loss_sum / denom, "loss_tokens": count, "grad_norm": optax.tree.norm(grads),
              "learning_rate": lr_schedule(state["step"]),
-             "tokens": jnp.sum(batch["attention_mask"]).astype(jnp.float32)}
+             "tokens": jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32)}
   return {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}, metrics
 
 
