@@ -197,8 +197,13 @@ def cache_entries(cache: list[dict] | dict) -> int:
 
 
 def causal_mask(attention_mask: jax.Array | None, batch: int, length: int) -> jax.Array:
-  """[B, 1, T, T] boolean: causal, and padding keys masked out."""
+  """[B, 1, T, T] boolean: causal, and padding keys masked out. `attention_mask` holds 0 on
+  padding and segment ids elsewhere (1 without packing; 1, 2, ... for the conversations packed in
+  a row): a token sees the earlier tokens of its own segment only (padding queries see every
+  earlier token, as without packing; their outputs are never used)."""
   causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
   if attention_mask is None:
     return jnp.broadcast_to(causal, (batch, 1, length, length))
-  return causal & attention_mask.astype(bool)[:, None, None, :]
+  seg = attention_mask.astype(jnp.int32)
+  same = (seg[:, :, None] == seg[:, None, :]) | (seg[:, :, None] == 0)
+  return causal & (seg > 0)[:, None, None, :] & same[:, None]
