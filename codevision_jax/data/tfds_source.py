@@ -86,7 +86,7 @@ def to_example(conv: records_lib.Conversation) -> dict:
   """A conversation -> the example's features {"record": JSON text, "images": [bytes]}."""
   fields = {k: getattr(conv, k) for k in _FIELDS}
   try:
-    record = json.dumps(fields, ensure_ascii=False, allow_nan=False)
+    record = json.dumps(fields)  # ASCII: any text (lone surrogates too) survives UTF-8.
   except (TypeError, ValueError) as e:
     raise ValueError(f"a field cannot be stored as JSON ({e})") from None
   return {"record": record, "images": [_image_bytes(im, k) for k, im in enumerate(conv.images)]}
