@@ -57,6 +57,8 @@ def test_splash_causal_with_padding_and_grouped_heads_equals_xla(interpret):
   (_, splash), g_splash = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v, "splash")
   (_, xla), g_xla = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v, "xla")
   np.testing.assert_allclose(splash * real, xla * real, atol=2e-5)
+  same = (seg[:, :, None] == seg[:, None, :]) & jnp.tril(jnp.ones((t, t), bool))
+  np.testing.assert_array_equal(attention.dense_mask(t, t, True, (seg, seg)), same[:, None])
   for a, b_ in zip(g_splash, g_xla):
     np.testing.assert_allclose(a, b_, atol=5e-5)
 
@@ -70,6 +72,9 @@ def test_splash_bidirectional_segments_like_the_vision_tower_equals_xla(interpre
                                            segment_ids=(ids, ids))
   xla = attention.dot_product_attention(q, k, v, mask=dense, scale=80 ** -0.5, backend="xla")
   np.testing.assert_allclose(splash, xla, atol=2e-5)
+  from_ids = attention.dot_product_attention(q, k, v, mask=None, scale=80 ** -0.5, backend="xla",
+                                             segment_ids=(ids, ids))
+  np.testing.assert_array_equal(from_ids, xla)  # xla builds the same dense mask from the ids.
 
 
 def test_splash_with_a_cache_or_a_dense_mask_only_uses_xla(interpret):

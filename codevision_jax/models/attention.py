@@ -74,6 +74,8 @@ def padding_segments(attention_mask: jax.Array) -> jax.Array:
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask, scale: float,
                           backend: str = "xla", kv_layout: str = "bskd", causal: bool = False,
                           segment_ids: tuple | None = None) -> jax.Array:
+  """Attention of q to k/v under `mask` (or a `Masks`), or `causal`/`segment_ids` alone (the
+  dense mask is then built from them for xla and cudnn); see the module docstring."""
   b, t, h, d = q.shape
   if kv_layout not in ("bskd", "bksd"):
     raise ValueError(f"kv_layout {kv_layout!r}: expected 'bskd' or 'bksd'")
@@ -88,11 +90,24 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask, sca
     raise ValueError(f"attention backend {backend!r} is not available; choose one of {CHOICES}")
   if backend == "splash" and kv_layout == "bskd" and (mask is None or causal or segment_ids):
     return _splash_attention(q, k, v, scale, causal, segment_ids)
+  if mask is None and (causal or segment_ids):
+    mask = dense_mask(t, k.shape[1] if kv_layout == "bskd" else k.shape[2], causal, segment_ids)
   if backend == "cudnn" and q.dtype in (jnp.bfloat16, jnp.float16):
     if kv_layout == "bksd":
       k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
   return _xla_attention(q, k, v, mask, scale, kv_layout)
+
+
+def dense_mask(t: int, s: int, causal: bool, segment_ids: tuple | None) -> jax.Array:
+  """The boolean mask [B or 1, 1, T, S] of the causal/segment form (causal: the last T of S)."""
+  mask = jnp.ones((1, 1, t, s), bool)
+  if causal:
+    mask = jnp.tril(mask, k=s - t)
+  if segment_ids is not None:
+    q_ids, kv_ids = segment_ids
+    mask = mask & (q_ids[:, None, :, None] == kv_ids[:, None, None, :])
+  return mask
 
 
 def _xla_attention(q, k, v, mask, scale, kv_layout="bskd"):
