@@ -77,13 +77,17 @@ def test_splash_bidirectional_segments_like_the_vision_tower_equals_xla(interpre
   np.testing.assert_array_equal(from_ids, xla)  # xla builds the same dense mask from the ids.
 
 
-def test_splash_with_a_cache_or_a_dense_mask_only_uses_xla(interpret):
+def test_splash_and_cudnn_over_a_cache_use_xla(interpret):
   q, k, v = _qkv(2, 1, 4, 2, 32)
   cache_k, cache_v = jnp.tile(k.swapaxes(1, 2), (1, 1, 9, 1)), jnp.tile(v.swapaxes(1, 2), (1, 1, 9, 1))
   mask = jnp.arange(9)[None, None, None, :] < jnp.asarray([3, 9])[:, None, None, None]
   kw = dict(mask=mask, scale=0.2, kv_layout="bksd")
   np.testing.assert_array_equal(
       attention.dot_product_attention(q, cache_k, cache_v, backend="splash", **kw),
+      attention.dot_product_attention(q, cache_k, cache_v, backend="xla", **kw))
+  q, cache_k, cache_v = (x.astype(jnp.bfloat16) for x in (q, cache_k, cache_v))
+  np.testing.assert_array_equal(  # cuDNN too: bfloat16 over the cache stays on xla (no transpose).
+      attention.dot_product_attention(q, cache_k, cache_v, backend="cudnn", **kw),
       attention.dot_product_attention(q, cache_k, cache_v, backend="xla", **kw))
 
 

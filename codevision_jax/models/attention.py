@@ -14,7 +14,8 @@ Backends (`BACKENDS`; `resolve_backend` turns "auto" into the platform's choice 
 * "xla" (CPU's choice, all platforms): matmuls + float32 softmax, numerically what transformers'
   eager attention computes. Fully masked rows (left padding) give a uniform average, as there.
 * "cudnn" (NVIDIA GPUs' choice): `jax.nn.dot_product_attention(implementation="cudnn")`, the fused
-  kernel. cuDNN takes only 16-bit inputs: float32 q/k/v use "xla".
+  kernel. cuDNN takes only 16-bit inputs: float32 q/k/v use "xla", and so does a step over the
+  sampler's cache (`kv_layout="bksd"`: cuDNN would need the whole cache transposed every step).
 * "splash" (TPUs' choice): the Pallas Splash kernel of `jax.experimental.pallas.ops.tpu`
   (`make_splash_mqa` per key/value head, vmapped over batch and heads), with a `CausalMask` or
   `FullMask` and `SegmentIds`; sequences are padded to its block size and the head dim to 128.
@@ -92,9 +93,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask, sca
     return _splash_attention(q, k, v, scale, causal, segment_ids)
   if mask is None and (causal or segment_ids):
     mask = dense_mask(t, k.shape[1] if kv_layout == "bskd" else k.shape[2], causal, segment_ids)
-  if backend == "cudnn" and q.dtype in (jnp.bfloat16, jnp.float16):
-    if kv_layout == "bksd":
-      k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)
+  if backend == "cudnn" and kv_layout == "bskd" and q.dtype in (jnp.bfloat16, jnp.float16):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
   return _xla_attention(q, k, v, mask, scale, kv_layout)
 
