@@ -6,7 +6,6 @@ across segments); the packed step's summed loss and gradients equal the unpacked
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

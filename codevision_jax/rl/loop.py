@@ -104,7 +104,7 @@ def check_config(cfg, mesh) -> None:
     raise ValueError(f"algo.advantage {cfg.algo.advantage!r} is not one of {sorted(adv_lib.ESTIMATORS)}")
   if cfg.rollout.slots < 1 or cfg.rollout.group_size < 1:
     raise ValueError("rollout.slots and rollout.group_size must be at least 1")
-  if cfg.eval.every and cfg.data.source == "files" and not cfg.eval.paths:
+  if cfg.eval.every and cfg.data.source != "synthetic" and not cfg.eval.paths:
     raise ValueError("eval.every is set but eval.paths is empty: held-out evaluation needs its own "
                      "records (--config.eval.paths=heldout.parquet), or set eval.every=0")
 
