@@ -2,13 +2,14 @@
 and cached, in one run.
 
     python -m benchmarks.data_start [--records=100000] [--workers=0] [--tokenizer=DIR]
-        [--dir=DIR]
+        [--dir=DIR] [--serial]
 
 Writes `--records` synthetic SFT records as JSONL (the full CodeVision format: system prompt, tool
 schemas, multi-turn trajectories; the images of 512 distinct tasks, as PNG files, shared round
 robin), reads them, then times `size_cache.record_sizes` as `train.loop` calls it: cold into an
 empty cache folder (every record tokenised and every image checked, in `--workers` processes;
-0: all cores) and again from the cache. Prints the read time, both sizing times and the ratio.
+0: all cores) and again from the cache. Prints the read time, both sizing times and the ratio;
+`--serial` adds a cold pass in the main process (the workers' speed-up).
 The tokenizer is `--tokenizer` (e.g. a Qwen checkpoint's folder) or the tiny test tokenizer.
 """
 
@@ -25,6 +26,7 @@ flags.DEFINE_integer("records", 100_000, "records in the data file")
 flags.DEFINE_integer("workers", 0, "sizing worker processes (0: every core)")
 flags.DEFINE_string("tokenizer", "", "tokenizer folder (default: the tiny test tokenizer)")
 flags.DEFINE_string("dir", "", "folder for the data and the cache (default: a temporary one)")
+flags.DEFINE_bool("serial", False, "also time a cold pass in this one process (no workers)")
 
 _DISTINCT = 512  # Distinct tasks (and images); the records repeat them.
 
@@ -70,9 +72,9 @@ def main(argv):
     source = ConversationSource.from_files([path])
     read = time.perf_counter() - t
 
-    def sized():
+    def sized(directory=cache, workers=workers):
       t = time.perf_counter()
-      sizes = size_cache.record_sizes(source, tokenizer, settings, cache_dir=cache,
+      sizes = size_cache.record_sizes(source, tokenizer, settings, cache_dir=directory,
                                       workers=workers)
       return time.perf_counter() - t, sizes
 
@@ -86,6 +88,11 @@ def main(argv):
     print(f"start-up (read + sizing): cold {read + cold:.2f} s, cached {read + cached:.2f} s")
     print(f"ratio (cold / cached sizing): {cold / cached:.1f}x; "
           f"start-up: {(read + cold) / (read + cached):.1f}x")
+    if FLAGS.serial:
+      serial, serial_sizes = sized(directory=None, workers=0)
+      assert (serial_sizes == cold_sizes).all()
+      print(f"sizing cold in this process: {serial:.2f} s ({n / serial:.0f} records/s); "
+            f"{workers} workers: {serial / cold:.2f}x")
   finally:
     if not FLAGS.dir:
       shutil.rmtree(directory, ignore_errors=True)
