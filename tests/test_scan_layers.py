@@ -258,3 +258,26 @@ def test_sft_with_scanned_layers_and_remat_trains_sharded_and_exports(tmp_path):
   for i in range(4):
     np.testing.assert_array_equal(
         np.asarray(plain.model.language_model.layers[i].mlp.gate_proj.kernel[...]), trained[i])
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_slot_appends_and_decode_equal_the_unscanned_engine(preset, tmp_dir):
+  """The engine's per-slot path (take and put a slot's rows of the stacked cache)."""
+  from test_slot_append import _segment, engine
+  plain, scanned = _models(preset, tmp_dir)
+  rng = np.random.default_rng(2)
+  first = rng.integers(1, 200, 30)
+  segments = [_segment(plain, rng, 5, (1, 4, 6)), _segment(plain, rng, 7), _segment(plain, rng, 20)]
+  engines = [engine(m, num_slots=3, capacity=128, chunk=16) for m in (plain, scanned)]
+  assert isinstance(engines[1].state.cache, dict)
+  for e in engines:
+    e.append(0, first)
+  for ids, pv, grid in segments:
+    for e in engines:
+      e.append(1, ids, pv, None if grid is None else np.asarray([grid], np.int64))
+    np.testing.assert_allclose(np.asarray(engines[1].logits), np.asarray(engines[0].logits),
+                               atol=1e-5, rtol=0)
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  active, budget, counts = np.array([True, True, False]), np.array([5, 5, 0]), np.zeros(3, np.int32)
+  a, b = (e.decode(active, budget, keys, counts, max_steps=5) for e in engines)
+  np.testing.assert_array_equal(np.asarray(b[0]), np.asarray(a[0]))
