@@ -73,8 +73,8 @@ class Shapes:
 REAL = Shapes()
 TINY = Shapes(sft_preset="qwen2_5_vl_tiny", sft_vocab=512, sft_rows=2, sft_length=256,
               sft_image=112, sft_steps=2, compute="float32", loss_chunk=0,
-              decode_preset="qwen2_5_vl_tiny", decode_batch=4, prompt=48, new_tokens=16,
-              engine_round=8, engine_chunk=32, decode_runs=2, matmul=256, copy_mib=16)
+              decode_preset="qwen2_5_vl_tiny", decode_batch=4, prompt=48, new_tokens=64,
+              engine_round=16, engine_chunk=32, decode_runs=3, matmul=256, copy_mib=16)
 SFT_SETTINGS = (("xla", "full"), ("xla", "dots"), ("cudnn", "full"), ("cudnn", "dots"),
                 ("auto", "full"))
 PEAK_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}  # bytes/s, published
@@ -595,6 +595,7 @@ def main(argv=None) -> dict:
   rows = sorted(rows, key=lambda r: _order(r["name"], s)) + torch_ref
   result = {"device": f"{platform} ({kind})", "jax": jax.__version__,
             "attention_auto": run_setup.attention_backend(sft_config(s, "auto", "full").model),
+            "scan_layers": bool(sft_config(s, "auto", "full").model.get("scan_layers", False)),
             "shapes": dataclasses.asdict(s), "tiny": args.tiny, "budget_s": args.budget_s,
             "wall_s": round(budget.spent(), 1), "rows": rows}
   del d
