@@ -104,3 +104,15 @@ def test_the_tiny_model_with_splash_gives_the_xla_logits(interpret, name):
     logits[backend] = np.asarray(model.forward(jnp.asarray(ids), attention_mask=jnp.asarray(am)))
   real = am.astype(bool)
   np.testing.assert_allclose(logits["splash"][real], logits["xla"][real], atol=1e-4)
+
+
+def test_packed_rows_through_the_scanned_model_with_splash_give_the_xla_logits(interpret):
+  cfg = presets.preset("qwen2_5_vl_tiny")
+  ids = np.random.default_rng(1).integers(0, 380, size=(1, 128)).astype(np.int32)
+  segments = np.asarray([[1] * 50 + [2] * 60 + [0] * 18], np.int32)  # Two packed, then padding.
+  logits = {}
+  for backend in ("xla", "splash"):
+    model = build_model(cfg, seed=0, attention_backend=backend, scan_layers=True)
+    logits[backend] = np.asarray(model.forward(jnp.asarray(ids), attention_mask=jnp.asarray(segments)))
+  real = segments > 0
+  np.testing.assert_allclose(logits["splash"][real], logits["xla"][real], atol=1e-4)
