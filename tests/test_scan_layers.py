@@ -258,6 +258,11 @@ def test_sft_with_scanned_layers_and_remat_trains_sharded_and_exports(tmp_path):
   for i in range(4):
     np.testing.assert_array_equal(
         np.asarray(plain.model.language_model.layers[i].mlp.gate_proj.kernel[...]), trained[i])
+  # Each layer was read by itself; where the layout is not found, the whole array is restored.
+  assert not export._slice_fallback_logged
+  np.testing.assert_array_equal(
+      export._stacked_layer(str(tmp_path / "absent"), ("params", "x"), 1, lambda: np.arange(3)),
+      np.arange(3))
 
 
 @pytest.mark.parametrize("preset", PRESETS)

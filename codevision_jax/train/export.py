@@ -89,6 +89,31 @@ def _leaf_paths(tree, prefix=()) -> dict:
   return out
 
 
+_slice_fallback_logged = False
+
+
+def _stacked_layer(item_dir: str, full: tuple, layer: int, fallback) -> np.ndarray:
+  """Layer `layer` of a stacked array in an Orbax item (OCDBT + zarr, as Orbax writes it), read
+  by itself with tensorstore, so that an export reads each stacked parameter once in all (not
+  once per layer); `fallback()` (the whole array restored, then sliced) where that layout is not
+  found."""
+  global _slice_fallback_logged
+  import tensorstore as ts  # An Orbax dependency.
+  kvstore = {"driver": "ocdbt", "base": f"file://{os.path.abspath(item_dir)}",
+             "path": ".".join(str(k) for k in full)}
+  for driver in ("zarr", "zarr3"):
+    try:
+      array = ts.open({"driver": driver, "kvstore": kvstore}, open=True).result()
+      return np.asarray(array[layer].read().result())
+    except Exception:  # Not this driver (or not this layout): try the next, then the fallback.
+      continue
+  if not _slice_fallback_logged:
+    _slice_fallback_logged = True
+    logging.warning("%s: stacked arrays are not in the OCDBT/zarr layout read by tensorstore; "
+                    "restoring each whole (once per layer)", item_dir)
+  return np.asarray(fallback())
+
+
 def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
                source: str | None = None, max_shard_size: str = "5GB") -> str:
   """Writes the run's checkpoint `step` (default: the newest) as an HF directory; returns it."""
@@ -122,8 +147,10 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
                      f"checkpoint of this model ({mc.model_type}, from the run's config)")
 
   def value_of(path, layer=None) -> np.ndarray:
-    """One parameter, or layer `layer` of a stacked one (read whole, then sliced)."""
+    """One parameter, or layer `layer` of a stacked one (scanned decoder layers)."""
     item, full = where[path]
+    if layer is not None:
+      return _stacked_layer(os.path.join(step_dir, item), full, layer, lambda: value_of(path)[layer])
     target, args = 0, ocp.RestoreArgs(restore_type=np.ndarray)
     for k in reversed(full):
       target, args = {str(k): target}, {str(k): args}
