@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from codevision_jax.data import encode, pack, pipeline, synthetic
-from codevision_jax.models import build_model, presets
-from codevision_jax.processing import image as image_lib, tokenizer as tok_lib
+from codevision_jax.data import encode, pack, pipeline
+from codevision_jax.models import build_model
+from codevision_jax.processing import image as image_lib
 from codevision_jax.train import step as step_lib
+from tiny_data import short_synthetic
 
 SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 4,
                                                   max_pixels=28 * 28 * 8)
@@ -22,16 +23,7 @@ SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   jax.config.update("jax_default_matmul_precision", "highest")
-  tok = tok_lib.load_tokenizer(tok_lib.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tok"))))
-  convs = synthetic.generate(16, seed=5)
-  for c in convs:  # Short conversations: no system prompt or tool schemas.
-    c.messages = [m for m in c.messages if m["role"] != "system"]
-    c.tools = None
-  mc = presets.qwen2_5_vl_tiny(512).replace(
-      image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-      vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-      vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
-  sizes = encode.record_sizes(convs, tok, SETTINGS)
+  tok, convs, mc, sizes = short_synthetic(str(tmp_path_factory.mktemp("tok")), 16, 5, SETTINGS)
   model = build_model(mc, seed=0)
   examples = [encode.encode(c, tok, SETTINGS) for c in convs]
   return tok, convs, mc, sizes, model, examples
