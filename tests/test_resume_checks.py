@@ -81,3 +81,17 @@ def test_fewer_steps_than_done_trains_nothing_and_says_so(trained, caplog):
   assert result["history"] == []
   assert any("the checkpoint is at step 4 and the run has 3 steps: nothing to train" in r.getMessage()
              for r in caplog.records)
+
+
+def test_another_parameter_layout_is_refused_and_the_checkpoints_kept(trained):
+  """Resuming with model.scan_layers flipped (stacked against per-layer parameters) is a
+  different model, not a damaged checkpoint: the run stops naming the setting, and nothing is
+  moved aside."""
+  c = config(steps=6)
+  c.model.scan_layers = True
+  with pytest.raises(ValueError, match=r"checkpoint 4 in .* holds parameters laid out for another "
+                     r"model \(state: .*/layers/input_layernorm/weight.*\)\. Was model.scan_layers"):
+    loop.train(c, trained)
+  assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["2", "4"]
+  result = loop.train(config(steps=6), trained)  # The run's own settings still resume.
+  assert [h["step"] for h in result["history"]] == [5, 6]

@@ -191,3 +191,11 @@ def test_records_without_ground_truth_are_refused_before_the_first_round(tmp_pat
   c.data.skip_bad = True
   run = loop.build(c, str(tmp_path / "run"))
   assert len(run.records) == 11
+
+
+def test_an_sft_run_of_another_layout_is_named_before_the_first_round(sft_dir, tmp_path):
+  c = config(sft_dir, train__rounds=1)
+  c.model.scan_layers = True  # The SFT run has per-layer parameters.
+  with pytest.raises(ValueError, match=re.escape(f"init.sft_workdir {sft_dir}: ") + r".*the "
+                     r"checkpoint has no .*layers.*model.scan_layers"):
+    loop.build(c, str(tmp_path / "run"))

@@ -119,10 +119,16 @@ def restore_sft_params(sft_workdir: str, params: dict, frozen: dict, params_sh, 
   if step is None:
     raise FileNotFoundError(f"init.sft_workdir {sft_workdir}: no checkpoint in {sft_workdir}/checkpoints; "
                             "run `python -m launch.sft` there first, or leave init.sft_workdir empty")
-  return checkpointing.restore_items(
-      os.path.join(os.path.abspath(sft_workdir), "checkpoints", str(step)),
-      {"state": {"params": checkpointing.abstract_like(params, params_sh)},
-       "frozen": checkpointing.abstract_like(frozen, frozen_sh)})
+  try:
+    return checkpointing.restore_items(
+        os.path.join(os.path.abspath(sft_workdir), "checkpoints", str(step)),
+        {"state": {"params": checkpointing.abstract_like(params, params_sh)},
+         "frozen": checkpointing.abstract_like(frozen, frozen_sh)})
+  except ValueError as e:
+    raise ValueError(f"init.sft_workdir {sft_workdir}: {e}. Use the SFT run's model settings "
+                     "(model.preset or model.path, and model.scan_layers: stacked and per-layer "
+                     "parameters are different checkpoints), or export the SFT run to HF "
+                     "(python -m launch.export) and start from it with model.path") from None
 
 
 @dataclasses.dataclass

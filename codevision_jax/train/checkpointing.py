@@ -64,6 +64,13 @@ class Checkpointer:
       raise ValueError(f"train.resume_step {step}: no such checkpoint in {self.directory}; the "
                        f"finished ones are {sorted(steps)}")
     for s in ([step] if step is not None else steps):
+      mismatch = self._layout_mismatch(s, abstract_state, abstract_frozen)
+      if mismatch:  # Another model's checkpoint, not a damaged one: keep it where it is.
+        raise ValueError(
+            f"checkpoint {s} in {self.directory} holds parameters laid out for another model "
+            f"({mismatch}). Was model.scan_layers, the model, or train.freeze_* changed? Resume "
+            "with the run's settings, or train in a new workdir (python -m launch.export turns "
+            "this run into an HF checkpoint that model.path loads in any layout)")
       try:
         state, frozen, data, config = self.restore(s, abstract_state, abstract_frozen)
       except Exception as e:  # noqa: BLE001 - TensorStore and Orbax raise many kinds.
@@ -85,6 +92,28 @@ class Checkpointer:
     if steps:
       raise ValueError(f"every checkpoint in {self.directory} is damaged (moved to *.damaged); "
                        "remove the directory to start the run over")
+    return None
+
+  def _layout_mismatch(self, step: int, abstract_state, abstract_frozen) -> str | None:
+    """How the parameter paths saved at `step` differ from the model's, or None (also when its
+    metadata cannot be read: the restore then says what is damaged)."""
+    def paths(tree):  # "params/model/layers/0/...": integer and string keys alike
+      return {"/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                       for k in p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+    for name, want in (("state", {"params": abstract_state["params"]}), ("frozen", abstract_frozen)):
+      try:
+        meta = ocp.PyTreeCheckpointer().metadata(os.path.join(self.directory, str(step), name))
+        saved = getattr(meta, "item_metadata", meta)
+        saved = {"params": saved["params"]} if name == "state" else saved
+      except Exception:  # noqa: BLE001 - unreadable metadata: let the restore report it.
+        return None
+      have, need = paths(saved), paths(want)
+      if have != need:
+        extra, lack = sorted(have - need), sorted(need - have)
+        return (f"{name}: {len(lack)} of the model's arrays are not there, e.g. "
+                f"{lack[0] if lack else '-'}; {len(extra)} saved ones the model lacks, e.g. "
+                f"{extra[0] if extra else '-'}")
     return None
 
   @property
@@ -150,9 +179,15 @@ def restore_items(step_dir: str, abstract_items: dict) -> dict:
   subtree its abstract tree names (e.g. the parameters of a train state without its optimizer
   state), placed by the abstract arrays' shardings."""
   checkpointer = ocp.PyTreeCheckpointer()
-  return {name: checkpointer.restore(
+  out = {name: checkpointer.restore(
       os.path.join(step_dir, name),
       args=ocp.args.PyTreeRestore(item=abstract,
                                   restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
                                   partial_restore=True))
-          for name, abstract in abstract_items.items()}
+         for name, abstract in abstract_items.items()}
+  missing = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(out)
+             if isinstance(leaf, jax.ShapeDtypeStruct)]
+  if missing:  # A partial restore leaves what the checkpoint lacks abstract: say so, not later.
+    raise ValueError(f"{step_dir}: the checkpoint has no {missing[0]} ({len(missing)} arrays the "
+                     "model needs are missing); it was written for a different model")
+  return out
