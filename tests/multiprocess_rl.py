@@ -15,22 +15,14 @@ import json
 import os
 import sys
 
-PROCESS_ID, NUM_PROCESSES, PORT = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-WORKDIR, SFT_DIR, EXECUTOR_URL, OUT = sys.argv[4:8]
+import multiprocess_util
 
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // NUM_PROCESSES}"
-os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROCESS_ID, NUM_PROCESSES, (WORKDIR, SFT_DIR, EXECUTOR_URL, OUT) = multiprocess_util.join(sys.argv)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
-
-if NUM_PROCESSES > 1:
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{PORT}",
-                             num_processes=NUM_PROCESSES, process_id=PROCESS_ID)
 
 from codevision_jax.rl import loop, replicas  # noqa: E402
 from configs import tiny_rl  # noqa: E402

@@ -15,22 +15,15 @@ import os
 import signal
 import sys
 
-PROCESS_ID, NUM_PROCESSES, PORT = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-WORKDIR, STEPS, OUT = sys.argv[4], int(sys.argv[5]), sys.argv[6]
-KILL_AT = int(sys.argv[7]) if len(sys.argv) > 7 else None
+import multiprocess_util
 
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // NUM_PROCESSES}"
-os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROCESS_ID, NUM_PROCESSES, ARGS = multiprocess_util.join(sys.argv)
+WORKDIR, STEPS, OUT = ARGS[0], int(ARGS[1]), ARGS[2]
+KILL_AT = int(ARGS[3]) if len(ARGS) > 3 else None
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
-
-if NUM_PROCESSES > 1:
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{PORT}",
-                             num_processes=NUM_PROCESSES, process_id=PROCESS_ID)
 
 from codevision_jax.train import loop  # noqa: E402
 from configs import tiny_sft  # noqa: E402

@@ -8,38 +8,21 @@ process counts; a 2-process run SIGKILLed after a checkpoint resumes exactly. Th
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPT = os.path.join(HERE, "multiprocess_sft.py")
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+from multiprocess_util import spawn
 
 
 def run(processes: int, workdir, steps: int, out, kill_at: int | None = None) -> dict:
-  """Runs the SFT on `processes` processes; returns process 0's output (parameters, the steps
-  it trained, every process's batch fingerprints), or the return codes when killed."""
-  port = str(free_port())
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-  procs = [subprocess.Popen(
-      [sys.executable, SCRIPT, str(i), str(processes), port, str(workdir), str(steps), str(out)]
-      + ([str(kill_at)] if kill_at else []), env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(processes)]
-  logs = [p.communicate(timeout=600)[0] for p in procs]
-  codes = [p.returncode for p in procs]
+  """Runs the SFT (tests/multiprocess_sft.py) on `processes` processes; returns process 0's
+  output (parameters, the steps it trained, every process's batch fingerprints), or the return
+  codes when killed."""
+  args = [workdir, steps, out] + ([kill_at] if kill_at else [])
+  spawn("multiprocess_sft.py", processes, args, expect=-9 if kill_at else 0, timeout=600)
   if kill_at:
-    assert codes == [-9] * processes, logs[0][-3000:]
-    return {"codes": codes}
-  assert codes == [0] * processes, "\n".join(log[-3000:] for log in logs)
+    return {"codes": [-9] * processes}
   with open(str(out) + ".json") as f:
     info = json.load(f)
   return {"params": dict(np.load(out)), **info}
@@ -128,13 +111,8 @@ def test_load_hf_on_two_processes_reads_each_share_once(tmp_path):
   hf_dir = str(tmp_path / "hf")
   cvj.save_hf(models.build_model(presets.preset("qwen2_5_vl_tiny"), seed=0), hf_dir,
               max_shard_size="200KB")  # Many files, tensors of one layer spread over several.
-  port, out = str(free_port()), str(tmp_path / "load.json")
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-  procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multiprocess_load.py"), str(i),
-                             "2", port, hf_dir, out], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  logs = [p.communicate(timeout=600)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+  out = str(tmp_path / "load.json")
+  spawn("multiprocess_load.py", 2, [hf_dir, out], timeout=600)
   with open(out) as f:
     info = json.load(f)
   assert info["equal"]

@@ -7,37 +7,18 @@ tolerance); after the update every replica holds the new weights. The processes 
 `tests/multiprocess_rl.py`."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from executor.local import local_service
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPT = os.path.join(HERE, "multiprocess_rl.py")
-
-
-def free_port() -> int:
-  import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+from multiprocess_util import spawn
 
 
 def run(processes: int, workdir, sft_dir, executor_url, out) -> dict:
-  """One RL round on `processes` processes; process 0's output (parameters, trajectories, what
-  each process saw)."""
-  port = str(free_port())
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-  procs = [subprocess.Popen(
-      [sys.executable, SCRIPT, str(i), str(processes), port, str(workdir), sft_dir, executor_url,
-       str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(processes)]
-  logs = [p.communicate(timeout=900)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0] * processes, "\n".join(l[-3000:] for l in logs)
+  """One RL round (tests/multiprocess_rl.py) on `processes` processes; process 0's output
+  (parameters, trajectories, what each process saw)."""
+  spawn("multiprocess_rl.py", processes, [workdir, sft_dir, executor_url, out])
   with open(str(out) + ".json") as f:
     info = json.load(f)
   return {"params": dict(np.load(out)), **info}
