@@ -71,7 +71,7 @@ def _forward(model, mb):
 def _pack(setup, examples, rows_of, rows, length=2048):
   _, _, mc, _, _, _ = setup
   return pack.pack(examples, length=length, rows=rows, patch_budget=512, max_images=24,
-                   model_config=mc, pad_id=0, max_image_patches=SETTINGS.max_pixels // 14 ** 2,
+                   model_config=mc, pad_id=0, max_image_patches=SETTINGS.max_frame_patches,
                    rows_of=rows_of)
 
 

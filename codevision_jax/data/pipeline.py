@@ -314,7 +314,7 @@ class BatchBuilder:
     return pack.pack(examples, length=length, rows=spec.rows, patch_budget=spec.patch_budget,
                      max_images=spec.max_images, model_config=self.model_config, pad_id=self.pad_id,
                      host=self.host if position is None else position,
-                     max_image_patches=self.settings.max_pixels // self.settings.patch_size ** 2,
+                     max_image_patches=self.settings.max_frame_patches,
                      rows_of=rows_of)
 
 

@@ -100,6 +100,11 @@ class ImageSettings:
   image_std: tuple = OPENAI_CLIP_STD
 
   @property
+  def max_frame_patches(self) -> int:
+    """The most patches one image frame can have (max_pixels over the patch area)."""
+    return self.max_pixels // self.patch_size ** 2
+
+  @property
   def factor(self):
     return self.patch_size * self.merge_size
 

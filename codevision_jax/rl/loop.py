@@ -143,7 +143,7 @@ class RLRun:
   records: list
   rounds: int  # `train.rounds`, or `data.num_epochs` passes over the records when that is 0
   policy: ModelPolicy
-  param_template: nnx.State  # the sampler's parameter structure
+  param_template: nnx.State  # the sampler's parameters: its own copy, frozen ones filled in
   geometry: batch_lib.Geometry
   state: dict  # {"step", "params", "opt_state", "reference"}, on the mesh
   frozen: dict
@@ -223,15 +223,15 @@ def build(cfg, workdir: str) -> RLRun:
                        temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k,
                        top_p=cfg.rollout.top_p, seed=cfg.seed)
   run = RLRun(cfg, mesh, rules, tokenizer, mc, settings, records, rounds, policy,
-              nnx.state(sampler_model, nnx.Param),
+              jax.tree.map(lambda x: x, nnx.state(sampler_model, nnx.Param)),
               batch_lib.Geometry(tuple(cfg.train.buckets), cfg.train.rows, cfg.train.patch_budget,
                                  cfg.train.max_images,
-                                 settings.max_pixels // settings.patch_size ** 2),
+                                 settings.max_frame_patches),
               state, frozen, state_sh, frozen_sh,
               jax.jit(functools.partial(rl_step.logprobs, **bound),
                       out_shardings=NamedSharding(mesh, P())),
               jax.jit(functools.partial(rl_step.microbatch_grads, **bound)), apply, sampler_copy)
-  hand_to_sampler(run, state["params"])
+  hand_to_sampler(run, state["params"], frozen)
   return run
 
 
@@ -251,12 +251,14 @@ def _replica(graphdef, params, frozen, rest, mesh, rules, cast):
   return nnx.merge(graphdef, *local), copies
 
 
-def hand_to_sampler(run: RLRun, params: dict) -> None:
-  """The sampler takes a copy of the learner's parameters (with the frozen ones) in its dtype,
-  made on device: the learner's own buffers are donated to its next update."""
+def hand_to_sampler(run: RLRun, params: dict, frozen: dict | None = None) -> None:
+  """The sampler takes a copy of the learner's parameters in its dtype, made on device (the
+  learner's own buffers are donated to its next update). The frozen parameters never change:
+  they are copied into the sampler's template only when given (at build and on resume)."""
+  if frozen is not None:
+    nnx.replace_by_pure_dict(run.param_template, run.sampler_copy["frozen"](frozen))
   sampler_params = jax.tree.map(lambda x: x, run.param_template)
   nnx.replace_by_pure_dict(sampler_params, run.sampler_copy["params"](params))
-  nnx.replace_by_pure_dict(sampler_params, run.sampler_copy["frozen"](run.frozen))
   run.policy.update_params(sampler_params)
 
 
@@ -513,7 +515,7 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
   if restored is not None:
     start, run.state, run.frozen, data_state, saved_config = restored
     resume.check(saved_config, cfg, step=start, steps_key="train.rounds")
-    hand_to_sampler(run, run.state["params"])
+    hand_to_sampler(run, run.state["params"], run.frozen)
     log.info("resumed from %s at round %d", ckpt.directory, start)
     if start >= run.rounds:
       log.warning("the checkpoint is at round %d and the run has %d rounds: nothing to train "
