@@ -65,7 +65,7 @@ async def _health(session: aiohttp.ClientSession, address: str, timeout_s: float
       if resp.status == 200 and isinstance(body, dict) and body.get("ok"):
         return None
       return f"answered HTTP {resp.status}: {body}"
-  except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ValueError) as e:
+  except _TRANSPORT_ERRORS as e:
     return _describe(e)
 
 
@@ -375,14 +375,15 @@ class ExecutorClient:
     """Stores an image on one address (default: all in rotation) ahead of use; returns its
     reference."""
     data = _to_bytes(image)
+    ref = _ref(data)
     session = self._get_session()
     for addr in [address] if address else self.in_rotation:
       async with session.put(f"{addr}/v1/images", data=data,
                              headers={"Content-Type": "application/octet-stream"}) as resp:
         resp.raise_for_status()
         await resp.json()
-      self._mark_held(addr, [_ref(data)])
-    return _ref(data)
+      self._mark_held(addr, [ref])
+    return ref
 
   # Calls.
 

@@ -44,11 +44,6 @@ class ParamMapping:
   kind: str  # "same", "transpose" or "conv"
   layer: int | None = None  # a stacked parameter's layer (its index on the leading axis)
 
-  def take(self, x):
-    """This mapping's tensor in our layout from the parameter's value x (layer `layer` of a
-    stacked parameter, x itself otherwise)."""
-    return x if self.layer is None else x[self.layer]
-
   def to_hf(self, x: np.ndarray) -> np.ndarray:
     if self.kind == "same":
       return x

@@ -92,7 +92,7 @@ def write_hf(config, state: nnx.State, value_of, out_dir: str, *, dtype=None, ma
 
       def produce(k):
         m, _ = by_key[k]
-        return m.to_hf(value_of(m.path) if m.layer is None else value_of(m.path, m.layer))
+        return m.to_hf(value_of(m.path, m.layer))
 
       if is_writer:
         safetensors_io.write_file(os.path.join(tmp, name), specs, produce)

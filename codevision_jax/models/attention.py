@@ -85,8 +85,6 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask, sca
   kv_heads = k.shape[2] if kv_layout == "bskd" else k.shape[1]
   if h % kv_heads:
     raise ValueError(f"{h} query heads are not a multiple of {kv_heads} key/value heads")
-  if backend == "auto":
-    backend = resolve_backend(backend, jax.default_backend())
   if backend not in BACKENDS:
     raise ValueError(f"attention backend {backend!r} is not available; choose one of {CHOICES}")
   if backend == "splash" and kv_layout == "bskd" and (mask is None or causal or segment_ids):

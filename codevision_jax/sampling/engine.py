@@ -78,17 +78,20 @@ class DecodeState:
   counters: jax.Array  # [S] int32
 
 
+def _slot_index(cache, slots) -> tuple:
+  """The index of rows `slots` in a cache's arrays, in either form (`text.init_kv_cache`)."""
+  return (slice(None),) * cache_slot_axis(cache) + (slots,)
+
+
 def _take_slots(cache, slots):
-  """The rows `slots` of a cache in either form (`text.init_kv_cache`)."""
-  axis = cache_slot_axis(cache)
-  index = (slice(None),) * axis + (slots,)
+  """The rows `slots` of a cache in either form."""
+  index = _slot_index(cache, slots)
   return jax.tree.map(lambda v: v[index], cache)
 
 
 def _put_slots(cache, rows, slots):
   """`cache` with its rows `slots` replaced by `rows` (of `_take_slots`' form)."""
-  axis = cache_slot_axis(cache)
-  index = (slice(None),) * axis + (slots,)
+  index = _slot_index(cache, slots)
   return jax.tree.map(lambda v, r: v.at[index].set(r), cache, rows)
 
 
@@ -188,7 +191,7 @@ class DecodeEngine:
     self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
     self.config = model.config
     # The cache's form follows the decoder's (stacked for scanned layers).
-    self._stacked = getattr(model.model.language_model, "scan_layers", False)
+    self._stacked = model.model.language_model.scan_layers
     self.chunk = chunk
     if params is not None:
       self.update_params(params)

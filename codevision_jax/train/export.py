@@ -15,6 +15,7 @@ settings, so `AutoProcessor.from_pretrained` works. The output appears atomicall
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -92,21 +93,29 @@ def _leaf_paths(tree, prefix=()) -> dict:
 _slice_fallback_logged = False
 
 
+@functools.lru_cache(maxsize=64)
+def _open_stacked(item_dir: str, path: str):
+  """The tensorstore array of `path` in an Orbax item (OCDBT + zarr or zarr3), opened once per
+  export for all its layers; None where that layout is not found."""
+  import tensorstore as ts  # An Orbax dependency.
+  kvstore = {"driver": "ocdbt", "base": f"file://{item_dir}", "path": path}
+  for driver in ("zarr", "zarr3"):
+    try:
+      return ts.open({"driver": driver, "kvstore": kvstore}, open=True).result()
+    except Exception:  # Not this driver (or not this layout): try the next.  # noqa: BLE001
+      continue
+  return None
+
+
 def _stacked_layer(item_dir: str, full: tuple, layer: int, fallback) -> np.ndarray:
   """Layer `layer` of a stacked array in an Orbax item (OCDBT + zarr, as Orbax writes it), read
   by itself with tensorstore, so that an export reads each stacked parameter once in all (not
   once per layer); `fallback()` (the whole array restored, then sliced) where that layout is not
   found."""
   global _slice_fallback_logged
-  import tensorstore as ts  # An Orbax dependency.
-  kvstore = {"driver": "ocdbt", "base": f"file://{os.path.abspath(item_dir)}",
-             "path": ".".join(str(k) for k in full)}
-  for driver in ("zarr", "zarr3"):
-    try:
-      array = ts.open({"driver": driver, "kvstore": kvstore}, open=True).result()
-      return np.asarray(array[layer].read().result())
-    except Exception:  # Not this driver (or not this layout): try the next, then the fallback.
-      continue
+  array = _open_stacked(os.path.abspath(item_dir), ".".join(str(k) for k in full))
+  if array is not None:
+    return np.asarray(array[layer].read().result())
   if not _slice_fallback_logged:
     _slice_fallback_logged = True
     logging.warning("%s: stacked arrays are not in the OCDBT/zarr layout read by tensorstore; "
@@ -117,6 +126,7 @@ def _stacked_layer(item_dir: str, full: tuple, layer: int, fallback) -> np.ndarr
 def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
                source: str | None = None, max_shard_size: str = "5GB") -> str:
   """Writes the run's checkpoint `step` (default: the newest) as an HF directory; returns it."""
+  _open_stacked.cache_clear()  # Handles of an earlier export's files are not reused.
   steps = checkpoint_steps(workdir)
   if not steps:
     raise FileNotFoundError(f"{workdir}/checkpoints holds no finished checkpoint")
@@ -158,7 +168,7 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
         item=target, restore_args=args, partial_restore=True))
     for k in full:
       out = out[str(k)]
-    return np.asarray(out if layer is None else out[layer])
+    return np.asarray(out)
 
   files = {}
   for name in hf_save.AUXILIARY_FILES:

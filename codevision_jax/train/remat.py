@@ -37,7 +37,7 @@ def apply_remat(model, policy: str):
   if policy not in POLICIES:
     raise ValueError(f"remat policy {policy!r} is not one of {['none', *POLICIES]}")
   text = model.model.language_model
-  decoder = [text.layers] if getattr(text, "scan_layers", False) else list(text.layers)
+  decoder = [text.layers] if text.scan_layers else list(text.layers)
   layers = decoder + list(getattr(model.model.visual, "blocks", []))
   for layer in layers:
     base = getattr(type(layer), "_remat_base", type(layer))
