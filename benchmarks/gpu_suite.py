@@ -255,14 +255,14 @@ def sft_config(s: Shapes, backend: str, remat: str):
   return c
 
 
-def sft_batch(mc, s: Shapes):
-  """(host batch with a microbatch axis of 1, image grids) of the suite's SFT geometry."""
+def sft_batch(mc, s: Shapes, data_cfg):
+  """(host batch with a microbatch axis of 1, image grids) of the suite's SFT geometry (the
+  budgets of `sft_config`'s data section)."""
   import jax
   from codevision_jax.data import pack
-  grid_side = s.sft_image // mc.vision.patch_size
   mb = pack.pack(sft_examples(mc, s), length=s.sft_length, rows=s.sft_rows,
-                 patch_budget=s.sft_rows * s.sft_images * grid_side ** 2,
-                 max_images=s.sft_rows * s.sft_images, model_config=mc, pad_id=0)
+                 patch_budget=data_cfg.patch_budget, max_images=data_cfg.max_images,
+                 model_config=mc, pad_id=0)
   batch = jax.tree.map(lambda x: np.asarray(x)[None], mb)
   return batch, batch.pop("image_grid_thw")
 
@@ -273,7 +273,7 @@ def sft_row(s: Shapes, backend: str, remat: str, workdir: str, torch_ref: dict |
   cfg = sft_config(s, backend, remat)
   resolved = run_setup.attention_backend(cfg.model)
   run = loop.build(cfg, workdir)
-  batch, grids = sft_batch(run.model_config, s)
+  batch, grids = sft_batch(run.model_config, s, cfg.data)
   timed = time_step(run, batch, grids, steps=s.sft_steps, warmup=s.sft_warmup)
   del run
   _, _, kind = _device()
@@ -547,7 +547,7 @@ def table(rows: list) -> str:
   return "\n".join(lines)
 
 
-def _order(name: str, s: Shapes) -> int:
+def _order(name: str) -> int:
   """A row's place in the table: ceilings, SFT settings, decode."""
   names = (["matmul", "copy"] + [f"sft {b}/{m}" for b, m in SFT_SETTINGS]
            + ["decode Sampler", "decode slot"])
@@ -578,7 +578,7 @@ def main(argv=None) -> dict:
   torch_ref = torch_child(args, budget)
   import jax
   from codevision_jax.train import run_setup
-  d, platform, kind = _device()
+  _, platform, kind = _device()
   print(f"jax {jax.__version__} on {platform} ({kind}); {'tiny' if args.tiny else 'real'} shapes; "
         f"budget {args.budget_s:.0f} s", file=sys.stderr, flush=True)
   rows: list = []
@@ -586,19 +586,19 @@ def main(argv=None) -> dict:
                           ("copy ceiling", lambda: copy_row(s))])
   # Priority order (what a spent budget skips last): the platform's own backend at full remat
   # and xla/full, then decode, then the other settings; the table keeps the canonical order.
-  auto = run_setup.attention_backend(sft_config(s, "auto", "full").model)
+  auto_config = sft_config(s, "auto", "full")
+  auto = run_setup.attention_backend(auto_config.model)
   first = [(auto, "full")] + [x for x in (("xla", "full"),) if x != (auto, "full")]
   sft_rows(s, budget, rows, _ref(torch_ref, TORCH_SFT), first)
   decode_rows(s, budget, rows, _ref(torch_ref, TORCH_DECODE))
   sft_rows(s, budget, rows, _ref(torch_ref, TORCH_SFT),
            [x for x in SFT_SETTINGS if x not in first])
-  rows = sorted(rows, key=lambda r: _order(r["name"], s)) + torch_ref
+  rows = sorted(rows, key=lambda r: _order(r["name"])) + torch_ref
   result = {"device": f"{platform} ({kind})", "jax": jax.__version__,
-            "attention_auto": run_setup.attention_backend(sft_config(s, "auto", "full").model),
-            "scan_layers": bool(sft_config(s, "auto", "full").model.get("scan_layers", False)),
+            "attention_auto": auto,
+            "scan_layers": bool(auto_config.model.get("scan_layers", False)),
             "shapes": dataclasses.asdict(s), "tiny": args.tiny, "budget_s": args.budget_s,
             "wall_s": round(budget.spent(), 1), "rows": rows}
-  del d
   print(f"\n{platform} ({kind}), jax {jax.__version__}; {budget.spent():.0f} s")
   print(table(rows))
   with open(args.out, "w") as f:

@@ -112,14 +112,13 @@ def record_size(conversation, tokenizer, settings: image_lib.ImageSettings) -> t
 
 
 def record_sizes(source, tokenizer, settings: image_lib.ImageSettings, *,
-                 skip_bad: bool = False, workers: int = 0, progress: str = "") -> np.ndarray:
-  """[N, 3] int64: tokens, patches and images of every record, from one pass that reads image
-  headers and checks that every image decodes (no preprocessing), in `workers` processes (0: this
-  one; `data.sizing`), with a progress line labelled `progress` when given. A record with a broken
+                 skip_bad: bool = False) -> np.ndarray:
+  """[N, 3] int64: tokens, patches and images of every record, from one pass in this process that
+  reads image headers and checks that every image decodes (no preprocessing; `data.sizing` runs it
+  in worker processes with a progress line). A record with a broken
   image raises ValueError naming it (its origin, file:record) and the image, or, with `skip_bad`,
   is logged, counted and given BAD_RECORD tokens. `data.size_cache.record_sizes` is the same,
   cached per data file."""
   from codevision_jax.data import sizing  # Deferred: sizing imports this module.
-  measured = sizing.measure(source, tokenizer, settings, workers=workers,
-                            stop_at_bad=not skip_bad, label=progress)
+  measured = sizing.measure(source, tokenizer, settings, stop_at_bad=not skip_bad)
   return sizing.finish([measured], source, skip_bad=skip_bad)

@@ -153,11 +153,13 @@ def save(path: str, key: str, measured: sizing.Measured) -> None:
 
 def file_spans(records) -> list[tuple[str | None, int, int, list[str]]]:
   """(data file or None, start, stop, the records' indices in the file) of each run of records
-  read from one file, in order (`Conversation.origin` is "<file>:<index>")."""
+  read from one file, in order (`Conversation.origin` is "<file>:<index>"). A source with an
+  `origins()` method gives them without its records being read (a TFDS set)."""
   spans, current, is_file = [], None, {}
-  for i in range(len(records)):
-    origin = getattr(records[i], "origin", "") or ""
-    path, _, index = origin.rpartition(":")
+  origins = (records.origins() if hasattr(records, "origins")
+             else (getattr(records[i], "origin", "") for i in range(len(records))))
+  for i, origin in enumerate(origins):
+    path, _, index = (origin or "").rpartition(":")
     if path not in is_file:
       is_file[path] = bool(path) and os.path.isfile(path)
     path = path if is_file[path] and index.isdigit() else None
@@ -176,11 +178,12 @@ def _workers(n: int, workers: int) -> int:
 def _sized(records, spans, tokenizer, settings, *, directory, write, skip_bad, workers):
   """`sizing.Measured` per span: read from its entry, or measured (and written when `write`);
   raises at the first bad record unless `skip_bad`."""
-  context = context_key(tokenizer, settings) if directory else None
+  context = None  # The tokenizer's and settings' key: computed when a span has a file.
   parts = []
   for path, start, stop, indices in spans:
     part = key = entry = None
     if directory and path:
+      context = context or context_key(tokenizer, settings)
       key = file_key(path, indices, context)
       entry = entry_path(directory, key)
       part = load(entry, key, stop - start)

@@ -261,6 +261,11 @@ class TfdsSource:
         f" from {conv.origin}" if conv.origin else "")
     return conv
 
+  def origins(self) -> list[str]:
+    """Each record's origin as `__getitem__` names it, without reading the set: for the size
+    cache, which keys data files (a TFDS set is sized at each start)."""
+    return [f"tfds {self.name}/{self.split}[{i}]" for i in range(self._len)]
+
   def __getstate__(self):
     return {k: v for k, v in self.__dict__.items() if k != "_source"} | {"_source": None}
 

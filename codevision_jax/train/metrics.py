@@ -65,7 +65,8 @@ class SummaryWriter:
       self.writer.close()
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
+  """`seconds` as h:mm:ss."""
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -92,7 +93,7 @@ class ProgressBar:
     extra = " ".join(f"{k} {v:.4g}" for k, v in values.items())
     line = (f"step {step}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}] "
             f"{rate:.2f} it/s {tokens_per_s / 1e3:.1f}k tok/s {extra} "
-            f"ETA {_hms(eta) if math.isfinite(eta) else '?'}")
+            f"ETA {hms(eta) if math.isfinite(eta) else '?'}")
     self.last = line
     if self.tty:
       self.stream.write("\r" + line)
