@@ -2,6 +2,7 @@
 
     python -m benchmarks.sampler [--family=qwen2_5_vl] [--batch=1,8,32] [--new_tokens=64] [--runs=3]
         [--model=tiny|small [--layers=4 --hidden=256 --vocab=8192]] [--torch_threads=1,2]
+        [--scan_layers]
 
 One random model, float32: by default the project's tiny preset of the family (`qwen2_5_vl_tiny`:
 4 decoder layers of hidden 128, vocabulary 512, 4 vision blocks of hidden 64); `--model=small`
@@ -20,6 +21,9 @@ with 1 torch thread and once with as many as the cores JAX sees (`--torch_thread
 is the reference (on a shared machine, torch's multi-threaded kernels can be far slower than one
 thread, which would flatter the ratio). Also checks that both sides produce the same tokens.
 Target: at least 3x transformers' decode tokens/s at batch 8.
+
+`--scan_layers` also times the same weights with scanned decoder layers (`model.scan_layers`)
+and prints their rate over the unscanned sampler's, measured in the same run.
 
 Not measured here (comes with the agent loop): the fraction of time the sampler idles while
 trajectories wait for the code executor.
@@ -46,6 +50,8 @@ flags.DEFINE_enum("model", "tiny", ["tiny", "small"], "tiny: the project's `<fam
 flags.DEFINE_integer("hidden", 256, "decoder width (--model=small)")
 flags.DEFINE_integer("layers", 4, "decoder layers (--model=small)")
 flags.DEFINE_integer("vocab", 8192, "vocabulary size (--model=small)")
+flags.DEFINE_bool("scan_layers", False, "also time the same weights loaded with scanned decoder "
+                  "layers (`model.scan_layers`) and print its rate over the unscanned one")
 
 TARGET = 3.0
 TARGET_BATCH = 8
@@ -131,7 +137,8 @@ def decode_rate(run, *, batch: int, new_tokens: int, runs: int) -> float:
   return batch * (new_tokens - 1) / diff
 
 
-def _bench_batch(hf, ours, batch: int, patch: int, torch_threads: list[int]) -> tuple[float, float]:
+def _bench_batch(hf, ours, batch: int, patch: int, torch_threads: list[int],
+                 scanned=None) -> tuple[float, float]:
   import jax
   import numpy as np
   import torch
@@ -142,9 +149,13 @@ def _bench_batch(hf, ours, batch: int, patch: int, torch_threads: list[int]) -> 
   n = FLAGS.new_tokens
   sampler = Sampler(ours, pad_token_id=PAD)
 
-  def ours_run(new):
-    tokens, _ = sampler.generate(ids, pv, grid, mask, max_new_tokens=new)
-    return np.asarray(jax.block_until_ready(tokens))
+  def run_of(sampler):
+    def run(new):
+      tokens, _ = sampler.generate(ids, pv, grid, mask, max_new_tokens=new)
+      return np.asarray(jax.block_until_ready(tokens))
+    return run
+
+  ours_run = run_of(sampler)
 
   hf_inputs = dict(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
                    pixel_values=torch.as_tensor(pv), image_grid_thw=torch.as_tensor(grid),
@@ -172,6 +183,13 @@ def _bench_batch(hf, ours, batch: int, patch: int, torch_threads: list[int]) -> 
   print(f"  batch {batch:3d}: sampler {ours_rate:7.0f} tok/s   transformers {hf_text}   "
         f"ratio {ours_rate / hf_rate:5.2f}x   (prompt {ids.shape[1]} tokens; greedy tokens equal: "
         f"{same:.1%})")
+  if scanned is not None:
+    scanned_run = run_of(Sampler(scanned, pad_token_id=PAD))
+    same = (scanned_run(n) == ours_run(n)).mean()  # also its warm-up
+    scanned_run(1)
+    scanned_rate = rate(scanned_run)
+    print(f"             scanned layers {scanned_rate:7.0f} tok/s: "
+          f"{scanned_rate / ours_rate:5.2f}x the unscanned sampler (tokens equal: {same:.1%})")
   return ours_rate, hf_rate
 
 
@@ -196,6 +214,7 @@ def main(argv):
   try:
     hf.save_pretrained(root)
     ours = cvj.load_hf(root, dtype="float32")
+    scanned = cvj.load_hf(root, dtype="float32", scan_layers=True) if FLAGS.scan_layers else None
   finally:
     shutil.rmtree(root, ignore_errors=True)
   patch = hf_config.vision_config.patch_size
@@ -205,7 +224,7 @@ def main(argv):
         f"tokens per row; decode tokens/s (prefill excluded); ratio against the faster transformers")
   ratios = {}
   for batch in (int(b) for b in FLAGS.batch):
-    ours_rate, hf_rate = _bench_batch(hf, ours, batch, patch, torch_threads)
+    ours_rate, hf_rate = _bench_batch(hf, ours, batch, patch, torch_threads, scanned)
     ratios[batch] = ours_rate / hf_rate
   summary = ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratios.items())
   print(f"summary: {summary}")
