@@ -1,13 +1,18 @@
-"""Qwen chat formatting with per-token loss masks.
+"""Qwen chat formatting (one format per model family) with per-token loss masks.
 
 Messages are dicts `{"role": "system" | "user" | "assistant" | "tool", "content": str}`; an
 assistant message may also carry `"tool_calls": [{"name": ..., "arguments": {...}}, ...]` (an
 OpenAI-style `{"function": {...}}` wrapper is accepted too). Images are `<image>` placeholders in
 the content, matched in order to the images of the conversation.
 
-The rendering follows `chat_template.CHAT_TEMPLATE` (the Qwen2.5 tool template with Qwen-VL
-images) character for character, so the token ids equal those of `tokenizer.apply_chat_template`
-with that template once image pads are expanded. The loss mask is 1 on the tokens of assistant
+Three chat formats, named as LLaMA-Factory names its templates (docs/chat_format.md has the facts):
+`qwen2_vl` (Qwen2.5-VL: default system line "You are a helpful assistant."), `qwen3_vl` (Qwen3-VL
+Thinking: no default system line; an assistant turn without `<think>`/`</think>` gets the empty
+thought `<think>\n\n</think>\n\n`, which carries loss) and `qwen3_vl_nothink` (Qwen3-VL Instruct:
+no default system line, content verbatim). The rendering follows `chat_template.template_for(fmt)`
+character for character, so the token ids equal those of `tokenizer.apply_chat_template` with that
+template once image pads are expanded. A tokenizer carries its format (`set_chat_format`, done by
+`processing.tokenizer.load_tokenizer`); `tokenize_conversation` uses it unless told otherwise. The loss mask is 1 on the tokens of assistant
 turns (content, tool calls and the closing `<|im_end|>`), 0 elsewhere (including the
 `<|im_start|>assistant\\n` header and the newline after `<|im_end|>`).
 """
@@ -26,6 +31,46 @@ VISION_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 DEFAULT_SYSTEM = "You are a helpful assistant."
 GENERATION_PROMPT = "<|im_start|>assistant\n"
 ROLES = ("system", "user", "assistant", "tool")
+EMPTY_THOUGHT = "<think>\n\n</think>\n\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatFormat:
+  """One model family's chat format (LLaMA-Factory's template of the same name)."""
+  name: str
+  default_system: str | None  # Inserted when a conversation has no system message.
+  empty_thought: bool  # Assistant turns without <think>/</think> get EMPTY_THOUGHT (trained).
+
+
+FORMATS = {
+    "qwen2_vl": ChatFormat("qwen2_vl", DEFAULT_SYSTEM, False),
+    "qwen3_vl": ChatFormat("qwen3_vl", None, True),
+    "qwen3_vl_nothink": ChatFormat("qwen3_vl_nothink", None, False),
+}
+DEFAULT_FORMAT = "qwen2_vl"
+_ATTR = "codevision_chat_format"
+_UNSET = object()
+
+
+def get_format(name):
+  """The ChatFormat called `name` (one of FORMATS); raises naming the choices."""
+  if isinstance(name, ChatFormat):
+    return name
+  if name not in FORMATS:
+    raise ValueError(f"unknown chat format {name!r}; expected one of {sorted(FORMATS)} "
+                     "(set model.chat_format)")
+  return FORMATS[name]
+
+
+def set_chat_format(tokenizer, name):
+  """Records on `tokenizer` the chat format its conversations are rendered in; returns it."""
+  setattr(tokenizer, _ATTR, get_format(name).name)
+  return tokenizer
+
+
+def format_of(tokenizer):
+  """The chat format `tokenizer` carries (`set_chat_format`), else DEFAULT_FORMAT."""
+  return getattr(tokenizer, _ATTR, None) or DEFAULT_FORMAT
 
 _TOOLS_HEADER = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -77,8 +122,17 @@ def _images_to_blocks(text):
   return text.replace(code_tool.IMAGE_PLACEHOLDER, VISION_BLOCK)
 
 
-def render(messages, tools=None, add_generation_prompt=False, default_system=DEFAULT_SYSTEM):
-  """Renders messages to Qwen chat text; returns `Rendered`. Pure; raises on malformed messages."""
+def _has_thought(content):
+  return "<think>" in content or "</think>" in content
+
+
+def render(messages, tools=None, add_generation_prompt=False, default_system=_UNSET,
+           chat_format=DEFAULT_FORMAT):
+  """Renders messages to Qwen chat text in `chat_format`; returns `Rendered`. Pure; raises on
+  malformed messages. `default_system` overrides the format's default system line (None: none)."""
+  fmt = get_format(chat_format)
+  if default_system is _UNSET:
+    default_system = fmt.default_system
   messages = list(messages)
   for i, m in enumerate(messages):
     if m.get("role") not in ROLES:
@@ -100,8 +154,12 @@ def render(messages, tools=None, add_generation_prompt=False, default_system=DEF
   has_system = bool(messages) and messages[0]["role"] == "system"
   system = _content(messages[0], 0) if has_system else default_system
   if tools:
-    emit(f"{IM_START}system\n{_images_to_blocks(system)}{tools_block(tools)}{IM_END}\n")
-  else:
+    block = tools_block(tools)
+    if system is None:  # Qwen3: the tools block alone, without its leading blank line.
+      emit(f"{IM_START}system\n{block[2:]}{IM_END}\n")
+    else:
+      emit(f"{IM_START}system\n{_images_to_blocks(system)}{block}{IM_END}\n")
+  elif system is not None:
     emit(f"{IM_START}system\n{_images_to_blocks(system)}{IM_END}\n")
   n = len(messages)
   for i, m in enumerate(messages):
@@ -113,6 +171,8 @@ def render(messages, tools=None, add_generation_prompt=False, default_system=DEF
     elif role == "assistant":
       calls = [code_tool.format_tool_call(*_tool_call_parts(c)) for c in m.get("tool_calls") or []]
       body = "\n".join(([content] if content or not calls else []) + calls)
+      if fmt.empty_thought and not _has_thought(content):
+        body = EMPTY_THOUGHT + body
       emit(GENERATION_PROMPT)
       emit(body + IM_END, loss=True)
       emit("\n")
@@ -160,14 +220,15 @@ def tokenize_text(tokenizer, text, loss_spans=(), image_token_counts=()):
 
 
 def tokenize_conversation(tokenizer, messages, image_token_counts=(), tools=None, images=(),
-                          add_generation_prompt=False, default_system=DEFAULT_SYSTEM):
+                          add_generation_prompt=False, default_system=_UNSET, chat_format=None):
   """Renders and tokenises a conversation -> TokenizedConversation.
 
   `image_token_counts[k]` is the number of `<|image_pad|>` tokens for the k-th `<image>` (see
   `processing.image.num_image_tokens`); `images` is passed through for the caller's convenience.
+  `chat_format` defaults to the tokenizer's (`format_of`).
   """
   r = render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
-             default_system=default_system)
+             default_system=default_system, chat_format=chat_format or format_of(tokenizer))
   counts = tuple(int(c) for c in image_token_counts)
   if r.num_images != len(counts):
     raise ValueError(f"the conversation has {r.num_images} <image> placeholders but "
