@@ -34,13 +34,15 @@ def _host_value(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
-def save_hf(model, out_dir: str, dtype=None, max_shard_size="5GB", source_dir: str | None = None) -> str:
+def save_hf(model, out_dir: str, dtype=None, max_shard_size="5GB", source_dir: str | None = None,
+            chat_template: str | None = None) -> str:
   """Writes `model` as an HF checkpoint directory; returns `out_dir`.
 
   Args:
     dtype: dtype of the written tensors (default: each parameter's own).
     max_shard_size: bytes per safetensors file ("5GB", "500MB" or an int).
     source_dir: a checkpoint directory whose tokenizer and processor files are copied over.
+    chat_template: the Jinja chat template the export carries (`write_chat_template`).
   """
   state = nnx.state(model, nnx.Param)
   flat = dict(nnx.to_flat_state(state))
@@ -52,11 +54,32 @@ def save_hf(model, out_dir: str, dtype=None, max_shard_size="5GB", source_dir: s
   return write_hf(model.config, state, value_of, out_dir,
                   dtype=dtype, max_shard_size=max_shard_size,
                   files={name: os.path.join(source_dir, name) for name in AUXILIARY_FILES
-                         if source_dir and os.path.exists(os.path.join(source_dir, name))})
+                         if source_dir and os.path.exists(os.path.join(source_dir, name))},
+                  chat_template=chat_template)
+
+
+def write_chat_template(directory: str, template: str) -> None:
+  """Makes `template` the chat template of the tokenizer and processor in `directory`:
+  `chat_template.jinja` (what transformers reads first), the `chat_template` key of
+  `tokenizer_config.json` when that file has one, and no `chat_template.json` (an older copy)."""
+  with open(os.path.join(directory, "chat_template.jinja"), "w", encoding="utf-8") as f:
+    f.write(template)
+  stale = os.path.join(directory, "chat_template.json")
+  if os.path.exists(stale):
+    os.remove(stale)
+  config_path = os.path.join(directory, "tokenizer_config.json")
+  if os.path.exists(config_path):
+    with open(config_path, encoding="utf-8") as f:
+      config = json.load(f)
+    if "chat_template" in config:
+      config["chat_template"] = template
+      with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
 
 
 def write_hf(config, state: nnx.State, value_of, out_dir: str, *, dtype=None, max_shard_size="5GB",
-             files: dict | None = None, config_updates: dict | None = None) -> str:
+             files: dict | None = None, config_updates: dict | None = None,
+             chat_template: str | None = None) -> str:
   """Writes an HF checkpoint directory from parameter values fetched one at a time.
 
   `state` gives the parameters' paths, shapes and dtypes (an abstract state is enough);
@@ -65,7 +88,8 @@ def write_hf(config, state: nnx.State, value_of, out_dir: str, *, dtype=None, ma
   decoder layers (stacked [L, ...]) it is called as `value_of(path, i)` once per layer i and
   returns that layer's value. `files` maps names in the
   output to files copied in (tokenizer, processor); `config_updates` are set at the top level and
-  in `text_config` of config.json. Atomic: the directory appears only when complete.
+  in `text_config` of config.json; `chat_template` (Jinja), when given, becomes the export's chat
+  template (`write_chat_template`). Atomic: the directory appears only when complete.
   """
   flat = dict(nnx.to_flat_state(state))
   mappings = keymap.param_mappings(state, config)
@@ -118,6 +142,8 @@ def write_hf(config, state: nnx.State, value_of, out_dir: str, *, dtype=None, ma
       json.dump(hf_config, f, indent=2)
     for name, src in (files or {}).items():
       shutil.copy2(src, os.path.join(tmp, name))
+    if chat_template is not None:
+      write_chat_template(tmp, chat_template)
     _replace_dir(tmp, out_dir)
     tmp = None
   finally:

@@ -73,14 +73,14 @@ The quick brown fox jumps over the lazy dog. 0123456789 left right up down bar c
 FAMILY_FORMATS = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl",
                   "qwen3_vl_moe": "qwen3_vl"}
 
-# The conversation the tokenizer's own template is compared on: system, user with an image, an
-# assistant turn with a thought and a tool call, a tool response with an image, the answer.
+# The conversation the tokenizer's own template is compared on (with a tool offered): no system
+# message (the families differ there), a user turn with an image, an assistant turn with a thought
+# and a tool call, a tool response with an image, the answer: CodeVision's shape.
 _PROBE_TOOL = {"type": "function", "function": {
     "name": "code_image_tool", "description": "Runs Python on an image.",
     "parameters": {"type": "object", "properties": {"code": {"type": "string"}},
                    "required": ["code"]}}}
 _PROBE = [
-    {"role": "system", "content": "You look at images."},
     {"role": "user", "content": "<image>\nWhat does the sign say?"},
     {"role": "assistant", "content": "<think>\nIt is upside down.\n</think>\n\n",
      "tool_calls": [{"name": "code_image_tool", "arguments": {"code": "result = image.rotate(180)"}}]},

@@ -9,7 +9,9 @@ are read one tensor at a time straight from the checkpoint into the safetensors 
 optimizer state, no whole copy of the model in memory), so a CPU-only host exports any size.
 Tokenizer and processor files come from `source` (an HF checkpoint directory), else from the
 run's tokenizer; a `preprocessor_config.json` the source lacks is written from the run's image
-settings, so `AutoProcessor.from_pretrained` works. The output appears atomically.
+settings, so `AutoProcessor.from_pretrained` works. The chat template written is that of the
+run's chat format (`model.chat_format`, else the model family's), so the export renders
+conversations as the model was trained on them, images included. The output appears atomically.
 """
 
 from __future__ import annotations
@@ -137,9 +139,12 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
   with open(os.path.join(step_dir, "config", "metadata")) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
   tok_dir = source or cfg.model.tokenizer or cfg.model.path or os.path.join(workdir, "tokenizer")
-  from codevision_jax.processing import tokenizer as tok_lib  # Deferred: transformers import.
+  from codevision_jax.processing import chat_template  # Deferred: transformers import.
+  from codevision_jax.processing import tokenizer as tok_lib
   tokenizer = tok_lib.load_tokenizer(tok_dir)
   mc = run_setup.model_config(cfg.model, tokenizer)
+  chat_format, _ = tok_lib.resolve_chat_format(tokenizer, cfg.model.get("chat_format"),
+                                               mc.model_type, tok_dir)
   state = nnx.state(abstract_model(mc, param_dtype=run_setup.DTYPES[cfg.model.param_dtype],
                                    scan_layers=cfg.model.get("scan_layers", False)), nnx.Param)
 
@@ -189,7 +194,8 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
          if k not in mc.extra_text and k not in mc.extra_top}
   try:
     return hf_save.write_hf(mc, state, value_of, out_dir, dtype=dtype, max_shard_size=max_shard_size,
-                            files=files, config_updates=ids)
+                            files=files, config_updates=ids,
+                            chat_template=chat_template.template_for(chat_format))
   finally:
     for path in written:
       os.remove(path)
