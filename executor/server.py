@@ -234,6 +234,7 @@ class Service:
         "stdout": reply.get("stdout", ""),
         "error": error,
         "ops": reply.get("ops", []),
+        "ops_claimed": reply.get("ops_claimed", []),  # the child's own trace: untrusted, unscored
         "result_maps": reply.get("result_maps", [None] * len(pngs)),
         "duration_ms": round(seconds * 1000.0, 3),
         "notes": notes,

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps  # pylint: disable=unused-import
 
 from codevision_jax.processing import png
-from executor import child, protocol, sandbox, trace
+from executor import child, evidence, protocol, sandbox, trace
 from executor.config import Config
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -194,14 +194,14 @@ class Worker:
       os.close(req_w)
       try:
         timeout = float(req["timeout_s"])
-        return self._supervise(pid, out_r, res_r, t0 + timeout, timeout)
+        return self._supervise(pid, out_r, res_r, t0 + timeout, timeout, blobs)
       finally:
         os.close(out_r)
         os.close(res_r)
     raise AssertionError("unreachable")
 
-  def _supervise(self, pid: int, out_r: int, res_r: int, deadline: float,
-                 timeout: float) -> tuple[dict[str, Any], list[bytes]]:
+  def _supervise(self, pid: int, out_r: int, res_r: int, deadline: float, timeout: float,
+                 inputs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
     cfg = self.cfg
     pidfd = os.pidfd_open(pid)
     stdout, result = bytearray(), bytearray()
@@ -256,17 +256,23 @@ class Worker:
       os.close(pidfd)
     text = bytes(stdout[:cfg.max_stdout_bytes]).decode("utf-8", errors="replace")
     if error is not None:
-      return {"ok": False, "error": dict(error, line=None), "ops": [], "stdout": text}, []
-    return self._interpret(status, bytes(result), text, timeout)
+      return {"ok": False, "error": dict(error, line=None), "ops": [], "ops_claimed": [],
+              "stdout": text}, []
+    return self._interpret(status, bytes(result), text, timeout, inputs)
 
-  def _interpret(self, status: int, result: bytes, text: str,
-                 timeout: float) -> tuple[dict[str, Any], list[bytes]]:
-    """Turns the child's exit status and frame into a checked reply."""
+  def _interpret(self, status: int, result: bytes, text: str, timeout: float,
+                 inputs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+    """Turns the child's exit status and frame into a checked reply.
+
+    `ops` and `result_maps` are what the returned pixels prove (`evidence.verify`); the child's
+    own trace, which the model's code could have written, is only passed on as `ops_claimed`.
+    A call that returns no image proves no operation.
+    """
     cfg = self.cfg
 
-    def fail(kind: str, message: str, ops=()):
+    def fail(kind: str, message: str, claimed=()):
       return {"ok": False, "error": {"type": kind, "message": message, "line": None},
-              "ops": list(ops), "stdout": text}, []
+              "ops": [], "ops_claimed": list(claimed), "stdout": text}, []
 
     if os.WIFSIGNALED(status):
       sig = os.WTERMSIG(status)
@@ -293,7 +299,7 @@ class Worker:
         if not isinstance(err, dict):
           raise ValueError("bad error")
         line = err.get("line")
-        return {"ok": False, "stdout": text, "ops": ops, "error": {
+        return {"ok": False, "stdout": text, "ops": [], "ops_claimed": ops, "error": {
             "type": str(err.get("type", "Error"))[:100],
             "message": str(err.get("message", ""))[:2000],
             "line": line if isinstance(line, int) else None}}, []
@@ -313,8 +319,10 @@ class Worker:
     if not pngs and header.get("no_result") and not text:
       return fail("NoResult", "the code produced neither a result nor any printed text; set "
                   "`result` to a PIL image, a numpy array or a list of them", ops)
-    return {"ok": True, "error": None, "ops": ops, "stdout": text,
-            "result_maps": _checked_maps(header.get("result_maps"), len(pngs))}, pngs
+    trusted_ops, maps = evidence.verify(ops, _checked_maps(header.get("result_maps"), len(pngs)),
+                                        pngs, inputs)
+    return {"ok": True, "error": None, "ops": trusted_ops, "ops_claimed": ops, "stdout": text,
+            "result_maps": maps}, pngs
 
 
 def main() -> None:

@@ -64,11 +64,13 @@ def non_core_ops(ops: Iterable[dict[str, Any]]) -> set[str]:
   """Names of the traced operations outside the core set (e.g. "enhance", "cv2.GaussianBlur").
 
   A rotation by an angle that is not a multiple of 90 degrees counts as "rotate". The trace's
-  "truncated" marker is not an operation.
+  "truncated" marker is not an operation, nor are "numpy" entries (array plumbing such as layout
+  changes, stacking or padding: no returned pixels can show them, so the executor cannot vouch
+  for them; see executor/evidence.py).
   """
   names = set()
   for op in ops:
-    if isinstance(op, dict) and op_core(op) is None and op.get("op") != "truncated":
+    if isinstance(op, dict) and op_core(op) is None and op.get("op") not in ("truncated", "numpy"):
       kind = op.get("op")
       names.add(str(op.get("fn")) if kind in ("cv2", "numpy") else str(kind))
   return names
