@@ -83,23 +83,70 @@ def _first(mapping, *keys):
   return None
 
 
-def _content_text(content, where):
-  """Message content as text with <image> placeholders (accepts OpenAI-style part lists)."""
+_SUPPORTED_PARTS = (
+    'a string, or a list of parts: {"type": "text", "text" or "value": ...}, {"type": "image"} or '
+    '{"type": "image_url"} (an <image>, taken in order from the record\'s "images"), and in '
+    'assistant turns {"type": "reasoning", "value": ...} (rendered <think>\\n...\\n</think>\\n\\n) '
+    'and {"type": "tool_call", "value": {"name": ..., "arguments": ...} or its JSON}; the part '
+    'formats of LLaMA-Factory\'s sharegpt/openai records and of its newer records such as '
+    'reason_tool_use_demo_50.jsonl (docs/data.md)')
+_TEXT_TYPES = (None, "text", "observation", "tool_result")
+
+
+def _part_value(part, *keys):
+  for key in keys:
+    if isinstance(part.get(key), str):
+      return part[key]
+  return None
+
+
+def _content_parts(content, where, role=None):
+  """Message content -> (text with <image> placeholders, tool calls from tool_call parts).
+
+  Accepts a string, or a list of content parts (OpenAI-style `text`, LLaMA-Factory's `value`);
+  raises naming the part and the formats supported."""
   if content is None:
-    return ""
+    return "", []
   if isinstance(content, str):
-    return content
-  if isinstance(content, list):
-    out = []
-    for part in content:
-      if isinstance(part, dict) and part.get("type") in ("image", "image_url"):
-        out.append(code_tool.IMAGE_PLACEHOLDER)
-      elif isinstance(part, dict) and isinstance(part.get("text"), str):
-        out.append(part["text"])
-      else:
-        raise ValueError(f"{where}: unsupported content part {part!r}")
-    return "".join(out)
-  raise ValueError(f"{where}: content must be a string, got {type(content).__name__}")
+    return content, []
+  if not isinstance(content, list):
+    raise ValueError(f"{where}: content must be a string or a list of content parts, got "
+                     f"{type(content).__name__}; supported: {_SUPPORTED_PARTS}")
+  out, calls = [], []
+  for k, part in enumerate(content):
+    kind = part.get("type") if isinstance(part, dict) else None
+    text = _part_value(part, "text", "value") if isinstance(part, dict) else None
+    if isinstance(part, dict) and kind in ("image", "image_url"):
+      out.append(code_tool.IMAGE_PLACEHOLDER)
+    elif isinstance(part, dict) and kind in _TEXT_TYPES and text is not None:
+      if calls:
+        raise ValueError(f"{where}: content part {k} (text) follows a tool_call part; a turn's "
+                         "text must come before its tool calls")
+      out.append(text)
+    elif isinstance(part, dict) and kind in ("reasoning", "thinking") and text is not None \
+        and role in (None, "assistant"):
+      out.append(f"<think>\n{text}\n</think>\n\n")
+    elif isinstance(part, dict) and kind in ("tool_call", "function_call") \
+        and role in (None, "assistant", "function_call"):
+      if not calls and out and out[-1].endswith("</think>\n\n"):
+        out[-1] = out[-1][:-1]  # The call's own "\n" follows: </think>\n\n<tool_call>, as LF's.
+      value = part.get("value", part.get("function", part.get("tool_call")))
+      if not isinstance(value, str):
+        value = json.dumps(value)
+      calls.extend(_tool_calls_from_json(value, f"{where}: content part {k}"))
+    else:
+      shown = repr(part) if len(repr(part)) <= 200 else repr(part)[:200] + "..."
+      raise ValueError(f"{where}: unsupported content part {k} {shown}"
+                       + (f" in a {role} turn" if role else "") + f"; supported: {_SUPPORTED_PARTS}")
+  return "".join(out), calls
+
+
+def _content_text(content, where):
+  """Message content as text with <image> placeholders (accepts content part lists)."""
+  text, calls = _content_parts(content, where)
+  if calls:
+    raise ValueError(f"{where}: tool_call parts are only allowed in assistant turns")
+  return text
 
 
 def _tool_calls_from_json(text, where):
@@ -136,10 +183,10 @@ def _normalise_messages(raw_messages, require_assistant):
     if role is None:
       raise ValueError(f"{where}: unknown role {raw_role!r}; expected one of "
                        f"{sorted(ROLE_ALIASES)}")
-    content = _content_text(_first(m, "content", "value"), where)
+    content, part_calls = _content_parts(_first(m, "content", "value"), where, role)
     msg = {"role": role, "content": content}
     if role == "function_call":
-      if code_tool.tool_call_blocks(content):
+      if part_calls or code_tool.tool_call_blocks(content):
         msg = {"role": "assistant", "content": content}
       else:
         msg = {"role": "assistant", "content": "",
@@ -147,6 +194,10 @@ def _normalise_messages(raw_messages, require_assistant):
     elif role == "assistant" and m.get("tool_calls"):
       msg["tool_calls"] = [_tool_calls_from_json(json.dumps(c.get("function", c)), where)[0]
                            for c in m["tool_calls"]]
+    if part_calls:
+      if msg.get("tool_calls"):
+        raise ValueError(f"{where}: tool calls given both as tool_call parts and otherwise")
+      msg["tool_calls"] = (msg.get("tool_calls") or []) + part_calls
     if msg["role"] == "assistant":
       if not msg["content"].strip() and not msg.get("tool_calls"):
         raise ValueError(f"{where}: empty assistant turn (no text and no tool call)")

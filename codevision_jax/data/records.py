@@ -32,17 +32,34 @@ class Conversation:
     return sum((m.get("content") or "").count(code_tool.IMAGE_PLACEHOLDER) for m in self.messages)
 
 
-def load_image(source):
-  """Opens an image source (path, bytes, or a PIL image) as an RGB PIL image."""
+def describe_source(source):
+  """A short name of an image source for messages: its path, or its size and first bytes."""
+  if isinstance(source, (bytes, bytearray)):
+    return f"{len(source)} bytes of image data starting {bytes(source[:8])!r}"
+  if isinstance(source, (str, os.PathLike)):
+    return repr(os.fspath(source))
+  return type(source).__name__
+
+
+def load_image(source, origin=None):
+  """Opens an image source (path, bytes, or a PIL image) as an RGB PIL image.
+
+  An image that cannot be decoded raises ValueError naming the file (or the bytes' size and first
+  bytes) and `origin` (e.g. the record's "<file>:<index>") when given."""
   if isinstance(source, Image.Image):
     image = source
-  elif isinstance(source, (bytes, bytearray)):
-    image = Image.open(io.BytesIO(source))
-  elif isinstance(source, (str, os.PathLike)):
-    image = Image.open(source)
+  elif isinstance(source, (bytes, bytearray, str, os.PathLike)):
+    try:
+      image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+      image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+      reason = str(e).split(" <_io.")[0] if "<_io." in str(e) else str(e)
+      where = f"{origin}: " if origin else ""
+      raise ValueError(f"{where}image {describe_source(source)} cannot be decoded "
+                       f"({type(e).__name__}: {reason}); replace or drop it (or skip bad "
+                       "records with data.skip_bad=True)") from None
   else:
     raise TypeError(f"cannot open an image from {type(source).__name__}; expected a path or bytes")
-  image.load()
   return image if image.mode == "RGB" else image.convert("RGB")
 
 
