@@ -82,7 +82,7 @@ _PROBE_TOOL = {"type": "function", "function": {
                    "required": ["code"]}}}
 _PROBE = [
     {"role": "user", "content": "<image>\nWhat does the sign say?"},
-    {"role": "assistant", "content": "<think>\nIt is upside down.\n</think>\n\n",
+    {"role": "assistant", "content": "<think>\nIt is upside down.\n</think>\n\nI will turn it.",
      "tool_calls": [{"name": "code_image_tool", "arguments": {"code": "result = image.rotate(180)"}}]},
     {"role": "tool", "content": "Image 1: <image>"},
     {"role": "assistant", "content": "<think>\nNow it reads STOP.\n</think>\n\n<answer>STOP</answer>"},
