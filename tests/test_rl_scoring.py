@@ -141,3 +141,23 @@ def test_transcript_of_a_trajectory(tok):
   traj.metadata["ground_truth"] = None
   record = transcript.transcript(tok, traj, parts[0])
   assert record["correct"] is None and record["reward"] is None and record["answer"] == "PENCIL"
+
+
+def test_parts_say_which_evidence_they_came_from(tok):
+  good = trajectory(tok, ["<think>turn it</think>", "<think>crop</think>",
+                          "<think>read</think>\n<answer>PENCIL</answer>"],
+                    calls=[ROTATE_270, CROP_ON_1], n_images=3)
+  no_tool = trajectory(tok, ["<think>guess</think>\n<answer>pencil</answer>"],
+                       required_transforms=[], target_box=None)
+
+  class Yes:
+    async def verdict(self, question, truth, prediction):
+      return True
+
+  _, parts, _ = asyncio.run(scoring.score([good, no_tool], [0, 0], tok, judge=Yes()))
+  assert (parts[0]["from_rule"], parts[0]["from_judge"], parts[0]["judge_fallback"]) == (1, 0, 0)
+  assert parts[0]["evidence_calls"] == 2.0 and parts[0]["evidence_crop_boxes"] == 1.0
+  assert (parts[1]["from_rule"], parts[1]["from_judge"]) == (0, 1)
+  assert parts[1]["evidence_calls"] == 0.0
+  assert all(isinstance(v, float) for p in parts for v in p.values())  # saved as numbers
+  assert {"r_acc", "r_mandatory", "r_emerge", "r_spurious", "fmt"} <= set(scoring.EVIDENCE)

@@ -8,6 +8,14 @@ not from reading its code: the core operations, the other operation names, and e
 carried into the pixels of the conversation's first image through the result maps of the
 calls that made the images it cropped (a crop of a rotated copy counts where it lands on the
 original). A record's target box and required transforms refer to that first image.
+
+The executor's `ops` and `result_maps` are what a call's returned pixels prove (executor/evidence.py
+checks the child's claims in the worker); its `ops_claimed`, which the model's code could write,
+is never read here. `EVIDENCE` names where each reward part comes from; every trajectory's parts
+also carry the provenance of its own: `from_rule` / `from_judge` (which decided `correct`),
+`judge_fallback` (the judge was asked but gave no verdict, or the answer was too long for it),
+`evidence_calls` (tool calls that returned images, the only ones whose operations count) and
+`evidence_crop_boxes` (crop boxes carried into the first image for r_mandatory's IoU).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import numpy as np
 
 from codevision_jax.execution import ops as ops_lib
 from codevision_jax.rl import reward
-from codevision_jax.rl.judge import JudgeUnavailable
+from codevision_jax.rl.judge import AnswerTooLong, JudgeUnavailable
 from codevision_jax.sampling.trajectory import CallStatus, Trajectory
 
 
@@ -78,11 +86,26 @@ def accepted_answers(ground_truth) -> list[str]:
   return [str(ground_truth)]
 
 
+EVIDENCE = {
+    "r_acc": "the answer rule on the policy's text, else the judge's verdict on the quoted answer",
+    "fmt": "the policy's text (tool responses stripped)",
+    "r_mandatory": "executor ops and result maps proven by returned pixels; the record's "
+                   "required transforms and target box",
+    "r_exact": "executor ops proven by returned pixels; required transforms",
+    "r_emerge": "executor ops proven by returned pixels; correctness",
+    "r_spurious": "executor ops proven by returned pixels; required transforms",
+    "c_usage": "the agent loop's count of tool calls",
+    "r_necessity": "correctness and tool use across the prompt's group",
+    "r_tool_error": "the agent loop's call statuses",
+}
+
+
 @dataclasses.dataclass
 class ScoringStats:
   judged: int = 0  # answers the rule did not match, sent to the judge
   judge_yes: int = 0
   judge_fallbacks: int = 0  # the judge gave no verdict: the rule's stands
+  judge_too_long: int = 0  # of those, answers too long to send (the rule decided)
 
 
 async def score(trajectories: Sequence[Trajectory], group_ids: Sequence[int], tokenizer, *,
@@ -98,20 +121,28 @@ async def score(trajectories: Sequence[Trajectory], group_ids: Sequence[int], to
   """
   stats = ScoringStats()
   texts = [response_text(tokenizer, t) for t in trajectories]
-  correct = []
+  correct, provenance = [], []
   for traj, text in zip(trajectories, texts):
     truths = accepted_answers(traj.metadata.get("ground_truth"))
     prediction = reward.extract_answer(text)
-    ok = any(reward.answers_match(prediction, t) for t in truths)
+    ok = by_rule = any(reward.answers_match(prediction, t) for t in truths)
+    by_judge = fallback = False
     if not ok and truths and judge is not None and prediction:
       stats.judged += 1
       try:
-        ok = await judge.verdict(traj.metadata.get("question") or "", " or ".join(truths),
-                                 prediction)
+        ok = by_judge = await judge.verdict(traj.metadata.get("question") or "",
+                                            " or ".join(truths), prediction)
         stats.judge_yes += ok
+      except AnswerTooLong:
+        stats.judge_fallbacks += 1
+        stats.judge_too_long += 1
+        fallback = True
       except JudgeUnavailable:
         stats.judge_fallbacks += 1
+        fallback = True
     correct.append(bool(ok))
+    provenance.append({"from_rule": float(by_rule), "from_judge": float(bool(by_judge)),
+                       "judge_fallback": float(fallback)})
   used = [len(t.tool_calls) > 0 for t in trajectories]
   group_ids = np.asarray(group_ids)
   necessity = np.zeros(len(trajectories))
@@ -128,7 +159,9 @@ async def score(trajectories: Sequence[Trajectory], group_ids: Sequence[int], to
                            weights=weights)
     errors = sum(c.status != CallStatus.OK for c in traj.tool_calls)
     p.update(correct=float(correct[i]), used_tool=float(used[i]), tool_errors=float(errors),
-             r_tool_error=tool_error_penalty * errors)
+             r_tool_error=tool_error_penalty * errors, **provenance[i],
+             evidence_calls=float(sum(c.result_image_index is not None for c in traj.tool_calls)),
+             evidence_crop_boxes=float(len(boxes)))
     p["score"] = p["total"] + p["r_tool_error"]
     parts.append(p)
   return np.asarray([p["score"] for p in parts], np.float32), parts, stats
