@@ -1,4 +1,7 @@
-"""Runtime trace of what the model's code does to the images (`ops` in the API answer).
+"""Runtime trace of what the model's code does to the images: the child's *claim* (`ops_claimed`
+in the API answer). It runs in the process of the model's code, which can write anything into it;
+the worker keeps only what the returned pixels prove as `ops` and `result_maps`
+(`executor/evidence.py`).
 
 `install()` wraps the PIL, numpy and cv2 entry points once per worker, before any fork; the wrapped
 functions append to `OPS` in the per-call child only (the worker never runs model code, so its
