@@ -8,7 +8,8 @@ batched decoding on device. `Sampler.generate` (a batch of prompts) and the agen
     tokens, logprobs, counts = engine.decode(active, budgets, keys, counts, max_steps=32)
 
 State, on device (`DecodeState`): per layer a cache [S, K, L, D] of S slots (one stacked
-[layers, S, K, L, D] for a decoder with `scan_layers`), the pending logits
+[layers, S, K, L, D] for a decoder with `scan_layers`) in the dtype of the engine's parameters
+(bfloat16 for a bfloat16 sampler), the pending logits
 [S, V] (each slot's next-token distribution), each slot's length (tokens in its cache) and its
 M-RoPE counter (the next text position: the maximum position so far plus one, as
 `get_rope_index` advances it). A slot's tokens sit at cache entries [0, length); the next
@@ -30,6 +31,12 @@ writes its key/value at its own length; rows not asked for, or done, write to th
 Banned ids (image pads, vision markers: only the environment places them) are never sampled; the
 log-probs stay those of the unrestricted policy at temperature 1 (see `logits`).
 
+Sharding. When the parameters live on a mesh (`NamedSharding`), the cache is created sharded on it
+and kept so by every prefill and decode: slots over the batch axes (`data`, `fsdp`), KV heads over
+`tensor`, by the logical-axis rules (`parallel.DEFAULT_RULES` unless given); an axis that does not
+divide its dimension is replicated. A 7B sampler's cache of 64 slots x 32k tokens is 120 GB in
+bfloat16: it must never be whole on one device.
+
 Stop and banned ids travel as arrays padded to a multiple of `ID_SLOTS` entries; they, the
 sampling settings, the budgets and the parameters are traced: changing them does not recompile.
 Compilations are shared by every engine of the same architecture.
@@ -45,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from codevision_jax import parallel
 from codevision_jax.models import prepare
 from codevision_jax.models.text import cache_entries, cache_slot_axis, init_kv_cache
 from codevision_jax.sampling.logits import choose_tokens, policy_logprobs
@@ -78,6 +86,19 @@ class DecodeState:
   counters: jax.Array  # [S] int32
 
 
+def cache_logical_axes(stacked: bool) -> tuple:
+  """The logical axes of a cache array (`text.init_kv_cache`'s layout)."""
+  axes = ("batch", "kv_heads", None, None)
+  return ("layers",) + axes if stacked else axes
+
+
+def _constrain(cache, sharding):
+  """`cache` with every array constrained to `sharding` (None: left to XLA)."""
+  if sharding is None:
+    return cache
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), cache)
+
+
 def _slot_index(cache, slots) -> tuple:
   """The index of rows `slots` in a cache's arrays, in either form (`text.init_kv_cache`)."""
   return (slice(None),) * cache_slot_axis(cache) + (slots,)
@@ -101,9 +122,10 @@ def _embed(graphdef, params, rest, input_ids, pixel_values, vision_meta):
   return nnx.merge(graphdef, params, rest).embed(input_ids, pixel_values, vision_meta)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "all_slots"), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "all_slots", "cache_sharding"),
+                   donate_argnames=("state",))
 def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstack, positions, n_real,
-             last, advance, *, all_slots: bool) -> DecodeState:
+             last, advance, *, all_slots: bool, cache_sharding=None) -> DecodeState:
   """Runs the decoder over `embeds` [R, C, H] of `slots` [R], written at each slot's length.
 
   positions [3, R, C] count from the slot's counter; n_real [R]: real tokens of the chunk (the rest
@@ -120,7 +142,7 @@ def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstac
   mask = entries[None, None, :] <= (start[:, None] + jnp.arange(c))[:, :, None]  # [R, C, L]
   positions = positions + state.counters[slots][None, :, None]
   hidden, rows = model.extend(embeds, positions, mask[:, None], rows, start, deepstack)
-  cache = rows if all_slots else _put_slots(state.cache, rows, slots)
+  cache = _constrain(rows if all_slots else _put_slots(state.cache, rows, slots), cache_sharding)
   at_last = jnp.take_along_axis(hidden, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
   new = model.logits(at_last).astype(state.logits.dtype)
   logits = state.logits.at[slots].set(jnp.where((last >= 0)[:, None], new, state.logits[slots]))
@@ -128,11 +150,12 @@ def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstac
                        counters=state.counters.at[slots].add(advance))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_steps", "greedy", "filtered"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_steps", "greedy", "filtered",
+                                           "cache_sharding"),
                    donate_argnames=("state",))
 def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity, keys, counts,
             temperature, top_k, top_p, stop_ids, banned_ids, *, max_steps: int, greedy: bool,
-            filtered: bool):
+            filtered: bool, cache_sharding=None):
   """Up to `max_steps` tokens for each active row, until a stop token or its budget (at most the
   room left in its slot). Row r samples with `fold_in(keys[r], counts[r] + k)` for its k-th token
   of this call. Returns tokens and log-probs [S, max_steps] (0 past each row's count), the
@@ -162,6 +185,7 @@ def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity
     embeds, _ = model.embed(tok[:, None])
     positions = jnp.broadcast_to(state.counters[None, :, None], (3, s, 1))
     hidden, cache = model.extend(embeds, positions, key_ok[:, None, None, :], state.cache, index)
+    cache = _constrain(cache, cache_sharding)
     new_logits = model.logits(hidden[:, -1]).astype(state.logits.dtype)
     state = state.replace(cache=cache, logits=jnp.where(live[:, None], new_logits, state.logits),
                           lengths=state.lengths + live, counters=state.counters + live)
@@ -187,15 +211,19 @@ class DecodeEngine:
   room for chunk padding).
   """
 
-  def __init__(self, model: nnx.Module, *, chunk: int = 128, params: nnx.State | None = None):
+  def __init__(self, model: nnx.Module, *, chunk: int = 128, params: nnx.State | None = None,
+               rules=None):
     self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
     self.config = model.config
     # The cache's form follows the decoder's (stacked for scanned layers).
     self._stacked = model.model.language_model.scan_layers
     self.chunk = chunk
-    if params is not None:
-      self.update_params(params)
+    self.rules = parallel.DEFAULT_RULES if rules is None else rules
+    if params is not None:  # The engine's own parameters (e.g. a bfloat16 copy): their dtypes
+      self._check_structure(params)  # are what later `update_params` calls must match.
+      self._params = params
     self.state: DecodeState | None = None
+    self._cache_sharding = None
     self.capacity = 0
     self._lengths = np.zeros((0,), np.int64)  # Host copy; `_unsynced` holds the last decode's counts.
     self._unsynced = None
@@ -210,6 +238,14 @@ class DecodeEngine:
     `params` must have the structure, shapes and dtypes of the model's `nnx.Param` state (as
     `nnx.state(model, nnx.Param)` gives); anything else would recompile, so it raises instead.
     """
+    old, new = self._check_structure(params)
+    for (path, a), (_, b) in zip(old, new):
+      if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"update_params: {jax.tree_util.keystr(path)} is {b.dtype}{list(b.shape)}, "
+                         f"the sampler was built for {a.dtype}{list(a.shape)}")
+    self._params = params
+
+  def _check_structure(self, params: nnx.State) -> tuple[list, list]:
     old = jax.tree_util.tree_flatten_with_path(self._params)[0]
     new, new_def = jax.tree_util.tree_flatten_with_path(params)
     if new_def != jax.tree.structure(self._params):
@@ -217,21 +253,46 @@ class DecodeEngine:
       raise ValueError("update_params: the new state's structure differs from the model's "
                        f"parameters (paths in one but not the other: {sorted(missing)[:5]}); pass "
                        "nnx.state(model, nnx.Param) of the same architecture")
-    for (path, a), (_, b) in zip(old, new):
-      if a.shape != b.shape or a.dtype != b.dtype:
-        raise ValueError(f"update_params: {jax.tree_util.keystr(path)} is {b.dtype}{list(b.shape)}, "
-                         f"the sampler was built for {a.dtype}{list(a.shape)}")
-    self._params = params
+    return old, new
+
+  @property
+  def dtype(self):
+    """The dtype of the cache: the parameters' (their most common floating dtype)."""
+    floats = [x.dtype for x in jax.tree.leaves(self._params) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return max(set(floats), key=floats.count)
+
+  @property
+  def mesh(self):
+    """The mesh the parameters live on, or None (single device, or not a named sharding)."""
+    sharding = getattr(jax.tree.leaves(self._params)[0], "sharding", None)
+    return sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
+
+  def cache_sharding(self, num_slots: int, length: int):
+    """The NamedSharding of every cache array (one for all layers), or None off a mesh."""
+    mesh = self.mesh
+    if mesh is None or mesh.size == 1:
+      return None
+    tc = self.config.text
+    shape = (num_slots, tc.num_key_value_heads, length, tc.resolved_head_dim)
+    if self._stacked:
+      shape = (tc.num_hidden_layers,) + shape
+    spec = parallel.logical_to_spec(cache_logical_axes(self._stacked), self.rules, shape, mesh)
+    return jax.sharding.NamedSharding(mesh, spec)
 
   # ---- the state --------------------------------------------------------------------------
 
   def allocate(self, num_slots: int, capacity: int) -> None:
     """A fresh state of `num_slots` empty slots holding up to `capacity` tokens each."""
     tc = self.config.text
-    dtype = jax.tree.leaves(self._params)[0].dtype
+    length = capacity + self.chunk + 1
+    self._cache_sharding = self.cache_sharding(num_slots, length)
+    make = functools.partial(init_kv_cache, tc, num_slots, length, self.dtype, stacked=self._stacked)
+    if self._cache_sharding is None:
+      cache = make()
+    else:  # Born sharded: the whole cache never exists on one device.
+      cache = jax.jit(make, out_shardings=self._cache_sharding)()
     self.state = DecodeState(
-        cache=init_kv_cache(tc, num_slots, capacity + self.chunk + 1, dtype, stacked=self._stacked),
-        logits=jnp.zeros((num_slots, tc.vocab_size), jnp.float32),
+        cache=cache, logits=jnp.zeros((num_slots, tc.vocab_size), jnp.float32),
         lengths=jnp.zeros((num_slots,), jnp.int32), counters=jnp.zeros((num_slots,), jnp.int32))
     self.capacity = capacity
     self._lengths = np.zeros((num_slots,), np.int64)
@@ -308,7 +369,8 @@ class DecodeEngine:
           self._graphdef, self._params, self._rest, self.state, np.asarray([slot], np.int32),
           embeds[:, piece], ds, positions[:, :, piece], np.asarray([min(c, n - lo)], np.int32),
           np.asarray([n - 1 - lo if is_last else -1], np.int32),
-          np.asarray([advance if is_last else 0], np.int32), all_slots=False)
+          np.asarray([advance if is_last else 0], np.int32), all_slots=False,
+          cache_sharding=self._cache_sharding)
     self._lengths[slot] = start + n
 
   def prefill(self, rows: Sequence[np.ndarray], pixel_values=None, image_grid_thw=None) -> None:
@@ -332,7 +394,7 @@ class DecodeEngine:
     self.state = _prefill(self._graphdef, self._params, self._rest, self.state,
                           np.arange(s, dtype=np.int32), embeds, deepstack, positions, lengths,
                           lengths - 1, (positions.max(axis=(0, 2)) + 1).astype(np.int32),
-                          all_slots=True)
+                          all_slots=True, cache_sharding=self._cache_sharding)
     self._lengths = lengths.astype(np.int64)
 
   # ---- decode -----------------------------------------------------------------------------
@@ -349,6 +411,6 @@ class DecodeEngine:
         np.asarray(budget, np.int32), np.int32(self.capacity), keys, np.asarray(counts, np.int32),
         np.float32(temperature), np.int32(top_k), np.float32(top_p), id_array(stop_ids),
         id_array(banned_ids), max_steps=max_steps, greedy=temperature == 0,
-        filtered=temperature > 0 and (top_k > 0 or top_p < 1))
+        filtered=temperature > 0 and (top_k > 0 or top_p < 1), cache_sharding=self._cache_sharding)
     self._unsynced = n if self._unsynced is None else self._unsynced + n  # Stays on device.
     return tokens, logprobs, n

@@ -51,9 +51,9 @@ class ModelPolicy:
   def __init__(self, model: nnx.Module, stop_ids: Sequence[int], *, num_slots: int = 8,
                capacity: int = 4096, chunk: int = 128, steps_per_call: int = 32,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-               params: nnx.State | None = None):
+               params: nnx.State | None = None, rules=None):
     self.num_slots, self.capacity = num_slots, capacity
-    self.engine = DecodeEngine(model, chunk=chunk, params=params)
+    self.engine = DecodeEngine(model, chunk=chunk, params=params, rules=rules)
     self.engine.allocate(num_slots, capacity)
     self.stop_ids = list(stop_ids)
     self.steps_per_call = steps_per_call
@@ -68,7 +68,13 @@ class ModelPolicy:
   def update_params(self, params: nnx.State) -> None:
     self.engine.update_params(params)
 
+  def release(self) -> None:
+    """Frees the KV cache (e.g. while a learner runs); the next `start` allocates it again."""
+    self.engine.release()
+
   def start(self, slot, trajectory_id, input_ids, pixel_values=None, image_grid_thw=None):
+    if self.engine.state is None:
+      self.engine.allocate(self.num_slots, self.capacity)
     self.engine.reset(slot)
     self._keys[slot] = np.asarray(jax.random.fold_in(jax.random.PRNGKey(self.seed), trajectory_id))
     self._counts[slot] = 0
