@@ -143,7 +143,7 @@ class RLRun:
   records: list
   rounds: int  # `train.rounds`, or `data.num_epochs` passes over the records when that is 0
   policy: ModelPolicy
-  param_template: nnx.State  # the sampler's parameters: its own copy, frozen ones filled in
+  param_template: nnx.State  # the sampler's parameter structure, abstract (shapes, its dtypes)
   geometry: batch_lib.Geometry
   state: dict  # {"step", "params", "opt_state", "reference"}, on the mesh
   frozen: dict
@@ -153,6 +153,7 @@ class RLRun:
   grads: Callable  # jitted (params, frozen, mb) -> (grads, sums)
   apply: Callable  # jitted (train state, grads, tokens) -> (train state, metrics)
   sampler_copy: dict  # "params" / "frozen": learner arrays -> the sampler's copy, in its dtype
+  sampler_frozen: dict  # the sampler's copy of the frozen parameters (made once)
 
   @property
   def pad_id(self) -> int:
@@ -174,6 +175,9 @@ def build(cfg, workdir: str) -> RLRun:
   if not cfg.train.rounds and not cfg.data.num_epochs:
     raise ValueError("set train.rounds, or data.num_epochs for that many passes over the records")
 
+  # The decode engine runs the layers as they are: rematerialisation is the learner's (an
+  # `nnx.remat` layer cannot run inside the decode loop), so the sampler keeps the plain graph.
+  sampler_graphdef = nnx.graphdef(model)
   remat.apply_remat(model, cfg.train.remat)
   graphdef, params, frozen, rest = nnx.split(
       model, optim_lib.trainable_filter(cfg.train.freeze_vision_tower, cfg.train.freeze_merger),
@@ -211,38 +215,46 @@ def build(cfg, workdir: str) -> RLRun:
   sampler_dtype = run_setup.DTYPES[cfg.rollout.param_dtype or cfg.model.param_dtype]
   cast = lambda tree: jax.tree.map(jnp.copy, step_lib.cast_floats(tree, sampler_dtype))
   if jax.process_count() == 1:  # The sampler shares the learner's mesh.
-    sampler_model, copy = model, jax.jit(cast)
+    sampler_model, copy = nnx.merge(sampler_graphdef, nnx.state(model)), jax.jit(cast)
     sampler_copy = {"params": copy, "frozen": copy}
   else:  # Each process samples on its own replica (rl.replicas).
-    sampler_model, sampler_copy = _replica(graphdef, params_state, frozen_state, rest, mesh, rules,
-                                           cast)
+    sampler_model, sampler_copy = _replica(sampler_graphdef, params_state, frozen_state, rest, mesh,
+                                           rules, cast)
+  # The sampler's parameter structure in its dtype, without arrays: nothing built here stays
+  # pinned by it (the build-time or restored learner arrays, an old sampler copy).
+  template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, sampler_dtype if jnp.issubdtype(
+      x.dtype, jnp.floating) else x.dtype), nnx.state(sampler_model, nnx.Param))
+  sampler_frozen = sampler_copy["frozen"](frozen)
   agent_cfg = environment.AgentConfig(**cfg.agent.to_dict())
   policy = ModelPolicy(sampler_model, environment.stop_ids(tokenizer), num_slots=cfg.rollout.slots,
                        capacity=agent_cfg.max_total_tokens, chunk=cfg.rollout.chunk,
                        steps_per_call=cfg.rollout.steps_per_call,
                        temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k,
-                       top_p=cfg.rollout.top_p, seed=cfg.seed)
-  run = RLRun(cfg, mesh, rules, tokenizer, mc, settings, records, rounds, policy,
-              jax.tree.map(lambda x: x, nnx.state(sampler_model, nnx.Param)),
+                       top_p=cfg.rollout.top_p, seed=cfg.seed, rules=rules,
+                       params=_sampler_state(template, sampler_frozen, sampler_copy["params"](params)))
+  del model, sampler_model, params_state, frozen_state
+  policy.release()  # The KV cache exists only while rollouts run.
+  run = RLRun(cfg, mesh, rules, tokenizer, mc, settings, records, rounds, policy, template,
               batch_lib.Geometry(tuple(cfg.train.buckets), cfg.train.rows, cfg.train.patch_budget,
                                  cfg.train.max_images,
                                  settings.max_frame_patches),
               state, frozen, state_sh, frozen_sh,
               jax.jit(functools.partial(rl_step.logprobs, **bound),
                       out_shardings=NamedSharding(mesh, P())),
-              jax.jit(functools.partial(rl_step.microbatch_grads, **bound)), apply, sampler_copy)
-  hand_to_sampler(run, state["params"], frozen)
+              jax.jit(functools.partial(rl_step.microbatch_grads, **bound)), apply, sampler_copy,
+              sampler_frozen)
   return run
 
 
 def _replica(graphdef, params, frozen, rest, mesh, rules, cast):
-  """This process's sampler model, on its local devices, and the copies that refresh it: the
-  learner's arrays resharded device to device into the replica layout (`rl.replicas`)."""
+  """This process's sampler model, on its local devices and in the sampler's dtype, and the
+  copies that refresh it: the learner's arrays resharded device to device into the replica layout
+  (`rl.replicas`)."""
   placements = [replicas.ReplicaPlacement(s, mesh, rules) for s in (params, frozen, rest)]
   local = []
-  for state, placement in zip((params, frozen, rest), placements):
+  for state, placement, fn in zip((params, frozen, rest), placements, (cast, cast, None)):
     copy = jax.tree.map(lambda x: x, state)
-    nnx.replace_by_pure_dict(copy, placement.localize(placement.reshard()(nnx.to_pure_dict(state))))
+    nnx.replace_by_pure_dict(copy, placement.localize(placement.reshard(fn)(nnx.to_pure_dict(state))))
     local.append(copy)
   copies = {}
   for name, placement in zip(("params", "frozen"), placements):
@@ -251,15 +263,34 @@ def _replica(graphdef, params, frozen, rest, mesh, rules, cast):
   return nnx.merge(graphdef, *local), copies
 
 
+def _sampler_state(template: nnx.State, *parts: dict) -> nnx.State:
+  """The sampler's `nnx.Param` state: `template`'s structure with the arrays of `parts` (pure
+  dicts of disjoint subtrees: the frozen copy, the trainable copy)."""
+  state = jax.tree.map(lambda x: x, template)
+  for part in parts:
+    nnx.replace_by_pure_dict(state, part)
+  return state
+
+
+def drop_sampler_params(run: RLRun) -> None:
+  """Frees the sampler's copy of the trainable parameters (stale once the learner updates) and its
+  KV cache, so that neither is held while the learner runs; `hand_to_sampler` makes the new copy."""
+  run.policy.release()
+  frozen = {id(x) for x in jax.tree.leaves(run.sampler_frozen)}
+  for x in jax.tree.leaves(run.policy.engine.params):
+    if id(x) not in frozen and isinstance(x, jax.Array) and not x.is_deleted():
+      x.delete()  # The sampler's own copy (cast_floats + copy): never a learner array.
+
+
 def hand_to_sampler(run: RLRun, params: dict, frozen: dict | None = None) -> None:
   """The sampler takes a copy of the learner's parameters in its dtype, made on device (the
-  learner's own buffers are donated to its next update). The frozen parameters never change:
-  they are copied into the sampler's template only when given (at build and on resume)."""
+  learner's own buffers are donated to its next update), after its old copy is freed. The frozen
+  parameters never change: they are copied again only when given (on resume)."""
+  drop_sampler_params(run)
   if frozen is not None:
-    nnx.replace_by_pure_dict(run.param_template, run.sampler_copy["frozen"](frozen))
-  sampler_params = jax.tree.map(lambda x: x, run.param_template)
-  nnx.replace_by_pure_dict(sampler_params, run.sampler_copy["params"](params))
-  run.policy.update_params(sampler_params)
+    run.sampler_frozen = run.sampler_copy["frozen"](frozen)
+  run.policy.update_params(_sampler_state(run.param_template, run.sampler_frozen,
+                                          run.sampler_copy["params"](params)))
 
 
 def prompt_iterator(cfg, num_records: int, state: dict | None = None):
@@ -341,6 +372,21 @@ def check_executor(ro: ScoredRollouts, max_error_fraction: float, urls: Sequence
         f"service(s) {', '.join(urls)} (for example: {example}). Check that the services are up "
         "(GET /healthz), then rerun the same command to resume from the last checkpoint; "
         "executor.max_error_fraction sets how many failures a round tolerates")
+
+
+def check_errors(ro: ScoredRollouts, round_index: int) -> None:
+  """Raises when every trajectory of the round ended in an error (nothing to train on: a setting
+  that cannot work, such as prompts longer than agent.max_total_tokens); warns when some did."""
+  errors = [t for t in ro.trajectories if t.finish_reason == traj_lib.Finish.ERROR]
+  if not errors:
+    return
+  first = errors[0]
+  where = f"{first.origin}: " if first.origin else ""
+  if len(errors) == len(ro.trajectories):
+    raise RuntimeError(f"round {round_index}: all {len(errors)} trajectories ended in an error, so "
+                       f"there is nothing to train on; the first: {where}{first.error}")
+  log.warning("round %d: %d of %d trajectories ended in an error and are not trained on (the "
+              "first: %s%s)", round_index, len(errors), len(ro.trajectories), where, first.error)
 
 
 def _device(run: RLRun, mb: dict, shardings: dict | None) -> tuple[dict, dict]:
@@ -542,6 +588,8 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
         ro = await rollout(run, records, samples=cfg.rollout.group_size, seed=round_seed(cfg.seed, r),
                            client=client, judge=judge)
         check_executor(ro, cfg.executor.max_error_fraction, urls, r + 1)
+        check_errors(ro, r + 1)
+        drop_sampler_params(run)  # Neither the KV cache nor a stale copy is held while learning.
         run.state, m = learn(run, ro)
         t = time.perf_counter()
         hand_to_sampler(run, run.state["params"])

@@ -124,7 +124,8 @@ class CodeToolEnvironment:
     traj.prompt_length = len(tok.input_ids)
     if len(tok.input_ids) >= self.config.max_total_tokens:
       traj.error = (f"the prompt has {len(tok.input_ids)} tokens, over max_total_tokens "
-                    f"{self.config.max_total_tokens}")
+                    f"{self.config.max_total_tokens} (agent.max_total_tokens): raise it, or "
+                    "shorten the prompt")
       traj.finish_reason = Finish.ERROR
       return traj, None
     return traj, Segment(tok.input_ids, pv, grid)
