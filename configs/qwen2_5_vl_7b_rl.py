@@ -16,6 +16,26 @@ verl RL parquet (`prompt`, `images`, `reward_model.ground_truth`, `extra_info` w
 beside the accelerators and list them in executor.urls (one local service is started when empty).
 The microbatch geometry (`train.rows`, `train.buckets`, `train.patch_budget`) bounds memory:
 size it for the accelerators.
+
+Before renting accelerators, check that the recipe fits them (nothing is allocated; the table
+lists each part's bytes per device in each phase, see README "Will it fit?"):
+    python -m launch.rl --config=configs/qwen2_5_vl_7b_rl.py --config.model.preset=qwen2_5_vl_7b \
+        --dry_run --dry_run_devices=8
+
+Smoke test: one round of the recipe's own code path (rollouts through a local executor, scoring,
+the update, the hand-off to a bfloat16 sampler) with the tiny model swapped in, on CPU in a
+minute (tests/test_recipes.py runs it on 8 CPU devices). On a 2-core, 24 GB machine it needs few
+short prompts (no system prompt or tool schema: with them a prompt of the tiny tokenizer is over
+1,000 tokens), small images, a 1024-token limit and bucket, and a small patch budget:
+    python -m launch.rl --config=configs/qwen2_5_vl_7b_rl.py --workdir=/tmp/smoke_qwen2_5_vl_7b_rl \
+        --config.model.preset=qwen2_5_vl_tiny --config.model.vocab_size=512 \
+        --config.data.source=synthetic --config.data.synthetic_short=True \
+        --config.data.synthetic_size=8 --config.data.max_pixels=50176 \
+        --config.rollout.prompts=2 --config.rollout.group_size=4 --config.rollout.slots=8 \
+        --config.algo.mini_batch_prompts=2 --config.agent.system_prompt=False \
+        --config.agent.max_total_tokens=1024 --config.agent.max_turns=3 \
+        --config.train.buckets=1024, --config.train.patch_budget=4096 --config.train.rounds=1 \
+        --config.executor.workers=2
 """
 
 import ml_collections
@@ -27,11 +47,14 @@ def get_config():
 
   c.model = ml_collections.ConfigDict()
   c.model.path = ""              # Required: the HF checkpoint directory (tokenizer, processor, weights).
-  c.model.preset = ""
+  c.model.preset = ""            # A named random model instead of a checkpoint: qwen2_5_vl_7b (the
+                                 # published shapes; dry runs), qwen2_5_vl_tiny (smoke tests).
   c.model.vocab_size = 0
   c.model.tokenizer = ""
   c.model.param_dtype = "float32"  # Master weights.
   c.model.attention_backend = "auto"  # cudnn on NVIDIA GPUs, splash on TPUs, xla on CPUs.
+  c.model.chat_format = ""       # Empty: the model family's (qwen2_vl; Qwen3-VL: qwen3_vl, or
+                                 # qwen3_vl_nothink for Instruct); docs/chat_format.md.
   c.model.scan_layers = False  # True: decoder layers stacked, run by a scan (one compiled layer).
 
   c.init = ml_collections.ConfigDict()

@@ -13,6 +13,22 @@ Batch: `data.batch_size` rows per microbatch (all hosts; a multiple of data x fs
 `train.grad_accum` microbatches = 8 x 4 = 32 sequences per optimizer step. The vision tower
 attends densely over a microbatch's patches, so `data.patch_budget` (patches per host and
 microbatch) is what bounds its memory. Multi-host: add `--config.distributed.num_processes=N`.
+
+Before renting accelerators, check that the recipe fits them (nothing is allocated; the table
+lists each part's bytes per device, see README "Will it fit?"):
+    python -m launch.sft --config=configs/qwen3_vl_8b_sft.py --config.model.preset=qwen3_vl_8b \
+        --dry_run --dry_run_devices=8
+
+Smoke test: the recipe's own code path with the tiny model swapped in, on CPU in about a minute
+(tests/test_recipes.py runs it on 8 CPU devices). On a 2-core, 24 GB machine it needs short
+synthetic records (no system prompt), small images and one 1024-token bucket: XLA's attention on
+CPU holds score matrices of rows x heads x T^2 (8 rows of 4096 tokens ask for 27 GB; add
+--dry_run to see XLA's figure before running):
+    python -m launch.sft --config=configs/qwen3_vl_8b_sft.py --workdir=/tmp/smoke_qwen3_vl_8b_sft \
+        --config.model.preset=qwen3_vl_tiny --config.model.vocab_size=512 \
+        --config.data.source=synthetic --config.data.synthetic_short=True \
+        --config.data.synthetic_size=64 --config.data.max_pixels=131072 \
+        --config.data.buckets=1024, --config.data.workers=0 --config.train.steps=1
 """
 
 import ml_collections
@@ -24,11 +40,14 @@ def get_config():
 
   c.model = ml_collections.ConfigDict()
   c.model.path = ""              # Required: --config.model.path=<Qwen3-VL checkpoint directory>.
-  c.model.preset = ""            # A named random model instead of a checkpoint (smoke tests).
+  c.model.preset = ""            # A named random model instead of a checkpoint: qwen3_vl_8b (the
+                                 # published shapes; dry runs), qwen3_vl_tiny (smoke tests).
   c.model.vocab_size = 0         # 0: the preset's.
   c.model.tokenizer = ""         # Empty: model.path's tokenizer.
   c.model.param_dtype = "float32"  # Master weights.
   c.model.attention_backend = "auto"  # cudnn on NVIDIA GPUs, splash on TPUs, xla on CPUs.
+  c.model.chat_format = ""       # Empty: the model family's (qwen2_vl; Qwen3-VL: qwen3_vl, or
+                                 # qwen3_vl_nothink for Instruct); docs/chat_format.md.
   c.model.scan_layers = False  # True: decoder layers stacked, run by a scan (one compiled layer).
 
   c.data = ml_collections.ConfigDict()

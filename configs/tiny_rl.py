@@ -28,6 +28,8 @@ def get_config():
   c.model.tokenizer = ""         # Empty: `model.path`, or a tiny tokenizer built in the workdir.
   c.model.param_dtype = "float32"
   c.model.attention_backend = "auto"  # cudnn on NVIDIA GPUs, splash on TPUs, xla on CPUs.
+  c.model.chat_format = ""       # Empty: the model family's (qwen2_vl; Qwen3-VL: qwen3_vl, or
+                                 # qwen3_vl_nothink for Instruct); docs/chat_format.md.
   c.model.scan_layers = False  # True: decoder layers stacked, run by a scan (one compiled layer).
 
   c.init = ml_collections.ConfigDict()

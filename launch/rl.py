@@ -4,7 +4,9 @@ Any config field can be overridden (`--config.train.rounds=50 --config.optim.lr=
 `--config.executor.urls`, an executor service is started for the run (`executor.workers` workers)
 and its isolation layers are logged. If the config has an `sft` section and no
 `init.sft_workdir`, that SFT runs first into `<workdir>/sft` (resuming like any SFT run) and RL
-starts from it. Rerunning with the same workdir resumes.
+starts from it. Rerunning with the same workdir resumes. `--dry_run` (launch/dry_run.py) checks that
+the recipe fits the accelerators without building anything: add `--dry_run_devices=8` to check 8
+GPUs here.
 """
 
 import contextlib
@@ -14,18 +16,26 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from launch import dry_run
+
 flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
                   "internals) and of JAX's backend probing.")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, metrics, rollouts.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
   del argv
   cfg, workdir = _CONFIG.value, _WORKDIR.value
   logging.getLogger().setLevel(logging.INFO)
+  sft_first = cfg.get("sft") is not None and not cfg.init.sft_workdir and not cfg.model.path
+  if dry_run.requested():
+    dry_run.prepare_devices()
+    return dry_run.run(([("sft", cfg.sft)] if sft_first else []) + [("rl", cfg)])
+  if not workdir:
+    raise app.UsageError("--workdir is required (where checkpoints, logs and rollouts go)")
   from codevision_jax import distributed_env
   distributed_env.initialize(cfg.get("distributed"))  # Slurm / torchrun env / TPU / config.
   from codevision_jax.train import run_setup
@@ -33,7 +43,7 @@ def main(argv):
   from codevision_jax.rl import loop
   from executor.local import local_service
 
-  if cfg.get("sft") is not None and not cfg.init.sft_workdir and not cfg.model.path:
+  if sft_first:
     from codevision_jax.train import loop as sft_loop
     sft_dir = os.path.join(workdir, "sft")
     print(f"== SFT first: {cfg.sft.train.steps} steps into {sft_dir}", flush=True)
