@@ -84,3 +84,18 @@ def test_replica_blocks_split_the_leading_mesh_axes():
     shape(3, 2, 1, 2)
   assert [replicas.share(10, p, 3) for p in range(3)] == [(0, 3), (3, 7), (7, 10)]
   assert [replicas.share(4, p, 2) for p in range(2)] == [(0, 2), (2, 4)]
+
+
+def test_gathering_sends_nothing_through_devices(tmp_path):
+  """Each process's share of a round (trajectories with their PNGs) reaches the others host to
+  host: with every way onto a device refused, 40 MB objects (two chunks each) gather intact."""
+  import pickle
+  out = str(tmp_path / "seen.pkl")
+  spawn("multiprocess_gather.py", 2, [out], timeout=300)
+  with open(out, "rb") as f:
+    seen, ids = pickle.load(f)
+  assert ids == [0, 1]
+  for p, got in enumerate(seen):
+    rng = np.random.default_rng(p)
+    assert got["process"] == p and got["png"] == rng.bytes((40 << 20) + 123 * p)
+    np.testing.assert_array_equal(got["tokens"], rng.integers(0, 100, 1000))

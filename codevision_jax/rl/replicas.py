@@ -13,13 +13,15 @@ prompts on its own replica of the policy, held by its own devices:
   host), then keeps this process's shards as arrays on its local mesh;
 * `share(n)`: the contiguous part of n prompts this process rolls out;
 * `allgather_objects(obj)`: every process's `obj` (trajectories, scores), so that all processes
-  build the same learner batches.
+  build the same learner batches; host to host through the coordination service, never through a
+  device.
 
 With one process none of this is used: the sampler shares the learner's mesh.
 """
 
 from __future__ import annotations
 
+import itertools
 import pickle
 from typing import Any
 
@@ -105,12 +107,41 @@ def share(n: int, process: int | None = None, processes: int | None = None) -> t
   return int(bounds[process]), int(bounds[process + 1])
 
 
+_GATHERS = itertools.count()
+GATHER_CHUNK = 32 << 20  # Bytes per key of the coordination service's store.
+GATHER_TIMEOUT_S = 3600  # The slowest process's share of a round may take this long.
+
+
 def allgather_objects(obj: Any) -> list:
-  """Every process's picklable `obj`, in process order (the same list on every process)."""
-  from jax.experimental import multihost_utils
-  data = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64))).reshape(-1)
-  padded = np.zeros((int(sizes.max()),), np.uint8)
-  padded[:data.size] = data
-  gathered = np.asarray(multihost_utils.process_allgather(padded))
-  return [pickle.loads(gathered[p, :int(sizes[p])].tobytes()) for p in range(len(sizes))]
+  """Every process's picklable `obj`, in process order (the same list on every process).
+
+  Host to host, through the key-value store of `jax.distributed`'s coordination service: nothing
+  touches a device (a round's trajectories carry their images as PNG bytes; gathering them as
+  arrays would put every process's images on every device). Each call is one numbered exchange
+  (all processes make the same calls in the same order); its keys are deleted once every process
+  has read them."""
+  processes, me = jax.process_count(), jax.process_index()
+  if processes == 1:
+    return [obj]
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  client = distributed.global_state.client
+  tag = f"cvj_gather/{next(_GATHERS)}"
+  data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+  chunks = [data[i:i + GATHER_CHUNK] for i in range(0, len(data), GATHER_CHUNK)] or [b""]
+  for i, chunk in enumerate(chunks):
+    client.key_value_set_bytes(f"{tag}/{me}/{i}", chunk)
+  client.key_value_set(f"{tag}/{me}/chunks", str(len(chunks)))
+  timeout_ms = GATHER_TIMEOUT_S * 1000
+  out = []
+  for p in range(processes):
+    if p == me:
+      out.append(obj)
+      continue
+    n = int(client.blocking_key_value_get(f"{tag}/{p}/chunks", timeout_ms))
+    out.append(pickle.loads(b"".join(client.blocking_key_value_get_bytes(f"{tag}/{p}/{i}", timeout_ms)
+                                     for i in range(n))))
+  client.wait_at_barrier(f"{tag}/read", timeout_ms)
+  for i in range(len(chunks)):
+    client.key_value_delete(f"{tag}/{me}/{i}")
+  client.key_value_delete(f"{tag}/{me}/chunks")
+  return out
