@@ -46,7 +46,8 @@ def _tokenize(conversation, tokenizer, grids, merge_size) -> chat.TokenizedConve
 def encode(conversation, tokenizer, settings: image_lib.ImageSettings) -> Example:
   """Decodes and preprocesses the conversation's images and tokenises its messages."""
   pv, grids = image_lib.preprocess_images(
-      [records_lib.load_image(x) for x in conversation.images], **settings.as_kwargs())
+      [records_lib.load_image(x, origin=getattr(conversation, "origin", "") or None)
+       for x in conversation.images], **settings.as_kwargs())
   tok = _tokenize(conversation, tokenizer, grids, settings.merge_size)
   return Example(tok.input_ids, tok.loss_mask, np.asarray(pv, np.float32),
                  np.asarray(grids, np.int64).reshape(-1, 3))
@@ -81,7 +82,8 @@ def checked_image_size(source) -> tuple[int, int]:
         im.load()
     return size
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise BadImage(f"{type(e).__name__}: {e}") from None
+    reason = str(e).split(" <_io.")[0]  # PIL names the stream object; the caller names the image.
+    raise BadImage(f"{type(e).__name__}: {reason}") from None
 
 
 def image_grids(conversation, settings: image_lib.ImageSettings) -> np.ndarray:
@@ -92,8 +94,9 @@ def image_grids(conversation, settings: image_lib.ImageSettings) -> np.ndarray:
     try:
       w, h = checked_image_size(source)
     except BadImage as e:
-      where = f" ({source})" if isinstance(source, (str, os.PathLike)) else ""
-      raise BadImage(f"image {k}{where} cannot be decoded: {e}") from None
+      what = (os.fspath(source) if isinstance(source, (str, os.PathLike))
+              else records_lib.describe_source(source))
+      raise BadImage(f"image {k} ({what}) cannot be decoded: {e}") from None
     rh, rw = image_lib.smart_resize(h, w, settings.factor, settings.min_pixels, settings.max_pixels)
     grids.append((1, rh // settings.patch_size, rw // settings.patch_size))
   return np.asarray(grids, np.int64).reshape(-1, 3)

@@ -109,7 +109,8 @@ class CodeToolEnvironment:
     try:
       messages = prompt_messages(record, self.config.system_prompt)
       n_images = sum(m["content"].count(code_tool.IMAGE_PLACEHOLDER) for m in messages)
-      images = [records_lib.load_image(x) for x in record.images[:n_images]]
+      images = [records_lib.load_image(x, origin=getattr(record, "origin", "") or None)
+                for x in record.images[:n_images]]
       pv, grid, counts = self._vision(images)
       tools = [code_tool.CODE_IMAGE_TOOL] if self.config.system_prompt else None
       tok = chat.tokenize_conversation(self.tokenizer, messages, counts, tools=tools,

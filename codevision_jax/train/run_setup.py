@@ -118,7 +118,8 @@ def mesh_rules(mesh_cfg):
 
 def load_tokenizer(model_cfg, workdir: str):
   """`model.tokenizer` or `model.path`'s tokenizer; with neither (a random preset), the tiny
-  tokenizer, built deterministically into `<workdir>/tokenizer`."""
+  tokenizer, built deterministically into `<workdir>/tokenizer`. Its chat format is
+  `model.chat_format`, else the model family's (docs/chat_format.md)."""
   from codevision_jax.processing import tokenizer as tok_lib  # Deferred: transformers import.
   path = model_cfg.tokenizer or model_cfg.path
   if not path:
@@ -126,7 +127,16 @@ def load_tokenizer(model_cfg, workdir: str):
     if jax.process_index() == 0 and not os.path.exists(os.path.join(path, "tokenizer.json")):
       tok_lib.build_tiny_tokenizer(path)
     _barrier("tokenizer")
-  return tok_lib.load_tokenizer(path)
+  return tok_lib.load_tokenizer(path, chat_format=model_cfg.get("chat_format") or None,
+                                model_type=_model_type(model_cfg))
+
+
+def _model_type(model_cfg) -> str | None:
+  """The model family a config's `model` section names (for its chat format), or None."""
+  from codevision_jax.models import load_config, presets
+  if model_cfg.path:
+    return load_config(model_cfg.path).model_type
+  return presets.preset(model_cfg.preset).model_type if model_cfg.preset else None
 
 
 def _barrier(name):
@@ -194,8 +204,14 @@ def image_settings(model_cfg, data_cfg, model_type: str) -> image_lib.ImageSetti
     settings = image_lib.ImageSettings.from_preprocessor_config(path)
   else:
     settings = image_lib.ImageSettings.for_model_type(model_type)
-  return dataclasses.replace(settings, **{k: data_cfg[k] for k in ("min_pixels", "max_pixels")
-                                          if data_cfg[k]})
+  settings = dataclasses.replace(settings, **{k: data_cfg[k] for k in ("min_pixels", "max_pixels")
+                                              if data_cfg[k]})
+  if settings.min_pixels > settings.max_pixels:
+    raise ValueError(f"images would be resized to at least {settings.min_pixels} and at most "
+                     f"{settings.max_pixels} pixels (data.min_pixels, data.max_pixels; 0 takes the "
+                     f"{model_type} preprocessor's): raise data.max_pixels to at least "
+                     f"{settings.min_pixels}, or lower data.min_pixels")
+  return settings
 
 
 def conversation_source(data_cfg, *, kind: str):
