@@ -93,3 +93,35 @@ def test_a_bfloat16_copy_decodes_like_a_bfloat16_model():
     assert "bfloat16" in str(e) and "float32" in str(e)
   else:
     raise AssertionError("float32 weights were taken by a bfloat16 sampler")
+
+
+def test_an_rl_run_holds_what_each_phase_needs_and_nothing_else(tmp_path):
+  """After the build the devices hold the learner's state, the frozen parameters and the sampler's
+  bfloat16 copy, and nothing else (no KV cache before a rollout, no build-time weights pinned);
+  dropping the sampler's copy for the learner frees exactly its bytes; the hand-off makes one new
+  copy after freeing the old."""
+  import gc
+  from codevision_jax.rl import loop
+  from configs import tiny_rl
+  c = tiny_rl.get_config()
+  c.init.sft_workdir, c.rollout.param_dtype = "", "bfloat16"
+  run = loop.build(c, str(tmp_path))
+
+  def live():
+    gc.collect()
+    return sum(x.nbytes for x in jax.live_arrays() if not x.is_deleted())
+
+  def nbytes(tree):
+    return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+  learner = nbytes(run.state) + nbytes(run.frozen)
+  sampler = nbytes(run.policy.engine.params)
+  sampler_trainable = sampler - nbytes(run.sampler_frozen)
+  assert sampler_trainable == nbytes(run.state["params"]) // 2  # bfloat16 of float32
+  assert run.policy.engine.state is None
+  assert live() == learner + sampler
+  loop.drop_sampler_params(run)
+  assert live() == learner + sampler - sampler_trainable
+  loop.hand_to_sampler(run, run.state["params"])
+  assert live() == learner + sampler
+  assert {x.dtype for x in jax.tree.leaves(run.policy.engine.params)} == {jnp.dtype("bfloat16")}
