@@ -158,6 +158,8 @@ def get_config():
   c.train.log_every = 1
   c.train.checkpoint_every = 10
   c.train.keep_checkpoints = 3
+  c.train.sigterm_grace_s = 20.0  # SIGTERM (preemption): finish the round in flight, save, exit 75
+                                # (requeue); abandon it after this many s (0: wait). README 'Preemption'.
   c.train.async_checkpoints = True
   c.train.resume_step = 0         # 0: the newest intact checkpoint; N: resume from step N.
   c.train.allow_config_change = False  # Resume even when the config differs from the checkpoint's.

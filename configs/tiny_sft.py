@@ -80,6 +80,8 @@ def get_config():
   c.train.log_every = 5
   c.train.checkpoint_every = 20
   c.train.keep_checkpoints = 2
+  c.train.sigterm_grace_s = 0.0  # SIGTERM (preemption): finish the step in flight, save, exit 75
+                                # (requeue); abandon it after this many s (0: wait). README 'Preemption'.
   c.train.async_checkpoints = True
   c.train.resume_step = 0         # 0: the newest intact checkpoint; N: resume from step N.
   c.train.allow_config_change = False  # Resume even when the config differs from the checkpoint's.

@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from codevision_jax import parallel
 from codevision_jax.data import pipeline, size_cache
 from codevision_jax.train import checkpointing, metrics as metrics_lib, optimizer as optim_lib
-from codevision_jax.train import remat, resume, run_setup, step as step_lib
+from codevision_jax.train import preemption, remat, resume, run_setup, step as step_lib
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,10 @@ def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
   history, pending, last_logged = [], [], {}
   t_last, flops_acc, tokens_acc = time.perf_counter(), 0.0, 0.0
   saved_at = latest
+  # SIGTERM (a preemption): the step in flight finishes, a checkpoint is saved, `Preempted` exits
+  # with the requeue status (train/preemption.py; train.sigterm_grace_s abandons a step that takes
+  # too long).
+  preempt = preemption.Preemption(cfg.train.get("sigterm_grace_s", 0.0), unit="step").__enter__()
   try:
     for step in range(start, total_steps):
       host_batch = next(iterator)
@@ -218,6 +222,12 @@ def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
         saved_at = done
       for hook in hooks:
         hook(done, ckpt)
+      if preempt.should_stop(done) and done < total_steps:  # Every process, every step.
+        if saved_at != done:
+          ckpt.save(done, state, frozen, iterator.get_state(), config_json, force=True)
+        stopped = preempt.exit(done)
+        log.warning("%s", stopped)
+        raise stopped
     if saved_at != total_steps and total_steps > start:
       ckpt.save(total_steps, state, frozen, iterator.get_state(), config_json, force=True)
   finally:  # Also when a step fails: pending checkpoint saves finish before the error surfaces.
@@ -225,4 +235,5 @@ def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
     iterator.close()  # Stops Grain's worker processes and frees their shared memory.
     ckpt.close()
     writer.close()
+    preempt.__exit__(None, None, None)
   return {"state": state, "frozen": frozen, "history": history, "last": last_logged}

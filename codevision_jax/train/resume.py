@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 # Fields (or sections, with a trailing dot) whose changes keep the resumed run exact.
 FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-        "train.async_checkpoints", "train.peak_tflops", "train.resume_step",
+        "train.async_checkpoints", "train.sigterm_grace_s", "train.peak_tflops", "train.resume_step",
         "train.allow_config_change", "train.save_rollouts", "train.steps", "train.rounds",
         "data.workers", "data.prefetch_buffer", "data.size_cache", "mesh.", "distributed.",
         "executor.urls", "executor.workers", "executor.call_deadline_s", "judge.max_concurrency",
