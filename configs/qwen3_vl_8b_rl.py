@@ -69,6 +69,9 @@ def get_config():
   c.data.tfds_dir = ""           # ... under this directory (--data_dir), local or mounted,
   c.data.tfds_split = "train"    # ... this split of it (--split).
   c.data.skip_bad = False
+  c.data.drop_oversized = True   # Trajectories that do not fit train.buckets / patch_budget /
+                                 # max_images: True drops them, counted (batch/dropped_* in
+                                 # metrics.jsonl, the end summary); False stops the round naming one.
   c.data.synthetic_size = 4096   # For --config.data.source=synthetic (a smoke test of the recipe).
   c.data.synthetic_seed = 0
   c.data.synthetic_short = False

@@ -55,6 +55,9 @@ def get_config():
   c.data.tfds_dir = ""           # ... under this directory (--data_dir), local or mounted,
   c.data.tfds_split = "train"    # ... this split of it (--split).
   c.data.skip_bad = False        # Skip (and count) records without a usable ground truth.
+  c.data.drop_oversized = True   # Trajectories that do not fit train.buckets / patch_budget /
+                                 # max_images: True drops them, counted (batch/dropped_* in
+                                 # metrics.jsonl, the end summary); False stops the round naming one.
   c.data.synthetic_size = 512
   c.data.synthetic_seed = 1
   c.data.synthetic_short = True  # Matches agent.system_prompt = False below.

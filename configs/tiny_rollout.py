@@ -37,6 +37,8 @@ def get_config():
   c.data.tfds_dir = ""         # ... under this directory (--data_dir), local or mounted,
   c.data.tfds_split = "train"  # ... this split of it (--split).
   c.data.skip_bad = False      # Skip (and count) records that cannot be read, instead of stopping.
+  # No data.drop_oversized here: launch.rollout trains on nothing, so no record or trajectory is
+  # dropped for not fitting a batch (launch.sft and launch.rl have it).
   c.data.synthetic_size = 8
   c.data.synthetic_seed = 0
   c.data.limit = 0             # Use only the first N records (0: all).

@@ -33,6 +33,10 @@ def get_config():
   c.data.tfds_dir = ""         # ... under this directory (--data_dir), local or mounted,
   c.data.tfds_split = "train"  # ... this split of it (--split).
   c.data.skip_bad = False
+  c.data.drop_oversized = False  # Records longer than the largest bucket, or with more patches
+                                 # or images than a batch holds: False refuses to start naming
+                                 # them (file:index) and the setting that fits them; True drops
+                                 # them, counted in the summary, TensorBoard, dropped_records.jsonl.
   c.data.size_cache = ""       # Record sizes: "" <workdir>/size_cache, "off", or a folder.
   c.data.synthetic_size = 256
   c.data.synthetic_seed = 0

@@ -305,6 +305,6 @@ def define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app
+  from launch import errors
   define_flags()
-  app.run(main)
+  errors.run(main)

@@ -22,8 +22,10 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from launch import errors
 
 FLAGS = flags.FLAGS
 
@@ -167,4 +169,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.run(main, default_config="configs/tiny.py")

@@ -8,7 +8,9 @@ directory appears only when complete. See codevision_jax/train/export.py.
 
 import logging
 
-from absl import app, flags
+from absl import flags
+
+from launch import errors
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (with checkpoints/).")
 _OUT = flags.DEFINE_string("out", None, "The HF directory to write.")
@@ -33,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

@@ -12,7 +12,9 @@ flags of launch.sft / launch.rl that read the set. No TensorFlow needed.
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from launch import errors
 
 _INPUT = flags.DEFINE_list("input", None, "Record files, comma-separated, read in this order.")
 _KIND = flags.DEFINE_enum("kind", "sft", ["sft", "rl"], "sft: trajectories with assistant "
@@ -61,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

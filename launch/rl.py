@@ -16,7 +16,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from launch import dry_run
+from launch import dry_run, errors, shell, summary
 
 flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
                   "internals) and of JAX's backend probing.")
@@ -61,20 +61,18 @@ def main(argv):
   import jax
   if jax.process_index() != 0:  # Process 0 tells what was written.
     return
-  last = result["history"][-1] if result["history"] else {}
+  hf = os.path.join(workdir, "hf")
   print(f"== done: {result['run'].rounds} rounds in {workdir}")
-  if last:
-    print(f"   last round: reward {last['rollout/reward/score']:.3f}, accuracy "
-          f"{last['rollout/accuracy']:.3f}, tool calls per trajectory "
-          f"{last['rollout/tool_calls_per_trajectory']:.2f}")
+  print("\n".join(summary.rl_lines(workdir, result["history"])))
   print(f"   checkpoints: {os.path.join(workdir, 'checkpoints')} (rerun the same command to resume)\n"
         f"   metrics (a JSON line per round): {os.path.join(workdir, 'metrics.jsonl')}\n"
-        f"   sampled trajectories: {os.path.join(workdir, 'rollouts')}\n"
+        f"   sampled trajectories: {os.path.join(workdir, 'rollouts')}; read them in a browser after\n"
+        f"     {shell.python_m('launch.view', f'--rollouts={workdir}')}\n"
         f"   TensorBoard logs: {os.path.join(workdir, 'tensorboard')}; view them with\n"
-        f"     tensorboard --logdir {os.path.join(workdir, 'tensorboard')}\n"
+        f"     {shell.tool('tensorboard')} --logdir {os.path.join(workdir, 'tensorboard')}\n"
         "   export the policy as an HF model with\n"
-        f"     python -m launch.export --workdir={workdir} --out={os.path.join(workdir, 'hf')}")
+        f"     {shell.python_m('launch.export', f'--workdir={workdir}', f'--out={hf}')}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main, default_config="configs/tiny_rl.py")

@@ -30,8 +30,10 @@ import logging
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from launch import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny_rollout.py", "Config file.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: a new directory under /tmp).")
@@ -166,4 +168,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main, default_config="configs/tiny_rollout.py")

@@ -21,6 +21,7 @@ import pathlib
 from absl import app, flags
 
 from evals import viewer
+from launch import errors
 
 FLAGS = flags.FLAGS
 
@@ -160,4 +161,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.run(main)

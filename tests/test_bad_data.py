@@ -82,3 +82,56 @@ def test_a_failing_step_still_finishes_the_checkpoint_being_saved(tmp_path):
   assert ckpt.latest_step() == 2  # Written in full, asynchronously, before the error surfaced.
   resumed = loop.train(c, str(tmp_path / "run"))
   assert [h["step"] for h in resumed["history"]] == [3, 4]
+
+
+def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_path):
+  """By default a record no batch can hold stops the run before step 1, named (file:index) with
+  its size and the setting that would hold it; data.drop_oversized=True drops it, and the
+  result, <workdir>/dropped_records.jsonl, TensorBoard and launch.sft's summary count it."""
+  import json
+  import os
+
+  import numpy as np
+  from tensorboard.backend.event_processing import event_accumulator
+
+  from codevision_jax.data import encode, sources
+  from codevision_jax.train import run_setup
+  from launch import sft as sft_launcher
+
+  path = write_records(tmp_path)
+  c = config(path)
+  tokenizer, _, settings = run_setup.model_parts(c, str(tmp_path / "tok"),
+                                                 run_setup.make_mesh(c.mesh),
+                                                 run_setup.mesh_rules(c.mesh))
+  sizes = encode.record_sizes(sources.ConversationSource.from_files([str(path)]), tokenizer,
+                              settings)
+  bucket = int(np.unique(sizes[:, 0])[-2])  # The longest records do not fit.
+  long = [int(i) for i in np.flatnonzero(sizes[:, 0] > bucket)]
+  assert 0 < len(long) < 8
+  c.data.buckets = (bucket,)
+  with pytest.raises(ValueError) as refused:
+    loop.build(c, str(tmp_path / "run"))
+  message = str(refused.value)
+  assert message.startswith(f"{len(long)} of 8 records do not fit the batch geometry")
+  assert "index counted from 0" in message and "data.drop_oversized=True" in message
+  for i in long:
+    assert (f"{path}:{i}: {int(sizes[i, 0]):,} tokens, more than the largest of data.buckets "
+            f"({bucket},) (a bucket of {int(sizes[i, 0]):,} would hold it)") in message
+  assert not (tmp_path / "run" / "checkpoints").exists()  # Refused before anything was written.
+
+  c.data.drop_oversized = True
+  c.train.steps = c.train.checkpoint_every = 1
+  workdir = str(tmp_path / "run")
+  result = loop.train(c, workdir)
+  dropped = result["dropped"]
+  assert (dropped["records"], dropped["of"]) == (len(long), 8)
+  assert dropped["why"] == f"{len(long)} are longer than the largest bucket {bucket}"
+  listed = [json.loads(l) for l in open(os.path.join(workdir, "dropped_records.jsonl"))]
+  assert [d["record"] for d in listed] == [f"{path}:{i}" for i in long]
+  assert [d["tokens"] for d in listed] == [int(sizes[i, 0]) for i in long]
+  ea = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+  ea.Reload()
+  assert [e.value for e in ea.Scalars("data/dropped_records")] == [len(long)]
+  text = sft_launcher.summary(workdir, result["last"], dropped)
+  assert (f"dropped {len(long)} of 8 records, not trained on: {len(long)} are longer than the "
+          f"largest bucket {bucket}; listed in {workdir}/dropped_records.jsonl") in text

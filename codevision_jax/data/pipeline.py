@@ -12,8 +12,9 @@ Shapes are static so that XLA compiles a bounded number of programs:
 * Images are handled with a per-batch *patch budget*: every microbatch carries exactly
   `patch_budget` patch rows, filled up by a padding image (`data.pack`). `patch_budget` must be a
   multiple of 4 (a merged 2x2 unit). Records whose images alone exceed the budget, and records
-  longer than the largest bucket, are dropped and counted (never truncated: cutting a
-  conversation through an image or a tool call makes a broken example).
+  longer than the largest bucket, do not fit (never truncated: cutting a conversation through an
+  image or a tool call makes a broken example): the training loop refuses to start naming them
+  (`refuse_oversized`), or with `data.drop_oversized` drops and counts them.
 
 With `sort_window` > 0, each window of that many steps' worth of shuffled records is sorted by
 length before batching, and the batches are shuffled again: far less padding, still a fresh
@@ -198,7 +199,7 @@ def _packed_batches(order: np.ndarray, sizes: np.ndarray, spec: BatchSpec) -> li
   return batches
 
 
-def _drop_reasons(sizes: np.ndarray, spec: BatchSpec) -> str:
+def drop_reasons(sizes: np.ndarray, spec: BatchSpec) -> str:
   ok = sizes[:, 0] >= 0
   reasons = [(int((~ok).sum()), "have an image that cannot be used (skipped)"),
              (int((ok & (sizes[:, 0] > spec.buckets[-1])).sum()),
@@ -229,7 +230,44 @@ def why_nothing_fits(sizes: np.ndarray, spec: BatchSpec) -> str:
   if (images > spec.max_images).all():
     return (f"all {n:,} records have more images than data.max_images {spec.max_images} (fewest "
             f"{images.min():,}); raise data.max_images")
-  return f"no record fits the batch geometry: {_drop_reasons(sizes, spec)}"
+  return f"no record fits the batch geometry: {drop_reasons(sizes, spec)}"
+
+
+def oversized(sizes: np.ndarray, spec: BatchSpec) -> list[tuple[int, str]]:
+  """[(record index, why it does not fit and what would fit it)] of the usable records (those
+  sized; skipped bad ones aside) that no batch of `spec` can hold."""
+  out = []
+  for i in np.flatnonzero((sizes[:, 0] >= 0) & ~spec.fits(sizes)):
+    n, p, k = (int(x) for x in sizes[i])
+    why = []
+    if n > spec.buckets[-1]:
+      why.append(f"{n:,} tokens, more than the largest of data.buckets {tuple(spec.buckets)} (a "
+                 f"bucket of {n:,} would hold it)")
+    if p > spec.patch_budget:
+      why.append(f"{p:,} image patches, more than data.patch_budget {spec.patch_budget:,} "
+                 f"(data.patch_budget={-(-p // 4) * 4} would hold it, or a lower data.max_pixels)")
+    if k > spec.max_images:
+      why.append(f"{k} images, more than data.max_images {spec.max_images}")
+    out.append((int(i), "; ".join(why)))
+  return out
+
+
+def refuse_oversized(sizes: np.ndarray, spec: BatchSpec, origin) -> None:
+  """Raises ValueError naming the records no batch can hold (`origin(i)`: record i's name, e.g.
+  "file.jsonl:3"), their sizes and the setting that would fit them; silent when all fit."""
+  found = oversized(sizes, spec)
+  if not found:
+    return
+  if not spec.fits(sizes).any():
+    raise ValueError(why_nothing_fits(sizes, spec))
+  shown = "\n".join(f"  {origin(i)}: {why}" for i, why in found[:10])
+  more = f"\n  ... and {len(found) - 10} more" if len(found) > 10 else ""
+  raise ValueError(
+      f"{len(found)} of {len(sizes)} records do not fit the batch geometry and would be dropped "
+      f"(records are named file:index, the index counted from 0):\n{shown}{more}\nRaise the "
+      "setting named (or shorten the records), or pass --config.data.drop_oversized=True to "
+      "train without them: the run then counts them in its summary, in TensorBoard "
+      "(data/dropped_records) and lists them in <workdir>/dropped_records.jsonl")
 
 
 class BatchPlan:
@@ -246,7 +284,7 @@ class BatchPlan:
       raise ValueError(why_nothing_fits(self.sizes, spec))
     if self.num_dropped:
       log.warning("%d of %d records are dropped: %s", self.num_dropped, len(fits),
-                  _drop_reasons(self.sizes, spec))
+                  drop_reasons(self.sizes, spec))
     self._epochs = [plan_epoch(self.sizes, spec, seed, e) for e in range(num_epochs)]
     self._steps = [(e, j) for e, batches in enumerate(self._epochs) for j in range(len(batches))]
 

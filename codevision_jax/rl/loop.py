@@ -397,21 +397,46 @@ def _device(run: RLRun, mb: dict, shardings: dict | None) -> tuple[dict, dict]:
                       host, shardings), shardings
 
 
+MISFITS = ("tokens", "patches", "images")
+
+
+def misfit(geometry: batch_lib.Geometry, ex) -> list[tuple[str, str]]:
+  """[(one of MISFITS, why)] of an example that the microbatch geometry cannot hold."""
+  out = []
+  if len(ex) > geometry.buckets[-1]:
+    out.append(("tokens", f"{len(ex):,} tokens, more than the largest of train.buckets "
+                          f"{tuple(geometry.buckets)}"))
+  if len(ex.pixel_values) > geometry.patch_budget:
+    out.append(("patches", f"{len(ex.pixel_values):,} image patches, more than train.patch_budget "
+                           f"{geometry.patch_budget:,} (or lower data.max_pixels)"))
+  if len(ex.image_grid_thw) > geometry.max_images:
+    out.append(("images", f"{len(ex.image_grid_thw)} images, more than train.max_images "
+                          f"{geometry.max_images}"))
+  return out
+
+
 def learn(run: RLRun, ro: ScoredRollouts) -> tuple[dict, dict]:
   """Advantages, log-probs and the policy updates of one round -> (new state, metrics)."""
   cfg = run.cfg
   adv = adv_lib.ESTIMATORS[cfg.algo.advantage](ro.scores, ro.group_ids, eps=cfg.algo.eps)
-  examples, dropped = {}, 0
+  examples, dropped, misfits = {}, 0, collections.Counter()
   for i, traj in enumerate(ro.trajectories):
     if traj.finish_reason == traj_lib.Finish.ERROR or not traj.token_ids:
       continue
     ex = batch_lib.trajectory_example(traj, run.settings, float(adv[i]))
     if run.geometry.fits(ex):
       examples[i] = ex
-    else:
-      dropped += 1
-      log.warning("trajectory %d (%d tokens, %d patches) does not fit the microbatch geometry; not "
-                  "trained on", traj.id, len(ex), len(ex.pixel_values))
+      continue
+    dropped += 1
+    why = misfit(run.geometry, ex)
+    misfits.update(k for k, _ in why)
+    text = (f"trajectory {traj.id}{f' of {traj.origin}' if traj.origin else ''} does not fit the "
+            f"microbatch geometry: {'; '.join(t for _, t in why)}")
+    if not cfg.data.get("drop_oversized", True):
+      raise ValueError(f"{text}. Raise the setting named, or set --config.data.drop_oversized=True "
+                       "to drop such trajectories (counted: batch/dropped_trajectories in "
+                       "metrics.jsonl, the end summary); rerunning resumes from the last checkpoint")
+    log.warning("%s; not trained on (data.drop_oversized)", text)
   # Mini-batches: the groups of `mini_batch_prompts` prompts at a time.
   per = cfg.algo.mini_batch_prompts
   minibatches = []
@@ -461,6 +486,7 @@ def learn(run: RLRun, ro: ScoredRollouts) -> tuple[dict, dict]:
                   "actor/updates": float(len(minibatches) * cfg.algo.ppo_epochs),
                   "batch/trained_trajectories": float(len(examples)),
                   "batch/dropped_trajectories": float(dropped),
+                  **{f"batch/dropped_for_{k}": float(misfits[k]) for k in MISFITS},
                   "time/logprobs_s": logprob_s, "time/update_s": time.perf_counter() - t0})
   return state, metrics
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -35,12 +36,38 @@ log = logging.getLogger(__name__)
 
 # ---- building blocks ------------------------------------------------------------------------------
 
-def make_plan(cfg, sizes, total_steps_hint: int = 0) -> pipeline.BatchPlan:
-  spec = pipeline.BatchSpec(buckets=tuple(cfg.data.buckets), batch_size=cfg.data.batch_size,
+def make_spec(cfg) -> pipeline.BatchSpec:
+  return pipeline.BatchSpec(buckets=tuple(cfg.data.buckets), batch_size=cfg.data.batch_size,
                             patch_budget=cfg.data.patch_budget, grad_accum=cfg.train.grad_accum,
                             max_images=cfg.data.max_images, num_hosts=jax.process_count(),
                             sort_window=cfg.data.sort_window, num_groups=cfg.data.groups,
                             packing=cfg.data.packing)
+
+
+def record_origin(source, index: int) -> str:
+  """Record `index`'s name in messages: "file:index" (or the TFDS set and index)."""
+  origins = source.origins() if hasattr(source, "origins") else None
+  return (origins[index] if origins else getattr(source[index], "origin", "")) or f"record {index}"
+
+
+def dropped_records(cfg, sizes, source) -> list[dict]:
+  """The records no batch can hold, each with its sizes and why: refused (ValueError naming them
+  and the setting that fits them) unless `data.drop_oversized`; records skipped as bad
+  (`data.skip_bad`) are counted too."""
+  spec = make_spec(cfg)
+  if not cfg.data.get("drop_oversized", False):
+    pipeline.refuse_oversized(sizes, spec, lambda i: record_origin(source, i))
+  why = dict(pipeline.oversized(sizes, spec))
+  out = []
+  for i in np.flatnonzero(~spec.fits(sizes)):
+    n, p, k = (int(x) for x in sizes[i])
+    out.append({"record": record_origin(source, int(i)), "tokens": n, "patches": p, "images": k,
+                "why": why.get(int(i), "an image that cannot be used (data.skip_bad)")})
+  return out
+
+
+def make_plan(cfg, sizes, total_steps_hint: int = 0) -> pipeline.BatchPlan:
+  spec = make_spec(cfg)
   plan = pipeline.BatchPlan(sizes, spec, seed=cfg.data.seed, num_epochs=cfg.data.num_epochs)
   if total_steps_hint > len(plan):  # More steps than epochs: plan enough further epochs.
     epochs = cfg.data.num_epochs * math.ceil(total_steps_hint / len(plan)) + 1
@@ -89,6 +116,7 @@ class Run:
   state_sh: dict
   frozen_sh: dict
   step_fn: Callable  # train_step with the model and optimizer bound; not yet jitted
+  dropped: list = dataclasses.field(default_factory=list)  # `dropped_records`
 
   def jit_step(self, host_batch: dict):
     """The jitted step for batches shaped like `host_batch` -> (step, batch shardings)."""
@@ -110,6 +138,7 @@ def build(cfg, workdir: str) -> Run:
     raise ValueError(f"0 records in {cfg.data.paths or 'the synthetic data (data.synthetic_size)'}: "
                      "nothing to train on")
   sizes = record_sizes(cfg.data, source, tokenizer, settings, workdir)
+  dropped = dropped_records(cfg, sizes, source)
   plan = make_plan(cfg, sizes, cfg.train.steps)
   total_steps = cfg.train.steps or len(plan)
   builder = pipeline.BatchBuilder(source, tokenizer, settings, plan.spec, mc, host=jax.process_index())
@@ -133,7 +162,7 @@ def build(cfg, workdir: str) -> Run:
   step_fn = functools.partial(step_lib.train_step, graphdef=graphdef, rest=rest, tx=tx,
                               lr_schedule=optim_lib.schedule(cfg.optim, total_steps), options=options)
   return Run(cfg, mesh, rules, mc, plan, builder, total_steps, state, frozen, state_sh, frozen_sh,
-             step_fn)
+             step_fn, dropped)
 
 
 def host_step_flops(run: Run, host_batch: dict, grids: np.ndarray) -> tuple[float, float]:
@@ -182,6 +211,7 @@ def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
 
   is_primary = jax.process_index() == 0
   writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_primary)
+  dropped = _report_dropped(run, workdir, writer, start, is_primary)
   bar = metrics_lib.ProgressBar(total_steps, start=start, every=cfg.train.log_every)
   peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.train.peak_tflops) * mesh.size
   config_json = cfg.to_dict()
@@ -236,4 +266,21 @@ def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
     ckpt.close()
     writer.close()
     preempt.__exit__(None, None, None)
-  return {"state": state, "frozen": frozen, "history": history, "last": last_logged}
+  return {"state": state, "frozen": frozen, "history": history, "last": last_logged,
+          "dropped": dropped}
+
+
+def _report_dropped(run: Run, workdir: str, writer, step: int, is_primary: bool) -> dict:
+  """The records left out (`dropped_records`, allowed by data.drop_oversized or data.skip_bad):
+  listed in `<workdir>/dropped_records.jsonl`, counted in TensorBoard (data/dropped_records) ->
+  {"records", "of", "why", "path"} for the end-of-run summary."""
+  path = os.path.join(workdir, "dropped_records.jsonl")
+  why = pipeline.drop_reasons(run.plan.sizes, run.plan.spec)
+  if is_primary and run.dropped:
+    with open(path, "w", encoding="utf-8") as f:
+      for d in run.dropped:
+        f.write(json.dumps(d) + "\n")
+  writer.scalars(step, {"data/dropped_records": float(len(run.dropped)),
+                        "data/records": float(len(run.plan.sizes))})
+  return {"records": len(run.dropped), "of": len(run.plan.sizes), "why": why,
+          "path": path if run.dropped else None}
