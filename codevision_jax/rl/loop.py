@@ -61,7 +61,7 @@ from codevision_jax.sampling import environment
 from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.train import checkpointing, metrics as metrics_lib, optimizer as optim_lib
-from codevision_jax.train import remat, resume, run_setup
+from codevision_jax.train import preemption, remat, resume, run_setup
 from codevision_jax.train import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -543,7 +543,10 @@ def _append_metrics(path: str, line: dict, is_primary: bool) -> None:
 def train(cfg, workdir: str, *, executor_urls: Sequence[str], hooks: Sequence[RoundHook] = ()) -> dict:
   """Runs (or resumes) GRPO; returns {"state", "frozen", "history"} (history: per-round metrics of
   this process's rounds)."""
-  return asyncio.run(_train(cfg, workdir, list(executor_urls), hooks))
+  result = asyncio.run(_train(cfg, workdir, list(executor_urls), hooks))
+  if result["preempted"] is not None:  # Saved and stopped on SIGTERM: exit for a requeue.
+    raise result["preempted"]
+  return result
 
 
 def _judge(cfg):
@@ -600,6 +603,10 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
   history = []
   config_json = cfg.to_dict()
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  # SIGTERM (a preemption): the round in flight finishes, a checkpoint is saved, and `train`
+  # raises `Preempted` (exit status 75, requeue); train.sigterm_grace_s abandons a long round.
+  preempt = preemption.Preemption(cfg.train.get("sigterm_grace_s", 0.0), unit="round").__enter__()
+  stopped = None
   try:
     async with ExecutorClient(urls, deadline_s=cfg.executor.call_deadline_s) as client, \
         _judge(cfg) as judge:
@@ -642,8 +649,16 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
                   force=done == run.rounds)
         for hook in hooks:
           hook(done, ckpt)
+        if preempt.should_stop(done) and done < run.rounds:  # Every process, every round.
+          if ckpt.saved_step != done:
+            ckpt.save(done, run.state, run.frozen, prompts.get_state(), config_json, force=True)
+          stopped = preempt.exit(done)
+          log.warning("%s", stopped)
+          break
   finally:
     bar.close()
     ckpt.close()
     writer.close()
-  return {"state": run.state, "frozen": run.frozen, "history": history, "run": run}
+    preempt.__exit__(None, None, None)
+  return {"state": run.state, "frozen": run.frozen, "history": history, "run": run,
+          "preempted": stopped}

@@ -23,6 +23,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
     self.every = every
+    self.saved_step: int | None = None  # The step of the last save started by this object.
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(every, 1), max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save)
@@ -36,9 +37,12 @@ class Checkpointer:
     """Starts saving (returns at once with async saves) if `step` is due or `force`."""
     if not force and not (self.every and step % self.every == 0):
       return False
-    return self.manager.save(step, force=force, args=ocp.args.Composite(
+    saved = self.manager.save(step, force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), frozen=ocp.args.StandardSave(frozen),
         data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)))
+    if saved:
+      self.saved_step = step
+    return saved
 
   def restore(self, step: int, abstract_state, abstract_frozen):
     """-> (state, frozen, data_state, config), arrays placed as the abstract trees' shardings."""
