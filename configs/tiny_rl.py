@@ -7,7 +7,10 @@ are logged). The tasks are arrow signs turned upside down: the SFT data mixes th
 ones that need no tool, so the SFT model calls the tool on about half of its samples; the RL
 reward (right answer, format, the required rotation, the exact operation set) teaches it to
 rotate whenever the sign is upside down (measured over seeds 0-2: held-out reward from 0.58-0.96
-to 1.13-1.63, tool calls per trajectory from 0.19-0.47 to 0.78-1.25, in 16 rounds). `--config.executor.urls=http://a:8700,http://b:8700` uses
+to 1.13-1.63, tool calls per trajectory from 0.19-0.47 to 0.78-1.25, in 16 rounds). It is not
+shown to raise held-out accuracy: the reward also pays for the rotation and the format, so reward
+and tool calls can rise while accuracy does not; the end summary prints held-out accuracy before
+and after (eval.before_training) and says whether it rose. `--config.executor.urls=http://a:8700,http://b:8700` uses
 running services instead. The real recipes are configs/qwen2_5_vl_7b_rl.py and
 configs/qwen3_vl_8b_rl.py.
 """

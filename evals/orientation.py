@@ -176,7 +176,7 @@ def evaluate(out: str, *, suite: str = SYNTHETIC, data: str | None = None,
     if needs_executor and not urls:
       urls = [stack.enter_context(local_service(workers=executor_workers)).url]
     if needs_executor:
-      urls = asyncio.run(healthy_services(urls))  # Before minutes of model loading.
+      urls = asyncio.run(healthy_services(urls, setting="--executor"))  # Before model loading.
     if todo:
       tokenizer, model, settings = run_setup.model_parts(
           cfg, out, run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh))
@@ -187,7 +187,8 @@ def evaluate(out: str, *, suite: str = SYNTHETIC, data: str | None = None,
 
       async def go():
         async with contextlib.AsyncExitStack() as s:
-          client = await s.enter_async_context(ExecutorClient(urls)) if urls else None
+          client = (await s.enter_async_context(ExecutorClient(urls, setting="--executor"))
+                    if urls else None)
           judge = (await s.enter_async_context(Judge(judge_url, judge_model))
                    if judge_url else None)
           return await runner.run_cases(todo, out, policy=policy, tokenizer=tokenizer,

@@ -14,7 +14,7 @@ import time
 
 from absl import flags
 
-from launch import errors
+from launch import errors, shell
 
 _INPUT = flags.DEFINE_list("input", None, "Record files, comma-separated, read in this order.")
 _KIND = flags.DEFINE_enum("kind", "sft", ["sft", "rl"], "sft: trajectories with assistant "
@@ -58,7 +58,7 @@ def main(argv):
             f"--config.data.tfds_dir={_DATA_DIR.value}"
             + (f" --config.data.tfds_split={_SPLIT.value}" if _SPLIT.value != "train" else ""))
   binary = "launch.sft" if s["kind"] == "sft" else "launch.rl"
-  print(f"next: python -m {binary} --config=CONFIG --workdir=WORKDIR {flags_}")
+  print(f"next: {shell.python_m(binary, '--config=CONFIG', '--workdir=WORKDIR', flags_)}")
   return 0
 
 

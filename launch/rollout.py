@@ -33,7 +33,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from launch import errors
+from launch import errors, shell
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny_rollout.py", "Config file.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: a new directory under /tmp).")
@@ -164,7 +164,8 @@ def main(argv):
         f"   transcripts (every turn's text, the calls, answers): "
         f"{os.path.join(out, 'transcripts.jsonl')}\n"
         f"   trajectories (tokens, log-probs): {os.path.join(out, 'trajectories.jsonl')}\n"
-        f"   summary: {os.path.join(out, 'summary.json')}")
+        f"   summary: {os.path.join(out, 'summary.json')}\n"
+        f"   read them in a browser after {shell.python_m('launch.view', f'--rollouts={out}')}")
 
 
 if __name__ == "__main__":

@@ -115,15 +115,40 @@ def counts_row(label: str, trajectories: list[dict]) -> list:
           sum(c.get("status") != "ok" for c in calls) / n if n else None]
 
 
-def counts_table(runs, trajectories: list[dict]) -> tuple[str, list[str], list[list]]:
-  """(heading, header, rows): a row per round and one over all."""
-  header = ["round", "trajectories", "graded", "accuracy (graded)", "mean reward score",
-            "tool calls / trajectory", "failed calls / trajectory"]
+def round_metrics(rollouts: str) -> dict[str, dict]:
+  """{round directory name: that round's line of the RL run's metrics.jsonl} (all of the round's
+  trajectories, not only the saved ones), when `rollouts` is an RL workdir or its rollouts/."""
+  base = os.path.abspath(rollouts)
+  for directory in (base, os.path.dirname(base)):
+    path = os.path.join(directory, "metrics.jsonl")
+    if os.path.isfile(path):
+      out = {}
+      for line in read_transcripts(path):
+        if isinstance(line.get("round"), int):
+          out[f"round_{line['round']:05d}"] = line
+      return out
+  return {}
+
+
+def counts_table(runs, trajectories: list[dict],
+                 metrics: dict | None = None) -> tuple[str, list[str], list[list]]:
+  """(heading, header, rows): a row per round and one over all. The counts are of the saved
+  trajectories (a sample of a round: `train.save_rollouts`); the round's own accuracy and reward
+  over all its trajectories come from `metrics` (its metrics.jsonl lines) when given."""
+  header = ["round", "trajectories saved", "graded", "accuracy of the saved sample",
+            "mean reward of the saved sample", "tool calls / trajectory",
+            "failed calls / trajectory"]
   rows = []
   if len(runs) > 1 or runs[0][0] is not None:
     rows = [counts_row(name, [t for t in trajectories if t.get("suite") == name])
             for name, _ in runs]
   rows.append(counts_row("all", trajectories))
+  if metrics:
+    header += ["round accuracy (all trajectories, metrics.jsonl)",
+               "round reward (all trajectories, metrics.jsonl)"]
+    for row in rows:
+      line = metrics.get(row[0], {})
+      row += [line.get("rollout/accuracy"), line.get("rollout/reward/score")]
   return "Rollouts" + (" by round" if len(rows) > 1 else ""), header, rows
 
 
@@ -135,12 +160,18 @@ def build(rollouts: str, out: str | None = None) -> str:
   html_dir = os.path.dirname(os.path.abspath(out))
   trajectories = load(runs, html_dir)
   rounds = [name for name, _ in runs if name is not None]
+  metrics = round_metrics(rollouts) if rounds else {}
   notes = [f"{len(trajectories)} trajectories from {os.path.abspath(rollouts)}"
            + (f" ({len(rounds)} rounds: {rounds[0]} to {rounds[-1]})" if rounds else "") + ".",
+           *(["The saved trajectories are a sample of each round (train.save_rollouts): their "
+              "accuracy is the sample's; " + ("the round's own, over all its trajectories, is the "
+                                              "metrics.jsonl column." if metrics else
+                                              "no metrics.jsonl was found beside them for the "
+                                              "round's own.")] if rounds else []),
            "Images are linked where they are, relative to this file: keep the file in place "
            "(or rebuild it with python -m launch.view) for them to show."]
   return viewer.render(out, title=f"Rollouts: {os.path.abspath(rollouts)}",
-                       trajectories=trajectories, tables=[counts_table(runs, trajectories)],
+                       trajectories=trajectories, tables=[counts_table(runs, trajectories, metrics)],
                        notes=notes)
 
 

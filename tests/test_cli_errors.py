@@ -62,3 +62,32 @@ def test_a_config_file_that_does_not_exist_is_named(tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "launch.sft: error: --config: the config file does not load" in proc.stderr
   assert "configs/nope.py" in proc.stderr
+
+
+def test_an_unreachable_executor_is_named_by_the_setting_of_the_command(tmp_path):
+  """The eval binary takes the URLs in --executor, launch.rl in --config.executor.urls: each
+  message names its own; nothing was written before the check."""
+  dead = "http://127.0.0.1:9"
+  proc = run("evals.orientation", f"--executor={dead}", "--tools=on", "--synthetic_size=1",
+             f"--out={tmp_path / 'eval'}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "evals.orientation: error: no executor service answers /healthz" in proc.stderr
+  assert f"{dead}:" in proc.stderr and "pass its URL in --executor" in proc.stderr
+  assert "executor.urls" not in proc.stderr
+  proc = run("launch.rl", "--config=configs/tiny_rl.py", f"--config.executor.urls={dead}",
+             f"--config.init.sft_workdir={tmp_path / 'sft'}", f"--workdir={tmp_path / 'rl'}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "launch.rl: error: no executor service answers /healthz" in proc.stderr
+  assert "pass its URL in --config.executor.urls" in proc.stderr
+  assert not (tmp_path / "rl" / "checkpoints").exists()
+
+
+def test_a_config_check_is_one_message(tmp_path):
+  """launch.rl refuses a held-out evaluation without held-out records before any work, in one
+  message naming both fields."""
+  proc = run("launch.rl", "--config=configs/tiny_rl.py", "--config.data.source=files",
+             "--config.data.paths=x.parquet", "--config.eval.every=1",
+             f"--config.init.sft_workdir={tmp_path / 'sft'}", f"--workdir={tmp_path / 'rl'}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert ("launch.rl: error: eval.every is set but eval.paths is empty: held-out evaluation needs "
+          "its own records") in proc.stderr

@@ -295,3 +295,20 @@ def test_view_names_a_directory_without_transcripts(tmp_path):
   (tmp_path / "empty" / "round_00001").mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty"))):
     view.build(str(tmp_path / "empty"))
+
+
+def test_view_of_rl_rounds_takes_each_rounds_accuracy_from_its_metrics(tmp_path):
+  """The saved trajectories are a sample of a round: the round's accuracy over all its
+  trajectories comes from metrics.jsonl, and the sample's columns say they are the sample's."""
+  workdir = tmp_path / "rl"
+  for r in (1, 2):
+    run = workdir / "rollouts" / f"round_{r:05d}"
+    _write_run(str(run), trajectories(str(run))[:2])
+  with open(workdir / "metrics.jsonl", "w") as f:
+    for r, acc in ((1, 0.25), (2, 0.75)):
+      f.write(json.dumps({"round": r, "rollout/accuracy": acc, "rollout/reward/score": 1.5}) + "\n")
+  text = open(view.build(str(workdir)), encoding="utf-8").read()
+  assert "accuracy of the saved sample" in text
+  assert "round accuracy (all trajectories, metrics.jsonl)" in text
+  assert '<td class="num">0.250</td>' in text and '<td class="num">0.750</td>' in text
+  assert "their accuracy is the sample&#x27;s" in text or "their accuracy is the sample's" in text

@@ -69,9 +69,11 @@ async def _health(session: aiohttp.ClientSession, address: str, timeout_s: float
     return _describe(e)
 
 
-async def healthy_services(addresses: Sequence[str], *, timeout_s: float = 10.0) -> list[str]:
+async def healthy_services(addresses: Sequence[str], *, timeout_s: float = 10.0,
+                           setting: str = "--config.executor.urls") -> list[str]:
   """The addresses whose GET /healthz answers ok (a warning names the others); raises
-  ExecutorUnavailable naming every address and its failure when none does."""
+  ExecutorUnavailable naming every address and its failure when none does, and `setting`: the
+  flag or config field of the command that takes the URLs."""
   addresses = [a.rstrip("/") for a in addresses]
   async with aiohttp.ClientSession() as session:
     problems = await asyncio.gather(*(_health(session, a, timeout_s) for a in addresses))
@@ -80,8 +82,8 @@ async def healthy_services(addresses: Sequence[str], *, timeout_s: float = 10.0)
   if not good:
     raise ExecutorUnavailable(
         "no executor service answers /healthz:\n" + "\n".join(bad) + "\nStart one with "
-        "`python -m executor --port 8700` (see docs/executor.md) and pass its URL in "
-        "executor.urls, or leave executor.urls empty to start a local service for the run")
+        f"`python -m executor --port 8700` (see docs/executor.md) and pass its URL in {setting}, "
+        f"or leave {setting} unset to start a local service for the run")
   if bad:
     logging.warning("executor services that do not answer /healthz are left out:\n%s",
                     "\n".join(bad))
@@ -171,11 +173,14 @@ class ExecutorClient:
   def __init__(self, addresses: str | Sequence[str], *, max_connections: int = 64,
                deadline_s: float | None = None, retries: int = 4, backoff_s: float = 0.05,
                remember_images: int = 4096, eject_after: int = 1, probe_interval_s: float = 2.0,
-               probe_timeout_s: float = 5.0, connect_timeout_s: float = 5.0):
+               probe_timeout_s: float = 5.0, connect_timeout_s: float = 5.0,
+               setting: str = "--config.executor.urls"):
     """`deadline_s` (per call, all attempts) defaults to the call's timeout + 30 s. An address
     is taken out of rotation after `eject_after` failures in a row (transport errors, timeouts,
     5xx) and probed on /healthz every `probe_interval_s` until it answers ok within
-    `probe_timeout_s`. `connect_timeout_s` bounds opening a connection."""
+    `probe_timeout_s`. `connect_timeout_s` bounds opening a connection. `setting`: the flag or
+    config field that lists the services, as errors name it."""
+    self.setting = setting
     self.addresses = [addresses] if isinstance(addresses, str) else list(addresses)
     if not self.addresses:
       raise ValueError("ExecutorClient needs at least one address")
@@ -486,4 +491,4 @@ class ExecutorClient:
     raise ExecutorUnavailable(
         f"executor call failed after {attempt} attempt(s) (last: {last_error}); the fleet:\n"
         f"{self._fleet_report()}\nCheck that the services run (`curl <address>/healthz`, "
-        "docs/executor.md) and are listed in executor.urls")
+        f"docs/executor.md) and are listed in {self.setting}")

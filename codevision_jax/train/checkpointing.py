@@ -15,6 +15,7 @@ import sys
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,10 @@ class Checkpointer:
 
     for name, want in (("state", {"params": abstract_state["params"]}), ("frozen", abstract_frozen)):
       try:
-        meta = ocp.PyTreeCheckpointer().metadata(os.path.join(self.directory, str(step), name))
+        # The item's own metadata: a checkpointer's `metadata` would also look for step metadata
+        # inside the item directory and warn "Metadata file does not exist" on a healthy one.
+        meta = ocp.PyTreeCheckpointHandler().metadata(
+            epath.Path(self.directory) / str(step) / name)
         saved = getattr(meta, "item_metadata", meta)
         saved = {"params": saved["params"]} if name == "state" else saved
       except Exception:  # noqa: BLE001 - unreadable metadata: let the restore report it.
