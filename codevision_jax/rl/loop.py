@@ -549,6 +549,7 @@ def train(cfg, workdir: str, *, executor_urls: Sequence[str], hooks: Sequence[Ro
   return result
 
 
+      f"{prefix}/judge_too_long": float(ro.scoring_stats.judge_too_long),
 def _judge(cfg):
   if not cfg.judge.url:
     return contextlib.nullcontext(None)
@@ -662,3 +663,5 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
     preempt.__exit__(None, None, None)
   return {"state": run.state, "frozen": run.frozen, "history": history, "run": run,
           "preempted": stopped}
+        if judge is not None:  # Counts since the start: replies that did not parse, and so on.
+          m.update({f"judge/{k}": float(v) for k, v in dataclasses.asdict(judge.stats).items()})
