@@ -24,7 +24,8 @@ from codevision_jax.sampling import environment
 from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.train import run_setup
 from configs import tiny_rollout
-from evals import orientation, report, runner, synthetic_suite
+from evals import orientation, report, runner
+from evals.suites import synthetic
 from executor.local import local_service
 
 FLAGS = flags.FLAGS
@@ -54,7 +55,7 @@ def main(argv):
                                   system_prompt=FLAGS.system_prompt)
   policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=FLAGS.batch,
                        capacity=agent.max_total_tokens, temperature=0.0)
-  items = synthetic_suite.synthetic_items(FLAGS.size, kinds=FLAGS.kinds, p_small=FLAGS.p_small)
+  items = synthetic.synthetic_items(FLAGS.size, kinds=FLAGS.kinds, p_small=FLAGS.p_small)
 
   def run(url, tools, n):
     cases = runner.make_cases(items[:n], transforms.TRANSFORMS, (tools,))

@@ -54,7 +54,8 @@ def default_transforms(suite: str) -> tuple[str, ...]:
 def read_items(suite: str, data: str | None, *, limit: int = 0, synthetic_size: int = 24,
                synthetic_kinds: Sequence[str] | None = None, synthetic_p_small: float = 0.5):
   """(items, bad items) of the suite; raises EvalError for a missing or superfluous --data."""
-  from evals import suites, synthetic_suite
+  from evals import suites
+  from evals.suites import synthetic as synthetic_suite
   if suite == SYNTHETIC:
     if data:
       raise EvalError(f"--data={data} was given with --suite=synthetic (the built-in benchmark); "

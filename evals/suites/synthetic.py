@@ -11,7 +11,7 @@ small card needs a crop: its `required_transforms` hold "crop" and its `target_b
 from __future__ import annotations
 
 from codevision_jax.data import synthetic
-from evals.suites import EvalItem
+from evals.suites.items import EvalItem
 
 NAME = "synthetic"
 HELD_OUT_SEED = 7_919  # Training recipes draw synthetic tasks from seeds 0-2.
