@@ -46,7 +46,10 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11",
-    packages=find_packages(include=["codevision_jax*", "executor*", "launch*", "evals*", "configs*"]),
+    # Only the library is installed: the entry points (launch/, evals/, executor/, configs/,
+    # benchmarks/) run from the repository root (`python -m launch.sft ...`), so their generic
+    # names never land in site-packages beside other projects'.
+    packages=find_packages(include=["codevision_jax", "codevision_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": TEST_REQUIRES,

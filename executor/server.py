@@ -176,7 +176,8 @@ class Service:
         self.store.put(data)  # later calls (e.g. the next turn) may refer to it by sha256
     return out
 
-  def _parse(self, body: Any) -> tuple[dict[str, Any], list[bytes]]:
+  def _parse(self, body: Any) -> tuple[dict[str, Any], list[bytes], list[str]]:
+    """(the call's header, its input images' bytes, notes to answer with) of a request body."""
     cfg = self.cfg
     if not isinstance(body, dict):
       raise BadRequest("the body must be a JSON object")

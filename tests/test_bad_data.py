@@ -94,7 +94,7 @@ def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_
   import numpy as np
   from tensorboard.backend.event_processing import event_accumulator
 
-  from codevision_jax.data import encode, sources
+  from codevision_jax.data import sizing, sources
   from codevision_jax.train import run_setup
   from launch import sft as sft_launcher
 
@@ -103,7 +103,7 @@ def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_
   tokenizer, _, settings = run_setup.model_parts(c, str(tmp_path / "tok"),
                                                  run_setup.make_mesh(c.mesh),
                                                  run_setup.mesh_rules(c.mesh))
-  sizes = encode.record_sizes(sources.ConversationSource.from_files([str(path)]), tokenizer,
+  sizes = sizing.record_sizes(sources.ConversationSource.from_files([str(path)]), tokenizer,
                               settings)
   bucket = int(np.unique(sizes[:, 0])[-2])  # The longest records do not fit.
   long = [int(i) for i in np.flatnonzero(sizes[:, 0] > bucket)]

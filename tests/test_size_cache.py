@@ -63,7 +63,7 @@ def test_second_start_reads_the_cache(tmp_path, tok, calls):
   cold = sizes(path, tok, cache)
   assert calls["n"] == 8 and len(os.listdir(cache)) == 1
   np.testing.assert_array_equal(
-      cold, encode.record_sizes(ConversationSource.from_files([str(path)]), tok, SETTINGS))
+      cold, sizing.record_sizes(ConversationSource.from_files([str(path)]), tok, SETTINGS))
   calls["n"] = 0
   np.testing.assert_array_equal(sizes(path, tok, cache), cold)
   assert calls["n"] == 0  # Read, not tokenised.
@@ -172,7 +172,7 @@ def test_processes_after_the_first_read_its_entries(tmp_path, tok, calls):
 def test_records_from_no_file_are_not_cached(tmp_path, tok, calls):
   convs = synthetic.generate(4, seed=0)
   out = size_cache.record_sizes(convs, tok, SETTINGS, cache_dir=str(tmp_path / "cache"))
-  np.testing.assert_array_equal(out, encode.record_sizes(convs, tok, SETTINGS))
+  np.testing.assert_array_equal(out, sizing.record_sizes(convs, tok, SETTINGS))
   assert not (tmp_path / "cache").exists()
 
 

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from codevision_jax.data import encode, pipeline, readers, synthetic, tfds_source, writers
+from codevision_jax.data import pipeline, readers, sizing, synthetic, tfds_source, writers
 from codevision_jax.models import presets
 from codevision_jax.processing import image as image_lib, tokenizer as tok_lib
 from codevision_jax.train import run_setup
@@ -93,7 +93,7 @@ def test_sft_batches_are_the_files_batches(data):
           data_cfg(source="tfds", tfds_name="syn_sft", tfds_dir=data["dir"]), kind="sft")}
   for i in range(NUM):
     assert fields(sources["tfds"][i]) == fields(sources["files"][i])
-  sizes = {k: encode.record_sizes(s, tok, SETTINGS) for k, s in sources.items()}
+  sizes = {k: sizing.record_sizes(s, tok, SETTINGS) for k, s in sources.items()}
   np.testing.assert_array_equal(sizes["files"], sizes["tfds"])
   batches = {}
   for k, source in sources.items():

@@ -1,7 +1,7 @@
 """Shared test data: the tiny tokenizer, short synthetic conversations and the tiny Qwen2.5-VL
 config carrying the tokenizer's special-token ids."""
 
-from codevision_jax.data import encode, synthetic
+from codevision_jax.data import sizing, synthetic
 from codevision_jax.models import presets
 from codevision_jax.processing import tokenizer as tok_lib
 
@@ -18,4 +18,4 @@ def short_synthetic(directory: str, n: int, seed: int, settings):
       image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
       vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
       vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
-  return tok, convs, mc, encode.record_sizes(convs, tok, settings)
+  return tok, convs, mc, sizing.record_sizes(convs, tok, settings)

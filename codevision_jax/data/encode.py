@@ -2,11 +2,11 @@
 takes them. Packing examples into batches of fixed geometry is `data.pack`.
 
     example = encode(conversation, tokenizer, settings)
-    sizes = record_sizes(source, tokenizer, settings)   # [N, 3]: tokens, patches, images
+    tokens, patches, images = record_size(conversation, tokenizer, settings)
 
-`record_sizes` is the same encoding from image headers alone (no pixel decoding): the batch plan
-needs every record's size before the first step (`data.sizing` runs it in worker processes,
-`data.size_cache` keeps it per data file across starts).
+`record_size` is the same encoding from image headers alone (no pixel decoding): the batch plan
+needs every record's size before the first step (`data.sizing.record_sizes` sizes a whole source,
+in worker processes; `data.size_cache` keeps the sizes per data file across starts).
 """
 
 from __future__ import annotations
@@ -112,16 +112,3 @@ def record_size(conversation, tokenizer, settings: image_lib.ImageSettings) -> t
   grids = image_grids(conversation, settings)
   return (len(_tokenize(conversation, tokenizer, grids, settings.merge_size).input_ids),
           int(grids.prod(-1).sum()), len(grids))
-
-
-def record_sizes(source, tokenizer, settings: image_lib.ImageSettings, *,
-                 skip_bad: bool = False) -> np.ndarray:
-  """[N, 3] int64: tokens, patches and images of every record, from one pass in this process that
-  reads image headers and checks that every image decodes (no preprocessing; `data.sizing` runs it
-  in worker processes with a progress line). A record with a broken
-  image raises ValueError naming it (its origin, file:record) and the image, or, with `skip_bad`,
-  is logged, counted and given BAD_RECORD tokens. `data.size_cache.record_sizes` is the same,
-  cached per data file."""
-  from codevision_jax.data import sizing  # Deferred: sizing imports this module.
-  measured = sizing.measure(source, tokenizer, settings, stop_at_bad=not skip_bad)
-  return sizing.finish([measured], source, skip_bad=skip_bad)

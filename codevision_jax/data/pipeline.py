@@ -1,6 +1,6 @@
 """The SFT input pipeline: conversation records -> fixed-shape training batches, with Grain.
 
-    sizes = encode.record_sizes(source, tokenizer, settings)   # tokens, patches, images per record
+    sizes = sizing.record_sizes(source, tokenizer, settings)   # tokens, patches, images per record
     plan = BatchPlan(sizes, spec, seed=0, num_epochs=2)        # which records go in which batch
     it = make_iterator(plan, builder, workers=2)               # a checkpointable Grain iterator
     batch = next(it)                                           # this host's arrays
@@ -100,7 +100,7 @@ class BatchSpec:
     return self.grad_accum * self.group_count
 
   def fits(self, sizes: np.ndarray) -> np.ndarray:
-    """Which records (rows of `encode.record_sizes`) a batch can hold."""
+    """Which records (rows of `sizing.record_sizes`) a batch can hold."""
     return ((sizes[:, 0] >= 0) & (sizes[:, 0] <= self.buckets[-1])
             & (sizes[:, 1] <= self.patch_budget) & (sizes[:, 2] <= self.max_images))
 

@@ -206,7 +206,7 @@ def _sized(records, spans, tokenizer, settings, *, directory, write, skip_bad, w
 def record_sizes(records, tokenizer, settings: image_lib.ImageSettings, *, cache_dir: str | None,
                  skip_bad: bool = False, workers: int = 0, process_index: int = 0,
                  barrier=None) -> np.ndarray:
-  """`encode.record_sizes` (the same result, errors and skip_bad counts), read from or written to
+  """`sizing.record_sizes` (the same result, errors and skip_bad counts), read from or written to
   `cache_dir` per data file (None: no cache), sized in up to `workers` processes. Of several
   processes (`barrier` waits for all), process 0 sizes and writes first; the others then read
   its entries (or, on a folder they do not share, size the files themselves)."""

@@ -178,3 +178,14 @@ def finish(parts: list[Measured], records, *, skip_bad: bool) -> np.ndarray:
     log.warning("skipping %d of %d records with images that cannot be used (data.skip_bad), "
                 "e.g. %s", len(bad), len(out), "; ".join(bad[:3]))
   return out
+
+
+def record_sizes(source, tokenizer, settings: image_lib.ImageSettings, *,
+                 skip_bad: bool = False) -> np.ndarray:
+  """[N, 3] int64: tokens, patches and images of every record, from one pass in this process that
+  reads image headers and checks that every image decodes (no preprocessing; `measure` with
+  workers shows a progress line). A record with a broken image raises ValueError naming it (its
+  origin, file:record) and the image, or, with `skip_bad`, is logged, counted and given
+  `encode.BAD_RECORD` tokens. `data.size_cache.record_sizes` is the same, cached per data file."""
+  return finish([measure(source, tokenizer, settings, stop_at_bad=not skip_bad)], source,
+                skip_bad=skip_bad)

@@ -65,6 +65,11 @@ class VisionLanguageModel(nnx.Module):
       self.lm_head = Linear(config.text.hidden_size, config.text.vocab_size, bias=False,
                             axes=("embed", "vocab"), rngs=rngs, param_dtype=param_dtype)
 
+  @property
+  def scan_layers(self) -> bool:
+    """Whether the decoder layers are stacked and run by a scan (its KV cache is stacked too)."""
+    return self.model.language_model.scan_layers
+
   # ---- host-side preparation --------------------------------------------------------------
 
   def prepare(self, input_ids, image_grid_thw=None, attention_mask=None):

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 from codevision_jax.processing import image as image_lib
 from codevision_jax.sampling.environment import AgentConfig, CodeToolEnvironment, Segment
+from codevision_jax.sampling.policy import Policy
 from codevision_jax.sampling.trajectory import CallStatus, Finish, ToolCallRecord, Trajectory
 
 
@@ -58,7 +59,7 @@ class _Slot:
 class AgentLoop:
   """Runs records through a policy and an environment; see the module docstring."""
 
-  def __init__(self, policy, env: CodeToolEnvironment, *,
+  def __init__(self, policy: Policy, env: CodeToolEnvironment, *,
                on_finish: Callable[[Trajectory], None] | None = None):
     self.policy, self.env, self.on_finish = policy, env, on_finish
     self.max_total_tokens = env.config.max_total_tokens
@@ -164,7 +165,7 @@ class AgentLoop:
     return sorted(done, key=lambda t: t.id)
 
 
-async def run_agent(policy, records: Sequence, tokenizer, client, settings: image_lib.ImageSettings,
+async def run_agent(policy: Policy, records: Sequence, tokenizer, client, settings: image_lib.ImageSettings,
                     config: AgentConfig = AgentConfig(), *, on_finish=None, first_id: int = 0
                     ) -> tuple[list[Trajectory], AgentStats]:
   """Trajectories for `records` (in order, ids from `first_id`) under the CodeVision tool

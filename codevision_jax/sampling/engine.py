@@ -216,7 +216,7 @@ class DecodeEngine:
     self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
     self.config = model.config
     # The cache's form follows the decoder's (stacked for scanned layers).
-    self._stacked = model.model.language_model.scan_layers
+    self._stacked = model.scan_layers
     self.chunk = chunk
     self.rules = parallel.DEFAULT_RULES if rules is None else rules
     if params is not None:  # The engine's own parameters (e.g. a bfloat16 copy): their dtypes
