@@ -12,6 +12,15 @@ is testable on a laptop:
   tpu       Cloud TPU (`TPU_WORKER_HOSTNAMES` / `TPU_PROCESS_ADDRESSES` with several hosts,
             `TPU_WORKER_ID`, `MEGASCALE_COORDINATOR_ADDRESS`): `{}`, JAX detects the rest.
 
+When one process fails (an uncaught exception, or a launcher's error message through
+`report_failure`), the others stop within about a second instead of waiting in a collective or at
+JAX's shutdown barrier (5 minutes): `initialize` starts a thread that watches the coordination
+service's key `cvj/failed`, where the failing process writes its index and message; the others
+print "process i of n failed: <message>" and exit 1, and the failing process exits without the
+shutdown barrier. A process that dies without Python's exit path (SIGKILL, out of memory) is
+found by the coordination service's heartbeat instead (`jax.distributed.initialize`'s
+`heartbeat_timeout_seconds`, 100 s by default).
+
 `CVJ_DISTRIBUTED=auto` hands everything to JAX's own detection (`launch.tpu` sets it: over
 `gcloud ... ssh` a TPU VM has no such variables, JAX reads the VM's metadata); `CVJ_DISTRIBUTED=off`
 runs one process whatever the environment says. The coordinator's port is `CVJ_COORDINATOR_PORT`
@@ -26,10 +35,14 @@ scheduler already narrowed `CUDA_VISIBLE_DEVICES` to one GPU or `JAX_LOCAL_DEVIC
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import json
 import logging
 import os
 import re
+import sys
+import threading
 from typing import Any, Mapping
 
 DEFAULT_PORT = 12345  # The coordinator's port where neither the env nor the config names one.
@@ -306,4 +319,107 @@ def initialize(cfg_distributed=None, env: Mapping[str, str] = os.environ) -> dic
   logging.info("jax.distributed: process %d of %d, %d local and %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+  watch_failures()
   return args
+
+
+# ---- one process fails: all stop ------------------------------------------------------------------
+
+FAILURE_KEY = "cvj/failed"
+_failure = {"reported": False, "origin": False, "exit_code": 1, "watching": False}
+_stop_watching = threading.Event()
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  return distributed.global_state.client
+
+
+def report_failure(message: str, exit_code: int = 1) -> None:
+  """Tells the other processes that this one failed with `message` (they print it and stop), and
+  makes this process exit without waiting at JAX's shutdown barrier. No-op with one process."""
+  client = _client()
+  if client is None or _failure["reported"]:
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  _failure.update(reported=True, origin=True, exit_code=exit_code or 1)
+  try:
+    client.key_value_set(FAILURE_KEY, json.dumps(
+        {"process": jax.process_index(), "message": str(message).strip()[-4000:]}))
+  except Exception:  # noqa: BLE001 - another process's failure is there already.
+    pass
+
+
+def _failure_message() -> dict | None:
+  try:
+    return json.loads(_client().key_value_try_get(FAILURE_KEY))
+  except Exception:  # noqa: BLE001 - not set (NOT_FOUND), or the service is gone.
+    return None
+
+
+def _another_failed(me: int) -> dict | None:
+  failed = _failure_message()
+  return failed if failed is not None and failed.get("process") != me else None
+
+
+def _say_another_failed(failed: dict, me: int, count: int) -> None:
+  try:  # The failed process, when it hosts the coordination service, waits for this.
+    _client().key_value_set(f"{FAILURE_KEY}_seen/{me}", "1")
+  except Exception:  # noqa: BLE001 - the service is gone: nobody waits.
+    pass
+  sys.stdout.flush()
+  sys.stderr.write(f"\nprocess {failed['process']} of {count} failed: {failed['message']}\n"
+                   f"stopping process {me} as well (a failed process stops the run)\n")
+  sys.stderr.flush()
+
+
+def _watch(me: int, count: int, poll_s: float) -> None:
+  while not _stop_watching.wait(poll_s):
+    failed = None if _failure["reported"] else _another_failed(me)
+    if failed is not None:
+      _say_another_failed(failed, me, count)
+      os._exit(1)  # pylint: disable=protected-access
+
+
+def _excepthook(previous, me: int, count: int):
+  def hook(exc_type, exc, tb):
+    failed = _another_failed(me)  # This error may follow from it (a collective's peer gone).
+    previous(exc_type, exc, tb)
+    if failed is not None:
+      _failure["reported"] = True
+      _say_another_failed(failed, me, count)
+    else:
+      report_failure(f"{exc_type.__name__}: {exc}")
+  return hook
+
+
+def _at_exit(me: int, count: int, wait_s: float) -> None:
+  _stop_watching.set()
+  if _failure["reported"]:  # Skip JAX's shutdown barrier: the others will not come to it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if me == 0 and _failure["origin"]:  # The coordination service lives here: stay until the
+      # others have read the failure.
+      import time  # pylint: disable=import-outside-toplevel
+      deadline = time.monotonic() + wait_s
+      for p in range(1, count):
+        left_ms = int(max(deadline - time.monotonic(), 0) * 1000)
+        try:
+          _client().blocking_key_value_get(f"{FAILURE_KEY}_seen/{p}", max(left_ms, 1))
+        except Exception:  # noqa: BLE001 - not in time, or gone: exit anyway.
+          pass
+    os._exit(_failure["exit_code"])  # pylint: disable=protected-access
+
+
+def watch_failures(poll_s: float = 0.5) -> None:
+  """Once per process, after `jax.distributed.initialize`: uncaught exceptions are reported to
+  the other processes, and theirs stop this one (module docstring)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if _client() is None or _failure["watching"]:
+    return
+  _failure["watching"] = True
+  me, count = jax.process_index(), jax.process_count()
+  sys.excepthook = _excepthook(sys.excepthook, me, count)
+  atexit.register(_at_exit, me, count, 10 * poll_s)  # Before JAX's own (registered earlier).
+  threading.Thread(target=_watch, args=(me, count, poll_s),
+                   name="cvj-failure-watch", daemon=True).start()

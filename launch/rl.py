@@ -43,6 +43,10 @@ def main(argv):
   from codevision_jax.rl import loop
   from executor.local import local_service
 
+  # Both stages' meshes are checked before either runs (several processes: one block each).
+  if sft_first:
+    run_setup.make_mesh(cfg.sft.mesh, "sft.mesh")
+  run_setup.make_mesh(cfg.mesh, "mesh")
   if sft_first:
     from codevision_jax.train import loop as sft_loop
     sft_dir = os.path.join(workdir, "sft")

@@ -68,12 +68,56 @@ def devices() -> list:
         "pip install -e '.[tpu]'") from None
 
 
-def make_mesh(mesh_cfg):
-  """The device mesh of `mesh.shape` over the first `mesh.num_devices` devices (0: all)."""
+def make_mesh(mesh_cfg, prefix: str = "mesh"):
+  """The device mesh of `mesh.shape` over the first `mesh.num_devices` devices of each process
+  (0: all devices).
+
+  With several processes the mesh must split along its leading axes into one block per process
+  (`rl.replicas.local_shape`): each process feeds its own rows of every batch and the RL sampler
+  runs on each process's block. Otherwise this raises before any work, naming the fields to
+  change (`prefix`: where the mesh section is, e.g. "sft.mesh" for launch.rl's SFT stage)."""
   present = devices()
+  processes = jax.process_count()
   if mesh_cfg.num_devices:
-    present = present[:mesh_cfg.num_devices]
-  return parallel.make_mesh(mesh_cfg.shape.to_dict(), devices=present)
+    per_process = [[d for d in present if d.process_index == p] for p in range(processes)]
+    fewest = min(len(ds) for ds in per_process)
+    if mesh_cfg.num_devices > fewest:
+      raise ValueError(f"{prefix}.num_devices={mesh_cfg.num_devices} asks for more devices than a "
+                       f"process has ({fewest}); set it to at most {fewest}, or 0 for all")
+    present = [d for ds in per_process for d in ds[:mesh_cfg.num_devices]]
+  try:
+    mesh = parallel.make_mesh(mesh_cfg.shape.to_dict(), devices=present)
+  except ValueError as e:
+    raise ValueError(f"{prefix}.shape {mesh_cfg.shape.to_dict()} on {len(present)} device(s) "
+                     f"({prefix}.num_devices={mesh_cfg.num_devices}): {e}") from None
+  if processes > 1:
+    check_process_blocks(mesh, mesh_cfg, prefix)
+  return mesh
+
+
+def check_process_blocks(mesh, mesh_cfg, prefix: str = "mesh") -> None:
+  """Raises when `mesh` does not split into one block of devices per process, in process order."""
+  from codevision_jax.rl import replicas
+  processes = jax.process_count()
+  shape = dict(mesh.shape)
+  if mesh.size == processes and mesh.devices.flat[0].platform == "cpu":
+    raise ValueError(
+        f"{prefix}.num_devices={mesh_cfg.num_devices} puts one CPU device of each of the "
+        f"{processes} processes on the mesh: there JAX 0.10 builds the replicated parameters "
+        "(norms, biases) as arrays that cannot be read back or checkpointed (jax.device_put of a "
+        "device array onto a replicated sharding fails). Use at least 2 devices per process: "
+        f"--config.{prefix}.num_devices=2 (the devices taken from each process), or 0 for all")
+  try:
+    replicas.replica_mesh(mesh)
+  except ValueError as e:
+    n = mesh.size // processes if mesh.size % processes == 0 else 0
+    hint = (f"e.g. --config.{prefix}.shape.data={processes} --config.{prefix}.shape.fsdp=-1 "
+            f"--config.{prefix}.shape.tensor=1" if n else
+            f"--config.{prefix}.num_devices=0 (all devices)")
+    raise ValueError(f"{prefix}.shape {shape} ({prefix}.num_devices={mesh_cfg.num_devices}: "
+                     f"{mesh.size} device(s) of {len(devices())}) cannot run on {processes} "
+                     f"processes: {e}. Change {prefix}.shape (and {prefix}.num_devices, the devices "
+                     f"taken from each process), {hint}") from None
 
 
 def attention_backend(model_cfg) -> str:
