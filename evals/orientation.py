@@ -19,6 +19,10 @@ Writes under --out: results.jsonl (one scored case per line: its transcript, cor
 reward parts), images/, bad_items.jsonl (items that could not be used, by file and row),
 report.json, report.md (beside the published numbers) and report.html (plots and a trajectory
 viewer). Rerunning the same command resumes: cases already in results.jsonl are not run again.
+
+From Python: `evaluate(out, EvalSettings(suite=..., ...))`, whose fields are the flags'
+(`EvalSettings.from_flags`); `evaluate` reads the items, runs the cases not yet scored
+(`_run`: executor, model, agent, scoring) and writes the report (`_write_report`).
 """
 
 from __future__ import annotations
@@ -32,8 +36,19 @@ import os
 import time
 from typing import Sequence
 
+import tqdm
+
+from codevision_jax.execution.client import ExecutorClient, healthy_services
 from codevision_jax.processing import orientation
+from codevision_jax.rl.judge import Judge
+from codevision_jax.sampling import environment
 from codevision_jax.sampling.environment import AgentConfig
+from codevision_jax.sampling.policy import ModelPolicy
+from codevision_jax.train import run_setup
+from evals import report as report_lib
+from evals import runner, suites
+from evals.suites import synthetic as synthetic_suite
+from executor.local import local_service
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +69,6 @@ def default_transforms(suite: str) -> tuple[str, ...]:
 def read_items(suite: str, data: str | None, *, limit: int = 0, synthetic_size: int = 24,
                synthetic_kinds: Sequence[str] | None = None, synthetic_p_small: float = 0.5):
   """(items, bad items) of the suite; raises EvalError for a missing or superfluous --data."""
-  from evals import suites
-  from evals.suites import synthetic as synthetic_suite
   if suite == SYNTHETIC:
     if data:
       raise EvalError(f"--data={data} was given with --suite=synthetic (the built-in benchmark); "
@@ -115,35 +128,78 @@ def _check_resume(out: str, request: dict) -> None:
     json.dump(request, f, indent=2)
 
 
-def evaluate(out: str, *, suite: str = SYNTHETIC, data: str | None = None,
-             checkpoint: str | None = None, transforms: Sequence[str] | None = None,
-             tools: Sequence[str] = ("on", "off"), limit: int = 0, batch: int = 16,
-             executor_urls: Sequence[str] = (), executor_workers: int = 2, judge_url: str = "",
-             judge_model: str = "judge", agent: AgentConfig = AgentConfig(),
-             max_pixels: int = 0, dtype: str = "float32", temperature: float = 0.0,
-             seed: int = 0, synthetic_size: int = 24,
-             synthetic_kinds: Sequence[str] | None = None, synthetic_p_small: float = 0.5,
-             notes: Sequence[str] = (),
-             progress: bool = True) -> dict:
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """What one eval run asks for (the binary's flags): the suite, the model, the agent, sampling,
+  scoring, and the executor."""
+  suite: str = SYNTHETIC
+  data: str | None = None  # the suite's published file (not for synthetic)
+  checkpoint: str | None = None  # HF directory or training workdir; None: the tiny random model
+  transforms: Sequence[str] | None = None  # None: default_transforms(suite)
+  tools: Sequence[str] = ("on", "off")
+  limit: int = 0  # only the first N items (0: all)
+  batch: int = 16  # trajectories decoded together
+  executor_urls: Sequence[str] = ()  # empty: start a local service (when a case uses the tool)
+  executor_workers: int = 2  # of that local service
+  judge_url: str = ""  # empty: rule-only scoring
+  judge_model: str = "judge"
+  agent: AgentConfig = AgentConfig()
+  max_pixels: int = 0  # 0: the checkpoint's
+  dtype: str = "float32"
+  temperature: float = 0.0
+  seed: int = 0
+  synthetic_size: int = 24
+  synthetic_kinds: Sequence[str] | None = None
+  synthetic_p_small: float = 0.5
+  notes: Sequence[str] = ()  # added to the report's notes
+  progress: bool = True  # the progress bar
+
+  @property
+  def transforms_asked(self) -> tuple[str, ...]:
+    return tuple(self.transforms or default_transforms(self.suite))
+
+  @classmethod
+  def from_flags(cls, f) -> EvalSettings:
+    """The settings of `python -m evals.orientation`'s flags (`define_flags`)."""
+    return cls(
+        suite=f.suite, data=f.data, checkpoint=f.checkpoint, transforms=f.transforms,
+        tools=("on", "off") if f.tools == "both" else (f.tools,), limit=f.limit, batch=f.batch,
+        executor_urls=f.executor or (), judge_url=f.judge or "", judge_model=f.judge_model,
+        agent=AgentConfig(max_turns=f.max_turns, max_total_tokens=f.max_total_tokens,
+                          tool_timeout_s=f.tool_timeout_s, system_prompt=f.system_prompt),
+        max_pixels=f.max_pixels, dtype=f.dtype, temperature=f.temperature, seed=f.seed,
+        synthetic_size=f.synthetic_size, synthetic_kinds=f.synthetic_kinds,
+        synthetic_p_small=f.synthetic_p_small)
+
+
+def evaluate(out: str, settings: EvalSettings | None = None, **fields) -> dict:
   """Runs (or resumes) the eval into `out` and writes its report; returns the report with
-  `run` (counts of this invocation) and `paths` added."""
-  import tqdm
-
-  from codevision_jax.execution.client import ExecutorClient, healthy_services
-  from codevision_jax.rl.judge import Judge
-  from codevision_jax.sampling import environment
-  from codevision_jax.sampling.policy import ModelPolicy
-  from codevision_jax.train import run_setup
-  from configs import tiny_rollout
-  from evals import report as report_lib
-  from evals import runner
-  from executor.local import local_service
-
+  `run` (counts of this invocation) and `paths` added. `fields` replace fields of `settings`
+  (default `EvalSettings()`) by name: `evaluate(out, suite="vstar", data=path)`."""
+  s = dataclasses.replace(settings or EvalSettings(), **fields)
   t0 = time.perf_counter()
-  transforms = tuple(transforms or default_transforms(suite))
-  cases_tools = tuple(tools)
-  items, bad = read_items(suite, data, limit=limit, synthetic_size=synthetic_size,
-                          synthetic_kinds=synthetic_kinds, synthetic_p_small=synthetic_p_small)
+  items, bad = _usable_items(out, s)
+  cases = runner.make_cases(items, s.transforms_asked, tuple(s.tools))
+  hf_dir, step = model_dir(s.checkpoint, out) if s.checkpoint else (None, None)
+  _check_resume(out, _request(s, step))
+  todo = [c for c in cases if c.key not in runner.load_results(out)]
+  stats = runner.RunStats(skipped=len(cases) - len(todo))
+  if todo:
+    stats = _run(out, s, todo, hf_dir, total=len(cases))
+  report = _write_report(out, s, items, bad, cases, stats, step)
+  report["run"] = {**dataclasses.asdict(stats), "wall_s": time.perf_counter() - t0}
+  report["paths"] = {k: os.path.join(out, f) for k, f in (
+      ("html", "report.html"), ("markdown", "report.md"), ("json", "report.json"),
+      ("results", runner.RESULTS), ("bad_items", "bad_items.jsonl"))}
+  return report
+
+
+def _usable_items(out: str, s: EvalSettings):
+  """(items, bad items) of the suite, the bad ones listed in <out>/bad_items.jsonl and the first
+  ten logged; raises EvalError when no item is usable."""
+  items, bad = read_items(s.suite, s.data, limit=s.limit, synthetic_size=s.synthetic_size,
+                          synthetic_kinds=s.synthetic_kinds,
+                          synthetic_p_small=s.synthetic_p_small)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "bad_items.jsonl"), "w") as f:
     for b in bad:
@@ -151,81 +207,110 @@ def evaluate(out: str, *, suite: str = SYNTHETIC, data: str | None = None,
   for b in bad[:10]:
     log.warning("bad item, left out and counted: %s:%d: %s", b.file, b.row, b.reason)
   if not items:
-    raise EvalError(f"0 usable items in {data or suite} ({len(bad)} bad, listed in "
+    raise EvalError(f"0 usable items in {s.data or s.suite} ({len(bad)} bad, listed in "
                     f"{os.path.join(out, 'bad_items.jsonl')})")
-  cases = runner.make_cases(items, transforms, cases_tools)
-  hf_dir, step = model_dir(checkpoint, out) if checkpoint else (None, None)
-  _check_resume(out, {"suite": suite, "data": os.path.abspath(data) if data else None,
-                      "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
-                      "checkpoint_step": step, "agent": dataclasses.asdict(agent),
-                      "max_pixels": max_pixels, "dtype": dtype, "temperature": temperature,
-                      "seed": seed, "judge": judge_url or None,
-                      "synthetic": ({"kinds": list(synthetic_kinds or ()),
-                                     "p_small": synthetic_p_small} if suite == SYNTHETIC
-                                    else None)})
+  return items, bad
 
+
+def _request(s: EvalSettings, step: int | None) -> dict:
+  """What a resumed eval must share with the results already in --out (`_check_resume`)."""
+  return {"suite": s.suite, "data": os.path.abspath(s.data) if s.data else None,
+          "checkpoint": os.path.abspath(s.checkpoint) if s.checkpoint else None,
+          "checkpoint_step": step, "agent": dataclasses.asdict(s.agent),
+          "max_pixels": s.max_pixels, "dtype": s.dtype, "temperature": s.temperature,
+          "seed": s.seed, "judge": s.judge_url or None,
+          "synthetic": ({"kinds": list(s.synthetic_kinds or ()), "p_small": s.synthetic_p_small}
+                        if s.suite == SYNTHETIC else None)}
+
+
+def _model_config(s: EvalSettings, hf_dir: str | None):
+  """The rollout config the model is set up from: `hf_dir`'s model, or the tiny random one."""
+  from configs import tiny_rollout
   cfg = tiny_rollout.get_config()
   cfg.model.path = hf_dir or ""
-  cfg.model.param_dtype = dtype
-  cfg.data.max_pixels = max_pixels or (0 if hf_dir else cfg.data.max_pixels)
-  cfg.seed = seed
-  todo = [c for c in cases if c.key not in runner.load_results(out)]
-  stats = runner.RunStats(skipped=len(cases) - len(todo))
+  cfg.model.param_dtype = s.dtype
+  cfg.data.max_pixels = s.max_pixels or (0 if hf_dir else cfg.data.max_pixels)
+  cfg.seed = s.seed
+  return cfg
+
+
+def _executor_urls(stack: contextlib.ExitStack, s: EvalSettings, todo) -> list[str]:
+  """The executor services that answer, when a case uses the tool (a local one started on
+  `stack` when no URLs are given), checked before the model is loaded; [] otherwise."""
+  if not any(c.tools == "on" for c in todo):
+    return list(s.executor_urls)
+  urls = list(s.executor_urls)
+  if not urls:
+    urls = [stack.enter_context(local_service(workers=s.executor_workers)).url]
+  return asyncio.run(healthy_services(urls, setting="--executor"))
+
+
+def _run(out: str, s: EvalSettings, todo, hf_dir: str | None, *, total: int) -> runner.RunStats:
+  """Loads the model, runs and scores the cases `todo` into `out`, with a progress bar over all
+  `total` cases."""
   with contextlib.ExitStack() as stack:
-    needs_executor = any(c.tools == "on" for c in todo)
-    urls = list(executor_urls)
-    if needs_executor and not urls:
-      urls = [stack.enter_context(local_service(workers=executor_workers)).url]
-    if needs_executor:
-      urls = asyncio.run(healthy_services(urls, setting="--executor"))  # Before model loading.
-    if todo:
-      tokenizer, model, settings = run_setup.model_parts(
-          cfg, out, run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh))
-      policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=batch,
-                           capacity=agent.max_total_tokens, temperature=temperature, seed=seed)
-      bar = tqdm.tqdm(total=len(cases), initial=len(cases) - len(todo), desc=f"eval {suite}",
-                      unit="case", disable=not progress)
+    urls = _executor_urls(stack, s, todo)
+    cfg = _model_config(s, hf_dir)
+    tokenizer, model, settings = run_setup.model_parts(
+        cfg, out, run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh))
+    policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=s.batch,
+                         capacity=s.agent.max_total_tokens, temperature=s.temperature,
+                         seed=s.seed)
+    bar = tqdm.tqdm(total=total, initial=total - len(todo), desc=f"eval {s.suite}", unit="case",
+                    disable=not s.progress)
 
-      async def go():
-        async with contextlib.AsyncExitStack() as s:
-          client = (await s.enter_async_context(ExecutorClient(urls, setting="--executor"))
-                    if urls else None)
-          judge = (await s.enter_async_context(Judge(judge_url, judge_model))
-                   if judge_url else None)
-          return await runner.run_cases(todo, out, policy=policy, tokenizer=tokenizer,
-                                        client=client, settings=settings, agent=agent,
-                                        judge=judge, chunk=max(batch * 4, 16),
-                                        on_scored=bar.update)
-      stats = asyncio.run(go())
-      bar.close()
+    async def go():
+      async with contextlib.AsyncExitStack() as a:
+        client = (await a.enter_async_context(ExecutorClient(urls, setting="--executor"))
+                  if urls else None)
+        judge = (await a.enter_async_context(Judge(s.judge_url, s.judge_model))
+                 if s.judge_url else None)
+        return await runner.run_cases(todo, out, policy=policy, tokenizer=tokenizer,
+                                      client=client, settings=settings, agent=s.agent,
+                                      judge=judge, chunk=max(s.batch * 4, 16),
+                                      on_scored=bar.update)
+    stats = asyncio.run(go())
+    bar.close()
+  return stats
 
+
+def _model_name(s: EvalSettings, step: int | None) -> str:
+  if not s.checkpoint:
+    return "the tiny random model (embedded default)"
+  return f"{s.checkpoint}" + (f" (step {step})" if step is not None else "")
+
+
+def _notes(s: EvalSettings, items, bad, cases, results, stats: runner.RunStats,
+           model_name: str) -> list[str]:
+  """The report's notes: what was run, how it was scored, and what is missing or not measured."""
+  notes = [
+      f"model: {model_name}; suite {s.suite} ({len(items)} items, {len(bad)} bad and left out); "
+      f"transforms {', '.join(s.transforms_asked)}; tools {', '.join(s.tools)}",
+      ("scoring: the answer rule, then the LLM judge at " + s.judge_url) if s.judge_url else
+      "scoring: rule-only (no --judge): answers the rule does not match count as wrong",
+  ] + list(s.notes)
+  if not s.checkpoint:
+    notes.append("random weights: a smoke test of the pipeline, not a measurement")
+  if stats.executor_failures:
+    notes.append(f"{stats.executor_failures} case(s) not scored: the executor could not be "
+                 "reached; rerun the same command to retry them")
+  if len(results) < len(cases):
+    notes.append(f"{len(cases) - len(results)} of {len(cases)} cases have no result yet")
+  return notes
+
+
+def _write_report(out: str, s: EvalSettings, items, bad, cases, stats: runner.RunStats,
+                  step: int | None) -> dict:
+  """Writes report.json, report.md and report.html of this eval's cases in `out`."""
   keys = {c.key for c in cases}
   results = [r for k, r in runner.load_results(out).items() if k in keys]
-  model_name = (f"{checkpoint}" + (f" (step {step})" if step is not None else "")
-                if checkpoint else "the tiny random model (embedded default)")
-  run_notes = [
-      f"model: {model_name}; suite {suite} ({len(items)} items, {len(bad)} bad and left out); "
-      f"transforms {', '.join(transforms)}; tools {', '.join(cases_tools)}",
-      ("scoring: the answer rule, then the LLM judge at " + judge_url) if judge_url else
-      "scoring: rule-only (no --judge): answers the rule does not match count as wrong",
-  ] + list(notes)
-  if not checkpoint:
-    run_notes.append("random weights: a smoke test of the pipeline, not a measurement")
-  if stats.executor_failures:
-    run_notes.append(f"{stats.executor_failures} case(s) not scored: the executor could not be "
-                     "reached; rerun the same command to retry them")
-  if len(results) < len(cases):
-    run_notes.append(f"{len(cases) - len(results)} of {len(cases)} cases have no result yet")
-  meta = {"model": model_name, "suite": suite, "data": data, "transforms": list(transforms),
-          "tools": list(cases_tools), "items": len(items), "cases": len(cases),
-          "judge": judge_url or None, "notes": run_notes}
-  report = report_lib.write_report(out, results, meta=meta,
-                                   bad_items=[dataclasses.asdict(b) for b in bad])
-  report["run"] = {**dataclasses.asdict(stats), "wall_s": time.perf_counter() - t0}
-  report["paths"] = {k: os.path.join(out, f) for k, f in (
-      ("html", "report.html"), ("markdown", "report.md"), ("json", "report.json"),
-      ("results", runner.RESULTS), ("bad_items", "bad_items.jsonl"))}
-  return report
+  model_name = _model_name(s, step)
+  meta = {"model": model_name, "suite": s.suite, "data": s.data,
+          "transforms": list(s.transforms_asked), "tools": list(s.tools), "items": len(items),
+          "cases": len(cases), "judge": s.judge_url or None,
+          "notes": _notes(s, items, bad, cases, results, stats, model_name)}
+  return report_lib.write_report(out, results, meta=meta,
+                                 bad_items=[dataclasses.asdict(b) for b in bad])
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -246,22 +331,12 @@ def summary_lines(report: dict) -> list[str]:
 def main(argv):
   del argv
   from absl import flags
-  from codevision_jax.train import run_setup
   f = flags.FLAGS
   logging.getLogger().setLevel(logging.INFO)
   run_setup.quiet_orbax(f.orbax_logs)
-  tools = ("on", "off") if f.tools == "both" else (f.tools,)
-  agent = AgentConfig(max_turns=f.max_turns, max_total_tokens=f.max_total_tokens,
-                      tool_timeout_s=f.tool_timeout_s, system_prompt=f.system_prompt)
   out = f.out or os.path.join("/tmp", f"cvj-eval-{int(time.time())}")
   try:
-    report = evaluate(
-        out, suite=f.suite, data=f.data, checkpoint=f.checkpoint, transforms=f.transforms,
-        tools=tools, limit=f.limit, batch=f.batch, executor_urls=f.executor or (),
-        judge_url=f.judge or "", judge_model=f.judge_model, agent=agent,
-        max_pixels=f.max_pixels, dtype=f.dtype, temperature=f.temperature, seed=f.seed,
-        synthetic_size=f.synthetic_size, synthetic_kinds=f.synthetic_kinds,
-        synthetic_p_small=f.synthetic_p_small)
+    report = evaluate(out, EvalSettings.from_flags(f))
   except EvalError as e:
     raise SystemExit(f"error: {e}")
   print(f"== eval done in {report['run']['wall_s']:.0f} s: {report['run']['scored']} cases "
