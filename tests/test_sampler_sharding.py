@@ -105,11 +105,14 @@ def test_an_rl_run_holds_what_each_phase_needs_and_nothing_else(tmp_path):
   from configs import tiny_rl
   c = tiny_rl.get_config()
   c.init.sft_workdir, c.rollout.param_dtype = "", "bfloat16"
-  run = loop.build(c, str(tmp_path))
 
-  def live():
+  def live():  # Device bytes held now, beyond what earlier tests left alive.
     gc.collect()
-    return sum(x.nbytes for x in jax.live_arrays() if not x.is_deleted())
+    return sum(x.nbytes for x in jax.live_arrays() if not x.is_deleted()) - base
+
+  base = 0
+  base = live()
+  run = loop.build(c, str(tmp_path))
 
   def nbytes(tree):
     return sum(x.nbytes for x in jax.tree.leaves(tree))

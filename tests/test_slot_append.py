@@ -98,3 +98,30 @@ def test_batched_decode_equals_single_slot_forward(model):
   cache.append(2, ids, pv, np.asarray([grid], np.int64))
   full = _full_logits(model, prompts[2] + [(ids, pv, grid)])
   np.testing.assert_allclose(np.asarray(cache.logits[2]), full[-1], atol=2e-4, rtol=1e-4)
+
+
+def test_attention_reads_the_filled_prefix_with_the_same_tokens(model):
+  """A decode round attends over the cache up to the longest active slot plus the round's tokens,
+  rounded to 1024 x 4^k entries, not the capacity: an engine of 6,000 tokens per slot samples the
+  tokens and log-probs of one whose whole cache is that short."""
+  rng = np.random.default_rng(3)
+  prompts = [rng.integers(1, 200, n) for n in (7, 30, 12)]
+  big, small = engine(model, 3, 6000, 16), engine(model, 3, 112, 16)
+  out = []
+  for e in (big, small):
+    for slot, p in enumerate(prompts):
+      e.append(slot, p)
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    tokens, logprobs, n = e.decode(np.ones(3, bool), np.full(3, 40), keys, np.zeros(3, np.int32),
+                                   max_steps=48, temperature=1.0)
+    out.append((np.asarray(tokens), np.asarray(logprobs), np.asarray(n)))
+  assert big.last_span == 1024 and small.last_span == 112 + 16 + 1  # The small one's whole cache.
+  np.testing.assert_array_equal(out[0][0], out[1][0])
+  np.testing.assert_array_equal(out[0][2], out[1][2])
+  np.testing.assert_allclose(out[0][1], out[1][1], atol=1e-5)
+  # A slot past 1,024 tokens widens the window to the next span, and decoding goes on from it.
+  big.append(0, rng.integers(1, 200, 1100))
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  big.decode(np.asarray([True, False, False]), np.full(3, 4), keys, np.zeros(3, np.int32),
+             max_steps=8, temperature=0.0)
+  assert big.last_span == 4096

@@ -5,8 +5,9 @@ positions are 3-D M-RoPE ids [3, B, T]. `kv_cache` is an optional dict per layer
 key/value buffers {"k": [B, K, S, D], "v": ...} (kv heads before entries, so that a decode step
 reads them without a transpose; `init_kv_cache`), used by the sampler: the T new tokens' keys and
 values are written at entries `cache_index[b]`, `cache_index[b] + 1`, ... of row b (each row has
-its own write position), and the mask [B, 1, T, S] says which entries each query sees. Training
-and scoring pass no cache.
+its own write position), and the mask [B, 1, T, S] says which entries each query sees; a mask
+over fewer entries than the cache holds means attention reads only those first S entries (the
+filled prefix). Training and scoring pass no cache.
 
 With `scan_layers` the decoder layers are one `DecoderLayer` whose parameters carry a leading
 layer axis [L, ...] (logical axis "layers", replicated), run by `jax.lax.scan`: XLA compiles one
@@ -60,6 +61,9 @@ class TextAttention(nnx.Module):
       k = cache["k"].at[rows, :, entries].set(k.astype(cache["k"].dtype), **kw)
       v = cache["v"].at[rows, :, entries].set(v.astype(cache["v"].dtype), **kw)
       cache = {"k": k, "v": v}
+      span = mask.shape[-1]  # A mask over the first entries only: attend over those (the filled
+      if span < k.shape[2]:  # prefix the decode engine passes), not the whole capacity.
+        k, v = k[:, :, :span], v[:, :, :span]
     out = attention.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
                                           backend=self.backend,
                                           kv_layout="bskd" if cache is None else "bksd")

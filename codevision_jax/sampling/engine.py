@@ -24,6 +24,10 @@ before), so the logits after an append equal a from-scratch forward. `append` em
 compilation for every segment length); `prefill` fills every slot from empty in one batched call
 (`generate`'s prompts).
 
+Attention reads the cache only up to what a call can need: the longest active slot's tokens plus
+the call's new ones, rounded up to 1024 x 4^k entries (`attention_span`: a few compilations), so
+a decode step over short trajectories in a 32k-token cache costs what their lengths cost.
+
 Decode. One on-device while_loop samples for the active slots until each has a stop token or its
 budget (or `max_steps` pass). Every sampled token, a stop token too, is fed back, so after a
 round the cache holds everything sampled and the pending logits follow the last token. Each row
@@ -68,6 +72,18 @@ def prompt_bucket(length: int) -> int:
   if length <= 256:
     return max(16, 1 << (max(length, 1) - 1).bit_length())
   return -(-length // 256) * 256
+
+
+SPAN_BASE, SPAN_GROWTH = 1024, 4
+
+
+def attention_span(needed: int, entries: int) -> int:
+  """The cache entries a call attends over: `needed` rounded up to 1024 x 4^k (few
+  compilations: 1k, 4k, 16k, 64k), and at most every entry."""
+  span = SPAN_BASE
+  while span < needed:
+    span *= SPAN_GROWTH
+  return min(span, entries)
 
 
 def id_array(ids: Sequence[int]) -> np.ndarray:
@@ -122,24 +138,25 @@ def _embed(graphdef, params, rest, input_ids, pixel_values, vision_meta):
   return nnx.merge(graphdef, params, rest).embed(input_ids, pixel_values, vision_meta)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "all_slots", "cache_sharding"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "all_slots", "cache_sharding", "span"),
                    donate_argnames=("state",))
 def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstack, positions, n_real,
-             last, advance, *, all_slots: bool, cache_sharding=None) -> DecodeState:
+             last, advance, *, all_slots: bool, cache_sharding=None, span: int = 0) -> DecodeState:
   """Runs the decoder over `embeds` [R, C, H] of `slots` [R], written at each slot's length.
 
   positions [3, R, C] count from the slot's counter; n_real [R]: real tokens of the chunk (the rest
   is padding, written past the new length); last [R]: the chunk index of the segment's last token
   (its logits become the slot's pending logits), or -1 when the segment goes on in a later chunk;
-  advance [R]: added to the slot's counter. `all_slots`: `slots` is every slot in order.
+  advance [R]: added to the slot's counter. `all_slots`: `slots` is every slot in order. `span`:
+  attention reads the first `span` cache entries (0: all), which must hold every slot's tokens.
   """
   TRACE_COUNTS["prefill"] += 1
   model = nnx.merge(graphdef, params, rest)
   c = embeds.shape[1]
   start = state.lengths[slots]
   rows = state.cache if all_slots else _take_slots(state.cache, slots)
-  entries = jnp.arange(cache_entries(rows))
-  mask = entries[None, None, :] <= (start[:, None] + jnp.arange(c))[:, :, None]  # [R, C, L]
+  entries = jnp.arange(span or cache_entries(rows))
+  mask = entries[None, None, :] <= (start[:, None] + jnp.arange(c))[:, :, None]  # [R, C, span]
   positions = positions + state.counters[slots][None, :, None]
   hidden, rows = model.extend(embeds, positions, mask[:, None], rows, start, deepstack)
   cache = _constrain(rows if all_slots else _put_slots(state.cache, rows, slots), cache_sharding)
@@ -151,20 +168,22 @@ def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstac
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_steps", "greedy", "filtered",
-                                           "cache_sharding"),
+                                           "cache_sharding", "span"),
                    donate_argnames=("state",))
 def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity, keys, counts,
             temperature, top_k, top_p, stop_ids, banned_ids, *, max_steps: int, greedy: bool,
-            filtered: bool, cache_sharding=None):
+            filtered: bool, cache_sharding=None, span: int = 0):
   """Up to `max_steps` tokens for each active row, until a stop token or its budget (at most the
   room left in its slot). Row r samples with `fold_in(keys[r], counts[r] + k)` for its k-th token
   of this call. Returns tokens and log-probs [S, max_steps] (0 past each row's count), the
-  number sampled per row, and the new state."""
+  number sampled per row, and the new state. Attention reads the first `span` cache entries (0:
+  all), which must hold every active row's tokens after `max_steps` more; idle rows write to the
+  scratch entry past them."""
   TRACE_COUNTS["decode"] += 1
   model = nnx.merge(graphdef, params, rest)
   s = active.shape[0]
-  entries = jnp.arange(cache_entries(state.cache))
-  scratch = entries.shape[0] - 1
+  scratch = cache_entries(state.cache) - 1
+  entries = jnp.arange(span or scratch + 1)
   banned = jnp.any(jnp.arange(state.logits.shape[-1])[:, None] == banned_ids[None, :], axis=-1)
   budget = jnp.minimum(budget, capacity - state.lengths)
 
@@ -224,6 +243,7 @@ class DecodeEngine:
       self._params = params
     self.state: DecodeState | None = None
     self._cache_sharding = None
+    self.last_span = 0
     self.capacity = 0
     self._lengths = np.zeros((0,), np.int64)  # Host copy; `_unsynced` holds the last decode's counts.
     self._unsynced = None
@@ -302,6 +322,12 @@ class DecodeEngine:
     """Drops the state (and the memory of its cache)."""
     self.state, self._unsynced = None, None
 
+  def _span(self, needed: int) -> int:
+    """The cache entries a call that needs the first `needed` attends over (`attention_span`);
+    recorded in `last_span`."""
+    self.last_span = attention_span(needed, cache_entries(self.state.cache))
+    return self.last_span
+
   @property
   def num_slots(self) -> int:
     return len(self._lengths)
@@ -370,7 +396,7 @@ class DecodeEngine:
           embeds[:, piece], ds, positions[:, :, piece], np.asarray([min(c, n - lo)], np.int32),
           np.asarray([n - 1 - lo if is_last else -1], np.int32),
           np.asarray([advance if is_last else 0], np.int32), all_slots=False,
-          cache_sharding=self._cache_sharding)
+          cache_sharding=self._cache_sharding, span=self._span(start + lo + c))
     self._lengths[slot] = start + n
 
   def prefill(self, rows: Sequence[np.ndarray], pixel_values=None, image_grid_thw=None) -> None:
@@ -394,7 +420,8 @@ class DecodeEngine:
     self.state = _prefill(self._graphdef, self._params, self._rest, self.state,
                           np.arange(s, dtype=np.int32), embeds, deepstack, positions, lengths,
                           lengths - 1, (positions.max(axis=(0, 2)) + 1).astype(np.int32),
-                          all_slots=True, cache_sharding=self._cache_sharding)
+                          all_slots=True, cache_sharding=self._cache_sharding,
+                          span=self._span(padded.shape[1]))
     self._lengths = lengths.astype(np.int64)
 
   # ---- decode -----------------------------------------------------------------------------
@@ -406,11 +433,14 @@ class DecodeEngine:
     tokens and log-probs [S, max_steps] and the count sampled per slot [S]."""
     if self.state is None:
       raise ValueError("the engine has no state: call allocate(num_slots, capacity) first")
+    active = np.asarray(active, bool)
+    filled = int(self.lengths[active].max()) if active.any() else 0
     tokens, logprobs, n, self.state = _decode(
-        self._graphdef, self._params, self._rest, self.state, np.asarray(active, bool),
+        self._graphdef, self._params, self._rest, self.state, active,
         np.asarray(budget, np.int32), np.int32(self.capacity), keys, np.asarray(counts, np.int32),
         np.float32(temperature), np.int32(top_k), np.float32(top_p), id_array(stop_ids),
         id_array(banned_ids), max_steps=max_steps, greedy=temperature == 0,
-        filtered=temperature > 0 and (top_k > 0 or top_p < 1), cache_sharding=self._cache_sharding)
+        filtered=temperature > 0 and (top_k > 0 or top_p < 1), cache_sharding=self._cache_sharding,
+        span=self._span(filled + max_steps))
     self._unsynced = n if self._unsynced is None else self._unsynced + n  # Stays on device.
     return tokens, logprobs, n
