@@ -346,8 +346,8 @@ def report_failure(message: str, exit_code: int = 1) -> None:
   try:
     client.key_value_set(FAILURE_KEY, json.dumps(
         {"process": jax.process_index(), "message": str(message).strip()[-4000:]}))
-  except Exception:  # noqa: BLE001 - another process's failure is there already.
-    pass
+  except Exception:  # noqa: BLE001 - another process's failure is there already: theirs is told.
+    _failure["origin"] = False
 
 
 def _failure_message() -> dict | None:

@@ -66,6 +66,8 @@ def report(error: BaseException) -> None:
   text = str(error).strip() or type(error).__name__
   print(f"{command()}: error: {text}\n(the traceback: rerun with --verbose or CVJ_TRACEBACK=1)",
         file=sys.stderr, flush=True)
+  if "codevision_jax.distributed_env" in sys.modules:  # Several processes: the others stop too.
+    sys.modules["codevision_jax.distributed_env"].report_failure(text)
 
 
 def _guarded(main):
