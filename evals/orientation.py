@@ -169,7 +169,7 @@ class EvalSettings:
                           tool_timeout_s=f.tool_timeout_s, system_prompt=f.system_prompt),
         max_pixels=f.max_pixels, dtype=f.dtype, temperature=f.temperature, seed=f.seed,
         synthetic_size=f.synthetic_size, synthetic_kinds=f.synthetic_kinds,
-        synthetic_p_small=f.synthetic_p_small)
+        synthetic_p_small=f.synthetic_p_small, executor_workers=f.executor_workers)
 
 
 def evaluate(out: str, settings: EvalSettings | None = None, **fields) -> dict:
