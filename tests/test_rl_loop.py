@@ -4,6 +4,7 @@ reward up, tool calls up), a killed and resumed run equals an uninterrupted one,
 end in clear outcomes."""
 
 import json
+import logging
 import os
 import re
 import socket
@@ -92,7 +93,6 @@ def test_rl_raises_the_held_out_reward(sft_dir, service, tmp_path):
   assert os.listdir(tmp_path / "tensorboard")
 
 
-KILLED_AFTER_ROUND_1 = """
 def test_a_bfloat16_sampler_learns_like_the_float32_one(sft_dir, service, tmp_path):
   """The real recipes sample with a bfloat16 copy of the float32 policy (rollout.param_dtype):
   the tiny recipe run that way raises the held-out reward by the same margin, with new weights
@@ -117,6 +117,7 @@ def test_a_bfloat16_sampler_learns_like_the_float32_one(sft_dir, service, tmp_pa
   assert 1e-5 < max(mismatch) < 0.1, mismatch
 
 
+KILLED_AFTER_ROUND_1 = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from test_rl_loop import config
@@ -134,7 +135,7 @@ loop.train(config({sft!r}, train__rounds=2, train__checkpoint_every=1), sys.argv
 """
 
 
-def test_kill_and_resume_equals_the_straight_run(sft_dir, service, tmp_path):
+def test_kill_and_resume_equals_the_straight_run(sft_dir, service, tmp_path, caplog):
   c = config(sft_dir, train__rounds=2, train__checkpoint_every=1)
   straight = loop.train(c, str(tmp_path / "straight"), executor_urls=[service.url])
   workdir = str(tmp_path / "resumed")
@@ -143,8 +144,13 @@ def test_kill_and_resume_equals_the_straight_run(sft_dir, service, tmp_path):
                         env=dict(os.environ), capture_output=True, text=True, timeout=900)
   assert proc.returncode == -9, proc.stderr[-3000:]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
-  resumed = loop.train(c, workdir, executor_urls=[service.url])
+  with caplog.at_level(logging.INFO):
+    resumed = loop.train(c, workdir, executor_urls=[service.url])
   assert [h["round"] for h in resumed["history"]] == [2]
+  # Quiet and in order: a resume reads no SFT run, and a healthy checkpoint warns of nothing.
+  assert f"resumed from {os.path.join(workdir, 'checkpoints')} at round 1" in caplog.text
+  assert "initialised from the SFT run" not in caplog.text
+  assert "Metadata file does not exist" not in caplog.text
   a, b = straight["history"][-1], resumed["history"][0]
   for key in a:
     if not key.startswith("time/") and key not in ("rollout/sampler_idle_fraction",):
@@ -193,13 +199,13 @@ def test_a_judge_refusing_connections_falls_back_to_the_rule(sft_dir, service, t
   result = loop.train(c, str(tmp_path), executor_urls=[service.url])
   (h,) = result["history"]
   assert h["rollout/judge_calls"] > 0 and h["rollout/judge_fallbacks"] == h["rollout/judge_calls"]
+  assert h["judge/failures"] == h["rollout/judge_calls"] and h["judge/verdicts"] == 0
   assert os.listdir(tmp_path / "checkpoints") == ["1"]  # The round trained and was saved.
   # An RL checkpoint exports like an SFT one: the policy's parameters, not the reference's.
   out = export.export_run(str(tmp_path), str(tmp_path / "hf"))
   lm_head = safetensors.numpy.load_file(os.path.join(out, "model.safetensors"))["lm_head.weight"]
   np.testing.assert_array_equal(
       lm_head, np.asarray(jax.device_get(result["state"]["params"]["lm_head"]["kernel"])).T)
-  assert h["judge/failures"] == h["rollout/judge_calls"] and h["judge/verdicts"] == 0
 
 
 def test_records_without_ground_truth_are_refused_before_the_first_round(tmp_path):
@@ -224,3 +230,18 @@ def test_an_sft_run_of_another_layout_is_named_before_the_first_round(sft_dir, t
   with pytest.raises(ValueError, match=re.escape(f"init.sft_workdir {sft_dir}: ") + r".*the "
                      r"checkpoint has no .*layers.*model.scan_layers"):
     loop.build(c, str(tmp_path / "run"))
+
+
+def test_an_sft_run_with_another_vocabulary_is_named_by_its_model_fields(sft_dir, tmp_path):
+  """Starting RL from an SFT run whose vocabulary differs names model.vocab_size (both values)
+  and model.tokenizer, not Orbax's restore arguments; the SFT run is left as it was."""
+  c = config(sft_dir)
+  c.model.vocab_size += 64
+  before = sorted(os.listdir(os.path.join(sft_dir, "checkpoints")))
+  with pytest.raises(ValueError) as e:
+    loop.build(c, str(tmp_path / "rl"))
+  text = str(e.value)
+  assert f"init.sft_workdir {sft_dir}: the SFT checkpoint" in text
+  assert (f"model.vocab_size {c.model.vocab_size - 64} there, {c.model.vocab_size} here") in text
+  assert "model.tokenizer" in text and "strict=False" not in text
+  assert sorted(os.listdir(os.path.join(sft_dir, "checkpoints"))) == before

@@ -109,9 +109,32 @@ def check_config(cfg, mesh) -> None:
                      "records (--config.eval.paths=heldout.parquet), or set eval.every=0")
 
 
-def restore_sft_params(sft_workdir: str, params: dict, frozen: dict, params_sh, frozen_sh):
+MODEL_FIELDS = ("model.tokenizer", "model.vocab_size", "model.preset", "model.path",
+                "model.scan_layers")
+
+
+def _model_differences(step_dir: str, cfg) -> str:
+  """How the model fields of the SFT run's saved config (`<step>/config/metadata`) differ from
+  `cfg`'s, e.g. "model.vocab_size 512 there, 600 here"; "" when they agree or cannot be read."""
+  try:
+    with open(os.path.join(step_dir, "config", "metadata"), encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return ""
+  out = []
+  for field in MODEL_FIELDS:
+    key = field.split(".")[1]
+    there, here = saved.get("model", {}).get(key), cfg.model.get(key)
+    if there != here:
+      out.append(f"{field} {there!r} there, {here!r} here")
+  return "; ".join(out)
+
+
+def restore_sft_params(sft_workdir: str, params: dict, frozen: dict, params_sh, frozen_sh,
+                       cfg=None):
   """The trained parameters of an SFT run's latest checkpoint (`train.loop`), placed like
-  `params` / `frozen`; the optimizer state is not read."""
+  `params` / `frozen`; the optimizer state is not read. A checkpoint of another model raises
+  ValueError naming the model fields (`cfg`'s against the SFT run's) that differ."""
   ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(sft_workdir), "checkpoints"),
                                     every=0, keep=1, async_save=False)
   step = ckpt.latest_step()
@@ -125,10 +148,19 @@ def restore_sft_params(sft_workdir: str, params: dict, frozen: dict, params_sh, 
         {"state": {"params": checkpointing.abstract_like(params, params_sh)},
          "frozen": checkpointing.abstract_like(frozen, frozen_sh)})
   except ValueError as e:
-    raise ValueError(f"init.sft_workdir {sft_workdir}: {e}. Use the SFT run's model settings "
-                     "(model.preset or model.path, and model.scan_layers: stacked and per-layer "
-                     "parameters are different checkpoints), or export the SFT run to HF "
-                     "(python -m launch.export) and start from it with model.path") from None
+    step_dir = os.path.join(os.path.abspath(sft_workdir), "checkpoints", str(step))
+    differ = _model_differences(step_dir, cfg) if cfg is not None else ""
+    reason = str(e).strip().splitlines()[0][:300]
+    if "strict=False" in reason or "shape" in reason.lower():  # Orbax: an array of another shape.
+      reason = ("its parameters have other shapes than this run's model (a different vocabulary "
+                "from model.tokenizer / model.vocab_size, or another model size)")
+    raise ValueError(
+        f"init.sft_workdir {sft_workdir}: the SFT checkpoint (step {step}) does not fit this run's "
+        f"model: {reason}" + (f". The model settings differ: {differ}" if differ else "")
+        + ". Use the SFT run's model settings (model.tokenizer and model.vocab_size: the same "
+        "vocabulary; model.preset or model.path; model.scan_layers: stacked and per-layer "
+        "parameters are different checkpoints), or export the SFT run to HF (python -m "
+        "launch.export) and start from it with model.path") from None
 
 
 @dataclasses.dataclass
@@ -191,8 +223,15 @@ def build(cfg, workdir: str) -> RLRun:
   frozen_sh = nnx.to_pure_dict(parallel.state_shardings(frozen, mesh, rules))
   params_state, frozen_state = params, frozen
   params, frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
-  if cfg.init.sft_workdir:
-    restored = restore_sft_params(cfg.init.sft_workdir, params, frozen, state_sh["params"], frozen_sh)
+  # A checkpoint in the workdir is resumed (`_train`) and replaces what the SFT run would give:
+  # the SFT run is read only for a fresh start, so its log line never precedes "resumed".
+  own = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                   every=0, keep=1, async_save=False)
+  resuming = own.latest_step() is not None
+  own.close()
+  if cfg.init.sft_workdir and not resuming:
+    restored = restore_sft_params(cfg.init.sft_workdir, params, frozen, state_sh["params"],
+                                  frozen_sh, cfg)
     params, frozen = restored["state"]["params"], restored["frozen"]
     log.info("initialised from the SFT run in %s", cfg.init.sft_workdir)
   ref_dtype = run_setup.DTYPES[cfg.algo.ref_dtype]
@@ -510,6 +549,7 @@ def rollout_metrics(ro: ScoredRollouts, prefix: str) -> dict:
       f"{prefix}/response_tokens": float(np.mean([sum(t.policy_mask) for t in trajs])),
       f"{prefix}/judge_calls": float(ro.scoring_stats.judged),
       f"{prefix}/judge_fallbacks": float(ro.scoring_stats.judge_fallbacks),
+      f"{prefix}/judge_too_long": float(ro.scoring_stats.judge_too_long),
   })
   for reason, count in collections.Counter(str(t.finish_reason) for t in trajs).items():
     out[f"{prefix}/finish/{reason}"] = count / len(trajs)
@@ -549,7 +589,6 @@ def train(cfg, workdir: str, *, executor_urls: Sequence[str], hooks: Sequence[Ro
   return result
 
 
-      f"{prefix}/judge_too_long": float(ro.scoring_stats.judge_too_long),
 def _judge(cfg):
   if not cfg.judge.url:
     return contextlib.nullcontext(None)
@@ -638,6 +677,8 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
         if cfg.eval.every and (done % cfg.eval.every == 0 or done == run.rounds):
           ev = await evaluate(run, held_out, client, judge)
           m.update(rollout_metrics(ev, "eval"))
+        if judge is not None:  # Counts since the start: replies that did not parse, and so on.
+          m.update({f"judge/{k}": float(v) for k, v in dataclasses.asdict(judge.stats).items()})
         _save_rollouts(workdir, done, ro, cfg.train.save_rollouts if is_primary else 0,
                        run.tokenizer)
         writer.scalars(done, m)
@@ -663,5 +704,3 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
     preempt.__exit__(None, None, None)
   return {"state": run.state, "frozen": run.frozen, "history": history, "run": run,
           "preempted": stopped}
-        if judge is not None:  # Counts since the start: replies that did not parse, and so on.
-          m.update({f"judge/{k}": float(v) for k, v in dataclasses.asdict(judge.stats).items()})
