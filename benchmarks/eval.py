@@ -54,7 +54,8 @@ def main(argv):
                                   max_total_tokens=FLAGS.max_total_tokens,
                                   system_prompt=FLAGS.system_prompt)
   policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=FLAGS.batch,
-                       capacity=agent.max_total_tokens, temperature=0.0)
+                       capacity=agent.max_total_tokens, temperature=0.0,
+                       yield_ids=environment.yield_ids(tokenizer))
   items = synthetic.synthetic_items(FLAGS.size, kinds=FLAGS.kinds, p_small=FLAGS.p_small)
 
   def run(url, tools, n):

@@ -255,7 +255,7 @@ def _run(out: str, s: EvalSettings, todo, hf_dir: str | None, *, total: int) -> 
         cfg, out, run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh))
     policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=s.batch,
                          capacity=s.agent.max_total_tokens, temperature=s.temperature,
-                         seed=s.seed)
+                         seed=s.seed, yield_ids=environment.yield_ids(tokenizer))
     bar = tqdm.tqdm(total=total, initial=total - len(todo), desc=f"eval {s.suite}", unit="case",
                     disable=not s.progress)
 

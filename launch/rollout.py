@@ -117,7 +117,7 @@ def rollout(cfg, out: str, *, progress: bool = True) -> dict:
     policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=s.slots,
                          capacity=config.max_total_tokens, chunk=s.chunk,
                          steps_per_call=s.steps_per_call, temperature=s.temperature, top_k=s.top_k,
-                         top_p=s.top_p, seed=s.seed)
+                         top_p=s.top_p, seed=s.seed, yield_ids=environment.yield_ids(tokenizer))
     path = os.path.join(out, "trajectories.jsonl")
     open(path, "w").close()
     bar = tqdm.tqdm(total=len(records), desc="rollout", unit="traj", disable=not progress)

@@ -125,3 +125,33 @@ def test_attention_reads_the_filled_prefix_with_the_same_tokens(model):
   big.decode(np.asarray([True, False, False]), np.full(3, 4), keys, np.zeros(3, np.int32),
              max_steps=8, temperature=0.0)
   assert big.last_span == 4096
+
+
+def test_a_yield_token_ends_the_round_for_every_slot_without_changing_tokens(model):
+  """A slot that samples a yield id (`</tool_call>` in the agent loop) ends the decode call after
+  that step, so its tool runs at once; the other slots go on in the next call, with the tokens
+  they would have sampled in one long call."""
+  rng = np.random.default_rng(4)
+  prompts = [rng.integers(1, 200, n) for n in (6, 11)]
+  keys = jax.random.split(jax.random.PRNGKey(2), 2)
+
+  def run(yield_ids):
+    e = engine(model, 2, 64, 16)
+    for slot, p in enumerate(prompts):
+      e.append(slot, p)
+    rows, counts = [[], []], np.zeros(2, np.int32)
+    calls = 0
+    while counts.min() < 12:
+      tokens, _, n = e.decode(np.ones(2, bool), 12 - counts, keys, counts, max_steps=12,
+                              temperature=1.0, yield_ids=yield_ids)
+      tokens, n = np.asarray(tokens), np.asarray(n)
+      for r in range(2):
+        rows[r] += tokens[r, :n[r]].tolist()
+      counts, calls = counts + n, calls + 1
+    return rows, calls
+
+  straight, one_call = run(())
+  assert one_call == 1
+  third = straight[0][2]  # Slot 0's third token: the round ends right after it.
+  rows, calls = run((third,))
+  assert rows == straight and calls >= 2

@@ -270,6 +270,7 @@ def build(cfg, workdir: str) -> RLRun:
                        steps_per_call=cfg.rollout.steps_per_call,
                        temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k,
                        top_p=cfg.rollout.top_p, seed=cfg.seed, rules=rules,
+                       yield_ids=environment.yield_ids(tokenizer),
                        params=_sampler_state(template, sampler_frozen, sampler_copy["params"](params)))
   del model, sampler_model, params_state, frozen_state
   policy.release()  # The KV cache exists only while rollouts run.

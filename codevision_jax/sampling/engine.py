@@ -171,10 +171,11 @@ def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstac
                                            "cache_sharding", "span"),
                    donate_argnames=("state",))
 def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity, keys, counts,
-            temperature, top_k, top_p, stop_ids, banned_ids, *, max_steps: int, greedy: bool,
-            filtered: bool, cache_sharding=None, span: int = 0):
+            temperature, top_k, top_p, stop_ids, banned_ids, yield_ids, *, max_steps: int,
+            greedy: bool, filtered: bool, cache_sharding=None, span: int = 0):
   """Up to `max_steps` tokens for each active row, until a stop token or its budget (at most the
-  room left in its slot). Row r samples with `fold_in(keys[r], counts[r] + k)` for its k-th token
+  room left in its slot); the whole call ends after the step in which some row sampled one of
+  `yield_ids` (a tool call to serve now: the other rows go on in the next call). Row r samples with `fold_in(keys[r], counts[r] + k)` for its k-th token
   of this call. Returns tokens and log-probs [S, max_steps] (0 past each row's count), the
   number sampled per row, and the new state. Attention reads the first `span` cache entries (0:
   all), which must hold every active row's tokens after `max_steps` more; idle rows write to the
@@ -188,11 +189,11 @@ def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity
   budget = jnp.minimum(budget, capacity - state.lengths)
 
   def cond(carry):
-    step, _, _, done, _, _ = carry
-    return (step < max_steps) & ~jnp.all(done)
+    step, _, _, done, _, _, yielded = carry
+    return (step < max_steps) & ~jnp.all(done) & ~yielded
 
   def body(carry):
-    step, state, n, done, tokens, logprobs = carry
+    step, state, n, done, tokens, logprobs, yielded = carry
     step_keys = jax.vmap(jax.random.fold_in)(keys, counts + n)
     tok, _ = choose_tokens(jnp.where(banned, -jnp.inf, state.logits), step_keys, temperature,
                            top_k, top_p, greedy=greedy, filtered=filtered)
@@ -211,11 +212,13 @@ def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity
     n = n + live
     stopped = jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
     done = done | (live & stopped) | (n >= budget)
-    return step + 1, state, n, done, tokens, logprobs
+    yielded = jnp.any(live & jnp.any(tok[:, None] == yield_ids[None, :], axis=-1))
+    return step + 1, state, n, done, tokens, logprobs, yielded
 
   carry = (jnp.asarray(0, jnp.int32), state, jnp.zeros((s,), jnp.int32), ~active | (budget <= 0),
-           jnp.zeros((s, max_steps), jnp.int32), jnp.zeros((s, max_steps), jnp.float32))
-  _, state, n, _, tokens, logprobs = jax.lax.while_loop(cond, body, carry)
+           jnp.zeros((s, max_steps), jnp.int32), jnp.zeros((s, max_steps), jnp.float32),
+           jnp.asarray(False))
+  _, state, n, _, tokens, logprobs, _ = jax.lax.while_loop(cond, body, carry)
   return tokens, logprobs, n, state
 
 
@@ -428,9 +431,11 @@ class DecodeEngine:
 
   def decode(self, active, budget, keys, counts, *, max_steps: int, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, stop_ids: Sequence[int] = (),
-             banned_ids: Sequence[int] = ()) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Samples for the slots where `active` [S] is set; see `_decode`. Returns device arrays:
-    tokens and log-probs [S, max_steps] and the count sampled per slot [S]."""
+             banned_ids: Sequence[int] = (), yield_ids: Sequence[int] = ()
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Samples for the slots where `active` [S] is set; see `_decode` (`yield_ids`: stop ids
+    that end the call for every slot, e.g. `</tool_call>`, so that its tool runs at once).
+    Returns device arrays: tokens and log-probs [S, max_steps] and the count sampled per slot."""
     if self.state is None:
       raise ValueError("the engine has no state: call allocate(num_slots, capacity) first")
     active = np.asarray(active, bool)
@@ -439,7 +444,7 @@ class DecodeEngine:
         self._graphdef, self._params, self._rest, self.state, active,
         np.asarray(budget, np.int32), np.int32(self.capacity), keys, np.asarray(counts, np.int32),
         np.float32(temperature), np.int32(top_k), np.float32(top_p), id_array(stop_ids),
-        id_array(banned_ids), max_steps=max_steps, greedy=temperature == 0,
+        id_array(banned_ids), id_array(yield_ids), max_steps=max_steps, greedy=temperature == 0,
         filtered=temperature > 0 and (top_k > 0 or top_p < 1), cache_sharding=self._cache_sharding,
         span=self._span(filled + max_steps))
     self._unsynced = n if self._unsynced is None else self._unsynced + n  # Stays on device.

@@ -72,6 +72,12 @@ def stop_ids(tokenizer) -> list[int]:
   return ids
 
 
+def yield_ids(tokenizer) -> list[int]:
+  """The stop tokens after which a decode round ends for every slot: `</tool_call>`, so that the
+  call is sent at once instead of after the round (`ModelPolicy(yield_ids=...)`)."""
+  return [tokenizer.convert_tokens_to_ids(TOOL_CALL_END)]
+
+
 def prompt_messages(record, system_prompt: bool = True) -> list[dict]:
   """CodeVision's system prompt (unless `system_prompt` is False), then the record's messages
   before its first assistant turn."""

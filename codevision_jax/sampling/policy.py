@@ -51,11 +51,12 @@ class ModelPolicy:
   def __init__(self, model: nnx.Module, stop_ids: Sequence[int], *, num_slots: int = 8,
                capacity: int = 4096, chunk: int = 128, steps_per_call: int = 32,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-               params: nnx.State | None = None, rules=None):
+               params: nnx.State | None = None, rules=None, yield_ids: Sequence[int] = ()):
     self.num_slots, self.capacity = num_slots, capacity
     self.engine = DecodeEngine(model, chunk=chunk, params=params, rules=rules)
     self.engine.allocate(num_slots, capacity)
     self.stop_ids = list(stop_ids)
+    self.yield_ids = list(yield_ids)  # Stops that end a decode round at once (a tool to call).
     self.steps_per_call = steps_per_call
     self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     c = model.config
@@ -90,7 +91,8 @@ class ModelPolicy:
     budget[list(slots)] = budgets
     tokens, logprobs, n = jax.device_get(self.engine.decode(
         active, budget, self._keys, self._counts, max_steps=self.steps_per_call,
-        stop_ids=self.stop_ids, banned_ids=self.banned_ids, **self.sampling))
+        stop_ids=self.stop_ids, banned_ids=self.banned_ids, yield_ids=self.yield_ids,
+        **self.sampling))
     self._counts += n.astype(np.int32)
     return {s: (tokens[s, :n[s]], logprobs[s, :n[s]]) for s in slots}
 
