@@ -95,3 +95,16 @@ def test_another_parameter_layout_is_refused_and_the_checkpoints_kept(trained):
   assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["2", "4"]
   result = loop.train(config(steps=6), trained)  # The run's own settings still resume.
   assert [h["step"] for h in result["history"]] == [5, 6]
+
+
+def test_fields_added_since_a_checkpoint_at_their_neutral_values_resume():
+  """A checkpoint written before model.chat_format / data.drop_oversized existed resumes when they
+  hold their neutral values; another chat format is a change like any other."""
+  from codevision_jax.train import resume
+  saved = {"model": {"preset": "x"}, "data": {"seed": 0}, "sft": {"model": {"preset": "x"}}}
+  current = {"model": {"preset": "x", "chat_format": ""}, "data": {"seed": 0, "drop_oversized": False},
+             "sft": {"model": {"preset": "x", "chat_format": ""}}}
+  resume.check(saved, current, step=3)
+  current["model"]["chat_format"] = "qwen3_vl"
+  with pytest.raises(ValueError, match=r"model\.chat_format: \(absent\) -> 'qwen3_vl'"):
+    resume.check(saved, current, step=3)

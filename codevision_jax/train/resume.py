@@ -22,6 +22,17 @@ FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
         "executor.urls", "executor.workers", "executor.call_deadline_s", "judge.max_concurrency",
         "judge.timeout_s", "judge.retries", "eval.", "demo.")
 
+# Fields added after checkpoints were written with configs that lack them: absent in the saved
+# config and at these values now, they change nothing (None: any value; `data.drop_oversized`
+# only decides whether records no batch holds stop the run or are dropped, and says which).
+ADDED = {"model.chat_format": "", "data.drop_oversized": None}
+_ABSENT = object()
+
+
+def _added_unchanged(key: str, old, new) -> bool:
+  base = next((f for f in ADDED if key == f or key.endswith("." + f)), None)
+  return base is not None and old is _ABSENT and (ADDED[base] is None or new == ADDED[base])
+
 
 def _flat(tree, prefix="") -> dict:
   out = {}
@@ -36,9 +47,9 @@ def _flat(tree, prefix="") -> dict:
 def changes(saved: dict, current: dict) -> list[tuple[str, object, object]]:
   """(field, saved value, current value) of every field that differs, sorted."""
   a, b = _flat(saved), _flat(current)
-  missing = object()
-  return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
-          if a.get(k, missing) != b.get(k, missing)]
+  return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
+          if a.get(k, _ABSENT) != b.get(k, _ABSENT) and not _added_unchanged(
+              k, a.get(k, _ABSENT), b.get(k, _ABSENT))]
 
 
 def check(saved: dict, current, *, step: int, steps_key: str = "train.steps") -> None:
