@@ -29,7 +29,7 @@ from codevision_jax.train import loop  # noqa: E402
 from configs import tiny_sft  # noqa: E402
 
 OVERRIDES = {  # The tiny recipe at test size, on all 8 devices of every process together.
-    "data.synthetic_size": 48, "data.buckets": (512,), "data.batch_size": 4,
+    "data.synthetic_size": 48, "data.buckets": (512,), "data.drop_oversized": True, "data.batch_size": 4,
     "data.patch_budget": 64, "data.max_pixels": 28 * 28 * 4, "train.log_every": 1,
     "train.checkpoint_every": 3, "data.groups": 2, "mesh.num_devices": 0, "mesh.shape.data": 2,
     "mesh.shape.fsdp": 2, "mesh.shape.tensor": 2,

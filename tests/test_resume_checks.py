@@ -14,6 +14,7 @@ from configs import tiny_sft
 def config(**train):
   c = tiny_sft.get_config()
   c.data.synthetic_size, c.data.buckets, c.data.max_pixels = 8, (512,), 28 * 28 * 4
+  c.data.drop_oversized = True
   c.train.steps, c.train.checkpoint_every, c.mesh.num_devices = 4, 2, 1
   for k, v in train.items():
     c.train[k] = v

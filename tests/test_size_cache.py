@@ -142,6 +142,7 @@ def test_the_training_run_drops_the_same_records_cached(tmp_path, calls):
   c = tiny_sft.get_config()
   c.data.source, c.data.paths, c.data.skip_bad = "files", str(path), True
   c.data.buckets, c.data.max_pixels, c.mesh.num_devices = (512,), 28 * 28 * 4, 1
+  c.data.drop_oversized = True
   runs = []
   for _ in range(2):
     calls["n"] = 0

@@ -13,7 +13,7 @@ from codevision_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {  # The tiny recipe at test size.
-    "data.synthetic_size": 48, "data.buckets": (512,), "data.batch_size": 4,
+    "data.synthetic_size": 48, "data.buckets": (512,), "data.drop_oversized": True, "data.batch_size": 4,
     "data.patch_budget": 64, "data.max_pixels": 28 * 28 * 4, "train.log_every": 1,
     "train.steps": 6, "train.checkpoint_every": 3, "mesh.num_devices": 2, "mesh.shape.data": 1,
     "mesh.shape.fsdp": 2, "mesh.shape.tensor": 1,  # Sharded (FSDP) state, restored onto the mesh.

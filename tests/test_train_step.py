@@ -18,6 +18,7 @@ def small_config(**mesh_shape):
   c = tiny_sft.get_config()
   c.data.synthetic_size = 48
   c.data.buckets = (512,)
+  c.data.drop_oversized = True  # One short bucket: the few longer records are left out.
   c.data.batch_size = 4
   c.data.patch_budget = 64
   c.data.max_pixels = 28 * 28 * 4
@@ -97,6 +98,7 @@ def test_launch_sft_runs_from_the_command_line(tmp_path):
   """The README's command with overrides: it trains, checkpoints, and a rerun resumes (no steps)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   flags = ["--config.data.synthetic_size=8", "--config.data.buckets=(512,)", "--config.train.steps=2",
+           "--config.data.drop_oversized=True",
            "--config.data.max_pixels=3136", "--config.mesh.num_devices=1",
            "--config.train.checkpoint_every=2"]
   cmd = [sys.executable, "-m", "launch.sft", "--config=configs/tiny_sft.py",
