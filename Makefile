@@ -54,7 +54,9 @@ browser-deps:
 	  echo "browser-deps: no apt-get here; put a headless Chromium on PATH ($(BROWSERS)), or the viewer's browser tests fail"; \
 	fi
 
+# The linter first (settings in pyproject.toml): a finding fails the run before the suite starts.
 test: $(TEST_STAMP) sandbox-deps browser-deps
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 clean:

@@ -36,6 +36,7 @@ TEST_REQUIRES = [
     "pytest==9.2.0",
     "pytest-xdist==3.8.0",
     "pytest-timeout==2.4.0",
+    "ruff==0.17.6",  # `make test` lints the tree first (pyproject.toml).
     # The reference implementation for parity tests only; the library never imports torch.
     # Exactly this version: a CPU build is available locally, other versions pull CUDA wheels.
     "torch==2.13.0",

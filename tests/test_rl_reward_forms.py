@@ -72,7 +72,8 @@ def test_tool_reward_refuses(change, arg):
 
 
 @pytest.mark.parametrize("prediction,truth,want", [
-    ("12", 12, True), ("12.0", 12, True), ("0.5", 0.5, True), ("0.50", 0.5, True), ("1/2", 0.5, False),  # the last number, 2, is read
+    ("12", 12, True), ("12.0", 12, True), ("0.5", 0.5, True), ("0.50", 0.5, True),
+    ("1/2", 0.5, False),  # the last number, 2, is read
     (12, "12", True), (12.0, "12", True), (np.float64(3.5), "3.5", True), ("12", np.int64(12), True),
     ("B", ["A", "B"], True), ("C", ("A", "B"), False), ("7", [7, "seven"], True),
     ("seven", [7, "seven"], True), (None, "12", False), ("13", 12, False),

@@ -12,9 +12,10 @@ thought `<think>\n\n</think>\n\n`, which carries loss) and `qwen3_vl_nothink` (Q
 no default system line, content verbatim). The rendering follows `chat_template.template_for(fmt)`
 character for character, so the token ids equal those of `tokenizer.apply_chat_template` with that
 template once image pads are expanded. A tokenizer carries its format (`set_chat_format`, done by
-`processing.tokenizer.load_tokenizer`); `tokenize_conversation` uses it unless told otherwise. The loss mask is 1 on the tokens of assistant
-turns (content, tool calls and the closing `<|im_end|>`), 0 elsewhere (including the
-`<|im_start|>assistant\\n` header and the newline after `<|im_end|>`).
+`processing.tokenizer.load_tokenizer`); `tokenize_conversation` uses it unless told otherwise.
+The loss mask is 1 on the tokens of assistant turns (content, tool calls and the closing
+`<|im_end|>`), 0 elsewhere (including the `<|im_start|>assistant\\n` header and the newline after
+`<|im_end|>`).
 """
 
 import dataclasses

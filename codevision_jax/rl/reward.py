@@ -24,7 +24,7 @@ import fractions
 import json
 import numbers
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from codevision_jax.execution.ops import CORE_OPS
 

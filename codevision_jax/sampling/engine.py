@@ -175,11 +175,11 @@ def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity
             greedy: bool, filtered: bool, cache_sharding=None, span: int = 0):
   """Up to `max_steps` tokens for each active row, until a stop token or its budget (at most the
   room left in its slot); the whole call ends after the step in which some row sampled one of
-  `yield_ids` (a tool call to serve now: the other rows go on in the next call). Row r samples with `fold_in(keys[r], counts[r] + k)` for its k-th token
-  of this call. Returns tokens and log-probs [S, max_steps] (0 past each row's count), the
-  number sampled per row, and the new state. Attention reads the first `span` cache entries (0:
-  all), which must hold every active row's tokens after `max_steps` more; idle rows write to the
-  scratch entry past them."""
+  `yield_ids` (a tool call to serve now: the other rows go on in the next call). Row r samples
+  with `fold_in(keys[r], counts[r] + k)` for its k-th token of this call. Returns tokens and
+  log-probs [S, max_steps] (0 past each row's count), the number sampled per row, and the new
+  state. Attention reads the first `span` cache entries (0: all), which must hold every active
+  row's tokens after `max_steps` more; idle rows write to the scratch entry past them."""
   TRACE_COUNTS["decode"] += 1
   model = nnx.merge(graphdef, params, rest)
   s = active.shape[0]
