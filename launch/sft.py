@@ -9,12 +9,11 @@ fits the accelerators without building anything: add `--dry_run_devices=8` to ch
 """
 
 import logging
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from launch import dry_run, errors, shell
+from launch import dry_run, errors, summary
 
 flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
                   "internals) and of JAX's backend probing.")
@@ -41,32 +40,7 @@ def main(argv):
   from codevision_jax.train import loop
   result = loop.train(cfg, _WORKDIR.value)
   if jax.process_index() == 0:
-    print(summary(_WORKDIR.value, result.get("last", {}), result.get("dropped")))
-
-
-def dropped_line(dropped: dict | None) -> list[str]:
-  """The summary's line on records left out (data.drop_oversized, data.skip_bad), if any."""
-  if not dropped or not dropped["records"]:
-    return []
-  return [f"   dropped {dropped['records']:,} of {dropped['of']:,} records, not trained on: "
-          f"{dropped['why']}; listed in {dropped['path']}"]
-
-
-def summary(workdir: str, last: dict, dropped: dict | None = None) -> str:
-  """What a finished run wrote where, and the commands that come next (in forms a fresh shell
-  runs: launch/shell.py)."""
-  lines = [f"== done: {workdir}"]
-  if last:
-    lines.append(f"   last logged step {last['step']}: loss {last['loss']:.4f}, "
-                 f"{last['tokens_per_s']:,.0f} tokens/s")
-  lines += dropped_line(dropped)
-  lines += [f"   checkpoints: {os.path.join(workdir, 'checkpoints')} (rerun the same command to resume)",
-            f"   TensorBoard logs: {os.path.join(workdir, 'tensorboard')}; view them with",
-            f"     {shell.tool('tensorboard')} --logdir {os.path.join(workdir, 'tensorboard')}",
-            "   export the newest checkpoint as an HF model with",
-            "     " + shell.python_m("launch.export", f"--workdir={workdir}",
-                                     f"--out={os.path.join(workdir, 'hf')}")]
-  return "\n".join(lines)
+    print(summary.sft_text(_WORKDIR.value, result.get("last", {}), result.get("dropped")))
 
 
 if __name__ == "__main__":

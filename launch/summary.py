@@ -1,4 +1,5 @@
-"""What an RL run did, as the end-of-run summaries of launch.rl and launch.demo print it: accuracy
+"""The end-of-run summaries: what an SFT run wrote where (`sft_text`, launch.sft), and what an RL
+run did as launch.rl and launch.demo print it (`rl_lines`): accuracy
 beside reward (the reward also pays for tool use and format, so it can rise while answers get no
 better), held-out accuracy when there was an evaluation, and the trajectories left out.
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+
+from launch import shell
 
 
 def read_metrics(workdir: str, history: list | None = None) -> list[dict]:
@@ -96,3 +99,28 @@ def rl_lines(workdir: str, history: list | None = None, indent: str = "   ") -> 
                f"{_change(evals, 'eval/reward/score')}")
   out += verdict(lines) + dropped(lines)
   return [indent + l for l in out]
+
+
+def dropped_line(dropped: dict | None) -> list[str]:
+  """The summary's line on records left out (data.drop_oversized, data.skip_bad), if any."""
+  if not dropped or not dropped["records"]:
+    return []
+  return [f"   dropped {dropped['records']:,} of {dropped['of']:,} records, not trained on: "
+          f"{dropped['why']}; listed in {dropped['path']}"]
+
+
+def sft_text(workdir: str, last: dict, dropped: dict | None = None) -> str:
+  """What a finished SFT run (launch.sft) wrote where, and the commands that come next (in forms a
+  fresh shell runs: launch/shell.py)."""
+  lines = [f"== done: {workdir}"]
+  if last:
+    lines.append(f"   last logged step {last['step']}: loss {last['loss']:.4f}, "
+                 f"{last['tokens_per_s']:,.0f} tokens/s")
+  lines += dropped_line(dropped)
+  lines += [f"   checkpoints: {os.path.join(workdir, 'checkpoints')} (rerun the same command to resume)",
+            f"   TensorBoard logs: {os.path.join(workdir, 'tensorboard')}; view them with",
+            f"     {shell.tool('tensorboard')} --logdir {os.path.join(workdir, 'tensorboard')}",
+            "   export the newest checkpoint as an HF model with",
+            "     " + shell.python_m("launch.export", f"--workdir={workdir}",
+                                     f"--out={os.path.join(workdir, 'hf')}")]
+  return "\n".join(lines)

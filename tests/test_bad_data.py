@@ -96,7 +96,7 @@ def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_
 
   from codevision_jax.data import sizing, sources
   from codevision_jax.train import run_setup
-  from launch import sft as sft_launcher
+  from launch import summary
 
   path = write_records(tmp_path)
   c = config(path)
@@ -132,6 +132,6 @@ def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_
   ea = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
   ea.Reload()
   assert [e.value for e in ea.Scalars("data/dropped_records")] == [len(long)]
-  text = sft_launcher.summary(workdir, result["last"], dropped)
+  text = summary.sft_text(workdir, result["last"], dropped)
   assert (f"dropped {len(long)} of 8 records, not trained on: {len(long)} are longer than the "
           f"largest bucket {bucket}; listed in {workdir}/dropped_records.jsonl") in text

@@ -162,8 +162,10 @@ def test_prepare_reports_bad_records_by_file_and_row(data, tmp_path):
 def test_prepare_command(data, tmp_path):
   out = data["command_output"]
   assert f"wrote {NUM} rl records ({NUM} images" in out and "syn_rl/1.0.0" in out
-  assert (f"next: python -m launch.rl --config=CONFIG --workdir=WORKDIR --config.data.source=tfds "
-          f"--config.data.tfds_name=syn_rl --config.data.tfds_dir={data['dir']}") in out
+  line = next(line for line in out.splitlines() if line.startswith("next: "))
+  assert line.split(" -m ")[0].endswith("python")  # The venv's interpreter: a fresh shell runs it.
+  assert line.endswith(f" -m launch.rl --config=CONFIG --workdir=WORKDIR --config.data.source=tfds "
+                       f"--config.data.tfds_name=syn_rl --config.data.tfds_dir={data['dir']}")
   again = prepare_command(f"--input={data['rl']}", "--kind=rl", "--name=syn_rl",
                           f"--data_dir={data['dir']}")
   assert again.returncode == 1
