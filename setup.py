@@ -15,6 +15,9 @@ INSTALL_REQUIRES = [
     "array-record==0.8.6",
     "pyarrow==26.0.1",
     "transformers==5.23.0",
+    # transformers renders chat templates with it: the tokenizer's own template is checked against
+    # the chat format at start (processing/tokenizer.py), and exports carry a template.
+    "jinja2==3.1.6",
     "safetensors==0.8.0",
     "numpy==2.4.6",
     "pillow==13.0.0",
