@@ -271,6 +271,11 @@ def test_k8s_manifest():
   spec = job["spec"]
   assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
   pod = spec["template"]["spec"]
+  # A preempted run (exit 75 after its checkpoint, train/preemption.py) is recreated, not failed;
+  # Kubernetes takes podFailurePolicy only with restartPolicy Never.
+  (requeue, *_) = spec["podFailurePolicy"]["rules"]
+  assert requeue["action"] == "Ignore" and requeue["onExitCodes"]["values"] == [75]
+  assert pod["restartPolicy"] == "Never"
   assert pod["subdomain"] == service["metadata"]["name"]
   env = {e["name"]: e for e in pod["containers"][0]["env"]}
   assert env["WORLD_SIZE"]["value"] == str(spec["completions"])
