@@ -261,8 +261,8 @@ def build(cfg, workdir: str) -> RLRun:
                                            rules, cast)
   # The sampler's parameter structure in its dtype, without arrays: nothing built here stays
   # pinned by it (the build-time or restored learner arrays, an old sampler copy).
-  template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, sampler_dtype if jnp.issubdtype(
-      x.dtype, jnp.floating) else x.dtype), nnx.state(sampler_model, nnx.Param))
+  template = jax.eval_shape(lambda s: step_lib.cast_floats(s, sampler_dtype),
+                            nnx.state(sampler_model, nnx.Param))
   sampler_frozen = sampler_copy["frozen"](frozen)
   agent_cfg = environment.AgentConfig(**cfg.agent.to_dict())
   policy = ModelPolicy(sampler_model, environment.stop_ids(tokenizer), num_slots=cfg.rollout.slots,

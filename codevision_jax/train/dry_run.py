@@ -126,8 +126,8 @@ def tree_bytes(tree, shardings) -> float:
 
 
 def _cast(tree, dtype):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype), tree)
+  """`tree`'s shapes after the run's own cast (`step.cast_floats`), without computing it."""
+  return jax.eval_shape(lambda t: step_lib.cast_floats(t, dtype), tree)
 
 
 def abstract_model_config(model_cfg):
