@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from codevision_jax.train import loop, preemption
-from test_train_resume import ROOT, config as resume_config
+from test_train_resume import ROOT, assert_resumed_equals_straight, config as resume_config
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -62,13 +62,7 @@ def test_sigterm_saves_exits_for_requeue_and_the_rerun_equals_the_straight_run(t
 
   resumed = loop.train(config(), workdir)
   assert [h["step"] for h in resumed["history"]] == [3, 4, 5, 6]
-  tail = straight["history"][2:]
-  assert [h["batch_hash"] for h in resumed["history"]] == [h["batch_hash"] for h in tail]
-  assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in tail]
-  a, b = jax.device_get(straight["state"]), jax.device_get(resumed["state"])
-  assert int(a["step"]) == int(b["step"]) == 6
-  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
-  jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+  assert_resumed_equals_straight(resumed, straight, done=2)
 
 
 def test_a_step_outlasting_the_grace_period_is_abandoned_keeping_the_last_checkpoint(tmp_path):
