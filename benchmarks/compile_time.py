@@ -21,7 +21,7 @@ from absl import app, flags
 from flax import nnx
 
 from codevision_jax.models import build_model, presets
-from codevision_jax.train import remat
+from codevision_jax.runtime import remat
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("family", "qwen2_5_vl", "qwen2_5_vl or qwen3_vl")

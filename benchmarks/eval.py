@@ -22,7 +22,7 @@ from codevision_jax.execution.client import ExecutorClient
 from codevision_jax.processing import orientation as transforms
 from codevision_jax.sampling import environment
 from codevision_jax.sampling.policy import ModelPolicy
-from codevision_jax.train import run_setup
+from codevision_jax.runtime import run_setup
 from configs import tiny_rollout
 from evals import orientation, report, runner
 from evals.suites import synthetic

@@ -33,11 +33,11 @@ from codevision_jax.models import abstract_model, load_config
 workdir, hf_dir, out, dtype, mode = sys.argv[1:6]
 t = time.perf_counter()
 if mode == "export":
-  from codevision_jax.train import export
+  from codevision_jax.runtime import export
   export.export_run(workdir, out, dtype=dtype)
 else:  # The same imports, tokenizer and abstract model, without reading the checkpoint.
   from codevision_jax.processing import tokenizer
-  from codevision_jax.train import export
+  from codevision_jax.runtime import export
   tokenizer.load_tokenizer(hf_dir)
   abstract_model(load_config(hf_dir))
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
@@ -53,7 +53,7 @@ def _write_run(root: str, size_bytes: float) -> str:
 
   import codevision_jax as cvj
   from codevision_jax.processing import tokenizer as tok_lib
-  from codevision_jax.train import checkpointing, optimizer
+  from codevision_jax.runtime import checkpointing, optimizer
   from configs import tiny_sft
 
   hf_dir = os.path.join(root, "hf")

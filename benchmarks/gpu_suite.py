@@ -202,7 +202,7 @@ def matmul_row(s: Shapes) -> dict:
   import jax.numpy as jnp
   from benchmarks.sft_step import matmul_peak
   from codevision_jax import parallel
-  from codevision_jax.train import metrics
+  from codevision_jax.runtime import metrics
   d, _, kind = _device()
   mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=[d])
   flops = matmul_peak(mesh, s.matmul, jnp.bfloat16)
@@ -269,7 +269,8 @@ def sft_batch(mc, s: Shapes, data_cfg):
 
 def sft_row(s: Shapes, backend: str, remat: str, workdir: str, torch_ref: dict | None) -> dict:
   from benchmarks.sft_step import time_step
-  from codevision_jax.train import loop, metrics, run_setup
+  from codevision_jax.train import loop
+  from codevision_jax.runtime import metrics, run_setup
   cfg = sft_config(s, backend, remat)
   resolved = run_setup.attention_backend(cfg.model)
   run = loop.build(cfg, workdir)
@@ -290,7 +291,7 @@ def sft_row(s: Shapes, backend: str, remat: str, workdir: str, torch_ref: dict |
 def sft_rows(s: Shapes, budget: Budget, rows: list, torch_ref: dict | None,
              settings=SFT_SETTINGS) -> None:
   """SFT `settings`; "auto" reuses the row of the setting it resolves to when measured."""
-  from codevision_jax.train import run_setup
+  from codevision_jax.runtime import run_setup
   with tempfile.TemporaryDirectory() as workdir:
     items = []
     for backend, remat in settings:
@@ -577,7 +578,7 @@ def main(argv=None) -> dict:
   print("torch references (child process) ...", file=sys.stderr, flush=True)
   torch_ref = torch_child(args, budget)
   import jax
-  from codevision_jax.train import run_setup
+  from codevision_jax.runtime import run_setup
   _, platform, kind = _device()
   print(f"jax {jax.__version__} on {platform} ({kind}); {'tiny' if args.tiny else 'real'} shapes; "
         f"budget {args.budget_s:.0f} s", file=sys.stderr, flush=True)

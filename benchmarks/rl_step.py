@@ -28,7 +28,7 @@ from absl import app, flags
 from benchmarks.shaped_policy import ShapedPolicy
 from codevision_jax.execution.client import ExecutorClient
 from codevision_jax.rl import loop
-from codevision_jax.train import run_setup
+from codevision_jax.runtime import run_setup
 from configs import tiny_rl
 from executor.local import local_service
 

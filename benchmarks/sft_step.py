@@ -71,7 +71,8 @@ def time_step(run, batch: dict, grids, *, steps: int, warmup: int) -> dict:
 def main(argv):
   del argv
   import jax
-  from codevision_jax.train import loop, metrics, run_setup
+  from codevision_jax.train import loop
+  from codevision_jax.runtime import metrics, run_setup
   cfg = _CONFIG.value
   with tempfile.TemporaryDirectory() as workdir:
     run = loop.build(cfg, workdir)

@@ -44,7 +44,7 @@ from codevision_jax.rl.judge import Judge
 from codevision_jax.sampling import environment
 from codevision_jax.sampling.environment import AgentConfig
 from codevision_jax.sampling.policy import ModelPolicy
-from codevision_jax.train import run_setup
+from codevision_jax.runtime import run_setup
 from evals import report as report_lib
 from evals import runner, suites
 from evals.suites import synthetic as synthetic_suite
@@ -91,7 +91,7 @@ def model_dir(checkpoint: str, out: str) -> tuple[str, int | None]:
   if os.path.exists(os.path.join(checkpoint, "config.json")):
     return checkpoint, None
   if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
-    from codevision_jax.train import export
+    from codevision_jax.runtime import export
     steps = export.checkpoint_steps(checkpoint)
     if not steps:
       raise EvalError(f"--checkpoint={checkpoint}: no finished checkpoint in "

@@ -69,7 +69,7 @@ def _export(workdir) -> dict:
   """Exports the RL policy's newest checkpoint and loads it back."""
   import codevision_jax as cvj
   from flax import nnx
-  from codevision_jax.train import export
+  from codevision_jax.runtime import export
   rl_dir, hf_dir = os.path.join(workdir, "rl"), os.path.join(workdir, "hf")
   if not os.path.exists(os.path.join(hf_dir, "config.json")):
     export.export_run(rl_dir, hf_dir)
@@ -168,7 +168,7 @@ def summary(stages: dict, workdir: str) -> str:
 
 def main(argv):
   del argv
-  from codevision_jax.train import run_setup
+  from codevision_jax.runtime import run_setup
   cfg = FLAGS.config
   workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="cvj-demo-")
   logging.getLogger().setLevel(logging.INFO)

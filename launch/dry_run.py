@@ -40,7 +40,7 @@ def prepare_devices() -> None:
 
 def run(kinds) -> int:
   """Prints the plans of `kinds` ((kind, config) pairs); returns the exit status."""
-  from codevision_jax.train import dry_run, run_setup
+  from codevision_jax.runtime import dry_run, run_setup
   run_setup.quiet_orbax()
   platform = _PLATFORM.value or ("gpu" if _DEVICES.value else None)
   try:

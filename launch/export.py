@@ -3,7 +3,7 @@
 Turns a training run's checkpoint (launch.sft or launch.rl; the newest unless --step) into an HF
 checkpoint directory that transformers loads with `from_pretrained` (and `AutoProcessor` with
 its processor files). Runs on a CPU-only host and streams one tensor at a time; the output
-directory appears only when complete. See codevision_jax/train/export.py.
+directory appears only when complete. See codevision_jax/runtime/export.py.
 """
 
 import logging
@@ -26,7 +26,7 @@ flags.mark_flags_as_required(["workdir", "out"])
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.WARNING)
-  from codevision_jax.train import export
+  from codevision_jax.runtime import export
   out = export.export_run(_WORKDIR.value, _OUT.value, step=_STEP.value, dtype=_DTYPE.value,
                           source=_SOURCE.value, max_shard_size=_SHARD.value)
   print(f"exported to {out}\nload it with:\n"

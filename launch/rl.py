@@ -38,7 +38,7 @@ def main(argv):
     raise app.UsageError("--workdir is required (where checkpoints, logs and rollouts go)")
   from codevision_jax import distributed_env
   distributed_env.initialize(cfg.get("distributed"))  # Slurm / torchrun env / TPU / config.
-  from codevision_jax.train import run_setup
+  from codevision_jax.runtime import run_setup
   run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   from codevision_jax.rl import loop
   from executor.local import local_service

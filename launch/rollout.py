@@ -44,7 +44,7 @@ flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkp
 def build_policy_parts(cfg, workdir: str):
   """(model, tokenizer, image settings) of the config's model; a tiny tokenizer, if one is
   needed, is built under `workdir`."""
-  from codevision_jax.train import run_setup
+  from codevision_jax.runtime import run_setup
   tokenizer, model, settings = run_setup.model_parts(
       cfg, workdir, run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh))
   return model, tokenizer, settings
@@ -53,7 +53,7 @@ def build_policy_parts(cfg, workdir: str):
 def load_records(cfg) -> list:
   """The data set's records, the first `data.limit` of them (0: all), each `sampling.samples`
   times in a row."""
-  from codevision_jax.train import run_setup
+  from codevision_jax.runtime import run_setup
   source = run_setup.conversation_source(cfg.data, kind="rl")
   records = [source[i] for i in range(len(source))]
   if cfg.data.limit:
@@ -148,7 +148,7 @@ def rollout(cfg, out: str, *, progress: bool = True) -> dict:
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
-  from codevision_jax.train import run_setup
+  from codevision_jax.runtime import run_setup
   run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   out = _OUT.value or os.path.join("/tmp", f"cvj-rollout-{int(time.time())}")
   s = rollout(_CONFIG.value, out)

@@ -35,7 +35,7 @@ def main(argv):
   from codevision_jax import distributed_env
   distributed_env.initialize(cfg.distributed)  # Slurm / torchrun env / TPU / config; see there.
   import jax  # After flag parsing, so that --help is fast.
-  from codevision_jax.train import run_setup
+  from codevision_jax.runtime import run_setup
   run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   from codevision_jax.train import loop
   result = loop.train(cfg, _WORKDIR.value)

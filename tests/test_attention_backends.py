@@ -9,7 +9,7 @@ import pytest
 
 from codevision_jax.models import attention, build_model, presets
 from codevision_jax.models.text import causal_mask
-from codevision_jax.train import run_setup
+from codevision_jax.runtime import run_setup
 from configs import tiny_sft
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from codevision_jax.data import synthetic
 from codevision_jax.data.writers import write_sft_jsonl
-from codevision_jax.train import checkpointing, loop
+from codevision_jax.train import loop
+from codevision_jax.runtime import checkpointing
 from configs import tiny_sft
 
 
@@ -95,7 +96,7 @@ def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_
   from tensorboard.backend.event_processing import event_accumulator
 
   from codevision_jax.data import sizing, sources
-  from codevision_jax.train import run_setup
+  from codevision_jax.runtime import run_setup
   from launch import summary
 
   path = write_records(tmp_path)

@@ -15,7 +15,8 @@ from flax import nnx
 
 from codevision_jax.hf import keymap
 from codevision_jax.models import abstract_model
-from codevision_jax.train import export, loop, run_setup
+from codevision_jax.train import loop
+from codevision_jax.runtime import export, run_setup
 from configs import tiny_sft
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

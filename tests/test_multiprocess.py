@@ -88,7 +88,7 @@ def test_export_of_a_two_process_checkpoint_on_one_cpu_host(runs, tmp_path):
   from flax import nnx
 
   import codevision_jax as cvj
-  from codevision_jax.train import export
+  from codevision_jax.runtime import export
 
   tmp, _, two = runs
   out = export.export_run(str(tmp / "two"), str(tmp_path / "hf"))

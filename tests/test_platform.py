@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from codevision_jax.train import run_setup
+from codevision_jax.runtime import run_setup
 from configs import tiny_sft
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

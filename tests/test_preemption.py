@@ -1,4 +1,4 @@
-"""Preemption (codevision_jax/train/preemption.py): a real SIGTERM to a training process finishes
+"""Preemption (codevision_jax/runtime/preemption.py): a real SIGTERM to a training process finishes
 the step in flight, saves a checkpoint there and exits with the requeue status; the rerun resumes
 and equals the straight run. A step that outlasts train.sigterm_grace_s is abandoned: the process
 exits with the requeue status at once, keeping the checkpoints written before. (RL: the same in
@@ -11,7 +11,8 @@ import sys
 import jax
 import numpy as np
 
-from codevision_jax.train import loop, preemption
+from codevision_jax.train import loop
+from codevision_jax.runtime import preemption
 from test_train_resume import ROOT, assert_resumed_equals_straight, config as resume_config
 
 TESTS = os.path.dirname(os.path.abspath(__file__))

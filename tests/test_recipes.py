@@ -18,7 +18,7 @@ import pytest
 
 from codevision_jax import parallel
 from codevision_jax.models import presets
-from codevision_jax.train import dry_run
+from codevision_jax.runtime import dry_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {  # recipe -> (kind, the published shapes' preset)

@@ -101,7 +101,7 @@ def test_another_parameter_layout_is_refused_and_the_checkpoints_kept(trained):
 def test_fields_added_since_a_checkpoint_at_their_neutral_values_resume():
   """A checkpoint written before model.chat_format / data.drop_oversized existed resumes when they
   hold their neutral values; another chat format is a change like any other."""
-  from codevision_jax.train import resume
+  from codevision_jax.runtime import resume
   saved = {"model": {"preset": "x"}, "data": {"seed": 0}, "sft": {"model": {"preset": "x"}}}
   current = {"model": {"preset": "x", "chat_format": ""}, "data": {"seed": 0, "drop_oversized": False},
              "sft": {"model": {"preset": "x", "chat_format": ""}}}

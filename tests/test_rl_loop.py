@@ -25,7 +25,7 @@ from codevision_jax.data.records import png_bytes
 from codevision_jax.rl import loop
 from codevision_jax.sampling import engine
 from codevision_jax.sampling import trajectory as traj_lib
-from codevision_jax.train import export
+from codevision_jax.runtime import export
 from configs import tiny_rl
 from executor.local import local_service
 from PIL import Image

@@ -18,7 +18,7 @@ from codevision_jax.hf.save import save_hf
 from codevision_jax.models import build_model, presets
 from codevision_jax.models.text import init_kv_cache
 from codevision_jax.sampling import generate
-from codevision_jax.train import remat
+from codevision_jax.runtime import remat
 
 PRESETS = ["qwen2_5_vl_tiny", "qwen3_vl_tiny"]
 PAD = 0
@@ -241,7 +241,8 @@ def test_lowered_program_does_not_grow_with_depth():
 
 def test_sft_with_scanned_layers_and_remat_trains_sharded_and_exports(tmp_path):
   from test_train_step import small_config
-  from codevision_jax.train import export, loop
+  from codevision_jax.train import loop
+  from codevision_jax.runtime import export
   c = small_config(data=1, fsdp=4, tensor=2)
   c.model.scan_layers = True
   c.train.remat = "full"

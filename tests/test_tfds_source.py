@@ -18,7 +18,7 @@ import pytest
 from codevision_jax.data import pipeline, readers, sizing, synthetic, tfds_source, writers
 from codevision_jax.models import presets
 from codevision_jax.processing import image as image_lib, tokenizer as tok_lib
-from codevision_jax.train import run_setup
+from codevision_jax.runtime import run_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 4,

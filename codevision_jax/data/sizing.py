@@ -25,7 +25,7 @@ import numpy as np
 
 from codevision_jax.data import encode
 from codevision_jax.processing import image as image_lib
-from codevision_jax.train import metrics
+from codevision_jax.runtime import metrics
 
 log = logging.getLogger(__name__)
 

@@ -60,8 +60,8 @@ from codevision_jax.sampling import agent as agent_lib
 from codevision_jax.sampling import environment
 from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ModelPolicy
-from codevision_jax.train import checkpointing, metrics as metrics_lib, optimizer as optim_lib
-from codevision_jax.train import preemption, remat, resume, run_setup
+from codevision_jax.runtime import checkpointing, metrics as metrics_lib, optimizer as optim_lib
+from codevision_jax.runtime import preemption, remat, resume, run_setup
 from codevision_jax.train import step as step_lib
 
 log = logging.getLogger(__name__)

@@ -1,1 +1,1 @@
-"""SFT training: optimizer, loss, the jitted step, the loop, Orbax checkpoints, metrics."""
+"""SFT: the loss, the jitted sharded step and the loop. What SFT shares with RL lives in runtime/."""

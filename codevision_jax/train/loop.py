@@ -28,8 +28,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from codevision_jax import parallel
 from codevision_jax.data import pipeline, size_cache
-from codevision_jax.train import checkpointing, metrics as metrics_lib, optimizer as optim_lib
-from codevision_jax.train import preemption, remat, resume, run_setup, step as step_lib
+from codevision_jax.runtime import checkpointing, metrics as metrics_lib, optimizer as optim_lib
+from codevision_jax.train import step as step_lib
+from codevision_jax.runtime import preemption, remat, resume, run_setup
 
 log = logging.getLogger(__name__)
 

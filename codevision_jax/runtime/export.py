@@ -29,7 +29,7 @@ from flax import nnx
 
 from codevision_jax.hf import save as hf_save
 from codevision_jax.models import abstract_model
-from codevision_jax.train import run_setup
+from codevision_jax.runtime import run_setup
 
 log = logging.getLogger(__name__)
 

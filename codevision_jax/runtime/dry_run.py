@@ -41,8 +41,9 @@ from flax import nnx
 
 from codevision_jax import parallel
 from codevision_jax.models import attention
-from codevision_jax.train import optimizer as optim_lib
-from codevision_jax.train import run_setup, step as step_lib
+from codevision_jax.runtime import optimizer as optim_lib
+from codevision_jax.train import step as step_lib
+from codevision_jax.runtime import run_setup
 
 GB = 1e9
 H200_BYTES = 141 * GB  # The published HBM of one H200; `--device_memory_gb` for other targets.
@@ -227,7 +228,7 @@ def compiled_sft_step(cfg, mesh) -> dict:
   abstract arguments (nothing allocated): argument, output and temporary bytes per device."""
   rules = run_setup.mesh_rules(cfg.mesh)
   mc, model, params, frozen, frozen_sh = abstract_state(cfg, mesh, rules, cfg.train)
-  from codevision_jax.train import remat
+  from codevision_jax.runtime import remat
   remat.apply_remat(model, cfg.train.remat)
   graphdef, params, frozen, rest = nnx.split(
       model, optim_lib.trainable_filter(cfg.train.freeze_vision_tower, cfg.train.freeze_merger),
