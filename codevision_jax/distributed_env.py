@@ -423,3 +423,12 @@ def watch_failures(poll_s: float = 0.5) -> None:
   atexit.register(_at_exit, me, count, 10 * poll_s)  # Before JAX's own (registered earlier).
   threading.Thread(target=_watch, args=(me, count, poll_s),
                    name="cvj-failure-watch", daemon=True).start()
+
+
+def barrier(name: str) -> None:
+  """Returns once every process has reached the barrier `name` (at once with one process): e.g.
+  after process 0 wrote a file the others read."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)

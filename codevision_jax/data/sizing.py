@@ -25,7 +25,7 @@ import numpy as np
 
 from codevision_jax.data import encode
 from codevision_jax.processing import image as image_lib
-from codevision_jax.runtime import metrics
+from codevision_jax.durations import hms
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Progress:
     rate = done / elapsed if elapsed > 0 else 0.0
     eta = (self.total - done) / rate if rate else math.nan
     filled = int(self.width * done / max(self.total, 1))
-    eta_s = metrics.hms(eta) if math.isfinite(eta) else "?"
+    eta_s = hms(eta) if math.isfinite(eta) else "?"
     return (f"sizing {self.label}: {done}/{self.total} records [{'#' * filled}"
             f"{'.' * (self.width - filled)}] {rate:.0f} rec/s ETA {eta_s}")
 

@@ -21,13 +21,20 @@ def model_class(model_type: str):
   raise ValueError(f"model_type {model_type!r} is not supported; expected one of {list(SUPPORTED_MODEL_TYPES)}")
 
 
+def resolve_attention_backend(name: str) -> str:
+  """The attention backend `name` means on this process's devices (JAX's default platform):
+  "auto" is cudnn on NVIDIA GPUs, splash on TPUs, xla elsewhere (`attention.resolve_backend`).
+  Every model build and `run_setup.attention_backend` resolve "auto" here."""
+  return resolve_backend(name, jax.default_backend())
+
+
 def build_model(config: VLConfig, *, seed: int = 0, param_dtype=jnp.float32, attention_backend: str = "xla",
                 scan_layers: bool = False):
   """A randomly initialised model (normal(0.02) matrices, unit norms, zero biases);
-  `attention_backend` "auto" is the default platform's choice (`attention.resolve_backend`);
+  `attention_backend` "auto" is the default platform's choice (`resolve_attention_backend`);
   `scan_layers`: the decoder layers stacked and run by a scan (`text.TextModel`)."""
   cls = model_class(config.model_type)
-  attention_backend = resolve_backend(attention_backend, jax.default_backend())
+  attention_backend = resolve_attention_backend(attention_backend)
   return cls(config, rngs=nnx.Rngs(seed), param_dtype=param_dtype, attention_backend=attention_backend,
              scan_layers=scan_layers)
 
@@ -49,9 +56,10 @@ def abstract_model(config: VLConfig, *, param_dtype=jnp.float32, attention_backe
                    scan_layers: bool = False):
   """The model with shapes only (no memory): for loading checkpoints and counting parameters."""
   cls = model_class(config.model_type)
-  attention_backend = resolve_backend(attention_backend, jax.default_backend())
+  attention_backend = resolve_attention_backend(attention_backend)
   return nnx.eval_shape(lambda: cls(config, rngs=_ShapeOnlyKeys(), param_dtype=param_dtype,
                                     attention_backend=attention_backend, scan_layers=scan_layers))
 
 
-__all__ = ["VLConfig", "TextConfig", "VisionConfig", "load_config", "model_class", "build_model", "abstract_model"]
+__all__ = ["VLConfig", "TextConfig", "VisionConfig", "load_config", "model_class", "build_model", "abstract_model",
+           "resolve_attention_backend"]

@@ -6,6 +6,8 @@ import math
 import sys
 import time
 
+from codevision_jax.durations import hms
+
 # Dense bf16 peak TFLOP/s per device, by substring of `jax.devices()[0].device_kind`.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "TPU v6": 918.0, "TPU v5p": 459.0,
                "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v4": 275.0}
@@ -63,12 +65,6 @@ class SummaryWriter:
   def close(self):
     if self.writer is not None:
       self.writer.close()
-
-
-def hms(seconds: float) -> str:
-  """`seconds` as h:mm:ss."""
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class ProgressBar:

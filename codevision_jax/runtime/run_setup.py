@@ -18,7 +18,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from codevision_jax import parallel
+from codevision_jax import distributed_env, parallel
 from codevision_jax.processing import image as image_lib
 
 log = logging.getLogger(__name__)
@@ -121,10 +121,12 @@ def check_process_blocks(mesh, mesh_cfg, prefix: str = "mesh") -> None:
 
 
 def attention_backend(model_cfg) -> str:
-  """`model.attention_backend` resolved on the present devices ("auto": cudnn on NVIDIA GPUs,
-  splash on TPUs, xla on CPUs; `attention.resolve_backend`)."""
-  from codevision_jax.models import attention
-  return attention.resolve_backend(model_cfg.attention_backend, devices()[0].platform)
+  """`model.attention_backend` resolved on the present devices (`models.resolve_attention_backend`:
+  "auto" is cudnn on NVIDIA GPUs, splash on TPUs, xla on CPUs); `devices` first, so that a backend
+  JAX cannot start is reported with what to do."""
+  from codevision_jax import models
+  devices()
+  return models.resolve_attention_backend(model_cfg.attention_backend)
 
 
 def check_platform(model_cfg) -> None:
@@ -170,7 +172,7 @@ def load_tokenizer(model_cfg, workdir: str):
     path = os.path.join(workdir, "tokenizer")
     if jax.process_index() == 0 and not os.path.exists(os.path.join(path, "tokenizer.json")):
       tok_lib.build_tiny_tokenizer(path)
-    _barrier("tokenizer")
+    distributed_env.barrier("tokenizer")
   return tok_lib.load_tokenizer(path, chat_format=model_cfg.get("chat_format") or None,
                                 model_type=_model_type(model_cfg))
 
@@ -181,12 +183,6 @@ def _model_type(model_cfg) -> str | None:
   if model_cfg.path:
     return load_config(model_cfg.path).model_type
   return presets.preset(model_cfg.preset).model_type if model_cfg.preset else None
-
-
-def _barrier(name):
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
 
 
 def special_token_ids(tokenizer) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from codevision_jax import parallel
+from codevision_jax import distributed_env, parallel
 from codevision_jax.data import pipeline, size_cache
 from codevision_jax.runtime import checkpointing, metrics as metrics_lib, optimizer as optim_lib
 from codevision_jax.train import step as step_lib
@@ -83,7 +83,7 @@ def record_sizes(data_cfg, source, tokenizer, settings, workdir: str):
       source, tokenizer, settings, cache_dir=size_cache.cache_dir(data_cfg, workdir),
       skip_bad=data_cfg.skip_bad, workers=data_cfg.get("workers", 0),
       process_index=jax.process_index(),
-      barrier=functools.partial(run_setup._barrier, "size_cache"))
+      barrier=functools.partial(distributed_env.barrier, "size_cache"))
 
 
 def check_geometry(cfg, mesh):
