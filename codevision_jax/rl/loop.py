@@ -367,8 +367,7 @@ async def rollout(run: RLRun, records: Sequence, *, samples: int, seed: int, cli
   sampler replica, and then every process holds all of them: trajectory ids, and so the sampling
   streams, are those of a one-process run."""
   policy = run.policy
-  policy.seed = seed
-  policy.sampling["temperature"] = run.cfg.rollout.temperature if temperature is None else temperature
+  policy.reseed(seed, temperature=temperature)  # None: rollout.temperature, the policy's own.
   lo, hi = replicas.share(len(records))
   expanded = [r for r in records[lo:hi] for _ in range(samples)]
   trajectories, stats = await agent_lib.run_agent(

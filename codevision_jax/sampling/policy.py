@@ -59,12 +59,19 @@ class ModelPolicy:
     self.yield_ids = list(yield_ids)  # Stops that end a decode round at once (a tool to call).
     self.steps_per_call = steps_per_call
     self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    self._temperature = temperature  # The policy's own; `reseed` may override it for a while.
     c = model.config
     self.banned_ids = [i for i in (c.image_token_id, c.video_token_id, c.vision_start_token_id,
                                    c.vision_end_token_id) if i is not None]
     self.seed = seed
     self._keys = np.array(jax.random.split(jax.random.PRNGKey(seed), num_slots))
     self._counts = np.zeros((num_slots,), np.int32)
+
+  def reseed(self, seed: int, *, temperature: float | None = None) -> None:
+    """Trajectories started from now on sample with the streams of `seed` (a round's seed, an
+    evaluation's), at `temperature` when given, else at the policy's own."""
+    self.seed = seed
+    self.sampling["temperature"] = self._temperature if temperature is None else temperature
 
   def update_params(self, params: nnx.State) -> None:
     self.engine.update_params(params)
