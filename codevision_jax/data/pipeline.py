@@ -43,19 +43,18 @@ import logging
 import jax
 import numpy as np
 
-from codevision_jax.data import encode, pack
+from codevision_jax.data import encode, geometry as geometry_lib, pack
+from codevision_jax.data.geometry import PACKING
 from codevision_jax.processing import chat, image as image_lib
 
 log = logging.getLogger(__name__)
 
 
-
-PACKING = ("none", "first_fit", "best_fit")
-
-
 @dataclasses.dataclass(frozen=True)
 class BatchSpec:
-  """Static batch geometry. `batch_size` counts rows of one microbatch over all hosts."""
+  """An SFT step's layout: `grad_accum` microbatches of `batch_size` rows (all hosts together) in
+  `group_count` groups, each group packed to `geometry` (the one `data.geometry.Geometry` RL uses
+  too: `rows` = `batch_size / group_count`)."""
   buckets: tuple
   batch_size: int
   patch_budget: int
@@ -73,12 +72,14 @@ class BatchSpec:
     if self.batch_size % self.group_count:
       raise ValueError(f"batch_size {self.batch_size} is not divisible into {self.group_count} "
                        "groups (data.groups, or one per process)")
-    if self.patch_budget % 4:
-      raise ValueError(f"patch_budget {self.patch_budget} must be a multiple of 4 (merged 2x2 units)")
-    if list(self.buckets) != sorted(set(self.buckets)) or not self.buckets:
-      raise ValueError(f"buckets must be increasing sequence lengths, got {self.buckets}")
     if self.packing not in PACKING:
       raise ValueError(f"data.packing {self.packing!r} is not one of {PACKING}")
+    _ = self.geometry  # Checks the buckets and the patch budget.
+
+  @property
+  def geometry(self) -> geometry_lib.Geometry:
+    """The shapes of one group."""
+    return geometry_lib.Geometry(tuple(self.buckets), self.rows, self.patch_budget, self.max_images)
 
   @property
   def group_count(self) -> int:
@@ -101,14 +102,10 @@ class BatchSpec:
 
   def fits(self, sizes: np.ndarray) -> np.ndarray:
     """Which records (rows of `sizing.record_sizes`) a batch can hold."""
-    return ((sizes[:, 0] >= 0) & (sizes[:, 0] <= self.buckets[-1])
-            & (sizes[:, 1] <= self.patch_budget) & (sizes[:, 2] <= self.max_images))
+    return self.geometry.fits(sizes)
 
   def bucket(self, length: int) -> int:
-    for b in self.buckets:
-      if length <= b:
-        return b
-    raise ValueError(f"a sequence of {length} tokens exceeds the largest bucket {self.buckets[-1]}")
+    return self.geometry.bucket(length)
 
 
 # ---- the plan -------------------------------------------------------------------------------------
@@ -119,10 +116,8 @@ def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> lis
   (g % group_count) // groups_per_host).
 
   With `spec.packing`, a group is instead a list of rows, each a list of record indices whose
-  tokens together fit the largest bucket: each record in turn goes to the first row of the open
-  group with room for it ("first_fit") or to the one it fills best ("best_fit"), else to a new
-  row; a group closes when it has `rows` rows and the record fits none, or when its patches or
-  images would exceed the budget. The bucket is that of the longest row."""
+  tokens together fit the largest bucket (`geometry.fill_groups`, the packer RL uses too). The
+  bucket is that of the batch's longest row."""
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(len(sizes))
   order = order[spec.fits(sizes)[order]]
@@ -130,72 +125,16 @@ def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> lis
     w = spec.sort_window * spec.groups * spec.rows
     order = np.concatenate([c[np.argsort(sizes[c, 0], kind="stable")]
                             for c in np.split(order, range(w, len(order), w))] + [order[:0]])
-  if spec.packing != "none":
-    batches = _packed_batches(order, sizes, spec)
-    return ([batches[j] for j in rng.permutation(len(batches))] if spec.sort_window
-            else batches)
-  batches, groups, used = [], [[]], [0, 0]  # used: patches, images of the current group
-
-  def close_batch():
-    longest = max(int(sizes[i, 0]) for g in groups for i in g)
-    batches.append((spec.bucket(longest), [list(g) for g in groups]
-                    + [[] for _ in range(spec.groups - len(groups))]))
-
-  for i in order:
-    p, n = int(sizes[i, 1]), int(sizes[i, 2])
-    g = groups[-1]
-    if len(g) == spec.rows or used[0] + p > spec.patch_budget or used[1] + n > spec.max_images:
-      if len(groups) == spec.groups:
-        close_batch()
-        groups = []
-      groups.append([])
-      used = [0, 0]
-    groups[-1].append(int(i))
-    used[0] += p
-    used[1] += n
-  if groups[0]:
-    close_batch()
+  groups = geometry_lib.fill_groups(order, sizes, spec.geometry, spec.packing)
+  batches = []
+  for start in range(0, len(groups), spec.groups):
+    chunk = groups[start:start + spec.groups]
+    longest = max(geometry_lib.row_length(sizes, row) for g in chunk for row in g)
+    if spec.packing == "none":
+      chunk = [[row[0] for row in g] for g in chunk]
+    batches.append((spec.bucket(longest), chunk + [[] for _ in range(spec.groups - len(chunk))]))
   if spec.sort_window:
     batches = [batches[j] for j in rng.permutation(len(batches))]
-  return batches
-
-
-def _packed_batches(order: np.ndarray, sizes: np.ndarray, spec: BatchSpec) -> list:
-  """The batches of `plan_epoch` with sequence packing (records in `order`)."""
-  length = spec.buckets[-1]
-  batches, groups = [], []
-  rows, room, used = None, [], [0, 0]  # the open group's rows, their room left, patches/images
-
-  def close_batch():
-    longest = max(length - r for g in groups for r in g[1])
-    batches.append((spec.bucket(longest), [g[0] for g in groups]
-                    + [[] for _ in range(spec.groups - len(groups))]))
-
-  for i in order:
-    n, p, k = (int(x) for x in sizes[i])
-    fits = [r for r in range(len(room)) if room[r] >= n]
-    if rows is None or used[0] + p > spec.patch_budget or used[1] + k > spec.max_images or (
-        not fits and len(rows) == spec.rows):
-      if len(groups) == spec.groups:
-        close_batch()
-        groups = []
-      rows, room, used = [], [], [0, 0]
-      groups.append((rows, room))
-      fits = []
-    if not fits:
-      rows.append([])
-      room.append(length)
-      r = len(rows) - 1
-    elif spec.packing == "first_fit":
-      r = fits[0]
-    else:  # best_fit: the row left with the least room.
-      r = min(fits, key=lambda j: (room[j], j))
-    rows[r].append(int(i))
-    room[r] -= n
-    used[0] += p
-    used[1] += k
-  if groups:
-    close_batch()
   return batches
 
 
