@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from codevision_jax import distributed_env, parallel
-from codevision_jax.data import pipeline, size_cache
+from codevision_jax.data import geometry, pipeline, size_cache
 from codevision_jax.runtime import checkpointing, metrics as metrics_lib, optimizer as optim_lib
 from codevision_jax.train import step as step_lib
 from codevision_jax.runtime import preemption, remat, resume, run_setup
@@ -88,11 +88,9 @@ def record_sizes(data_cfg, source, tokenizer, settings, workdir: str):
 
 def check_geometry(cfg, mesh):
   """Batch rows and patches are split over the batch mesh axes: sizes must divide evenly."""
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if cfg.data.batch_size % shards or cfg.data.patch_budget % (4 * shards // math.gcd(4, shards)):
-    raise ValueError(f"data.batch_size {cfg.data.batch_size} and data.patch_budget "
-                     f"{cfg.data.patch_budget} must be multiples of data x fsdp = {shards} (the "
-                     "budget also of 4); change them or --config.mesh.shape")
+  geometry.check_divisible(cfg.data.batch_size, cfg.data.patch_budget,
+                           mesh.shape["data"] * mesh.shape["fsdp"], rows_key="data.batch_size",
+                           budget_key="data.patch_budget")
 
 
 def to_global(batch: dict, shardings: dict) -> dict:
