@@ -53,7 +53,7 @@ def _write_run(root: str, size_bytes: float) -> str:
 
   import codevision_jax as cvj
   from codevision_jax.processing import tokenizer as tok_lib
-  from codevision_jax.runtime import checkpointing, optimizer
+  from codevision_jax.runtime import checkpointing, layout, optimizer
   from configs import tiny_sft
 
   hf_dir = os.path.join(root, "hf")
@@ -68,7 +68,7 @@ def _write_run(root: str, size_bytes: float) -> str:
   cfg = tiny_sft.get_config()
   cfg.model.path, cfg.model.preset, cfg.model.vocab_size = hf_dir, "", 0
   workdir = os.path.join(root, "run")
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1,
+  ckpt = checkpointing.Checkpointer(os.path.abspath(layout.checkpoints(workdir)), every=1, keep=1,
                                     async_save=False)
   ckpt.save(1, state, frozen, {}, cfg.to_dict(), force=True)
   ckpt.close()

@@ -44,7 +44,7 @@ from codevision_jax.rl.judge import Judge
 from codevision_jax.sampling import environment
 from codevision_jax.sampling.environment import AgentConfig
 from codevision_jax.sampling.policy import ModelPolicy
-from codevision_jax.runtime import run_setup
+from codevision_jax.runtime import layout, run_setup
 from evals import report as report_lib
 from evals import runner, suites
 from evals.suites import synthetic as synthetic_suite
@@ -90,12 +90,12 @@ def model_dir(checkpoint: str, out: str) -> tuple[str, int | None]:
   an HF checkpoint, else a training workdir's newest checkpoint exported to `<out>/model`."""
   if os.path.exists(os.path.join(checkpoint, "config.json")):
     return checkpoint, None
-  if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
+  if os.path.isdir(layout.checkpoints(checkpoint)):
     from codevision_jax.runtime import export
     steps = export.checkpoint_steps(checkpoint)
     if not steps:
       raise EvalError(f"--checkpoint={checkpoint}: no finished checkpoint in "
-                      f"{checkpoint}/checkpoints")
+                      f"{layout.checkpoints(checkpoint)}")
     target = os.path.join(out, "model")
     stamp = os.path.join(out, "model.step")
     if not (os.path.exists(os.path.join(target, "config.json")) and os.path.exists(stamp)

@@ -20,6 +20,7 @@ import pathlib
 
 from absl import app, flags
 
+from codevision_jax.runtime import layout
 from evals import viewer
 from launch import errors
 
@@ -42,7 +43,7 @@ def find_runs(directory: str) -> list[tuple[str | None, str]]:
   its `rollouts/`."""
   if os.path.isfile(os.path.join(directory, TRANSCRIPTS)):
     return [(None, directory)]
-  for base in (directory, os.path.join(directory, "rollouts")):
+  for base in (directory, layout.rollouts(directory)):
     if not os.path.isdir(base):
       continue
     rounds = [(name, os.path.join(base, name)) for name in sorted(os.listdir(base))
@@ -120,12 +121,12 @@ def round_metrics(rollouts: str) -> dict[str, dict]:
   trajectories, not only the saved ones), when `rollouts` is an RL workdir or its rollouts/."""
   base = os.path.abspath(rollouts)
   for directory in (base, os.path.dirname(base)):
-    path = os.path.join(directory, "metrics.jsonl")
+    path = layout.metrics(directory)
     if os.path.isfile(path):
       out = {}
       for line in read_transcripts(path):
         if isinstance(line.get("round"), int):
-          out[f"round_{line['round']:05d}"] = line
+          out[os.path.basename(layout.round_dir(directory, line["round"]))] = line
       return out
   return {}
 

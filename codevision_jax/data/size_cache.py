@@ -31,6 +31,7 @@ import numpy as np
 
 from codevision_jax.data import encode, sizing
 from codevision_jax.processing import chat, code_tool, image as image_lib
+from codevision_jax.runtime import layout
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def cache_dir(data_cfg, workdir: str) -> str | None:
   value = data_cfg.get("size_cache", "")
   if value == "off":
     return None
-  return value or os.path.join(workdir, "size_cache")
+  return value or layout.size_cache(workdir)
 
 
 # ---- keys -----------------------------------------------------------------------------------

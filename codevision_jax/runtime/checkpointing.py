@@ -1,6 +1,6 @@
 """Orbax checkpoints of a training run: asynchronous, every N steps, the last K kept.
 
-A checkpoint `<workdir>/checkpoints/<step>/` holds four items:
+A checkpoint `<workdir>/checkpoints/<step>/` (runtime.layout) holds four items (`layout.ITEMS`):
   state   the train state {"step", "params", "opt_state"} (sharded arrays, restored onto the mesh)
   frozen  the parameters that do not train
   data    the Grain iterator state (JSON), so the data order continues where it stopped
@@ -17,6 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from codevision_jax.runtime import layout
+
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +31,7 @@ class Checkpointer:
         save_interval_steps=max(every, 1), max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(directory, options=options,
-                                         item_names=("state", "frozen", "data", "config"))
+                                         item_names=layout.ITEMS)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -38,19 +40,20 @@ class Checkpointer:
     """Starts saving (returns at once with async saves) if `step` is due or `force`."""
     if not force and not (self.every and step % self.every == 0):
       return False
-    saved = self.manager.save(step, force=force, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), frozen=ocp.args.StandardSave(frozen),
-        data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)))
+    saved = self.manager.save(step, force=force, args=ocp.args.Composite(**{
+        layout.STATE: ocp.args.StandardSave(state), layout.FROZEN: ocp.args.StandardSave(frozen),
+        layout.DATA: ocp.args.JsonSave(data_state), layout.CONFIG: ocp.args.JsonSave(config)}))
     if saved:
       self.saved_step = step
     return saved
 
   def restore(self, step: int, abstract_state, abstract_frozen):
     """-> (state, frozen, data_state, config), arrays placed as the abstract trees' shardings."""
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), frozen=ocp.args.StandardRestore(abstract_frozen),
-        data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
-    return out["state"], out["frozen"], out["data"], out["config"]
+    out = self.manager.restore(step, args=ocp.args.Composite(**{
+        layout.STATE: ocp.args.StandardRestore(abstract_state),
+        layout.FROZEN: ocp.args.StandardRestore(abstract_frozen),
+        layout.DATA: ocp.args.JsonRestore(), layout.CONFIG: ocp.args.JsonRestore()}))
+    return tuple(out[name] for name in layout.ITEMS)
 
   def restore_resumable(self, abstract_state, abstract_frozen, step: int | None = None):
     """(step, state, frozen, data_state, config) to resume from: checkpoint `step`, or the newest
@@ -106,14 +109,15 @@ class Checkpointer:
       return {"/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
                        for k in p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
 
-    for name, want in (("state", {"params": abstract_state["params"]}), ("frozen", abstract_frozen)):
+    for name, want in ((layout.STATE, {"params": abstract_state["params"]}),
+                       (layout.FROZEN, abstract_frozen)):
       try:
         # The item's own metadata: a checkpointer's `metadata` would also look for step metadata
         # inside the item directory and warn "Metadata file does not exist" on a healthy one.
         meta = ocp.PyTreeCheckpointHandler().metadata(
-            epath.Path(self.directory) / str(step) / name)
+            epath.Path(layout.item(os.path.join(self.directory, str(step)), name)))
         saved = getattr(meta, "item_metadata", meta)
-        saved = {"params": saved["params"]} if name == "state" else saved
+        saved = {"params": saved["params"]} if name == layout.STATE else saved
       except Exception:  # noqa: BLE001 - unreadable metadata: let the restore report it.
         return None
       have, need = paths(saved), paths(want)
@@ -188,7 +192,7 @@ def restore_items(step_dir: str, abstract_items: dict) -> dict:
   state), placed by the abstract arrays' shardings."""
   checkpointer = ocp.PyTreeCheckpointer()
   out = {name: checkpointer.restore(
-      os.path.join(step_dir, name),
+      layout.item(step_dir, name),
       args=ocp.args.PyTreeRestore(item=abstract,
                                   restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
                                   partial_restore=True))

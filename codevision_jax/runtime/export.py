@@ -29,7 +29,7 @@ from flax import nnx
 
 from codevision_jax.hf import save as hf_save
 from codevision_jax.models import abstract_model
-from codevision_jax.runtime import run_setup
+from codevision_jax.runtime import layout, run_setup
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ PROCESSOR_CLASSES = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLPr
 def checkpoint_steps(workdir: str) -> list[int]:
   """The steps with a finished checkpoint in `<workdir>/checkpoints`, oldest first (a save in
   progress writes to a temporary name first)."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  directory = os.path.abspath(layout.checkpoints(workdir))
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{workdir}: no checkpoints directory; pass the --workdir of a "
                             "launch.sft or launch.rl run")
@@ -135,10 +135,10 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
   step = steps[-1] if step is None else step
   if step not in steps:
     raise ValueError(f"{workdir}: no checkpoint of step {step}; the finished ones are {steps}")
-  step_dir = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
-  with open(os.path.join(step_dir, "config", "metadata")) as f:
+  step_dir = os.path.abspath(layout.step_dir(workdir, step))
+  with open(layout.saved_config(step_dir)) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
-  tok_dir = source or cfg.model.tokenizer or cfg.model.path or os.path.join(workdir, "tokenizer")
+  tok_dir = source or cfg.model.tokenizer or cfg.model.path or layout.tokenizer(workdir)
   from codevision_jax.processing import chat_template  # Deferred: transformers import.
   from codevision_jax.processing import tokenizer as tok_lib
   tokenizer = tok_lib.load_tokenizer(tok_dir)
@@ -150,9 +150,9 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
 
   checkpointer = ocp.PyTreeCheckpointer()
   where = {}
-  for item, sub in (("state", ("params",)), ("frozen", ())):
+  for item, sub in ((layout.STATE, ("params",)), (layout.FROZEN, ())):
     with _no_missing_metadata_warning():
-      tree = checkpointer.metadata(os.path.join(step_dir, item)).item_metadata.tree
+      tree = checkpointer.metadata(layout.item(step_dir, item)).item_metadata.tree
     for path in _leaf_paths(tree):
       if path[:len(sub)] == sub:
         where[path[len(sub):]] = (item, path)
@@ -165,11 +165,11 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
     """One parameter, or layer `layer` of a stacked one (scanned decoder layers)."""
     item, full = where[path]
     if layer is not None:
-      return _stacked_layer(os.path.join(step_dir, item), full, layer, lambda: value_of(path)[layer])
+      return _stacked_layer(layout.item(step_dir, item), full, layer, lambda: value_of(path)[layer])
     target, args = 0, ocp.RestoreArgs(restore_type=np.ndarray)
     for k in reversed(full):
       target, args = {str(k): target}, {str(k): args}
-    out = checkpointer.restore(os.path.join(step_dir, item), args=ocp.args.PyTreeRestore(
+    out = checkpointer.restore(layout.item(step_dir, item), args=ocp.args.PyTreeRestore(
         item=target, restore_args=args, partial_restore=True))
     for k in full:
       out = out[str(k)]

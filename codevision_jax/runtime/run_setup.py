@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from codevision_jax import distributed_env, parallel
 from codevision_jax.processing import image as image_lib
+from codevision_jax.runtime import layout
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def load_tokenizer(model_cfg, workdir: str):
   from codevision_jax.processing import tokenizer as tok_lib  # Deferred: transformers import.
   path = model_cfg.tokenizer or model_cfg.path
   if not path:
-    path = os.path.join(workdir, "tokenizer")
+    path = layout.tokenizer(workdir)
     if jax.process_index() == 0 and not os.path.exists(os.path.join(path, "tokenizer.json")):
       tok_lib.build_tiny_tokenizer(path)
     distributed_env.barrier("tokenizer")
@@ -233,6 +234,9 @@ def model_parts(cfg, workdir: str, mesh=None, rules=None):
     log.info("%s", describe(mesh, cfg.model))
   tokenizer = load_tokenizer(cfg.model, workdir)
   model = build_model(cfg.model, tokenizer, mesh, rules, seed=cfg.seed)
+  from codevision_jax.models import lora  # LoRA adapters and the frozen base's dtype (model.lora).
+  lora.apply(model, lora.settings(cfg), compute_dtype=cfg.train.get("compute_dtype", "float32")
+             if "train" in cfg else "float32", seed=cfg.seed, mesh=mesh, rules=rules)
   return tokenizer, model, image_settings(cfg.model, cfg.data, model.config.model_type)
 
 
