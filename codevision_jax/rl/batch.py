@@ -1,14 +1,21 @@
-"""Trajectories -> training microbatches, with the geometry and packing SFT uses (`data.pack`).
+"""Trajectories -> training microbatches, with the geometry and packer SFT uses (`data.geometry`,
+`data.pack`).
 
-    examples = [trajectory_example(t, settings, a) for t, a in zip(trajectories, advantages)]
-    mbs = microbatches(examples, geometry, model_config, pad_id)
+    sizes = trajectory_sizes(trajectories)                        # tokens, patches, images
+    plans = plan_microbatches(members, sizes, geometry)           # from sizes alone: no decoding
+    mb = build(plan, trajectories, advantages, settings, geometry, model_config, pad_id)
 
 A trajectory becomes an `encode.Example`: its tokens, the policy mask as the loss mask (only the
 tokens the policy sampled carry loss; prompts, tool responses and images do not), its images
 re-preprocessed from the PNGs it kept (their grids checked against the ones the model saw), and
-per-token values: the sampler's log-probs and the trajectory's advantage. Examples are packed in
-order into microbatches of `rows` rows that fit the patch and image budgets, each padded to the
-smallest bucket that holds its longest example.
+per-token values: the sampler's log-probs and the trajectory's advantage.
+
+Several trajectories share a row (sequence packing, `packing="best_fit"` by default): each is
+its own attention segment with its own M-RoPE positions and no loss crosses a boundary, so the
+token-mean loss and its gradient are those of one trajectory per row (`packing="none"`), with
+far less padding. A microbatch closes when its rows are full or its patch or image budget would
+be exceeded, and is padded to the smallest bucket that holds its longest row. A microbatch is
+built (images decoded) only when `build` is called, one at a time.
 """
 
 from __future__ import annotations
@@ -20,30 +27,48 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from codevision_jax.data import geometry as geometry_lib
 from codevision_jax.data import pack
 from codevision_jax.data.encode import Example
 from codevision_jax.processing import image as image_lib
 
+Geometry = geometry_lib.Geometry  # The one microbatch geometry (SFT's too).
+
 
 @dataclasses.dataclass(frozen=True)
-class Geometry:
-  """Microbatch shapes: `rows` sequences padded to one of `buckets`, `patch_budget` image patches
-  and at most `max_images` images per microbatch."""
-  buckets: tuple
-  rows: int
-  patch_budget: int
-  max_images: int
-  max_image_patches: int = 0  # patches of one image frame at most (0: the budget; `pack.pack`)
+class MicrobatchPlan:
+  """Which trajectories (indices into the round's) go in which row, and the bucket to pad to."""
+  bucket: int
+  rows: tuple  # tuple of tuples of trajectory indices
 
-  def bucket(self, length: int) -> int:
-    for b in self.buckets:
-      if length <= b:
-        return b
-    raise ValueError(f"a sequence of {length} tokens exceeds the largest bucket {self.buckets[-1]}")
+  @property
+  def members(self) -> list:
+    return [i for row in self.rows for i in row]
 
-  def fits(self, example: Example) -> bool:
-    return (len(example) <= self.buckets[-1] and len(example.pixel_values) <= self.patch_budget
-            and len(example.image_grid_thw) <= self.max_images)
+
+def trajectory_sizes(trajectories: Sequence) -> np.ndarray:
+  """[n, 3] int64: tokens, image patches and images of each trajectory (from the grids the model
+  saw; nothing is decoded)."""
+  return np.array([[len(t.token_ids), sum(int(np.prod(im.grid_thw)) for im in t.images), len(t.images)]
+                   for t in trajectories], np.int64).reshape(-1, 3)
+
+
+def plan_microbatches(indices: Sequence[int], sizes: np.ndarray, geometry: Geometry,
+                      packing: str = "best_fit") -> list:
+  """The microbatches (`MicrobatchPlan`s) of the trajectories `indices` (rows of `sizes`, each
+  fitting `geometry`), packed in order by `data.geometry.fill_groups`."""
+  bad = [int(i) for i in indices if not geometry.fits(sizes[i])[0]]
+  if bad:
+    raise ValueError(f"trajectory {bad[0]} ({sizes[bad[0]].tolist()} tokens, patches, images) does "
+                     f"not fit the microbatch geometry {geometry}")
+  return [MicrobatchPlan(geometry.bucket(max(geometry_lib.row_length(sizes, r) for r in rows)),
+                         tuple(tuple(r) for r in rows))
+          for rows in geometry_lib.fill_groups(list(indices), sizes, geometry, packing)]
+
+
+def token_slots(plans: Sequence[MicrobatchPlan], sizes: np.ndarray, rows: int) -> tuple[int, int]:
+  """(tokens of the trajectories, token slots of their microbatches: `rows` x bucket each)."""
+  return sum(int(sizes[i, 0]) for p in plans for i in p.members), sum(rows * p.bucket for p in plans)
 
 
 def trajectory_example(traj, settings: image_lib.ImageSettings, advantage: float) -> Example:
@@ -62,24 +87,30 @@ def trajectory_example(traj, settings: image_lib.ImageSettings, advantage: float
                     "advantages": np.full((n,), advantage, np.float32)})
 
 
-def microbatches(examples: Sequence[Example], geometry: Geometry, model_config, pad_id: int) -> list:
-  """Packed microbatches (host numpy pytrees, `data.pack`'s layout) of the examples, in order.
-  Every example must fit the geometry (`Geometry.fits`)."""
-  groups, current, patches, images = [], [], 0, 0
-  for ex in examples:
-    if not geometry.fits(ex):
+def build(plan: MicrobatchPlan, trajectories: Sequence, advantages, settings: image_lib.ImageSettings,
+          geometry: Geometry, model_config, pad_id: int) -> dict:
+  """The host microbatch (`data.pack`'s layout, `geometry.rows` rows of `plan.bucket` tokens) of
+  a plan: its trajectories' examples (images decoded now), several to a row as planned."""
+  examples = [trajectory_example(trajectories[i], settings, float(advantages[i])) for i in plan.members]
+  return pack.pack(examples, length=plan.bucket, rows=geometry.rows, patch_budget=geometry.patch_budget,
+                   max_images=geometry.max_images, model_config=model_config, pad_id=pad_id,
+                   max_image_patches=geometry.max_image_patches,
+                   rows_of=[r for r, row in enumerate(plan.rows) for _ in row])
+
+
+def microbatches(examples: Sequence[Example], geometry: Geometry, model_config, pad_id: int,
+                 packing: str = "none") -> list:
+  """Packed microbatches (host numpy pytrees, `data.pack`'s layout) of examples already encoded,
+  in order (`packing` as `plan_microbatches`). Every example must fit the geometry."""
+  sizes = np.array([[len(ex), len(ex.pixel_values), len(ex.image_grid_thw)] for ex in examples],
+                   np.int64).reshape(-1, 3)
+  for ex, fits in zip(examples, geometry.fits(sizes)):
+    if not fits:
       raise ValueError(f"an example of {len(ex)} tokens, {len(ex.pixel_values)} patches and "
                        f"{len(ex.image_grid_thw)} images does not fit the microbatch geometry {geometry}")
-    p, k = len(ex.pixel_values), len(ex.image_grid_thw)
-    if current and (len(current) == geometry.rows or patches + p > geometry.patch_budget
-                    or images + k > geometry.max_images):
-      groups.append(current)
-      current, patches, images = [], 0, 0
-    current.append(ex)
-    patches, images = patches + p, images + k
-  if current:
-    groups.append(current)
-  return [pack.pack(g, length=geometry.bucket(max(len(ex) for ex in g)), rows=geometry.rows,
+  return [pack.pack([examples[i] for i in p.members], length=p.bucket, rows=geometry.rows,
                     patch_budget=geometry.patch_budget, max_images=geometry.max_images,
                     model_config=model_config, pad_id=pad_id,
-                    max_image_patches=geometry.max_image_patches) for g in groups]
+                    max_image_patches=geometry.max_image_patches,
+                    rows_of=[r for r, row in enumerate(p.rows) for _ in row])
+          for p in plan_microbatches(range(len(examples)), sizes, geometry, packing)]

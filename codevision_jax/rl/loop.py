@@ -34,7 +34,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -45,12 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from codevision_jax import parallel
 from codevision_jax.execution.client import ExecutorClient, healthy_services
 from codevision_jax.rl import advantages as adv_lib
-from codevision_jax.rl import batch as batch_lib
+from codevision_jax.rl import learner
 from codevision_jax.rl import replicas
 from codevision_jax.rl import scoring
 from codevision_jax.rl import transcript
@@ -89,14 +87,7 @@ def check_records(records: Sequence, *, skip_bad: bool) -> list:
 
 def check_config(cfg, mesh) -> None:
   """Settings that cannot work, found before the first round."""
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  t = cfg.train
-  if t.rows % shards or t.patch_budget % 4 or t.patch_budget % shards:
-    raise ValueError(f"train.rows {t.rows} and train.patch_budget {t.patch_budget} must be "
-                     f"multiples of data x fsdp = {shards} (the budget also of 4)")
-  if max(t.buckets) < cfg.agent.max_total_tokens:
-    raise ValueError(f"train.buckets {tuple(t.buckets)} cannot hold a whole trajectory of "
-                     f"agent.max_total_tokens {cfg.agent.max_total_tokens}; add a bucket of at least that")
+  learner.check_fits(cfg, mesh.shape["data"] * mesh.shape["fsdp"])
   if cfg.rollout.prompts % cfg.algo.mini_batch_prompts:
     raise ValueError(f"rollout.prompts {cfg.rollout.prompts} must be a multiple of "
                      f"algo.mini_batch_prompts {cfg.algo.mini_batch_prompts}")
@@ -176,14 +167,12 @@ class RLRun:
   rounds: int  # `train.rounds`, or `data.num_epochs` passes over the records when that is 0
   policy: ModelPolicy
   param_template: nnx.State  # the sampler's parameter structure, abstract (shapes, its dtypes)
-  geometry: batch_lib.Geometry
+  geometry: learner.Geometry  # the learner's microbatch geometry (`rl.learner.learner_geometry`)
   state: dict  # {"step", "params", "opt_state", "reference"}, on the mesh
   frozen: dict
   state_sh: dict
   frozen_sh: dict
-  logprobs: Callable  # jitted (params, frozen, mb) -> [b, T], replicated
-  grads: Callable  # jitted (params, frozen, mb) -> (grads, sums)
-  apply: Callable  # jitted (train state, grads, tokens) -> (train state, metrics)
+  steps: learner.Steps  # the learner's jitted steps (fused log-prob pass, accumulation, update)
   sampler_copy: dict  # "params" / "frozen": learner arrays -> the sampler's copy, in its dtype
   sampler_frozen: dict  # the sampler's copy of the frozen parameters (made once)
 
@@ -245,11 +234,8 @@ def build(cfg, workdir: str) -> RLRun:
       compute_dtype=run_setup.DTYPES[cfg.train.compute_dtype], loss_chunk=cfg.train.loss_chunk,
       clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, clip_c=cfg.algo.clip_c,
       kl_coef=cfg.algo.kl_coef, kl_kind=cfg.algo.kl_kind)
-  bound = dict(graphdef=graphdef, rest=rest, options=options)
-  train_sh = {k: state_sh[k] for k in ("step", "params", "opt_state")}
-  apply = jax.jit(functools.partial(rl_step.apply_grads, tx=tx,
-                                    lr_schedule=optim_lib.schedule(cfg.optim, rounds * steps_per_round)),
-                  out_shardings=(train_sh, NamedSharding(mesh, P())), donate_argnums=(0,))
+  steps = learner.make_steps(mesh, state_sh, graphdef=graphdef, rest=rest, options=options, tx=tx,
+                             lr_schedule=optim_lib.schedule(cfg.optim, rounds * steps_per_round))
 
   sampler_dtype = run_setup.DTYPES[cfg.rollout.param_dtype or cfg.model.param_dtype]
   cast = lambda tree: jax.tree.map(jnp.copy, step_lib.cast_floats(tree, sampler_dtype))
@@ -275,14 +261,8 @@ def build(cfg, workdir: str) -> RLRun:
   del model, sampler_model, params_state, frozen_state
   policy.release()  # The KV cache exists only while rollouts run.
   run = RLRun(cfg, mesh, rules, tokenizer, mc, settings, records, rounds, policy, template,
-              batch_lib.Geometry(tuple(cfg.train.buckets), cfg.train.rows, cfg.train.patch_budget,
-                                 cfg.train.max_images,
-                                 settings.max_frame_patches),
-              state, frozen, state_sh, frozen_sh,
-              jax.jit(functools.partial(rl_step.logprobs, **bound),
-                      out_shardings=NamedSharding(mesh, P())),
-              jax.jit(functools.partial(rl_step.microbatch_grads, **bound)), apply, sampler_copy,
-              sampler_frozen)
+              learner.learner_geometry(cfg, mc, settings, mesh.shape["data"] * mesh.shape["fsdp"]),
+              state, frozen, state_sh, frozen_sh, steps, sampler_copy, sampler_frozen)
   return run
 
 
@@ -428,106 +408,8 @@ def check_errors(ro: ScoredRollouts, round_index: int) -> None:
               "first: %s%s)", round_index, len(errors), len(ro.trajectories), where, first.error)
 
 
-def _device(run: RLRun, mb: dict, shardings: dict | None) -> tuple[dict, dict]:
-  """A microbatch (the same on every process) on the mesh; each device takes its slice."""
-  host = {k: v for k, v in mb.items() if k != "image_grid_thw"}
-  shardings = shardings or step_lib.batch_shardings(run.mesh, run.rules, host, stacked=False)
-  return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
-                      host, shardings), shardings
-
-
-MISFITS = ("tokens", "patches", "images")
-
-
-def misfit(geometry: batch_lib.Geometry, ex) -> list[tuple[str, str]]:
-  """[(one of MISFITS, why)] of an example that the microbatch geometry cannot hold."""
-  out = []
-  if len(ex) > geometry.buckets[-1]:
-    out.append(("tokens", f"{len(ex):,} tokens, more than the largest of train.buckets "
-                          f"{tuple(geometry.buckets)}"))
-  if len(ex.pixel_values) > geometry.patch_budget:
-    out.append(("patches", f"{len(ex.pixel_values):,} image patches, more than train.patch_budget "
-                           f"{geometry.patch_budget:,} (or lower data.max_pixels)"))
-  if len(ex.image_grid_thw) > geometry.max_images:
-    out.append(("images", f"{len(ex.image_grid_thw)} images, more than train.max_images "
-                          f"{geometry.max_images}"))
-  return out
-
-
-def learn(run: RLRun, ro: ScoredRollouts) -> tuple[dict, dict]:
-  """Advantages, log-probs and the policy updates of one round -> (new state, metrics)."""
-  cfg = run.cfg
-  adv = adv_lib.ESTIMATORS[cfg.algo.advantage](ro.scores, ro.group_ids, eps=cfg.algo.eps)
-  examples, dropped, misfits = {}, 0, collections.Counter()
-  for i, traj in enumerate(ro.trajectories):
-    if traj.finish_reason == traj_lib.Finish.ERROR or not traj.token_ids:
-      continue
-    ex = batch_lib.trajectory_example(traj, run.settings, float(adv[i]))
-    if run.geometry.fits(ex):
-      examples[i] = ex
-      continue
-    dropped += 1
-    why = misfit(run.geometry, ex)
-    misfits.update(k for k, _ in why)
-    text = (f"trajectory {traj.id}{f' of {traj.origin}' if traj.origin else ''} does not fit the "
-            f"microbatch geometry: {'; '.join(t for _, t in why)}")
-    if not cfg.data.get("drop_oversized", True):
-      raise ValueError(f"{text}. Raise the setting named, or set --config.data.drop_oversized=True "
-                       "to drop such trajectories (counted: batch/dropped_trajectories in "
-                       "metrics.jsonl, the end summary); rerunning resumes from the last checkpoint")
-    log.warning("%s; not trained on (data.drop_oversized)", text)
-  # Mini-batches: the groups of `mini_batch_prompts` prompts at a time.
-  per = cfg.algo.mini_batch_prompts
-  minibatches = []
-  for start in range(0, len(np.unique(ro.group_ids)), per):
-    members = [i for i in examples if start <= ro.group_ids[i] < start + per]
-    if members:
-      minibatches.append(batch_lib.microbatches([examples[i] for i in members], run.geometry,
-                                                run.model_config, run.pad_id))
-  state = run.state
-  t0 = time.perf_counter()
-  shardings, mismatch, mismatch_n = None, 0.0, 0.0
-  for mbs in minibatches:  # Old and reference log-probs before any update.
-    for mb in mbs:
-      dev, shardings = _device(run, mb, shardings)
-      old = run.logprobs(state["params"], run.frozen, dev)
-      mb["old_logprobs"] = np.asarray(old)
-      mb["ref_logprobs"] = (np.asarray(run.logprobs(state["reference"], run.frozen, dev))
-                            if cfg.algo.kl_coef else np.zeros_like(mb["old_logprobs"]))
-      mask = mb["loss_mask"] > 0
-      mismatch += float(np.abs(mb["sample_logprobs"] - mb["old_logprobs"])[mask].sum())
-      mismatch_n += float(mask.sum())
-  logprob_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  sums = collections.Counter()
-  update = {"grad_norm": 0.0, "learning_rate": 0.0}
-  shardings = None
-  for _ in range(cfg.algo.ppo_epochs):
-    for mbs in minibatches:
-      total, tokens = None, 0.0
-      for mb in mbs:
-        dev, shardings = _device(run, mb, shardings)
-        grads, s = run.grads(state["params"], run.frozen, dev)
-        total = grads if total is None else jax.tree.map(jnp.add, total, grads)
-        s = jax.device_get(s)
-        sums.update({k: float(v) for k, v in s.items()})
-        tokens += float(s["tokens"])
-      train_state = {k: state[k] for k in ("step", "params", "opt_state")}
-      train_state, update = run.apply(train_state, total, jnp.float32(tokens))
-      state = {**train_state, "reference": state["reference"]}
-  update = jax.device_get(update)
-  n = max(sums["tokens"], 1.0)
-  metrics = {f"actor/{k}": sums[k] / n for k in rl_step.METRIC_SUMS if k != "tokens"}
-  metrics.update({"actor/grad_norm": float(update["grad_norm"]),
-                  "actor/learning_rate": float(update["learning_rate"]),
-                  "actor/logprob_mismatch": mismatch / max(mismatch_n, 1.0),
-                  "actor/policy_tokens": sums["tokens"] / max(cfg.algo.ppo_epochs, 1),
-                  "actor/updates": float(len(minibatches) * cfg.algo.ppo_epochs),
-                  "batch/trained_trajectories": float(len(examples)),
-                  "batch/dropped_trajectories": float(dropped),
-                  **{f"batch/dropped_for_{k}": float(misfits[k]) for k in MISFITS},
-                  "time/logprobs_s": logprob_s, "time/update_s": time.perf_counter() - t0})
-  return state, metrics
+# The learner (old and reference log-probs, the updates): `rl.learner`.
+MISFITS, learn, misfit = learner.MISFITS, learner.learn, learner.misfit
 
 
 # ---- metrics ---------------------------------------------------------------------------------------
