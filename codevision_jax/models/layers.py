@@ -26,7 +26,12 @@ def _normal(rngs: nnx.Rngs, shape, dtype, std=0.02):
 
 
 class Linear(nnx.Module):
-  """y = x @ kernel + bias, computed in the input's dtype."""
+  """y = x @ kernel + bias, computed in the input's dtype.
+
+  `models.lora.apply` may add LoRA adapters (`lora_a` [in, r], `lora_b` [r, out], `lora_scale`):
+  y += lora_scale * (x @ lora_a) @ lora_b; and a quantized frozen kernel (integer `kernel` with a
+  per-output-column `kernel_scale`): x @ kernel * kernel_scale.
+  """
 
   def __init__(self, in_features: int, out_features: int, *, bias: bool, axes: Axes,
                rngs: nnx.Rngs, param_dtype=jnp.float32):
@@ -35,6 +40,13 @@ class Linear(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = jnp.dot(x, self.kernel[...].astype(x.dtype), preferred_element_type=None)
+    kernel_scale = getattr(self, "kernel_scale", None)
+    if kernel_scale is not None:  # A quantized base: the integer matmul, then each column's scale.
+      y = y * kernel_scale[...].astype(x.dtype)
+    lora_a = getattr(self, "lora_a", None)
+    if lora_a is not None:
+      down = jnp.dot(x, lora_a[...].astype(x.dtype))
+      y = y + jnp.dot(down, self.lora_b[...].astype(x.dtype)) * jnp.asarray(self.lora_scale, x.dtype)
     if self.bias is not None:
       y = y + self.bias[...].astype(x.dtype)
     return y

@@ -11,6 +11,8 @@ from __future__ import annotations
 import optax
 from flax import nnx
 
+from codevision_jax.models import lora
+
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
   """Linear warmup from 0 over `warmup_steps` (or `warmup_ratio` of the run), then cosine to
@@ -51,3 +53,12 @@ def trainable_filter(freeze_vision_tower: bool, freeze_merger: bool):
       return False
     return freeze_merger if "merger" in path else freeze_vision_tower
   return nnx.All(nnx.Param, nnx.Not(frozen))
+
+
+def trainable_of(cfg):
+  """The parameters that train, a function of the whole config (SFT and RL): the LoRA adapters
+  only when `model.lora.rank` > 0 (`models.lora`), else `trainable_filter` of the `train`
+  section's freezing settings."""
+  if lora.settings(cfg).enabled:
+    return lora.adapters_filter()
+  return trainable_filter(cfg.train.freeze_vision_tower, cfg.train.freeze_merger)

@@ -235,8 +235,7 @@ def model_parts(cfg, workdir: str, mesh=None, rules=None):
   tokenizer = load_tokenizer(cfg.model, workdir)
   model = build_model(cfg.model, tokenizer, mesh, rules, seed=cfg.seed)
   from codevision_jax.models import lora  # LoRA adapters and the frozen base's dtype (model.lora).
-  lora.apply(model, lora.settings(cfg), compute_dtype=cfg.train.get("compute_dtype", "float32")
-             if "train" in cfg else "float32", seed=cfg.seed, mesh=mesh, rules=rules)
+  lora.apply(model, lora.settings(cfg), seed=cfg.seed, mesh=mesh, rules=rules)
   return tokenizer, model, image_settings(cfg.model, cfg.data, model.config.model_type)
 
 
