@@ -43,6 +43,8 @@ TEST_REQUIRES = [
     # The reference implementation for parity tests only; the library never imports torch.
     # Exactly this version: a CPU build is available locally, other versions pull CUDA wheels.
     "torch==2.13.0",
+    # PEFT: the LoRA adapter export is checked by loading it with peft onto the HF base (tests only).
+    "peft==0.21.0",
 ]
 
 setup(
