@@ -30,8 +30,8 @@ from codevision_jax.sampling import agent as agent_lib
 from codevision_jax.execution.client import ExecutorClient
 from executor.local import local_service
 from benchmarks.shaped_policy import ShapedPolicy
+from codevision_jax.rl import rollouts
 from configs import tiny_rollout
-from launch import rollout as rollout_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("trajectories", 64, "trajectories to run")
@@ -43,8 +43,8 @@ flags.DEFINE_string("executor_url", "", "executor URL (default: start one)")
 
 def main(argv):
   del argv
-  model, tok, settings = rollout_lib.build_policy_parts(tiny_rollout.get_config(),
-                                                        tempfile.mkdtemp(prefix="cvj-bench-"))
+  tok, model, settings = rollouts.model_parts(tiny_rollout.get_config(),
+                                              tempfile.mkdtemp(prefix="cvj-bench-"))
   records = synthetic.generate(FLAGS.trajectories, seed=0)
   config = agent_lib.AgentConfig(max_total_tokens=4096)
 

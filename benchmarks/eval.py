@@ -78,11 +78,11 @@ def main(argv):
     rates = {}
     for tools in ("off", "on"):
       seconds, m = run(service.url, tools, FLAGS.size)
-      rates[tools] = m["n"] / seconds
-      print(f"tools {tools:3s}: {m['n']} cases in {seconds:.1f} s = {rates[tools]:.2f} cases/s "
+      rates[tools] = m["trajectories"] / seconds
+      print(f"tools {tools:3s}: {m['trajectories']} cases in {seconds:.1f} s = {rates[tools]:.2f} cases/s "
             f"({rates[tools] / 6:.2f} items/s over 6 transforms); accuracy {m['accuracy']:.3f}, "
-            f"{m['tool_calls_per_trajectory']:.2f} tool calls and {m['mean_turns']:.2f} turns "
-            f"per trajectory, finish {json.dumps(m['finish_reasons'])}")
+            f"{m['tool_calls_per_trajectory']:.2f} tool calls and {m['turns']:.2f} turns "
+            f"per trajectory, finish {json.dumps(m['finish'])}")
   print(f"tools on / tools off throughput: {rates['on'] / rates['off']:.2f}x")
 
 

@@ -3,7 +3,9 @@
 Rollouts of the agent loop on the embedded default: the tiny Qwen2.5-VL (random init, tiny
 tokenizer built into the output directory) answering 8 synthetic orientation-and-crop tasks
 through the code tool, with an executor service started for the run, on CPU in under a minute.
-The same sections as the SFT recipes describe the model and data (`model`, `data`, `mesh`); a
+The same sections as the SFT recipes describe the model and data (`model`, `data`, `mesh`), and
+as the RL recipes the sampler, agent, executor and judge (`rollout`, `agent`, `executor`, `judge`;
+the reward's weights are its defaults, an RL recipe's `reward` section where there is one); a
 real run names a checkpoint, a data file and running executor services, e.g.
 
     python -m launch.rollout --config=configs/tiny_rollout.py --out=/runs/rollout \\
@@ -17,7 +19,7 @@ import ml_collections
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.seed = 0                   # Initialisation of a random `model.preset`.
+  c.seed = 0                   # Initialisation of a random `model.preset`; the sampling streams.
 
   c.model = ml_collections.ConfigDict()
   c.model.path = ""            # An HF checkpoint directory; empty: a random `preset`.
@@ -45,15 +47,15 @@ def get_config():
   c.data.min_pixels = 0        # 0: the checkpoint's (or the family's) setting.
   c.data.max_pixels = 28 * 28 * 64
 
-  c.sampling = ml_collections.ConfigDict()
-  c.sampling.samples = 1       # Trajectories per record.
-  c.sampling.slots = 8         # Trajectories in flight (decoded together).
-  c.sampling.temperature = 1.0  # 0: greedy.
-  c.sampling.top_k = 0         # 0: off.
-  c.sampling.top_p = 1.0       # 1: off.
-  c.sampling.seed = 0
-  c.sampling.steps_per_call = 32  # Decode steps per device call between tool-call checks.
-  c.sampling.chunk = 128       # Prefill chunk of prompts and tool turns.
+  # The sampler, as the RL recipes' `rollout` section (codevision_jax.rl.rollouts.build_policy).
+  c.rollout = ml_collections.ConfigDict()
+  c.rollout.group_size = 1     # Trajectories per record.
+  c.rollout.slots = 8          # Trajectories in flight (decoded together).
+  c.rollout.temperature = 1.0  # 0: greedy.
+  c.rollout.top_k = 0          # 0: off.
+  c.rollout.top_p = 1.0        # 1: off.
+  c.rollout.steps_per_call = 32  # Decode steps per device call between tool-call checks.
+  c.rollout.chunk = 128        # Prefill chunk of prompts and tool turns.
 
   c.agent = ml_collections.ConfigDict()  # codevision_jax.sampling.agent.AgentConfig
   c.agent.max_turns = 12       # Assistant turns, as CodeVision.
@@ -67,6 +69,13 @@ def get_config():
   c.executor = ml_collections.ConfigDict()
   c.executor.urls = ""         # Comma-separated service URLs; empty: start a local service.
   c.executor.workers = 2       # Workers of the local service.
+
+  c.judge = ml_collections.ConfigDict()  # As the RL recipes' (codevision_jax.rl.judge).
+  c.judge.url = ""             # OpenAI-compatible base URL (e.g. http://judge:8000/v1); empty: rule only.
+  c.judge.model = ""
+  c.judge.max_concurrency = 8  # Verdicts in flight.
+  c.judge.timeout_s = 30.0
+  c.judge.retries = 2
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})

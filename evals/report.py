@@ -3,10 +3,11 @@
     report = write_report(out, results, meta={...}, bad_items=[...])
 
 `results` are the lines of `<out>/results.jsonl` (`evals.runner`). Per suite and tools mode,
-per transform and over all: accuracy, n, tool calls per trajectory, the share of trajectories
-that called the tool, the operation histogram (what the executor saw the code do), the tool error
-rate, mean turns and reward, finish reasons; and the mean accuracy over the transforms asked (the
-paper's orientation-robustness average when all six are). `report.md` puts the tables beside the
+per transform and over all: the rollout summary (`rl.rollouts.summarize`, the names RL's
+metrics.jsonl and launch.rollout's summary.json use: accuracy, trajectories, reward parts,
+tool_calls_per_trajectory, tool_use_rate, ops (what the executor saw the code do),
+tool_error_rate, turns, finish, ...); and the mean accuracy over the transforms asked (the paper's
+orientation-robustness average when all six are). `report.md` puts the tables beside the
 published numbers (`evals.published`, labelled as such); `report.html` adds the plots
 (matplotlib) and the trajectory viewer (`evals.viewer`).
 """
@@ -20,6 +21,7 @@ import os
 from typing import Sequence
 
 from codevision_jax.processing import orientation
+from codevision_jax.rl import rollouts
 from evals import viewer
 from evals.published import PUBLISHED
 
@@ -32,20 +34,8 @@ def _mean(xs):
 
 
 def metrics(results: Sequence[dict]) -> dict:
-  """The statistics of a set of scored cases."""
-  calls = [c for r in results for c in r["tool_calls"]]
-  ops = collections.Counter(op for c in calls for op in c["ops"])
-  return {
-      "n": len(results),
-      "accuracy": _mean(bool(r["correct"]) for r in results),
-      "tool_calls_per_trajectory": len(calls) / len(results) if results else None,
-      "trajectories_with_calls": _mean(bool(r["tool_calls"]) for r in results),
-      "ops": dict(ops.most_common()),
-      "tool_error_rate": _mean(c["status"] != "ok" for c in calls),
-      "mean_turns": _mean(r["num_turns"] for r in results),
-      "mean_reward": _mean(r["reward"]["score"] for r in results if r.get("reward")),
-      "finish_reasons": dict(collections.Counter(r["finish_reason"] for r in results)),
-  }
+  """The rollout summary (`rl.rollouts.summarize`) of a set of scored cases."""
+  return rollouts.summarize([rollouts.Outcome.of_record(r) for r in results])
 
 
 def aggregate(results: Sequence[dict]) -> dict:
@@ -82,15 +72,15 @@ def suite_table(suite: str, modes: dict) -> tuple[str, list[str], list[list]]:
     m_on = on["by_transform"].get(t) if on else None
     m_off = off["by_transform"].get(t) if off else None
     rows.append([t, _pct(m_on and m_on["accuracy"]), _pct(m_off and m_off["accuracy"]),
-                 (m_on or m_off)["n"],
+                 (m_on or m_off)["trajectories"],
                  m_on and m_on["tool_calls_per_trajectory"],
-                 _pct(m_on and m_on["trajectories_with_calls"]),
-                 _pct(m_on and m_on["tool_error_rate"]), (m_on or m_off)["mean_turns"]])
+                 _pct(m_on and m_on["tool_use_rate"]),
+                 _pct(m_on and m_on["tool_error_rate"]), (m_on or m_off)["turns"]])
   rows.append([f"average over {len(transforms)} transform(s)",
                _pct(on and on["average_accuracy"]), _pct(off and off["average_accuracy"]),
-               (on or off)["all"]["n"], on and on["all"]["tool_calls_per_trajectory"],
-               _pct(on and on["all"]["trajectories_with_calls"]),
-               _pct(on and on["all"]["tool_error_rate"]), (on or off)["all"]["mean_turns"]])
+               (on or off)["all"]["trajectories"], on and on["all"]["tool_calls_per_trajectory"],
+               _pct(on and on["all"]["tool_use_rate"]),
+               _pct(on and on["all"]["tool_error_rate"]), (on or off)["all"]["turns"]])
   return suite, header, rows
 
 
@@ -187,8 +177,8 @@ def write_report(out: str, results: Sequence[dict], *, meta: dict,
                  "bad_items.jsonl)\n")
     lines.append(_markdown_table(*suite_table(suite, modes)[1:]) + "\n")
     for mode, m in modes.items():
-      lines.append(f"- {_MODE_LABEL[mode]}: finish reasons {m['all']['finish_reasons']}; "
-                   f"operations {m['all']['ops'] or 'none'}")
+      lines.append(f"- {_MODE_LABEL[mode]}: finish reasons (share of trajectories) "
+                   f"{m['all']['finish']}; operations {m['all']['ops'] or 'none'}")
     published = published_table(suite)
     if published:
       lines += ["", "Published (CodeVision paper, the full benchmark; not measured by this run):",

@@ -14,12 +14,13 @@ as in training (the system prompt and tool schema when `agent.system_prompt`, up
 and one turn, as the paper's baselines: a tool call it writes anyway is not run and ends the
 trajectory (`max_turns`).
 
-Cases run in chunks through the agent loop and are scored by `rl.scoring.score` (the RL reward's
-answer rule, judge and reward parts: an eval scores exactly as training rewards). Each scored case
-is appended to `<out>/results.jsonl` (its transcript, `rl.transcript`, plus the case's fields) with
-its images under `<out>/images/`; a rerun skips the keys already there, so an interrupted eval
-resumes where it stopped. A case whose executor could not be reached is not scored (the rerun
-retries it).
+Cases run in chunks through the rollout service (`rl.rollouts.rollout`: the agent loop, then the
+RL reward's answer rule, judge and reward parts, each answer judged as its trajectory finishes: an
+eval scores exactly as training rewards). Each scored case is appended to `<out>/results.jsonl`
+(its transcript, `rl.transcript`, plus the case's fields and `response_tokens`) with its images
+under `<out>/images/`; a rerun skips the keys already there, so an interrupted eval resumes where
+it stopped. A case whose executor could not be reached is not written (the rerun retries it; its
+answer may have been judged, and counts in `judged`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from typing import Callable, Sequence
 
 from codevision_jax.data import records as records_lib
 from codevision_jax.processing import code_tool, orientation
-from codevision_jax.rl import scoring, transcript
-from codevision_jax.sampling import agent as agent_lib
+from codevision_jax.rl import rollouts, transcript
 from codevision_jax.sampling.environment import AgentConfig
 from codevision_jax.sampling.trajectory import CallStatus, Trajectory
 from evals.suites import EvalItem
@@ -130,7 +130,8 @@ def _result(tokenizer, case: Case, traj: Trajectory, parts: dict) -> dict:
   name = file_name(case.key)
   record = transcript.transcript(tokenizer, traj, parts, image_name=name)
   record.update(key=case.key, suite=case.item.suite, item=case.item.id, transform=case.transform,
-                tools=case.tools, category=case.item.category, source=case.item.source)
+                tools=case.tools, category=case.item.category, source=case.item.source,
+                response_tokens=int(sum(traj.policy_mask)))
   return record
 
 
@@ -157,7 +158,8 @@ async def run_cases(cases: Sequence[Case], out: str, *, policy, tokenizer, clien
                     agent: AgentConfig, judge=None, chunk: int = 64,
                     on_scored: Callable[[int], None] | None = None) -> RunStats:
   """Runs and scores the cases not yet in `<out>/results.jsonl`, appending each chunk's results
-  as soon as it is scored; `on_scored(n)` after each chunk (progress)."""
+  as soon as it is scored; `on_scored(n)` after each chunk (progress). Each case is its own group
+  for the reward's group term (the reward weights are the defaults)."""
   os.makedirs(os.path.join(out, "images"), exist_ok=True)
   done = load_results(out)
   stats = RunStats(skipped=sum(c.key in done for c in cases))
@@ -166,17 +168,16 @@ async def run_cases(cases: Sequence[Case], out: str, *, policy, tokenizer, clien
     block = [c for c in todo if c.tools == mode]
     for start in range(0, len(block), chunk):
       part = block[start:start + chunk]
-      trajectories, _ = await agent_lib.run_agent(
-          policy, [case_record(c) for c in part], tokenizer, client, settings,
-          agent_config(mode, agent))
-      keep = [(c, t) for c, t in zip(part, trajectories) if not _executor_failed(t)]
+      ro = await rollouts.rollout(policy, [case_record(c) for c in part], tokenizer=tokenizer,
+                                  client=client, settings=settings,
+                                  agent=agent_config(mode, agent), judge=judge)
+      keep = [(c, t, p) for c, t, p in zip(part, ro.trajectories, ro.parts)
+              if not _executor_failed(t)]
       stats.executor_failures += len(part) - len(keep)
-      _, parts, judged = await scoring.score([t for _, t in keep], list(range(len(keep))),
-                                             tokenizer, judge=judge)
-      stats.judged += judged.judged
-      stats.judge_fallbacks += judged.judge_fallbacks
+      stats.judged += ro.scoring_stats.judged
+      stats.judge_fallbacks += ro.scoring_stats.judge_fallbacks
       with open(os.path.join(out, RESULTS), "a", encoding="utf-8") as f:
-        for (case, traj), p in zip(keep, parts):
+        for case, traj, p in keep:
           _write_images(out, case, traj)
           f.write(json.dumps(_result(tokenizer, case, traj, p), ensure_ascii=False) + "\n")
       stats.scored += len(keep)

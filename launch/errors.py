@@ -142,6 +142,10 @@ def _bad_override(argv: list, default_config: str | None) -> str | None:
         node = node[key]
         continue
       here = ".".join(path[:depth])
+      from codevision_jax.rl.rollouts import RENAMED  # Fields that moved, and where to.
+      if ".".join(path) in RENAMED:
+        return (f"{arg.split('=', 1)[0]}: the config has no field {'.'.join(path)!r}: it is now "
+                f"--{name}.{RENAMED['.'.join(path)]}")
       choices = sorted(node.keys()) if hasattr(node, "keys") else []
       close = difflib.get_close_matches(key, choices, n=3)
       where = f"{name}.{here}" if here else name

@@ -1,7 +1,7 @@
 """The agent loop with the tiny model end to end (real executor): a forced first turn calls the
 tool, the model samples after the tool turn, and every sampled log-prob equals a teacher-forced
-forward over the whole trajectory (images included); and launch.rollout writes loadable
-trajectories."""
+forward over the whole trajectory (images included); and launch.rollout's service
+(`rl.rollouts.write_rollouts`) writes loadable trajectories, transcripts and the summary."""
 
 import asyncio
 import io
@@ -20,8 +20,8 @@ from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.execution.client import ExecutorClient
 from executor.local import local_service
+from codevision_jax.rl import rollouts
 from configs import tiny_rollout
-from launch import rollout as rollout_lib
 
 CALL = ("<think>Rotate it.</think>\n<tool_call>\n{\"name\": \"code_image_tool\", \"arguments\": "
         "{\"code\": \"result = image.rotate(90, expand=True)\", \"description\": \"rotate\", "
@@ -54,7 +54,9 @@ class ForcedFirstTurn(ModelPolicy):
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-  return rollout_lib.build_policy_parts(tiny_rollout.get_config(), str(tmp_path_factory.mktemp("tiny")))
+  tok, model, settings = rollouts.model_parts(tiny_rollout.get_config(),
+                                              str(tmp_path_factory.mktemp("tiny")))
+  return model, tok, settings
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +102,8 @@ def test_launch_rollout_writes_trajectories(service, tmp_path):
   out = tmp_path / "out"
   cfg = tiny_rollout.get_config()
   cfg.data.source, cfg.data.paths, cfg.executor.urls = "files", str(data), service.url
-  cfg.sampling.slots, cfg.sampling.samples, cfg.agent.max_total_tokens = 2, 2, 1400
-  summary = rollout_lib.rollout(cfg, str(out), progress=False)
+  cfg.rollout.slots, cfg.rollout.group_size, cfg.agent.max_total_tokens = 2, 2, 1400
+  summary = rollouts.write_rollouts(cfg, str(out), progress=False)
   assert summary["trajectories"] == 6
   back = traj_lib.load_jsonl(str(out / "trajectories.jsonl"))
   assert sorted(t.id for t in back) == list(range(6))
@@ -109,7 +111,7 @@ def test_launch_rollout_writes_trajectories(service, tmp_path):
   summary_file = json.loads((out / "summary.json").read_text())
   assert summary_file["trajectories"] == 6 and summary_file["with_ground_truth"] == 6
   assert 0.0 <= summary_file["accuracy"] <= 1.0 and "score" in summary_file["reward"]
-  assert summary_file["tools"]["calls"] == sum(len(t.tool_calls) for t in back)
+  assert summary_file["tool_calls"] == sum(len(t.tool_calls) for t in back)
   # The readable transcripts: a line per trajectory, in id order, with the text of every turn.
   lines = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
   assert [x["id"] for x in lines] == list(range(6))
@@ -130,7 +132,7 @@ def test_launch_rollout_stops_when_no_executor_answers(tmp_path):
   cfg.executor.urls = dead
   with pytest.raises(ExecutorUnavailable,
                      match=f"(?s)no executor service answers.*{dead}.*executor.urls"):
-    rollout_lib.rollout(cfg, str(tmp_path / "out"), progress=False)
+    rollouts.write_rollouts(cfg, str(tmp_path / "out"), progress=False)
   assert not (tmp_path / "out" / "trajectories.jsonl").exists()
 
 

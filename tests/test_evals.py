@@ -186,11 +186,11 @@ def test_report_files(scored):
   assert on_disk == json.loads(json.dumps(report))
   on = on_disk["suites"]["ocrbench"]["on"]
   assert on["by_transform"]["rotate_90"]["accuracy"] == 0.5
-  assert on["by_transform"]["rotate_90"]["n"] == 2
+  assert on["by_transform"]["rotate_90"]["trajectories"] == 2
   assert on["by_transform"]["rotate_90"]["ops"] == {"rotate_270": 1}
   assert on["by_transform"]["rotate_90"]["tool_calls_per_trajectory"] == 0.5
   assert on["by_transform"]["rotate_90"]["tool_error_rate"] == 0.0
-  assert on["by_transform"]["none"]["finish_reasons"] == {"answer": 2}
+  assert on["by_transform"]["none"]["finish"] == {"answer": 1.0}
   assert on["average_accuracy"] == pytest.approx(0.75)
   assert on_disk["suites"]["ocrbench"]["off"]["by_transform"]["rotate_90"]["accuracy"] == 0.0
   assert on_disk["bad_items"] == {"ocrbench": 1}
@@ -223,7 +223,7 @@ def test_evaluate_the_tiny_model_end_to_end(tmp_path):
   suite = report["suites"]["synthetic"]
   assert set(suite) == {"on", "off"}
   assert set(suite["on"]["by_transform"]) == {"none", "flip_vertical"}
-  assert suite["on"]["all"]["n"] == 4
+  assert suite["on"]["all"]["trajectories"] == 4
   for name in ("report.json", "report.md", "report.html", "results.jsonl", "bad_items.jsonl"):
     assert os.path.exists(os.path.join(out, name)), name
   assert any("random weights" in n for n in report["meta"]["notes"])
@@ -257,7 +257,7 @@ def test_the_binary_on_a_published_suite_with_a_bad_item(tmp_path):
   assert bad["row"] == 1 and bad["file"] == str(data) and "gone.png" in bad["reason"]
   report = json.load(open(out / "report.json"))
   assert report["bad_items"] == {"ocrbench": 1}
-  assert report["suites"]["ocrbench"]["off"]["all"]["n"] == 2  # One item, two transforms.
+  assert report["suites"]["ocrbench"]["off"]["all"]["trajectories"] == 2  # One item, two transforms.
   assert any("rule-only" in n for n in report["meta"]["notes"])
   assert "ocrbench (1 bad item(s) left out" in open(out / "report.md").read()
   proc = subprocess.run([sys.executable, "-m", "evals.orientation", "--suite=ocrbench",

@@ -161,3 +161,41 @@ def test_parts_say_which_evidence_they_came_from(tok):
   assert parts[1]["evidence_calls"] == 0.0
   assert all(isinstance(v, float) for p in parts for v in p.values())  # saved as numbers
   assert {"r_acc", "r_mandatory", "r_emerge", "r_spurious", "fmt"} <= set(scoring.EVIDENCE)
+
+
+def test_judge_calls_run_concurrently_up_to_the_judges_limit(tok):
+  """Eight answers the rule rejects go to the judge at once: the endpoint sees at most
+  `max_concurrency` (3) in flight, and does see 3, not one after another."""
+  from test_rl_judge import FakeEndpoint, serve
+  wrong = [trajectory(tok, [f"<think>guess</think>\n<answer>pencil {k}</answer>"],
+                      required_transforms=[], target_box=None) for k in range(8)]
+  endpoint = FakeEndpoint()
+
+  async def go():
+    web_runner, url = await serve(endpoint)
+    try:
+      async with Judge(url, "judge", max_concurrency=3) as judge:
+        return await scoring.score(wrong, list(range(8)), tok, judge=judge)
+    finally:
+      await web_runner.cleanup()
+  _, parts, stats = asyncio.run(go())
+  assert endpoint.requests == 8 and endpoint.peak == 3
+  assert stats.judged == 8 and stats.judge_yes == 8  # "PENCIL" is in every "pencil k".
+  assert all(p["from_judge"] == 1.0 and p["correct"] == 1.0 for p in parts)
+
+
+def test_score_verdicts_equals_score(tok):
+  """Verdicts taken one by one (as `rl.rollouts` does when trajectories finish) score as `score`
+  does for the whole group."""
+  good = trajectory(tok, ["<think>turn it</think>", "<think>crop</think>",
+                          "<think>read</think>\n<answer>PENCIL</answer>"],
+                    calls=[ROTATE_270, CROP_ON_1], n_images=3)
+  no_tool = trajectory(tok, ["<think>guess</think>\n<answer>PENCIL</answer>"])
+  trajs = [good, no_tool]
+  want = asyncio.run(scoring.score(trajs, [0, 0], tok))
+  verdicts = [asyncio.run(scoring.verdict(t, tok)) for t in trajs]
+  got = scoring.score_verdicts(trajs, [0, 0], verdicts)
+  np.testing.assert_array_equal(got[0], want[0])
+  assert got[1] == want[1] and got[2] == want[2]
+  with pytest.raises(ValueError, match="one of each per trajectory"):
+    scoring.score_verdicts(trajs, [0], verdicts)

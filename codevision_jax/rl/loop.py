@@ -31,8 +31,6 @@ in `<workdir>/rollouts/round_NNNNN/trajectories.jsonl`, images beside them.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import dataclasses
 import json
 import logging
@@ -51,12 +49,9 @@ from codevision_jax.models import lora as lora_lib
 from codevision_jax.rl import advantages as adv_lib
 from codevision_jax.rl import learner
 from codevision_jax.rl import replicas
-from codevision_jax.rl import scoring
-from codevision_jax.rl import transcript
+from codevision_jax.rl import rollouts
 from codevision_jax.rl import step as rl_step
-from codevision_jax.rl.judge import Judge
-from codevision_jax.sampling import agent as agent_lib
-from codevision_jax.sampling import environment
+from codevision_jax.rl.rollouts import ScoredRollouts
 from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ModelPolicy
 from codevision_jax.runtime import checkpointing, metrics as metrics_lib, optimizer as optim_lib
@@ -252,14 +247,9 @@ def build(cfg, workdir: str) -> RLRun:
   template = jax.eval_shape(lambda s: step_lib.cast_floats(s, sampler_dtype),
                             nnx.state(sampler_model, nnx.Param))
   sampler_frozen = sampler_copy["frozen"](frozen)
-  agent_cfg = environment.AgentConfig(**cfg.agent.to_dict())
-  policy = ModelPolicy(sampler_model, environment.stop_ids(tokenizer), num_slots=cfg.rollout.slots,
-                       capacity=agent_cfg.max_total_tokens, chunk=cfg.rollout.chunk,
-                       steps_per_call=cfg.rollout.steps_per_call,
-                       temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k,
-                       top_p=cfg.rollout.top_p, seed=cfg.seed, rules=rules,
-                       yield_ids=environment.yield_ids(tokenizer),
-                       params=_sampler_state(template, sampler_frozen, sampler_copy["params"](params)))
+  policy = rollouts.build_policy(
+      cfg, sampler_model, tokenizer, rules=rules,
+      params=_sampler_state(template, sampler_frozen, sampler_copy["params"](params)))
   del model, sampler_model, params_state, frozen_state
   policy.release()  # The KV cache exists only while rollouts run.
   run = RLRun(cfg, mesh, rules, tokenizer, mc, settings, records, rounds, policy, template,
@@ -329,21 +319,10 @@ def prompt_iterator(cfg, num_records: int, state: dict | None = None):
 
 # ---- one round -------------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class ScoredRollouts:
-  """A round's (or an evaluation's) trajectories, their groups, scores and reward parts."""
-  trajectories: list
-  group_ids: np.ndarray
-  scores: np.ndarray
-  parts: list
-  agent_stats: agent_lib.AgentStats
-  scoring_stats: scoring.ScoringStats
-  scoring_s: float
-
-
 async def rollout(run: RLRun, records: Sequence, *, samples: int, seed: int, client, judge=None,
                   temperature: float | None = None) -> ScoredRollouts:
-  """Each record `samples` times through the agent loop (sampling seed `seed`), then scored.
+  """Each record `samples` times through the agent loop (sampling seed `seed`), then scored
+  (`rl.rollouts.rollout`: each answer as its trajectory finishes).
 
   With several processes each rolls out and scores its own contiguous share of `records` on its
   sampler replica, and then every process holds all of them: trajectory ids, and so the sampling
@@ -351,27 +330,14 @@ async def rollout(run: RLRun, records: Sequence, *, samples: int, seed: int, cli
   policy = run.policy
   policy.reseed(seed, temperature=temperature)  # None: rollout.temperature, the policy's own.
   lo, hi = replicas.share(len(records))
-  expanded = [r for r in records[lo:hi] for _ in range(samples)]
-  trajectories, stats = await agent_lib.run_agent(
-      policy, expanded, run.tokenizer, client, run.settings,
-      environment.AgentConfig(**run.cfg.agent.to_dict()), first_id=lo * samples)
-  group_ids = np.repeat(np.arange(lo, hi), samples)
-  t = time.perf_counter()
-  r = run.cfg.reward
-  scores, parts, sstats = await scoring.score(
-      trajectories, group_ids, run.tokenizer, judge=judge,
-      weights={k: r[k] for k in ("format", "alpha", "beta", "gamma", "emerge")},
-      tool_error_penalty=r.tool_error_penalty)
-  scoring_s = time.perf_counter() - t
+  ro = await rollouts.rollout(
+      policy, [r for r in records[lo:hi] for _ in range(samples)], tokenizer=run.tokenizer,
+      client=client, settings=run.settings, agent=rollouts.agent_config(run.cfg),
+      group_ids=np.repeat(np.arange(lo, hi), samples), judge=judge,
+      reward=rollouts.reward_options(run.cfg), first_id=lo * samples)
   if jax.process_count() > 1:
-    shares = replicas.allgather_objects((trajectories, scores, parts, sstats))
-    trajectories = [t for share in shares for t in share[0]]
-    scores = np.concatenate([share[1] for share in shares])
-    parts = [p for share in shares for p in share[2]]
-    sstats = scoring.ScoringStats(**{f.name: sum(getattr(share[3], f.name) for share in shares)
-                                     for f in dataclasses.fields(scoring.ScoringStats)})
-    group_ids = np.repeat(np.arange(len(records)), samples)
-  return ScoredRollouts(trajectories, group_ids, scores, parts, stats, sstats, scoring_s)
+    ro = ScoredRollouts.concatenate(replicas.allgather_objects(ro))
+  return ro
 
 
 def round_seed(seed: int, round_index: int) -> int:
@@ -416,27 +382,16 @@ MISFITS, learn, misfit = learner.MISFITS, learner.learn, learner.misfit
 
 # ---- metrics ---------------------------------------------------------------------------------------
 
-def rollout_metrics(ro: ScoredRollouts, prefix: str) -> dict:
-  """Means of the reward parts and what the trajectories did."""
-  trajs = ro.trajectories
-  calls = [c for t in trajs for c in t.tool_calls]
-  out = {f"{prefix}/reward/{k}": float(np.mean([p[k] for p in ro.parts]))
-         for k in ("score", "total", "r_acc", "fmt", "r_mandatory", "r_necessity", "r_exact",
-                   "r_emerge", "c_usage", "r_spurious", "r_tool_error")}
-  out.update({
-      f"{prefix}/accuracy": float(np.mean([p["correct"] for p in ro.parts])),
-      f"{prefix}/format_rate": float(np.mean([p["fmt"] for p in ro.parts])),
-      f"{prefix}/tool_calls_per_trajectory": len(calls) / max(len(trajs), 1),
-      f"{prefix}/tool_error_rate": (sum(c.status != traj_lib.CallStatus.OK for c in calls)
-                                    / max(len(calls), 1)),
-      f"{prefix}/turns": float(np.mean([t.num_turns for t in trajs])),
-      f"{prefix}/response_tokens": float(np.mean([sum(t.policy_mask) for t in trajs])),
-      f"{prefix}/judge_calls": float(ro.scoring_stats.judged),
-      f"{prefix}/judge_fallbacks": float(ro.scoring_stats.judge_fallbacks),
-      f"{prefix}/judge_too_long": float(ro.scoring_stats.judge_too_long),
-  })
-  for reason, count in collections.Counter(str(t.finish_reason) for t in trajs).items():
-    out[f"{prefix}/finish/{reason}"] = count / len(trajs)
+def rollout_metrics(ro: ScoredRollouts, prefix: str, *, timings: bool = False) -> dict:
+  """The rollouts' summary (`rl.rollouts.SUMMARY`) as `<prefix>/...` metrics; with `timings`, also
+  the time split as `time/...` (rollout, generation, waiting on tools, scoring, mean tool call)
+  and `<prefix>/sampler_idle_fraction`."""
+  summary = ro.summary(timings=timings)
+  out = rollouts.metrics(summary, prefix)
+  if timings:
+    t = summary["time"]
+    out.update({f"time/{k}": v for k, v in t.items() if k.endswith("_s") and v is not None})
+    out[f"{prefix}/sampler_idle_fraction"] = t["sampler_idle_fraction"]
   return out
 
 
@@ -451,9 +406,8 @@ def _save_rollouts(workdir: str, round_index: int, ro: ScoredRollouts, k: int,
     t.metadata["reward"] = p
   directory = os.path.join(workdir, "rollouts", f"round_{round_index:05d}")
   traj_lib.save_jsonl(keep, os.path.join(directory, "trajectories.jsonl"))
-  with open(os.path.join(directory, "transcripts.jsonl"), "w", encoding="utf-8") as f:
-    for t, p in zip(keep, ro.parts):
-      f.write(json.dumps(transcript.transcript(tokenizer, t, p), ensure_ascii=False) + "\n")
+  rollouts.write_transcripts(os.path.join(directory, "transcripts.jsonl"), tokenizer, keep,
+                             ro.parts)
 
 
 def _append_metrics(path: str, line: dict, is_primary: bool) -> None:
@@ -471,13 +425,6 @@ def train(cfg, workdir: str, *, executor_urls: Sequence[str], hooks: Sequence[Ro
   if result["preempted"] is not None:  # Saved and stopped on SIGTERM: exit for a requeue.
     raise result["preempted"]
   return result
-
-
-def _judge(cfg):
-  if not cfg.judge.url:
-    return contextlib.nullcontext(None)
-  return Judge(cfg.judge.url, cfg.judge.model, max_concurrency=cfg.judge.max_concurrency,
-               timeout_s=cfg.judge.timeout_s, retries=cfg.judge.retries)
 
 
 def eval_records(cfg) -> list:
@@ -533,7 +480,7 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
   stopped = None
   try:
     async with ExecutorClient(urls, deadline_s=cfg.executor.call_deadline_s) as client, \
-        _judge(cfg) as judge:
+        rollouts.judge(cfg) as judge:
       if held_out and cfg.eval.get("before_training") and start == 0:
         m = rollout_metrics(await evaluate(run, held_out, client, judge), "eval")
         writer.scalars(0, m)
@@ -551,12 +498,8 @@ async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
         t = time.perf_counter()
         hand_to_sampler(run, run.state["params"])
         m["time/handoff_s"] = time.perf_counter() - t
-        st = ro.agent_stats
-        m.update(rollout_metrics(ro, "rollout"))
-        m.update({"time/rollout_s": st.wall_s, "time/generation_s": st.decode_s + st.prefill_s,
-                  "time/waiting_on_tools_s": st.idle_s, "time/scoring_s": ro.scoring_s,
-                  "rollout/sampler_idle_fraction": st.idle_fraction,
-                  "time/round_s": time.perf_counter() - t_round})
+        m.update(rollout_metrics(ro, "rollout", timings=True))
+        m["time/round_s"] = time.perf_counter() - t_round
         done = r + 1
         if cfg.eval.every and (done % cfg.eval.every == 0 or done == run.rounds):
           ev = await evaluate(run, held_out, client, judge)

@@ -3,6 +3,11 @@
 
     scores, parts, stats = await score(trajectories, group_ids, tokenizer, judge=judge)
 
+or, scoring each trajectory's answer as soon as it finishes (what `rl.rollouts` does):
+
+    v = await verdict(traj, tokenizer, judge)            # per trajectory, the judge's calls concurrent
+    scores, parts, stats = score_verdicts(trajectories, group_ids, verdicts)
+
 What a trajectory did comes from the executor's runtime trace of each call (`execution.ops`),
 not from reading its code: the core operations, the other operation names, and every crop box,
 carried into the pixels of the conversation's first image through the result maps of the
@@ -20,6 +25,7 @@ also carry the provenance of its own: `from_rule` / `from_judge` (which decided 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Sequence
 
@@ -107,42 +113,77 @@ class ScoringStats:
   judge_fallbacks: int = 0  # the judge gave no verdict: the rule's stands
   judge_too_long: int = 0  # of those, answers too long to send (the rule decided)
 
+  @classmethod
+  def of(cls, verdicts: Sequence[Verdict]) -> ScoringStats:
+    return cls(judged=sum(v.judged for v in verdicts), judge_yes=sum(v.from_judge for v in verdicts),
+               judge_fallbacks=sum(v.judge_fallback for v in verdicts),
+               judge_too_long=sum(v.judge_too_long for v in verdicts))
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  """Whether one trajectory's answer is correct, and who decided: the rule, or the judge (asked
+  only when the rule did not match and there is an answer and a ground truth)."""
+  text: str  # the policy's text (`response_text`)
+  correct: bool
+  from_rule: bool = False
+  from_judge: bool = False  # the judge said yes
+  judged: bool = False  # the judge was asked
+  judge_fallback: bool = False  # ... and gave no verdict: the rule's stands
+  judge_too_long: bool = False  # ... because the answer was too long to send
+
+
+async def verdict(traj: Trajectory, tokenizer, judge=None) -> Verdict:
+  """The correctness of `traj`'s answer: the answer rule against each accepted answer, then
+  `judge.verdict` (awaited; the judge bounds its own concurrency) when the rule did not match."""
+  text = response_text(tokenizer, traj)
+  truths = accepted_answers(traj.metadata.get("ground_truth"))
+  prediction = reward.extract_answer(text)
+  if any(reward.answers_match(prediction, t) for t in truths):
+    return Verdict(text, True, from_rule=True)
+  if not (truths and judge is not None and prediction):
+    return Verdict(text, False)
+  try:
+    yes = bool(await judge.verdict(traj.metadata.get("question") or "", " or ".join(truths),
+                                   prediction))
+  except AnswerTooLong:
+    return Verdict(text, False, judged=True, judge_fallback=True, judge_too_long=True)
+  except JudgeUnavailable:
+    return Verdict(text, False, judged=True, judge_fallback=True)
+  return Verdict(text, yes, from_judge=yes, judged=True)
+
+
+async def verdicts(trajectories: Sequence[Trajectory], tokenizer, judge=None) -> list[Verdict]:
+  """`verdict` of every trajectory, all at once: the judge's calls run concurrently (up to its
+  `max_concurrency`), not one after another."""
+  return list(await asyncio.gather(*(verdict(t, tokenizer, judge) for t in trajectories)))
+
 
 async def score(trajectories: Sequence[Trajectory], group_ids: Sequence[int], tokenizer, *,
                 judge=None, weights: dict | None = None, tool_error_penalty: float = -0.05
                 ) -> tuple[np.ndarray, list[dict], ScoringStats]:
+  """`score_verdicts` of the trajectories' `verdicts` (the judge's calls concurrent)."""
+  return score_verdicts(trajectories, group_ids, await verdicts(trajectories, tokenizer, judge),
+                        weights=weights, tool_error_penalty=tool_error_penalty)
+
+
+def score_verdicts(trajectories: Sequence[Trajectory], group_ids: Sequence[int],
+                   verdicts: Sequence[Verdict], *, weights: dict | None = None,
+                   tool_error_penalty: float = -0.05
+                   ) -> tuple[np.ndarray, list[dict], ScoringStats]:
   """Scores [N], the reward parts of each trajectory (`reward.tool_reward`'s keys plus
-  "correct", "used_tool", "tool_errors", "r_tool_error", "score"), and the judge's statistics.
+  "correct", "used_tool", "tool_errors", "r_tool_error", "score" and the provenance keys of the
+  module docstring), and the judge's statistics; `verdicts[i]` is trajectory i's.
 
   The score is the tool reward's total plus `tool_error_penalty` per failed tool call (a call
   that was malformed, raised, timed out or was refused). A ground truth may list several
   accepted answers (any one matches). Trajectories with no ground truth score 0 with `correct`
-  False.
+  False. Everything but the group term (`r_necessity`) is a function of the trajectory alone.
   """
-  stats = ScoringStats()
-  texts = [response_text(tokenizer, t) for t in trajectories]
-  correct, provenance = [], []
-  for traj, text in zip(trajectories, texts):
-    truths = accepted_answers(traj.metadata.get("ground_truth"))
-    prediction = reward.extract_answer(text)
-    ok = by_rule = any(reward.answers_match(prediction, t) for t in truths)
-    by_judge = fallback = False
-    if not ok and truths and judge is not None and prediction:
-      stats.judged += 1
-      try:
-        ok = by_judge = await judge.verdict(traj.metadata.get("question") or "",
-                                            " or ".join(truths), prediction)
-        stats.judge_yes += ok
-      except AnswerTooLong:
-        stats.judge_fallbacks += 1
-        stats.judge_too_long += 1
-        fallback = True
-      except JudgeUnavailable:
-        stats.judge_fallbacks += 1
-        fallback = True
-    correct.append(bool(ok))
-    provenance.append({"from_rule": float(by_rule), "from_judge": float(bool(by_judge)),
-                       "judge_fallback": float(fallback)})
+  if len(verdicts) != len(trajectories) or len(group_ids) != len(trajectories):
+    raise ValueError(f"{len(trajectories)} trajectories, {len(verdicts)} verdicts and "
+                     f"{len(group_ids)} group ids: one of each per trajectory")
+  correct = [v.correct for v in verdicts]
   used = [len(t.tool_calls) > 0 for t in trajectories]
   group_ids = np.asarray(group_ids)
   necessity = np.zeros(len(trajectories))
@@ -150,18 +191,20 @@ async def score(trajectories: Sequence[Trajectory], group_ids: Sequence[int], to
     members = np.flatnonzero(group_ids == g)
     necessity[members] = reward.necessity([used[i] for i in members], [correct[i] for i in members])
   parts = []
-  for i, (traj, text) in enumerate(zip(trajectories, texts)):
+  for i, (traj, v) in enumerate(zip(trajectories, verdicts)):
     names, boxes = operations(traj)
-    p = reward.tool_reward(correct=correct[i], fmt=reward.format_reward(text), ops=names,
+    p = reward.tool_reward(correct=correct[i], fmt=reward.format_reward(v.text), ops=names,
                            crop_boxes=boxes, code_calls=len(traj.tool_calls),
                            required_transforms=traj.metadata.get("required_transforms"),
                            gt_bbox=traj.metadata.get("target_box"), necessity=float(necessity[i]),
                            weights=weights)
     errors = sum(c.status != CallStatus.OK for c in traj.tool_calls)
     p.update(correct=float(correct[i]), used_tool=float(used[i]), tool_errors=float(errors),
-             r_tool_error=tool_error_penalty * errors, **provenance[i],
+             r_tool_error=tool_error_penalty * errors, from_rule=float(v.from_rule),
+             from_judge=float(v.from_judge), judge_fallback=float(v.judge_fallback),
              evidence_calls=float(sum(c.result_image_index is not None for c in traj.tool_calls)),
              evidence_crop_boxes=float(len(boxes)))
     p["score"] = p["total"] + p["r_tool_error"]
     parts.append(p)
-  return np.asarray([p["score"] for p in parts], np.float32), parts, stats
+  return (np.asarray([p["score"] for p in parts], np.float32), parts,
+          ScoringStats.of(verdicts))
