@@ -8,6 +8,21 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# One persistent compilation cache for the session, shared by pytest-xdist workers and by every
+# subprocess a test starts (launchers, multi-process runs), so a program the suite compiled once
+# (the tiny model's steps, the sampler) is not compiled again. The first process to load this file
+# (the controller) makes it and removes it at exit; a cache already set (CI, a developer) is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+
+  _cache = tempfile.mkdtemp(prefix="cvj-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
 
 import pytest  # noqa: E402
 
