@@ -101,13 +101,13 @@ def test_lora_sft_trains_only_the_adapters_and_lowers_the_loss(tmp_path):
   # The base holds no float32 master copy: it is in the compute dtype (float32 here) and frozen.
   assert not any("lora" in jax.tree_util.keystr(p) for p in frozen_before)
   result = loop.train(c, str(tmp_path / "run"))
-  losses = [h["loss"] for h in result["history"]]
+  losses = [h["loss"] for h in result.history]
   assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2, losses  # Step-to-step noise: ~0.05.
-  after = _flat(result["frozen"])
+  after = _flat(result.frozen)
   assert after.keys() == frozen_before.keys()
   for k in after:
     np.testing.assert_array_equal(after[k], frozen_before[k])
-  moved = [np.abs(v).max() for p, v in jax.tree_util.tree_flatten_with_path(result["state"]["params"])[0]
+  moved = [np.abs(v).max() for p, v in jax.tree_util.tree_flatten_with_path(result.state["params"])[0]
            if p[-1].key == "lora_b"]
   assert min(moved) > 0  # Every B has left zero: gradients reach every adapter.
 

@@ -17,10 +17,12 @@ conversations as the model was trained on them, images included. The output appe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import os
+from typing import Callable
 
 import ml_collections
 import numpy as np
@@ -28,7 +30,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from codevision_jax.hf import save as hf_save
-from codevision_jax.models import abstract_model
+from codevision_jax.hf import keymap
+from codevision_jax.hf import peft as peft_lib
+from codevision_jax.models import abstract_model, lora
 from codevision_jax.runtime import layout, run_setup
 
 log = logging.getLogger(__name__)
@@ -125,9 +129,24 @@ def _stacked_layer(item_dir: str, full: tuple, layer: int, fallback) -> np.ndarr
   return np.asarray(fallback())
 
 
-def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
-               source: str | None = None, max_shard_size: str = "5GB") -> str:
-  """Writes the run's checkpoint `step` (default: the newest) as an HF directory; returns it."""
+@dataclasses.dataclass
+class RunCheckpoint:
+  """What an export reads of a run's checkpoint: its saved config, tokenizer, model config, the
+  model's abstract parameter state, and `value_of(path, layer=None)`: one parameter (or one
+  layer of a stacked one) read from the checkpoint; `paths`: every parameter path it holds
+  (the model's, and LoRA adapters and quantization scales where the run had them)."""
+  cfg: ml_collections.ConfigDict
+  step_dir: str
+  tok_dir: str
+  tokenizer: object
+  mc: object
+  state: nnx.State
+  paths: frozenset
+  value_of: Callable
+
+
+def open_checkpoint(workdir: str, step: int | None = None, source: str | None = None) -> RunCheckpoint:
+  """The run's checkpoint `step` (default: the newest), ready to read one tensor at a time."""
   _open_stacked.cache_clear()  # Handles of an earlier export's files are not reused.
   steps = checkpoint_steps(workdir)
   if not steps:
@@ -139,12 +158,9 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
   with open(layout.saved_config(step_dir)) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
   tok_dir = source or cfg.model.tokenizer or cfg.model.path or layout.tokenizer(workdir)
-  from codevision_jax.processing import chat_template  # Deferred: transformers import.
-  from codevision_jax.processing import tokenizer as tok_lib
+  from codevision_jax.processing import tokenizer as tok_lib  # Deferred: transformers import.
   tokenizer = tok_lib.load_tokenizer(tok_dir)
   mc = run_setup.model_config(cfg.model, tokenizer)
-  chat_format, _ = tok_lib.resolve_chat_format(tokenizer, cfg.model.get("chat_format"),
-                                               mc.model_type, tok_dir)
   state = nnx.state(abstract_model(mc, param_dtype=run_setup.DTYPES[cfg.model.param_dtype],
                                    scan_layers=cfg.model.get("scan_layers", False)), nnx.Param)
 
@@ -175,6 +191,40 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
       out = out[str(k)]
     return np.asarray(out)
 
+  return RunCheckpoint(cfg, step_dir, tok_dir, tokenizer, mc, state, frozenset(where), value_of)
+
+
+def merged_values(value_of: Callable, paths, settings: lora.LoraSettings) -> Callable:
+  """`value_of` of the merged model: a kernel with LoRA adapters is kernel + scale * A @ B in
+  float32, a quantized (QLoRA) kernel is dequantized first; everything else is read as it is."""
+  def merged(path, layer=None):
+    module = path[:-1]
+    has = lambda name: module + (name,) in paths  # noqa: E731
+    if path[-1] != "kernel" or not (has("lora_a") or has(lora.SCALE_NAME)):
+      return value_of(path, layer)
+    get = lambda name: value_of(module + (name,), layer)  # noqa: E731
+    kernel_scale = get(lora.SCALE_NAME) if has(lora.SCALE_NAME) else None
+    if not has("lora_a"):
+      return lora.dequantize(get("kernel"), kernel_scale)
+    return lora.merged_kernel(get("kernel"), get("lora_a"), get("lora_b"), settings.scale, kernel_scale)
+  return merged
+
+
+def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
+               source: str | None = None, max_shard_size: str = "5GB") -> str:
+  """Writes the run's checkpoint `step` (default: the newest) as an HF directory; returns it. A
+  LoRA run's adapters are merged into the weights (`merged_values`)."""
+  ck = open_checkpoint(workdir, step, source)
+  cfg, tok_dir, tokenizer, mc, state = ck.cfg, ck.tok_dir, ck.tokenizer, ck.mc, ck.state
+  from codevision_jax.processing import chat_template  # Deferred: transformers import.
+  from codevision_jax.processing import tokenizer as tok_lib
+  chat_format, _ = tok_lib.resolve_chat_format(tokenizer, cfg.model.get("chat_format"),
+                                               mc.model_type, tok_dir)
+  value_of = ck.value_of
+  lora_settings = lora.settings(cfg)
+  if lora_settings.enabled:
+    value_of = merged_values(value_of, ck.paths, lora_settings)
+
   files = {}
   for name in hf_save.AUXILIARY_FILES:
     path = os.path.join(tok_dir, name)
@@ -199,3 +249,38 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
   finally:
     for path in written:
       os.remove(path)
+
+
+def is_lora_run(workdir: str, step: int | None = None) -> bool:
+  """Whether the run's checkpoint `step` (default: the newest) holds LoRA adapters."""
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no finished checkpoint")
+  step_dir = layout.step_dir(workdir, steps[-1] if step is None else step)
+  try:
+    with open(layout.saved_config(step_dir)) as f:
+      return lora.settings(ml_collections.ConfigDict(json.load(f))).enabled
+  except FileNotFoundError:
+    return False  # export_run names the missing step.
+
+
+def export_adapter(workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
+                   base_model: str | None = None) -> str:
+  """Writes a LoRA run's adapters (checkpoint `step`, default the newest) as a PEFT adapter
+  directory (`hf.peft`) for `peft.PeftModel.from_pretrained(<the HF base>, out_dir)`; returns it.
+  `base_model` (default: the run's model.path) is recorded as `base_model_name_or_path`. The base
+  is the run's model.path: a QLoRA run's adapters were trained on its quantized copy."""
+  ck = open_checkpoint(workdir, step)
+  settings = lora.settings(ck.cfg)
+  if not settings.enabled:
+    raise ValueError(f"{workdir}: the run has no LoRA adapters (model.lora.rank is 0 in its saved "
+                     "config); `python -m launch.export` writes its weights as an HF directory")
+  adapters = {}
+  for m in keymap.param_mappings(ck.state, ck.mc):
+    module = m.path[:-1]
+    if m.path[-1] != "kernel" or module + ("lora_a",) not in ck.paths:
+      continue
+    key = m.hf_key[:-len(".weight")]
+    adapters[key] = (ck.value_of(module + ("lora_a",), m.layer), ck.value_of(module + ("lora_b",), m.layer))
+  return peft_lib.write_adapter(out_dir, settings, adapters, dtype=np.dtype(dtype or "float32"),
+                                base_model=ck.cfg.model.path if base_model is None else base_model)
