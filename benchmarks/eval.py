@@ -20,13 +20,10 @@ from absl import app, flags
 
 from codevision_jax.execution.client import ExecutorClient
 from codevision_jax.processing import orientation as transforms
-from codevision_jax.sampling import environment
-from codevision_jax.sampling.policy import ModelPolicy
-from codevision_jax.runtime import run_setup
-from configs import tiny_rollout
+from codevision_jax.rl import rollouts
+from configs import orientation_eval
 from evals import orientation, report, runner
 from evals.suites import synthetic
-from executor.local import local_service
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "HF checkpoint or training workdir (default: tiny random).")
@@ -42,28 +39,25 @@ flags.DEFINE_bool("system_prompt", False, "The system prompt and tool schema wit
 def main(argv):
   del argv
   work = tempfile.mkdtemp(prefix="cvj-bench-eval-")
-  cfg = tiny_rollout.get_config()
+  cfg = orientation_eval.get_config()  # The eval's rollout config: greedy.
   if FLAGS.checkpoint:
     cfg.model.path, _ = orientation.model_dir(FLAGS.checkpoint, work)
-    cfg.data.max_pixels = 0
   else:
     cfg.data.max_pixels = 28 * 28 * 16
-  tokenizer, model, settings = run_setup.model_parts(
-      cfg, work, run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh))
-  agent = environment.AgentConfig(max_turns=FLAGS.max_turns,
-                                  max_total_tokens=FLAGS.max_total_tokens,
-                                  system_prompt=FLAGS.system_prompt)
-  policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=FLAGS.batch,
-                       capacity=agent.max_total_tokens, temperature=0.0,
-                       yield_ids=environment.yield_ids(tokenizer))
+  cfg.rollout.slots = FLAGS.batch
+  cfg.agent.max_turns, cfg.agent.max_total_tokens = FLAGS.max_turns, FLAGS.max_total_tokens
+  cfg.agent.system_prompt = FLAGS.system_prompt
+  tokenizer, model, settings = rollouts.model_parts(cfg, work)
+  agent = rollouts.agent_config(cfg)
+  policy = rollouts.build_policy(cfg, model, tokenizer)
   items = synthetic.synthetic_items(FLAGS.size, kinds=FLAGS.kinds, p_small=FLAGS.p_small)
 
-  def run(url, tools, n):
+  def run(urls, tools, n):
     cases = runner.make_cases(items[:n], transforms.TRANSFORMS, (tools,))
     out = tempfile.mkdtemp(dir=work)
 
     async def go():
-      async with ExecutorClient(url) as client:
+      async with ExecutorClient(urls) as client:
         return await runner.run_cases(cases, out, policy=policy, tokenizer=tokenizer,
                                       client=client, settings=settings, agent=agent)
     t = time.perf_counter()
@@ -72,12 +66,12 @@ def main(argv):
     results = list(runner.load_results(out).values())
     return seconds, report.metrics(results)
 
-  with local_service(workers=2) as service:
+  with rollouts.executor_services("", workers=2) as urls:  # A local service.
     for tools in ("off", "on"):  # Warm-up: every compiled shape.
-      run(service.url, tools, 1)
+      run(urls, tools, 1)
     rates = {}
     for tools in ("off", "on"):
-      seconds, m = run(service.url, tools, FLAGS.size)
+      seconds, m = run(urls, tools, FLAGS.size)
       rates[tools] = m["trajectories"] / seconds
       print(f"tools {tools:3s}: {m['trajectories']} cases in {seconds:.1f} s = {rates[tools]:.2f} cases/s "
             f"({rates[tools] / 6:.2f} items/s over 6 transforms); accuracy {m['accuracy']:.3f}, "

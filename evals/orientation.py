@@ -1,13 +1,24 @@
-"""python -m evals.orientation --checkpoint=DIR [--suite=S --data=FILE] --out=DIR [--tools=both]
+"""python -m evals.orientation --config=configs/orientation_eval.py --checkpoint=DIR --out=DIR
+
+    [--suite=S --data=FILE] [--tools=both] [--config.rollout.slots=64 --config.agent.max_turns=12]
 
 The orientation-robustness eval: every item of a VQA suite asked upright and under each of the
 five transforms (rotate 90/180/270, flip horizontal, flip vertical), with the code tool on and,
 as the no-tool baseline, off (`--tools=on|off|both`). Scored exactly as RL rewards are (the
 answer rule, then the judge when `--judge` names one; rule-only otherwise, said in the report).
 
+  --config      the rollout config (`configs/orientation_eval.py` by default, the sections of
+                `configs/tiny_rollout.py`): the sampler (`rollout.slots`, `rollout.temperature`,
+                greedy by default), the agent's limits (`agent.max_turns`, `max_total_tokens`,
+                `tool_timeout_s`, `system_prompt`), the image budget (`data.max_pixels`, 0: the
+                checkpoint's), the weights' dtype (`model.param_dtype`), `seed`, the local
+                executor's `executor.workers` and the judge's `judge.max_concurrency`; override any
+                with --config.FIELD=VALUE. The sampler and agent are those of launch.rollout and RL
+                (`codevision_jax.rl.rollouts`).
   --checkpoint  an HF checkpoint directory, or a launch.sft / launch.rl workdir (its newest
-                checkpoint is exported to <out>/model first); omitted: the tiny random model of
-                the embedded default (a smoke test)
+                checkpoint is exported to <out>/model first); it sets the config's model.path
+                (and its tokenizer); omitted: the config's model, by default the tiny random one
+                (a smoke test)
   --suite/--data  synthetic (built in, held-out synthetic tasks; no --data) or a published suite
                 read from its local file: ocrbench (OCRBench.json with OCRBench_Images/),
                 chartqapro (parquet), mvtoolbench (verl parquet), vstar (test_questions.jsonl),
@@ -20,9 +31,14 @@ reward parts), images/, bad_items.jsonl (items that could not be used, by file a
 report.json, report.md (beside the published numbers) and report.html (plots and a trajectory
 viewer). Rerunning the same command resumes: cases already in results.jsonl are not run again.
 
-From Python: `evaluate(out, EvalSettings(suite=..., ...))`, whose fields are the flags'
-(`EvalSettings.from_flags`); `evaluate` reads the items, runs the cases not yet scored
-(`_run`: executor, model, agent, scoring) and writes the report (`_write_report`).
+The flags say what is asked (suite, data, checkpoint, transforms, tools, limit, the synthetic
+suite's size and kinds) and where the services are (`--executor`, `--judge`, `--judge_model`);
+how the model samples and acts is the config's.
+
+From Python: `evaluate(out, EvalSettings(config=cfg, suite=..., ...))`, whose fields are the
+flags' and the config (`EvalSettings.from_flags`); `evaluate` reads the items, runs the cases not
+yet scored (`_run`: the rollout service's executor, policy, agent and scoring) and writes the
+report (`_write_report`).
 """
 
 from __future__ import annotations
@@ -34,21 +50,17 @@ import json
 import logging
 import os
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import tqdm
 
-from codevision_jax.execution.client import ExecutorClient, healthy_services
+from codevision_jax.execution.client import ExecutorClient
 from codevision_jax.processing import orientation
-from codevision_jax.rl.judge import Judge
-from codevision_jax.sampling import environment
-from codevision_jax.sampling.environment import AgentConfig
-from codevision_jax.sampling.policy import ModelPolicy
+from codevision_jax.rl import rollouts
 from codevision_jax.runtime import layout, run_setup
 from evals import report as report_lib
 from evals import runner, suites
 from evals.suites import synthetic as synthetic_suite
-from executor.local import local_service
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +68,13 @@ SYNTHETIC = "synthetic"
 # Suites whose items are asked as published unless --transforms says otherwise.
 AS_PUBLISHED = ("mvtoolbench", "vstar", "hrbench4k", "hrbench8k")
 CONFIG_FILE = "eval_config.json"
+SMOKE_MAX_PIXELS = 28 * 28 * 64  # The tiny random model's images when data.max_pixels is 0.
+MOVED_FLAGS = {"batch": "rollout.slots", "temperature": "rollout.temperature", "seed": "seed",
+               "max_turns": "agent.max_turns", "max_total_tokens": "agent.max_total_tokens",
+               "tool_timeout_s": "agent.tool_timeout_s", "system_prompt": "agent.system_prompt",
+               "max_pixels": "data.max_pixels", "dtype": "model.param_dtype",
+               "executor_workers": "executor.workers"}
+"""Flags the eval binary had, and the config fields that replaced them."""
 
 
 class EvalError(ValueError):
@@ -130,24 +149,18 @@ def _check_resume(out: str, request: dict) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-  """What one eval run asks for (the binary's flags): the suite, the model, the agent, sampling,
-  scoring, and the executor."""
+  """What one eval run asks for: the rollout config (`config`: model, sampler, agent limits; see
+  the module docstring) and the binary's flags (the suite, the cases, where the services are)."""
+  config: Any = None  # the rollout config (configs/orientation_eval.py's get_config()); required
   suite: str = SYNTHETIC
   data: str | None = None  # the suite's published file (not for synthetic)
-  checkpoint: str | None = None  # HF directory or training workdir; None: the tiny random model
+  checkpoint: str | None = None  # HF directory or training workdir; None: the config's model
   transforms: Sequence[str] | None = None  # None: default_transforms(suite)
   tools: Sequence[str] = ("on", "off")
   limit: int = 0  # only the first N items (0: all)
-  batch: int = 16  # trajectories decoded together
   executor_urls: Sequence[str] = ()  # empty: start a local service (when a case uses the tool)
-  executor_workers: int = 2  # of that local service
   judge_url: str = ""  # empty: rule-only scoring
   judge_model: str = "judge"
-  agent: AgentConfig = AgentConfig()
-  max_pixels: int = 0  # 0: the checkpoint's
-  dtype: str = "float32"
-  temperature: float = 0.0
-  seed: int = 0
   synthetic_size: int = 24
   synthetic_kinds: Sequence[str] | None = None
   synthetic_p_small: float = 0.5
@@ -160,16 +173,18 @@ class EvalSettings:
 
   @classmethod
   def from_flags(cls, f) -> EvalSettings:
-    """The settings of `python -m evals.orientation`'s flags (`define_flags`)."""
+    """The settings of `python -m evals.orientation`'s flags (`define_flags`); a flag that moved
+    into the config raises EvalError naming its field."""
+    moved = [f"--{k} is now --config.{v}" for k, v in MOVED_FLAGS.items() if f[k].present]
+    if moved:
+      raise EvalError("the agent and sampler settings come from the rollout config: "
+                      + "; ".join(moved))
     return cls(
-        suite=f.suite, data=f.data, checkpoint=f.checkpoint, transforms=f.transforms,
-        tools=("on", "off") if f.tools == "both" else (f.tools,), limit=f.limit, batch=f.batch,
-        executor_urls=f.executor or (), judge_url=f.judge or "", judge_model=f.judge_model,
-        agent=AgentConfig(max_turns=f.max_turns, max_total_tokens=f.max_total_tokens,
-                          tool_timeout_s=f.tool_timeout_s, system_prompt=f.system_prompt),
-        max_pixels=f.max_pixels, dtype=f.dtype, temperature=f.temperature, seed=f.seed,
-        synthetic_size=f.synthetic_size, synthetic_kinds=f.synthetic_kinds,
-        synthetic_p_small=f.synthetic_p_small, executor_workers=f.executor_workers)
+        config=f.config, suite=f.suite, data=f.data, checkpoint=f.checkpoint,
+        transforms=f.transforms, tools=("on", "off") if f.tools == "both" else (f.tools,),
+        limit=f.limit, executor_urls=f.executor or (), judge_url=f.judge or "",
+        judge_model=f.judge_model, synthetic_size=f.synthetic_size,
+        synthetic_kinds=f.synthetic_kinds, synthetic_p_small=f.synthetic_p_small)
 
 
 def evaluate(out: str, settings: EvalSettings | None = None, **fields) -> dict:
@@ -177,15 +192,19 @@ def evaluate(out: str, settings: EvalSettings | None = None, **fields) -> dict:
   `run` (counts of this invocation) and `paths` added. `fields` replace fields of `settings`
   (default `EvalSettings()`) by name: `evaluate(out, suite="vstar", data=path)`."""
   s = dataclasses.replace(settings or EvalSettings(), **fields)
+  if s.config is None:
+    raise EvalError("no rollout config: pass EvalSettings(config=...), e.g. the get_config() of "
+                    "configs/orientation_eval.py (python -m evals.orientation loads it by default)")
   t0 = time.perf_counter()
   items, bad = _usable_items(out, s)
   cases = runner.make_cases(items, s.transforms_asked, tuple(s.tools))
   hf_dir, step = model_dir(s.checkpoint, out) if s.checkpoint else (None, None)
-  _check_resume(out, _request(s, step))
+  cfg = rollout_config(s, hf_dir)
+  _check_resume(out, _request(s, cfg, step))
   todo = [c for c in cases if c.key not in runner.load_results(out)]
   stats = runner.RunStats(skipped=len(cases) - len(todo))
   if todo:
-    stats = _run(out, s, todo, hf_dir, total=len(cases))
+    stats = _run(out, s, cfg, todo, total=len(cases))
   report = _write_report(out, s, items, bad, cases, stats, step)
   report["run"] = {**dataclasses.asdict(stats), "wall_s": time.perf_counter() - t0}
   report["paths"] = {k: os.path.join(out, f) for k, f in (
@@ -212,50 +231,43 @@ def _usable_items(out: str, s: EvalSettings):
   return items, bad
 
 
-def _request(s: EvalSettings, step: int | None) -> dict:
+def _request(s: EvalSettings, cfg, step: int | None) -> dict:
   """What a resumed eval must share with the results already in --out (`_check_resume`)."""
   return {"suite": s.suite, "data": os.path.abspath(s.data) if s.data else None,
           "checkpoint": os.path.abspath(s.checkpoint) if s.checkpoint else None,
-          "checkpoint_step": step, "agent": dataclasses.asdict(s.agent),
-          "max_pixels": s.max_pixels, "dtype": s.dtype, "temperature": s.temperature,
-          "seed": s.seed, "judge": s.judge_url or None,
+          "checkpoint_step": step, "agent": dataclasses.asdict(rollouts.agent_config(cfg)),
+          "max_pixels": cfg.data.max_pixels, "dtype": cfg.model.param_dtype,
+          "temperature": cfg.rollout.temperature, "seed": cfg.seed, "judge": s.judge_url or None,
           "synthetic": ({"kinds": list(s.synthetic_kinds or ()), "p_small": s.synthetic_p_small}
                         if s.suite == SYNTHETIC else None)}
 
 
-def _model_config(s: EvalSettings, hf_dir: str | None):
-  """The rollout config the model is set up from: `hf_dir`'s model, or the tiny random one."""
-  from configs import tiny_rollout
-  cfg = tiny_rollout.get_config()
-  cfg.model.path = hf_dir or ""
-  cfg.model.param_dtype = s.dtype
-  cfg.data.max_pixels = s.max_pixels or (0 if hf_dir else cfg.data.max_pixels)
-  cfg.seed = s.seed
+def rollout_config(s: EvalSettings, hf_dir: str | None):
+  """A copy of `s.config` as the eval runs it: the model of `hf_dir` (weights and tokenizer)
+  when a checkpoint is given; `data.max_pixels` 0 is the checkpoint's, SMOKE_MAX_PIXELS without
+  one; the judge of `--judge` / `--judge_model`."""
+  cfg = s.config.copy_and_resolve_references()
+  rollouts.check_config(cfg)
+  with cfg.unlocked():
+    if hf_dir:
+      cfg.model.path, cfg.model.tokenizer = hf_dir, ""
+    elif not cfg.data.max_pixels and not cfg.model.path:
+      cfg.data.max_pixels = SMOKE_MAX_PIXELS
+    if cfg.get("judge") is None:
+      cfg.judge = {"url": "", "model": ""}
+    cfg.judge.url, cfg.judge.model = s.judge_url, s.judge_model
   return cfg
 
 
-def _executor_urls(stack: contextlib.ExitStack, s: EvalSettings, todo) -> list[str]:
-  """The executor services that answer, when a case uses the tool (a local one started on
-  `stack` when no URLs are given), checked before the model is loaded; [] otherwise."""
-  if not any(c.tools == "on" for c in todo):
-    return list(s.executor_urls)
-  urls = list(s.executor_urls)
-  if not urls:
-    urls = [stack.enter_context(local_service(workers=s.executor_workers)).url]
-  return asyncio.run(healthy_services(urls, setting="--executor"))
-
-
-def _run(out: str, s: EvalSettings, todo, hf_dir: str | None, *, total: int) -> runner.RunStats:
-  """Loads the model, runs and scores the cases `todo` into `out`, with a progress bar over all
-  `total` cases."""
-  with contextlib.ExitStack() as stack:
-    urls = _executor_urls(stack, s, todo)
-    cfg = _model_config(s, hf_dir)
-    tokenizer, model, settings = run_setup.model_parts(
-        cfg, out, run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh))
-    policy = ModelPolicy(model, environment.stop_ids(tokenizer), num_slots=s.batch,
-                         capacity=s.agent.max_total_tokens, temperature=s.temperature,
-                         seed=s.seed, yield_ids=environment.yield_ids(tokenizer))
+def _run(out: str, s: EvalSettings, cfg, todo, *, total: int) -> runner.RunStats:
+  """Loads the model, runs and scores the cases `todo` into `out` through the rollout service,
+  with a progress bar over all `total` cases. The executor (a local one when --executor is not
+  given) is checked before the model loads, when a case uses the tool."""
+  needed = any(c.tools == "on" for c in todo)
+  with rollouts.executor_services(s.executor_urls, workers=cfg.executor.workers,
+                                  setting="--executor", needed=needed) as urls:
+    tokenizer, model, settings = rollouts.model_parts(cfg, out)
+    policy = rollouts.build_policy(cfg, model, tokenizer, rules=run_setup.mesh_rules(cfg.mesh))
     bar = tqdm.tqdm(total=total, initial=total - len(todo), desc=f"eval {s.suite}", unit="case",
                     disable=not s.progress)
 
@@ -263,12 +275,11 @@ def _run(out: str, s: EvalSettings, todo, hf_dir: str | None, *, total: int) -> 
       async with contextlib.AsyncExitStack() as a:
         client = (await a.enter_async_context(ExecutorClient(urls, setting="--executor"))
                   if urls else None)
-        judge = (await a.enter_async_context(Judge(s.judge_url, s.judge_model))
-                 if s.judge_url else None)
+        judge = await a.enter_async_context(rollouts.judge(cfg))
         return await runner.run_cases(todo, out, policy=policy, tokenizer=tokenizer,
-                                      client=client, settings=settings, agent=s.agent,
-                                      judge=judge, chunk=max(s.batch * 4, 16),
-                                      on_scored=bar.update)
+                                      client=client, settings=settings,
+                                      agent=rollouts.agent_config(cfg), judge=judge,
+                                      chunk=max(cfg.rollout.slots * 4, 16), on_scored=bar.update)
     stats = asyncio.run(go())
     bar.close()
   return stats
@@ -344,10 +355,27 @@ def main(argv):
   print("\n".join(summary_lines(report)))
 
 
+DEFAULT_CONFIG = "configs/orientation_eval.py"
+
+
 def define_flags():
+  import sys
+
   from absl import flags
+  from ml_collections import config_flags
+
+  from launch import errors
+  try:  # The default config takes the command line's --config.FIELD overrides as it is defined.
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "The rollout config: model, "
+                                    "sampler (rollout.*), agent limits (agent.*); see the module "
+                                    "docstring.", lock_config=False)
+  except (AttributeError, KeyError):  # One naming no field: one line, exit 2.
+    message = errors._bad_override(sys.argv, DEFAULT_CONFIG)  # noqa: SLF001
+    print(f"evals.orientation: error: {message or 'a --config.FIELD override does not apply'}; "
+          "`evals.orientation --help` lists every field", file=sys.stderr, flush=True)
+    sys.exit(2)
   flags.DEFINE_string("checkpoint", None, "HF checkpoint directory or training workdir "
-                      "(default: the tiny random model).")
+                      "(default: the config's model, the tiny random one).")
   flags.DEFINE_string("suite", SYNTHETIC, "synthetic, ocrbench, chartqapro, mvtoolbench, vstar, "
                       "hrbench4k or hrbench8k.")
   flags.DEFINE_string("data", None, "The suite's published file (not for synthetic).")
@@ -358,30 +386,22 @@ def define_flags():
   flags.DEFINE_list("transforms", None, "Transforms to ask each item under (default: upright "
                     "and all five; as published for mvtoolbench, vstar, hrbench).")
   flags.DEFINE_integer("limit", 0, "Only the first N items (0: all).")
-  flags.DEFINE_integer("batch", 16, "Trajectories decoded together.")
-  flags.DEFINE_list("executor", None, "Executor service URLs (default: start a local one).")
-  flags.DEFINE_integer("executor_workers", 2, "Workers of the local executor service.")
+  flags.DEFINE_list("executor", None, "Executor service URLs (default: start a local one of "
+                    "--config.executor.workers workers).")
   flags.DEFINE_string("judge", None, "OpenAI-compatible endpoint of the LLM judge, e.g. "
                       "http://judge:8000/v1 (default: rule-only scoring).")
   flags.DEFINE_string("judge_model", "judge", "The judge endpoint's model name.")
-  flags.DEFINE_integer("max_turns", 12, "Assistant turns with the tool.")
-  flags.DEFINE_integer("max_total_tokens", 8192, "Prompt + response tokens per trajectory.")
-  flags.DEFINE_float("tool_timeout_s", 10.0, "CPU seconds per tool call.")
-  flags.DEFINE_bool("system_prompt", True, "CodeVision's system prompt and tool schema with the "
-                    "tool (off for models trained without them, like the demo's).")
-  flags.DEFINE_integer("max_pixels", 0, "Image pixel budget (0: the checkpoint's).")
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Weights' dtype.")
-  flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0: greedy).")
-  flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_integer("synthetic_size", 24, "Items of the built-in synthetic suite.")
   flags.DEFINE_list("synthetic_kinds", None, "Only these synthetic kinds (word, number, arrow, "
                     "chart).")
   flags.DEFINE_float("synthetic_p_small", 0.5, "Share of synthetic items whose card is small on a "
                      "busy canvas (a crop is needed).")
   flags.DEFINE_bool("orbax_logs", False, "Show Orbax's and JAX's INFO log lines.")
+  for name, field in MOVED_FLAGS.items():  # Refused with the field that replaced each.
+    flags.DEFINE_string(name, None, f"Moved: --config.{field}.")
 
 
 if __name__ == "__main__":
   from launch import errors
   define_flags()
-  errors.run(main)
+  errors.run(main, default_config=DEFAULT_CONFIG)

@@ -80,22 +80,21 @@ def _export(workdir) -> dict:
 
 
 def _eval(cfg, workdir, urls) -> dict:
-  from codevision_jax.sampling.environment import AgentConfig
   from evals import orientation
   e = cfg.orientation
+  rollout = cfg.copy_and_resolve_references()  # The RL run's agent, greedy, the export's images.
+  rollout.rollout.slots, rollout.rollout.temperature, rollout.data.max_pixels = e.batch, 0.0, 0
   return orientation.evaluate(
-      os.path.join(workdir, "eval"), checkpoint=os.path.join(workdir, "hf"),
-      transforms=tuple(e.transforms), tools=tuple(e.tools), batch=e.batch,
-      executor_urls=urls,
-      agent=AgentConfig(**cfg.agent.to_dict()), synthetic_size=e.size,
-      synthetic_kinds=tuple(e.kinds), synthetic_p_small=e.p_small, seed=cfg.seed,
+      os.path.join(workdir, "eval"), config=rollout, checkpoint=os.path.join(workdir, "hf"),
+      transforms=tuple(e.transforms), tools=tuple(e.tools), executor_urls=urls,
+      synthetic_size=e.size, synthetic_kinds=tuple(e.kinds), synthetic_p_small=e.p_small,
       notes=["a toy model trained for minutes on CPU: a smoke test of the pipeline, not a "
              "measurement"])
 
 
 def run(cfg, workdir: str) -> dict:
   """Runs the pipeline into `workdir`; returns each stage's figures and wall time."""
-  from executor.local import local_service
+  from codevision_jax.rl import rollouts
   stages = {}
 
   def stage(name, title, fn, *args):
@@ -105,8 +104,8 @@ def run(cfg, workdir: str) -> dict:
     stages[name]["wall_s"] = time.perf_counter() - t
 
   with contextlib.ExitStack() as stack:
-    service = stack.enter_context(local_service(workers=cfg.executor.workers))
-    urls = [service.url]
+    urls = stack.enter_context(rollouts.executor_services(cfg.executor.urls,
+                                                          workers=cfg.executor.workers))
     stage("sft", f"SFT: {cfg.sft.train.steps} steps of the tiny {cfg.sft.model.preset} on "
           f"{cfg.sft.data.synthetic_size} synthetic trajectories", _sft, cfg, workdir)
     stage("rl", f"GRPO: {cfg.train.rounds} rounds of {cfg.rollout.prompts} prompts x "

@@ -9,7 +9,6 @@ the recipe fits the accelerators without building anything: add `--dry_run_devic
 GPUs here.
 """
 
-import contextlib
 import logging
 import os
 
@@ -41,7 +40,7 @@ def main(argv):
   from codevision_jax.runtime import run_setup
   run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   from codevision_jax.rl import loop
-  from executor.local import local_service
+  from codevision_jax.rl import rollouts
 
   # Both stages' meshes are checked before either runs (several processes: one block each).
   if sft_first:
@@ -53,14 +52,8 @@ def main(argv):
     print(f"== SFT first: {cfg.sft.train.steps} steps into {sft_dir}", flush=True)
     sft_loop.train(cfg.sft, sft_dir)
     cfg.init.sft_workdir = sft_dir
-  with contextlib.ExitStack() as stack:
-    urls = [u for u in cfg.executor.urls.split(",") if u]
-    if not urls:
-      service = stack.enter_context(local_service(workers=cfg.executor.workers))
-      layers = service.get_json("/healthz")["isolation"]
-      print(f"== executor service at {service.url}, isolation layers: "
-            + ", ".join(f"{k} {'on' if v else 'OFF'}" for k, v in layers.items()), flush=True)
-      urls = [service.url]
+  # A local executor service (its isolation layers logged) when executor.urls is empty.
+  with rollouts.executor_services(cfg.executor.urls, workers=cfg.executor.workers) as urls:
     result = loop.train(cfg, workdir, executor_urls=urls)
   import jax
   if jax.process_index() != 0:  # Process 0 tells what was written.

@@ -213,11 +213,22 @@ def test_request_errors_before_the_model(tmp_path):
     orientation_eval.model_dir(str(tmp_path), str(tmp_path / "out"))
 
 
+def eval_config(**fields):
+  """The eval's default rollout config with `fields` ("agent.max_turns": 2, ...) set."""
+  from configs import orientation_eval as recipe
+  cfg = recipe.get_config()
+  for key, value in fields.items():
+    section, _, name = key.rpartition(".")
+    (cfg[section] if section else cfg)[name] = value
+  return cfg
+
+
 def test_evaluate_the_tiny_model_end_to_end(tmp_path):
   out = str(tmp_path / "eval")
+  limits = {"agent.max_turns": 2, "agent.max_total_tokens": 400, "agent.system_prompt": False,
+            "rollout.slots": 4, "data.max_pixels": 28 * 28 * 16}
   kw = dict(synthetic_size=2, synthetic_kinds=("arrow",), transforms=("none", "flip_vertical"),
-            batch=4, agent=AgentConfig(max_turns=2, max_total_tokens=400, system_prompt=False),
-            max_pixels=28 * 28 * 16, progress=False)
+            config=eval_config(**limits), progress=False)
   report = orientation_eval.evaluate(out, **kw)
   assert report["run"]["scored"] == 8 and report["run"]["executor_failures"] == 0
   suite = report["suites"]["synthetic"]
@@ -231,7 +242,7 @@ def test_evaluate_the_tiny_model_end_to_end(tmp_path):
   again = orientation_eval.evaluate(out, **kw)  # Resumes: nothing left to run.
   assert again["run"]["scored"] == 0 and again["run"]["skipped"] == 8
   with pytest.raises(orientation_eval.EvalError, match="seed: 0 -> 1"):
-    orientation_eval.evaluate(out, **{**kw, "seed": 1})
+    orientation_eval.evaluate(out, **{**kw, "config": eval_config(**limits, seed=1)})
 
 
 def test_the_binary_on_a_published_suite_with_a_bad_item(tmp_path):
@@ -248,8 +259,9 @@ def test_the_binary_on_a_published_suite_with_a_bad_item(tmp_path):
   out = tmp_path / "eval"
   proc = subprocess.run(
       [sys.executable, "-m", "evals.orientation", "--suite=ocrbench", f"--data={data}",
-       f"--out={out}", "--tools=off", "--transforms=none,rotate_180", "--max_total_tokens=300",
-       "--max_pixels=3136", "--batch=2"],
+       f"--out={out}", "--tools=off", "--transforms=none,rotate_180",
+       "--config.agent.max_total_tokens=300", "--config.data.max_pixels=3136",
+       "--config.rollout.slots=2"],
       capture_output=True, text=True, timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "ocrbench, tools off: average" in proc.stdout and "report.html" in proc.stdout
@@ -264,6 +276,13 @@ def test_the_binary_on_a_published_suite_with_a_bad_item(tmp_path):
                          f"--out={tmp_path / 'x'}"], capture_output=True, text=True, timeout=300,
                         cwd=REPO)
   assert proc.returncode != 0 and "--suite=ocrbench reads its published file" in proc.stderr
+  # The agent and sampler settings are the rollout config's: an old flag names its field.
+  proc = subprocess.run([sys.executable, "-m", "evals.orientation", "--batch=2",
+                         "--max_turns=3", f"--out={tmp_path / 'y'}"], capture_output=True,
+                        text=True, timeout=300, cwd=REPO)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert ("--batch is now --config.rollout.slots; --max_turns is now --config.agent.max_turns"
+          in proc.stderr), proc.stderr[-2000:]
 
 
 def test_the_judge_decides_what_the_rule_does_not_match(tmp_path, tok, service):
