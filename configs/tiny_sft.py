@@ -15,7 +15,7 @@ def get_config():
   c = base_sft.recipe()
   c.model.path = ""              # An HF checkpoint directory; empty: a random `preset`.
   common.tiny_model(c, "qwen2_5_vl_tiny", max_pixels=28 * 28 * 16)
-  c.data.min_pixels = 28 * 28 * 4  # Images of 4 to 16 patches.
+  c.data.min_pixels = 28 * 28 * 4  # Images of 4 to 16 tokens of 28 x 28 pixels.
   c.data.synthetic_size = 256    # Records.
   c.data.num_epochs = 1
   c.data.buckets = (256, 512, 768)  # Padded sequence lengths; the largest is the cutoff.
