@@ -4,8 +4,9 @@
       async with ExecutorClient(service.url) as client: ...
 
 What `launch.rl`, `launch.rollout`, `launch.demo` and `evals.orientation` start when no service
-URLs are configured, and what the tests and benchmarks run against. A fleet of services for real
-runs is started with `python -m executor` on the executor hosts (docs/executor.md).
+URLs are configured (through `codevision_jax.rl.rollouts.executor_services`), and what the tests
+and benchmarks run against. A fleet of services for real runs is started with
+`python -m executor` on the executor hosts (docs/executor.md).
 
 The service dies with the process that started it, however that one ends (the `with` block, an
 exception, SIGTERM, `kill -9`): it is told this process's pid and given the read end of a pipe
