@@ -40,7 +40,7 @@ def main(argv):
   from codevision_jax.train import loop
   result = loop.train(cfg, _WORKDIR.value)
   if jax.process_index() == 0:
-    print(summary.sft_text(_WORKDIR.value, result.get("last", {}), result.get("dropped")))
+    print(summary.sft_text(_WORKDIR.value, result.last, result.dropped))
 
 
 if __name__ == "__main__":

@@ -54,13 +54,13 @@ def kill(step, checkpointer):
 
 
 result = loop.train(config(STEPS), WORKDIR, hooks=[kill] if KILL_AT else [])
-params = multihost_utils.process_allgather(result["state"]["params"], tiled=True)
+params = multihost_utils.process_allgather(result.state["params"], tiled=True)
 fingerprints = multihost_utils.process_allgather(
-    np.asarray([h["batch_hash"] for h in result["history"]], np.int64))
+    np.asarray([h["batch_hash"] for h in result.history], np.int64))
 if jax.process_index() == 0:
   flat = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
           for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   np.savez(OUT, **flat)
   with open(OUT + ".json", "w") as f:
-    json.dump({"steps": [h["step"] for h in result["history"]],
+    json.dump({"steps": [h["step"] for h in result.history],
                "fingerprints": np.asarray(fingerprints).tolist()}, f)

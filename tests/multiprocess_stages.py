@@ -36,7 +36,7 @@ if MODE == "sft2":
   c.mesh.num_devices = 2
   result = loop.train(c, WORKDIR)
   if jax.process_index() == 0:
-    print("LOSSES", json.dumps([h["loss"] for h in result["history"]]), flush=True)
+    print("LOSSES", json.dumps([h["loss"] for h in result.history]), flush=True)
 elif MODE in ("sft", "bad_mesh"):
   if MODE == "bad_mesh":
     c.mesh.num_devices = 3

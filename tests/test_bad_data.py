@@ -48,7 +48,7 @@ def test_undecodable_images_are_named_before_the_first_step(tmp_path):
   run = loop.build(c, str(tmp_path / "run"))
   assert run.plan.num_dropped == 2
   result = loop.train(c, str(tmp_path / "run"))
-  assert [h["step"] for h in result["history"]] == [1, 2]
+  assert [h["step"] for h in result.history] == [1, 2]
 
 
 def test_empty_files_and_records_that_fit_no_batch(tmp_path):
@@ -82,7 +82,7 @@ def test_a_failing_step_still_finishes_the_checkpoint_being_saved(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path / "run" / "checkpoints"), every=2, keep=2)
   assert ckpt.latest_step() == 2  # Written in full, asynchronously, before the error surfaced.
   resumed = loop.train(c, str(tmp_path / "run"))
-  assert [h["step"] for h in resumed["history"]] == [3, 4]
+  assert [h["step"] for h in resumed.history] == [3, 4]
 
 
 def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_path):
@@ -124,7 +124,7 @@ def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_
   c.train.steps = c.train.checkpoint_every = 1
   workdir = str(tmp_path / "run")
   result = loop.train(c, workdir)
-  dropped = result["dropped"]
+  dropped = result.dropped
   assert (dropped["records"], dropped["of"]) == (len(long), 8)
   assert dropped["why"] == f"{len(long)} are longer than the largest bucket {bucket}"
   listed = [json.loads(l) for l in open(os.path.join(workdir, "dropped_records.jsonl"))]
@@ -133,6 +133,6 @@ def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_
   ea = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
   ea.Reload()
   assert [e.value for e in ea.Scalars("data/dropped_records")] == [len(long)]
-  text = summary.sft_text(workdir, result["last"], dropped)
+  text = summary.sft_text(workdir, result.last, dropped)
   assert (f"dropped {len(long)} of 8 records, not trained on: {len(long)} are longer than the "
           f"largest bucket {bucket}; listed in {workdir}/dropped_records.jsonl") in text

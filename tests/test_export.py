@@ -37,7 +37,7 @@ def trained(result, c, workdir) -> dict:
   tok = run_setup.load_tokenizer(c.model, workdir)
   mc = run_setup.model_config(c.model, tok)
   state = nnx.state(abstract_model(mc), nnx.Param)
-  values = {**_flat(jax.device_get(result["state"]["params"])), **_flat(jax.device_get(result["frozen"]))}
+  values = {**_flat(jax.device_get(result.state["params"])), **_flat(jax.device_get(result.frozen))}
   return {m.hf_key: m.to_hf(values[m.path]) for m in keymap.param_mappings(state, mc)}
 
 

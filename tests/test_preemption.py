@@ -62,7 +62,7 @@ def test_sigterm_saves_exits_for_requeue_and_the_rerun_equals_the_straight_run(t
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]  # Not due: forced.
 
   resumed = loop.train(config(), workdir)
-  assert [h["step"] for h in resumed["history"]] == [3, 4, 5, 6]
+  assert [h["step"] for h in resumed.history] == [3, 4, 5, 6]
   assert_resumed_equals_straight(resumed, straight, done=2)
 
 
@@ -73,7 +73,7 @@ def test_a_step_outlasting_the_grace_period_is_abandoned_keeping_the_last_checkp
   assert "did not finish within train.sigterm_grace_s = 1 s" in proc.stderr
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
   resumed = loop.train(config(), workdir)
-  assert [h["step"] for h in resumed["history"]] == [4, 5, 6]
+  assert [h["step"] for h in resumed.history] == [4, 5, 6]
 
 
 def rl_config():

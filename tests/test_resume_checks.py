@@ -46,13 +46,13 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(trained
   warning = next(r.getMessage() for r in caplog.records if "is damaged" in r.getMessage())
   assert f"checkpoint 4 in {trained}/checkpoints is damaged (" in warning and "moved to 4.damaged" in warning
   assert "Error reading" in warning  # What is wrong, from TensorStore: which file, which error.
-  assert [h["step"] for h in result["history"]] == [3, 4, 5, 6]  # From step 2.
+  assert [h["step"] for h in result.history] == [3, 4, 5, 6]  # From step 2.
   assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["4", "4.damaged", "6"]
 
 
 def test_a_chosen_step_and_a_damaged_chosen_step(trained):
   result = loop.train(config(steps=4, resume_step=2), trained)
-  assert [h["step"] for h in result["history"]] == [3, 4]
+  assert [h["step"] for h in result.history] == [3, 4]
   assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["2", "4", "4.superseded"]
   damage(trained, 2)
   with pytest.raises(ValueError, match=r"checkpoint 2 in .* cannot be restored \(.*\); pick another "
@@ -73,13 +73,13 @@ def test_config_changes_are_refused_unless_allowed(trained, caplog):
   with caplog.at_level(logging.WARNING):
     result = loop.train(c, trained)
   assert any("changed config (allowed)" in r.getMessage() for r in caplog.records)
-  assert [h["step"] for h in result["history"]] == [5, 6]
+  assert [h["step"] for h in result.history] == [5, 6]
 
 
 def test_fewer_steps_than_done_trains_nothing_and_says_so(trained, caplog):
   with caplog.at_level(logging.WARNING):
     result = loop.train(config(steps=3), trained)
-  assert result["history"] == []
+  assert result.history == []
   assert any("the checkpoint is at step 4 and the run has 3 steps: nothing to train" in r.getMessage()
              for r in caplog.records)
 
@@ -95,7 +95,7 @@ def test_another_parameter_layout_is_refused_and_the_checkpoints_kept(trained):
     loop.train(c, trained)
   assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["2", "4"]
   result = loop.train(config(steps=6), trained)  # The run's own settings still resume.
-  assert [h["step"] for h in result["history"]] == [5, 6]
+  assert [h["step"] for h in result.history] == [5, 6]
 
 
 def test_fields_added_since_a_checkpoint_at_their_neutral_values_resume():

@@ -248,9 +248,9 @@ def test_sft_with_scanned_layers_and_remat_trains_sharded_and_exports(tmp_path):
   c.train.remat = "full"
   c.train.steps = c.train.checkpoint_every = 2
   out = loop.train(c, str(tmp_path / "run"))
-  losses = [h["loss"] for h in out["history"]]
+  losses = [h["loss"] for h in out.history]
   assert len(losses) == 2 and np.all(np.isfinite(losses))
-  kernel = out["state"]["params"]["model"]["language_model"]["layers"]["mlp"]["gate_proj"]["kernel"]
+  kernel = out.state["params"]["model"]["language_model"]["layers"]["mlp"]["gate_proj"]["kernel"]
   assert kernel.shape == (4, 128, 256) and len(kernel.sharding.device_set) == 8
   # The run's checkpoint exports per-layer HF tensors, which load (unscanned) as the trained ones.
   hf_dir = export.export_run(str(tmp_path / "run"), str(tmp_path / "hf"))

@@ -57,17 +57,17 @@ def test_kill_and_resume_equals_straight_run(tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
 
   resumed = loop.train(config(), workdir)
-  assert [h["step"] for h in resumed["history"]] == [4, 5, 6]
+  assert [h["step"] for h in resumed.history] == [4, 5, 6]
   assert_resumed_equals_straight(resumed, straight, done=3)
 
 
 def assert_resumed_equals_straight(resumed: dict, straight: dict, *, done: int) -> None:
   """The resumed run's steps after `done` are the straight run's, batch for batch and loss for
   loss, and both end (at step 6) with identical parameters and optimizer state."""
-  tail = straight["history"][done:]
-  assert [h["batch_hash"] for h in resumed["history"]] == [h["batch_hash"] for h in tail]
-  assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in tail]
-  a, b = jax.device_get(straight["state"]), jax.device_get(resumed["state"])
+  tail = straight.history[done:]
+  assert [h["batch_hash"] for h in resumed.history] == [h["batch_hash"] for h in tail]
+  assert [h["loss"] for h in resumed.history] == [h["loss"] for h in tail]
+  a, b = jax.device_get(straight.state), jax.device_get(resumed.state)
   assert int(a["step"]) == int(b["step"]) == 6
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
   jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])

@@ -147,7 +147,7 @@ def abstract_model_config(model_cfg):
   return mc
 
 
-def abstract_state(cfg, mesh, rules, train_cfg):
+def abstract_state(cfg, mesh, rules):
   """(abstract trainable params, frozen params, their shardings, abstract optimizer state and its
   shardings) of the run, as `train.loop.build` / `rl.loop.build` make them."""
   from codevision_jax import models
@@ -156,8 +156,7 @@ def abstract_state(cfg, mesh, rules, train_cfg):
   model = nnx.eval_shape(lambda: models.build_model(
       mc, seed=0, param_dtype=dtype, scan_layers=cfg.model.get("scan_layers", False)))
   _, params, frozen, _ = nnx.split(
-      model, optim_lib.trainable_filter(train_cfg.freeze_vision_tower, train_cfg.freeze_merger),
-      nnx.Param, ...)
+      model, optim_lib.trainable_of(cfg), nnx.Param, ...)
   frozen_sh = nnx.to_pure_dict(parallel.state_shardings(frozen, mesh, rules))
   return mc, model, params, frozen, frozen_sh
 
@@ -227,12 +226,11 @@ def compiled_sft_step(cfg, mesh) -> dict:
   """XLA's memory analysis of the SFT step of `cfg` compiled for the present devices from
   abstract arguments (nothing allocated): argument, output and temporary bytes per device."""
   rules = run_setup.mesh_rules(cfg.mesh)
-  mc, model, params, frozen, frozen_sh = abstract_state(cfg, mesh, rules, cfg.train)
+  mc, model, params, frozen, frozen_sh = abstract_state(cfg, mesh, rules)
   from codevision_jax.runtime import remat
   remat.apply_remat(model, cfg.train.remat)
   graphdef, params, frozen, rest = nnx.split(
-      model, optim_lib.trainable_filter(cfg.train.freeze_vision_tower, cfg.train.freeze_merger),
-      nnx.Param, ...)
+      model, optim_lib.trainable_of(cfg), nnx.Param, ...)
   total = max(cfg.train.steps, 1)
   tx = optim_lib.make_optimizer(cfg.optim, total)
   pure = nnx.to_pure_dict(params)
@@ -273,7 +271,7 @@ def plan_sft(cfg, mesh, *, platform: str, device_memory: float, compile: bool = 
   """The SFT run of `cfg` (a `train.loop` config) on `mesh`; with `compile` (the present devices
   are the target) the step's temporaries are XLA's figure for the compiled step."""
   rules = run_setup.mesh_rules(cfg.mesh)
-  mc, _, params, frozen, frozen_sh = abstract_state(cfg, mesh, rules, cfg.train)
+  mc, _, params, frozen, frozen_sh = abstract_state(cfg, mesh, rules)
   tx = optim_lib.make_optimizer(cfg.optim, max(cfg.train.steps, 1))
   exact, _ = _state_parts(params, frozen, frozen_sh, mesh, rules, tx)
   compute = run_setup.DTYPES[cfg.train.compute_dtype]
@@ -316,7 +314,7 @@ def plan_rl(cfg, mesh, *, platform: str, device_memory: float) -> MemoryPlan:
   from codevision_jax.models.text import init_kv_cache
   from codevision_jax.sampling import engine as engine_lib
   rules = run_setup.mesh_rules(cfg.mesh)
-  mc, model, params, frozen, frozen_sh = abstract_state(cfg, mesh, rules, cfg.train)
+  mc, model, params, frozen, frozen_sh = abstract_state(cfg, mesh, rules)
   steps = max(cfg.train.rounds, 1) * max(cfg.rollout.prompts // cfg.algo.mini_batch_prompts, 1)
   tx = optim_lib.make_optimizer(cfg.optim, steps)
   exact, aux = _state_parts(params, frozen, frozen_sh, mesh, rules, tx)

@@ -1,7 +1,9 @@
-"""Run metrics: FLOPs and MFU estimates, TensorBoard summaries, and a console progress bar."""
+"""Run metrics: FLOPs and MFU estimates, TensorBoard summaries, JSON lines, and a console progress
+bar."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -65,6 +67,19 @@ class SummaryWriter:
   def close(self):
     if self.writer is not None:
       self.writer.close()
+
+
+class JsonlWriter:
+  """One JSON object per line appended to `path` (primary process only), e.g. RL's metrics.jsonl:
+  a resumed run appends to what the earlier one wrote."""
+
+  def __init__(self, path: str, enabled: bool = True):
+    self.path, self.enabled = path, enabled
+
+  def write(self, line: dict) -> None:
+    if self.enabled:
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 class ProgressBar:

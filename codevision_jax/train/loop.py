@@ -1,7 +1,7 @@
-"""The SFT training loop: build everything from the config, resume if the workdir has a
-checkpoint, run the jitted step, write summaries and checkpoints.
+"""The SFT training loop: build everything from the config, then run the jitted step on the run
+scaffold (`runtime.scaffold`: resume, checkpoints, summaries, progress, SIGTERM).
 
-    state = train(config, workdir)
+    result = train(config, workdir)   # scaffold.RunResult: result.state, result.history, ...
 
 Restarting with the same workdir resumes from the latest checkpoint (parameters, optimizer
 state, step and data iterator), and gives the same result as an uninterrupted run: the data
@@ -21,16 +21,15 @@ import zlib
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from codevision_jax import distributed_env, parallel
+from codevision_jax import distributed_env
 from codevision_jax.data import geometry, pipeline, size_cache
-from codevision_jax.runtime import checkpointing, metrics as metrics_lib, optimizer as optim_lib
+from codevision_jax.runtime import layout, metrics as metrics_lib, optimizer as optim_lib
+from codevision_jax.runtime import run_setup, scaffold
 from codevision_jax.train import step as step_lib
-from codevision_jax.runtime import preemption, remat, resume, run_setup
 
 log = logging.getLogger(__name__)
 
@@ -144,24 +143,16 @@ def build(cfg, workdir: str) -> Run:
   log.info("%d records (%d dropped), %d steps per epoch, training %d steps", len(sizes),
            plan.num_dropped, plan.steps_per_epoch, total_steps)
 
-  remat.apply_remat(model, cfg.train.remat)
-  graphdef, params, frozen, rest = nnx.split(
-      model, optim_lib.trainable_filter(cfg.train.freeze_vision_tower, cfg.train.freeze_merger),
-      nnx.Param, ...)
   tx = optim_lib.make_optimizer(cfg.optim, total_steps)
-  abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
-  state_sh = step_lib.state_shardings(params, abstract_opt, mesh, rules)
-  frozen_sh = nnx.to_pure_dict(parallel.state_shardings(frozen, mesh, rules))
-  params, frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params,
-           "opt_state": jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params)}
-  state = jax.device_put(state, state_sh)
+  parts = scaffold.split_model(model, cfg, tx, mesh, rules)
+  state = scaffold.init_state(nnx.to_pure_dict(parts.params), tx, parts.state_sh)
   options = step_lib.StepOptions(compute_dtype=run_setup.DTYPES[cfg.train.compute_dtype],
                                  loss_chunk=cfg.train.loss_chunk)
-  step_fn = functools.partial(step_lib.train_step, graphdef=graphdef, rest=rest, tx=tx,
+  step_fn = functools.partial(step_lib.train_step, graphdef=parts.graphdef, rest=parts.rest, tx=tx,
                               lr_schedule=optim_lib.schedule(cfg.optim, total_steps), options=options)
-  return Run(cfg, mesh, rules, mc, plan, builder, total_steps, state, frozen, state_sh, frozen_sh,
-             step_fn, dropped)
+  return Run(cfg=cfg, mesh=mesh, rules=rules, model_config=mc, plan=plan, builder=builder,
+             total_steps=total_steps, state=state, frozen=nnx.to_pure_dict(parts.frozen),
+             state_sh=parts.state_sh, frozen_sh=parts.frozen_sh, step_fn=step_fn, dropped=dropped)
 
 
 def host_step_flops(run: Run, host_batch: dict, grids: np.ndarray) -> tuple[float, float]:
@@ -176,110 +167,82 @@ def host_step_flops(run: Run, host_batch: dict, grids: np.ndarray) -> tuple[floa
 
 # ---- the loop ---------------------------------------------------------------------------------------
 
-StepHook = Callable[[int, checkpointing.Checkpointer], None]
-"""Called after every step, once the step's checkpoint (if one is due) has been started, with the
-step number and the run's checkpointer (`wait()` returns when its saves are on disk)."""
+StepHook = scaffold.StepHook
 
 
-def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> dict:
-  """Runs (or resumes) training; returns {"state", "frozen", "history", "last"} (history: per-step
-  host-side records of this process's steps: step, loss, batch fingerprint; last: the step, loss
-  and tokens/s of the last log). `hooks` run after every step."""
+def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> scaffold.RunResult:
+  """Runs (or resumes) training -> `scaffold.RunResult` (history: host-side records of this
+  process's steps: step, loss, batch fingerprint; last: the step, loss and tokens/s of the last
+  log; dropped: the records left out). `hooks` run after every step. On SIGTERM: a checkpoint,
+  then `Preempted` (exit status 75, requeue)."""
   run = build(cfg, workdir)
-  mesh, plan, builder, total_steps = run.mesh, run.plan, run.builder, run.total_steps
-  state, frozen, state_sh, frozen_sh = run.state, run.frozen, run.state_sh, run.frozen_sh
-  ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                    every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
-                                    async_save=cfg.train.async_checkpoints)
-  data_state, latest = None, None
-  restored = ckpt.restore_resumable(checkpointing.abstract_like(state, state_sh),
-                                    checkpointing.abstract_like(frozen, frozen_sh),
-                                    step=cfg.train.resume_step or None)
-  if restored is not None:
-    latest, state, frozen, data_state, saved_config = restored
-    resume.check(saved_config, cfg, step=latest)
-    log.info("resumed from %s at step %d", ckpt.directory, latest)
-  start = int(state["step"])
-  if start >= total_steps and latest is not None:
-    log.warning("the checkpoint is at step %d and the run has %d steps: nothing to train (raise "
-                "--config.train.steps to train further)", start, total_steps)
-  iterator = pipeline.make_iterator(plan, builder, workers=cfg.data.workers,
-                                    buffer=cfg.data.prefetch_buffer, state=data_state)
+  state, frozen, stopped = run.state, run.frozen, None
+  with scaffold.Scaffold(cfg, workdir, unit="step", total=run.total_steps) as sc:
+    resumed = sc.restore(state, frozen, run.state_sh, run.frozen_sh)
+    data_state = None
+    if resumed is not None:
+      state, frozen, data_state = resumed.state, resumed.frozen, resumed.data_state
+      sc.resumed_from()
+    iterator = pipeline.make_iterator(run.plan, run.builder, workers=cfg.data.workers,
+                                      buffer=cfg.data.prefetch_buffer, state=data_state)
+    try:
+      sc.open()
+      dropped = _report_dropped(run, workdir, sc, sc.start)
+      state, stopped = _steps(run, sc, iterator, state, frozen, hooks)
+    finally:  # Stops Grain's worker processes and frees their shared memory (also on an error).
+      iterator.close()
+  if stopped is not None:
+    raise stopped
+  return sc.result(run, state, frozen, dropped)
 
+
+def _steps(run: Run, sc: scaffold.Scaffold, iterator, state, frozen, hooks):
+  """The steps from `sc.start` on -> (state, the `Preempted` to raise, or None)."""
+  cfg, total_steps = run.cfg, run.total_steps
+  peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.train.peak_tflops) * run.mesh.size
   jitted = batch_sh = None
-
-  is_primary = jax.process_index() == 0
-  writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_primary)
-  dropped = _report_dropped(run, workdir, writer, start, is_primary)
-  bar = metrics_lib.ProgressBar(total_steps, start=start, every=cfg.train.log_every)
-  peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.train.peak_tflops) * mesh.size
-  config_json = cfg.to_dict()
-  history, pending, last_logged = [], [], {}
+  pending = []
   t_last, flops_acc, tokens_acc = time.perf_counter(), 0.0, 0.0
-  saved_at = latest
-  # SIGTERM (a preemption): the step in flight finishes, a checkpoint is saved, `Preempted` exits
-  # with the requeue status (train/preemption.py; train.sigterm_grace_s abandons a step that takes
-  # too long).
-  preempt = preemption.Preemption(cfg.train.get("sigterm_grace_s", 0.0), unit="step").__enter__()
-  try:
-    for step in range(start, total_steps):
-      host_batch = next(iterator)
-      grids = host_batch.pop("image_grid_thw")
-      if jitted is None:
-        jitted, batch_sh = run.jit_step(host_batch)
-      flops, tokens = host_step_flops(run, host_batch, grids)
-      flops_acc, tokens_acc = flops_acc + flops, tokens_acc + tokens
-      state, m = jitted(state, frozen, to_global(host_batch, batch_sh))
-      pending.append((step + 1, m, zlib.crc32(host_batch["input_ids"].tobytes())))
-      done = step + 1
-      if done % cfg.train.log_every == 0 or done == total_steps:
-        fetched = [(s, jax.device_get(mm), h) for s, mm, h in pending]
-        elapsed = time.perf_counter() - t_last
-        for s, mm, h in fetched:
-          history.append({"step": s, "loss": float(mm["loss"]), "batch_hash": h})
-        last = fetched[-1][1]
-        tps = tokens_acc / elapsed if elapsed > 0 else 0.0
-        scalars = {"train/loss": last["loss"], "train/learning_rate": last["learning_rate"],
-                   "train/grad_norm": last["grad_norm"], "train/loss_tokens": last["loss_tokens"],
-                   "perf/tokens_per_s": tps,
-                   "perf/mfu": flops_acc / elapsed / peak if peak and elapsed > 0 else None}
-        writer.scalars(done, scalars)
-        bar.update(done, tps, loss=float(last["loss"]), lr=float(last["learning_rate"]))
-        last_logged = {"step": done, "loss": float(last["loss"]), "tokens_per_s": tps}
-        pending, t_last, flops_acc, tokens_acc = [], time.perf_counter(), 0.0, 0.0
-      if ckpt.save(done, state, frozen, iterator.get_state(), config_json):
-        saved_at = done
-      for hook in hooks:
-        hook(done, ckpt)
-      if preempt.should_stop(done) and done < total_steps:  # Every process, every step.
-        if saved_at != done:
-          ckpt.save(done, state, frozen, iterator.get_state(), config_json, force=True)
-        stopped = preempt.exit(done)
-        log.warning("%s", stopped)
-        raise stopped
-    if saved_at != total_steps and total_steps > start:
-      ckpt.save(total_steps, state, frozen, iterator.get_state(), config_json, force=True)
-  finally:  # Also when a step fails: pending checkpoint saves finish before the error surfaces.
-    bar.close()
-    iterator.close()  # Stops Grain's worker processes and frees their shared memory.
-    ckpt.close()
-    writer.close()
-    preempt.__exit__(None, None, None)
-  return {"state": state, "frozen": frozen, "history": history, "last": last_logged,
-          "dropped": dropped}
+  for step in range(sc.start, total_steps):
+    host_batch = next(iterator)
+    grids = host_batch.pop("image_grid_thw")
+    if jitted is None:
+      jitted, batch_sh = run.jit_step(host_batch)
+    flops, tokens = host_step_flops(run, host_batch, grids)
+    flops_acc, tokens_acc = flops_acc + flops, tokens_acc + tokens
+    state, m = jitted(state, frozen, to_global(host_batch, batch_sh))
+    pending.append((step + 1, m, zlib.crc32(host_batch["input_ids"].tobytes())))
+    done = step + 1
+    if done % cfg.train.log_every == 0 or done == total_steps:
+      fetched = [(s, jax.device_get(mm), h) for s, mm, h in pending]
+      elapsed = time.perf_counter() - t_last
+      last = fetched[-1][1]
+      tps = tokens_acc / elapsed if elapsed > 0 else 0.0
+      sc.scalars(done, {"train/loss": last["loss"], "train/learning_rate": last["learning_rate"],
+                        "train/grad_norm": last["grad_norm"], "train/loss_tokens": last["loss_tokens"],
+                        "perf/tokens_per_s": tps,
+                        "perf/mfu": flops_acc / elapsed / peak if peak and elapsed > 0 else None})
+      sc.progress(done, tps, loss=float(last["loss"]), lr=float(last["learning_rate"]))
+      sc.append([{"step": s, "loss": float(mm["loss"]), "batch_hash": h} for s, mm, h in fetched],
+                last={"step": done, "loss": float(last["loss"]), "tokens_per_s": tps})
+      pending, t_last, flops_acc, tokens_acc = [], time.perf_counter(), 0.0, 0.0
+    stopped = sc.end_step(done, state, frozen, iterator.get_state(), hooks)
+    if stopped is not None:
+      return state, stopped
+  return state, None
 
 
-def _report_dropped(run: Run, workdir: str, writer, step: int, is_primary: bool) -> dict:
+def _report_dropped(run: Run, workdir: str, sc: scaffold.Scaffold, step: int) -> dict:
   """The records left out (`dropped_records`, allowed by data.drop_oversized or data.skip_bad):
   listed in `<workdir>/dropped_records.jsonl`, counted in TensorBoard (data/dropped_records) ->
   {"records", "of", "why", "path"} for the end-of-run summary."""
-  path = os.path.join(workdir, "dropped_records.jsonl")
+  path = layout.dropped_records(workdir)
   why = pipeline.drop_reasons(run.plan.sizes, run.plan.spec)
-  if is_primary and run.dropped:
+  if sc.is_primary and run.dropped:
     with open(path, "w", encoding="utf-8") as f:
       for d in run.dropped:
         f.write(json.dumps(d) + "\n")
-  writer.scalars(step, {"data/dropped_records": float(len(run.dropped)),
-                        "data/records": float(len(run.plan.sizes))})
+  sc.scalars(step, {"data/dropped_records": float(len(run.dropped)),
+                    "data/records": float(len(run.plan.sizes))})
   return {"records": len(run.dropped), "of": len(run.plan.sizes), "why": why,
           "path": path if run.dropped else None}
