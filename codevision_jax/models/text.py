@@ -8,6 +8,8 @@ values are written at entries `cache_index[b]`, `cache_index[b] + 1`, ... of row
 its own write position), and the mask [B, 1, T, S] says which entries each query sees; a mask
 over fewer entries than the cache holds means attention reads only those first S entries (the
 filled prefix). Training and scoring pass no cache.
+A paged cache (`paged_kv`: pages shared by all rows) comes with a `paged_kv.PagedIndex` as
+`cache_index`: the new entries go where it says and each row attends over its table's pages.
 
 With `scan_layers` the decoder layers are one `DecoderLayer` whose parameters carry a leading
 layer axis [L, ...] (logical axis "layers", replicated), run by `jax.lax.scan`: XLA compiles one
@@ -21,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from codevision_jax.models import attention, rotary
+from codevision_jax.models import attention, paged_kv, rotary
 from codevision_jax.models.config import TextConfig
 from codevision_jax.models.layers import Embed, GatedMLP, Linear, RMSNorm
 
@@ -54,6 +56,12 @@ class TextAttention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     q = rotary.apply_rotary(q, cos[:, :, None], sin[:, :, None])
     k = rotary.apply_rotary(k, cos[:, :, None], sin[:, :, None])
+    if isinstance(cache_index, paged_kv.PagedIndex):  # A paged cache: write into pages, attend
+      cache = paged_kv.write(cache, k, v, cache_index)  # over the gathered pages of each row.
+      k, v = paged_kv.gather(cache, cache_index.table)
+      out = attention.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
+                                            backend="xla", kv_layout="bskd")
+      return self.o_proj(out.reshape(b, t, -1)), cache
     if cache is not None:  # Row r's T new entries go at cache_index[r], cache_index[r] + 1, ...
       entries = cache_index[:, None] + jnp.arange(t)
       rows = jnp.arange(b)[:, None]

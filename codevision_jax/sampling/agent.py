@@ -10,7 +10,8 @@ policy. Slots are decoded together, in one batched device call per round. When a
 ends, the environment reads it: a tool call that is well formed runs on the executor service as
 an asyncio task while the other slots keep decoding; a malformed one gets its error response at
 once. When a call returns, its tool turn (with the result image) is appended to the slot by
-chunked prefill and decoding resumes. A finished slot takes the next record.
+chunked prefill and decoding resumes. A finished slot takes the next record, when the policy
+admits one (`can_admit`: a paged KV cache with free pages).
 
 A trajectory ends with a `trajectory.Finish` reason: `answer`, `eos`, `max_turns` (from the
 environment), `max_tokens` (the total token budget), or `error` (the executor could not be
@@ -119,10 +120,11 @@ class AgentLoop:
 
     def end(slot: int, reason: Finish) -> None:
       self._finish(slots.pop(slot), reason, done)
+      self.policy.finish(slot)
       free.append(slot)
 
     while queue or slots:
-      while free and queue:  # Refill free slots.
+      while free and queue and (not slots or self.policy.can_admit()):  # Refill free slots.
         slot = free.pop()
         index, record = queue.pop()
         slots[slot] = await asyncio.to_thread(self._start, slot, index, record)

@@ -57,9 +57,10 @@ import numpy as np
 from flax import nnx, struct
 
 from codevision_jax import parallel
-from codevision_jax.models import prepare
+from codevision_jax.models import paged_kv, prepare
 from codevision_jax.models.text import cache_entries, cache_slot_axis, init_kv_cache
 from codevision_jax.sampling.logits import choose_tokens, policy_logprobs
+from codevision_jax.sampling.paged import PagePool
 
 ID_SLOTS = 8
 
@@ -86,6 +87,28 @@ def attention_span(needed: int, entries: int) -> int:
   return min(span, entries)
 
 
+PAGE_SPAN_BASE = 1024
+PAGE_SPAN_STEPS = (4, 5, 6, 7)  # quarters of an octave
+
+
+def paged_span(needed: int, page_size: int, max_pages: int) -> int:
+  """The entries a call over a paged cache attends over: `needed` rounded up to 1024 x 2^k x
+  (1, 1.25, 1.5 or 1.75), whole pages, at most `max_pages` pages. Gathering pages costs what
+  attending costs, so the steps are finer than `attention_span`'s (4 compilations an octave)."""
+  span, octave = PAGE_SPAN_BASE, PAGE_SPAN_BASE
+  while span < needed:
+    for step in PAGE_SPAN_STEPS[1:] + (8,):
+      span = octave * step // 4
+      if span >= needed:
+        break
+    octave *= 2
+  return min(-(-span // page_size), max_pages) * page_size
+
+
+class PoolFull(ValueError):
+  """The paged cache has no free pages for a slot's tokens (the caller may free or preempt)."""
+
+
 def id_array(ids: Sequence[int]) -> np.ndarray:
   """Token ids padded with -1 to a multiple of `ID_SLOTS` entries (at least one multiple)."""
   ids = [int(i) for i in ids]
@@ -100,11 +123,13 @@ class DecodeState:
   logits: jax.Array  # [S, V] float32
   lengths: jax.Array  # [S] int32
   counters: jax.Array  # [S] int32
+  pages: jax.Array | None = None  # a paged cache's page table [S, max_pages] int32 (`PagePool`)
 
 
-def cache_logical_axes(stacked: bool) -> tuple:
-  """The logical axes of a cache array (`text.init_kv_cache`'s layout)."""
-  axes = ("batch", "kv_heads", None, None)
+def cache_logical_axes(stacked: bool, paged: bool = False) -> tuple:
+  """The logical axes of a cache array (`text.init_kv_cache`'s layout; `paged_kv.init_pool`'s
+  with `paged`: pages over the batch axes)."""
+  axes = ("batch", None, "kv_heads", None) if paged else ("batch", "kv_heads", None, None)
   return ("layers",) + axes if stacked else axes
 
 
@@ -138,10 +163,12 @@ def _embed(graphdef, params, rest, input_ids, pixel_values, vision_meta):
   return nnx.merge(graphdef, params, rest).embed(input_ids, pixel_values, vision_meta)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "all_slots", "cache_sharding", "span"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "all_slots", "cache_sharding", "span",
+                                           "page_size"),
                    donate_argnames=("state",))
 def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstack, positions, n_real,
-             last, advance, *, all_slots: bool, cache_sharding=None, span: int = 0) -> DecodeState:
+             last, advance, write=None, *, all_slots: bool, cache_sharding=None, span: int = 0,
+             page_size: int = 0) -> DecodeState:
   """Runs the decoder over `embeds` [R, C, H] of `slots` [R], written at each slot's length.
 
   positions [3, R, C] count from the slot's counter; n_real [R]: real tokens of the chunk (the rest
@@ -149,17 +176,22 @@ def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstac
   (its logits become the slot's pending logits), or -1 when the segment goes on in a later chunk;
   advance [R]: added to the slot's counter. `all_slots`: `slots` is every slot in order. `span`:
   attention reads the first `span` cache entries (0: all), which must hold every slot's tokens.
+  A paged cache (`page_size` > 0) takes `write` [R, C]: the flat pool entry of each token.
   """
   TRACE_COUNTS["prefill"] += 1
   model = nnx.merge(graphdef, params, rest)
   c = embeds.shape[1]
   start = state.lengths[slots]
-  rows = state.cache if all_slots else _take_slots(state.cache, slots)
+  if page_size:
+    rows, index = state.cache, paged_kv.PagedIndex(write, state.pages[slots, :span // page_size])
+  else:
+    rows, index = (state.cache if all_slots else _take_slots(state.cache, slots)), start
   entries = jnp.arange(span or cache_entries(rows))
   mask = entries[None, None, :] <= (start[:, None] + jnp.arange(c))[:, :, None]  # [R, C, span]
   positions = positions + state.counters[slots][None, :, None]
-  hidden, rows = model.extend(embeds, positions, mask[:, None], rows, start, deepstack)
-  cache = _constrain(rows if all_slots else _put_slots(state.cache, rows, slots), cache_sharding)
+  hidden, rows = model.extend(embeds, positions, mask[:, None], rows, index, deepstack)
+  cache = _constrain(rows if all_slots or page_size else _put_slots(state.cache, rows, slots),
+                     cache_sharding)
   at_last = jnp.take_along_axis(hidden, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
   new = model.logits(at_last).astype(state.logits.dtype)
   logits = state.logits.at[slots].set(jnp.where((last >= 0)[:, None], new, state.logits[slots]))
@@ -168,22 +200,23 @@ def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstac
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_steps", "greedy", "filtered",
-                                           "cache_sharding", "span"),
+                                           "cache_sharding", "span", "page_size"),
                    donate_argnames=("state",))
 def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity, keys, counts,
             temperature, top_k, top_p, stop_ids, banned_ids, yield_ids, *, max_steps: int,
-            greedy: bool, filtered: bool, cache_sharding=None, span: int = 0):
+            greedy: bool, filtered: bool, cache_sharding=None, span: int = 0, page_size: int = 0):
   """Up to `max_steps` tokens for each active row, until a stop token or its budget (at most the
   room left in its slot); the whole call ends after the step in which some row sampled one of
   `yield_ids` (a tool call to serve now: the other rows go on in the next call). Row r samples
   with `fold_in(keys[r], counts[r] + k)` for its k-th token of this call. Returns tokens and
   log-probs [S, max_steps] (0 past each row's count), the number sampled per row, and the new
   state. Attention reads the first `span` cache entries (0: all), which must hold every active
-  row's tokens after `max_steps` more; idle rows write to the scratch entry past them."""
+  row's tokens after `max_steps` more; idle rows write to the scratch entry past them (a paged
+  cache, `page_size` > 0: to the scratch page; the caller's budgets keep rows within their pages)."""
   TRACE_COUNTS["decode"] += 1
   model = nnx.merge(graphdef, params, rest)
   s = active.shape[0]
-  scratch = cache_entries(state.cache) - 1
+  scratch = 0 if page_size else cache_entries(state.cache) - 1
   entries = jnp.arange(span or scratch + 1)
   banned = jnp.any(jnp.arange(state.logits.shape[-1])[:, None] == banned_ids[None, :], axis=-1)
   budget = jnp.minimum(budget, capacity - state.lengths)
@@ -202,6 +235,12 @@ def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity
     logprobs = logprobs.at[:, step].set(jnp.where(live, policy_logprobs(state.logits, tok), 0.0))
     index = jnp.where(live, state.lengths, scratch)
     key_ok = (entries[None, :] <= index[:, None]) | ~live[:, None]  # Idle rows: output dropped.
+    if page_size:  # The flat pool entry of each row's new token (idle rows: the scratch page's).
+      page = jnp.take_along_axis(state.pages, (state.lengths // page_size)[:, None], 1,
+                                 mode="clip")[:, 0]
+      flat = jnp.where(live, page * page_size + state.lengths % page_size,
+                       paged_kv.SCRATCH_PAGE * page_size)
+      index = paged_kv.PagedIndex(flat[:, None], state.pages[:, :span // page_size])
     embeds, _ = model.embed(tok[:, None])
     positions = jnp.broadcast_to(state.counters[None, :, None], (3, s, 1))
     hidden, cache = model.extend(embeds, positions, key_ok[:, None, None, :], state.cache, index)
@@ -230,16 +269,21 @@ class DecodeEngine:
   one architecture share compilations) and its parameters (an `nnx.State` argument), so
   `update_params` replaces the weights without a recompilation. `chunk` is the prefill piece of
   `append` (0: this engine only prefills whole batches with `prefill`, and its cache needs no
-  room for chunk padding).
+  room for chunk padding). `page_size` > 0: the cache is paged (`models.paged_kv`): one pool of
+  pages shared by the slots, each slot holding pages for its tokens only (`allocate`'s
+  `pool_tokens`); 0: a dense cache of `capacity` entries per slot.
   """
 
   def __init__(self, model: nnx.Module, *, chunk: int = 128, params: nnx.State | None = None,
-               rules=None):
+               rules=None, page_size: int = 0):
     self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
     self.config = model.config
     # The cache's form follows the decoder's (stacked for scanned layers).
     self._stacked = model.scan_layers
     self.chunk = chunk
+    self.page_size = page_size
+    self.pool: PagePool | None = None  # a paged cache's page accounting
+    self._pages_version = -1  # the `pool.version` the device's page table has
     self.rules = parallel.DEFAULT_RULES if rules is None else rules
     if params is not None:  # The engine's own parameters (e.g. a bfloat16 copy): their dtypes
       self._check_structure(params)  # are what later `update_params` calls must match.
@@ -291,25 +335,45 @@ class DecodeEngine:
     return sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
 
   def cache_sharding(self, num_slots: int, length: int):
-    """The NamedSharding of every cache array (one for all layers), or None off a mesh."""
+    """The NamedSharding of every cache array (one for all layers), or None off a mesh. A paged
+    cache's arrays are [num_pages, page_size, K, D]: `num_slots` is then the number of pages and
+    `length` the page size."""
     mesh = self.mesh
     if mesh is None or mesh.size == 1:
       return None
     tc = self.config.text
     shape = (num_slots, tc.num_key_value_heads, length, tc.resolved_head_dim)
+    if self.page_size:
+      shape = (num_slots, length, tc.num_key_value_heads, tc.resolved_head_dim)
     if self._stacked:
       shape = (tc.num_hidden_layers,) + shape
-    spec = parallel.logical_to_spec(cache_logical_axes(self._stacked), self.rules, shape, mesh)
+    axes = cache_logical_axes(self._stacked, paged=bool(self.page_size))
+    spec = parallel.logical_to_spec(axes, self.rules, shape, mesh)
     return jax.sharding.NamedSharding(mesh, spec)
 
   # ---- the state --------------------------------------------------------------------------
 
-  def allocate(self, num_slots: int, capacity: int) -> None:
-    """A fresh state of `num_slots` empty slots holding up to `capacity` tokens each."""
+  def allocate(self, num_slots: int, capacity: int, pool_tokens: int | None = None) -> None:
+    """A fresh state of `num_slots` empty slots holding up to `capacity` tokens each. A paged
+    engine's pool holds `pool_tokens` tokens in all (default: `num_slots * capacity`), rounded
+    up to whole pages (on a mesh: a multiple of its devices), plus the scratch page."""
     tc = self.config.text
-    length = capacity + self.chunk + 1
-    self._cache_sharding = self.cache_sharding(num_slots, length)
-    make = functools.partial(init_kv_cache, tc, num_slots, length, self.dtype, stacked=self._stacked)
+    if self.page_size:
+      p = self.page_size
+      pool_tokens = num_slots * capacity if pool_tokens is None else pool_tokens
+      num_pages = -(-pool_tokens // p) + 1
+      if self.mesh is not None:  # Whole pages on every device of the page axis.
+        num_pages = -(-num_pages // self.mesh.size) * self.mesh.size
+      self.pool = PagePool(num_pages, p, num_slots, max_pages=-(-capacity // p))
+      self._pages_version = -1
+      self._cache_sharding = self.cache_sharding(num_pages, p)
+      make = functools.partial(paged_kv.init_pool, tc.num_hidden_layers, num_pages, p,
+                               tc.num_key_value_heads, tc.resolved_head_dim, self.dtype,
+                               stacked=self._stacked)
+    else:
+      length = capacity + self.chunk + 1
+      self._cache_sharding = self.cache_sharding(num_slots, length)
+      make = functools.partial(init_kv_cache, tc, num_slots, length, self.dtype, stacked=self._stacked)
     if self._cache_sharding is None:
       cache = make()
     else:  # Born sharded: the whole cache never exists on one device.
@@ -318,18 +382,35 @@ class DecodeEngine:
         cache=cache, logits=jnp.zeros((num_slots, tc.vocab_size), jnp.float32),
         lengths=jnp.zeros((num_slots,), jnp.int32), counters=jnp.zeros((num_slots,), jnp.int32))
     self.capacity = capacity
+    self._sync_pages()
     self._lengths = np.zeros((num_slots,), np.int64)
     self._unsynced = None
 
   def release(self) -> None:
     """Drops the state (and the memory of its cache)."""
-    self.state, self._unsynced = None, None
+    self.state, self._unsynced, self.pool = None, None, None
 
   def _span(self, needed: int) -> int:
-    """The cache entries a call that needs the first `needed` attends over (`attention_span`);
-    recorded in `last_span`."""
-    self.last_span = attention_span(needed, cache_entries(self.state.cache))
+    """The cache entries a call that needs the first `needed` attends over (`attention_span`;
+    `paged_span` for a paged cache); recorded in `last_span`."""
+    if self.page_size:
+      self.last_span = paged_span(needed, self.page_size, self.pool.max_pages)
+    else:
+      self.last_span = attention_span(needed, cache_entries(self.state.cache))
     return self.last_span
+
+  def _sync_pages(self) -> None:
+    """Sends the page table to the device when it changed since the last call."""
+    if self.pool is not None and self._pages_version != self.pool.version:
+      self.state = self.state.replace(pages=jnp.asarray(self.pool.table))
+      self._pages_version = self.pool.version
+
+  def _reserve(self, slot: int, tokens: int) -> None:
+    """Pages for a paged slot's first `tokens` entries, or PoolFull."""
+    if self.pool is not None and not self.pool.reserve(slot, tokens):
+      raise PoolFull(f"slot {slot}: no free pages for {tokens} tokens ({self.pool.free_tokens} "
+                     f"free of the pool's {(self.pool.num_pages - 1) * self.page_size}); free or "
+                     "preempt a slot, or raise the pool size (rollout.kv_pool_tokens)")
 
   @property
   def num_slots(self) -> int:
@@ -349,7 +430,10 @@ class DecodeEngine:
     return self.state.logits
 
   def reset(self, slot: int) -> None:
-    """Empties a slot (its stale cache entries are never valid keys again)."""
+    """Empties a slot (its stale cache entries are never valid keys again; a paged slot's pages
+    go back to the pool)."""
+    if self.pool is not None:
+      self.pool.release(slot)
     self.lengths[slot] = 0
     self.state = self.state.replace(lengths=self.state.lengths.at[slot].set(0),
                                     counters=self.state.counters.at[slot].set(0))
@@ -381,6 +465,8 @@ class DecodeEngine:
     start = int(self.lengths[slot])
     if start + n > self.capacity:
       raise ValueError(f"slot {slot}: {start} + {n} tokens exceed the capacity {self.capacity}")
+    self._reserve(slot, start + n)
+    self._sync_pages()
     positions, meta = prepare.prepare(self.config, ids[None], grid)
     c = self.chunk
     width = -(-n // c) * c
@@ -394,12 +480,14 @@ class DecodeEngine:
       piece = slice(lo, lo + c)
       ds = None if deepstack is None else (deepstack[0][:, piece], [f[:, piece] for f in deepstack[1]])
       is_last = lo + c >= n
+      write = None if self.pool is None else self.pool.write_entries(slot, start + lo, min(c, n - lo), c)[None]
       self.state = _prefill(
           self._graphdef, self._params, self._rest, self.state, np.asarray([slot], np.int32),
           embeds[:, piece], ds, positions[:, :, piece], np.asarray([min(c, n - lo)], np.int32),
           np.asarray([n - 1 - lo if is_last else -1], np.int32),
-          np.asarray([advance if is_last else 0], np.int32), all_slots=False,
-          cache_sharding=self._cache_sharding, span=self._span(start + lo + c))
+          np.asarray([advance if is_last else 0], np.int32), write, all_slots=False,
+          cache_sharding=self._cache_sharding, span=self._span(start + lo + c),
+          page_size=self.page_size)
     self._lengths[slot] = start + n
 
   def prefill(self, rows: Sequence[np.ndarray], pixel_values=None, image_grid_thw=None) -> None:
@@ -417,14 +505,21 @@ class DecodeEngine:
     real = np.arange(padded.shape[1])[None] < lengths[:, None]
     padded[real] = np.concatenate([np.asarray(r, np.int32) for r in rows])
     self._check(padded, pixel_values, image_grid_thw)
+    write = None
+    if self.pool is not None:
+      for slot, n in enumerate(lengths):
+        self._reserve(slot, int(n))
+      self._sync_pages()
+      write = np.stack([self.pool.write_entries(slot, 0, int(n), padded.shape[1])
+                        for slot, n in enumerate(lengths)])
     positions, meta = prepare.prepare(self.config, padded, image_grid_thw, real)
     embeds, deepstack = _embed(self._graphdef, self._params, self._rest, padded,
                                None if pixel_values is None else jnp.asarray(pixel_values), meta)
     self.state = _prefill(self._graphdef, self._params, self._rest, self.state,
                           np.arange(s, dtype=np.int32), embeds, deepstack, positions, lengths,
-                          lengths - 1, (positions.max(axis=(0, 2)) + 1).astype(np.int32),
+                          lengths - 1, (positions.max(axis=(0, 2)) + 1).astype(np.int32), write,
                           all_slots=True, cache_sharding=self._cache_sharding,
-                          span=self._span(padded.shape[1]))
+                          span=self._span(padded.shape[1]), page_size=self.page_size)
     self._lengths = lengths.astype(np.int64)
 
   # ---- decode -----------------------------------------------------------------------------
@@ -435,17 +530,31 @@ class DecodeEngine:
              ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Samples for the slots where `active` [S] is set; see `_decode` (`yield_ids`: stop ids
     that end the call for every slot, e.g. `</tool_call>`, so that its tool runs at once).
-    Returns device arrays: tokens and log-probs [S, max_steps] and the count sampled per slot."""
+    Returns device arrays: tokens and log-probs [S, max_steps] and the count sampled per slot.
+
+    A paged slot first takes the pages its round can fill (up to `max_steps` or its budget) where
+    the pool has them; it samples at most what its pages hold (`ModelPolicy` preempts a slot to
+    free pages instead)."""
     if self.state is None:
       raise ValueError("the engine has no state: call allocate(num_slots, capacity) first")
     active = np.asarray(active, bool)
-    filled = int(self.lengths[active].max()) if active.any() else 0
+    budget = np.asarray(budget, np.int32)
+    lengths = self.lengths
+    filled = int(lengths[active].max()) if active.any() else 0
+    if self.pool is not None:
+      budget = budget.copy()
+      for slot in np.flatnonzero(active):
+        want = min(int(lengths[slot]) + min(max_steps, max(int(budget[slot]), 0)), self.capacity)
+        if not self.pool.reserve(slot, want):  # What the pool has left.
+          self.pool.reserve(slot, min(want, self.pool.room(slot) + self.pool.free_tokens))
+        budget[slot] = min(budget[slot], self.pool.room(slot) - lengths[slot])
+      self._sync_pages()
     tokens, logprobs, n, self.state = _decode(
         self._graphdef, self._params, self._rest, self.state, active,
-        np.asarray(budget, np.int32), np.int32(self.capacity), keys, np.asarray(counts, np.int32),
+        budget, np.int32(self.capacity), keys, np.asarray(counts, np.int32),
         np.float32(temperature), np.int32(top_k), np.float32(top_p), id_array(stop_ids),
         id_array(banned_ids), id_array(yield_ids), max_steps=max_steps, greedy=temperature == 0,
         filtered=temperature > 0 and (top_k > 0 or top_p < 1), cache_sharding=self._cache_sharding,
-        span=self._span(filled + max_steps))
+        span=self._span(filled + max_steps), page_size=self.page_size)
     self._unsynced = n if self._unsynced is None else self._unsynced + n  # Stays on device.
     return tokens, logprobs, n

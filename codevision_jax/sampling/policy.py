@@ -7,7 +7,16 @@ A policy holds `num_slots` sequences. The agent loop calls
 * `append(slot, input_ids, pixel_values, image_grid_thw)`: tokens the policy did not sample (a
   tool turn, with its image) are added to that slot (chunked prefill);
 * `decode(slots, budgets)`: one batched call that samples for those slots; for each it returns
-  (tokens, log-probs), ending at a stop token, at the slot's budget or at the policy's step count.
+  (tokens, log-probs), ending at a stop token, at the slot's budget or at the policy's step count;
+* `finish(slot)`: the slot's trajectory ended (its memory may be reused);
+* `can_admit()`: whether a new trajectory should start now (a paged cache with room for it).
+
+A `ModelPolicy` with a paged cache (`page_size` > 0) holds pages for the tokens in use only, in a
+pool of `pool_tokens`. When a slot needs pages the pool does not have, the slot started last is
+preempted: its pages go back to the pool and it is paused (its `decode` returns nothing) until
+the pool has room again, when its whole conversation is prefilled again into fresh pages (same
+tokens, same positions; its sampling stream is keyed by its token count, so it samples what it
+would have). A paused slot's tool turns are kept and come in with that prefill.
 
 `ModelPolicy` runs the model (`engine.DecodeEngine`); `ScriptedPolicy` replays given assistant texts
 through the tokenizer, so the loop can be tested against the real executor without a model.
@@ -15,13 +24,14 @@ through the tokenizer, so the loop can be tested against the real executor witho
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
-from codevision_jax.sampling.engine import DecodeEngine
+from codevision_jax.sampling.engine import DecodeEngine, PoolFull
 
 
 class Policy(Protocol):
@@ -38,6 +48,33 @@ class Policy(Protocol):
              ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     ...
 
+  def finish(self, slot: int) -> None:
+    ...
+
+  def can_admit(self) -> bool:
+    ...
+
+
+@dataclasses.dataclass
+class _Held:
+  """What a paged slot holds, to prefill it again after a preemption: its segments in order
+  (token ids, pixel values or None, grids or None) and when it started (the preemption order)."""
+  started: int
+  segments: list = dataclasses.field(default_factory=list)
+
+  def add_tokens(self, tokens) -> None:
+    if len(tokens):
+      self.segments.append((np.asarray(tokens, np.int32), None, None))
+
+  def whole(self) -> tuple:
+    """The conversation as one segment."""
+    ids = np.concatenate([ids for ids, _, _ in self.segments])
+    pvs = [pv for _, pv, grid in self.segments if grid is not None]
+    grids = [np.asarray(grid).reshape(-1, 3) for _, _, grid in self.segments if grid is not None]
+    if not grids:
+      return ids, None, None
+    return ids, np.concatenate([np.asarray(pv) for pv in pvs]), np.concatenate(grids)
+
 
 class ModelPolicy:
   """The model, sampling at `temperature` (0: greedy) with optional top-k/top-p; image pads and
@@ -46,15 +83,30 @@ class ModelPolicy:
   Trajectory t samples with the key `fold_in(PRNGKey(seed), t)` folded with its token count, so
   its random stream does not depend on which slot it ran in or what ran beside it (a run is
   reproducible given the seed, the records and the number of slots).
+
+  `page_size` > 0: a paged KV cache of `pool_tokens` tokens shared by the slots (default
+  `num_slots * capacity`), `capacity` tokens at most per slot; a new trajectory is admitted
+  (`can_admit`) while no slot is paused and the pool has `admit_tokens` free (default
+  capacity / 8). See the module docstring for preemption.
   """
 
   def __init__(self, model: nnx.Module, stop_ids: Sequence[int], *, num_slots: int = 8,
                capacity: int = 4096, chunk: int = 128, steps_per_call: int = 32,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-               params: nnx.State | None = None, rules=None, yield_ids: Sequence[int] = ()):
+               params: nnx.State | None = None, rules=None, yield_ids: Sequence[int] = (),
+               page_size: int = 0, pool_tokens: int | None = None, admit_tokens: int | None = None):
     self.num_slots, self.capacity = num_slots, capacity
-    self.engine = DecodeEngine(model, chunk=chunk, params=params, rules=rules)
-    self.engine.allocate(num_slots, capacity)
+    self.pool_tokens = pool_tokens
+    if page_size and pool_tokens is not None and pool_tokens < capacity:
+      raise ValueError(f"the KV pool of {pool_tokens} tokens (rollout.kv_pool_tokens) cannot hold "
+                       f"one trajectory of {capacity} tokens; raise it to at least {capacity}")
+    self.admit_tokens = capacity // 8 if admit_tokens is None else admit_tokens
+    self.engine = DecodeEngine(model, chunk=chunk, params=params, rules=rules, page_size=page_size)
+    self.engine.allocate(num_slots, capacity, pool_tokens)
+    self._held: dict[int, _Held] = {}  # paged: every slot in use
+    self.paused: list[int] = []  # paged: preempted slots, oldest first
+    self._started = 0
+    self.preemptions = 0
     self.stop_ids = list(stop_ids)
     self.yield_ids = list(yield_ids)  # Stops that end a decode round at once (a tool to call).
     self.steps_per_call = steps_per_call
@@ -79,19 +131,110 @@ class ModelPolicy:
   def release(self) -> None:
     """Frees the KV cache (e.g. while a learner runs); the next `start` allocates it again."""
     self.engine.release()
+    self._held, self.paused = {}, []
+
+  @property
+  def paged(self) -> bool:
+    return self.engine.page_size > 0
 
   def start(self, slot, trajectory_id, input_ids, pixel_values=None, image_grid_thw=None):
     if self.engine.state is None:
-      self.engine.allocate(self.num_slots, self.capacity)
+      self.engine.allocate(self.num_slots, self.capacity, self.pool_tokens)
     self.engine.reset(slot)
     self._keys[slot] = np.asarray(jax.random.fold_in(jax.random.PRNGKey(self.seed), trajectory_id))
     self._counts[slot] = 0
-    self.engine.append(slot, input_ids, pixel_values, image_grid_thw)
+    if not self.paged:
+      self.engine.append(slot, input_ids, pixel_values, image_grid_thw)
+      return
+    self._started += 1
+    self._held[slot] = _Held(self._started)
+    self.append(slot, input_ids, pixel_values, image_grid_thw)
 
   def append(self, slot, input_ids, pixel_values=None, image_grid_thw=None):
-    self.engine.append(slot, input_ids, pixel_values, image_grid_thw)
+    if not self.paged:
+      self.engine.append(slot, input_ids, pixel_values, image_grid_thw)
+      return
+    held = self._held[slot]
+    held.segments.append((np.asarray(input_ids, np.int32).reshape(-1), pixel_values, image_grid_thw))
+    if slot in self.paused:
+      return  # Comes in with the slot's prefill when it resumes.
+    tokens = int(self.engine.lengths[slot]) + len(held.segments[-1][0])
+    if self._make_room({slot: tokens}, keep=slot):
+      self.engine.append(slot, input_ids, pixel_values, image_grid_thw)
+    else:
+      self._preempt(slot)
+
+  def finish(self, slot: int) -> None:
+    """The slot's trajectory ended: a paged slot's pages go back to the pool."""
+    if self.paged and self.engine.state is not None:
+      self.engine.reset(slot)
+      self._held.pop(slot, None)
+      if slot in self.paused:
+        self.paused.remove(slot)
+
+  def can_admit(self) -> bool:
+    """Whether a new trajectory should start now: always with a dense cache; with a paged one,
+    while no slot is paused and `admit_tokens` are free (or no slot is in use)."""
+    if not self.paged or self.engine.pool is None or not self._held:
+      return True
+    return not self.paused and self.engine.pool.free_tokens >= self.admit_tokens
+
+  # ---- paged: preemption ---------------------------------------------------------------------
+
+  def _make_room(self, wants: dict[int, int], keep: int | None = None) -> bool:
+    """Preempts slots started after every slot of `wants` ({slot: tokens it needs}), latest
+    first, until the pool can give each its tokens; whether it can now."""
+    pool, lengths = self.engine.pool, self.engine.lengths
+
+    def short() -> int:
+      need = sum(max(pool.pages_for(t) - int(pool.held[s]), 0) for s, t in wants.items()
+                 if s not in self.paused)
+      return need - pool.free_pages
+
+    while short() > 0:
+      oldest = min(self._held[s].started for s in wants if s not in self.paused)
+      victims = [s for s in self._held if s not in self.paused and s != keep
+                 and self._held[s].started > oldest and lengths[s] > 0]
+      if not victims:
+        return False
+      self._preempt(max(victims, key=lambda s: self._held[s].started))
+    return True
+
+  def _preempt(self, slot: int) -> None:
+    """Frees a slot's pages and pauses it (its segments are kept)."""
+    self.engine.reset(slot)
+    self.paused.append(slot)
+    self.preemptions += 1
+
+  def _resume(self) -> None:
+    """Prefills paused slots again, oldest first, while the pool has room for one and a round."""
+    pool = self.engine.pool
+    while self.paused:
+      slot = min(self.paused, key=lambda s: self._held[s].started)
+      ids, pv, grid = self._held[slot].whole()
+      if pool.free_tokens < len(ids) + self.steps_per_call:
+        return
+      self.paused.remove(slot)
+      try:
+        self.engine.append(slot, ids, pv, grid)
+      except PoolFull:  # Page rounding: wait for more room.
+        self.engine.reset(slot)
+        self.paused.append(slot)
+        return
 
   def decode(self, slots, budgets):
+    """Samples for `slots`; a paused slot (paged cache) gets no tokens this round."""
+    asked = list(slots)
+    if self.paged:
+      self._resume()
+      lengths = self.engine.lengths
+      self._make_room({s: int(lengths[s]) + min(self.steps_per_call, int(b))
+                       for s, b in zip(slots, budgets)})
+      kept = [(s, b) for s, b in zip(slots, budgets) if s not in self.paused]
+      slots, budgets = [s for s, _ in kept], [b for _, b in kept]
+    empty = (np.zeros((0,), np.int32), np.zeros((0,), np.float32))
+    if not slots:
+      return {s: empty for s in asked}
     active = np.zeros((self.num_slots,), bool)
     budget = np.zeros((self.num_slots,), np.int32)
     active[list(slots)] = True
@@ -101,7 +244,10 @@ class ModelPolicy:
         stop_ids=self.stop_ids, banned_ids=self.banned_ids, yield_ids=self.yield_ids,
         **self.sampling))
     self._counts += n.astype(np.int32)
-    return {s: (tokens[s, :n[s]], logprobs[s, :n[s]]) for s in slots}
+    out = {s: (tokens[s, :n[s]], logprobs[s, :n[s]]) for s in slots}
+    for s in out if self.paged else ():
+      self._held[s].add_tokens(out[s][0])
+    return {s: out.get(s, empty) for s in asked}
 
 
 class ScriptedPolicy:
@@ -132,6 +278,12 @@ class ScriptedPolicy:
 
   def append(self, slot, input_ids, pixel_values=None, image_grid_thw=None):
     self.appended[self._slot_traj[slot]].append(np.asarray(input_ids))
+
+  def finish(self, slot):
+    pass
+
+  def can_admit(self):
+    return True
 
   def decode(self, slots, budgets):
     self.decode_calls += 1
