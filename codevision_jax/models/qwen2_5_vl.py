@@ -59,8 +59,8 @@ class Qwen2_5_VisionTransformer(nnx.Module):
     x = permute_units(x, order, unit)
     cos, sin = rotary.vision_cos_sin(jnp.asarray(meta.position_ids), c.head_dim, c.rope_theta)
     cos, sin = permute_units(cos, order, unit), permute_units(sin, order, unit)
-    full = Segments(jnp.asarray(meta.full_segments), meta.full_span)
-    window = Segments(jnp.asarray(meta.window_segments), meta.window_span)
+    full = Segments.of(meta.full_segments, meta.full_span)  # Counted when the metadata is numpy.
+    window = Segments.of(meta.window_segments, meta.window_span)
     for i, block in enumerate(self.blocks):
       x = block(x, cos, sin, full if i in c.fullatt_block_indexes else window)
     merged = self.merger(x)

@@ -87,7 +87,7 @@ class Qwen3VLVisionModel(nnx.Module):
     pos = self.pos_embed(jnp.asarray(meta.interp_indices), jnp.asarray(meta.interp_weights))
     x = x + pos.astype(x.dtype)
     cos, sin = rotary.vision_cos_sin(jnp.asarray(meta.position_ids), c.head_dim, c.rope_theta)
-    segments = Segments(jnp.asarray(meta.full_segments), meta.full_span)
+    segments = Segments.of(meta.full_segments, meta.full_span)  # Counted when numpy.
     deepstack = []
     for i, block in enumerate(self.blocks):
       x = block(x, cos, sin, segments)

@@ -10,6 +10,12 @@ of keys around it (static slices, no gather), so the cost grows with N x span in
 (8,192 patches of 1,024-patch images: 2,176 keys per query instead of 8,192; 64-patch windows:
 192), and the scores of a microbatch no longer take N^2 memory. Within the band the segment mask
 applies as before, so the result is the dense one.
+
+On the "cudnn" backend the segments go to cuDNN as they are, through its packed layout (the
+offsets and lengths of each segment: `attention.segment_mask`), without a band or a mask array,
+when their number is known statically (`Segments.count`: the host-side call, whose metadata is
+numpy). Without a count (metadata traced under jit) or with 32-bit inputs, the band runs on
+"xla", said once per process.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 
 from codevision_jax.models import attention, rotary
@@ -43,10 +50,26 @@ class PatchEmbed(nnx.Module):
 
 @struct.dataclass
 class Segments:
-  """Attention segment ids [N] (contiguous runs) and a static bound on the runs that must be exact
-  (`VisionMetadata.full_span` / `window_span`; 0: none, attention over all patches)."""
+  """Attention segment ids [N] (contiguous runs), a static bound on the runs that must be exact
+  (`VisionMetadata.full_span` / `window_span`; 0: none, attention over all patches) and a static
+  bound on the number of runs (0: none known; cuDNN's packed layout needs one)."""
   ids: jax.Array
   span: int = struct.field(pytree_node=False, default=0)
+  count: int = struct.field(pytree_node=False, default=0)
+
+  @classmethod
+  def of(cls, ids, span: int = 0) -> "Segments":
+    """Segments of ids [N] (numpy, or an array), counting the runs when the ids are concrete."""
+    return cls(jnp.asarray(ids), span, run_count(ids))
+
+
+def run_count(ids) -> int:
+  """The number of runs of equal values in ids [N] when they are concrete (numpy, or a committed
+  array outside a trace); 0 for a tracer."""
+  if isinstance(ids, jax.core.Tracer):
+    return 0
+  ids = np.asarray(ids)
+  return int(len(ids) and 1 + np.count_nonzero(ids[1:] != ids[:-1]))
 
 
 def band_geometry(n: int, span: int) -> tuple[int, int] | None:
@@ -68,12 +91,18 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: Segmen
   With a span (see `band_geometry`), queries go in blocks of `block` and each block attends to
   `2 * side + 1` blocks of keys centred on it; exact for runs up to `span` long."""
   n = q.shape[0]
-  geometry = band_geometry(n, segments.span)
   ids = segments.ids
-  if geometry is None:
-    mask = (ids[:, None] == ids[None, :])[None, None]
-    return attention.dot_product_attention(q[None], k[None], v[None], mask=mask, scale=scale,
-                                           backend=backend)[0]
+  if backend == "cudnn":
+    if segments.count and attention.cudnn_takes(q.dtype) and attention.packed_layout_supported():
+      form = attention.segment_mask(ids[None], max_segments=segments.count)
+      return attention.dot_product_attention(q[None], k[None], v[None], mask=form, scale=scale,
+                                             backend="cudnn")[0]
+    attention.cudnn_fallback(_why_not_cudnn(segments, q.dtype))
+    backend = "xla"
+  geometry = band_geometry(n, segments.span)
+  if geometry is None:  # The form: xla builds the dense mask of it, splash takes the ids.
+    return attention.dot_product_attention(q[None], k[None], v[None], mask=attention.segment_mask(ids[None]),
+                                           scale=scale, backend=backend)[0]
   block, side = geometry
   blocks = -(-n // block)
   pad = blocks * block - n
@@ -95,6 +124,15 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: Segmen
   out = attention.dot_product_attention(padded(q).reshape(blocks, block, *q.shape[1:]), kb, vb,
                                         mask=mask, scale=scale, backend=backend)
   return out.reshape(blocks * block, *q.shape[1:])[:n]
+
+
+def _why_not_cudnn(segments: Segments, dtype) -> str:
+  if not attention.cudnn_takes(dtype):
+    return f"vision segments in {jnp.dtype(dtype).name} (the fused kernel takes 16-bit inputs)"
+  if not segments.count:
+    return ("vision segments without a static count (metadata traced under jit): the band of "
+            "vision.segment_attention")
+  return "vision segments need cuDNN's packed layout, which needs a Hopper or newer GPU"
 
 
 class VisionAttention(nnx.Module):

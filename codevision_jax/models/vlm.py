@@ -23,7 +23,7 @@ from flax import nnx
 from codevision_jax.models import attention, prepare as prepare_lib
 from codevision_jax.models.config import VLConfig
 from codevision_jax.models.layers import Linear
-from codevision_jax.models.text import TextModel, causal_mask
+from codevision_jax.models.text import TextModel
 
 
 class VLModel(nnx.Module):
@@ -47,6 +47,13 @@ def place_image_features(embeds: jax.Array, image_index: jax.Array, features: ja
   return jnp.where((image_index >= 0)[..., None], rows, embeds)
 
 
+def _row_runs(attention_mask: np.ndarray) -> list[int]:
+  """The segments (runs of one nonzero value) of each row of a host attention mask [B, T]."""
+  m = attention_mask.reshape(len(attention_mask), -1)
+  starts = (m != 0) & np.concatenate([np.ones_like(m[:, :1], bool), m[:, 1:] != m[:, :-1]], axis=1)
+  return starts.sum(axis=1).tolist()
+
+
 class VisionLanguageModel(nnx.Module):
   """Base class; a family sets `vision_class`."""
 
@@ -55,6 +62,7 @@ class VisionLanguageModel(nnx.Module):
   def __init__(self, config: VLConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
                attention_backend: str = "xla", scan_layers: bool = False):
     self.config = config
+    self.attention_backend = attention_backend
     visual = self.vision_class(config.vision, rngs=rngs, param_dtype=param_dtype, backend=attention_backend)
     language_model = TextModel(config.text, rngs=rngs, param_dtype=param_dtype, backend=attention_backend,
                                scan_layers=scan_layers)
@@ -87,10 +95,11 @@ class VisionLanguageModel(nnx.Module):
     prepared_positions, meta = self.prepare(input_ids, image_grid_thw, attention_mask)
     if position_ids is None:
       position_ids = prepared_positions
+    most = 0 if attention_mask is None else max(_row_runs(np.asarray(attention_mask)), default=0)
     return self.forward(jnp.asarray(input_ids),
                         None if pixel_values is None else jnp.asarray(pixel_values), meta,
                         None if attention_mask is None else jnp.asarray(attention_mask),
-                        jnp.asarray(position_ids))
+                        jnp.asarray(position_ids), max_segments=max(most, attention.MAX_SEGMENTS))
 
   # ---- array code ---------------------------------------------------------------------------
 
@@ -120,15 +129,19 @@ class VisionLanguageModel(nnx.Module):
     return self.lm_head(hidden)
 
   def forward(self, input_ids, pixel_values=None, vision_meta=None, attention_mask=None,
-              position_ids=None, *, image_index=None, return_hidden: bool = False):
+              position_ids=None, *, image_index=None, return_hidden: bool = False,
+              max_segments: int = attention.MAX_SEGMENTS):
+    """Logits [B, T, vocab] (or the final hidden states). `max_segments` (static) bounds the
+    segments of one row of `attention_mask` (padding, or sequences packed in a row) for the cudnn
+    backend's packed layout; a batch over it stops with an error naming it."""
     b, t = input_ids.shape
     if position_ids is None:
       position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (3, b, t))
     embeds, deepstack = self.embed(input_ids, pixel_values, vision_meta, image_index)
-    # The dense mask and its causal/segment form (padding is segment 0), for every backend.
-    segments = None if attention_mask is None else attention.padding_segments(attention_mask)
-    mask = attention.Masks(causal_mask(attention_mask, b, t), causal=True,
-                           segment_ids=None if segments is None else (segments, segments))
+    # The mask's form (causal, padding and packed segments), never the dense square: each
+    # backend derives what its kernel takes, once here for all layers.
+    mask = attention.text_mask(attention_mask, max_segments=max_segments).prepared(
+        self.attention_backend, embeds.dtype)
     hidden, _ = self.model.language_model(embeds, position_ids, mask, deepstack=deepstack)
     return hidden if return_hidden else self.logits(hidden)
 
