@@ -6,7 +6,7 @@ the same run.
 Builds the run exactly as `launch.sft` does (model, data plan, sharded state, the jitted step),
 takes the first batch of the plan and times `--steps` calls of the step on it after `--warmup`
 calls (compilation). Reports the median step time, real (non-padding) tokens per second, the
-model FLOPs of the step (`train.metrics.step_flops`, 6N per token plus attention) per second,
+model FLOPs of the step (`runtime.metrics.step_flops`, 6N per token plus attention) per second,
 and two utilisations:
 
 * MFU against the device's published dense bf16 peak (GPUs and TPUs; not known for CPUs);
