@@ -18,7 +18,20 @@ def model():
   m.chat_format = ""             # Empty: the model family's (qwen2_vl; Qwen3-VL: qwen3_vl, or
                                  # qwen3_vl_nothink for Instruct); docs/chat_format.md.
   m.scan_layers = False          # True: decoder layers stacked, run by a scan (one compiled layer).
+  m.lora = lora()
   return m
+
+
+def lora():
+  """`model.lora`: LoRA adapters, the only parameters that train when rank > 0 (docs/lora.md)."""
+  r = ml_collections.ConfigDict()
+  r.rank = 0                     # 0: off (the whole model trains as `train.freeze_*` say); e.g. 64.
+  r.alpha = 16.0                 # The adapters' output is scaled by alpha / rank.
+  r.dropout = 0.0                # Only 0 (the step is deterministic).
+  r.targets = ("q", "k", "v", "o", "gate", "up", "down")  # Decoder projections; add "merger",
+                                 # "tower" for the vision merger / tower's linear layers.
+  r.base_dtype = ""              # The frozen base: "" train.compute_dtype, "bfloat16", "float32",
+  return r                       # or QLoRA "int8" / "int4" (decoder projections quantized).
 
 
 def data():

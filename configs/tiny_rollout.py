@@ -16,6 +16,8 @@ real run names a checkpoint, a data file and running executor services, e.g.
 
 import ml_collections
 
+from configs import common
+
 
 def get_config():
   c = ml_collections.ConfigDict()
@@ -31,6 +33,7 @@ def get_config():
   c.model.chat_format = ""       # Empty: the model family's (qwen2_vl; Qwen3-VL: qwen3_vl, or
                                  # qwen3_vl_nothink for Instruct); docs/chat_format.md.
   c.model.scan_layers = False  # True: decoder layers stacked, run by a scan (one compiled layer).
+  c.model.lora = common.lora()  # rank > 0: the model carries LoRA adapters (docs/lora.md).
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # "synthetic", "files" (RL/eval parquet, ShareGPT JSONL) or "tfds".

@@ -25,7 +25,9 @@ FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
 # Fields added after checkpoints were written with configs that lack them: absent in the saved
 # config and at these values now, they change nothing (None: any value; `data.drop_oversized`
 # only decides whether records no batch holds stop the run or are dropped, and says which).
-ADDED = {"model.chat_format": "", "data.drop_oversized": None}
+ADDED = {"model.chat_format": "", "data.drop_oversized": None, "model.lora.rank": 0,
+         "model.lora.alpha": None, "model.lora.dropout": None, "model.lora.targets": None,
+         "model.lora.base_dtype": None}
 _ABSENT = object()
 
 
