@@ -6,6 +6,10 @@ Rows, each measured in this run:
 
 * matmul ceiling: a timed 8192^3 bfloat16 matmul (`sft_step.matmul_peak`), TFLOP/s and MFU;
 * copy ceiling: device memory bandwidth of a 2 GiB read + write (x + 1), GB/s;
+* attention (`benchmarks.attention_forms`): the cudnn backend handed each mask form (causal,
+  padded rows, packed rows, the vision tower's images and windows) against the xla backend,
+  outputs and gradients ("ok" within bfloat16 rounding, else MISMATCH); and forward + backward
+  of each form on the 3B SFT shape, ratio against the dense-mask cuDNN call (skipped off GPUs);
 * SFT step (`sft_step.time_step` on the run `train.loop.build` makes, as `launch.sft`): a random
   Qwen2.5-VL-3B-shaped model, 4 rows x 4096 tokens with two 448x448 images per row, bfloat16
   compute over float32 master weights, vision tower and merger frozen, chunked loss; attention
@@ -191,6 +195,12 @@ def run_rows(budget: Budget, rows: list, items) -> None:
 
 
 # ---- JAX side ------------------------------------------------------------------------------------
+
+def attention_rows() -> list:
+  """cuDNN attention per mask form: parity with xla and fwd+bwd times (skipped off GPUs)."""
+  from benchmarks import attention_forms
+  return attention_forms.rows()
+
 
 def _device():
   import jax
@@ -550,7 +560,7 @@ def table(rows: list) -> str:
 
 def _order(name: str) -> int:
   """A row's place in the table: ceilings, SFT settings, decode."""
-  names = (["matmul", "copy"] + [f"sft {b}/{m}" for b, m in SFT_SETTINGS]
+  names = (["matmul", "copy", "attention"] + [f"sft {b}/{m}" for b, m in SFT_SETTINGS]
            + ["decode Sampler", "decode slot"])
   return next(i for i, n in enumerate(names) if name.startswith(n))
 
@@ -585,6 +595,7 @@ def main(argv=None) -> dict:
   rows: list = []
   run_rows(budget, rows, [("matmul ceiling", lambda: matmul_row(s)),
                           ("copy ceiling", lambda: copy_row(s))])
+  run_rows(budget, rows, [("attention forms", attention_rows)])
   # Priority order (what a spent budget skips last): the platform's own backend at full remat
   # and xla/full, then decode, then the other settings; the table keeps the canonical order.
   auto_config = sft_config(s, "auto", "full")
