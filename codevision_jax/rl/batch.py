@@ -10,12 +10,14 @@ tokens the policy sampled carry loss; prompts, tool responses and images do not)
 re-preprocessed from the PNGs it kept (their grids checked against the ones the model saw), and
 per-token values: the sampler's log-probs and the trajectory's advantage.
 
-Several trajectories share a row (sequence packing, `packing="best_fit"` by default): each is
+Several trajectories share a row (sequence packing; `plan_microbatches`' "auto" packing picks
+the plan with the least padding, never more than one trajectory per row would have): each is
 its own attention segment with its own M-RoPE positions and no loss crosses a boundary, so the
 token-mean loss and its gradient are those of one trajectory per row (`packing="none"`), with
 far less padding. A microbatch closes when its rows are full or its patch or image budget would
-be exceeded, and is padded to the smallest bucket that holds its longest row. A microbatch is
-built (images decoded) only when `build` is called, one at a time.
+be exceeded, and is padded to the smallest bucket that holds its longest row and to the smallest
+patch budget that holds its images. A microbatch is built (images decoded) only when `build` is
+called, one at a time.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ Geometry = geometry_lib.Geometry  # The one microbatch geometry (SFT's too).
 
 @dataclasses.dataclass(frozen=True)
 class MicrobatchPlan:
-  """Which trajectories (indices into the round's) go in which row, and the bucket to pad to."""
+  """Which trajectories (indices into the round's) go in which row, the bucket to pad the rows
+  to and the patch budget to pad the images to."""
   bucket: int
   rows: tuple  # tuple of tuples of trajectory indices
+  patch_budget: int
 
   @property
   def members(self) -> list:
@@ -54,16 +58,48 @@ def trajectory_sizes(trajectories: Sequence) -> np.ndarray:
 
 
 def plan_microbatches(indices: Sequence[int], sizes: np.ndarray, geometry: Geometry,
-                      packing: str = "best_fit") -> list:
+                      packing: str = "auto", patch_budgets: Sequence[int] = ()) -> list:
   """The microbatches (`MicrobatchPlan`s) of the trajectories `indices` (rows of `sizes`, each
-  fitting `geometry`), packed in order by `data.geometry.fill_groups`."""
-  bad = [int(i) for i in indices if not geometry.fits(sizes[i])[0]]
+  fitting `geometry`), packed in order by `data.geometry.fill_groups` with `packing` ("none",
+  "first_fit", "best_fit": rows of up to the largest bucket). "auto": of the plan without packing
+  and the best-fit plans with rows of each bucket that holds the longest trajectory, the one with
+  the fewest token slots (rows x bucket), so never more padding than one trajectory per row.
+
+  A microbatch holds up to `geometry.patch_budget` patches, padded to the smallest of
+  `patch_budgets` (and `geometry.patch_budget`) that holds its own: patch buckets, as `buckets`
+  are for tokens."""
+  indices = [int(i) for i in indices]
+  bad = [i for i in indices if not geometry.fits(sizes[i])[0]]
   if bad:
     raise ValueError(f"trajectory {bad[0]} ({sizes[bad[0]].tolist()} tokens, patches, images) does "
                      f"not fit the microbatch geometry {geometry}")
-  return [MicrobatchPlan(geometry.bucket(max(geometry_lib.row_length(sizes, r) for r in rows)),
-                         tuple(tuple(r) for r in rows))
-          for rows in geometry_lib.fill_groups(list(indices), sizes, geometry, packing)]
+  budgets = sorted({b for b in patch_budgets if b < geometry.patch_budget} | {geometry.patch_budget})
+  if packing != "auto":
+    return _plans(indices, sizes, geometry, packing, budgets)
+  longest = max((int(sizes[i, 0]) for i in indices), default=0)
+  candidates = [_plans(indices, sizes, geometry, "none", budgets)] + [
+      _plans(indices, sizes, dataclasses.replace(geometry, buckets=tuple(b for b in geometry.buckets if b <= room)),
+             "best_fit", budgets) for room in geometry.buckets if room >= longest]
+  return min(candidates, key=lambda plans: (token_slots(plans, sizes, geometry.rows)[1], len(plans),
+                                            sum(p.patch_budget for p in plans)))
+
+
+def _plans(indices, sizes, geometry: Geometry, packing: str, budgets: list) -> list:
+  out = []
+  for rows in geometry_lib.fill_groups(indices, sizes, geometry, packing):
+    patches = sum(int(sizes[i, 1]) for row in rows for i in row)
+    out.append(MicrobatchPlan(geometry.bucket(max(geometry_lib.row_length(sizes, r) for r in rows)),
+                              tuple(tuple(r) for r in rows), next(b for b in budgets if b >= patches)))
+  return out
+
+
+def patch_ladder(low: int, high: int) -> tuple:
+  """Patch budgets from `low` doubling up to `high` (its last): a few compiled shapes between a
+  microbatch of few images and one of images only."""
+  out = [low]
+  while out[-1] * 2 < high:
+    out.append(out[-1] * 2)
+  return tuple(out) + ((high,) if high > low else ())
 
 
 def token_slots(plans: Sequence[MicrobatchPlan], sizes: np.ndarray, rows: int) -> tuple[int, int]:
@@ -92,7 +128,7 @@ def build(plan: MicrobatchPlan, trajectories: Sequence, advantages, settings: im
   """The host microbatch (`data.pack`'s layout, `geometry.rows` rows of `plan.bucket` tokens) of
   a plan: its trajectories' examples (images decoded now), several to a row as planned."""
   examples = [trajectory_example(trajectories[i], settings, float(advantages[i])) for i in plan.members]
-  return pack.pack(examples, length=plan.bucket, rows=geometry.rows, patch_budget=geometry.patch_budget,
+  return pack.pack(examples, length=plan.bucket, rows=geometry.rows, patch_budget=plan.patch_budget,
                    max_images=geometry.max_images, model_config=model_config, pad_id=pad_id,
                    max_image_patches=geometry.max_image_patches,
                    rows_of=[r for r, row in enumerate(plan.rows) for _ in row])

@@ -14,10 +14,13 @@ pass: its old policy is the current one, and its gradient step runs the referenc
 itself. The gradients and metric sums of a mini-batch accumulate on device in one donated
 buffer; nothing is read back to the host until the round's metrics.
 
-Every trajectory fits: `check_fits` refuses, before the first round, a geometry that one within
-the rollout limits could exceed (`trajectory_bound`), and `learner_geometry` raises the patch
-and image budgets to those limits. A trajectory that still does not fit (e.g. more input images
-than `agent.max_images`) is dropped and counted, or stops the round (`data.drop_oversized`).
+Every trajectory fits: `check_fits` refuses, before the first round, buckets shorter than
+`agent.max_total_tokens`, and `learner_geometry` raises the patch and image budgets to what one
+trajectory within the rollout limits can hold (`trajectory_bound`). A microbatch takes the
+smallest of a few patch budgets (`patch_budgets`, doubling up to rows full of image tokens) that
+holds its images, so that its rows, not its patches, close it. A trajectory that still does not
+fit (e.g. more input images than `agent.max_images`) is dropped and counted, or stops the round
+(`data.drop_oversized`).
 """
 
 from __future__ import annotations
@@ -58,20 +61,36 @@ def trajectory_bound(cfg, model_config, settings) -> tuple[int, int]:
   return patches, cfg.agent.max_images
 
 
+def _round_up(n: int, shards: int) -> int:
+  unit = 4 * shards // int(np.gcd(4, shards))
+  return -(-n // unit) * unit
+
+
+def patch_budgets(cfg, model_config, settings, shards: int = 1) -> tuple:
+  """The learner's patch budgets (`rl.batch.patch_ladder`), multiples of 4 x `shards`: from
+  `train.patch_budget`, raised where smaller to what one trajectory within the rollout limits
+  can hold (`trajectory_bound`), doubling up to what `train.rows` full rows of image tokens
+  hold (merge^2 x rows x the largest bucket), so that the rows, not the images, close a
+  microbatch (a patch costs the frozen vision tower's forward, far less than a token's step)."""
+  patches, _ = trajectory_bound(cfg, model_config, settings)
+  low = _round_up(max(cfg.train.patch_budget, patches), shards)
+  merge = model_config.vision.spatial_merge_size ** 2
+  return batch_lib.patch_ladder(low, max(low, _round_up(merge * cfg.train.rows * max(cfg.train.buckets),
+                                                         shards)))
+
+
 def learner_geometry(cfg, model_config, settings, shards: int = 1) -> geometry_lib.Geometry:
-  """The learner's microbatch geometry: `train.rows` rows of `train.buckets`, and a patch and
-  image budget of `train.patch_budget` / `train.max_images` raised, where they are smaller, to
-  what one trajectory within the rollout limits can hold (`trajectory_bound`), the budget to a
-  multiple of 4 x `shards`."""
-  patches, images = trajectory_bound(cfg, model_config, settings)
-  unit = 4 * shards // np.gcd(4, shards)
-  budget = max(cfg.train.patch_budget, -(-patches // unit) * unit)
-  if budget > cfg.train.patch_budget:
+  """The learner's microbatch geometry: `train.rows` rows of `train.buckets`, up to the largest
+  of `patch_budgets` patches, and `train.max_images` images raised where smaller to
+  `agent.max_images` (with `trajectory_bound`, every trajectory of the rollouts fits)."""
+  budgets = patch_budgets(cfg, model_config, settings, shards)
+  if budgets[0] > cfg.train.patch_budget:
     log.info("train.patch_budget %d is raised to %d: a trajectory within agent.max_total_tokens %d "
              "/ agent.max_images %d / data.max_pixels %d can hold that many patches",
-             cfg.train.patch_budget, budget, cfg.agent.max_total_tokens, cfg.agent.max_images,
+             cfg.train.patch_budget, budgets[0], cfg.agent.max_total_tokens, cfg.agent.max_images,
              settings.max_pixels)
-  return geometry_lib.Geometry(tuple(cfg.train.buckets), cfg.train.rows, budget,
+  _, images = trajectory_bound(cfg, model_config, settings)
+  return geometry_lib.Geometry(tuple(cfg.train.buckets), cfg.train.rows, budgets[-1],
                                max(cfg.train.max_images, images), settings.max_frame_patches)
 
 
@@ -172,13 +191,14 @@ def learn(run, ro) -> tuple[dict, dict]:
   adv = adv_lib.ESTIMATORS[cfg.algo.advantage](ro.scores, ro.group_ids, eps=cfg.algo.eps)
   sizes = batch_lib.trajectory_sizes(ro.trajectories)
   keep, dropped, misfits = _usable(run, ro, sizes)
-  packing = cfg.train.get("packing", "best_fit")
+  packing = cfg.train.get("packing", "auto")
+  budgets = patch_budgets(cfg, run.model_config, run.settings, run.mesh.shape["data"] * run.mesh.shape["fsdp"])
   per, epochs, with_ref = cfg.algo.mini_batch_prompts, cfg.algo.ppo_epochs, bool(cfg.algo.kl_coef)
   minibatches = []  # Mini-batches: the groups of `mini_batch_prompts` prompts at a time.
   for start in range(0, len(np.unique(ro.group_ids)), per):
     members = [i for i in keep if start <= ro.group_ids[i] < start + per]
     if members:
-      minibatches.append(batch_lib.plan_microbatches(members, sizes, geometry, packing))
+      minibatches.append(batch_lib.plan_microbatches(members, sizes, geometry, packing, budgets))
 
   def device(plan):
     return to_device(run.mesh, run.rules, batch_lib.build(
@@ -213,7 +233,8 @@ def learn(run, ro) -> tuple[dict, dict]:
       state = {**train_state, "reference": state["reference"]}
   sums = {k: float(v) for k, v in jax.device_get(acc["sums"]).items()}
   update = jax.device_get(update)
-  real, slots = batch_lib.token_slots([p for plans in minibatches for p in plans], sizes, geometry.rows)
+  planned = [p for plans in minibatches for p in plans]
+  real, slots = batch_lib.token_slots(planned, sizes, geometry.rows)
   n = max(sums["tokens"], 1.0)
   metrics = {f"actor/{k}": sums[k] / n for k in rl_step.METRIC_SUMS if k != "tokens"}
   metrics.update({"actor/grad_norm": float(update["grad_norm"]),
@@ -225,6 +246,8 @@ def learn(run, ro) -> tuple[dict, dict]:
                   "batch/dropped_trajectories": float(dropped),
                   **{f"batch/dropped_for_{k}": float(misfits[k]) for k in MISFITS},
                   "learn/real_token_share": real / max(slots, 1),
-                  "learn/microbatches": float(sum(len(p) for p in minibatches)),
+                  "learn/microbatches": float(len(planned)),
+                  "learn/real_patch_share": (sum(int(sizes[i, 1]) for p in planned for i in p.members)
+                                             / max(sum(p.patch_budget for p in planned), 1)),
                   "time/logprobs_s": logprob_s, "time/update_s": time.perf_counter() - t0})
   return state, metrics
