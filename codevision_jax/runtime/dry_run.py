@@ -347,10 +347,13 @@ def plan_rl(cfg, mesh, *, platform: str, device_memory: float) -> MemoryPlan:
   compute = run_setup.DTYPES[cfg.train.compute_dtype]
   backend = _platform_backend(cfg, platform)
   shards = _batch_shards(mesh)
+  from codevision_jax.rl import learner as learner_lib  # The learner's largest patch budget.
+  learner_patches = learner_lib.learner_geometry(
+      cfg, mc, run_setup.image_settings(cfg.model, cfg.data, mc.model_type), shards).patch_budget
   act, how = activation_bytes(
       mc, rows=max(cfg.train.rows // shards, 1), length=max(cfg.train.buckets),
       remat=cfg.train.remat, backend=backend, compute_dtype=compute,
-      loss_chunk=cfg.train.loss_chunk, patches=cfg.train.patch_budget // shards,
+      loss_chunk=cfg.train.loss_chunk, patches=learner_patches // shards,
       train_vision=not cfg.train.freeze_vision_tower)
   itemsize = jnp.dtype(run_setup.DTYPES[cfg.model.param_dtype]).itemsize
   p = exact["params"]
