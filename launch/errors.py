@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 import traceback
 
@@ -158,6 +159,24 @@ def _bad_override(argv: list, default_config: str | None) -> str | None:
   return None
 
 
+def _bad_config_file(argv: list) -> str | None:
+  """`--config=FILE[:VARIANT]` whose get_config raises (a variant it does not have, a bad value),
+  described by the flag and the error's own message; else None. absl would print it inside a
+  traceback of the config loader."""
+  names = set(_config_flags()) | {"config"}
+  for arg in argv[1:]:
+    flag, _, path = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+    if flag not in names or not path:
+      continue
+    try:
+      _load(path)
+    except (TypeError, ValueError) as e:
+      last = (str(e).strip().splitlines() or [""])[-1].strip()
+      message = last.split(": ", 1)[1] if re.match(r"^[\w.]+(Error|Exception): ", last) else last
+      return f"--{flag}={path}: {message}"
+  return None
+
+
 def _print_help(argv: list, default_config: str | None) -> None:
   rest = [a for a in argv[1:] if a not in HELP and a.split("=", 1)[0] not in HELP]
   try:  # Reads --config (and the rest) if given; required flags may be missing: help anyway.
@@ -187,6 +206,10 @@ def _parser(default_config: str | None):
       except BrokenPipeError:  # `--help | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
       sys.exit(0)
+    bad_file = _bad_config_file(argv)
+    if bad_file and not tracebacks_wanted():
+      print(f"{command()}: error: {bad_file}", file=sys.stderr, flush=True)
+      sys.exit(2)
     try:
       return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:

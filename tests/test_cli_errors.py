@@ -91,3 +91,14 @@ def test_a_config_check_is_one_message(tmp_path):
   assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert ("launch.rl: error: eval.every is set but eval.paths is empty: held-out evaluation needs "
           "its own records") in proc.stderr
+
+
+def test_a_config_variant_the_recipe_lacks_is_one_line_naming_it(tmp_path):
+  proc = run("launch.sft", "--config=configs/qwen2_5_vl_7b_sft.py:smok", f"--workdir={tmp_path}/run")
+  assert proc.returncode == 2, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert lines[0].startswith("launch.sft: error: --config=configs/qwen2_5_vl_7b_sft.py:smok: "
+                             "config variant 'smok' is not one of this recipe's"), lines[0]
+  assert ":smoke" in lines[0]
+  assert not os.path.exists(tmp_path / "run")  # Nothing started.
