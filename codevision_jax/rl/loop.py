@@ -336,7 +336,7 @@ async def rollout(run: RLRun, records: Sequence, *, samples: int, seed: int, cli
       group_ids=np.repeat(np.arange(lo, hi), samples), judge=judge,
       reward=rollouts.reward_options(run.cfg), first_id=lo * samples)
   if jax.process_count() > 1:
-    ro = ScoredRollouts.concatenate(replicas.allgather_objects(ro))
+    ro = ScoredRollouts.concatenate(replicas.allgather_objects(ro), ro.agent_stats)
   return ro
 
 

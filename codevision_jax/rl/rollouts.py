@@ -76,7 +76,8 @@ def agent_config(cfg) -> AgentConfig:
 
 def build_policy(cfg, model, tokenizer, *, rules=None, params=None):
   """The decode-engine policy of `model` with `cfg.rollout`'s sampler settings: `rollout.slots`
-  trajectories in flight, each of up to `agent.max_total_tokens` tokens, sampling with `seed`.
+  trajectories in flight, each of up to `agent.max_total_tokens` tokens, sampling with `seed`;
+  a paged KV cache of `rollout.kv_pool_tokens` in pages of `rollout.kv_page_size` (0: dense).
   `rules` / `params`: the engine's logical-axis rules and parameters (`ModelPolicy`)."""
   from codevision_jax.sampling.policy import ModelPolicy  # Deferred: it brings in JAX.
   check_config(cfg)
@@ -85,7 +86,8 @@ def build_policy(cfg, model, tokenizer, *, rules=None, params=None):
                      capacity=cfg.agent.max_total_tokens, chunk=r.chunk,
                      steps_per_call=r.steps_per_call, temperature=r.temperature, top_k=r.top_k,
                      top_p=r.top_p, seed=cfg.seed, rules=rules, params=params,
-                     yield_ids=environment.yield_ids(tokenizer))
+                     yield_ids=environment.yield_ids(tokenizer), page_size=r.get("kv_page_size", 0),
+                     pool_tokens=r.get("kv_pool_tokens", 0) or None)
 
 
 def reward_options(cfg) -> dict:
@@ -157,12 +159,14 @@ class ScoredRollouts:
                      scoring_s=self.scoring_s if timings else None)
 
   @classmethod
-  def concatenate(cls, shares: Sequence[ScoredRollouts]) -> ScoredRollouts:
-    """One of several processes' shares, in order (their agent statistics: the first's)."""
+  def concatenate(cls, shares: Sequence[ScoredRollouts],
+                  agent_stats: agent_lib.AgentStats | None = None) -> ScoredRollouts:
+    """One of several processes' shares, in order; the judge's counts summed, `scoring_s` the
+    longest, the agent's statistics `agent_stats` (default: the first share's)."""
     return cls([t for s in shares for t in s.trajectories],
                np.concatenate([s.group_ids for s in shares]),
                np.concatenate([s.scores for s in shares]), [p for s in shares for p in s.parts],
-               shares[0].agent_stats,
+               agent_stats or shares[0].agent_stats,
                scoring.ScoringStats(**{f.name: sum(getattr(s.scoring_stats, f.name) for s in shares)
                                        for f in dataclasses.fields(scoring.ScoringStats)}),
                max(s.scoring_s for s in shares))
