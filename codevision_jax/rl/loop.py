@@ -214,7 +214,12 @@ def build(cfg, workdir: str) -> RLRun:
                                    every=0, keep=1, async_save=False)
   resuming = own.latest_step() is not None
   own.close()
-  if cfg.init.sft_workdir and not resuming:
+  if cfg.init.sft_workdir and not resuming and lora_lib.settings(cfg).enabled:
+    # LoRA: the SFT run (its adapters merged, if any) is the frozen base; fresh adapters train.
+    from codevision_jax.runtime import lora_init
+    frozen = lora_init.base_from_run(cfg.init.sft_workdir, frozen, frozen_sh, lora_lib.settings(cfg))
+    log.info("initialised the LoRA base from the SFT run in %s", cfg.init.sft_workdir)
+  elif cfg.init.sft_workdir and not resuming:
     restored = restore_sft_params(cfg.init.sft_workdir, params, frozen, state_sh["params"],
                                   frozen_sh, cfg)
     params, frozen = restored["state"]["params"], restored["frozen"]

@@ -153,8 +153,10 @@ def abstract_state(cfg, mesh, rules):
   from codevision_jax import models
   mc = abstract_model_config(cfg.model)
   dtype = run_setup.DTYPES[cfg.model.param_dtype]
-  model = nnx.eval_shape(lambda: models.build_model(
-      mc, seed=0, param_dtype=dtype, scan_layers=cfg.model.get("scan_layers", False)))
+  from codevision_jax.models import lora  # model.lora: adapters, the base in its dtype (QLoRA: int).
+  model = nnx.eval_shape(lambda: lora.apply(models.build_model(
+      mc, seed=0, param_dtype=dtype, scan_layers=cfg.model.get("scan_layers", False)),
+      lora.settings(cfg)))
   _, params, frozen, _ = nnx.split(
       model, optim_lib.trainable_of(cfg), nnx.Param, ...)
   frozen_sh = nnx.to_pure_dict(parallel.state_shardings(frozen, mesh, rules))
@@ -309,8 +311,17 @@ def plan_sft(cfg, mesh, *, platform: str, device_memory: float, compile: bool = 
   return MemoryPlan("sft", dict(mesh.shape), platform, backend, device_memory, {"step": parts}, notes)
 
 
+def _sampler_shares_frozen(cfg, frozen, sampler_dtype) -> bool:
+  """Whether the RL sampler reads the learner's frozen arrays instead of a copy (`lora.shared_or`,
+  one process: every floating frozen parameter already in the sampler's dtype)."""
+  floats = [x.dtype for x in jax.tree.leaves(nnx.to_pure_dict(frozen))
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jax.process_count() == 1 and all(d == jnp.dtype(sampler_dtype) for d in floats)
+
+
 def plan_rl(cfg, mesh, *, platform: str, device_memory: float) -> MemoryPlan:
   """The GRPO run of `cfg` (an `rl.loop` config) on `mesh`."""
+  from codevision_jax.models import lora
   from codevision_jax.models.text import init_kv_cache
   from codevision_jax.sampling import engine as engine_lib
   rules = run_setup.mesh_rules(cfg.mesh)
@@ -323,6 +334,9 @@ def plan_rl(cfg, mesh, *, platform: str, device_memory: float) -> MemoryPlan:
   sampler_dtype = run_setup.DTYPES[cfg.rollout.param_dtype or cfg.model.param_dtype]
   sampler_trainable = tree_bytes(_cast(aux["params"], sampler_dtype), aux["params_sh"])
   sampler_frozen = tree_bytes(_cast(nnx.to_pure_dict(frozen), sampler_dtype), frozen_sh)
+  shared = _sampler_shares_frozen(cfg, frozen, sampler_dtype)
+  if shared:  # LoRA: the sampler reads the learner's frozen base (rl.loop, lora.shared_or).
+    sampler_frozen = 0.0
   if jax.process_count() > 1:  # Each process's replica holds all of it on its local devices.
     from codevision_jax.rl import replicas
     local = replicas.local_mesh(mesh)
@@ -357,11 +371,17 @@ def plan_rl(cfg, mesh, *, platform: str, device_memory: float) -> MemoryPlan:
       train_vision=not cfg.train.freeze_vision_tower)
   itemsize = jnp.dtype(run_setup.DTYPES[cfg.model.param_dtype]).itemsize
   p = exact["params"]
-  learner = [Part("parameters", p, f"trainable, {cfg.model.param_dtype}"),
+  adapters = lora.settings(cfg)
+  learner = [Part("parameters", p, f"trainable, {cfg.model.param_dtype}"
+                  + (f" (LoRA adapters, rank {adapters.rank})" if adapters.enabled else "")),
              Part("optimizer state", exact["opt"], "AdamW moments"),
-             Part("reference", reference, f"{cfg.algo.ref_dtype} copy of the trainable parameters"),
-             Part("frozen parameters", exact["frozen"], "vision tower / merger")]
-  sampler_f = Part("sampler frozen copy", sampler_frozen, f"{cfg.rollout.param_dtype or cfg.model.param_dtype}")
+             Part("reference", reference, f"{cfg.algo.ref_dtype} copy of the trainable parameters"
+                  + (" (the adapters with B zero: the base, adapters off)" if adapters.enabled else "")),
+             Part("frozen parameters", exact["frozen"],
+                  f"the LoRA base, {adapters.base_dtype}" if adapters.enabled else "vision tower / merger")]
+  sampler_f = Part("sampler frozen copy", sampler_frozen,
+                   "none: the learner's frozen base, shared" if shared else
+                   f"{cfg.rollout.param_dtype or cfg.model.param_dtype}")
   phases = {
       "rollout": learner + [
           Part("sampler weights", sampler_trainable, f"{cfg.rollout.param_dtype or cfg.model.param_dtype}"
