@@ -89,6 +89,9 @@ def test_segment_runs_give_cudnn_offsets_and_lengths():
   np.testing.assert_array_equal(vision.offsets, [[0, 3, 5, -1]])  # Id 0 is a segment here.
   np.testing.assert_array_equal(vision.lengths, [[3, 2, 1]])
   assert run_count(np.asarray([4, 4, 7, 7, 7, 2])) == 3 and run_count(np.zeros((0,))) == 0
+  # The decoder's default bound: one segment per 512 tokens of a row, at least 8.
+  assert [attention.segment_bound(t) for t in (64, 4096, 5000, 32768)] == [8, 8, 9, 64]
+  assert attention.text_mask(jnp.ones((1, 5000), jnp.int32)).max_segments == 9
 
 
 @pytest.mark.parametrize("rows", [

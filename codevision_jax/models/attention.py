@@ -53,7 +53,8 @@ BACKENDS = ("xla", "cudnn", "splash")
 CHOICES = ("auto",) + BACKENDS
 PLATFORM_BACKENDS = {"gpu": "cudnn", "tpu": "splash", "cpu": "xla"}
 INTERPRET_ENV = "CVJ_SPLASH_INTERPRET"
-MAX_SEGMENTS = 8  # Default bound on the segments of one row (cuDNN's packed layout; `text_mask`).
+MAX_SEGMENTS = 8  # Least default bound on the segments of one row (cuDNN's packed layout).
+TOKENS_PER_SEGMENT = 512  # The default bound grows by one segment per this many tokens of a row.
 _SPLASH_BLOCK = 128  # Sequence and head-dim multiple the Splash kernel tiles by.
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 _log = logging.getLogger(__name__)
@@ -143,12 +144,21 @@ class AttentionMask:
     return self
 
 
-def text_mask(attention_mask: jax.Array | None, *, max_segments: int = MAX_SEGMENTS) -> AttentionMask:
+def segment_bound(length: int) -> int:
+  """The default bound on the segments of a row of `length` tokens: one per `TOKENS_PER_SEGMENT`
+  tokens, at least `MAX_SEGMENTS` (cuDNN's cost grows with the bound: empty segments still take
+  thread blocks and softmax statistics)."""
+  return max(MAX_SEGMENTS, length // TOKENS_PER_SEGMENT)
+
+
+def text_mask(attention_mask: jax.Array | None, *, max_segments: int | None = None) -> AttentionMask:
   """The decoder's causal form of an attention mask [B, T] (0 on padding, else the token's
   segment: 1, or 1, 2, ... for sequences packed in a row); None: causal only. `max_segments`
-  bounds the segments (contiguous runs of one id) of a row."""
+  bounds the segments (contiguous runs of one id) of a row (None: `segment_bound(T)`)."""
   if attention_mask is None:
     return AttentionMask(causal=True)
+  if max_segments is None:
+    max_segments = segment_bound(attention_mask.shape[1])
   return AttentionMask(padding_segments(attention_mask), causal=True, padding=True,
                        max_segments=max_segments)
 
@@ -202,8 +212,9 @@ def _too_many_segments(most, bound) -> None:
       f"a row of this batch holds {int(most)} attention segments (sequences packed in a row, or "
       f"padding inside one), more than the {int(bound)} that cuDNN attention's packed layout was "
       "built for: pass a larger max_segments to the model's forward (default "
-      f"models.attention.MAX_SEGMENTS = {MAX_SEGMENTS}), pack fewer records per row (data.packing), "
-      "or set model.attention_backend=xla")
+      f"models.attention.segment_bound: one per {TOKENS_PER_SEGMENT} tokens of a row, at least "
+      f"{MAX_SEGMENTS}), pack fewer records per row (data.packing), or set "
+      "model.attention_backend=xla")
 
 
 def checked_runs(ids: jax.Array, max_segments: int, padding: bool) -> SegmentRuns:

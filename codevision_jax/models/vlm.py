@@ -99,7 +99,8 @@ class VisionLanguageModel(nnx.Module):
     return self.forward(jnp.asarray(input_ids),
                         None if pixel_values is None else jnp.asarray(pixel_values), meta,
                         None if attention_mask is None else jnp.asarray(attention_mask),
-                        jnp.asarray(position_ids), max_segments=max(most, attention.MAX_SEGMENTS))
+                        jnp.asarray(position_ids),
+                        max_segments=max(most, attention.segment_bound(input_ids.shape[1])))
 
   # ---- array code ---------------------------------------------------------------------------
 
@@ -130,10 +131,11 @@ class VisionLanguageModel(nnx.Module):
 
   def forward(self, input_ids, pixel_values=None, vision_meta=None, attention_mask=None,
               position_ids=None, *, image_index=None, return_hidden: bool = False,
-              max_segments: int = attention.MAX_SEGMENTS):
+              max_segments: int | None = None):
     """Logits [B, T, vocab] (or the final hidden states). `max_segments` (static) bounds the
     segments of one row of `attention_mask` (padding, or sequences packed in a row) for the cudnn
-    backend's packed layout; a batch over it stops with an error naming it."""
+    backend's packed layout (None: `attention.segment_bound(T)`, one per 512 tokens, at least 8);
+    a batch over it stops with an error naming it."""
     b, t = input_ids.shape
     if position_ids is None:
       position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (3, b, t))
