@@ -16,7 +16,7 @@ the older spellings of the same, kept for callers that have them.)
 
 Backends (`BACKENDS`; `resolve_backend` turns "auto" into the platform's choice at model build):
 * "xla" (CPU's choice, all platforms): matmuls + float32 softmax, numerically what transformers'
-  eager attention computes; it builds the dense mask of a form (`AttentionMask.dense`). Fully
+  eager attention computes; it builds the dense mask of a form (`AttentionMask.dense_mask`). Fully
   masked rows (left padding) give a uniform average, as there.
 * "cudnn" (NVIDIA GPUs' choice): the fused cuDNN kernel, handed the form's mask *type*, never a
   mask array: causal -> `jax.nn.dot_product_attention(is_causal=True)`; segments (padding, packed
