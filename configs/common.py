@@ -31,7 +31,7 @@ def lora():
   r.targets = ("q", "k", "v", "o", "gate", "up", "down")  # Decoder projections; add "merger",
                                  # "tower" for the vision merger / tower's linear layers.
   r.base_dtype = ""              # The frozen base: "" train.compute_dtype, "bfloat16", "float32",
-  return r                       # or QLoRA "int8" / "int4" (decoder projections quantized).
+  return r                       # or QLoRA "int8" (decoder projections quantized).
 
 
 def data():

@@ -154,3 +154,29 @@ def test_config_errors_name_the_key():
   c.model.lora.base_dtype = "fp8"
   with pytest.raises(ValueError, match=r"model\.lora\.base_dtype"):
     lora.settings(c)
+
+
+def test_an_int8_base_is_close_to_the_bfloat16_base_and_smaller():
+  """QLoRA: the decoder's projections in int8 (per-column scales) move the logits at most ~2x what
+  a bfloat16 base does, and the base takes fewer bytes."""
+  mc = presets.preset("qwen2_5_vl_tiny")
+  image_row, text_row = _inputs(mc)
+  exact = models.build_model(mc, seed=1)
+  want = np.asarray(exact(**image_row)), np.asarray(exact(text_row))
+  errors, sizes = {}, {}
+  for base in ("bfloat16", "int8"):
+    model = models.build_model(mc, seed=1)
+    lora.apply(model, lora.LoraSettings(rank=4, base_dtype=base, float_base="bfloat16"))
+    got = np.asarray(model(**image_row), np.float32), np.asarray(model(text_row), np.float32)
+    errors[base] = max(np.abs(g - w).max() for g, w in zip(got, want))
+    sizes[base] = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Not(lora.adapters_filter()))))
+    kernels = [v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+               if p[-1] == "kernel" and lora.is_quantized_layer(p[:-1])]
+    assert {k.dtype for k in kernels} == {np.dtype(np.int8 if base == "int8" else jnp.bfloat16)}
+  assert 0 < errors["bfloat16"] <= errors["int8"] < 2.5 * errors["bfloat16"], errors
+  assert errors["int8"] < 0.2 * np.std(want[0])  # Well under the logits' spread.
+  projections = sum(x.size for p, x in jax.tree_util.tree_flatten_with_path(
+      nnx.to_pure_dict(nnx.state(models.build_model(mc, seed=1), nnx.Param)))[0]
+      if p[-1].key == "kernel" and lora.is_quantized_layer(tuple(k.key for k in p[:-1])))
+  # A byte saved per projection weight, less the scales (one per output column and layer).
+  assert 0.95 * projections <= sizes["bfloat16"] - sizes["int8"] < projections

@@ -8,8 +8,8 @@ carry the kernel's logical axes (`lora_a` its input axis, `lora_b` its output ax
 replicated; a scanned decoder's leading "layers" axis too), so they shard with the model.
 
 The base: every other floating parameter is cast to `settings.float_dtype` (the compute dtype:
-there is no float32 master copy of weights that do not train); with `base_dtype` "int8" (or
-"int4") the decoder's projections are stored quantized, symmetric per output column, with a
+there is no float32 master copy of weights that do not train); with `base_dtype` "int8" the
+decoder's projections are stored quantized, symmetric per output column, with a
 `kernel_scale` [out] that the matmul applies after the integer kernel (x @ q * s: dequantized in
 the matmul, never stored dequantized).
 
@@ -43,7 +43,7 @@ TEXT_TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gat
 VISION_TARGETS = ("merger", "tower")
 DEFAULT_TARGETS = tuple(TEXT_TARGETS)
 FLOAT_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-QUANTIZED = {"int8": (jnp.int8, 127), "int4": (jnp.int4, 7)}
+QUANTIZED = {"int8": (jnp.int8, 127)}
 ADAPTER_NAMES = ("lora_a", "lora_b")
 SCALE_NAME = "kernel_scale"
 
@@ -55,8 +55,8 @@ def config_section() -> ml_collections.ConfigDict:
   c.alpha = 16.0          # The adapters' output is scaled by alpha / rank.
   c.dropout = 0.0         # Only 0 is supported (the train step has no randomness).
   c.targets = DEFAULT_TARGETS  # Of q, k, v, o, gate, up, down (decoder), merger, tower (vision).
-  c.base_dtype = ""       # The frozen base: "" = train.compute_dtype; bfloat16, float32; int8 or
-  return c                # int4 (QLoRA: the decoder's projections quantized per output column).
+  c.base_dtype = ""       # The frozen base: "" = train.compute_dtype; bfloat16, float32; int8
+  return c                # (QLoRA: the decoder's projections quantized per output column).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,7 @@ class LoraSettings:
   alpha: float = 16.0
   dropout: float = 0.0
   targets: tuple[str, ...] = DEFAULT_TARGETS
-  base_dtype: str = "float32"  # resolved: a float dtype name, or int8 / int4
+  base_dtype: str = "float32"  # resolved: a float dtype name, or int8
   float_base: str = "float32"  # the dtype of the base's floating parameters (not quantized)
 
   @property
@@ -78,7 +78,7 @@ class LoraSettings:
 
   @property
   def quantized(self) -> str:
-    """"int8" or "int4" for a quantized base, else ""."""
+    """"int8" for a quantized base, else ""."""
     return self.base_dtype if self.base_dtype in QUANTIZED else ""
 
   @property
@@ -108,7 +108,8 @@ def settings(cfg) -> LoraSettings:
   base = section.get("base_dtype", "") or compute
   if base not in FLOAT_DTYPES and base not in QUANTIZED:
     raise ValueError(f"model.lora.base_dtype {base!r} is not one of '', {sorted(FLOAT_DTYPES)}, "
-                     f"{sorted(QUANTIZED)}")
+                     f"{sorted(QUANTIZED)} (int4 is not offered: per-column int4 moved the tiny "
+                     "model's logits 16x more than int8, and JAX stores int4 a byte per value)")
   return LoraSettings(rank, float(section.get("alpha", 16.0)), dropout, targets, base,
                       base if base in FLOAT_DTYPES else compute)
 
