@@ -44,7 +44,7 @@ def define_flags():
 def _sft(cfg, workdir) -> dict:
   from codevision_jax.train import loop
   result = loop.train(cfg.sft, os.path.join(workdir, "sft"))
-  losses = [h["loss"] for h in result["history"]]
+  losses = [h["loss"] for h in result.history]
   k = max(1, len(losses) // 6)
   return {"steps": cfg.sft.train.steps,
           "loss": (float(np.mean(losses[:k])), float(np.mean(losses[-k:]))) if losses else None}
@@ -54,7 +54,7 @@ def _rl(cfg, workdir, urls) -> dict:
   from codevision_jax.rl import loop
   cfg.init.sft_workdir = os.path.join(workdir, "sft")
   result = loop.train(cfg, os.path.join(workdir, "rl"), executor_urls=urls)
-  history = result["history"]
+  history = result.history
   pick = lambda m: {k: m[f"rollout/{k}"] for k in ("reward/score", "accuracy",  # noqa: E731
                                                    "tool_calls_per_trajectory")}
   lines = summary_lib.read_metrics(os.path.join(workdir, "rl"), history)

@@ -10,12 +10,11 @@ GPUs here.
 """
 
 import logging
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from launch import dry_run, errors, shell, summary
+from launch import dry_run, errors, summary
 
 flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
                   "internals) and of JAX's backend probing.")
@@ -37,7 +36,7 @@ def main(argv):
     raise app.UsageError("--workdir is required (where checkpoints, logs and rollouts go)")
   from codevision_jax import distributed_env
   distributed_env.initialize(cfg.get("distributed"))  # Slurm / torchrun env / TPU / config.
-  from codevision_jax.runtime import run_setup
+  from codevision_jax.runtime import layout, run_setup
   run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   from codevision_jax.rl import loop
   from codevision_jax.rl import rollouts
@@ -48,7 +47,7 @@ def main(argv):
   run_setup.make_mesh(cfg.mesh, "mesh")
   if sft_first:
     from codevision_jax.train import loop as sft_loop
-    sft_dir = os.path.join(workdir, "sft")
+    sft_dir = layout.sft(workdir)
     print(f"== SFT first: {cfg.sft.train.steps} steps into {sft_dir}", flush=True)
     sft_loop.train(cfg.sft, sft_dir)
     cfg.init.sft_workdir = sft_dir
@@ -56,19 +55,8 @@ def main(argv):
   with rollouts.executor_services(cfg.executor.urls, workers=cfg.executor.workers) as urls:
     result = loop.train(cfg, workdir, executor_urls=urls)
   import jax
-  if jax.process_index() != 0:  # Process 0 tells what was written.
-    return
-  hf = os.path.join(workdir, "hf")
-  print(f"== done: {result['run'].rounds} rounds in {workdir}")
-  print("\n".join(summary.rl_lines(workdir, result["history"])))
-  print(f"   checkpoints: {os.path.join(workdir, 'checkpoints')} (rerun the same command to resume)\n"
-        f"   metrics (a JSON line per round): {os.path.join(workdir, 'metrics.jsonl')}\n"
-        f"   sampled trajectories: {os.path.join(workdir, 'rollouts')}; read them in a browser after\n"
-        f"     {shell.python_m('launch.view', f'--rollouts={workdir}')}\n"
-        f"   TensorBoard logs: {os.path.join(workdir, 'tensorboard')}; view them with\n"
-        f"     {shell.tool('tensorboard')} --logdir {os.path.join(workdir, 'tensorboard')}\n"
-        "   export the policy as an HF model with\n"
-        f"     {shell.python_m('launch.export', f'--workdir={workdir}', f'--out={hf}')}")
+  if jax.process_index() == 0:  # Process 0 tells what was written.
+    print(summary.rl_text(workdir, result.steps, result.history))
 
 
 if __name__ == "__main__":

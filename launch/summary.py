@@ -1,5 +1,6 @@
-"""The end-of-run summaries: what an SFT run wrote where (`sft_text`, launch.sft), and what an RL
-run did as launch.rl and launch.demo print it (`rl_lines`): accuracy
+"""The end-of-run summaries: what an SFT run (`sft_text`, launch.sft) or an RL run (`rl_text`,
+launch.rl) wrote where (`where_lines`, the same for both), and what an RL run did as launch.rl and
+launch.demo print it (`rl_lines`): accuracy
 beside reward (the reward also pays for tool use and format, so it can rise while answers get no
 better), held-out accuracy when there was an evaluation, and the trajectories left out.
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 
+from codevision_jax.runtime import layout
 from launch import shell
 
 
 def read_metrics(workdir: str, history: list | None = None) -> list[dict]:
   """The run's per-round metric lines (`metrics.jsonl`), else `history`; by round, the last line
   of a round winning (a resumed run may have written one twice)."""
-  path = os.path.join(workdir, "metrics.jsonl")
+  path = layout.metrics(workdir)
   lines = []
   if os.path.isfile(path):
     with open(path, encoding="utf-8") as f:
@@ -109,18 +111,36 @@ def dropped_line(dropped: dict | None) -> list[str]:
           f"{dropped['why']}; listed in {dropped['path']}"]
 
 
+def where_lines(workdir: str, *, rl: bool) -> list[str]:
+  """Where a finished run's outputs are (`runtime.layout`) and the commands that read them, the
+  same lines for SFT and RL (RL adds its metrics and sampled trajectories)."""
+  tb = layout.tensorboard(workdir)
+  lines = [f"   checkpoints: {layout.checkpoints(workdir)} (rerun the same command to resume)"]
+  if rl:
+    lines += [f"   metrics (a JSON line per round): {layout.metrics(workdir)}",
+              f"   sampled trajectories: {layout.rollouts(workdir)}; read them in a browser after",
+              f"     {shell.python_m('launch.view', f'--rollouts={workdir}')}"]
+  return lines + [f"   TensorBoard logs: {tb}; view them with",
+                  f"     {shell.tool('tensorboard')} --logdir {tb}",
+                  "   export the newest checkpoint as an HF model with",
+                  "     " + shell.python_m("launch.export", f"--workdir={workdir}",
+                                           f"--out={layout.hf(workdir)}")]
+
+
 def sft_text(workdir: str, last: dict, dropped: dict | None = None) -> str:
   """What a finished SFT run (launch.sft) wrote where, and the commands that come next (in forms a
-  fresh shell runs: launch/shell.py)."""
+  fresh shell runs: launch/shell.py). `last` and `dropped` are the run result's
+  (`scaffold.RunResult`)."""
   lines = [f"== done: {workdir}"]
   if last:
     lines.append(f"   last logged step {last['step']}: loss {last['loss']:.4f}, "
                  f"{last['tokens_per_s']:,.0f} tokens/s")
   lines += dropped_line(dropped)
-  lines += [f"   checkpoints: {os.path.join(workdir, 'checkpoints')} (rerun the same command to resume)",
-            f"   TensorBoard logs: {os.path.join(workdir, 'tensorboard')}; view them with",
-            f"     {shell.tool('tensorboard')} --logdir {os.path.join(workdir, 'tensorboard')}",
-            "   export the newest checkpoint as an HF model with",
-            "     " + shell.python_m("launch.export", f"--workdir={workdir}",
-                                     f"--out={os.path.join(workdir, 'hf')}")]
-  return "\n".join(lines)
+  return "\n".join(lines + where_lines(workdir, rl=False))
+
+
+def rl_text(workdir: str, rounds: int, history: list | None = None) -> str:
+  """What a finished RL run (launch.rl) did (`rl_lines`) and wrote where, and the commands that
+  come next; `rounds` and `history` are the run result's (`scaffold.RunResult` steps, history)."""
+  return "\n".join([f"== done: {rounds} rounds in {workdir}", *rl_lines(workdir, history),
+                    *where_lines(workdir, rl=True)])

@@ -35,8 +35,8 @@ c.mesh.num_devices = 0
 c.mesh.shape.data, c.mesh.shape.fsdp, c.mesh.shape.tensor = 2, 2, 2
 
 result = loop.train(c, WORKDIR, executor_urls=[EXECUTOR_URL])
-run = result["run"]
-params = multihost_utils.process_allgather(result["state"]["params"], tiled=True)
+run = result.run
+params = multihost_utils.process_allgather(result.state["params"], tiled=True)
 
 # The sampler's weights: on this process's devices only, equal to the updated policy.
 sampler = nnx.to_pure_dict(run.policy.engine.params)

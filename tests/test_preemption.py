@@ -112,11 +112,11 @@ def test_rl_sigterm_finishes_the_round_saves_and_the_rerun_equals_the_straight_r
     assert "preempted (SIGTERM): stopped after round 1 with a checkpoint" in proc.stderr
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
     resumed = rl_loop.train(rl_config(), workdir, executor_urls=[service.url])
-  assert [h["round"] for h in resumed["history"]] == [2]
-  a, b = straight["history"][-1], resumed["history"][0]
+  assert [h["round"] for h in resumed.history] == [2]
+  a, b = straight.history[-1], resumed.history[0]
   for key in a:
     if not key.startswith("time/") and key != "rollout/sampler_idle_fraction":
       assert a[key] == b[key], key  # The same prompts, samples, rewards and losses.
-  sa, sb = jax.device_get(straight["state"]), jax.device_get(resumed["state"])
+  sa, sb = jax.device_get(straight.state), jax.device_get(resumed.state)
   jax.tree.map(np.testing.assert_array_equal, sa["params"], sb["params"])
   jax.tree.map(np.testing.assert_array_equal, sa["opt_state"], sb["opt_state"])

@@ -68,7 +68,7 @@ def test_rl_raises_the_held_out_reward(sft_dir, service, tmp_path):
     traces[done] = dict(engine.TRACE_COUNTS)
 
   result = loop.train(c, str(tmp_path), executor_urls=[service.url], hooks=[count_traces])
-  history = result["history"]
+  history = result.history
   before, after = history[0], history[-1]
   assert before["round"] == 0 and after["round"] == c.train.rounds
   gain = after["eval/reward/score"] - before["eval/reward/score"]
@@ -105,9 +105,9 @@ def test_a_bfloat16_sampler_learns_like_the_float32_one(sft_dir, service, tmp_pa
   traces = {}
   result = loop.train(c, str(tmp_path), executor_urls=[service.url],
                       hooks=[lambda done, _: traces.__setitem__(done, dict(engine.TRACE_COUNTS))])
-  run = result["run"]
+  run = result.run
   assert {x.dtype for x in jax.tree.leaves(run.policy.engine.params)} == {np.dtype("bfloat16")}
-  history = result["history"]
+  history = result.history
   before, after = history[0], history[-1]
   gain = after["eval/reward/score"] - before["eval/reward/score"]
   assert gain >= MARGIN, (before["eval/reward/score"], after["eval/reward/score"])
@@ -146,16 +146,16 @@ def test_kill_and_resume_equals_the_straight_run(sft_dir, service, tmp_path, cap
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
   with caplog.at_level(logging.INFO):
     resumed = loop.train(c, workdir, executor_urls=[service.url])
-  assert [h["round"] for h in resumed["history"]] == [2]
+  assert [h["round"] for h in resumed.history] == [2]
   # Quiet and in order: a resume reads no SFT run, and a healthy checkpoint warns of nothing.
   assert f"resumed from {os.path.join(workdir, 'checkpoints')} at round 1" in caplog.text
   assert "initialised from the SFT run" not in caplog.text
   assert "Metadata file does not exist" not in caplog.text
-  a, b = straight["history"][-1], resumed["history"][0]
+  a, b = straight.history[-1], resumed.history[0]
   for key in a:
     if not key.startswith("time/") and key not in ("rollout/sampler_idle_fraction",):
       assert a[key] == b[key], key  # The same prompts, samples, rewards and losses.
-  sa, sb = jax.device_get(straight["state"]), jax.device_get(resumed["state"])
+  sa, sb = jax.device_get(straight.state), jax.device_get(resumed.state)
   jax.tree.map(np.testing.assert_array_equal, sa["params"], sb["params"])
   jax.tree.map(np.testing.assert_array_equal, sa["opt_state"], sb["opt_state"])
   assert int(sa["step"]) == int(sb["step"])
@@ -197,7 +197,7 @@ def test_a_judge_refusing_connections_falls_back_to_the_rule(sft_dir, service, t
   c = config(sft_dir, train__rounds=1, judge__url=f"http://127.0.0.1:{port}/v1",
              judge__model="judge", judge__retries=0)
   result = loop.train(c, str(tmp_path), executor_urls=[service.url])
-  (h,) = result["history"]
+  (h,) = result.history
   assert h["rollout/judge_calls"] > 0 and h["rollout/judge_fallbacks"] == h["rollout/judge_calls"]
   assert h["judge/failures"] == h["rollout/judge_calls"] and h["judge/verdicts"] == 0
   assert os.listdir(tmp_path / "checkpoints") == ["1"]  # The round trained and was saved.
@@ -205,7 +205,7 @@ def test_a_judge_refusing_connections_falls_back_to_the_rule(sft_dir, service, t
   out = export.export_run(str(tmp_path), str(tmp_path / "hf"))
   lm_head = safetensors.numpy.load_file(os.path.join(out, "model.safetensors"))["lm_head.weight"]
   np.testing.assert_array_equal(
-      lm_head, np.asarray(jax.device_get(result["state"]["params"]["lm_head"]["kernel"])).T)
+      lm_head, np.asarray(jax.device_get(result.state["params"]["lm_head"]["kernel"])).T)
 
 
 def test_records_without_ground_truth_are_refused_before_the_first_round(tmp_path):

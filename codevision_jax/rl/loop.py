@@ -36,14 +36,13 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from codevision_jax import parallel
 from codevision_jax.execution.client import ExecutorClient, healthy_services
 from codevision_jax.models import lora as lora_lib
 from codevision_jax.rl import advantages as adv_lib
@@ -54,13 +53,13 @@ from codevision_jax.rl import step as rl_step
 from codevision_jax.rl.rollouts import ScoredRollouts
 from codevision_jax.sampling import trajectory as traj_lib
 from codevision_jax.sampling.policy import ModelPolicy
-from codevision_jax.runtime import checkpointing, metrics as metrics_lib, optimizer as optim_lib
-from codevision_jax.runtime import preemption, remat, resume, run_setup
+from codevision_jax.runtime import checkpointing, layout, optimizer as optim_lib
+from codevision_jax.runtime import run_setup, scaffold
 from codevision_jax.train import step as step_lib
 
 log = logging.getLogger(__name__)
 
-RoundHook = Callable[[int, checkpointing.Checkpointer], None]
+RoundHook = scaffold.StepHook
 """Called after every round, once its checkpoint (if due) has been started: (round, checkpointer)."""
 
 
@@ -104,7 +103,7 @@ def _model_differences(step_dir: str, cfg) -> str:
   """How the model fields of the SFT run's saved config (`<step>/config/metadata`) differ from
   `cfg`'s, e.g. "model.vocab_size 512 there, 600 here"; "" when they agree or cannot be read."""
   try:
-    with open(os.path.join(step_dir, "config", "metadata"), encoding="utf-8") as f:
+    with open(layout.saved_config(step_dir), encoding="utf-8") as f:
       saved = json.load(f)
   except (OSError, ValueError):
     return ""
@@ -122,20 +121,17 @@ def restore_sft_params(sft_workdir: str, params: dict, frozen: dict, params_sh, 
   """The trained parameters of an SFT run's latest checkpoint (`train.loop`), placed like
   `params` / `frozen`; the optimizer state is not read. A checkpoint of another model raises
   ValueError naming the model fields (`cfg`'s against the SFT run's) that differ."""
-  ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(sft_workdir), "checkpoints"),
-                                    every=0, keep=1, async_save=False)
-  step = ckpt.latest_step()
-  ckpt.close()
+  step = scaffold.latest_step(sft_workdir)
   if step is None:
-    raise FileNotFoundError(f"init.sft_workdir {sft_workdir}: no checkpoint in {sft_workdir}/checkpoints; "
-                            "run `python -m launch.sft` there first, or leave init.sft_workdir empty")
+    raise FileNotFoundError(f"init.sft_workdir {sft_workdir}: no checkpoint in "
+                            f"{layout.checkpoints(sft_workdir)}; run `python -m launch.sft` there "
+                            "first, or leave init.sft_workdir empty")
+  step_dir = os.path.abspath(layout.step_dir(sft_workdir, step))
   try:
     return checkpointing.restore_items(
-        os.path.join(os.path.abspath(sft_workdir), "checkpoints", str(step)),
-        {"state": {"params": checkpointing.abstract_like(params, params_sh)},
-         "frozen": checkpointing.abstract_like(frozen, frozen_sh)})
+        step_dir, {layout.STATE: {"params": checkpointing.abstract_like(params, params_sh)},
+                   layout.FROZEN: checkpointing.abstract_like(frozen, frozen_sh)})
   except ValueError as e:
-    step_dir = os.path.join(os.path.abspath(sft_workdir), "checkpoints", str(step))
     differ = _model_differences(step_dir, cfg) if cfg is not None else ""
     reason = str(e).strip().splitlines()[0][:300]
     if "strict=False" in reason or "shape" in reason.lower():  # Orbax: an array of another shape.
@@ -195,25 +191,17 @@ def build(cfg, workdir: str) -> RLRun:
   # The decode engine runs the layers as they are: rematerialisation is the learner's (an
   # `nnx.remat` layer cannot run inside the decode loop), so the sampler keeps the plain graph.
   sampler_graphdef = nnx.graphdef(model)
-  remat.apply_remat(model, cfg.train.remat)
-  graphdef, params, frozen, rest = nnx.split(
-      model, optim_lib.trainable_of(cfg),
-      nnx.Param, ...)
   rounds = cfg.train.rounds or cfg.data.num_epochs * len(records) // cfg.rollout.prompts
   steps_per_round = cfg.rollout.prompts // cfg.algo.mini_batch_prompts * cfg.algo.ppo_epochs
   tx = optim_lib.make_optimizer(cfg.optim, rounds * steps_per_round)
-  abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
-  state_sh = step_lib.state_shardings(params, abstract_opt, mesh, rules)
-  state_sh["reference"] = state_sh["params"]
-  frozen_sh = nnx.to_pure_dict(parallel.state_shardings(frozen, mesh, rules))
-  params_state, frozen_state = params, frozen
-  params, frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
+  parts = scaffold.split_model(model, cfg, tx, mesh, rules)
+  graphdef, rest, frozen_sh = parts.graphdef, parts.rest, parts.frozen_sh
+  state_sh = {**parts.state_sh, "reference": parts.state_sh["params"]}
+  params_state, frozen_state = parts.params, parts.frozen
+  params, frozen = nnx.to_pure_dict(parts.params), nnx.to_pure_dict(parts.frozen)
   # A checkpoint in the workdir is resumed (`_train`) and replaces what the SFT run would give:
   # the SFT run is read only for a fresh start, so its log line never precedes "resumed".
-  own = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                   every=0, keep=1, async_save=False)
-  resuming = own.latest_step() is not None
-  own.close()
+  resuming = scaffold.latest_step(workdir) is not None
   if cfg.init.sft_workdir and not resuming and lora_lib.settings(cfg).enabled:
     # LoRA: the SFT run (its adapters merged, if any) is the frozen base; fresh adapters train.
     from codevision_jax.runtime import lora_init
@@ -225,12 +213,10 @@ def build(cfg, workdir: str) -> RLRun:
     params, frozen = restored["state"]["params"], restored["frozen"]
     log.info("initialised from the SFT run in %s", cfg.init.sft_workdir)
   ref_dtype = run_setup.DTYPES[cfg.algo.ref_dtype]
-  state = {"step": jnp.zeros((), jnp.int32), "params": params,
-           "opt_state": jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params),
+  state = {**scaffold.init_state(params, tx, state_sh),
            # With LoRA the reference is the base, adapters off (lora_b zero): adapter-sized.
            "reference": jax.jit(lambda p: lora_lib.adapters_off(step_lib.cast_floats(p, ref_dtype)),
                                 out_shardings=state_sh["reference"])(params)}
-  state = jax.device_put(state, state_sh)
 
   options = rl_step.RLStepOptions(
       compute_dtype=run_setup.DTYPES[cfg.train.compute_dtype], loss_chunk=cfg.train.loss_chunk,
@@ -257,10 +243,12 @@ def build(cfg, workdir: str) -> RLRun:
       params=_sampler_state(template, sampler_frozen, sampler_copy["params"](params)))
   del model, sampler_model, params_state, frozen_state
   policy.release()  # The KV cache exists only while rollouts run.
-  run = RLRun(cfg, mesh, rules, tokenizer, mc, settings, records, rounds, policy, template,
-              learner.learner_geometry(cfg, mc, settings, mesh.shape["data"] * mesh.shape["fsdp"]),
-              state, frozen, state_sh, frozen_sh, steps, sampler_copy, sampler_frozen)
-  return run
+  return RLRun(
+      cfg=cfg, mesh=mesh, rules=rules, tokenizer=tokenizer, model_config=mc, settings=settings,
+      records=records, rounds=rounds, policy=policy, param_template=template,
+      geometry=learner.learner_geometry(cfg, mc, settings, mesh.shape["data"] * mesh.shape["fsdp"]),
+      state=state, frozen=frozen, state_sh=state_sh, frozen_sh=frozen_sh, steps=steps,
+      sampler_copy=sampler_copy, sampler_frozen=sampler_frozen)
 
 
 def _replica(graphdef, params, frozen, rest, mesh, rules, cast):
@@ -409,26 +397,23 @@ def _save_rollouts(workdir: str, round_index: int, ro: ScoredRollouts, k: int,
   keep = ro.trajectories[:k]
   for t, p in zip(keep, ro.parts):
     t.metadata["reward"] = p
-  directory = os.path.join(workdir, "rollouts", f"round_{round_index:05d}")
+  directory = layout.round_dir(workdir, round_index)
   traj_lib.save_jsonl(keep, os.path.join(directory, "trajectories.jsonl"))
   rollouts.write_transcripts(os.path.join(directory, "transcripts.jsonl"), tokenizer, keep,
                              ro.parts)
 
 
-def _append_metrics(path: str, line: dict, is_primary: bool) -> None:
-  if is_primary:
-    with open(path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(line) + "\n")
-
-
 # ---- the loop --------------------------------------------------------------------------------------
 
-def train(cfg, workdir: str, *, executor_urls: Sequence[str], hooks: Sequence[RoundHook] = ()) -> dict:
-  """Runs (or resumes) GRPO; returns {"state", "frozen", "history"} (history: per-round metrics of
-  this process's rounds)."""
-  result = asyncio.run(_train(cfg, workdir, list(executor_urls), hooks))
-  if result["preempted"] is not None:  # Saved and stopped on SIGTERM: exit for a requeue.
-    raise result["preempted"]
+def train(cfg, workdir: str, *, executor_urls: Sequence[str],
+          hooks: Sequence[RoundHook] = ()) -> scaffold.RunResult:
+  """Runs (or resumes) GRPO -> `scaffold.RunResult` (history: the metrics of this process's
+  rounds, and round 0 when held-out evaluation runs before training; last: the last of them;
+  run: the `RLRun`). `hooks` run after every round. On SIGTERM: a checkpoint, then `Preempted`
+  (exit status 75, requeue)."""
+  result, stopped = asyncio.run(_train(cfg, workdir, list(executor_urls), hooks))
+  if stopped is not None:  # Saved and stopped on SIGTERM: exit for a requeue.
+    raise stopped
   return result
 
 
@@ -450,89 +435,67 @@ async def evaluate(run: RLRun, records: Sequence, client, judge=None) -> ScoredR
                        client=client, judge=judge, temperature=run.cfg.eval.temperature)
 
 
-async def _train(cfg, workdir: str, urls: list, hooks) -> dict:
+async def _train(cfg, workdir: str, urls: list, hooks):
+  """-> (the run's result, the `Preempted` to raise or None)."""
   if not urls:
     raise ValueError("no executor service: pass executor_urls (launch.rl starts a local one when "
                      "executor.urls is empty)")
   urls = await healthy_services(urls)
   run = build(cfg, workdir)
-  ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                    every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
-                                    async_save=cfg.train.async_checkpoints)
-  data_state, start = None, 0
-  restored = ckpt.restore_resumable(checkpointing.abstract_like(run.state, run.state_sh),
-                                    checkpointing.abstract_like(run.frozen, run.frozen_sh),
-                                    step=cfg.train.resume_step or None)
-  if restored is not None:
-    start, run.state, run.frozen, data_state, saved_config = restored
-    resume.check(saved_config, cfg, step=start, steps_key="train.rounds")
-    hand_to_sampler(run, run.state["params"], run.frozen)
-    log.info("resumed from %s at round %d", ckpt.directory, start)
-    if start >= run.rounds:
-      log.warning("the checkpoint is at round %d and the run has %d rounds: nothing to train "
-                  "(raise --config.train.rounds to train further)", start, run.rounds)
-  prompts = prompt_iterator(cfg, len(run.records), data_state)
-  held_out = eval_records(cfg) if cfg.eval.every else []
-  is_primary = jax.process_index() == 0  # Writes the logs; every process saves checkpoints.
-  writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_primary)
-  bar = metrics_lib.ProgressBar(run.rounds, start=start, every=cfg.train.log_every)
-  history = []
-  config_json = cfg.to_dict()
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  # SIGTERM (a preemption): the round in flight finishes, a checkpoint is saved, and `train`
-  # raises `Preempted` (exit status 75, requeue); train.sigterm_grace_s abandons a long round.
-  preempt = preemption.Preemption(cfg.train.get("sigterm_grace_s", 0.0), unit="round").__enter__()
-  stopped = None
-  try:
+  with scaffold.Scaffold(cfg, workdir, unit="round", total=run.rounds, jsonl=True) as sc:
+    resumed = sc.restore(run.state, run.frozen, run.state_sh, run.frozen_sh)
+    data_state = None
+    if resumed is not None:
+      run.state, run.frozen, data_state = resumed.state, resumed.frozen, resumed.data_state
+      hand_to_sampler(run, run.state["params"], run.frozen)
+      sc.resumed_from()
+    prompts = prompt_iterator(cfg, len(run.records), data_state)
+    held_out = eval_records(cfg) if cfg.eval.every else []
+    sc.open()
     async with ExecutorClient(urls, deadline_s=cfg.executor.call_deadline_s) as client, \
         rollouts.judge(cfg) as judge:
-      if held_out and cfg.eval.get("before_training") and start == 0:
-        m = rollout_metrics(await evaluate(run, held_out, client, judge), "eval")
-        writer.scalars(0, m)
-        history.append({"round": 0, **m})
-        _append_metrics(metrics_path, {"round": 0, **m}, is_primary)
-      for r in range(start, run.rounds):
-        t_round = time.perf_counter()
-        records = [run.records[i] for i in next(prompts)]
-        ro = await rollout(run, records, samples=cfg.rollout.group_size, seed=round_seed(cfg.seed, r),
-                           client=client, judge=judge)
-        check_executor(ro, cfg.executor.max_error_fraction, urls, r + 1)
-        check_errors(ro, r + 1)
-        drop_sampler_params(run)  # Neither the KV cache nor a stale copy is held while learning.
-        run.state, m = learn(run, ro)
-        t = time.perf_counter()
-        hand_to_sampler(run, run.state["params"])
-        m["time/handoff_s"] = time.perf_counter() - t
-        m.update(rollout_metrics(ro, "rollout", timings=True))
-        m["time/round_s"] = time.perf_counter() - t_round
-        done = r + 1
-        if cfg.eval.every and (done % cfg.eval.every == 0 or done == run.rounds):
-          ev = await evaluate(run, held_out, client, judge)
-          m.update(rollout_metrics(ev, "eval"))
-        if judge is not None:  # Counts since the start: replies that did not parse, and so on.
-          m.update({f"judge/{k}": float(v) for k, v in dataclasses.asdict(judge.stats).items()})
-        _save_rollouts(workdir, done, ro, cfg.train.save_rollouts if is_primary else 0,
-                       run.tokenizer)
-        writer.scalars(done, m)
-        history.append({"round": done, **m})
-        _append_metrics(metrics_path, {"round": done, **m}, is_primary)
-        bar.update(done, m["actor/policy_tokens"] / max(m["time/round_s"], 1e-9),
-                   reward=m["rollout/reward/score"], acc=m["rollout/accuracy"],
-                   tools=m["rollout/tool_calls_per_trajectory"])
-        ckpt.save(done, run.state, run.frozen, prompts.get_state(), config_json,
-                  force=done == run.rounds)
-        for hook in hooks:
-          hook(done, ckpt)
-        if preempt.should_stop(done) and done < run.rounds:  # Every process, every round.
-          if ckpt.saved_step != done:
-            ckpt.save(done, run.state, run.frozen, prompts.get_state(), config_json, force=True)
-          stopped = preempt.exit(done)
-          log.warning("%s", stopped)
-          break
-  finally:
-    bar.close()
-    ckpt.close()
-    writer.close()
-    preempt.__exit__(None, None, None)
-  return {"state": run.state, "frozen": run.frozen, "history": history, "run": run,
-          "preempted": stopped}
+      if held_out and cfg.eval.get("before_training") and sc.start == 0:
+        line = {"round": 0, **rollout_metrics(await evaluate(run, held_out, client, judge), "eval")}
+        sc.scalars(0, line)
+        sc.append([line], last=line)
+      stopped = await _rounds(run, sc, prompts, held_out, urls, client, judge, hooks)
+  return sc.result(run, run.state, run.frozen), stopped
+
+
+async def _rounds(run: RLRun, sc: scaffold.Scaffold, prompts, held_out, urls, client, judge,
+                  hooks):
+  """The rounds from `sc.start` on (rollout -> score -> learn) -> the `Preempted` to raise, or
+  None; `run.state` is the learner's state after the last."""
+  cfg = run.cfg
+  for r in range(sc.start, run.rounds):
+    t_round = time.perf_counter()
+    records = [run.records[i] for i in next(prompts)]
+    ro = await rollout(run, records, samples=cfg.rollout.group_size, seed=round_seed(cfg.seed, r),
+                       client=client, judge=judge)
+    check_executor(ro, cfg.executor.max_error_fraction, urls, r + 1)
+    check_errors(ro, r + 1)
+    drop_sampler_params(run)  # Neither the KV cache nor a stale copy is held while learning.
+    run.state, m = learn(run, ro)
+    t = time.perf_counter()
+    hand_to_sampler(run, run.state["params"])
+    m["time/handoff_s"] = time.perf_counter() - t
+    m.update(rollout_metrics(ro, "rollout", timings=True))
+    m["time/round_s"] = time.perf_counter() - t_round
+    done = r + 1
+    if cfg.eval.every and (done % cfg.eval.every == 0 or done == run.rounds):
+      ev = await evaluate(run, held_out, client, judge)
+      m.update(rollout_metrics(ev, "eval"))
+    if judge is not None:  # Counts since the start: replies that did not parse, and so on.
+      m.update({f"judge/{k}": float(v) for k, v in dataclasses.asdict(judge.stats).items()})
+    _save_rollouts(sc.workdir, done, ro, cfg.train.save_rollouts if sc.is_primary else 0,
+                   run.tokenizer)
+    sc.scalars(done, m)
+    line = {"round": done, **m}
+    sc.append([line], last=line)
+    sc.progress(done, m["actor/policy_tokens"] / max(m["time/round_s"], 1e-9),
+                reward=m["rollout/reward/score"], acc=m["rollout/accuracy"],
+                tools=m["rollout/tool_calls_per_trajectory"])
+    stopped = sc.end_step(done, run.state, run.frozen, prompts.get_state(), hooks)
+    if stopped is not None:
+      return stopped
+  return None
