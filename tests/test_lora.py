@@ -180,3 +180,26 @@ def test_an_int8_base_is_close_to_the_bfloat16_base_and_smaller():
       if p[-1].key == "kernel" and lora.is_quantized_layer(tuple(k.key for k in p[:-1])))
   # A byte saved per projection weight, less the scales (one per output column and layer).
   assert 0.95 * projections <= sizes["bfloat16"] - sizes["int8"] < projections
+
+
+def test_the_dry_run_counts_adapters_an_adapter_sized_reference_and_a_shared_base():
+  """`--dry_run` with model.lora: the 7B RL recipe at rank 64 on one device holds adapters
+  (rank x (in + out) per projection, float32) and their moments, a bfloat16 reference of the
+  adapters' size, the base in bfloat16, and no sampler copy of the base."""
+  from codevision_jax import parallel
+  from codevision_jax.runtime import dry_run
+  from configs import qwen2_5_vl_7b_rl
+  c = qwen2_5_vl_7b_rl.get_config()
+  c.model.preset, c.model.lora.rank = "qwen2_5_vl_7b", 64
+  mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  plan = dry_run.plan(c, kind="rl", platform="gpu", device_memory=141e9, mesh=mesh)
+  parts = {p.name: p.bytes for p in plan.phases["rollout"]}
+  t = presets.preset("qwen2_5_vl_7b").text
+  h, q, kv, m = t.hidden_size, t.num_attention_heads * t.resolved_head_dim, \
+      t.num_key_value_heads * t.resolved_head_dim, t.intermediate_size
+  adapter_values = 64 * t.num_hidden_layers * ((h + q) * 2 + (h + kv) * 2 + (h + m) * 3)
+  assert parts["parameters"] == 4 * adapter_values
+  assert parts["optimizer state"] >= 2 * 4 * adapter_values
+  assert parts["reference"] == 2 * adapter_values  # algo.ref_dtype bfloat16, adapter-sized.
+  assert parts["sampler frozen copy"] == 0 and parts["sampler weights"] == 2 * adapter_values
+  assert 14e9 < parts["frozen parameters"] < 18e9  # ~8.3B parameters in bfloat16.
