@@ -280,11 +280,9 @@ def _sampler_state(template: nnx.State, *parts: dict) -> nnx.State:
 def drop_sampler_params(run: RLRun) -> None:
   """Frees the sampler's copy of the trainable parameters (stale once the learner updates) and its
   KV cache, so that neither is held while the learner runs; `hand_to_sampler` makes the new copy."""
-  run.policy.release()
-  frozen = {id(x) for x in jax.tree.leaves(run.sampler_frozen)}
-  for x in jax.tree.leaves(run.policy.engine.params):
-    if id(x) not in frozen and isinstance(x, jax.Array) and not x.is_deleted():
-      x.delete()  # The sampler's own copy (cast_floats + copy): never a learner array.
+  # The sampler's own copy (cast_floats + copy) goes; its frozen copy (possibly the learner's own
+  # frozen arrays, when they share a dtype) is kept.
+  run.policy.delete_params(keep=run.sampler_frozen)
 
 
 def hand_to_sampler(run: RLRun, params: dict, frozen: dict | None = None) -> None:

@@ -133,6 +133,16 @@ class ModelPolicy:
     self.engine.release()
     self._held, self.paused = {}, []
 
+  def delete_params(self, keep=()) -> None:
+    """Frees the KV cache and deletes the policy's parameter arrays (its own copy, stale once a
+    learner updates) except those in the tree `keep` (arrays it shares with the caller), so that
+    neither is held meanwhile; `update_params` gives it new ones."""
+    self.release()
+    kept = {id(x) for x in jax.tree.leaves(keep)}
+    for x in jax.tree.leaves(self.engine.params):
+      if id(x) not in kept and isinstance(x, jax.Array) and not x.is_deleted():
+        x.delete()
+
   @property
   def paged(self) -> bool:
     return self.engine.page_size > 0
