@@ -60,8 +60,11 @@ def _segment(model, rng, n_text, grid=None):
   return np.asarray(ids, np.int32), pv, grid
 
 
-@pytest.mark.parametrize("name,scan", [("qwen2_5_vl", False), ("qwen3_vl", False), ("qwen2_5_vl", True)])
-def test_a_paged_engine_samples_what_the_dense_one_does(name, scan):
+@pytest.mark.parametrize("name,scan,round_gather", [("qwen2_5_vl", False, True), ("qwen3_vl", False, True),
+                                                    ("qwen2_5_vl", True, True), ("qwen2_5_vl", False, False)])
+def test_a_paged_engine_samples_what_the_dense_one_does(name, scan, round_gather):
+  """Decode rounds that gather their pages once (CPU's default) and at every step, per layer or
+  with a scanned decoder, sample what the dense engine samples."""
   model = _model(name, scan)
   rng = np.random.default_rng(0)
   prompts = [[_segment(model, rng, 5, (1, 4, 6)), _segment(model, rng, 7)],
@@ -70,7 +73,7 @@ def test_a_paged_engine_samples_what_the_dense_one_does(name, scan):
   tool = _segment(model, rng, 4, (1, 2, 4))
   runs = []
   for page_size in (0, 8):
-    e = DecodeEngine(model, chunk=16, page_size=page_size)
+    e = DecodeEngine(model, chunk=16, page_size=page_size, round_gather=round_gather)
     e.allocate(3, 160, pool_tokens=3 * 100)
     for slot, segs in enumerate(prompts):
       for seg in segs:

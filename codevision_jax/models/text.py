@@ -60,7 +60,7 @@ class TextAttention(nnx.Module):
       cache = paged_kv.write(cache, k, v, cache_index)  # over the gathered pages of each row.
       k, v = paged_kv.gather(cache, cache_index.table)
       out = attention.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
-                                            backend="xla", kv_layout="bskd")
+                                            backend="xla", kv_layout="bksd")
       return self.o_proj(out.reshape(b, t, -1)), cache
     if cache is not None:  # Row r's T new entries go at cache_index[r], cache_index[r] + 1, ...
       entries = cache_index[:, None] + jnp.arange(t)

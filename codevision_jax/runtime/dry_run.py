@@ -322,6 +322,7 @@ def _sampler_shares_frozen(cfg, frozen, sampler_dtype) -> bool:
 def plan_rl(cfg, mesh, *, platform: str, device_memory: float) -> MemoryPlan:
   """The GRPO run of `cfg` (an `rl.loop` config) on `mesh`."""
   from codevision_jax.models import lora
+  from codevision_jax.models import paged_kv
   from codevision_jax.models.text import init_kv_cache
   from codevision_jax.sampling import engine as engine_lib
   rules = run_setup.mesh_rules(cfg.mesh)
@@ -350,9 +351,20 @@ def plan_rl(cfg, mesh, *, platform: str, device_memory: float) -> MemoryPlan:
   slots = cfg.rollout.slots
   length = cfg.agent.max_total_tokens + cfg.rollout.chunk + 1
   stacked = cfg.model.get("scan_layers", False)
-  cache = jax.eval_shape(functools.partial(init_kv_cache, mc.text, slots, length, sampler_dtype,
-                                           stacked=stacked))
-  spec = parallel.logical_to_spec(engine_lib.cache_logical_axes(stacked), rules,
+  page = cfg.rollout.get("kv_page_size", 0)
+  if page:  # A paged cache: its pool (DecodeEngine.allocate with a page size, ModelPolicy's clamp).
+    most = slots * cfg.agent.max_total_tokens
+    pages = -(-min(cfg.rollout.get("kv_pool_tokens", 0) or most, most) // page) + 1
+    pages = -(-pages // local.size) * local.size
+    cache = jax.eval_shape(functools.partial(
+        paged_kv.init_pool, mc.text.num_hidden_layers, pages, page, mc.text.num_key_value_heads,
+        mc.text.resolved_head_dim, sampler_dtype, stacked=stacked))
+    kv_what, kv_shrink = f"{pages} pages x {page} tokens for {slots} slots", "rollout.kv_pool_tokens"
+  else:
+    cache = jax.eval_shape(functools.partial(init_kv_cache, mc.text, slots, length, sampler_dtype,
+                                             stacked=stacked))
+    kv_what, kv_shrink = f"{slots} slots x {length} entries", "rollout.slots or agent.max_total_tokens"
+  spec = parallel.logical_to_spec(engine_lib.cache_logical_axes(stacked, paged=bool(page)), rules,
                                   jax.tree.leaves(cache)[0].shape, local)
   cache_sh = jax.tree.map(lambda _: jax.sharding.NamedSharding(local, spec), cache)
   kv = tree_bytes(cache, cache_sh)
@@ -387,8 +399,8 @@ def plan_rl(cfg, mesh, *, platform: str, device_memory: float) -> MemoryPlan:
           Part("sampler weights", sampler_trainable, f"{cfg.rollout.param_dtype or cfg.model.param_dtype}"
                " copy of the trainable parameters"),
           sampler_f,
-          Part("KV cache", kv, f"{slots} slots x {length} entries, {jnp.dtype(sampler_dtype).name}, "
-               f"sharded {spec}", shrink="rollout.slots or agent.max_total_tokens"),
+          Part("KV cache", kv, f"{kv_what}, {jnp.dtype(sampler_dtype).name}, sharded {spec}",
+               shrink=kv_shrink),
           Part("sampler logits", logits_b, f"{slots} x {mc.text.vocab_size} float32, on one device")],
       "learn": learner + [
           sampler_f,

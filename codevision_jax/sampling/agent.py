@@ -8,10 +8,12 @@ This module is the scheduler; what the model is told and how its tool calls run 
 tool environment (`sampling.environment`). Each record's prompt goes into a free slot of the
 policy. Slots are decoded together, in one batched device call per round. When a slot's turn
 ends, the environment reads it: a tool call that is well formed runs on the executor service as
-an asyncio task while the other slots keep decoding; a malformed one gets its error response at
-once. When a call returns, its tool turn (with the result image) is appended to the slot by
-chunked prefill and decoding resumes. A finished slot takes the next record, when the policy
-admits one (`can_admit`: a paged KV cache with free pages).
+an asyncio task, and its result image is decoded and preprocessed in a worker thread
+(`IMAGE_WORKERS`), while the other slots keep decoding; a malformed one gets its error response
+at once. The tool turns that are ready after a round are appended together (one vision-tower
+call and one chunked prefill across their slots: `append_many`) and those slots decode again.
+Free slots take the next records, while the policy admits them (`can_admit`: a paged KV cache
+with free pages); their prompts are prefilled together too (`start_many`).
 
 A trajectory ends with a `trajectory.Finish` reason: `answer`, `eos`, `max_turns` (from the
 environment), `max_tokens` (the total token budget), or `error` (the executor could not be
@@ -21,14 +23,18 @@ reached, or the record's prompt cannot be built or does not fit).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import time
 from typing import Callable, Sequence
 
 from codevision_jax.processing import image as image_lib
-from codevision_jax.sampling.environment import AgentConfig, CodeToolEnvironment, Segment
+from codevision_jax.sampling.environment import AgentConfig, CodeToolEnvironment
 from codevision_jax.sampling.policy import Policy
 from codevision_jax.sampling.trajectory import CallStatus, Finish, ToolCallRecord, Trajectory
+
+
+IMAGE_WORKERS = 4  # Threads that decode and preprocess tool results (off the event loop).
 
 
 @dataclasses.dataclass
@@ -53,7 +59,7 @@ class _Slot:
     self.traj = traj
     self.turn_tokens: list[int] = []
     self.call: ToolCallRecord | None = None
-    self.task: asyncio.Task | None = None  # the call on the executor; its result is the PNG
+    self.task: asyncio.Task | None = None  # the call in flight: (png, its preprocessed image)
     self.t0 = time.perf_counter()
 
 
@@ -70,16 +76,40 @@ class AgentLoop:
       raise ValueError(f"the policy holds {capacity} tokens per slot, fewer than max_total_tokens "
                        f"{self.max_total_tokens}; build it with capacity >= max_total_tokens")
 
-  def _prefill(self, fn, slot: int, *args, segment: Segment) -> None:
+  def _start_all(self, starts: list) -> None:
+    """Prefills new trajectories' prompts ((slot, trajectory id, Segment)), in one batched call
+    when the policy has `start_many`."""
     t = time.perf_counter()
-    fn(slot, *args, segment.input_ids, segment.pixel_values, segment.image_grid_thw)
+    items = [(slot, index, seg.input_ids, seg.pixel_values, seg.image_grid_thw)
+             for slot, index, seg in starts]
+    if hasattr(self.policy, "start_many"):
+      self.policy.start_many(items)
+    else:
+      for item in items:
+        self.policy.start(*item)
     self.stats.prefill_s += time.perf_counter() - t
 
-  def _start(self, slot: int, index: int, record) -> _Slot:
-    traj, prompt = self.env.start(index, record)
-    if prompt is not None:
-      self._prefill(self.policy.start, slot, index, segment=prompt)
-    return _Slot(traj)
+  def _append_all(self, due: dict) -> None:
+    """Appends the tool turns due ({slot: Segment}), in one batched call when the policy has
+    `append_many`."""
+    t = time.perf_counter()
+    items = [(slot, seg.input_ids, seg.pixel_values, seg.image_grid_thw) for slot, seg in due.items()]
+    if hasattr(self.policy, "append_many"):
+      self.policy.append_many(items)
+    else:
+      for item in items:
+        self.policy.append(*item)
+    self.stats.prefill_s += time.perf_counter() - t
+
+  async def _call(self, state: _Slot, pool: concurrent.futures.Executor):
+    """A tool call's result: it runs on the executor (a well-formed call), then its image is
+    decoded and preprocessed in a worker thread; (png, its `result_vision`) or (None, None)."""
+    png = None
+    if state.call.status == CallStatus.OK:
+      png = await self.env.execute(state.traj, state.call)
+    if png is None:
+      return None, None
+    return png, await asyncio.get_running_loop().run_in_executor(pool, self.env.result_vision, png)
 
   def _after_decode(self, state: _Slot) -> ToolCallRecord | Finish | None:
     """After a decode chunk: None to keep decoding, the turn's tool call, or a finish reason."""
@@ -89,15 +119,6 @@ class AgentLoop:
       return outcome
     if len(state.traj.token_ids) >= self.max_total_tokens:
       return Finish.MAX_TOKENS
-    return None
-
-  def _tool_turn(self, slot: int, state: _Slot, png: bytes | None) -> Finish | None:
-    """Appends the answer to `state.call`; returns a finish reason if the trajectory ends."""
-    call, state.call = state.call, None
-    turn = self.env.tool_turn(state.traj, call, png)
-    if isinstance(turn, Finish):
-      return turn
-    self._prefill(self.policy.append, slot, segment=turn)
     return None
 
   def _finish(self, state: _Slot, reason: Finish, done: list) -> None:
@@ -123,46 +144,58 @@ class AgentLoop:
       self.policy.finish(slot)
       free.append(slot)
 
-    while queue or slots:
-      while free and queue and (not slots or self.policy.can_admit()):  # Refill free slots.
-        slot = free.pop()
-        index, record = queue.pop()
-        slots[slot] = await asyncio.to_thread(self._start, slot, index, record)
-        if slots[slot].traj.finish_reason:
-          end(slot, slots[slot].traj.finish_reason)
-      decoding = [s for s, st in slots.items() if st.task is None]
-      waiting = [st.task for st in slots.values() if st.task is not None]
-      if decoding:
-        budgets = [self.max_total_tokens - len(slots[s].traj.token_ids) for s in decoding]
-        t = time.perf_counter()
-        out = await asyncio.to_thread(self.policy.decode, decoding, budgets)
-        self.stats.decode_s += time.perf_counter() - t
-        self.stats.decode_calls += 1
-        for s in decoding:
-          state = slots[s]
-          tokens, logprobs = out[s]
-          state.traj.add(tokens, 1, logprobs)
-          state.turn_tokens += [int(x) for x in tokens]
-          outcome = self._after_decode(state)
-          if isinstance(outcome, ToolCallRecord):
-            state.call, outcome = outcome, None
-            if state.call.status == CallStatus.OK:
-              self.stats.tool_calls += 1
-              state.task = asyncio.create_task(self.env.execute(state.traj, state.call))
+    with concurrent.futures.ThreadPoolExecutor(IMAGE_WORKERS) as pool:
+      while queue or slots:
+        starts, pending = [], 0
+        while free and queue and (not (slots or starts) or self.policy.can_admit(pending)):
+          slot = free.pop()  # Refill free slots.
+          index, record = queue.pop()
+          traj, prompt = await asyncio.to_thread(self.env.start, index, record)
+          slots[slot] = _Slot(traj)
+          if traj.finish_reason:
+            end(slot, traj.finish_reason)
+          else:
+            starts.append((slot, index, prompt))
+            pending += len(prompt.input_ids)
+        if starts:
+          await asyncio.to_thread(self._start_all, starts)
+        decoding = [s for s, st in slots.items() if st.task is None]
+        waiting = [st.task for st in slots.values() if st.task is not None]
+        if decoding:
+          budgets = [self.max_total_tokens - len(slots[s].traj.token_ids) for s in decoding]
+          t = time.perf_counter()
+          out = await asyncio.to_thread(self.policy.decode, decoding, budgets)
+          self.stats.decode_s += time.perf_counter() - t
+          self.stats.decode_calls += 1
+          for s in decoding:
+            state = slots[s]
+            tokens, logprobs = out[s]
+            state.traj.add(tokens, 1, logprobs)
+            state.turn_tokens += [int(x) for x in tokens]
+            outcome = self._after_decode(state)
+            if isinstance(outcome, ToolCallRecord):  # Its result comes back as a task.
+              state.call, outcome = outcome, None
+              self.stats.tool_calls += state.call.status == CallStatus.OK
+              state.task = asyncio.create_task(self._call(state, pool))
+            if outcome is not None:
+              end(s, outcome)
+          await asyncio.sleep(0)  # Malformed calls' tasks finish now.
+        elif waiting:
+          t = time.perf_counter()
+          await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+          self.stats.idle_s += time.perf_counter() - t
+        due = {}  # Tool calls that came back: their turns are appended together.
+        for s, state in list(slots.items()):
+          if state.task is not None and state.task.done():
+            (png, vision), state.task = state.task.result(), None
+            call, state.call = state.call, None
+            turn = self.env.tool_turn(state.traj, call, png, vision)
+            if isinstance(turn, Finish):
+              end(s, turn)
             else:
-              outcome = await asyncio.to_thread(self._tool_turn, s, state, None)
-          if outcome is not None:
-            end(s, outcome)
-      elif waiting:
-        t = time.perf_counter()
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        self.stats.idle_s += time.perf_counter() - t
-      for s, state in list(slots.items()):  # Tool calls that came back resume their slot.
-        if state.task is not None and state.task.done():
-          png, state.task = state.task.result(), None
-          outcome = await asyncio.to_thread(self._tool_turn, s, state, png)
-          if outcome is not None:
-            end(s, outcome)
+              due[s] = turn
+        if due:
+          await asyncio.to_thread(self._append_all, due)
     self.stats.wall_s = time.perf_counter() - t_start
     return sorted(done, key=lambda t: t.id)
 

@@ -59,12 +59,13 @@ from flax import nnx, struct
 from codevision_jax import parallel
 from codevision_jax.models import paged_kv, prepare
 from codevision_jax.models.text import cache_entries, cache_slot_axis, init_kv_cache
+from codevision_jax.models.vlm import image_feature_index, place_image_features
 from codevision_jax.sampling.logits import choose_tokens, policy_logprobs
 from codevision_jax.sampling.paged import PagePool
 
 ID_SLOTS = 8
 
-TRACE_COUNTS = {"prefill": 0, "decode": 0}
+TRACE_COUNTS = {"prefill": 0, "decode": 0, "vision": 0}
 """How many times each jitted function was traced (a Python side effect at trace time)."""
 
 
@@ -129,7 +130,8 @@ class DecodeState:
 def cache_logical_axes(stacked: bool, paged: bool = False) -> tuple:
   """The logical axes of a cache array (`text.init_kv_cache`'s layout; `paged_kv.init_pool`'s
   with `paged`: pages over the batch axes)."""
-  axes = ("batch", None, "kv_heads", None) if paged else ("batch", "kv_heads", None, None)
+  del paged  # [pages, K, page_size, D]: the dense cache's axes, pages in the place of slots.
+  axes = ("batch", "kv_heads", None, None)
   return ("layers",) + axes if stacked else axes
 
 
@@ -158,9 +160,71 @@ def _put_slots(cache, rows, slots):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _embed(graphdef, params, rest, input_ids, pixel_values, vision_meta):
-  """Tokens [R, T] -> embeddings [R, T, H] and DeepStack inputs (or None)."""
-  return nnx.merge(graphdef, params, rest).embed(input_ids, pixel_values, vision_meta)
+def _vision(graphdef, params, rest, pixel_values, vision_meta):
+  """The vision tower over patches [N, C*T*P*P] (N: a `patch_bucket`) -> (features, DeepStack
+  features)."""
+  TRACE_COUNTS["vision"] += 1
+  return nnx.merge(graphdef, params, rest).model.visual(pixel_values, vision_meta)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _embed(graphdef, params, rest, input_ids, vision):
+  """Tokens [R, T] -> embeddings [R, T, H] and DeepStack inputs (or None), the k-th image token
+  taking row k of the features `vision` (`_vision`'s output, or None): the model's `embed` with
+  its tower run apart."""
+  model = nnx.merge(graphdef, params, rest)
+  embeds = model.model.language_model.embed_tokens(input_ids)
+  if vision is None:
+    return embeds, None
+  features, deepstack_features = vision
+  image_index = image_feature_index(input_ids == model.config.image_token_id)
+  embeds = place_image_features(embeds, image_index, features)
+  if not deepstack_features:
+    return embeds, None
+  return embeds, (image_index >= 0, [place_image_features(jnp.zeros_like(embeds), image_index, f)
+                                     for f in deepstack_features])
+
+
+PATCH_BUCKET_BASE = 64
+
+
+def patch_bucket(n: int) -> int:
+  """Patches the vision tower runs on for `n` real ones: 64 x 2^k or 96 x 2^k (two compilations
+  an octave; at most 1.5x the work)."""
+  bucket = PATCH_BUCKET_BASE
+  while bucket < n:
+    if bucket * 3 // 2 >= n:
+      return bucket * 3 // 2
+    bucket *= 2
+  return bucket
+
+
+def padded_vision_inputs(config, pixel_values, image_grid_thw):
+  """Pixel values padded to `patch_bucket` rows with one padding image of zeros (grid (1, merge,
+  n / merge), as `data.pack` pads), and the tower's metadata with spans that depend on the
+  bucket only: the tower compiles once per bucket, and the real images' features are unchanged
+  (the padding image is its own attention segment; no token takes its features)."""
+  grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
+  pixels = np.asarray(pixel_values)
+  n = len(pixels)
+  bucket = patch_bucket(n)
+  merge = config.vision.spatial_merge_size
+  if bucket > n:
+    grid = np.concatenate([grid, [[1, merge, (bucket - n) // merge]]])
+    pixels = np.concatenate([pixels, np.zeros((bucket - n, pixels.shape[1]), pixels.dtype)])
+  meta = prepare.vision_metadata(config, grid)
+  span = prepare.span_bound(bucket)
+  meta = meta.replace(full_span=span,
+                      window_span=meta.window_span if config.vision.window_size else span)
+  return pixels, meta
+
+
+def _run_vision(engine, pixel_values, image_grid_thw):
+  """`_vision` over the padded inputs (None without images)."""
+  if image_grid_thw is None:
+    return None
+  pixels, meta = padded_vision_inputs(engine.config, pixel_values, image_grid_thw)
+  return _vision(engine._graphdef, engine._params, engine._rest, jnp.asarray(pixels), meta)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "all_slots", "cache_sharding", "span",
@@ -200,11 +264,12 @@ def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstac
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_steps", "greedy", "filtered",
-                                           "cache_sharding", "span", "page_size"),
+                                           "cache_sharding", "span", "page_size", "round_gather"),
                    donate_argnames=("state",))
 def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity, keys, counts,
             temperature, top_k, top_p, stop_ids, banned_ids, yield_ids, *, max_steps: int,
-            greedy: bool, filtered: bool, cache_sharding=None, span: int = 0, page_size: int = 0):
+            greedy: bool, filtered: bool, cache_sharding=None, span: int = 0, page_size: int = 0,
+            round_gather: bool = False):
   """Up to `max_steps` tokens for each active row, until a stop token or its budget (at most the
   room left in its slot); the whole call ends after the step in which some row sampled one of
   `yield_ids` (a tool call to serve now: the other rows go on in the next call). Row r samples
@@ -212,10 +277,21 @@ def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity
   log-probs [S, max_steps] (0 past each row's count), the number sampled per row, and the new
   state. Attention reads the first `span` cache entries (0: all), which must hold every active
   row's tokens after `max_steps` more; idle rows write to the scratch entry past them (a paged
-  cache, `page_size` > 0: to the scratch page; the caller's budgets keep rows within their pages)."""
+  cache, `page_size` > 0: to the scratch page; the caller's budgets keep rows within their pages).
+  `round_gather` (paged): the rows' pages are gathered once into a dense view of `span` entries
+  (and a scratch entry), the steps run on it as on a dense cache, and the new entries are written
+  back to the pages after the round: a transient dense copy of the span, for speed on CPU."""
   TRACE_COUNTS["decode"] += 1
   model = nnx.merge(graphdef, params, rest)
   s = active.shape[0]
+  pool = None
+  if page_size and round_gather:
+    pool, start = state.cache, state.lengths
+    table = state.pages[:, :span // page_size]
+    view = _per_layer(pool, lambda layer: paged_kv.dense_view(layer, table))
+    span += page_size  # The whole view (the scratch page's entries are never valid keys): no
+    # slice of it a step; idle rows write to its last entry.
+    state, page_size, cache_sharding = state.replace(cache=view), 0, None
   scratch = 0 if page_size else cache_entries(state.cache) - 1
   entries = jnp.arange(span or scratch + 1)
   banned = jnp.any(jnp.arange(state.logits.shape[-1])[:, None] == banned_ids[None, :], axis=-1)
@@ -258,7 +334,23 @@ def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity
            jnp.zeros((s, max_steps), jnp.int32), jnp.zeros((s, max_steps), jnp.float32),
            jnp.asarray(False))
   _, state, n, _, tokens, logprobs, _ = jax.lax.while_loop(cond, body, carry)
+  if pool is not None:
+    steps = max_steps
+    pool = _per_layer((pool, state.cache), lambda both: paged_kv.write_back(
+        both[0], both[1], start, n, state.pages, steps))
+    state = state.replace(cache=pool)
   return tokens, logprobs, n, state
+
+
+def _per_layer(tree, fn):
+  """`fn` over each layer of a cache (a list of layer dicts, or a stacked dict: vmapped over its
+  leading layer axis); `tree` may be a tuple of caches of one form."""
+  first = tree[0] if isinstance(tree, tuple) else tree
+  if isinstance(first, dict):
+    return jax.vmap(fn)(tree)
+  if isinstance(tree, tuple):
+    return [fn(layers) for layers in zip(*tree)]
+  return [fn(layer) for layer in tree]
 
 
 class DecodeEngine:
@@ -271,17 +363,21 @@ class DecodeEngine:
   `append` (0: this engine only prefills whole batches with `prefill`, and its cache needs no
   room for chunk padding). `page_size` > 0: the cache is paged (`models.paged_kv`): one pool of
   pages shared by the slots, each slot holding pages for its tokens only (`allocate`'s
-  `pool_tokens`); 0: a dense cache of `capacity` entries per slot.
+  `pool_tokens`); 0: a dense cache of `capacity` entries per slot. `round_gather` (default: on
+  CPU) is `_decode`'s.
   """
 
   def __init__(self, model: nnx.Module, *, chunk: int = 128, params: nnx.State | None = None,
-               rules=None, page_size: int = 0):
+               rules=None, page_size: int = 0, round_gather: bool | None = None):
     self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
     self.config = model.config
     # The cache's form follows the decoder's (stacked for scanned layers).
     self._stacked = model.scan_layers
     self.chunk = chunk
     self.page_size = page_size
+    # Paged decode rounds gather their pages once (CPU: fast, a transient dense copy of the span)
+    # or at every step (accelerators: memory follows the pages; a kernel belongs there).
+    self.round_gather = jax.default_backend() == "cpu" if round_gather is None else round_gather
     self.pool: PagePool | None = None  # a paged cache's page accounting
     self._pages_version = -1  # the `pool.version` the device's page table has
     self.rules = parallel.DEFAULT_RULES if rules is None else rules
@@ -336,7 +432,7 @@ class DecodeEngine:
 
   def cache_sharding(self, num_slots: int, length: int):
     """The NamedSharding of every cache array (one for all layers), or None off a mesh. A paged
-    cache's arrays are [num_pages, page_size, K, D]: `num_slots` is then the number of pages and
+    cache's arrays are [num_pages, K, page_size, D]: `num_slots` is then the number of pages and
     `length` the page size."""
     mesh = self.mesh
     if mesh is None or mesh.size == 1:
@@ -344,7 +440,7 @@ class DecodeEngine:
     tc = self.config.text
     shape = (num_slots, tc.num_key_value_heads, length, tc.resolved_head_dim)
     if self.page_size:
-      shape = (num_slots, length, tc.num_key_value_heads, tc.resolved_head_dim)
+      shape = (num_slots, tc.num_key_value_heads, length, tc.resolved_head_dim)
     if self._stacked:
       shape = (tc.num_hidden_layers,) + shape
     axes = cache_logical_axes(self._stacked, paged=bool(self.page_size))
@@ -452,43 +548,75 @@ class DecodeEngine:
   def append(self, slot: int, input_ids, pixel_values=None, image_grid_thw=None) -> None:
     """Prefills a segment (text with expanded image pads, and its images) after the slot's
     content, `chunk` tokens at a time."""
-    ids = np.asarray(input_ids, np.int32).reshape(-1)
-    n = len(ids)
-    if n == 0:
-      return
+    self.append_many([(slot, input_ids, pixel_values, image_grid_thw)])
+
+  def append_many(self, items: Sequence[tuple]) -> None:
+    """`append` for several slots at once: `items` are (slot, input_ids, pixel_values,
+    image_grid_thw), one per slot. Their images go through the vision tower in one call and their
+    segments are prefilled together, `chunk` tokens of every row a call, in groups of 2^k rows
+    (few compilations); each slot ends as `append` leaves it."""
     if not self.chunk:
       raise ValueError("this engine was built with chunk=0 (whole-batch prefill only); build it "
                        "with a chunk size to append to single slots")
-    grid = None if image_grid_thw is None or len(image_grid_thw) == 0 else np.asarray(image_grid_thw)
-    pixel_values = pixel_values if grid is not None else None
-    self._check(ids[None], pixel_values, grid)
-    start = int(self.lengths[slot])
-    if start + n > self.capacity:
-      raise ValueError(f"slot {slot}: {start} + {n} tokens exceed the capacity {self.capacity}")
-    self._reserve(slot, start + n)
+    rows = []
+    for slot, input_ids, pixel_values, image_grid_thw in items:
+      ids = np.asarray(input_ids, np.int32).reshape(-1)
+      if len(ids) == 0:
+        continue
+      grid = None if image_grid_thw is None or len(image_grid_thw) == 0 else np.asarray(image_grid_thw)
+      pixel_values = pixel_values if grid is not None else None
+      self._check(ids[None], pixel_values, grid)
+      start = int(self.lengths[slot])
+      if start + len(ids) > self.capacity:
+        raise ValueError(f"slot {slot}: {start} + {len(ids)} tokens exceed the capacity {self.capacity}")
+      rows.append((int(slot), ids, pixel_values, None if grid is None else grid.reshape(-1, 3)))
+    if len({r[0] for r in rows}) != len(rows):
+      raise ValueError(f"append_many takes one segment per slot, got slots {[r[0] for r in rows]}")
+    for slot, ids, _, _ in rows:
+      self._reserve(slot, int(self.lengths[slot]) + len(ids))
     self._sync_pages()
-    positions, meta = prepare.prepare(self.config, ids[None], grid)
+    while rows:
+      r = 1 << (len(rows).bit_length() - 1)
+      self._append_rows(rows[:r])
+      rows = rows[r:]
+
+  def _append_rows(self, rows: list) -> None:
+    """One batched prefill of `rows` (slot, ids, pixel values, grid), checked and with pages."""
     c = self.chunk
-    width = -(-n // c) * c
-    padded = np.full((1, max(prompt_bucket(n), width)), self._filler_id(), np.int32)
-    padded[0, :n] = ids
-    embeds, deepstack = _embed(self._graphdef, self._params, self._rest, padded,
-                               None if grid is None else jnp.asarray(pixel_values), meta)
-    positions = np.pad(positions, ((0, 0), (0, 0), (0, padded.shape[1] - n)))
-    advance = np.int32(positions[:, 0, :n].max() + 1)
-    for lo in range(0, n, c):
+    slots = np.asarray([r[0] for r in rows], np.int32)
+    lengths = np.asarray([len(r[1]) for r in rows], np.int32)
+    starts = np.asarray([self.lengths[s] for s in slots], np.int64)
+    n_max = int(lengths.max())
+    width = max(prompt_bucket(n_max), -(-n_max // c) * c)
+    padded = np.full((len(rows), width), self._filler_id(), np.int32)
+    positions = np.zeros((3, len(rows), width), np.int32)
+    for i, (_, ids, _, grid) in enumerate(rows):
+      padded[i, :len(ids)] = ids
+      positions[:, i, :len(ids)] = prepare.position_ids(self.config, ids[None], grid)[:, 0]
+    advance = np.asarray([positions[:, i, :n].max() + 1 for i, n in enumerate(lengths)], np.int32)
+    grids = [r[3] for r in rows if r[3] is not None]
+    vision = None
+    if grids:  # Every row's images in row order: the k-th image token of the batch takes row k.
+      vision = _run_vision(self, np.concatenate([np.asarray(r[2]) for r in rows if r[3] is not None]),
+                           np.concatenate(grids))
+    embeds, deepstack = _embed(self._graphdef, self._params, self._rest, padded, vision)
+    for lo in range(0, n_max, c):
       piece = slice(lo, lo + c)
       ds = None if deepstack is None else (deepstack[0][:, piece], [f[:, piece] for f in deepstack[1]])
-      is_last = lo + c >= n
-      write = None if self.pool is None else self.pool.write_entries(slot, start + lo, min(c, n - lo), c)[None]
+      n_real = np.clip(lengths - lo, 0, c).astype(np.int32)
+      is_last = (lengths > lo) & (lengths <= lo + c)
+      write = None
+      if self.pool is not None:
+        write = np.stack([self.pool.write_entries(s, int(st) + lo, int(k), c)
+                          for s, st, k in zip(slots, starts, n_real)])
       self.state = _prefill(
-          self._graphdef, self._params, self._rest, self.state, np.asarray([slot], np.int32),
-          embeds[:, piece], ds, positions[:, :, piece], np.asarray([min(c, n - lo)], np.int32),
-          np.asarray([n - 1 - lo if is_last else -1], np.int32),
-          np.asarray([advance if is_last else 0], np.int32), write, all_slots=False,
-          cache_sharding=self._cache_sharding, span=self._span(start + lo + c),
-          page_size=self.page_size)
-    self._lengths[slot] = start + n
+          self._graphdef, self._params, self._rest, self.state, slots, embeds[:, piece], ds,
+          positions[:, :, piece], n_real, np.where(is_last, lengths - 1 - lo, -1).astype(np.int32),
+          np.where(is_last, advance, 0).astype(np.int32), write, all_slots=False,
+          cache_sharding=self._cache_sharding,
+          span=self._span(int((starts + np.minimum(lengths, lo)).max()) + c), page_size=self.page_size)
+    for s, st, n in zip(slots, starts, lengths):
+      self._lengths[s] = st + n
 
   def prefill(self, rows: Sequence[np.ndarray], pixel_values=None, image_grid_thw=None) -> None:
     """Fills every slot, all empty, with one segment each (`rows[s]`, token ids) in one batched
@@ -512,9 +640,9 @@ class DecodeEngine:
       self._sync_pages()
       write = np.stack([self.pool.write_entries(slot, 0, int(n), padded.shape[1])
                         for slot, n in enumerate(lengths)])
-    positions, meta = prepare.prepare(self.config, padded, image_grid_thw, real)
+    positions = prepare.position_ids(self.config, padded, image_grid_thw, real)
     embeds, deepstack = _embed(self._graphdef, self._params, self._rest, padded,
-                               None if pixel_values is None else jnp.asarray(pixel_values), meta)
+                               _run_vision(self, pixel_values, image_grid_thw))
     self.state = _prefill(self._graphdef, self._params, self._rest, self.state,
                           np.arange(s, dtype=np.int32), embeds, deepstack, positions, lengths,
                           lengths - 1, (positions.max(axis=(0, 2)) + 1).astype(np.int32), write,
@@ -555,6 +683,7 @@ class DecodeEngine:
         np.float32(temperature), np.int32(top_k), np.float32(top_p), id_array(stop_ids),
         id_array(banned_ids), id_array(yield_ids), max_steps=max_steps, greedy=temperature == 0,
         filtered=temperature > 0 and (top_k > 0 or top_p < 1), cache_sharding=self._cache_sharding,
-        span=self._span(filled + max_steps), page_size=self.page_size)
+        span=self._span(filled + max_steps), page_size=self.page_size,
+        round_gather=self.round_gather)
     self._unsynced = n if self._unsynced is None else self._unsynced + n  # Stays on device.
     return tokens, logprobs, n

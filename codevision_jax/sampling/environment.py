@@ -183,9 +183,22 @@ class CodeToolEnvironment:
       return res.images[0]
     return None
 
-  def tool_turn(self, traj: Trajectory, call: ToolCallRecord, png: bytes | None) -> Segment | Finish:
+  def result_vision(self, png: bytes):
+    """The result image's pixel values, grid and token count (`_vision`), or the preprocessing
+    error: the host work of a tool turn (PNG decoding, resizing, patches), safe to run in a worker
+    thread (no tokenizer)."""
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    try:
+      return self._vision([image.convert("RGB")])
+    except image_lib.ImagePreprocessingError as e:
+      return e
+
+  def tool_turn(self, traj: Trajectory, call: ToolCallRecord, png: bytes | None,
+                vision=None) -> Segment | Finish:
     """Records the call and builds the tool turn that answers it (its result image, or its error)
-    up to the next generation prompt; a Finish when the trajectory cannot go on."""
+    up to the next generation prompt; a Finish when the trajectory cannot go on. `vision`: the
+    png's `result_vision` when already computed."""
     cfg = self.config
     traj.tool_calls.append(call)
     if call.status == CallStatus.EXECUTOR_ERROR:
@@ -194,13 +207,12 @@ class CodeToolEnvironment:
     pv = grid = None
     counts = ()
     if png is not None:
-      image = Image.open(io.BytesIO(png))
-      image.load()
-      try:
-        pv, grid, counts = self._vision([image.convert("RGB")])
-      except image_lib.ImagePreprocessingError as e:
-        call.status, call.error = CallStatus.CODE_ERROR, f"the result image cannot be used: {e}"
+      vision = self.result_vision(png) if vision is None else vision
+      if isinstance(vision, image_lib.ImagePreprocessingError):
+        call.status, call.error = CallStatus.CODE_ERROR, f"the result image cannot be used: {vision}"
         png = None
+      else:
+        pv, grid, counts = vision
       if png is not None and counts[0] + 32 > cfg.max_tool_response_tokens:
         call.status = CallStatus.LIMIT
         call.error = (f"the result image needs {counts[0]} tokens, over the limit of "

@@ -13,6 +13,8 @@ handed out from the top of a free stack, so a run's allocation is deterministic.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from codevision_jax.models.paged_kv import SCRATCH_PAGE
@@ -78,3 +80,40 @@ class PagePool:
     e = start + np.arange(n)
     out[:n] = self.table[slot, e // self.page_size] * self.page_size + e % self.page_size
     return out
+
+
+def token_bytes(text_config, dtype) -> int:
+  """Bytes one cached token takes: keys and values of every layer (56 KiB for Qwen2.5-VL-7B in
+  bfloat16)."""
+  tc = text_config
+  return 2 * tc.num_hidden_layers * tc.num_key_value_heads * tc.resolved_head_dim * np.dtype(dtype).itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheFit:
+  """What a KV cache holds: `pool_tokens` in all, `token_bytes` a token; how many trajectories
+  of `average_tokens` and of `max_tokens` fit at once; `slots` configured."""
+  paged: bool
+  pool_tokens: int
+  token_bytes: int
+  slots: int
+  max_tokens: int
+  average_tokens: int
+
+  @property
+  def gib(self) -> float:
+    return self.pool_tokens * self.token_bytes / 2 ** 30
+
+  def fit(self, tokens: int) -> int:
+    return self.pool_tokens // max(tokens, 1) if self.paged else self.slots
+
+  def line(self) -> str:
+    if not self.paged:
+      return (f"KV cache: dense, {self.slots} slots x {self.max_tokens} tokens ({self.gib:.2f} GiB, "
+              f"{self.token_bytes / 1024:.1f} KiB a token): {self.slots} trajectories in flight "
+              "whatever their lengths")
+    return (f"KV cache: paged, a pool of {self.pool_tokens} tokens ({self.gib:.2f} GiB, "
+            f"{self.token_bytes / 1024:.1f} KiB a token) for {self.slots} slots: "
+            f"{min(self.fit(self.average_tokens), self.slots)} trajectories of {self.average_tokens} "
+            f"tokens fit at once, {min(self.fit(self.max_tokens), self.slots)} of the maximum "
+            f"{self.max_tokens}")

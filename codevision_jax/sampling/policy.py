@@ -9,7 +9,10 @@ A policy holds `num_slots` sequences. The agent loop calls
 * `decode(slots, budgets)`: one batched call that samples for those slots; for each it returns
   (tokens, log-probs), ending at a stop token, at the slot's budget or at the policy's step count;
 * `finish(slot)`: the slot's trajectory ended (its memory may be reused);
-* `can_admit()`: whether a new trajectory should start now (a paged cache with room for it).
+* `can_admit(pending)`: whether a new trajectory should start now (a paged cache with room for
+  it besides `pending` tokens about to be prefilled).
+`ModelPolicy` also has `start_many` and `append_many`: several slots' segments in one batched
+prefill (the agent loop uses them when present).
 
 A `ModelPolicy` with a paged cache (`page_size` > 0) holds pages for the tokens in use only, in a
 pool of `pool_tokens`. When a slot needs pages the pool does not have, the slot started last is
@@ -25,6 +28,7 @@ through the tokenizer, so the loop can be tested against the real executor witho
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Protocol, Sequence
 
 import jax
@@ -32,6 +36,9 @@ import numpy as np
 from flax import nnx
 
 from codevision_jax.sampling.engine import DecodeEngine, PoolFull
+from codevision_jax.sampling.paged import CacheFit, token_bytes
+
+log = logging.getLogger(__name__)
 
 
 class Policy(Protocol):
@@ -51,7 +58,7 @@ class Policy(Protocol):
   def finish(self, slot: int) -> None:
     ...
 
-  def can_admit(self) -> bool:
+  def can_admit(self, pending: int = 0) -> bool:
     ...
 
 
@@ -84,25 +91,34 @@ class ModelPolicy:
   its random stream does not depend on which slot it ran in or what ran beside it (a run is
   reproducible given the seed, the records and the number of slots).
 
-  `page_size` > 0: a paged KV cache of `pool_tokens` tokens shared by the slots (default
-  `num_slots * capacity`), `capacity` tokens at most per slot; a new trajectory is admitted
-  (`can_admit`) while no slot is paused and the pool has `admit_tokens` free (default
-  capacity / 8). See the module docstring for preemption.
+  `page_size` > 0: a paged KV cache of `pool_tokens` tokens shared by the slots (default and
+  at most `num_slots * capacity`), `capacity` tokens at most per slot; a new trajectory is
+  admitted (`can_admit`) while no slot is paused and the pool has `admit_tokens` free (default
+  capacity / 8). See the module docstring for preemption. `fit` says what the cache holds (how
+  many trajectories of `average_tokens`, default capacity / 4, and of `capacity` tokens fit);
+  it is logged at start.
   """
 
   def __init__(self, model: nnx.Module, stop_ids: Sequence[int], *, num_slots: int = 8,
                capacity: int = 4096, chunk: int = 128, steps_per_call: int = 32,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                params: nnx.State | None = None, rules=None, yield_ids: Sequence[int] = (),
-               page_size: int = 0, pool_tokens: int | None = None, admit_tokens: int | None = None):
+               page_size: int = 0, pool_tokens: int | None = None, admit_tokens: int | None = None,
+               average_tokens: int | None = None):
     self.num_slots, self.capacity = num_slots, capacity
+    if page_size:
+      pool_tokens = num_slots * capacity if not pool_tokens else min(pool_tokens, num_slots * capacity)
     self.pool_tokens = pool_tokens
-    if page_size and pool_tokens is not None and pool_tokens < capacity:
+    if page_size and pool_tokens < capacity:
       raise ValueError(f"the KV pool of {pool_tokens} tokens (rollout.kv_pool_tokens) cannot hold "
                        f"one trajectory of {capacity} tokens; raise it to at least {capacity}")
     self.admit_tokens = capacity // 8 if admit_tokens is None else admit_tokens
     self.engine = DecodeEngine(model, chunk=chunk, params=params, rules=rules, page_size=page_size)
     self.engine.allocate(num_slots, capacity, pool_tokens)
+    self.fit = CacheFit(bool(page_size), pool_tokens if page_size else num_slots * capacity,
+                        token_bytes(model.config.text, self.engine.dtype), num_slots, capacity,
+                        capacity // 4 if average_tokens is None else average_tokens)
+    log.info(self.fit.line())
     self._held: dict[int, _Held] = {}  # paged: every slot in use
     self.paused: list[int] = []  # paged: preempted slots, oldest first
     self._started = 0
@@ -174,6 +190,40 @@ class ModelPolicy:
     else:
       self._preempt(slot)
 
+  def start_many(self, items) -> None:
+    """`start` for several slots: items are (slot, trajectory_id, input_ids, pixel_values,
+    image_grid_thw); their prompts are prefilled together (`append_many`)."""
+    for slot, trajectory_id, *_ in items:
+      if self.engine.state is None:
+        self.engine.allocate(self.num_slots, self.capacity, self.pool_tokens)
+      self.engine.reset(slot)
+      self._keys[slot] = np.asarray(jax.random.fold_in(jax.random.PRNGKey(self.seed), trajectory_id))
+      self._counts[slot] = 0
+      if self.paged:
+        self._started += 1
+        self._held[slot] = _Held(self._started)
+    self.append_many([(slot, *segment) for slot, _, *segment in items])
+
+  def append_many(self, items) -> None:
+    """`append` for several slots (items: (slot, input_ids, pixel_values, image_grid_thw)) in
+    one batched prefill (`DecodeEngine.append_many`): the vision tower over all their images at
+    once, their segments prefilled together."""
+    if not self.paged:
+      self.engine.append_many(items)
+      return
+    lengths = self.engine.lengths
+    wants = {}
+    for slot, input_ids, pixel_values, image_grid_thw in items:
+      ids = np.asarray(input_ids, np.int32).reshape(-1)
+      self._held[slot].segments.append((ids, pixel_values, image_grid_thw))
+      if slot not in self.paused:
+        wants[slot] = int(lengths[slot]) + len(ids)
+    if not self._make_room(wants):
+      for slot in sorted(wants, key=lambda s: self._held[s].started, reverse=True):
+        if slot not in self.paused and not self.engine.pool.can_reserve(slot, wants[slot]):
+          self._preempt(slot)
+    self.engine.append_many([item for item in items if item[0] not in self.paused])
+
   def finish(self, slot: int) -> None:
     """The slot's trajectory ended: a paged slot's pages go back to the pool."""
     if self.paged and self.engine.state is not None:
@@ -182,12 +232,13 @@ class ModelPolicy:
       if slot in self.paused:
         self.paused.remove(slot)
 
-  def can_admit(self) -> bool:
+  def can_admit(self, pending: int = 0) -> bool:
     """Whether a new trajectory should start now: always with a dense cache; with a paged one,
-    while no slot is paused and `admit_tokens` are free (or no slot is in use)."""
+    while no slot is paused and `admit_tokens` are free besides `pending` tokens about to be
+    prefilled (or no slot is in use)."""
     if not self.paged or self.engine.pool is None or not self._held:
       return True
-    return not self.paused and self.engine.pool.free_tokens >= self.admit_tokens
+    return not self.paused and self.engine.pool.free_tokens - pending >= self.admit_tokens
 
   # ---- paged: preemption ---------------------------------------------------------------------
 
@@ -204,7 +255,7 @@ class ModelPolicy:
     while short() > 0:
       oldest = min(self._held[s].started for s in wants if s not in self.paused)
       victims = [s for s in self._held if s not in self.paused and s != keep
-                 and self._held[s].started > oldest and lengths[s] > 0]
+                 and self._held[s].started > oldest and (lengths[s] > 0 or s in wants)]
       if not victims:
         return False
       self._preempt(max(victims, key=lambda s: self._held[s].started))
@@ -292,7 +343,7 @@ class ScriptedPolicy:
   def finish(self, slot):
     pass
 
-  def can_admit(self):
+  def can_admit(self, pending=0):
     return True
 
   def decode(self, slots, budgets):
