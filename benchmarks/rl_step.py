@@ -58,6 +58,8 @@ flags.DEFINE_integer("slots", 16, "trajectories decoded together")
 flags.DEFINE_integer("tool_turns", 2, "tool calls per trajectory")
 flags.DEFINE_integer("think", 32, "tokens sampled per turn")
 flags.DEFINE_integer("workers", 2, "workers of the local executor service")
+flags.DEFINE_bool("learner_only", False, "only the learner comparison (on expert trajectories of "
+                  "synthetic tasks, no rollouts) and the planning at the 7B recipe's sizes")
 
 
 class SerialClient:
@@ -201,9 +203,39 @@ def plan_at_7b_sizes(seed: int = 0, minibatches: int = 8) -> None:
         "rollout before, none now")
 
 
+def expert_rollouts(run, n: int, group: int):
+  """Expert trajectories of `n` synthetic tasks (their assistant tokens as the policy's), with
+  made-up sampler log-probs and scores: the learner's input without a rollout."""
+  from codevision_jax.data import encode, synthetic
+  from codevision_jax.rl.scoring import ScoringStats
+  from codevision_jax.sampling.agent import AgentStats
+  from codevision_jax.sampling.trajectory import Finish, Trajectory, TrajectoryImage
+  rng = np.random.default_rng(0)
+  trajs = []
+  for i, conv in enumerate(synthetic.generate(n, seed=5, kinds=("arrow", "word"), p_small=0.3)):
+    conv.messages = [m for m in conv.messages if m["role"] != "system"]
+    conv.tools = None
+    ex = encode.encode(conv, run.tokenizer, run.settings)
+    t = Trajectory(id=i, token_ids=ex.input_ids.tolist(), policy_mask=ex.loss_mask.tolist(),
+                   logprobs=(-rng.random(len(ex)) * ex.loss_mask).tolist(), finish_reason=Finish.ANSWER)
+    t.images = [TrajectoryImage(png, list(g), "input" if k == 0 else "tool")
+                for k, (png, g) in enumerate(zip(conv.images, ex.image_grid_thw.tolist()))]
+    trajs.append(t)
+  return loop.ScoredRollouts(trajs, np.arange(n) // group, rng.random(n).astype(np.float32),
+                             [{}] * n, AgentStats(), ScoringStats(), 0.0)
+
+
 def main(argv):
   del argv
   cfg = tiny_rl.get_config()
+  if FLAGS.learner_only:
+    cfg.rollout.prompts, cfg.rollout.group_size = FLAGS.prompts, FLAGS.group
+    cfg.algo.mini_batch_prompts = FLAGS.prompts // 2
+    cfg.data.synthetic_size = FLAGS.prompts
+    run = loop.build(cfg, tempfile.mkdtemp(prefix="cvj-rl-bench-"))
+    compare_learners(run, expert_rollouts(run, FLAGS.prompts * FLAGS.group, FLAGS.group))
+    plan_at_7b_sizes()
+    return
   cfg.rollout.prompts, cfg.rollout.group_size, cfg.rollout.slots = FLAGS.prompts, FLAGS.group, FLAGS.slots
   cfg.algo.mini_batch_prompts = FLAGS.prompts // 2
   cfg.data.synthetic_size = 4 * FLAGS.prompts

@@ -167,3 +167,18 @@ def test_plans_pack_rows_within_the_budgets():
   assert len(auto) == 1 and batch_lib.token_slots(auto, short, g.rows)[1] == 1024
   with pytest.raises(ValueError, match="does not fit the microbatch geometry"):
     batch_lib.plan_microbatches([0], np.array([[600, 0, 0]]), g)
+
+
+def test_uint8_pixels_become_on_device_what_the_host_preprocessing_gives(built):
+  run, ro, _ = built
+  sizes = batch_lib.trajectory_sizes(ro.trajectories)
+  plan = batch_lib.plan_microbatches(range(4), sizes, run.geometry, "best_fit")[0]
+  mb = batch_lib.build(plan, ro.trajectories, np.zeros(8), run.settings, run.geometry, run.model_config,
+                       run.pad_id)
+  assert mb["vision"].pixel_values.dtype == np.uint8
+  want = np.concatenate([batch_lib.trajectory_example(ro.trajectories[i], run.settings, 0.0).pixel_values
+                         for i in plan.members])
+  assert want.dtype == np.float32 and len(want)
+  got = np.asarray(learner.to_device(run.mesh, run.rules, mb, run.settings)["vision"].pixel_values)
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got[:len(want)], want)

@@ -18,7 +18,8 @@ The microbatch (b = rows, T = length, P = patch_budget):
     image_index [b, T]: for an image token, the row of the merged vision features (numbered over
       all hosts' patches of the microbatch: host h's first row is h * P / merge^2); -1 elsewhere
     vision: `VisionInputs` (pixel_values [P, C*T*p*p] and the vision tower's `VisionMetadata`,
-      whose window units and segments are made globally unique across hosts)
+      whose window units and segments are made globally unique across hosts); float32, or uint8
+      when every example's are (`preprocess_images(as_uint8=True)`: normalised on device)
     image_grid_thw [max_images, 3] (zero rows after the real images; the padding image is not
       listed): host-side bookkeeping, not a model input
 
@@ -87,8 +88,9 @@ def pack(examples: Sequence[Example], *, length: int, rows: int, patch_budget: i
     used[row] += n
   patch_dim = (model_config.vision.in_channels * model_config.vision.temporal_patch_size
                * model_config.vision.patch_size ** 2)
-  pixels = np.concatenate([ex.pixel_values for ex in examples]
-                          + [np.zeros((0, patch_dim), np.float32)]).astype(np.float32)
+  uint8 = bool(examples) and all(ex.pixel_values.dtype == np.uint8 for ex in examples)
+  pixels = np.concatenate([ex.pixel_values for ex in examples] + [np.zeros((0, patch_dim), np.float32)]
+                          ).astype(np.uint8 if uint8 else np.float32)
   grids = np.concatenate([ex.image_grid_thw for ex in examples]
                          + [np.zeros((0, 3), np.int64)]).astype(np.int64)
   if len(pixels) > patch_budget or len(grids) > max_images:
@@ -138,7 +140,7 @@ def _vision_inputs(pixels, grids, budget: int, model_config: VLConfig, host: int
   n_pad = budget - len(pixels)
   if n_pad:
     grids = np.concatenate([grids, [[1, merge, n_pad // merge]]]).astype(np.int64)
-    pixels = np.concatenate([pixels, np.zeros((n_pad, pixels.shape[1]), np.float32)])
+    pixels = np.concatenate([pixels, np.zeros((n_pad, pixels.shape[1]), pixels.dtype)])
   if budget == 0:
     empty = np.zeros((0,), np.int32)
     return VisionInputs(pixels, prepare.VisionMetadata(np.zeros((0, 2), np.int32), empty, empty, empty))

@@ -249,10 +249,18 @@ def _patchify(image, patch_size, merge_size, temporal_patch_size):
   return patches.reshape(grid_h * grid_w, channels * temporal_patch_size * patch_size * patch_size)
 
 
+def value_table(image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD) -> np.ndarray:
+  """float32 [3, 256]: the value `preprocess_images` gives each uint8 value of each channel (its
+  `as_uint8` patches' column c holds channel c // (temporal_patch_size * patch_size^2))."""
+  return _value_table(tuple(image_mean), tuple(image_std))
+
+
 def preprocess_images(images, min_pixels, max_pixels, patch_size=14, merge_size=2,
                       temporal_patch_size=2, image_mean=OPENAI_CLIP_MEAN,
-                      image_std=OPENAI_CLIP_STD):
+                      image_std=OPENAI_CLIP_STD, as_uint8=False):
   """PIL images -> (pixel_values float32 [patches, 3*T*P*P], image_grid_thw int64 [images, 3]).
+  With `as_uint8`, pixel_values are the resized uint8 values in the same layout, a quarter of
+  the bytes; `value_table` maps them to the float32 ones (on device, e.g.).
 
   Same values and layout as transformers' Qwen2VLImageProcessor (PIL backend) with
   `size={"shortest_edge": min_pixels, "longest_edge": max_pixels}` and the other arguments
@@ -277,11 +285,12 @@ def preprocess_images(images, min_pixels, max_pixels, patch_size=14, merge_size=
   all_patches, grids = [], []
   for image, (height, width) in zip(images, sizes):
     resized = _to_rgb(image).resize((width, height), resample=Image.Resampling.BICUBIC)
-    values = table[channel, np.asarray(resized).transpose(2, 0, 1)]  # float32 [3, H, W]
+    values = np.asarray(resized).transpose(2, 0, 1)  # uint8 [3, H, W]
+    values = values if as_uint8 else table[channel, values]  # float32 (`value_table`)
     all_patches.append(_patchify(values, patch_size, merge_size, temporal_patch_size))
     grids.append((1, height // patch_size, width // patch_size))
 
   patch_dim = 3 * temporal_patch_size * patch_size * patch_size
   if not all_patches:
-    return np.zeros((0, patch_dim), np.float32), np.zeros((0, 3), np.int64)
+    return np.zeros((0, patch_dim), np.uint8 if as_uint8 else np.float32), np.zeros((0, 3), np.int64)
   return np.concatenate(all_patches, axis=0), np.array(grids, dtype=np.int64)

@@ -107,10 +107,12 @@ def token_slots(plans: Sequence[MicrobatchPlan], sizes: np.ndarray, rows: int) -
   return sum(int(sizes[i, 0]) for p in plans for i in p.members), sum(rows * p.bucket for p in plans)
 
 
-def trajectory_example(traj, settings: image_lib.ImageSettings, advantage: float) -> Example:
-  """The training example of a trajectory (see the module docstring)."""
+def trajectory_example(traj, settings: image_lib.ImageSettings, advantage: float,
+                       uint8: bool = False) -> Example:
+  """The training example of a trajectory (see the module docstring); `uint8`: its pixel values
+  are the resized uint8 ones (`preprocess_images(as_uint8=True)`), normalised on device."""
   images = [Image.open(io.BytesIO(im.png)).convert("RGB") for im in traj.images]
-  pv, grids = image_lib.preprocess_images(images, **settings.as_kwargs())
+  pv, grids = image_lib.preprocess_images(images, **settings.as_kwargs(), as_uint8=uint8)
   seen = [list(im.grid_thw) for im in traj.images]
   if np.asarray(grids).tolist() != seen:
     raise ValueError(f"trajectory {traj.id}: its images preprocess to grids {np.asarray(grids).tolist()}"
@@ -118,7 +120,8 @@ def trajectory_example(traj, settings: image_lib.ImageSettings, advantage: float
   n = len(traj.token_ids)
   return Example(
       input_ids=np.asarray(traj.token_ids, np.int32), loss_mask=np.asarray(traj.policy_mask, np.int32),
-      pixel_values=np.asarray(pv, np.float32), image_grid_thw=np.asarray(grids, np.int64).reshape(-1, 3),
+      pixel_values=np.asarray(pv, np.uint8 if uint8 else np.float32),
+      image_grid_thw=np.asarray(grids, np.int64).reshape(-1, 3),
       token_values={"sample_logprobs": np.asarray(traj.logprobs, np.float32),
                     "advantages": np.full((n,), advantage, np.float32)})
 
@@ -126,8 +129,10 @@ def trajectory_example(traj, settings: image_lib.ImageSettings, advantage: float
 def build(plan: MicrobatchPlan, trajectories: Sequence, advantages, settings: image_lib.ImageSettings,
           geometry: Geometry, model_config, pad_id: int) -> dict:
   """The host microbatch (`data.pack`'s layout, `geometry.rows` rows of `plan.bucket` tokens) of
-  a plan: its trajectories' examples (images decoded now), several to a row as planned."""
-  examples = [trajectory_example(trajectories[i], settings, float(advantages[i])) for i in plan.members]
+  a plan: its trajectories' examples (images decoded now), several to a row as planned; its pixel
+  values uint8 (`rl.learner.to_device` normalises them there)."""
+  examples = [trajectory_example(trajectories[i], settings, float(advantages[i]), uint8=True)
+              for i in plan.members]
   return pack.pack(examples, length=plan.bucket, rows=geometry.rows, patch_budget=plan.patch_budget,
                    max_images=geometry.max_images, model_config=model_config, pad_id=pad_id,
                    max_image_patches=geometry.max_image_patches,

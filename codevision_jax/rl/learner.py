@@ -6,7 +6,8 @@
 A round's usable trajectories are split into mini-batches of `algo.mini_batch_prompts` prompts'
 groups. Each mini-batch is planned from sizes alone (`rl.batch.plan_microbatches`: several
 trajectories to a row, microbatches closed by the rows and the patch budget) and its microbatches
-are built one at a time (images decoded, packed, put on the mesh) when a pass needs them.
+are built one at a time when a pass needs them: images decoded, packed with uint8 pixels (a
+quarter of the bytes to the device), put on the mesh and normalised there.
 
 Before any update, one fused pass (`rl.step.old_and_ref_logprobs`) gives each microbatch its old
 and reference log-probs, kept on device. With one PPO epoch the first mini-batch needs no such
@@ -37,6 +38,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from codevision_jax.data import geometry as geometry_lib
+from codevision_jax.processing import image as image_lib
 from codevision_jax.rl import advantages as adv_lib
 from codevision_jax.rl import batch as batch_lib
 from codevision_jax.rl import step as rl_step
@@ -153,12 +155,37 @@ def make_steps(mesh, state_sh: dict, *, graphdef, rest, options: rl_step.RLStepO
 
 # ---- one round ---------------------------------------------------------------------------------------
 
-def to_device(mesh, rules, mb: dict) -> dict:
-  """A host microbatch (the same on every process) on the mesh; each device takes its slice."""
+def to_device(mesh, rules, mb: dict, settings=None) -> dict:
+  """A host microbatch (the same on every process) on the mesh; each device takes its slice.
+  uint8 pixel values (`rl.batch.build`) travel as they are and become the float32 ones of
+  `settings`' preprocessing there (`normalise_pixels`)."""
   host = {k: v for k, v in mb.items() if k != "image_grid_thw"}
   shardings = step_lib.batch_shardings(mesh, rules, host, stacked=False)
-  return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
-                      host, shardings)
+  out = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
+                     host, shardings)
+  pixels = out["vision"].pixel_values
+  if pixels.dtype == np.uint8:
+    if settings is None:
+      raise ValueError("uint8 pixel values need the image settings to be normalised")
+    out["vision"] = out["vision"].replace(pixel_values=normalise_pixels(settings)(pixels))
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _normaliser(image_mean: tuple, image_std: tuple, per_channel: int):
+  table = image_lib.value_table(image_mean, image_std)
+
+  def normalise(u8):
+    channel = np.arange(u8.shape[1]) // per_channel
+    return jax.numpy.asarray(table)[channel[None, :], u8.astype(np.int32)]
+  return jax.jit(normalise)
+
+
+def normalise_pixels(settings) -> Callable:
+  """Jitted: uint8 pixel values [P, C*T*p*p] -> the float32 ones `preprocess_images` gives (one
+  lookup in `image_lib.value_table`), on device, keeping the input's sharding."""
+  return _normaliser(tuple(settings.image_mean), tuple(settings.image_std),
+                     settings.temporal_patch_size * settings.patch_size ** 2)
 
 
 def _usable(run, ro, sizes) -> tuple[list, int, collections.Counter]:
@@ -202,7 +229,7 @@ def learn(run, ro) -> tuple[dict, dict]:
 
   def device(plan):
     return to_device(run.mesh, run.rules, batch_lib.build(
-        plan, ro.trajectories, adv, run.settings, geometry, run.model_config, run.pad_id))
+        plan, ro.trajectories, adv, run.settings, geometry, run.model_config, run.pad_id), run.settings)
 
   state = run.state
   acc = steps.init(state["params"])
