@@ -40,6 +40,10 @@ class ForcedFirstTurn(ModelPolicy):
     super().start(slot, trajectory_id, *args)
     self.pending.add(slot)
 
+  def start_many(self, items):  # The agent loop starts the slots it fills together.
+    super().start_many(items)
+    self.pending.update(slot for slot, *_ in items)
+
   def decode(self, slots, budgets):
     out = {}
     for s in [s for s in slots if s in self.pending]:
