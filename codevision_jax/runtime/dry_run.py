@@ -163,6 +163,18 @@ def abstract_state(cfg, mesh, rules):
   return mc, model, params, frozen, frozen_sh
 
 
+def _trainable_note(cfg) -> str:
+  from codevision_jax.models import lora
+  s = lora.settings(cfg)
+  return f"trainable, {cfg.model.param_dtype}" + (f" (LoRA adapters, rank {s.rank})" if s.enabled else "")
+
+
+def _frozen_note(cfg) -> str:
+  from codevision_jax.models import lora
+  s = lora.settings(cfg)
+  return f"the LoRA base, {s.base_dtype}" if s.enabled else "vision tower / merger"
+
+
 def _state_parts(params, frozen, frozen_sh, mesh, rules, tx) -> tuple[dict, dict]:
   pure = nnx.to_pure_dict(params)
   opt = jax.eval_shape(tx.init, pure)
@@ -288,9 +300,9 @@ def plan_sft(cfg, mesh, *, platform: str, device_memory: float, compile: bool = 
   p = exact["params"]
   itemsize = jnp.dtype(run_setup.DTYPES[cfg.model.param_dtype]).itemsize
   parts = [
-      Part("parameters", p, f"trainable, {cfg.model.param_dtype}"),
+      Part("parameters", p, _trainable_note(cfg)),
       Part("optimizer state", exact["opt"], "AdamW moments"),
-      Part("frozen parameters", exact["frozen"], "vision tower / merger"),
+      Part("frozen parameters", exact["frozen"], _frozen_note(cfg)),
       Part("gradients", 2 * p * 4 / itemsize, "float32: the scan's sum and one microbatch's"),
       Part("compute-dtype weights", p * jnp.dtype(compute).itemsize / itemsize,
            f"the step's {cfg.train.compute_dtype} copy"),
@@ -384,13 +396,11 @@ def plan_rl(cfg, mesh, *, platform: str, device_memory: float) -> MemoryPlan:
   itemsize = jnp.dtype(run_setup.DTYPES[cfg.model.param_dtype]).itemsize
   p = exact["params"]
   adapters = lora.settings(cfg)
-  learner = [Part("parameters", p, f"trainable, {cfg.model.param_dtype}"
-                  + (f" (LoRA adapters, rank {adapters.rank})" if adapters.enabled else "")),
+  learner = [Part("parameters", p, _trainable_note(cfg)),
              Part("optimizer state", exact["opt"], "AdamW moments"),
              Part("reference", reference, f"{cfg.algo.ref_dtype} copy of the trainable parameters"
                   + (" (the adapters with B zero: the base, adapters off)" if adapters.enabled else "")),
-             Part("frozen parameters", exact["frozen"],
-                  f"the LoRA base, {adapters.base_dtype}" if adapters.enabled else "vision tower / merger")]
+             Part("frozen parameters", exact["frozen"], _frozen_note(cfg))]
   sampler_f = Part("sampler frozen copy", sampler_frozen,
                    "none: the learner's frozen base, shared" if shared else
                    f"{cfg.rollout.param_dtype or cfg.model.param_dtype}")
