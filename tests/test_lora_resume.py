@@ -52,34 +52,21 @@ def test_a_killed_qlora_run_resumes_bit_exactly(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.frozen), jax.device_get(resumed.frozen))
 
 
-EIGHT_DEVICES = """
-import sys
-import numpy as np
-sys.path.insert(0, {tests!r})
-from test_lora import config
-from codevision_jax.train import loop
-c = config()
-c.train.steps = 4
-c.mesh.num_devices, c.mesh.shape.fsdp, c.mesh.shape.tensor = {n}, {fsdp}, {tensor}
-r = loop.train(c, sys.argv[1])
-import jax
-flat = jax.tree_util.tree_flatten_with_path(jax.device_get(r.state["params"]))[0]
-np.savez(sys.argv[2], losses=np.array([h["loss"] for h in r.history]),
-         **{{jax.tree_util.keystr(p): np.asarray(x) for p, x in flat}})
-"""
+def _trained(n, fsdp, tensor, workdir):
+  """Losses and trained parameters (by path) of the LoRA run on a mesh of n = fsdp x tensor of the
+  session's 8 CPU devices."""
+  c = config()
+  c.train.steps = 4
+  c.mesh.num_devices, c.mesh.shape.fsdp, c.mesh.shape.tensor = n, fsdp, tensor
+  r = loop.train(c, workdir)
+  flat = jax.tree_util.tree_flatten_with_path(jax.device_get(r.state["params"]))[0]
+  return {"losses": np.array([h["loss"] for h in r.history]),
+          **{jax.tree_util.keystr(p): np.asarray(x) for p, x in flat}}
 
 
 def test_eight_devices_equal_one(tmp_path):
-  out = {}
-  for n, fsdp, tensor in ((1, 1, 1), (8, 4, 2)):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    script = EIGHT_DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__)), n=n, fsdp=fsdp,
-                                  tensor=tensor)
-    path = str(tmp_path / f"{n}.npz")
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"run{n}"), path], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out[n] = dict(np.load(path))
+  out = {n: _trained(n, fsdp, tensor, str(tmp_path / f"run{n}"))
+         for n, fsdp, tensor in ((1, 1, 1), (8, 4, 2))}
   assert out[1].keys() == out[8].keys()
   np.testing.assert_allclose(out[8]["losses"], out[1]["losses"], rtol=1e-5)
   # Adam's steps are ~lr = 1e-2 per element; the shards' other summation order moves them by
