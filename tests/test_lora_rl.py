@@ -29,19 +29,30 @@ def _traced(c, workdir, service_url):
   return result, traces
 
 
-def test_lora_rl_trains_adapters_on_the_sft_base_and_hands_off_only_them(sft_dir, service, tmp_path):  # noqa: F811
-  c = lora_config(sft_dir, train__rounds=3)
+def test_lora_rl_trains_adapters_on_the_sft_base_and_raises_the_held_out_reward(sft_dir, service, tmp_path):  # noqa: F811
+  c = lora_config(sft_dir)
+  c.eval.every, c.eval.samples = c.train.rounds, 4
+  c.train.save_rollouts = 0
   result, traces = _traced(c, str(tmp_path), service.url)
+  history = result.history
+  before, after = history[0], history[-1]
+  gain = after["eval/reward/score"] - before["eval/reward/score"]
+  assert gain >= MARGIN, (before["eval/reward/score"], after["eval/reward/score"])
+  assert after["eval/tool_calls_per_trajectory"] > max(0.5, before["eval/tool_calls_per_trajectory"])
+  assert traces[1] == traces[c.train.rounds - 1]  # Hand-offs without a recompilation.
+  assert_trains_adapters_on_the_sft_base(result, sft_dir)
+
+
+def assert_trains_adapters_on_the_sft_base(result, sft_dir):
+  """Only adapters train; the reference is the adapters with B zero; the base is the SFT run's
+  weights, unchanged, and the sampler reads those very arrays (the hand-off copies adapters)."""
   run = result.run
   params = jax.tree_util.tree_flatten_with_path(result.state["params"])[0]
   assert params and all(p[-1].key in lora.ADAPTER_NAMES for p, _ in params)
   assert any(np.abs(np.asarray(x)).max() > 0 for p, x in params if p[-1].key == "lora_b")
-  # The reference is the adapters with B zero: adapter-sized, the base's own function.
   ref = jax.tree_util.tree_flatten_with_path(result.state["reference"])[0]
   assert [p for p, _ in ref] == [p for p, _ in params]
   assert all(not np.any(np.asarray(x)) for p, x in ref if p[-1].key == "lora_b")
-  # The base is the SFT run's weights, unchanged by RL, and the sampler reads those very arrays
-  # (float32 both here): the hand-off copies the adapters only.
   sft = export.open_checkpoint(sft_dir)
   for path in (("model", "language_model", "embed_tokens", "weight"),
                ("model", "language_model", "layers", 0, "self_attn", "q_proj", "kernel")):
@@ -53,18 +64,4 @@ def test_lora_rl_trains_adapters_on_the_sft_base_and_hands_off_only_them(sft_dir
   sampler_ids = {id(x) for x in jax.tree.leaves(run.policy.engine.params)}
   assert frozen_ids <= sampler_ids
   assert len(sampler_ids - frozen_ids) == len(params)
-  assert traces[2] == traces[3]  # Hand-offs without a recompilation.
   assert max(h["actor/logprob_mismatch"] for h in result.history if h["round"] > 0) < 1e-5
-
-
-def test_lora_rl_raises_the_held_out_reward(sft_dir, service, tmp_path):  # noqa: F811
-  c = lora_config(sft_dir)
-  c.eval.every, c.eval.samples = c.train.rounds, 4
-  c.train.save_rollouts = 0
-  result, traces = _traced(c, str(tmp_path), service.url)
-  history = result.history
-  before, after = history[0], history[-1]
-  gain = after["eval/reward/score"] - before["eval/reward/score"]
-  assert gain >= MARGIN, (before["eval/reward/score"], after["eval/reward/score"])
-  assert after["eval/tool_calls_per_trajectory"] > max(0.5, before["eval/tool_calls_per_trajectory"])
-  assert traces[1] == traces[c.train.rounds - 1]
