@@ -131,3 +131,20 @@ def test_pipeline_builds_packed_microbatches(setup):
       s.rows - len(groups[0]))
   assert batch["input_ids"].shape[-1] == bucket
   assert int((seg > 0).sum()) == int(sizes[[i for row in groups[0] for i in row], 0].sum())
+
+
+@pytest.mark.parametrize("packing", ["first_fit", "best_fit"])
+def test_a_packed_row_holds_no_more_segments_than_cudnn_attention_is_built_for(packing):
+  from codevision_jax.data import geometry
+  from codevision_jax.models import attention
+  rng = np.random.default_rng(0)
+  sizes = np.stack([rng.integers(20, 700, 500), np.zeros(500, int), np.zeros(500, int)], axis=1)
+  g = geometry.Geometry(buckets=(1024, 8192), rows=4, patch_budget=512, max_images=8)
+  groups = geometry.fill_groups(range(500), sizes, g, packing)
+  rows = [row for group in groups for row in group]
+  assert sorted(i for row in rows for i in row) == list(range(500))
+  for row in rows:
+    assert len(row) <= attention.segment_bound(geometry.row_length(sizes, row)), row
+  # The bound binds: rows of short records stop at it, with room for more tokens left.
+  full = [row for row in rows if len(row) == attention.segment_bound(geometry.row_length(sizes, row))]
+  assert any(geometry.row_length(sizes, row) + 20 <= g.length for row in full)

@@ -13,8 +13,10 @@ each example (`data.sizing.record_sizes`, `rl.batch.trajectory_sizes`).
 of its own (`packing="none"`) or, with sequence packing, into the first row with room for it
 ("first_fit") or the one it fills best ("best_fit"), else to a new row; a group closes when it
 has `rows` rows and the example fits none, or when its patches or images would exceed the budget.
-A packed row holds at most the largest bucket's tokens; each example in it is its own attention
-segment (`data.pack`), so the token-mean loss does not depend on how examples are grouped.
+A packed row holds at most the largest bucket's tokens, and at most `segment_bound` of its tokens
+examples (the segments per row cuDNN's packed attention is built for: `models.attention`); each
+example in it is its own attention segment (`data.pack`), so the token-mean loss does not depend
+on how examples are grouped.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import dataclasses
 import math
 
 import numpy as np
+
+from codevision_jax.models.attention import segment_bound
 
 PACKING = ("none", "first_fit", "best_fit")
 
@@ -87,7 +91,9 @@ def fill_groups(order, sizes: np.ndarray, geometry: Geometry, packing: str = "no
   groups, rows, room, used = [], None, [], [0, 0]  # The open group's rows, their room, patches/images.
   for i in order:
     n, p, k = (int(x) for x in sizes[i])
-    fits = [] if packing == "none" else [r for r in range(len(room)) if room[r] >= n]
+    fits = [] if packing == "none" else [
+        r for r in range(len(room))
+        if room[r] >= n and len(rows[r]) < segment_bound(geometry.length - room[r] + n)]
     if (rows is None or used[0] + p > geometry.patch_budget or used[1] + k > geometry.max_images
         or (not fits and len(rows) == geometry.rows)):
       rows, room, used = [], [], [0, 0]
