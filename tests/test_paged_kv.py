@@ -110,7 +110,7 @@ def test_the_pool_holds_what_it_was_given_and_an_append_past_it_fails():
   e.allocate(4, 32768, pool_tokens=256)
   tc = model.config.text
   for layer in e.state.cache:
-    assert layer["k"].shape == (17, 16, tc.num_key_value_heads, tc.resolved_head_dim)
+    assert layer["k"].shape == (17, tc.num_key_value_heads, 16, tc.resolved_head_dim)
   e.append(0, np.arange(1, 201))
   with pytest.raises(PoolFull, match="kv_pool_tokens"):
     e.append(1, np.arange(1, 101))

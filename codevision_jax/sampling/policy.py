@@ -267,14 +267,30 @@ class ModelPolicy:
     self.paused.append(slot)
     self.preemptions += 1
 
-  def _resume(self) -> None:
-    """Prefills paused slots again, oldest first, while the pool has room for one and a round."""
+  def _resume(self, asked=()) -> None:
+    """Prefills paused slots again, oldest first, while the pool has room for one and a round.
+    When the oldest is `asked` to decode and there is no room, slots not asked (idle: waiting on
+    a tool call) are preempted for it, the latest started first, so that it always progresses."""
     pool = self.engine.pool
-    while self.paused:
+    def fits(slot):
+      return pool.free_tokens >= min(len(self._held[slot].whole()[0]) + self.steps_per_call,
+                                     self.capacity)
+
+    while self.paused:  # Each pass resumes a slot or preempts an idle one: it ends.
       slot = min(self.paused, key=lambda s: self._held[s].started)
+      if not fits(slot):
+        waiting = [s for s in self.paused if s in asked]
+        if not waiting:
+          return
+        slot = min(waiting, key=lambda s: self._held[s].started)
+        if not fits(slot):
+          idle = [s for s in self._held if s not in self.paused and s not in asked
+                  and pool.held[s] > 0]
+          if not idle:
+            return  # (An empty pool resumes any slot: the pool holds `capacity` at least.)
+          self._preempt(max(idle, key=lambda s: self._held[s].started))
+          continue
       ids, pv, grid = self._held[slot].whole()
-      if pool.free_tokens < len(ids) + self.steps_per_call:
-        return
       self.paused.remove(slot)
       try:
         self.engine.append(slot, ids, pv, grid)
@@ -287,7 +303,7 @@ class ModelPolicy:
     """Samples for `slots`; a paused slot (paged cache) gets no tokens this round."""
     asked = list(slots)
     if self.paged:
-      self._resume()
+      self._resume(set(asked))
       lengths = self.engine.lengths
       self._make_room({s: int(lengths[s]) + min(self.steps_per_call, int(b))
                        for s, b in zip(slots, budgets)})
