@@ -53,6 +53,10 @@ def recipe():
   c.rollout.steps_per_call = 64  # Decode steps per device call between tool-call checks.
   c.rollout.chunk = 512          # Prefill chunk of prompts and tool turns.
   c.rollout.param_dtype = "bfloat16"  # The sampler's weights ("": model.param_dtype).
+  c.rollout.kv_page_size = 0     # Paged KV cache: tokens a page, e.g. 64 (0: dense, agent.max_total_tokens
+                                 # a slot: 64 x 32k = 112 GiB at 7B in bfloat16). See docs/sampling.md.
+  c.rollout.kv_pool_tokens = 64 * 8192  # Paged: the pages of all slots together, 64 trajectories of
+                                 # 8k (28 GiB at 7B); more trajectories in flight preempt the latest.
 
   c.agent = ml_collections.ConfigDict()  # codevision_jax.sampling.environment.AgentConfig
   c.agent.max_turns = 12         # Assistant turns per trajectory.
@@ -107,6 +111,9 @@ def recipe():
   c.train.rows = 8               # Trajectories per microbatch (a multiple of data x fsdp).
   c.train.patch_budget = 65536   # Image patches per microbatch (a multiple of 4).
   c.train.max_images = 128       # Images per microbatch.
+  c.train.packing = "auto"       # Trajectories a row: "none" (one), "first_fit" / "best_fit" (several,
+                                 # each its own attention segment), "auto" (the plan with fewer token
+                                 # slots). The token-mean loss is the same either way (rl/batch.py).
   c.train.log_every = 1          # Rounds between metric lines.
   c.train.checkpoint_every = 10  # Rounds between checkpoints.
   c.train.save_rollouts = 8      # Trajectories of each round written to <workdir>/rollouts/.

@@ -218,7 +218,7 @@ def learn(run, ro) -> tuple[dict, dict]:
   adv = adv_lib.ESTIMATORS[cfg.algo.advantage](ro.scores, ro.group_ids, eps=cfg.algo.eps)
   sizes = batch_lib.trajectory_sizes(ro.trajectories)
   keep, dropped, misfits = _usable(run, ro, sizes)
-  packing = cfg.train.get("packing", "auto")
+  packing = cfg.train.packing
   budgets = patch_budgets(cfg, run.model_config, run.settings, run.mesh.shape["data"] * run.mesh.shape["fsdp"])
   per, epochs, with_ref = cfg.algo.mini_batch_prompts, cfg.algo.ppo_epochs, bool(cfg.algo.kl_coef)
   minibatches = []  # Mini-batches: the groups of `mini_batch_prompts` prompts at a time.

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from codevision_jax.data import geometry as geometry_lib
 from codevision_jax.execution.client import ExecutorClient, healthy_services
 from codevision_jax.models import lora as lora_lib
 from codevision_jax.rl import advantages as adv_lib
@@ -82,6 +83,8 @@ def check_records(records: Sequence, *, skip_bad: bool) -> list:
 
 def check_config(cfg, mesh) -> None:
   """Settings that cannot work, found before the first round."""
+  if cfg.train.packing not in ("auto",) + geometry_lib.PACKING:
+    raise ValueError(f"train.packing {cfg.train.packing!r} is not one of {('auto',) + geometry_lib.PACKING}")
   learner.check_fits(cfg, mesh.shape["data"] * mesh.shape["fsdp"])
   if cfg.rollout.prompts % cfg.algo.mini_batch_prompts:
     raise ValueError(f"rollout.prompts {cfg.rollout.prompts} must be a multiple of "

@@ -27,7 +27,8 @@ FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
 # only decides whether records no batch holds stop the run or are dropped, and says which).
 ADDED = {"model.chat_format": "", "data.drop_oversized": None, "model.lora.rank": 0,
          "model.lora.alpha": None, "model.lora.dropout": None, "model.lora.targets": None,
-         "model.lora.base_dtype": None}
+         "model.lora.base_dtype": None, "train.packing": None, "rollout.kv_page_size": 0,
+         "rollout.kv_pool_tokens": None}
 _ABSENT = object()
 
 
