@@ -54,10 +54,13 @@ browser-deps:
 	  echo "browser-deps: no apt-get here; put a headless Chromium on PATH ($(BROWSERS)), or the viewer's browser tests fail"; \
 	fi
 
-# The linter first (settings in pyproject.toml): a finding fails the run before the suite starts.
+# The linter and the formatter's check first (settings in pyproject.toml): a finding fails the run
+# before the suite starts. The suite runs on two workers (pytest-xdist; a test file stays on one
+# worker, so its module fixtures are built once) and prints its slowest tests.
 test: $(TEST_STAMP) sandbox-deps browser-deps
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -41,17 +41,25 @@ flags.DEFINE_integer("think", 48, "tokens the model samples per turn")
 flags.DEFINE_integer("workers", 2, "workers of the local executor service")
 flags.DEFINE_string("executor_url", "", "executor URL (default: start one)")
 
+
 def main(argv):
   del argv
-  tok, model, settings = rollouts.model_parts(tiny_rollout.get_config(),
-                                              tempfile.mkdtemp(prefix="cvj-bench-"))
+  tok, model, settings = rollouts.model_parts(tiny_rollout.get_config(), tempfile.mkdtemp(prefix="cvj-bench-"))
   records = synthetic.generate(FLAGS.trajectories, seed=0)
   config = agent_lib.AgentConfig(max_total_tokens=4096)
 
   def run_once(url, n):
-    policy = ShapedPolicy(tok, model, think=FLAGS.think, tool_turns=FLAGS.tool_turns,
-                          num_slots=FLAGS.in_flight, capacity=config.max_total_tokens, chunk=128,
-                          steps_per_call=16, temperature=1.0)
+    policy = ShapedPolicy(
+      tok,
+      model,
+      think=FLAGS.think,
+      tool_turns=FLAGS.tool_turns,
+      num_slots=FLAGS.in_flight,
+      capacity=config.max_total_tokens,
+      chunk=128,
+      steps_per_call=16,
+      temperature=1.0,
+    )
 
     async def go():
       async with ExecutorClient(url) as client:
@@ -72,15 +80,23 @@ def main(argv):
   latencies = [c.latency_s for c in calls]
   reasons = {str(r): sum(t.finish_reason == r for t in trajs) for r in {t.finish_reason for t in trajs}}
   sampled = sum(sum(t.policy_mask) for t in trajs)
-  print(f"trajectories {len(trajs)} ({reasons}), slots {FLAGS.in_flight}, tool calls {len(calls)} "
-        f"({sum(c.status == 'ok' for c in calls)} ok)")
-  print(f"wall {stats.wall_s:.2f} s: decode {stats.decode_s:.2f} s in {stats.decode_calls} calls, "
-        f"prefill {stats.prefill_s:.2f} s, idle {stats.idle_s:.2f} s")
-  print(f"tool latency median {statistics.median(latencies) * 1e3:.1f} ms, "
-        f"p90 {np.percentile(latencies, 90) * 1e3:.1f} ms, sum {sum(latencies):.2f} s")
+  print(
+    f"trajectories {len(trajs)} ({reasons}), slots {FLAGS.in_flight}, tool calls {len(calls)} "
+    f"({sum(c.status == 'ok' for c in calls)} ok)"
+  )
+  print(
+    f"wall {stats.wall_s:.2f} s: decode {stats.decode_s:.2f} s in {stats.decode_calls} calls, "
+    f"prefill {stats.prefill_s:.2f} s, idle {stats.idle_s:.2f} s"
+  )
+  print(
+    f"tool latency median {statistics.median(latencies) * 1e3:.1f} ms, "
+    f"p90 {np.percentile(latencies, 90) * 1e3:.1f} ms, sum {sum(latencies):.2f} s"
+  )
   print(f"policy tokens (sampled + forced turn ends) {sampled}, {sampled / stats.wall_s:.0f}/s")
-  print(f"decoder idle fraction: {stats.idle_fraction:.3f} "
-        f"(idle {stats.idle_s:.2f} s of the {sum(latencies):.2f} s of tool calls)")
+  print(
+    f"decoder idle fraction: {stats.idle_fraction:.3f} "
+    f"(idle {stats.idle_s:.2f} s of the {sum(latencies):.2f} s of tool calls)"
+  )
 
 
 if __name__ == "__main__":

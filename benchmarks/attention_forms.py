@@ -38,6 +38,7 @@ TOLERANCE = 2e-2  # Max abs difference over the reference's max, bfloat16 inputs
 def gpu_reason() -> str | None:
   """Why these rows cannot run here (None: an NVIDIA GPU is present)."""
   import jax
+
   if jax.default_backend() != "gpu":
     return f"needs NVIDIA GPUs (cuDNN); this is {jax.default_backend()}"
   return None
@@ -46,15 +47,18 @@ def gpu_reason() -> str | None:
 def _inputs(b, t, h, kv, d, seed=0):
   import jax
   import jax.numpy as jnp
+
   ks = jax.random.split(jax.random.key(seed), 3)
-  return tuple(jax.random.normal(key, shape, jnp.bfloat16)
-               for key, shape in zip(ks, ((b, t, h, d), (b, t, kv, d), (b, t, kv, d))))
+  return tuple(
+    jax.random.normal(key, shape, jnp.bfloat16) for key, shape in zip(ks, ((b, t, h, d), (b, t, kv, d), (b, t, kv, d)))
+  )
 
 
 def text_rows(t: int, kind: str):
   """Attention masks [2, t] (0 padding, else segment ids): "padded" (a right- and a left-padded
   row), "packed" (three sequences then padding; four sequences then padding)."""
   import numpy as np
+
   if kind == "padded":
     rows = [[1] * (t - t // 8) + [0] * (t // 8), [0] * (t // 5) + [1] * (t - t // 5)]
   else:
@@ -71,6 +75,7 @@ def _parity(name: str, q, k, v, real, run) -> dict:
   gradients on real tokens (`real` [B, T, 1, 1])."""
   import jax
   import jax.numpy as jnp
+
   proj = jnp.cos(jnp.arange(q.shape[-1], dtype=jnp.float32))
 
   def loss(q, k, v, backend):
@@ -79,11 +84,9 @@ def _parity(name: str, q, k, v, real, run) -> dict:
 
   results = {}
   for backend in ("cudnn", "xla"):
-    grad = jax.jit(jax.value_and_grad(lambda q, k, v, b=backend: loss(q, k, v, b), (0, 1, 2),
-                                      has_aux=True))
+    grad = jax.jit(jax.value_and_grad(lambda q, k, v, b=backend: loss(q, k, v, b), (0, 1, 2), has_aux=True))
     (_, out), grads = grad(q, k, v)
-    results[backend] = (jnp.where(real, out.astype(jnp.float32), 0),
-                        [g.astype(jnp.float32) for g in grads])
+    results[backend] = (jnp.where(real, out.astype(jnp.float32), 0), [g.astype(jnp.float32) for g in grads])
 
   def rel(a, b):
     return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-6))
@@ -91,9 +94,15 @@ def _parity(name: str, q, k, v, real, run) -> dict:
   out_err = rel(results["cudnn"][0], results["xla"][0])
   grad_err = max(rel(a, b) for a, b in zip(results["cudnn"][1], results["xla"][1]))
   ok = out_err < TOLERANCE and grad_err < TOLERANCE
-  return {"name": f"attention parity {name}", "value": max(out_err, grad_err), "unit": "rel err",
-          "out_err": out_err, "grad_err": grad_err, "ok": ok,
-          "note": ("ok" if ok else "MISMATCH") + f" (outputs {out_err:.1e}, gradients {grad_err:.1e})"}
+  return {
+    "name": f"attention parity {name}",
+    "value": max(out_err, grad_err),
+    "unit": "rel err",
+    "out_err": out_err,
+    "grad_err": grad_err,
+    "ok": ok,
+    "note": ("ok" if ok else "MISMATCH") + f" (outputs {out_err:.1e}, gradients {grad_err:.1e})",
+  }
 
 
 def parity_rows() -> list:
@@ -101,6 +110,7 @@ def parity_rows() -> list:
   import numpy as np
   from codevision_jax.models import attention
   from codevision_jax.models.vision import Segments, segment_attention
+
   s = PARITY_SHAPE
   q, k, v = _inputs(**s)
   rows = []
@@ -109,8 +119,8 @@ def parity_rows() -> list:
   def text(mask):
     def run(q, k, v, backend):
       form = attention.text_mask(mask).prepared(backend, q.dtype)
-      return attention.dot_product_attention(q, k, v, mask=form, scale=s["d"] ** -0.5,
-                                             backend=backend)
+      return attention.dot_product_attention(q, k, v, mask=form, scale=s["d"] ** -0.5, backend=backend)
+
     return run
 
   rows.append(_parity("causal", q, k, v, everything, text(None)))
@@ -124,8 +134,7 @@ def parity_rows() -> list:
     segments = Segments.of(np.repeat(np.arange(n // span), span), span)
 
     def run(q, k, v, backend, segments=segments):
-      return segment_attention(q[0], k[0], v[0], segments, scale=vs["d"] ** -0.5,
-                               backend=backend)[None]
+      return segment_attention(q[0], k[0], v[0], segments, scale=vs["d"] ** -0.5, backend=backend)[None]
 
     rows.append(_parity(name, vq, vk, vv, jnp.ones((1, n, 1, 1), bool), run))
   return rows
@@ -133,6 +142,7 @@ def parity_rows() -> list:
 
 def _time(f, *args) -> float:
   import jax
+
   jax.block_until_ready(f(*args))
   times = []
   for _ in range(10):
@@ -146,6 +156,7 @@ def timing_rows() -> list:
   import jax
   import jax.numpy as jnp
   from codevision_jax.models import attention
+
   s = SHAPE
   q, k, v = _inputs(**s)
   scale = s["d"] ** -0.5
@@ -160,20 +171,33 @@ def timing_rows() -> list:
     def f(q, k, v):
       prepared = attention.text_mask(mask, max_segments=m).prepared(backend, q.dtype)
       return attention.dot_product_attention(q, k, v, mask=prepared, scale=scale, backend=backend)
+
     return f
 
   variants = [
-      ("dense mask (reference)", lambda q, k, v: jax.nn.dot_product_attention(
-          q, k, v, mask=dense, scale=scale, implementation="cudnn")),
-      ("form causal", form(None)),
-      (f"form padded rows, {attention.MAX_SEGMENTS} segments", form(padded)),
-      ("form padded rows, 2 segments", form(padded, 2)),
-      (f"form packed rows, {attention.MAX_SEGMENTS} segments", form(packed)),
-      ("form packed rows, 32 segments", form(packed, 32)),
-      ("jax causal + seq lengths", lambda q, k, v: jax.nn.dot_product_attention(
-          q, k, v, scale=scale, is_causal=True, query_seq_lengths=lengths,
-          key_value_seq_lengths=lengths, implementation="cudnn")),
-      ("form padded rows on xla", form(padded, backend="xla")),
+    (
+      "dense mask (reference)",
+      lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=dense, scale=scale, implementation="cudnn"),
+    ),
+    ("form causal", form(None)),
+    (f"form padded rows, {attention.MAX_SEGMENTS} segments", form(padded)),
+    ("form padded rows, 2 segments", form(padded, 2)),
+    (f"form packed rows, {attention.MAX_SEGMENTS} segments", form(packed)),
+    ("form packed rows, 32 segments", form(packed, 32)),
+    (
+      "jax causal + seq lengths",
+      lambda q, k, v: jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        scale=scale,
+        is_causal=True,
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        implementation="cudnn",
+      ),
+    ),
+    ("form padded rows on xla", form(padded, backend="xla")),
   ]
   rows, reference = [], None
   for name, f in variants:
@@ -181,13 +205,20 @@ def timing_rows() -> list:
     try:
       ms = _time(step, q, k, v)
     except Exception as e:  # noqa: BLE001 -- a form this JAX/cuDNN cannot run says so.
-      rows.append({"name": f"attention fwd+bwd {name}",
-                   "skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:240]}"})
+      rows.append(
+        {"name": f"attention fwd+bwd {name}", "skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:240]}"}
+      )
       continue
     reference = ms if name == variants[0][0] else reference
-    rows.append({"name": f"attention fwd+bwd {name}", "value": ms, "unit": "ms",
-                 "ratio": reference / ms if reference else None,
-                 "reference": "dense mask" if reference else None})
+    rows.append(
+      {
+        "name": f"attention fwd+bwd {name}",
+        "value": ms,
+        "unit": "ms",
+        "ratio": reference / ms if reference else None,
+        "reference": "dense mask" if reference else None,
+      }
+    )
   return rows
 
 
@@ -195,8 +226,7 @@ def rows() -> list:
   """Every row: parity, then timing; all skipped with the reason off NVIDIA GPUs."""
   reason = gpu_reason()
   if reason:
-    return [{"name": "attention parity", "skipped": reason},
-            {"name": "attention fwd+bwd", "skipped": reason}]
+    return [{"name": "attention parity", "skipped": reason}, {"name": "attention fwd+bwd", "skipped": reason}]
   return parity_rows() + timing_rows()
 
 
@@ -206,9 +236,15 @@ def main(argv=None) -> list:
   args = p.parse_args(argv)
   result = rows()
   for r in result:
-    print(f"{r['name']:<52} " + (f"skipped: {r['skipped']}" if r.get("skipped") else
-                                 f"{r['value']:10.4g} {r['unit']}  {r.get('note') or ''}"
-                                 + (f" ratio {r['ratio']:.2f}" if r.get("ratio") else "")))
+    print(
+      f"{r['name']:<52} "
+      + (
+        f"skipped: {r['skipped']}"
+        if r.get("skipped")
+        else f"{r['value']:10.4g} {r['unit']}  {r.get('note') or ''}"
+        + (f" ratio {r['ratio']:.2f}" if r.get("ratio") else "")
+      )
+    )
   with open(args.out, "w") as f:
     json.dump(result, f, indent=1)
   return result

@@ -17,12 +17,24 @@ def write_checkpoint(path: str, size_bytes: float, dtype: str) -> int:
   per_layer = 4 * 1024 * 1024 + 3 * 1024 * 2816
   layers = max(1, int((size_bytes / itemsize - 2 * 32000 * 1024) / per_layer))
   cfg = base.replace(
-      text=base.text.__class__(**{**base.text.__dict__, "vocab_size": 32000, "hidden_size": 1024,
-                                  "intermediate_size": 2816, "num_hidden_layers": layers,
-                                  "num_attention_heads": 8, "num_key_value_heads": 8,
-                                  "mrope_section": (16, 24, 24)}),
-      vision=base.vision.__class__(**{**base.vision.__dict__, "out_hidden_size": 1024}),
-      image_token_id=31990, video_token_id=31991, vision_start_token_id=31992, vision_end_token_id=31993)
+    text=base.text.__class__(
+      **{
+        **base.text.__dict__,
+        "vocab_size": 32000,
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+        "mrope_section": (16, 24, 24),
+      }
+    ),
+    vision=base.vision.__class__(**{**base.vision.__dict__, "out_hidden_size": 1024}),
+    image_token_id=31990,
+    video_token_id=31991,
+    vision_start_token_id=31992,
+    vision_end_token_id=31993,
+  )
   model = models.build_model(cfg, param_dtype=np.dtype(dtype))
   hf_save.save_hf(model, path, max_shard_size="200MB")
   del model

@@ -48,6 +48,7 @@ def measure(cfg, scan: bool, policy: str, batch: int, seq: int) -> dict:
   def step(params, rest, ids):
     def loss(params):
       return jnp.mean(nnx.merge(graphdef, params, rest).forward(ids) ** 2)
+
     return jax.value_and_grad(loss)(params)
 
   t0 = time.perf_counter()
@@ -59,8 +60,10 @@ def measure(cfg, scan: bool, policy: str, batch: int, seq: int) -> dict:
 
 
 def main(_):
-  print(f"{jax.default_backend()} backend; {FLAGS.family}_tiny, remat {FLAGS.remat}, "
-        f"batch {FLAGS.batch} x {FLAGS.seq} tokens; forward + backward")
+  print(
+    f"{jax.default_backend()} backend; {FLAGS.family}_tiny, remat {FLAGS.remat}, "
+    f"batch {FLAGS.batch} x {FLAGS.seq} tokens; forward + backward"
+  )
   for depth in map(int, FLAGS.depths):
     cfg = config(FLAGS.family, depth)
     measure(cfg, True, FLAGS.remat, FLAGS.batch, 8)  # Warms up JAX's own caches and imports.
@@ -69,8 +72,10 @@ def main(_):
       runs = [measure(cfg, scan, FLAGS.remat, FLAGS.batch, FLAGS.seq) for _ in range(FLAGS.repeats)]
       rows[scan] = min(runs, key=lambda r: r["lower_s"] + r["compile_s"])
     for scan, r in rows.items():
-      print(f"depth {depth:3d} {'scan   ' if scan else 'no scan'}: lower {r['lower_s']:6.2f} s, "
-            f"compile {r['compile_s']:6.2f} s, StableHLO {r['hlo_chars']:9d} chars")
+      print(
+        f"depth {depth:3d} {'scan   ' if scan else 'no scan'}: lower {r['lower_s']:6.2f} s, "
+        f"compile {r['compile_s']:6.2f} s, StableHLO {r['hlo_chars']:9d} chars"
+      )
     total = {scan: r["lower_s"] + r["compile_s"] for scan, r in rows.items()}
     print(f"depth {depth:3d} ratio scan / no scan (lower + compile): {total[True] / total[False]:.3f}")
 

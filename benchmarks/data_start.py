@@ -33,6 +33,7 @@ _DISTINCT = 512  # Distinct tasks (and images); the records repeat them.
 def write_data(directory: str, n: int) -> str:
   """`n` JSONL records over `_DISTINCT` synthetic tasks (their PNGs written once) -> the path."""
   from codevision_jax.data import synthetic, writers
+
   pool = os.path.join(directory, "pool.jsonl")
   writers.write_sft_jsonl(synthetic.generate(min(n, _DISTINCT), seed=0), pool)
   with open(pool, encoding="utf-8") as f:
@@ -56,8 +57,7 @@ def main(argv):
   try:
     t = time.perf_counter()
     path = write_data(directory, FLAGS.records)
-    print(f"wrote {FLAGS.records} records in {time.perf_counter() - t:.1f} s "
-          f"({os.path.getsize(path) / 2**20:.1f} MiB)")
+    print(f"wrote {FLAGS.records} records in {time.perf_counter() - t:.1f} s ({os.path.getsize(path) / 2**20:.1f} MiB)")
     tok_dir = FLAGS.tokenizer or tok_lib.build_tiny_tokenizer(os.path.join(directory, "tok"))
     tokenizer = tok_lib.load_tokenizer(tok_dir)
     settings = image_lib.ImageSettings.for_model_type("qwen2_5_vl")
@@ -70,8 +70,7 @@ def main(argv):
 
     def sized(directory=cache, workers=workers):
       t = time.perf_counter()
-      sizes = size_cache.record_sizes(source, tokenizer, settings, cache_dir=directory,
-                                      workers=workers)
+      sizes = size_cache.record_sizes(source, tokenizer, settings, cache_dir=directory, workers=workers)
       return time.perf_counter() - t, sizes
 
     cold, cold_sizes = sized()
@@ -82,13 +81,14 @@ def main(argv):
     print(f"sizing cold ({workers} workers): {cold:.2f} s ({n / cold:.0f} records/s)")
     print(f"sizing cached: {cached:.3f} s ({n / cached:.0f} records/s)")
     print(f"start-up (read + sizing): cold {read + cold:.2f} s, cached {read + cached:.2f} s")
-    print(f"ratio (cold / cached sizing): {cold / cached:.1f}x; "
-          f"start-up: {(read + cold) / (read + cached):.1f}x")
+    print(f"ratio (cold / cached sizing): {cold / cached:.1f}x; start-up: {(read + cold) / (read + cached):.1f}x")
     if FLAGS.serial:
       serial, serial_sizes = sized(directory=None, workers=0)
       assert (serial_sizes == cold_sizes).all()
-      print(f"sizing cold in this process: {serial:.2f} s ({n / serial:.0f} records/s); "
-            f"{workers} workers: {serial / cold:.2f}x")
+      print(
+        f"sizing cold in this process: {serial:.2f} s ({n / serial:.0f} records/s); "
+        f"{workers} workers: {serial / cold:.2f}x"
+      )
   finally:
     if not FLAGS.dir:
       shutil.rmtree(directory, ignore_errors=True)

@@ -58,8 +58,10 @@ def main(argv):
 
     async def go():
       async with ExecutorClient(urls) as client:
-        return await runner.run_cases(cases, out, policy=policy, tokenizer=tokenizer,
-                                      client=client, settings=settings, agent=agent)
+        return await runner.run_cases(
+          cases, out, policy=policy, tokenizer=tokenizer, client=client, settings=settings, agent=agent
+        )
+
     t = time.perf_counter()
     asyncio.run(go())
     seconds = time.perf_counter() - t
@@ -73,10 +75,12 @@ def main(argv):
     for tools in ("off", "on"):
       seconds, m = run(urls, tools, FLAGS.size)
       rates[tools] = m["trajectories"] / seconds
-      print(f"tools {tools:3s}: {m['trajectories']} cases in {seconds:.1f} s = {rates[tools]:.2f} cases/s "
-            f"({rates[tools] / 6:.2f} items/s over 6 transforms); accuracy {m['accuracy']:.3f}, "
-            f"{m['tool_calls_per_trajectory']:.2f} tool calls and {m['turns']:.2f} turns "
-            f"per trajectory, finish {json.dumps(m['finish'])}")
+      print(
+        f"tools {tools:3s}: {m['trajectories']} cases in {seconds:.1f} s = {rates[tools]:.2f} cases/s "
+        f"({rates[tools] / 6:.2f} items/s over 6 transforms); accuracy {m['accuracy']:.3f}, "
+        f"{m['tool_calls_per_trajectory']:.2f} tool calls and {m['turns']:.2f} turns "
+        f"per trajectory, finish {json.dumps(m['finish'])}"
+      )
   print(f"tools on / tools off throughput: {rates['on'] / rates['off']:.2f}x")
 
 

@@ -73,9 +73,19 @@ def make_image(size: int, seed: int = 0) -> bytes:
 
 
 def run_code(code: str, image: Image.Image) -> Image.Image:
-  namespace = {"image": image, "img": image, "images": [image], "Image": Image,
-               "ImageDraw": ImageDraw, "ImageEnhance": ImageEnhance, "ImageFilter": ImageFilter,
-               "ImageOps": ImageOps, "np": np, "cv2": cv2, "math": math}
+  namespace = {
+    "image": image,
+    "img": image,
+    "images": [image],
+    "Image": Image,
+    "ImageDraw": ImageDraw,
+    "ImageEnhance": ImageEnhance,
+    "ImageFilter": ImageFilter,
+    "ImageOps": ImageOps,
+    "np": np,
+    "cv2": cv2,
+    "math": math,
+  }
   exec(compile(code, "<code>", "exec"), namespace)  # pylint: disable=exec-used
   return namespace["result"]
 
@@ -125,8 +135,7 @@ def usage(pids: list[int]) -> tuple[float, int]:
 class Run:
   """Latencies, wall time, CPU time and minor page faults of one measured batch of calls."""
 
-  def __init__(self, lat: list[float], wall: float, before: tuple[float, int],
-               after: tuple[float, int]):
+  def __init__(self, lat: list[float], wall: float, before: tuple[float, int], after: tuple[float, int]):
     self.lat, self.wall = lat, wall
     self.cpu, self.faults = after[0] - before[0], after[1] - before[1]
 
@@ -161,8 +170,9 @@ def bench_in_process(fn, args: tuple, calls: int, gap_s: float = 0.0) -> Run:
   return Run(lat, time.perf_counter() - t0, u0, usage([os.getpid()]))
 
 
-async def bench_service(url: str, service_pid: int, code: str, png: bytes, calls: int,
-                        concurrency: int, gap_s: float = 0.0) -> Run:
+async def bench_service(
+  url: str, service_pid: int, code: str, png: bytes, calls: int, concurrency: int, gap_s: float = 0.0
+) -> Run:
   async with ExecutorClient(url, max_connections=concurrency) as client:
     for _ in range(max(5, concurrency)):
       res = await client.execute(code, [png])
@@ -195,6 +205,7 @@ def worker_critical_path(calls: int, idle_s: float = 0.03) -> None:
   import gc  # pylint: disable=import-outside-toplevel
   from executor import trace, worker  # pylint: disable=import-outside-toplevel
   from executor.config import Config  # pylint: disable=import-outside-toplevel
+
   worker._warm_up()  # pylint: disable=protected-access
   trace.install()
   w = worker.Worker(Config())
@@ -210,8 +221,10 @@ def worker_critical_path(calls: int, idle_s: float = 0.03) -> None:
     reply, _ = w.handle(req, [png])
     lat.append(time.perf_counter() - t)
     assert reply["ok"], reply
-  print(f"  worker's part of the critical path (no HTTP, no bubblewrap, {idle_s * 1000:.0f} ms idle "
-        f"between calls): median {statistics.median(lat) * 1000:.2f} ms")
+  print(
+    f"  worker's part of the critical path (no HTTP, no bubblewrap, {idle_s * 1000:.0f} ms idle "
+    f"between calls): median {statistics.median(lat) * 1000:.2f} ms"
+  )
   fork_exit = []
   for _ in range(calls):
     t = time.perf_counter()
@@ -220,8 +233,10 @@ def worker_critical_path(calls: int, idle_s: float = 0.03) -> None:
       os._exit(0)  # pylint: disable=protected-access
     os.waitpid(pid, 0)
     fork_exit.append(time.perf_counter() - t)
-  print(f"  fork of the warm worker + exit of a child that does nothing: median "
-        f"{statistics.median(fork_exit) * 1000:.2f} ms")
+  print(
+    f"  fork of the warm worker + exit of a child that does nothing: median "
+    f"{statistics.median(fork_exit) * 1000:.2f} ms"
+  )
 
 
 def main() -> None:
@@ -230,8 +245,7 @@ def main() -> None:
   p.add_argument("--trivial-calls", type=int, default=300)
   p.add_argument("--real-calls", type=int, default=400)
   p.add_argument("--concurrency", type=int, default=0, help="default: 2 x workers")
-  p.add_argument("--gap-ms", type=float, default=20.0,
-                 help="idle time between isolated trivial calls (both paths)")
+  p.add_argument("--gap-ms", type=float, default=20.0, help="idle time between isolated trivial calls (both paths)")
   p.add_argument("--worker-critical-path", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker_critical_path:
@@ -241,8 +255,10 @@ def main() -> None:
   gap = args.gap_ms / 1000
   cores = os.cpu_count() or 1
   small, big = make_image(64), make_image(1024)
-  print(f"machine: {cores} CPUs; service workers: {args.workers}; "
-        f"realistic input: 1024x1024 PNG of {len(big) / 1024:.0f} KiB")
+  print(
+    f"machine: {cores} CPUs; service workers: {args.workers}; "
+    f"realistic input: 1024x1024 PNG of {len(big) / 1024:.0f} KiB"
+  )
 
   load_before = os.getloadavg()[0]
   ref_iso = bench_in_process(in_process, (TRIVIAL_CODE, small), args.trivial_calls, gap)
@@ -258,58 +274,78 @@ def main() -> None:
   with local_service(workers=args.workers) as service:
     layers = service.get_json("/healthz")["isolation"]
     pid = service.proc.pid
-    svc_iso = asyncio.run(bench_service(service.url, pid, TRIVIAL_CODE, small,
-                                        args.trivial_calls, 1, gap))
-    svc_b2b = asyncio.run(bench_service(service.url, pid, TRIVIAL_CODE, small,
-                                        args.trivial_calls, 1))
-    svc_real = asyncio.run(bench_service(service.url, pid, REAL_CODE, big, args.real_calls,
-                                         concurrency))
+    svc_iso = asyncio.run(bench_service(service.url, pid, TRIVIAL_CODE, small, args.trivial_calls, 1, gap))
+    svc_b2b = asyncio.run(bench_service(service.url, pid, TRIVIAL_CODE, small, args.trivial_calls, 1))
+    svc_real = asyncio.run(bench_service(service.url, pid, REAL_CODE, big, args.real_calls, concurrency))
   active = [k for k, v in layers.items() if v]
   print(f"isolation layers active: {len(active)}/{len(layers)} ({', '.join(active)})")
   print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f}")
 
   ms = 1000.0
   print("\n[trivial] `result = image` on 64x64, one call at a time")
-  for label, ref, svc in ((f"isolated ({args.gap_ms:g} ms apart)", ref_iso, svc_iso),
-                          ("back to back", ref_b2b, svc_b2b)):
+  for label, ref, svc in (
+    (f"isolated ({args.gap_ms:g} ms apart)", ref_iso, svc_iso),
+    ("back to back", ref_b2b, svc_b2b),
+  ):
     triv_ref, triv_svc = statistics.median(ref.lat) * ms, statistics.median(svc.lat) * ms
     print(f"  {label}")
     for name, run in (("in-process exec", ref), ("service        ", svc)):
-      print(f"    {name}  median {statistics.median(run.lat) * ms:7.2f} ms   "
-            f"p99 {pct(run.lat, 99) * ms:7.2f} ms   CPU {run.cpu_ms:6.2f} ms/call   "
-            f"{run.faults_per_call:6.0f} page faults/call")
-    print(f"    fixed overhead   {triv_svc - triv_ref:7.2f} ms median (target <= 5 ms); "
-          f"{svc.cpu_ms - ref.cpu_ms:.2f} ms CPU; ratio service/in-process "
-          f"{triv_svc / triv_ref:.1f}x")
+      print(
+        f"    {name}  median {statistics.median(run.lat) * ms:7.2f} ms   "
+        f"p99 {pct(run.lat, 99) * ms:7.2f} ms   CPU {run.cpu_ms:6.2f} ms/call   "
+        f"{run.faults_per_call:6.0f} page faults/call"
+      )
+    print(
+      f"    fixed overhead   {triv_svc - triv_ref:7.2f} ms median (target <= 5 ms); "
+      f"{svc.cpu_ms - ref.cpu_ms:.2f} ms CPU; ratio service/in-process "
+      f"{triv_svc / triv_ref:.1f}x"
+    )
   sys.stdout.flush()
-  subprocess.run([sys.executable, os.path.abspath(__file__), "--worker-critical-path",
-                  "--trivial-calls", str(min(args.trivial_calls, 100))], check=True)
+  subprocess.run(
+    [
+      sys.executable,
+      os.path.abspath(__file__),
+      "--worker-critical-path",
+      "--trivial-calls",
+      str(min(args.trivial_calls, 100)),
+    ],
+    check=True,
+  )
 
   p50, p99 = statistics.median(svc_real.lat) * ms, pct(svc_real.lat, 99) * ms
   print("\n[realistic] crop + rotate 30 expand + Gaussian blur + PNG out, 1024x1024")
-  print(f"  in-process exec  {ref_real.per_min:6.0f} calls/min (1 process, sequential)   "
-        f"p50 {statistics.median(ref_real.lat) * ms:7.2f} ms   p99 {pct(ref_real.lat, 99) * ms:7.2f} ms"
-        f"   CPU {ref_real.cpu_ms:6.1f} ms/call -> {ref_real.cpu_bound_per_min():.0f} calls/min "
-        f"on {cores} idle cores   {ref_real.faults_per_call:.0f} page faults/call")
-  print(f"  service          {svc_real.per_min:6.0f} calls/min ({args.workers} workers, "
-        f"{concurrency} in flight)   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   CPU "
-        f"{svc_real.cpu_ms:6.1f} ms/call -> {svc_real.cpu_bound_per_min():.0f} calls/min on "
-        f"{cores} idle cores   {svc_real.faults_per_call:.0f} page faults/call")
-  print(f"  throughput ratio service/in-process {svc_real.per_min / ref_real.per_min:.2f}x "
-        f"(target >= 1500/min); CPU per call service/in-process "
-        f"{svc_real.cpu_ms / ref_real.cpu_ms:.2f}x")
+  print(
+    f"  in-process exec  {ref_real.per_min:6.0f} calls/min (1 process, sequential)   "
+    f"p50 {statistics.median(ref_real.lat) * ms:7.2f} ms   p99 {pct(ref_real.lat, 99) * ms:7.2f} ms"
+    f"   CPU {ref_real.cpu_ms:6.1f} ms/call -> {ref_real.cpu_bound_per_min():.0f} calls/min "
+    f"on {cores} idle cores   {ref_real.faults_per_call:.0f} page faults/call"
+  )
+  print(
+    f"  service          {svc_real.per_min:6.0f} calls/min ({args.workers} workers, "
+    f"{concurrency} in flight)   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   CPU "
+    f"{svc_real.cpu_ms:6.1f} ms/call -> {svc_real.cpu_bound_per_min():.0f} calls/min on "
+    f"{cores} idle cores   {svc_real.faults_per_call:.0f} page faults/call"
+  )
+  print(
+    f"  throughput ratio service/in-process {svc_real.per_min / ref_real.per_min:.2f}x "
+    f"(target >= 1500/min); CPU per call service/in-process "
+    f"{svc_real.cpu_ms / ref_real.cpu_ms:.2f}x"
+  )
   print(f"  p99/p50 {p99 / p50:.2f}   (target < 3)")
-  print(f"  ceiling: the code + PNG out alone (image already decoded, no isolation, no HTTP) "
-        f"costs {floor.cpu_ms:.1f} ms CPU/call -> at most {floor.cpu_bound_per_min():.0f} "
-        f"calls/min on {cores} cores")
+  print(
+    f"  ceiling: the code + PNG out alone (image already decoded, no isolation, no HTTP) "
+    f"costs {floor.cpu_ms:.1f} ms CPU/call -> at most {floor.cpu_bound_per_min():.0f} "
+    f"calls/min on {cores} cores"
+  )
 
   print("\n[encode] the realistic result, {0}x{1}, as PNG".format(*result.size))
   size_pil, size_ours = len(pil_png(result)), len(png_lib.encode(result))
-  print(f"  Pillow, level 1        {statistics.median(enc_pil.lat) * ms:6.1f} ms  "
-        f"{size_pil / 1024:6.0f} KiB")
-  print(f"  executor/png.py        {statistics.median(enc_ours.lat) * ms:6.1f} ms  "
-        f"{size_ours / 1024:6.0f} KiB   ({statistics.median(enc_pil.lat) / statistics.median(enc_ours.lat):.2f}x "
-        f"faster, {size_ours / size_pil:.2f}x the size)")
+  print(f"  Pillow, level 1        {statistics.median(enc_pil.lat) * ms:6.1f} ms  {size_pil / 1024:6.0f} KiB")
+  print(
+    f"  executor/png.py        {statistics.median(enc_ours.lat) * ms:6.1f} ms  "
+    f"{size_ours / 1024:6.0f} KiB   ({statistics.median(enc_pil.lat) / statistics.median(enc_ours.lat):.2f}x "
+    f"faster, {size_ours / size_pil:.2f}x the size)"
+  )
 
 
 if __name__ == "__main__":

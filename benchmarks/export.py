@@ -63,13 +63,15 @@ def _write_run(root: str, size_bytes: float) -> str:
   _, params, frozen, _ = nnx.split(model, optimizer.trainable_filter(True, True), nnx.Param, ...)
   params, frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
   del model
-  state = {"step": jnp.zeros((), jnp.int32), "params": params,
-           "opt_state": (jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params))}
+  state = {
+    "step": jnp.zeros((), jnp.int32),
+    "params": params,
+    "opt_state": (jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params)),
+  }
   cfg = tiny_sft.get_config()
   cfg.model.path, cfg.model.preset, cfg.model.vocab_size = hf_dir, "", 0
   workdir = os.path.join(root, "run")
-  ckpt = checkpointing.Checkpointer(os.path.abspath(layout.checkpoints(workdir)), every=1, keep=1,
-                                    async_save=False)
+  ckpt = checkpointing.Checkpointer(os.path.abspath(layout.checkpoints(workdir)), every=1, keep=1, async_save=False)
   ckpt.save(1, state, frozen, {}, cfg.to_dict(), force=True)
   ckpt.close()
   return workdir
@@ -77,9 +79,13 @@ def _write_run(root: str, size_bytes: float) -> str:
 
 def _child(workdir: str, out: str, mode: str) -> tuple[int, float]:
   hf_dir = os.path.join(os.path.dirname(workdir), "hf")
-  res = subprocess.run([sys.executable, "-c", _CHILD, workdir, hf_dir, out, FLAGS.dtype, mode],
-                       check=True, capture_output=True, text=True,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  res = subprocess.run(
+    [sys.executable, "-c", _CHILD, workdir, hf_dir, out, FLAGS.dtype, mode],
+    check=True,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   rss, seconds = res.stdout.split()[-2:]
   return int(rss), float(seconds)
 

@@ -47,24 +47,26 @@ def decode_rates() -> dict:
   rng = np.random.default_rng(0)
   prompts = [rng.integers(1, 200, start) for _ in range(s)]
   keys = jax.random.split(jax.random.PRNGKey(0), s)
-  setups = {"dense at capacity": dict(capacity=FLAGS.capacity),
-            "paged at capacity": dict(capacity=FLAGS.capacity, page_size=FLAGS.page_size,
-                                      pool_tokens=s * FLAGS.filled),
-            "paged, step gather": dict(capacity=FLAGS.capacity, page_size=FLAGS.page_size,
-                                       pool_tokens=s * FLAGS.filled, round_gather=False),
-            "dense short": dict(capacity=FLAGS.filled)}
+  setups = {
+    "dense at capacity": dict(capacity=FLAGS.capacity),
+    "paged at capacity": dict(capacity=FLAGS.capacity, page_size=FLAGS.page_size, pool_tokens=s * FLAGS.filled),
+    "paged, step gather": dict(
+      capacity=FLAGS.capacity, page_size=FLAGS.page_size, pool_tokens=s * FLAGS.filled, round_gather=False
+    ),
+    "dense short": dict(capacity=FLAGS.filled),
+  }
   engines = {}
   for name, setup in setups.items():
-    e = DecodeEngine(model, chunk=128, page_size=setup.get("page_size", 0),
-                     round_gather=setup.get("round_gather"))
+    e = DecodeEngine(model, chunk=128, page_size=setup.get("page_size", 0), round_gather=setup.get("round_gather"))
     e.allocate(s, setup["capacity"], setup.get("pool_tokens"))
     e.append_many([(slot, p, None, None) for slot, p in enumerate(prompts)])
     engines[name] = dict(engine=e, counts=np.zeros(s, np.int32), times=[], tokens=[])
   for r in range(1 + FLAGS.runs):  # Round 0 compiles; the engines take turns (a shared machine
     for name, v in engines.items():  # slows them alike).
       t0 = time.perf_counter()
-      t, _, n = v["engine"].decode(np.ones(s, bool), np.full(s, steps), keys, v["counts"],
-                                   max_steps=steps, temperature=1.0)
+      t, _, n = v["engine"].decode(
+        np.ones(s, bool), np.full(s, steps), keys, v["counts"], max_steps=steps, temperature=1.0
+      )
       jax.block_until_ready(t)
       if r:
         v["times"].append(time.perf_counter() - t0)
@@ -75,10 +77,14 @@ def decode_rates() -> dict:
     e = v["engine"]
     assert int(e.lengths.max()) == FLAGS.filled, e.lengths
     rates[name] = s * steps / min(v["times"])
-    print(f"  {name:18s} {rates[name]:9.0f} tokens/s (best round of {FLAGS.runs}; median "
-          f"{s * steps / statistics.median(v['times']):.0f})   attends over {e.last_span} entries")
-  same = all((np.concatenate(v["tokens"], 1) == np.concatenate(engines["dense short"]["tokens"], 1)).all()
-             for v in engines.values())
+    print(
+      f"  {name:18s} {rates[name]:9.0f} tokens/s (best round of {FLAGS.runs}; median "
+      f"{s * steps / statistics.median(v['times']):.0f})   attends over {e.last_span} entries"
+    )
+  same = all(
+    (np.concatenate(v["tokens"], 1) == np.concatenate(engines["dense short"]["tokens"], 1)).all()
+    for v in engines.values()
+  )
   print(f"  same tokens: {same}")
   return rates
 
@@ -107,12 +113,16 @@ def main(_):
   paged = rates["paged at capacity"]
   print(f"paged / dense at capacity {FLAGS.capacity}: {paged / rates['dense at capacity']:.2f}x")
   ratio = paged / rates["dense short"]
-  print(f"paged / dense at capacity {FLAGS.filled}: {ratio:.2f}x (target >= {TARGET}: "
-        f"{'met' if ratio >= TARGET else 'NOT met'})")
+  print(
+    f"paged / dense at capacity {FLAGS.filled}: {ratio:.2f}x (target >= {TARGET}: "
+    f"{'met' if ratio >= TARGET else 'NOT met'})"
+  )
   paged_n, dense_n = in_flight()
-  print(f"trajectories in flight in {FLAGS.budget_slots} x {FLAGS.max_len} tokens, lengths "
-        f"log-uniform 1k-{FLAGS.max_len // 1024}k: paged {paged_n:.1f}, dense {dense_n}: "
-        f"{paged_n / dense_n:.2f}x")
+  print(
+    f"trajectories in flight in {FLAGS.budget_slots} x {FLAGS.max_len} tokens, lengths "
+    f"log-uniform 1k-{FLAGS.max_len // 1024}k: paged {paged_n:.1f}, dense {dense_n}: "
+    f"{paged_n / dense_n:.2f}x"
+  )
 
 
 if __name__ == "__main__":

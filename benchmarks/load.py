@@ -45,8 +45,13 @@ print(int(hwm) * 1024, time.perf_counter() - t)
 
 
 def _child(path: str, mode: str) -> tuple[int, float]:
-  out = subprocess.run([sys.executable, "-c", _CHILD, path, FLAGS.dtype, mode], check=True,
-                       capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  out = subprocess.run(
+    [sys.executable, "-c", _CHILD, path, FLAGS.dtype, mode],
+    check=True,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   rss, seconds = out.stdout.split()[-2:]
   return int(rss), float(seconds)
 
@@ -63,8 +68,9 @@ def main(argv):
     peak, seconds = _child(path, "load")
     ratio = (peak - baseline) / size
     print(f"baseline peak RSS (runtime, no weights): {baseline / 1e9:.3f} GB")
-    print(f"load_hf peak RSS:                        {peak / 1e9:.3f} GB  ({seconds:.1f}s, "
-          f"{size / 1e9 / seconds:.2f} GB/s)")
+    print(
+      f"load_hf peak RSS:                        {peak / 1e9:.3f} GB  ({seconds:.1f}s, {size / 1e9 / seconds:.2f} GB/s)"
+    )
     print(f"(peak - baseline) / checkpoint size = {ratio:.3f}  (target <= 1.15)")
   finally:
     if FLAGS.dir is None:

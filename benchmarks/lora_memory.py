@@ -36,6 +36,7 @@ VARIANTS = (("full", 0, ""), ("LoRA", None, "bfloat16"), ("QLoRA int8", None, "i
 
 def recipe(module: str, preset: str, rank: int, base_dtype: str):
   import importlib
+
   c = importlib.import_module(module).get_config()
   c.model.preset, c.model.path = preset, ""
   c.model.lora.rank, c.model.lora.base_dtype = rank, base_dtype
@@ -56,10 +57,12 @@ def memory(device_memory: float) -> None:
       parts = {p.name: p.bytes for p in plan.phases["rollout"]}
       state = sum(parts[k] for k in ("parameters", "optimizer state", "reference", "frozen parameters"))
       line = "  ".join(f"{ph} {t / 1e9:7.1f} ({t / full[ph]:.2f}x)" for ph, t in totals.items())
-      print(f"  {name:<11} {line}   state {state / 1e9:6.1f}, KV cache {parts['KV cache'] / 1e9:5.1f}"
-            f" ({c.rollout.slots} slots x {c.agent.max_total_tokens} tokens), sampler copies "
-            f"{(parts['sampler weights'] + parts['sampler frozen copy']) / 1e9:5.1f}"
-            f"  -> {'fits' if plan.fits else 'DOES NOT FIT'}")
+      print(
+        f"  {name:<11} {line}   state {state / 1e9:6.1f}, KV cache {parts['KV cache'] / 1e9:5.1f}"
+        f" ({c.rollout.slots} slots x {c.agent.max_total_tokens} tokens), sampler copies "
+        f"{(parts['sampler weights'] + parts['sampler frozen copy']) / 1e9:5.1f}"
+        f"  -> {'fits' if plan.fits else 'DOES NOT FIT'}"
+      )
       if not plan.fits and rank:
         print(f"  {'':<11} {fits_with(c, plan, mesh, device_memory)}")
   print("  (learn: activations are an estimate; the other parts are exact shard sizes)")
@@ -69,26 +72,33 @@ def fits_with(c, plan, mesh, device_memory: float) -> str:
   """The largest rollout batch (rollout.slots) and learner rows (train.rows) with which the
   rollout and learn phases fit: the KV cache grows linearly with the slots and the activations
   with the rows, so each is solved from this plan, then checked with a plan at those values."""
+
   def largest(phase, part, now):
     parts = {p.name: p.bytes for p in plan.phases[phase]}
     rest, per = plan.total(phase) - parts[part], parts[part] / now
     return max(min(int((device_memory - rest) // per), now), 0)
+
   slots, rows = largest("rollout", "KV cache", c.rollout.slots), largest("learn", "activations", c.train.rows)
   if not slots or not rows:
-    return (f"no rollout batch fits: without the KV cache the rollout phase needs "
-            f"{plan.total('rollout') / 1e9:.1f} GB" if not slots else
-            "not even one learner row fits: lower train.buckets (the longest sequence)")
+    return (
+      f"no rollout batch fits: without the KV cache the rollout phase needs {plan.total('rollout') / 1e9:.1f} GB"
+      if not slots
+      else "not even one learner row fits: lower train.buckets (the longest sequence)"
+    )
   c.rollout.slots, c.train.rows = slots, rows
   check = dry_run.plan_rl(c, mesh, platform="gpu", device_memory=device_memory)
-  return (f"fits with rollout.slots={slots} and train.rows={rows} (rollout "
-          f"{check.total('rollout') / 1e9:.1f} GB, learn {check.total('learn') / 1e9:.1f} GB): "
-          f"{'checked' if check.fits else 'STILL DOES NOT FIT'}")
+  return (
+    f"fits with rollout.slots={slots} and train.rows={rows} (rollout "
+    f"{check.total('rollout') / 1e9:.1f} GB, learn {check.total('learn') / 1e9:.1f} GB): "
+    f"{'checked' if check.fits else 'STILL DOES NOT FIT'}"
+  )
 
 
 def step_time(rank: int) -> float:
   from codevision_jax.data import pipeline
   from codevision_jax.train import loop
   from configs import tiny_sft
+
   c = tiny_sft.get_config()
   c.data.synthetic_size, c.data.buckets, c.data.drop_oversized = 48, (512,), True
   c.data.batch_size, c.data.patch_budget, c.data.max_pixels = 4, 64, 28 * 28 * 4
@@ -120,8 +130,9 @@ def main(argv):
   memory(FLAGS.device_memory_gb * 1e9)
   if not FLAGS.skip_speed:
     full, adapters = step_time(0), step_time(8)
-    print(f"\ntiny SFT step on CPU: full {full * 1e3:.0f} ms, LoRA rank 8 {adapters * 1e3:.0f} ms "
-          f"({adapters / full:.2f}x)")
+    print(
+      f"\ntiny SFT step on CPU: full {full * 1e3:.0f} ms, LoRA rank 8 {adapters * 1e3:.0f} ms ({adapters / full:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,12 @@ def _jits(run):
   if id(run) not in _JITS:
     bound = {k: run.steps.passes.__wrapped__.keywords[k] for k in ("graphdef", "rest", "options")}
     _JITS[id(run)] = (
-        jax.jit(lambda p, f, mb: rl_step.logprobs(p, f, mb, **bound)),
-        jax.jit(lambda p, f, mb: rl_step.microbatch_grads(p, f, mb, **bound)),
-        jax.jit(lambda s, g, n: rl_step.apply_grads(s, g, n, **run.steps.apply.__wrapped__.keywords),
-                donate_argnums=(0,)))
+      jax.jit(lambda p, f, mb: rl_step.logprobs(p, f, mb, **bound)),
+      jax.jit(lambda p, f, mb: rl_step.microbatch_grads(p, f, mb, **bound)),
+      jax.jit(
+        lambda s, g, n: rl_step.apply_grads(s, g, n, **run.steps.apply.__wrapped__.keywords), donate_argnums=(0,)
+      ),
+    )
   return _JITS[id(run)]
 
 
@@ -52,15 +54,21 @@ def learn_plain(run, ro) -> tuple[dict, dict]:
   for start in range(0, len(np.unique(ro.group_ids)), per):
     members = [i for i in examples if start <= ro.group_ids[i] < start + per]
     if members:
-      minibatches.append(batch_lib.microbatches([examples[i] for i in members], run.geometry,
-                                                run.model_config, run.pad_id, packing="none"))
+      minibatches.append(
+        batch_lib.microbatches(
+          [examples[i] for i in members], run.geometry, run.model_config, run.pad_id, packing="none"
+        )
+      )
   state = run.state
   for mbs in minibatches:
     for mb in mbs:
       dev = learner.to_device(run.mesh, run.rules, mb)
       mb["old_logprobs"] = np.asarray(logprobs(state["params"], run.frozen, dev))
-      mb["ref_logprobs"] = (np.asarray(logprobs(state["reference"], run.frozen, dev))
-                            if cfg.algo.kl_coef else np.zeros_like(mb["old_logprobs"]))
+      mb["ref_logprobs"] = (
+        np.asarray(logprobs(state["reference"], run.frozen, dev))
+        if cfg.algo.kl_coef
+        else np.zeros_like(mb["old_logprobs"])
+      )
   for _ in range(cfg.algo.ppo_epochs):
     for mbs in minibatches:
       total, tokens = None, 0.0
@@ -73,5 +81,8 @@ def learn_plain(run, ro) -> tuple[dict, dict]:
   jax.block_until_ready(state)
   real = sum(len(ex) for ex in examples.values())
   slots = sum(mb["input_ids"].size for mbs in minibatches for mb in mbs)
-  return state, {"seconds": time.perf_counter() - t0, "real_token_share": real / max(slots, 1),
-                 "microbatches": sum(len(m) for m in minibatches)}
+  return state, {
+    "seconds": time.perf_counter() - t0,
+    "real_token_share": real / max(slots, 1),
+    "microbatches": sum(len(m) for m in minibatches),
+  }

@@ -58,8 +58,12 @@ flags.DEFINE_integer("slots", 16, "trajectories decoded together")
 flags.DEFINE_integer("tool_turns", 2, "tool calls per trajectory")
 flags.DEFINE_integer("think", 32, "tokens sampled per turn")
 flags.DEFINE_integer("workers", 2, "workers of the local executor service")
-flags.DEFINE_bool("learner_only", False, "only the learner comparison (on expert trajectories of "
-                  "synthetic tasks, no rollouts) and the planning at the 7B recipe's sizes")
+flags.DEFINE_bool(
+  "learner_only",
+  False,
+  "only the learner comparison (on expert trajectories of "
+  "synthetic tasks, no rollouts) and the planning at the 7B recipe's sizes",
+)
 
 
 class SerialClient:
@@ -74,8 +78,7 @@ class SerialClient:
     self.pool.submit(self.loop.run_until_complete, self.client.__aenter__()).result()
 
   async def execute(self, *args, **kwargs):
-    return self.pool.submit(self.loop.run_until_complete,
-                            self.client.execute(*args, **kwargs)).result()
+    return self.pool.submit(self.loop.run_until_complete, self.client.execute(*args, **kwargs)).result()
 
   def close(self):
     self.pool.submit(self.loop.run_until_complete, self.client.__aexit__(None, None, None)).result()
@@ -103,28 +106,38 @@ def one_round(run, url: str, index: int, serial: bool) -> dict:
   loop.hand_to_sampler(run, run.state["params"])
   t2 = time.perf_counter()
   st = ro.agent_stats
-  return {"ro": ro, "round_s": t2 - t0, "rollout_s": t1 - t0, "generation_s": st.decode_s + st.prefill_s,
-          "waiting_on_tools_s": st.idle_s, "scoring_s": ro.scoring_s, "logprobs_s": m["time/logprobs_s"],
-          "update_s": m["time/update_s"], "idle_fraction": st.idle_s / max(t1 - t0, 1e-9),
-          "trajectories": len(ro.trajectories),
-          "tool_calls": sum(len(t.tool_calls) for t in ro.trajectories),
-          "tool_latency_sum_s": sum(c.latency_s for t in ro.trajectories for c in t.tool_calls)}
+  return {
+    "ro": ro,
+    "round_s": t2 - t0,
+    "rollout_s": t1 - t0,
+    "generation_s": st.decode_s + st.prefill_s,
+    "waiting_on_tools_s": st.idle_s,
+    "scoring_s": ro.scoring_s,
+    "logprobs_s": m["time/logprobs_s"],
+    "update_s": m["time/update_s"],
+    "idle_fraction": st.idle_s / max(t1 - t0, 1e-9),
+    "trajectories": len(ro.trajectories),
+    "tool_calls": sum(len(t.tool_calls) for t in ro.trajectories),
+    "tool_latency_sum_s": sum(c.latency_s for t in ro.trajectories for c in t.tool_calls),
+  }
 
 
 def learn_fused(run, ro):
   t0 = time.perf_counter()
   state, m = loop.learn(run, ro)
   jax.block_until_ready(state)
-  return state, {"seconds": time.perf_counter() - t0, "real_token_share": m["learn/real_token_share"],
-                 "microbatches": m["learn/microbatches"]}
+  return state, {
+    "seconds": time.perf_counter() - t0,
+    "real_token_share": m["learn/real_token_share"],
+    "microbatches": m["learn/microbatches"],
+  }
 
 
 def compare_learners(run, ro) -> None:
   """Both learners on `ro` from the same parameters, each after a warm-up call."""
   initial = jax.device_get(run.state)
   rows, params = {}, {}
-  for name, fn in (("plain, a trajectory a row (reference)", learn_plain),
-                   ("rl.learner, packed (ours)", learn_fused)):
+  for name, fn in (("plain, a trajectory a row (reference)", learn_plain), ("rl.learner, packed (ours)", learn_fused)):
     for _ in range(2):  # The first compiles.
       run.state = jax.device_put(initial, run.state_sh)
       state, rows[name] = fn(run, ro)
@@ -136,8 +149,7 @@ def compare_learners(run, ro) -> None:
     print(f"{name:40s}{r['seconds']:10.2f}{r['microbatches']:14.0f}{r['real_token_share']:13.1%}")
   ref, ours = rows.values()
   diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), *params.values())))
-  print(f"learner speed-up: {ref['seconds'] / ours['seconds']:.2f}x; parameters differ by at most "
-        f"{diff:.1e} (float32)")
+  print(f"learner speed-up: {ref['seconds'] / ours['seconds']:.2f}x; parameters differ by at most {diff:.1e} (float32)")
 
 
 def plan_at_7b_sizes(seed: int = 0, minibatches: int = 8) -> None:
@@ -147,36 +159,48 @@ def plan_at_7b_sizes(seed: int = 0, minibatches: int = 8) -> None:
   mc = presets.preset("qwen2_5_vl_7b")
   geometry = learner.learner_geometry(cfg, mc, settings, shards=8)
   budgets = learner.patch_budgets(cfg, mc, settings, shards=8)
-  before = batch_lib.Geometry(geometry.buckets, geometry.rows, cfg.train.patch_budget, cfg.train.max_images,
-                              geometry.max_image_patches)
+  before = batch_lib.Geometry(
+    geometry.buckets, geometry.rows, cfg.train.patch_budget, cfg.train.max_images, geometry.max_image_patches
+  )
   rng = np.random.default_rng(seed)
   n = minibatches * cfg.algo.mini_batch_prompts * cfg.rollout.group_size
   tokens = np.exp(rng.uniform(np.log(2048), np.log(32768), n)).astype(np.int64)
-  image_tokens = [np.exp(rng.uniform(np.log(256), np.log(8192), rng.integers(1, 7))).astype(np.int64)
-                  for _ in range(n)]
+  image_tokens = [np.exp(rng.uniform(np.log(256), np.log(8192), rng.integers(1, 7))).astype(np.int64) for _ in range(n)]
   image_tokens = [np.minimum(t, int(0.8 * m) // len(t)) for t, m in zip(image_tokens, tokens)]
   sizes = np.array([[m, 4 * t.sum(), len(t)] for m, t in zip(tokens, image_tokens)], np.int64)
   per = n // minibatches
   kept = before.fits(sizes)
 
   def plan(g, packing, ladder=()):
-    return [p for b in range(minibatches) for p in batch_lib.plan_microbatches(
-        [i for i in range(b * per, (b + 1) * per) if g.fits(sizes[i])[0]], sizes, g, packing, ladder)]
+    return [
+      p
+      for b in range(minibatches)
+      for p in batch_lib.plan_microbatches(
+        [i for i in range(b * per, (b + 1) * per) if g.fits(sizes[i])[0]], sizes, g, packing, ladder
+      )
+    ]
 
-  plans = {"a trajectory a row, train.patch_budget (before)": plan(before, "none"),
-           "packed rows, patch budgets (rl.learner)": plan(geometry, "auto", budgets)}
-  print(f"planning at the 7B recipe's sizes: {minibatches} mini-batches of {per} trajectories, "
-        f"{geometry.rows} rows, buckets {geometry.buckets}; patch budgets {budgets} "
-        f"(train.patch_budget {cfg.train.patch_budget:,})")
-  print(f"{'':52s}{'trajectories':>13s}{'microbatches':>14s}{'token slots':>13s}{'real tokens':>13s}"
-        f"{'real patches':>14s}")
+  plans = {
+    "a trajectory a row, train.patch_budget (before)": plan(before, "none"),
+    "packed rows, patch budgets (rl.learner)": plan(geometry, "auto", budgets),
+  }
+  print(
+    f"planning at the 7B recipe's sizes: {minibatches} mini-batches of {per} trajectories, "
+    f"{geometry.rows} rows, buckets {geometry.buckets}; patch budgets {budgets} "
+    f"(train.patch_budget {cfg.train.patch_budget:,})"
+  )
+  print(
+    f"{'':52s}{'trajectories':>13s}{'microbatches':>14s}{'token slots':>13s}{'real tokens':>13s}{'real patches':>14s}"
+  )
   slots = {}
   for name, ps in plans.items():
     real, slots[name] = batch_lib.token_slots(ps, sizes, geometry.rows)
     budget = sum(p.patch_budget for p in ps)
     patches = sum(int(sizes[i, 1]) for p in ps for i in p.members)
-    print(f"{name:52s}{sum(len(p.members) for p in ps):13d}{len(ps):14d}{slots[name]:13,d}"
-          f"{real / slots[name]:13.1%}{patches / budget:14.1%}")
+    print(
+      f"{name:52s}{sum(len(p.members) for p in ps):13d}{len(ps):14d}{slots[name]:13,d}"
+      f"{real / slots[name]:13.1%}{patches / budget:14.1%}"
+    )
   ours = plans["packed rows, patch budgets (rl.learner)"]
   shapes = {(p.bucket, p.patch_budget) for p in ours}
   scans, scan_slots = set(), 0  # A scan over a mini-batch's microbatches: one shape for all of them.
@@ -191,16 +215,22 @@ def plan_at_7b_sizes(seed: int = 0, minibatches: int = 8) -> None:
     return count * (geometry.rows * bucket * 12 * 4 + budget * patch_dim * 4) / 8 / 1e9
 
   largest = max(scans)
-  print(f"  a scan holds a mini-batch's inputs on device at once: {input_gb(*largest):.1f} GB a device "
-        f"({largest[0]} microbatches of float32 pixels) against {input_gb(1, *largest[1:]):.2f} GB for "
-        "the one microbatch the learner holds")
-  print(f"  rl.learner compiles one accumulation per (bucket, patch budget): {len(shapes)} here; a scan "
-        f"over each mini-batch's microbatches (as SFT's step) would compile one per (count, bucket, "
-        f"budget): {len(scans)} for {minibatches} mini-batches, and pad to {scan_ratio:.2f}x the token slots")
+  print(
+    f"  a scan holds a mini-batch's inputs on device at once: {input_gb(*largest):.1f} GB a device "
+    f"({largest[0]} microbatches of float32 pixels) against {input_gb(1, *largest[1:]):.2f} GB for "
+    "the one microbatch the learner holds"
+  )
+  print(
+    f"  rl.learner compiles one accumulation per (bucket, patch budget): {len(shapes)} here; a scan "
+    f"over each mini-batch's microbatches (as SFT's step) would compile one per (count, bucket, "
+    f"budget): {len(scans)} for {minibatches} mini-batches, and pad to {scan_ratio:.2f}x the token slots"
+  )
   a, b = slots.values()
-  print(f"  token slots (the step's compute) a trajectory: {a / int(kept.sum()) / (b / n):.2f}x fewer packed; "
-        f"{n - int(kept.sum())} of {n} trajectories over train.patch_budget were dropped after their "
-        "rollout before, none now")
+  print(
+    f"  token slots (the step's compute) a trajectory: {a / int(kept.sum()) / (b / n):.2f}x fewer packed; "
+    f"{n - int(kept.sum())} of {n} trajectories over train.patch_budget were dropped after their "
+    "rollout before, none now"
+  )
 
 
 def expert_rollouts(run, n: int, group: int):
@@ -210,19 +240,28 @@ def expert_rollouts(run, n: int, group: int):
   from codevision_jax.rl.scoring import ScoringStats
   from codevision_jax.sampling.agent import AgentStats
   from codevision_jax.sampling.trajectory import Finish, Trajectory, TrajectoryImage
+
   rng = np.random.default_rng(0)
   trajs = []
   for i, conv in enumerate(synthetic.generate(n, seed=5, kinds=("arrow", "word"), p_small=0.3)):
     conv.messages = [m for m in conv.messages if m["role"] != "system"]
     conv.tools = None
     ex = encode.encode(conv, run.tokenizer, run.settings)
-    t = Trajectory(id=i, token_ids=ex.input_ids.tolist(), policy_mask=ex.loss_mask.tolist(),
-                   logprobs=(-rng.random(len(ex)) * ex.loss_mask).tolist(), finish_reason=Finish.ANSWER)
-    t.images = [TrajectoryImage(png, list(g), "input" if k == 0 else "tool")
-                for k, (png, g) in enumerate(zip(conv.images, ex.image_grid_thw.tolist()))]
+    t = Trajectory(
+      id=i,
+      token_ids=ex.input_ids.tolist(),
+      policy_mask=ex.loss_mask.tolist(),
+      logprobs=(-rng.random(len(ex)) * ex.loss_mask).tolist(),
+      finish_reason=Finish.ANSWER,
+    )
+    t.images = [
+      TrajectoryImage(png, list(g), "input" if k == 0 else "tool")
+      for k, (png, g) in enumerate(zip(conv.images, ex.image_grid_thw.tolist()))
+    ]
     trajs.append(t)
-  return loop.ScoredRollouts(trajs, np.arange(n) // group, rng.random(n).astype(np.float32),
-                             [{}] * n, AgentStats(), ScoringStats(), 0.0)
+  return loop.ScoredRollouts(
+    trajs, np.arange(n) // group, rng.random(n).astype(np.float32), [{}] * n, AgentStats(), ScoringStats(), 0.0
+  )
 
 
 def main(argv):
@@ -243,28 +282,49 @@ def main(argv):
   cfg.agent.max_turns = FLAGS.tool_turns + 2
   run = loop.build(cfg, tempfile.mkdtemp(prefix="cvj-rl-bench-"))
   model = run_setup.build_model(cfg.model, run.tokenizer, seed=cfg.seed)
-  run.policy = ShapedPolicy(run.tokenizer, model, think=FLAGS.think, tool_turns=FLAGS.tool_turns,
-                            num_slots=FLAGS.slots, capacity=cfg.agent.max_total_tokens,
-                            chunk=cfg.rollout.chunk, steps_per_call=cfg.rollout.steps_per_call,
-                            temperature=1.0)
+  run.policy = ShapedPolicy(
+    run.tokenizer,
+    model,
+    think=FLAGS.think,
+    tool_turns=FLAGS.tool_turns,
+    num_slots=FLAGS.slots,
+    capacity=cfg.agent.max_total_tokens,
+    chunk=cfg.rollout.chunk,
+    steps_per_call=cfg.rollout.steps_per_call,
+    temperature=1.0,
+  )
   loop.hand_to_sampler(run, run.state["params"])
   with local_service(workers=FLAGS.workers) as service:
     one_round(run, service.url, 0, serial=False)  # Warm-up: compiles every shape.
-    rounds = {"overlapped (ours)": one_round(run, service.url, 1, serial=False),
-              "serial tool calls (reference)": one_round(run, service.url, 2, serial=True)}
-  print(f"one GRPO round, tiny model on CPU: {FLAGS.prompts} prompts x {FLAGS.group} samples, "
-        f"{FLAGS.slots} slots, {FLAGS.tool_turns} tool calls and {FLAGS.think} sampled tokens per turn")
-  keys = ("round_s", "rollout_s", "generation_s", "waiting_on_tools_s", "tool_latency_sum_s",
-          "scoring_s", "logprobs_s", "update_s", "tool_calls")
+    rounds = {
+      "overlapped (ours)": one_round(run, service.url, 1, serial=False),
+      "serial tool calls (reference)": one_round(run, service.url, 2, serial=True),
+    }
+  print(
+    f"one GRPO round, tiny model on CPU: {FLAGS.prompts} prompts x {FLAGS.group} samples, "
+    f"{FLAGS.slots} slots, {FLAGS.tool_turns} tool calls and {FLAGS.think} sampled tokens per turn"
+  )
+  keys = (
+    "round_s",
+    "rollout_s",
+    "generation_s",
+    "waiting_on_tools_s",
+    "tool_latency_sum_s",
+    "scoring_s",
+    "logprobs_s",
+    "update_s",
+    "tool_calls",
+  )
   print(f"{'':31s}" + "".join(f"{k:>19s}" for k in keys))
   for name, r in rounds.items():
     print(f"{name:31s}" + "".join(f"{r[k]:19.2f}" for k in keys))
-  print("(waiting_on_tools_s: no slot had anything to decode; with serial calls the decoder waits "
-        "through every call's latency instead)")
+  print(
+    "(waiting_on_tools_s: no slot had anything to decode; with serial calls the decoder waits "
+    "through every call's latency instead)"
+  )
   ours, ref = rounds["overlapped (ours)"], rounds["serial tool calls (reference)"]
   tps_ours, tps_ref = ours["trajectories"] / ours["round_s"], ref["trajectories"] / ref["round_s"]
-  print(f"trajectories/s: {tps_ours:.2f} (ours) vs {tps_ref:.2f} (serial tool calls): "
-        f"{tps_ours / tps_ref:.2f}x")
+  print(f"trajectories/s: {tps_ours:.2f} (ours) vs {tps_ref:.2f} (serial tool calls): {tps_ours / tps_ref:.2f}x")
   print(f"sampler idle on tools: {ours['idle_fraction']:.1%} of the rollout (target under 10%)")
   compare_learners(run, ours["ro"])
   plan_at_7b_sizes()

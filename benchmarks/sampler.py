@@ -42,16 +42,28 @@ flags.DEFINE_string("family", "qwen2_5_vl", "qwen2_5_vl or qwen3_vl")
 flags.DEFINE_list("batch", ["1", "8", "32"], "batch sizes")
 flags.DEFINE_integer("new_tokens", 64, "tokens generated per row")
 flags.DEFINE_integer("runs", 3, "timed calls per measurement (the median is used)")
-flags.DEFINE_list("torch_threads", [], "torch intra-op thread counts to measure transformers with "
-                  "(default: 1 and the number of cores JAX sees); the fastest is the reference")
+flags.DEFINE_list(
+  "torch_threads",
+  [],
+  "torch intra-op thread counts to measure transformers with "
+  "(default: 1 and the number of cores JAX sees); the fastest is the reference",
+)
 
-flags.DEFINE_enum("model", "tiny", ["tiny", "small"], "tiny: the project's `<family>_tiny` preset; "
-                  "small: a decoder of --layers x --hidden with a --vocab vocabulary")
+flags.DEFINE_enum(
+  "model",
+  "tiny",
+  ["tiny", "small"],
+  "tiny: the project's `<family>_tiny` preset; small: a decoder of --layers x --hidden with a --vocab vocabulary",
+)
 flags.DEFINE_integer("hidden", 256, "decoder width (--model=small)")
 flags.DEFINE_integer("layers", 4, "decoder layers (--model=small)")
 flags.DEFINE_integer("vocab", 8192, "vocabulary size (--model=small)")
-flags.DEFINE_bool("scan_layers", False, "also time the same weights loaded with scanned decoder "
-                  "layers (`model.scan_layers`) and print its rate over the unscanned one")
+flags.DEFINE_bool(
+  "scan_layers",
+  False,
+  "also time the same weights loaded with scanned decoder "
+  "layers (`model.scan_layers`) and print its rate over the unscanned one",
+)
 
 TARGET = 3.0
 TARGET_BATCH = 8
@@ -63,6 +75,7 @@ def _special_ids():
   top of the vocabulary for --model=small."""
   if FLAGS.model == "tiny":
     from codevision_jax.models import presets
+
     t = presets.TINY_TOKENIZER_IDS
     return t["image_token_id"], t["video_token_id"], t["vision_start_token_id"], t["vision_end_token_id"]
   v = FLAGS.vocab
@@ -71,20 +84,35 @@ def _special_ids():
 
 def _hf_config(family: str):
   import transformers
+
   if FLAGS.model == "tiny":
     from codevision_jax.models import presets
+
     d = presets.preset(f"{family}_tiny").to_hf_dict()
     d.pop("architectures")
     return transformers.AutoConfig.for_model(d.pop("model_type"), **d)
   hidden = FLAGS.hidden
-  text = dict(vocab_size=FLAGS.vocab, hidden_size=hidden, intermediate_size=3 * hidden,
-              num_hidden_layers=FLAGS.layers, num_attention_heads=4, num_key_value_heads=2,
-              rms_norm_eps=1e-6, max_position_embeddings=32768)
-  vision = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2, spatial_merge_size=2,
-                temporal_patch_size=2, out_hidden_size=hidden)
+  text = dict(
+    vocab_size=FLAGS.vocab,
+    hidden_size=hidden,
+    intermediate_size=3 * hidden,
+    num_hidden_layers=FLAGS.layers,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=32768,
+  )
+  vision = dict(
+    depth=2,
+    hidden_size=128,
+    intermediate_size=256,
+    num_heads=2,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    out_hidden_size=hidden,
+  )
   image, video, vstart, vend = _special_ids()
-  ids = dict(image_token_id=image, video_token_id=video, vision_start_token_id=vstart,
-             vision_end_token_id=vend)
+  ids = dict(image_token_id=image, video_token_id=video, vision_start_token_id=vstart, vision_end_token_id=vend)
   half = hidden // 4 // 2  # head_dim / 2, split t:h:w about 1:1.5:1.5 as in the real models
   section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
   if family == "qwen2_5_vl":
@@ -92,8 +120,10 @@ def _hf_config(family: str):
     vision.update(patch_size=14, window_size=56, fullatt_block_indexes=[1])
     return transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
   if family == "qwen3_vl":
-    text.update(head_dim=hidden // 4, rope_parameters={
-        "rope_type": "default", "rope_theta": 5e6, "mrope_section": section, "mrope_interleaved": True})
+    text.update(
+      head_dim=hidden // 4,
+      rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": section, "mrope_interleaved": True},
+    )
     vision.update(patch_size=16, num_position_embeddings=256, deepstack_visual_indexes=[0])
     return transformers.Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
   raise ValueError(f"--family {family!r}: expected qwen2_5_vl or qwen3_vl")
@@ -102,18 +132,24 @@ def _hf_config(family: str):
 def _prompts(batch: int, patch: int):
   """Left-padded rows of text, one 8x8-patch image (16 tokens), text."""
   import numpy as np
+
   image, _, vstart, vend = _special_ids()
   rng = np.random.default_rng(batch)
   rows = []
   for _ in range(batch):
-    rows.append(list(rng.integers(1, min(_special_ids()) - 1, rng.integers(4, 12))) + [vstart] + [image] * 16 +
-                [vend] + list(rng.integers(1, min(_special_ids()) - 1, rng.integers(4, 12))))
+    rows.append(
+      list(rng.integers(1, min(_special_ids()) - 1, rng.integers(4, 12)))
+      + [vstart]
+      + [image] * 16
+      + [vend]
+      + list(rng.integers(1, min(_special_ids()) - 1, rng.integers(4, 12)))
+    )
   length = max(map(len, rows))
   ids = np.full((batch, length), PAD, np.int64)
   mask = np.zeros((batch, length), np.int64)
   for i, r in enumerate(rows):
-    ids[i, length - len(r):] = r
-    mask[i, length - len(r):] = 1
+    ids[i, length - len(r) :] = r
+    mask[i, length - len(r) :] = 1
   grid = np.tile(np.asarray([[1, 8, 8]], np.int64), (batch, 1))
   pv = rng.standard_normal((batch * 64, 3 * 2 * patch * patch)).astype(np.float32)
   return ids, mask, pv, grid
@@ -132,13 +168,14 @@ def decode_rate(run, *, batch: int, new_tokens: int, runs: int) -> float:
     diffs.append((t1 - t0) - (time.perf_counter() - t1))
   diff = statistics.median(diffs)
   if diff <= 0:
-    raise RuntimeError(f"decoding {new_tokens - 1} more tokens took no measurable time (t(n) - "
-                       f"t(1) = {diff:.2e}s); raise --new_tokens or --runs")
+    raise RuntimeError(
+      f"decoding {new_tokens - 1} more tokens took no measurable time (t(n) - "
+      f"t(1) = {diff:.2e}s); raise --new_tokens or --runs"
+    )
   return batch * (new_tokens - 1) / diff
 
 
-def _bench_batch(hf, ours, batch: int, patch: int, torch_threads: list[int],
-                 scanned=None) -> tuple[float, float]:
+def _bench_batch(hf, ours, batch: int, patch: int, torch_threads: list[int], scanned=None) -> tuple[float, float]:
   import jax
   import numpy as np
   import torch
@@ -153,19 +190,25 @@ def _bench_batch(hf, ours, batch: int, patch: int, torch_threads: list[int],
     def run(new):
       tokens, _ = sampler.generate(ids, pv, grid, mask, max_new_tokens=new)
       return np.asarray(jax.block_until_ready(tokens))
+
     return run
 
   ours_run = run_of(sampler)
 
-  hf_inputs = dict(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
-                   pixel_values=torch.as_tensor(pv), image_grid_thw=torch.as_tensor(grid),
-                   mm_token_type_ids=torch.as_tensor((ids == _special_ids()[0]).astype(np.int64)))
+  hf_inputs = dict(
+    input_ids=torch.as_tensor(ids),
+    attention_mask=torch.as_tensor(mask),
+    pixel_values=torch.as_tensor(pv),
+    image_grid_thw=torch.as_tensor(grid),
+    mm_token_type_ids=torch.as_tensor((ids == _special_ids()[0]).astype(np.int64)),
+  )
 
   def hf_run(new):
     with torch.no_grad():
-      out = hf.generate(**hf_inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                        pad_token_id=PAD, eos_token_id=None)
-    return out[:, ids.shape[1]:].numpy()
+      out = hf.generate(
+        **hf_inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=PAD, eos_token_id=None
+      )
+    return out[:, ids.shape[1] :].numpy()
 
   def rate(run):
     return decode_rate(run, batch=batch, new_tokens=n, runs=FLAGS.runs)
@@ -180,16 +223,20 @@ def _bench_batch(hf, ours, batch: int, patch: int, torch_threads: list[int],
     hf_rates[threads] = rate(hf_run)
   hf_rate = max(hf_rates.values())
   hf_text = "  ".join(f"{r:6.0f} ({t} thr)" for t, r in hf_rates.items())
-  print(f"  batch {batch:3d}: sampler {ours_rate:7.0f} tok/s   transformers {hf_text}   "
-        f"ratio {ours_rate / hf_rate:5.2f}x   (prompt {ids.shape[1]} tokens; greedy tokens equal: "
-        f"{same:.1%})")
+  print(
+    f"  batch {batch:3d}: sampler {ours_rate:7.0f} tok/s   transformers {hf_text}   "
+    f"ratio {ours_rate / hf_rate:5.2f}x   (prompt {ids.shape[1]} tokens; greedy tokens equal: "
+    f"{same:.1%})"
+  )
   if scanned is not None:
     scanned_run = run_of(Sampler(scanned, pad_token_id=PAD))
     same = (scanned_run(n) == ours_run(n)).mean()  # also its warm-up
     scanned_run(1)
     scanned_rate = rate(scanned_run)
-    print(f"             scanned layers {scanned_rate:7.0f} tok/s: "
-          f"{scanned_rate / ours_rate:5.2f}x the unscanned sampler (tokens equal: {same:.1%})")
+    print(
+      f"             scanned layers {scanned_rate:7.0f} tok/s: "
+      f"{scanned_rate / ours_rate:5.2f}x the unscanned sampler (tokens equal: {same:.1%})"
+    )
   return ours_rate, hf_rate
 
 
@@ -204,8 +251,10 @@ def main(argv):
 
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   torch_threads = sorted({int(t) for t in FLAGS.torch_threads} or {1, threads})
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}, {threads} cores")
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__}, "
+    f"transformers {transformers.__version__}, {threads} cores"
+  )
   torch.manual_seed(0)
   hf_config = _hf_config(FLAGS.family)
   hf_config._attn_implementation = "eager"
@@ -219,9 +268,11 @@ def main(argv):
     shutil.rmtree(root, ignore_errors=True)
   patch = hf_config.vision_config.patch_size
   tc = hf_config.text_config
-  print(f"{FLAGS.family} ({FLAGS.model}): decoder {tc.num_hidden_layers}x{tc.hidden_size}, vocab "
-        f"{tc.vocab_size}, float32; greedy, {FLAGS.new_tokens} new "
-        f"tokens per row; decode tokens/s (prefill excluded); ratio against the faster transformers")
+  print(
+    f"{FLAGS.family} ({FLAGS.model}): decoder {tc.num_hidden_layers}x{tc.hidden_size}, vocab "
+    f"{tc.vocab_size}, float32; greedy, {FLAGS.new_tokens} new "
+    f"tokens per row; decode tokens/s (prefill excluded); ratio against the faster transformers"
+  )
   ratios = {}
   for batch in (int(b) for b in FLAGS.batch):
     ours_rate, hf_rate = _bench_batch(hf, ours, batch, patch, torch_threads, scanned)

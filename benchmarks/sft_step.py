@@ -33,6 +33,7 @@ def matmul_peak(mesh, n: int, dtype) -> float:
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
+
   rows = NamedSharding(mesh, P(mesh.axis_names))
   a = jax.device_put(jnp.ones((n * mesh.size, n), dtype), rows)
   b = jax.device_put(jnp.ones((n, n), dtype), NamedSharding(mesh, P()))
@@ -43,7 +44,7 @@ def matmul_peak(mesh, n: int, dtype) -> float:
     t = time.perf_counter()
     f(a, b).block_until_ready()
     times.append(time.perf_counter() - t)
-  return 2 * n ** 3 * mesh.size / statistics.median(times)
+  return 2 * n**3 * mesh.size / statistics.median(times)
 
 
 def time_step(run, batch: dict, grids, *, steps: int, warmup: int) -> dict:
@@ -53,6 +54,7 @@ def time_step(run, batch: dict, grids, *, steps: int, warmup: int) -> dict:
   "tokens" (real tokens), "flops" (model FLOPs of the step)}."""
   import jax
   from codevision_jax.train import loop
+
   step, batch_sh = run.jit_step(batch)
   flops, tokens = loop.host_step_flops(run, batch, grids)
   state, times = run.state, []
@@ -64,8 +66,13 @@ def time_step(run, batch: dict, grids, *, steps: int, warmup: int) -> dict:
       times.append(time.perf_counter() - t)
   run.state = None
   del state
-  return {"seconds": statistics.median(times), "times": times, "loss": float(m["loss"]),
-          "tokens": tokens, "flops": flops}
+  return {
+    "seconds": statistics.median(times),
+    "times": times,
+    "loss": float(m["loss"]),
+    "tokens": tokens,
+    "flops": flops,
+  }
 
 
 def main(argv):
@@ -73,6 +80,7 @@ def main(argv):
   import jax
   from codevision_jax.train import loop
   from codevision_jax.runtime import metrics, run_setup
+
   cfg = _CONFIG.value
   with tempfile.TemporaryDirectory() as workdir:
     run = loop.build(cfg, workdir)
@@ -85,21 +93,34 @@ def main(argv):
   kind = jax.devices()[0].device_kind
   peak = metrics.peak_flops(kind, cfg.train.peak_tflops) * run.mesh.size
   shape = batch["input_ids"].shape
-  print(f"devices: {run.mesh.size} x {kind}; mesh {dict(run.mesh.shape)}; compute {cfg.train.compute_dtype}; "
-        f"remat {cfg.train.remat}")
-  print(f"batch [microbatches, rows, T] = {list(shape)}, {tokens:.0f} real tokens "
-        f"({tokens / (shape[0] * shape[1] * shape[2]):.0%} of the padded), "
-        f"{float(grids.prod(-1).sum()):.0f} image patches of a budget of {batch['vision'].pixel_values.shape[1]}")
-  print(f"step: {seconds * 1e3:.1f} ms median of {len(times)} "
-        f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}); loss {timed['loss']:.4f}")
+  print(
+    f"devices: {run.mesh.size} x {kind}; mesh {dict(run.mesh.shape)}; compute {cfg.train.compute_dtype}; "
+    f"remat {cfg.train.remat}"
+  )
+  print(
+    f"batch [microbatches, rows, T] = {list(shape)}, {tokens:.0f} real tokens "
+    f"({tokens / (shape[0] * shape[1] * shape[2]):.0%} of the padded), "
+    f"{float(grids.prod(-1).sum()):.0f} image patches of a budget of {batch['vision'].pixel_values.shape[1]}"
+  )
+  print(
+    f"step: {seconds * 1e3:.1f} ms median of {len(times)} "
+    f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}); loss {timed['loss']:.4f}"
+  )
   print(f"tokens/s: {tokens / seconds:,.0f}")
   print(f"model FLOPs: {flops / 1e9:.2f} GFLOP/step, {flops / seconds / 1e9:.2f} GFLOP/s")
-  print(f"reference: {FLAGS.matmul}^3 {dtype.__name__ if hasattr(dtype, '__name__') else dtype} matmul "
-        f"per device: {reference / 1e9:.2f} GFLOP/s")
+  print(
+    f"reference: {FLAGS.matmul}^3 {dtype.__name__ if hasattr(dtype, '__name__') else dtype} matmul "
+    f"per device: {reference / 1e9:.2f} GFLOP/s"
+  )
   print(f"ratio (model FLOP/s / reference matmul FLOP/s): {flops / seconds / reference:.3f}")
-  print("MFU (against the published peak): " +
-        (f"{flops / seconds / peak:.3f}" if peak else f"n/a (no published peak for {kind!r}; "
-                                                       "set --config.train.peak_tflops)"))
+  print(
+    "MFU (against the published peak): "
+    + (
+      f"{flops / seconds / peak:.3f}"
+      if peak
+      else f"n/a (no published peak for {kind!r}; set --config.train.peak_tflops)"
+    )
+  )
 
 
 if __name__ == "__main__":

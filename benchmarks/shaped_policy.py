@@ -13,15 +13,16 @@ import numpy as np
 from codevision_jax.sampling import environment
 from codevision_jax.sampling.policy import ModelPolicy
 
-CODES = ("result = image.rotate(90, expand=True)",
-         "result = image.crop((0, 0, image.width // 2, image.height // 2))",
-         "from PIL import ImageOps\nresult = ImageOps.mirror(image)")
+CODES = (
+  "result = image.rotate(90, expand=True)",
+  "result = image.crop((0, 0, image.width // 2, image.height // 2))",
+  "from PIL import ImageOps\nresult = ImageOps.mirror(image)",
+)
 
 
 def call_text(turn: int) -> str:
   args = {"code": CODES[turn % len(CODES)], "description": "look closer", "image_index": turn}
-  return ("</think>\n<tool_call>\n" + json.dumps({"name": "code_image_tool", "arguments": args})
-          + "\n</tool_call>")
+  return "</think>\n<tool_call>\n" + json.dumps({"name": "code_image_tool", "arguments": args}) + "\n</tool_call>"
 
 
 class ShapedPolicy(ModelPolicy):

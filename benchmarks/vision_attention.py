@@ -30,6 +30,7 @@ flags.DEFINE_bool("backward", False, "time forward + backward (gradient of the s
 
 def _time(fn, *args) -> float:
   import jax
+
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(FLAGS.runs):
@@ -57,10 +58,19 @@ def main(argv):
     over["fullatt_block_indexes"] = (FLAGS.depth - 1,)
   else:
     over["deepstack_visual_indexes"] = ()
-  mc = dataclasses.replace(mc, vision=dataclasses.replace(v, **over),
-                           text=dataclasses.replace(mc.text, num_hidden_layers=1, vocab_size=512,
-                                                    hidden_size=256, intermediate_size=256,
-                                                    num_attention_heads=2, num_key_value_heads=1))
+  mc = dataclasses.replace(
+    mc,
+    vision=dataclasses.replace(v, **over),
+    text=dataclasses.replace(
+      mc.text,
+      num_hidden_layers=1,
+      vocab_size=512,
+      hidden_size=256,
+      intermediate_size=256,
+      num_attention_heads=2,
+      num_key_value_heads=1,
+    ),
+  )
   model = build_model(mc, seed=0, param_dtype=jnp.dtype(FLAGS.dtype))
   visual = model.model.visual
   cells = FLAGS.side // (v.patch_size * v.spatial_merge_size) * v.spatial_merge_size
@@ -68,8 +78,7 @@ def main(argv):
   meta = prepare.vision_metadata(mc, grid).as_arrays()
   n = int(grid.prod(-1).sum())
   rng = np.random.default_rng(0)
-  pixels = jnp.asarray(rng.standard_normal((n, 3 * v.temporal_patch_size * v.patch_size ** 2)),
-                       jnp.dtype(FLAGS.dtype))
+  pixels = jnp.asarray(rng.standard_normal((n, 3 * v.temporal_patch_size * v.patch_size**2)), jnp.dtype(FLAGS.dtype))
   graphdef, state = nnx.split(visual)
 
   def forward(state, pixels, meta):
@@ -80,9 +89,11 @@ def main(argv):
     fn = jax.grad(lambda s, p, m: jnp.sum(forward(s, p, m).astype(jnp.float32)))
   fn = jax.jit(fn)
   dense_meta = meta.replace(full_span=0, window_span=0)
-  print(f"{FLAGS.family} vision tower, {FLAGS.depth} blocks, {FLAGS.images} images of "
-        f"{FLAGS.side}x{FLAGS.side} ({n} patches, {cells * cells} per image), {FLAGS.dtype}, "
-        f"{'forward + backward' if FLAGS.backward else 'forward'}, {jax.devices()[0].device_kind}")
+  print(
+    f"{FLAGS.family} vision tower, {FLAGS.depth} blocks, {FLAGS.images} images of "
+    f"{FLAGS.side}x{FLAGS.side} ({n} patches, {cells * cells} per image), {FLAGS.dtype}, "
+    f"{'forward + backward' if FLAGS.backward else 'forward'}, {jax.devices()[0].device_kind}"
+  )
   for what, span in (("full", meta.full_span), ("window", meta.window_span)):
     g = band_geometry(n, span)
     keys = (2 * g[1] + 1) * g[0] if g else n
@@ -90,8 +101,9 @@ def main(argv):
   banded = _time(fn, state, pixels, meta)
   dense = _time(fn, state, pixels, dense_meta)
   if not FLAGS.backward:
-    diff = float(jnp.abs(fn(state, pixels, meta).astype(jnp.float32)
-                         - fn(state, pixels, dense_meta).astype(jnp.float32)).max())
+    diff = float(
+      jnp.abs(fn(state, pixels, meta).astype(jnp.float32) - fn(state, pixels, dense_meta).astype(jnp.float32)).max()
+    )
     print(f"  max |banded - dense| = {diff:.2e}")
   print(f"  banded {banded * 1e3:.1f} ms, dense {dense * 1e3:.1f} ms: {dense / banded:.2f}x")
 

@@ -14,11 +14,11 @@ import importlib
 # Names resolved lazily so that `import codevision_jax` stays cheap (no JAX import for the
 # data or executor-client code paths).
 _EXPORTS = {
-    "load_hf": "codevision_jax.hf.load",
-    "save_hf": "codevision_jax.hf.save",
-    "preprocess_images": "codevision_jax.processing.image",
-    "smart_resize": "codevision_jax.processing.image",
-    "generate": "codevision_jax.sampling.sampler",
+  "load_hf": "codevision_jax.hf.load",
+  "save_hf": "codevision_jax.hf.save",
+  "preprocess_images": "codevision_jax.processing.image",
+  "smart_resize": "codevision_jax.processing.image",
+  "generate": "codevision_jax.sampling.sampler",
 }
 
 __all__ = sorted(_EXPORTS)

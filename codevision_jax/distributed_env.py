@@ -158,19 +158,26 @@ def from_slurm(env: Mapping[str, str]) -> dict | None:
     return {"num_processes": 1}
   procid = _int(env, "SLURM_PROCID")
   if procid is None:
-    raise DistributedEnvError(f"SLURM_NTASKS={ntasks} but SLURM_PROCID is not set: start the "
-                              "training command with srun (inside sbatch or salloc).")
+    raise DistributedEnvError(
+      f"SLURM_NTASKS={ntasks} but SLURM_PROCID is not set: start the "
+      "training command with srun (inside sbatch or salloc)."
+    )
   if not 0 <= procid < ntasks:
     raise DistributedEnvError(f"SLURM_PROCID={procid} is outside [0, SLURM_NTASKS={ntasks}).")
   nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
   if not nodelist:
-    raise DistributedEnvError(f"SLURM_NTASKS={ntasks} but neither SLURM_STEP_NODELIST nor "
-                              "SLURM_JOB_NODELIST is set: start the training command with srun.")
+    raise DistributedEnvError(
+      f"SLURM_NTASKS={ntasks} but neither SLURM_STEP_NODELIST nor "
+      "SLURM_JOB_NODELIST is set: start the training command with srun."
+    )
   job = _int(env, "SLURM_JOB_ID") or 0
   # As JAX's SlurmCluster: a port in [61440, 65535] that differs between jobs sharing a node.
   port = _port(env, job % 4096 + 61440)
-  args = {"coordinator_address": f"{expand_nodelist(nodelist)[0]}:{port}",
-          "num_processes": ntasks, "process_id": procid}
+  args = {
+    "coordinator_address": f"{expand_nodelist(nodelist)[0]}:{port}",
+    "num_processes": ntasks,
+    "process_id": procid,
+  }
   ids = _local_device_ids(env, _int(env, "SLURM_LOCALID"), _tasks_per_node(env, ntasks))
   if ids is not None:
     args["local_device_ids"] = ids
@@ -184,12 +191,15 @@ def from_torchrun(env: Mapping[str, str]) -> dict | None:
   if world is None and rank is None:
     return None
   if world is None:
-    raise DistributedEnvError(f"RANK={rank} is set but WORLD_SIZE is not: set WORLD_SIZE to the "
-                              "number of processes (or unset RANK).")
+    raise DistributedEnvError(
+      f"RANK={rank} is set but WORLD_SIZE is not: set WORLD_SIZE to the number of processes (or unset RANK)."
+    )
   if rank is None:
-    raise DistributedEnvError(f"WORLD_SIZE={world} is set but RANK is not: set RANK to this "
-                              "process's index in [0, WORLD_SIZE) (in an Indexed Job: the "
-                              "job-completion-index annotation).")
+    raise DistributedEnvError(
+      f"WORLD_SIZE={world} is set but RANK is not: set RANK to this "
+      "process's index in [0, WORLD_SIZE) (in an Indexed Job: the "
+      "job-completion-index annotation)."
+    )
   if world < 1 or not 0 <= rank < world:
     raise DistributedEnvError(f"RANK={rank} is outside [0, WORLD_SIZE={world}).")
   if world == 1:
@@ -207,12 +217,13 @@ def from_torchrun(env: Mapping[str, str]) -> dict | None:
     args["coordinator_address"] = f"{addr}:{port}"
   local_rank, local_world = _int(env, "LOCAL_RANK"), _int(env, "LOCAL_WORLD_SIZE")
   if local_world is None and local_rank:
-    raise DistributedEnvError(f"LOCAL_RANK={local_rank} is set but LOCAL_WORLD_SIZE is not: set "
-                              "LOCAL_WORLD_SIZE to the processes per node (or unset LOCAL_RANK "
-                              "for one process per node).")
+    raise DistributedEnvError(
+      f"LOCAL_RANK={local_rank} is set but LOCAL_WORLD_SIZE is not: set "
+      "LOCAL_WORLD_SIZE to the processes per node (or unset LOCAL_RANK "
+      "for one process per node)."
+    )
   if local_world is not None and local_rank is not None and not 0 <= local_rank < local_world:
-    raise DistributedEnvError(f"LOCAL_RANK={local_rank} is outside "
-                              f"[0, LOCAL_WORLD_SIZE={local_world}).")
+    raise DistributedEnvError(f"LOCAL_RANK={local_rank} is outside [0, LOCAL_WORLD_SIZE={local_world}).")
   ids = _local_device_ids(env, local_rank, local_world or 1)
   if ids is not None:
     args["local_device_ids"] = ids
@@ -243,8 +254,9 @@ def _from_config(cfg) -> dict:
     args["num_processes"] = num
   if addr:
     if not re.fullmatch(r".+:\d+", addr):
-      raise DistributedEnvError(f"distributed.coordinator_address={addr!r} has no port: write "
-                                "it as host:port, e.g. node01:12345.")
+      raise DistributedEnvError(
+        f"distributed.coordinator_address={addr!r} has no port: write it as host:port, e.g. node01:12345."
+      )
     args["coordinator_address"] = addr
   if pid >= 0:
     args["process_id"] = pid
@@ -258,8 +270,9 @@ def derive(env: Mapping[str, str], cfg_distributed=None) -> tuple[dict | None, s
   runs inside the scheduler's task, so its variables come before Slurm's."""
   mode = env.get(MODE_ENV, "").strip().lower()
   if mode not in ("", "auto", "off"):
-    raise DistributedEnvError(f"{MODE_ENV}={env[MODE_ENV]!r}: use 'auto' (JAX detects the "
-                              "cluster), 'off' (one process) or leave it unset.")
+    raise DistributedEnvError(
+      f"{MODE_ENV}={env[MODE_ENV]!r}: use 'auto' (JAX detects the cluster), 'off' (one process) or leave it unset."
+    )
   if mode == "off":
     return None, f"{MODE_ENV}=off"
   explicit = _from_config(cfg_distributed)
@@ -273,17 +286,22 @@ def derive(env: Mapping[str, str], cfg_distributed=None) -> tuple[dict | None, s
   if num == 1 or (num is None and found is None):
     if "coordinator_address" in explicit or explicit.get("process_id", 0) > 0:
       raise DistributedEnvError(
-          f"distributed.coordinator_address / distributed.process_id are set but nothing gives "
-          f"the number of processes ({source}): set --config.distributed.num_processes=N.")
+        f"distributed.coordinator_address / distributed.process_id are set but nothing gives "
+        f"the number of processes ({source}): set --config.distributed.num_processes=N."
+      )
     return None, source
   if source.endswith("torchrun env") and "coordinator_address" not in args:
-    raise DistributedEnvError(f"WORLD_SIZE={num} but MASTER_ADDR is not set: set MASTER_ADDR (and "
-                              "MASTER_PORT) to the host of RANK 0, or "
-                              "--config.distributed.coordinator_address=host:port.")
+    raise DistributedEnvError(
+      f"WORLD_SIZE={num} but MASTER_ADDR is not set: set MASTER_ADDR (and "
+      "MASTER_PORT) to the host of RANK 0, or "
+      "--config.distributed.coordinator_address=host:port."
+    )
   if pid is not None and not 0 <= pid < num:
-    raise DistributedEnvError(f"process_id {pid} is outside [0, num_processes={num}) ({source}): "
-                              "fix distributed.process_id / distributed.num_processes or the "
-                              "scheduler's variables.")
+    raise DistributedEnvError(
+      f"process_id {pid} is outside [0, num_processes={num}) ({source}): "
+      "fix distributed.process_id / distributed.num_processes or the "
+      "scheduler's variables."
+    )
   if all(k in args for k in ("coordinator_address", "num_processes", "process_id")):
     args["cluster_detection_method"] = "deactivate"  # Nothing left to detect (module docstring).
   return args, source
@@ -315,10 +333,15 @@ def initialize(cfg_distributed=None, env: Mapping[str, str] = os.environ) -> dic
   shown = ", ".join(f"{k}={v!r}" for k, v in args.items()) or "everything auto-detected by JAX"
   logging.info("jax.distributed.initialize(%s) from %s", shown, source)
   import jax
+
   jax.distributed.initialize(**args)
-  logging.info("jax.distributed: process %d of %d, %d local and %d global devices",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+    "jax.distributed: process %d of %d, %d local and %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   watch_failures()
   return args
 
@@ -332,6 +355,7 @@ _stop_watching = threading.Event()
 
 def _client():
   from jax._src import distributed  # pylint: disable=import-outside-toplevel
+
   return distributed.global_state.client
 
 
@@ -342,10 +366,12 @@ def report_failure(message: str, exit_code: int = 1) -> None:
   if client is None or _failure["reported"]:
     return
   import jax  # pylint: disable=import-outside-toplevel
+
   _failure.update(reported=True, origin=True, exit_code=exit_code or 1)
   try:
-    client.key_value_set(FAILURE_KEY, json.dumps(
-        {"process": jax.process_index(), "message": str(message).strip()[-4000:]}))
+    client.key_value_set(
+      FAILURE_KEY, json.dumps({"process": jax.process_index(), "message": str(message).strip()[-4000:]})
+    )
   except Exception:  # noqa: BLE001 - another process's failure is there already: theirs is told.
     _failure["origin"] = False
 
@@ -368,8 +394,10 @@ def _say_another_failed(failed: dict, me: int, count: int) -> None:
   except Exception:  # noqa: BLE001 - the service is gone: nobody waits.
     pass
   sys.stdout.flush()
-  sys.stderr.write(f"\nprocess {failed['process']} of {count} failed: {failed['message']}\n"
-                   f"stopping process {me} as well (a failed process stops the run)\n")
+  sys.stderr.write(
+    f"\nprocess {failed['process']} of {count} failed: {failed['message']}\n"
+    f"stopping process {me} as well (a failed process stops the run)\n"
+  )
   sys.stderr.flush()
 
 
@@ -390,6 +418,7 @@ def _excepthook(previous, me: int, count: int):
       _say_another_failed(failed, me, count)
     else:
       report_failure(f"{exc_type.__name__}: {exc}")
+
   return hook
 
 
@@ -401,6 +430,7 @@ def _at_exit(me: int, count: int, wait_s: float) -> None:
     if me == 0 and _failure["origin"]:  # The coordination service lives here: stay until the
       # others have read the failure.
       import time  # pylint: disable=import-outside-toplevel
+
       deadline = time.monotonic() + wait_s
       for p in range(1, count):
         left_ms = int(max(deadline - time.monotonic(), 0) * 1000)
@@ -415,20 +445,22 @@ def watch_failures(poll_s: float = 0.5) -> None:
   """Once per process, after `jax.distributed.initialize`: uncaught exceptions are reported to
   the other processes, and theirs stop this one (module docstring)."""
   import jax  # pylint: disable=import-outside-toplevel
+
   if _client() is None or _failure["watching"]:
     return
   _failure["watching"] = True
   me, count = jax.process_index(), jax.process_count()
   sys.excepthook = _excepthook(sys.excepthook, me, count)
   atexit.register(_at_exit, me, count, 10 * poll_s)  # Before JAX's own (registered earlier).
-  threading.Thread(target=_watch, args=(me, count, poll_s),
-                   name="cvj-failure-watch", daemon=True).start()
+  threading.Thread(target=_watch, args=(me, count, poll_s), name="cvj-failure-watch", daemon=True).start()
 
 
 def barrier(name: str) -> None:
   """Returns once every process has reached the barrier `name` (at once with one process): e.g.
   after process 0 wrote a file the others read."""
   import jax  # pylint: disable=import-outside-toplevel
+
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
     multihost_utils.sync_global_devices(name)

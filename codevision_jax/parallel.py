@@ -26,16 +26,16 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Megatron-style over `tensor` on heads / MLP width / vocabulary; activations' batch over
 # (`data`, `fsdp`).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("qkv", "tensor"),
-    ("vocab", "tensor"),
-    ("patch", None),
-    ("norm", None),
-    ("layers", None),  # The leading axis of scanned (stacked) decoder layers: never sharded.
+  ("batch", ("data", "fsdp")),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("qkv", "tensor"),
+  ("vocab", "tensor"),
+  ("patch", None),
+  ("norm", None),
+  ("layers", None),  # The leading axis of scanned (stacked) decoder layers: never sharded.
 )
 
 _warned: set = set()
@@ -64,13 +64,15 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | None = None, devices=None)
       raise ValueError(f"{len(devices)} devices cannot fill mesh {shape}")
     sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"{len(devices)} are available")
+    raise ValueError(
+      f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, {len(devices)} are available"
+    )
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def logical_to_spec(logical: Iterable[str | None] | None, rules=DEFAULT_RULES, shape=None,
-                    mesh: Mesh | None = None) -> P:
+def logical_to_spec(
+  logical: Iterable[str | None] | None, rules=DEFAULT_RULES, shape=None, mesh: Mesh | None = None
+) -> P:
   """Logical axis names -> PartitionSpec. With `shape` and `mesh`, drops a mesh axis that does
   not divide its dimension or is already used by an earlier dimension."""
   if logical is None:
@@ -94,8 +96,9 @@ def logical_to_spec(logical: Iterable[str | None] | None, rules=DEFAULT_RULES, s
           key = (name, a, shape[i])
           if key not in _warned:
             _warned.add(key)
-            logging.info("dimension %d (%s, size %d) is not divisible by mesh axis %r; replicated",
-                         i, name, shape[i], a)
+            logging.info(
+              "dimension %d (%s, size %d) is not divisible by mesh axis %r; replicated", i, name, shape[i], a
+            )
           continue
       keep.append(a)
     used.update(keep)
@@ -105,10 +108,12 @@ def logical_to_spec(logical: Iterable[str | None] | None, rules=DEFAULT_RULES, s
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules=DEFAULT_RULES):
   """A NamedSharding for every variable of `state` (abstract or concrete), from its logical axes."""
+
   def one(var):
     logical = var.get_metadata().get("out_sharding")
     spec = logical_to_spec(logical, rules, tuple(var.get_value().shape), mesh)
     return NamedSharding(mesh, spec)
+
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 

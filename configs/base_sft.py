@@ -23,36 +23,36 @@ from configs import common
 def recipe():
   """The recipe without its model (`model.path`, `model.preset`: the model recipe states them)."""
   c = ml_collections.ConfigDict()
-  c.seed = 0                     # Initialisation of weights the checkpoint does not hold.
+  c.seed = 0  # Initialisation of weights the checkpoint does not hold.
   c.model = common.model()
 
   c.data = common.data()
   c.data.drop_oversized = False  # Records longer than the largest bucket, or with more patches
-                                 # or images than a batch holds: False refuses to start naming
-                                 # them (file:index) and the setting that fits them; True drops
-                                 # them, counted in the summary, TensorBoard, dropped_records.jsonl.
-  c.data.size_cache = ""         # Record sizes: "" <workdir>/size_cache, "off", or a folder.
-  c.data.synthetic_size = 5000   # Records of source="synthetic" (CodeVision's SFT set has ~5K).
-  c.data.num_epochs = 2          # Passes over the records (when train.steps is 0).
+  # or images than a batch holds: False refuses to start naming
+  # them (file:index) and the setting that fits them; True drops
+  # them, counted in the summary, TensorBoard, dropped_records.jsonl.
+  c.data.size_cache = ""  # Record sizes: "" <workdir>/size_cache, "off", or a folder.
+  c.data.synthetic_size = 5000  # Records of source="synthetic" (CodeVision's SFT set has ~5K).
+  c.data.num_epochs = 2  # Passes over the records (when train.steps is 0).
   c.data.buckets = (2048, 4096, 8192, 16384, 32768)  # Padded lengths; 32768: the cutoff.
-  c.data.sort_window = 8         # Sort each 8 steps' records by length (less padding); 0: off.
-  c.data.groups = 0              # Row groups per microbatch (0: one per process); fixed,
-                                 # the batches are the same for any process count.
-  c.data.packing = "none"        # Sequence packing: "first_fit" or "best_fit" put several records
-                                 # in a row (each its own attention segment); "none": one per row.
-  c.data.batch_size = 8          # Rows of one microbatch, all hosts together.
-  c.data.patch_budget = 8192     # Image patches per host and microbatch (a multiple of 4).
-  c.data.max_images = 32         # Images per host and microbatch.
-  c.data.max_pixels = 262144     # Images larger than this are resized down to it.
-  c.data.workers = 4             # Grain worker processes building batches (0: the main process).
-  c.data.prefetch_buffer = 2     # Batches built ahead of the step.
+  c.data.sort_window = 8  # Sort each 8 steps' records by length (less padding); 0: off.
+  c.data.groups = 0  # Row groups per microbatch (0: one per process); fixed,
+  # the batches are the same for any process count.
+  c.data.packing = "none"  # Sequence packing: "first_fit" or "best_fit" put several records
+  # in a row (each its own attention segment); "none": one per row.
+  c.data.batch_size = 8  # Rows of one microbatch, all hosts together.
+  c.data.patch_budget = 8192  # Image patches per host and microbatch (a multiple of 4).
+  c.data.max_images = 32  # Images per host and microbatch.
+  c.data.max_pixels = 262144  # Images larger than this are resized down to it.
+  c.data.workers = 4  # Grain worker processes building batches (0: the main process).
+  c.data.prefetch_buffer = 2  # Batches built ahead of the step.
 
   c.optim = common.optim(lr=1e-5, schedule="cosine", warmup_ratio=0.05, weight_decay=0.0)
 
   c.train = common.train()
-  c.train.steps = 0              # Optimizer steps; 0: data.num_epochs epochs.
-  c.train.grad_accum = 4         # Microbatches per optimizer step.
-  c.train.log_every = 10         # Steps between metric lines.
+  c.train.steps = 0  # Optimizer steps; 0: data.num_epochs epochs.
+  c.train.grad_accum = 4  # Microbatches per optimizer step.
+  c.train.log_every = 10  # Steps between metric lines.
   c.train.checkpoint_every = 200  # Steps between checkpoints.
 
   c.mesh = common.mesh()

@@ -17,8 +17,8 @@ from configs import tiny_rollout
 def get_config():
   c = tiny_rollout.get_config()
   c.rollout.temperature = 0.0  # Greedy: an eval's answers are reproducible.
-  c.rollout.slots = 16         # Trajectories decoded together.
-  c.agent.max_turns = 12       # Assistant turns with the tool (one without it).
+  c.rollout.slots = 16  # Trajectories decoded together.
+  c.agent.max_turns = 12  # Assistant turns with the tool (one without it).
   c.agent.max_total_tokens = 8192
-  c.data.max_pixels = 0        # The checkpoint's image budget.
+  c.data.max_pixels = 0  # The checkpoint's image budget.
   return c

@@ -20,7 +20,7 @@ from configs import base_rl, common
 
 def get_config(variant=""):
   c = base_rl.recipe()
-  c.model.path = ""              # Required: the HF checkpoint directory (tokenizer, processor, weights).
-  c.model.preset = ""            # A named random model instead of a checkpoint: qwen2_5_vl_7b (the
-                                 # published shapes; dry runs), qwen2_5_vl_tiny (smoke tests).
+  c.model.path = ""  # Required: the HF checkpoint directory (tokenizer, processor, weights).
+  c.model.preset = ""  # A named random model instead of a checkpoint: qwen2_5_vl_7b (the
+  # published shapes; dry runs), qwen2_5_vl_tiny (smoke tests).
   return common.variant(c, variant, lambda c: base_rl.smoke(c, "qwen2_5_vl_tiny", max_pixels=50176))

@@ -21,7 +21,7 @@ from configs import base_sft, common
 
 def get_config(variant=""):
   c = base_sft.recipe()
-  c.model.path = ""              # Required: --config.model.path=<HF checkpoint directory>.
-  c.model.preset = ""            # A named random model instead of a checkpoint: qwen2_5_vl_7b (the
-                                 # published shapes; dry runs), qwen2_5_vl_tiny (smoke tests).
+  c.model.path = ""  # Required: --config.model.path=<HF checkpoint directory>.
+  c.model.preset = ""  # A named random model instead of a checkpoint: qwen2_5_vl_7b (the
+  # published shapes; dry runs), qwen2_5_vl_tiny (smoke tests).
   return common.variant(c, variant, lambda c: base_sft.smoke(c, "qwen2_5_vl_tiny", max_pixels=50176))

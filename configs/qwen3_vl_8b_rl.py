@@ -21,7 +21,7 @@ from configs import base_rl, common
 
 def get_config(variant=""):
   c = base_rl.recipe()
-  c.model.path = ""              # Required: the Qwen3-VL HF checkpoint (tokenizer, processor, weights).
-  c.model.preset = ""            # A named random model instead of a checkpoint: qwen3_vl_8b (the
-                                 # published shapes; dry runs), qwen3_vl_tiny (smoke tests).
+  c.model.path = ""  # Required: the Qwen3-VL HF checkpoint (tokenizer, processor, weights).
+  c.model.preset = ""  # A named random model instead of a checkpoint: qwen3_vl_8b (the
+  # published shapes; dry runs), qwen3_vl_tiny (smoke tests).
   return common.variant(c, variant, lambda c: base_rl.smoke(c, "qwen3_vl_tiny", max_pixels=131072))

@@ -23,7 +23,7 @@ from configs import base_sft, common
 
 def get_config(variant=""):
   c = base_sft.recipe()
-  c.model.path = ""              # Required: --config.model.path=<Qwen3-VL checkpoint directory>.
-  c.model.preset = ""            # A named random model instead of a checkpoint: qwen3_vl_8b (the
-                                 # published shapes; dry runs), qwen3_vl_tiny (smoke tests).
+  c.model.path = ""  # Required: --config.model.path=<Qwen3-VL checkpoint directory>.
+  c.model.preset = ""  # A named random model instead of a checkpoint: qwen3_vl_8b (the
+  # published shapes; dry runs), qwen3_vl_tiny (smoke tests).
   return common.variant(c, variant, lambda c: base_sft.smoke(c, "qwen3_vl_tiny", max_pixels=131072))

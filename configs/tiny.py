@@ -16,16 +16,16 @@ from configs import tiny_rl
 
 def get_config():
   c = tiny_rl.get_config()
-  c.train.rounds = 6             # GRPO rounds after the SFT stage.
+  c.train.rounds = 6  # GRPO rounds after the SFT stage.
   c.train.checkpoint_every = 6
 
-  c.eval.every = 0               # RL's own held-out rollouts: the orientation eval below instead.
+  c.eval.every = 0  # RL's own held-out rollouts: the orientation eval below instead.
 
   c.orientation = ml_collections.ConfigDict()  # evals.orientation.evaluate on the RL export.
-  c.orientation.size = 8         # Held-out synthetic items, each asked under every transform.
+  c.orientation.size = 8  # Held-out synthetic items, each asked under every transform.
   c.orientation.kinds = ("arrow",)  # What the tiny model was trained on:
-  c.orientation.p_small = 0.0    # signs that fill the image (no crop needed).
+  c.orientation.p_small = 0.0  # signs that fill the image (no crop needed).
   c.orientation.transforms = orientation.TRANSFORMS  # Upright and the five transforms.
   c.orientation.tools = ("on", "off")  # With the code tool, and the no-tool baseline.
-  c.orientation.batch = 16       # Trajectories decoded together.
+  c.orientation.batch = 16  # Trajectories decoded together.
   return c

@@ -21,7 +21,7 @@ from configs import base_rl, common, tiny_sft
 
 def get_config():
   c = base_rl.recipe()
-  c.model.path = ""              # An HF checkpoint directory; empty: a random `preset`.
+  c.model.path = ""  # An HF checkpoint directory; empty: a random `preset`.
   common.tiny_model(c, "qwen2_5_vl_tiny", max_pixels=28 * 28 * 16)
 
   # The short SFT that makes the tiny policy (an SFT config; `python -m launch.rl` runs it first
@@ -35,22 +35,22 @@ def get_config():
   c.sft.data.synthetic_p_small = 0.0
   c.sft.data.buckets = (256, 512)
   c.sft.train.checkpoint_every = 480
-  c.sft.mesh.num_devices = 1     # The toy model on one device (its batch of 4 does not split 8 ways).
+  c.sft.mesh.num_devices = 1  # The toy model on one device (its batch of 4 does not split 8 ways).
 
   # RL on upside-down arrow signs that fill the image (rotate to read them; no crop needed).
   c.data.synthetic_size = 512
-  c.data.synthetic_seed = 1      # Other tasks than the SFT's.
+  c.data.synthetic_seed = 1  # Other tasks than the SFT's.
   c.data.synthetic_kinds = ("arrow",)
   c.data.synthetic_transforms = ("rotate_180",)
   c.data.synthetic_p_small = 0.0
   c.data.min_pixels = 28 * 28 * 4
 
-  c.rollout.prompts = 8          # Prompts per round.
-  c.rollout.group_size = 4       # Trajectories per prompt.
-  c.rollout.slots = 16           # Trajectories decoded together.
+  c.rollout.prompts = 8  # Prompts per round.
+  c.rollout.group_size = 4  # Trajectories per prompt.
+  c.rollout.slots = 16  # Trajectories decoded together.
   c.rollout.steps_per_call = 32
   c.rollout.chunk = 128
-  c.rollout.param_dtype = ""     # The sampler keeps the float32 weights.
+  c.rollout.param_dtype = ""  # The sampler keeps the float32 weights.
 
   c.agent.max_turns = 4
   c.agent.max_total_tokens = 768
@@ -58,27 +58,27 @@ def get_config():
   c.agent.system_prompt = False  # The tiny model is trained without the ~1,000-token schema.
 
   c.judge.max_concurrency = 8
-  c.executor.workers = 2         # Workers of the local service.
+  c.executor.workers = 2  # Workers of the local service.
   c.algo.mini_batch_prompts = 4  # Two optimizer steps a round, as the recipe.
   c.optim.lr = 2e-4
   c.optim.weight_decay = 0.0
 
   c.train.rounds = 16
   c.train.buckets = (256, 512, 768)  # The largest >= agent.max_total_tokens.
-  c.train.rows = 4               # Trajectories per microbatch.
-  c.train.patch_budget = 512     # 4 rows x 2 images of up to 64 patches.
+  c.train.rows = 4  # Trajectories per microbatch.
+  c.train.patch_budget = 512  # 4 rows x 2 images of up to 64 patches.
   c.train.max_images = 16
   c.train.compute_dtype = "float32"  # Full precision on CPU, nothing rematerialised, the loss
-  c.train.remat = "none"         # ... over the 512-entry vocabulary at once.
+  c.train.remat = "none"  # ... over the 512-entry vocabulary at once.
   c.train.loss_chunk = 0
   c.train.checkpoint_every = 4
   c.train.keep_checkpoints = 2
   c.train.sigterm_grace_s = 0.0  # Wait for the round in flight.
   c.train.save_rollouts = 4
 
-  c.eval.every = 4               # Held-out rollouts every 4 rounds, before training and at the end:
-  c.eval.size = 16               # ... 16 synthetic prompts,
-  c.eval.samples = 2             # ... 2 trajectories each.
+  c.eval.every = 4  # Held-out rollouts every 4 rounds, before training and at the end:
+  c.eval.size = 16  # ... 16 synthetic prompts,
+  c.eval.samples = 2  # ... 2 trajectories each.
 
-  c.mesh.num_devices = 1         # The toy model on one device; a real recipe uses them all (0).
+  c.mesh.num_devices = 1  # The toy model on one device; a real recipe uses them all (0).
   return c

@@ -13,24 +13,24 @@ from configs import base_sft, common
 
 def get_config():
   c = base_sft.recipe()
-  c.model.path = ""              # An HF checkpoint directory; empty: a random `preset`.
+  c.model.path = ""  # An HF checkpoint directory; empty: a random `preset`.
   common.tiny_model(c, "qwen2_5_vl_tiny", max_pixels=28 * 28 * 16)
   c.data.min_pixels = 28 * 28 * 4  # Images of 4 to 16 tokens of 28 x 28 pixels.
-  c.data.synthetic_size = 256    # Records.
+  c.data.synthetic_size = 256  # Records.
   c.data.num_epochs = 1
   c.data.buckets = (256, 512, 768)  # Padded sequence lengths; the largest is the cutoff.
-  c.data.batch_size = 4          # Rows of one microbatch.
-  c.data.patch_budget = 512      # Image patches per host and microbatch.
-  c.data.max_images = 8          # Images per host and microbatch.
-  c.data.workers = 0             # Build batches in the main process.
+  c.data.batch_size = 4  # Rows of one microbatch.
+  c.data.patch_budget = 512  # Image patches per host and microbatch.
+  c.data.max_images = 8  # Images per host and microbatch.
+  c.data.workers = 0  # Build batches in the main process.
 
-  c.optim.lr = 1e-3              # The toy model learns fast; the schedule is the recipe's.
+  c.optim.lr = 1e-3  # The toy model learns fast; the schedule is the recipe's.
 
   c.train.steps = 60
   c.train.grad_accum = 1
   c.train.compute_dtype = "float32"  # Full precision on CPU.
-  c.train.remat = "none"         # Nothing to save on a toy model,
-  c.train.loss_chunk = 0         # ... nor on its 512-entry vocabulary.
+  c.train.remat = "none"  # Nothing to save on a toy model,
+  c.train.loss_chunk = 0  # ... nor on its 512-entry vocabulary.
   c.train.log_every = 5
   c.train.checkpoint_every = 20
   c.train.keep_checkpoints = 2

@@ -69,11 +69,18 @@ SYNTHETIC = "synthetic"
 AS_PUBLISHED = ("mvtoolbench", "vstar", "hrbench4k", "hrbench8k")
 CONFIG_FILE = "eval_config.json"
 SMOKE_MAX_PIXELS = 28 * 28 * 64  # The tiny random model's images when data.max_pixels is 0.
-MOVED_FLAGS = {"batch": "rollout.slots", "temperature": "rollout.temperature", "seed": "seed",
-               "max_turns": "agent.max_turns", "max_total_tokens": "agent.max_total_tokens",
-               "tool_timeout_s": "agent.tool_timeout_s", "system_prompt": "agent.system_prompt",
-               "max_pixels": "data.max_pixels", "dtype": "model.param_dtype",
-               "executor_workers": "executor.workers"}
+MOVED_FLAGS = {
+  "batch": "rollout.slots",
+  "temperature": "rollout.temperature",
+  "seed": "seed",
+  "max_turns": "agent.max_turns",
+  "max_total_tokens": "agent.max_total_tokens",
+  "tool_timeout_s": "agent.tool_timeout_s",
+  "system_prompt": "agent.system_prompt",
+  "max_pixels": "data.max_pixels",
+  "dtype": "model.param_dtype",
+  "executor_workers": "executor.workers",
+}
 """Flags the eval binary had, and the config fields that replaced them."""
 
 
@@ -85,20 +92,27 @@ def default_transforms(suite: str) -> tuple[str, ...]:
   return ("none",) if suite in AS_PUBLISHED else orientation.TRANSFORMS
 
 
-def read_items(suite: str, data: str | None, *, limit: int = 0, synthetic_size: int = 24,
-               synthetic_kinds: Sequence[str] | None = None, synthetic_p_small: float = 0.5):
+def read_items(
+  suite: str,
+  data: str | None,
+  *,
+  limit: int = 0,
+  synthetic_size: int = 24,
+  synthetic_kinds: Sequence[str] | None = None,
+  synthetic_p_small: float = 0.5,
+):
   """(items, bad items) of the suite; raises EvalError for a missing or superfluous --data."""
   if suite == SYNTHETIC:
     if data:
-      raise EvalError(f"--data={data} was given with --suite=synthetic (the built-in benchmark); "
-                      f"name the suite of the file with --suite (one of {sorted(suites.SUITES)})")
+      raise EvalError(
+        f"--data={data} was given with --suite=synthetic (the built-in benchmark); "
+        f"name the suite of the file with --suite (one of {sorted(suites.SUITES)})"
+      )
     n = min(synthetic_size, limit) if limit else synthetic_size
     kinds = tuple(synthetic_kinds) if synthetic_kinds else None
-    return synthetic_suite.synthetic_items(n, p_small=synthetic_p_small,
-                                           **({"kinds": kinds} if kinds else {})), []
+    return synthetic_suite.synthetic_items(n, p_small=synthetic_p_small, **({"kinds": kinds} if kinds else {})), []
   if suite not in suites.SUITES:
-    raise EvalError(f"unknown --suite={suite!r}; choose from "
-                    f"{[SYNTHETIC] + sorted(suites.SUITES)}")
+    raise EvalError(f"unknown --suite={suite!r}; choose from {[SYNTHETIC] + sorted(suites.SUITES)}")
   if not data:
     raise EvalError(f"--suite={suite} reads its published file: pass --data=PATH")
   return suites.read_suite(suite, data, limit=limit)
@@ -111,24 +125,30 @@ def model_dir(checkpoint: str, out: str) -> tuple[str, int | None]:
     return checkpoint, None
   if os.path.isdir(layout.checkpoints(checkpoint)):
     from codevision_jax.runtime import export
+
     steps = export.checkpoint_steps(checkpoint)
     if not steps:
-      raise EvalError(f"--checkpoint={checkpoint}: no finished checkpoint in "
-                      f"{layout.checkpoints(checkpoint)}")
+      raise EvalError(f"--checkpoint={checkpoint}: no finished checkpoint in {layout.checkpoints(checkpoint)}")
     target = os.path.join(out, "model")
     stamp = os.path.join(out, "model.step")
-    if not (os.path.exists(os.path.join(target, "config.json")) and os.path.exists(stamp)
-            and open(stamp).read().strip() == str(steps[-1])):
+    if not (
+      os.path.exists(os.path.join(target, "config.json"))
+      and os.path.exists(stamp)
+      and open(stamp).read().strip() == str(steps[-1])
+    ):
       if os.path.exists(target):
         import shutil
+
         shutil.rmtree(target)
       log.info("exporting step %d of %s to %s", steps[-1], checkpoint, target)
       export.export_run(checkpoint, target, step=steps[-1])
       with open(stamp, "w") as f:
         f.write(str(steps[-1]))
     return target, steps[-1]
-  raise EvalError(f"--checkpoint={checkpoint}: neither an HF checkpoint directory (with "
-                  "config.json) nor a launch.sft / launch.rl workdir (with checkpoints/)")
+  raise EvalError(
+    f"--checkpoint={checkpoint}: neither an HF checkpoint directory (with "
+    "config.json) nor a launch.sft / launch.rl workdir (with checkpoints/)"
+  )
 
 
 def _check_resume(out: str, request: dict) -> None:
@@ -137,11 +157,12 @@ def _check_resume(out: str, request: dict) -> None:
   if os.path.exists(path):
     with open(path) as f:
       before = json.load(f)
-    changed = [f"{k}: {before.get(k)!r} -> {request[k]!r}" for k in request
-               if before.get(k) != request[k]]
+    changed = [f"{k}: {before.get(k)!r} -> {request[k]!r}" for k in request if before.get(k) != request[k]]
     if changed:
-      raise EvalError(f"{out} holds results of a different eval ({', '.join(changed)}); pass a "
-                      f"new --out, or delete {out} to start over")
+      raise EvalError(
+        f"{out} holds results of a different eval ({', '.join(changed)}); pass a "
+        f"new --out, or delete {out} to start over"
+      )
   os.makedirs(out, exist_ok=True)
   with open(path, "w") as f:
     json.dump(request, f, indent=2)
@@ -151,6 +172,7 @@ def _check_resume(out: str, request: dict) -> None:
 class EvalSettings:
   """What one eval run asks for: the rollout config (`config`: model, sampler, agent limits; see
   the module docstring) and the binary's flags (the suite, the cases, where the services are)."""
+
   config: Any = None  # the rollout config (configs/orientation_eval.py's get_config()); required
   suite: str = SYNTHETIC
   data: str | None = None  # the suite's published file (not for synthetic)
@@ -177,14 +199,22 @@ class EvalSettings:
     into the config raises EvalError naming its field."""
     moved = [f"--{k} is now --config.{v}" for k, v in MOVED_FLAGS.items() if f[k].present]
     if moved:
-      raise EvalError("the agent and sampler settings come from the rollout config: "
-                      + "; ".join(moved))
+      raise EvalError("the agent and sampler settings come from the rollout config: " + "; ".join(moved))
     return cls(
-        config=f.config, suite=f.suite, data=f.data, checkpoint=f.checkpoint,
-        transforms=f.transforms, tools=("on", "off") if f.tools == "both" else (f.tools,),
-        limit=f.limit, executor_urls=f.executor or (), judge_url=f.judge or "",
-        judge_model=f.judge_model, synthetic_size=f.synthetic_size,
-        synthetic_kinds=f.synthetic_kinds, synthetic_p_small=f.synthetic_p_small)
+      config=f.config,
+      suite=f.suite,
+      data=f.data,
+      checkpoint=f.checkpoint,
+      transforms=f.transforms,
+      tools=("on", "off") if f.tools == "both" else (f.tools,),
+      limit=f.limit,
+      executor_urls=f.executor or (),
+      judge_url=f.judge or "",
+      judge_model=f.judge_model,
+      synthetic_size=f.synthetic_size,
+      synthetic_kinds=f.synthetic_kinds,
+      synthetic_p_small=f.synthetic_p_small,
+    )
 
 
 def evaluate(out: str, settings: EvalSettings | None = None, **fields) -> dict:
@@ -193,8 +223,10 @@ def evaluate(out: str, settings: EvalSettings | None = None, **fields) -> dict:
   (default `EvalSettings()`) by name: `evaluate(out, suite="vstar", data=path)`."""
   s = dataclasses.replace(settings or EvalSettings(), **fields)
   if s.config is None:
-    raise EvalError("no rollout config: pass EvalSettings(config=...), e.g. the get_config() of "
-                    "configs/orientation_eval.py (python -m evals.orientation loads it by default)")
+    raise EvalError(
+      "no rollout config: pass EvalSettings(config=...), e.g. the get_config() of "
+      "configs/orientation_eval.py (python -m evals.orientation loads it by default)"
+    )
   t0 = time.perf_counter()
   items, bad = _usable_items(out, s)
   cases = runner.make_cases(items, s.transforms_asked, tuple(s.tools))
@@ -207,18 +239,30 @@ def evaluate(out: str, settings: EvalSettings | None = None, **fields) -> dict:
     stats = _run(out, s, cfg, todo, total=len(cases))
   report = _write_report(out, s, items, bad, cases, stats, step)
   report["run"] = {**dataclasses.asdict(stats), "wall_s": time.perf_counter() - t0}
-  report["paths"] = {k: os.path.join(out, f) for k, f in (
-      ("html", "report.html"), ("markdown", "report.md"), ("json", "report.json"),
-      ("results", runner.RESULTS), ("bad_items", "bad_items.jsonl"))}
+  report["paths"] = {
+    k: os.path.join(out, f)
+    for k, f in (
+      ("html", "report.html"),
+      ("markdown", "report.md"),
+      ("json", "report.json"),
+      ("results", runner.RESULTS),
+      ("bad_items", "bad_items.jsonl"),
+    )
+  }
   return report
 
 
 def _usable_items(out: str, s: EvalSettings):
   """(items, bad items) of the suite, the bad ones listed in <out>/bad_items.jsonl and the first
   ten logged; raises EvalError when no item is usable."""
-  items, bad = read_items(s.suite, s.data, limit=s.limit, synthetic_size=s.synthetic_size,
-                          synthetic_kinds=s.synthetic_kinds,
-                          synthetic_p_small=s.synthetic_p_small)
+  items, bad = read_items(
+    s.suite,
+    s.data,
+    limit=s.limit,
+    synthetic_size=s.synthetic_size,
+    synthetic_kinds=s.synthetic_kinds,
+    synthetic_p_small=s.synthetic_p_small,
+  )
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "bad_items.jsonl"), "w") as f:
     for b in bad:
@@ -226,20 +270,29 @@ def _usable_items(out: str, s: EvalSettings):
   for b in bad[:10]:
     log.warning("bad item, left out and counted: %s:%d: %s", b.file, b.row, b.reason)
   if not items:
-    raise EvalError(f"0 usable items in {s.data or s.suite} ({len(bad)} bad, listed in "
-                    f"{os.path.join(out, 'bad_items.jsonl')})")
+    raise EvalError(
+      f"0 usable items in {s.data or s.suite} ({len(bad)} bad, listed in {os.path.join(out, 'bad_items.jsonl')})"
+    )
   return items, bad
 
 
 def _request(s: EvalSettings, cfg, step: int | None) -> dict:
   """What a resumed eval must share with the results already in --out (`_check_resume`)."""
-  return {"suite": s.suite, "data": os.path.abspath(s.data) if s.data else None,
-          "checkpoint": os.path.abspath(s.checkpoint) if s.checkpoint else None,
-          "checkpoint_step": step, "agent": dataclasses.asdict(rollouts.agent_config(cfg)),
-          "max_pixels": cfg.data.max_pixels, "dtype": cfg.model.param_dtype,
-          "temperature": cfg.rollout.temperature, "seed": cfg.seed, "judge": s.judge_url or None,
-          "synthetic": ({"kinds": list(s.synthetic_kinds or ()), "p_small": s.synthetic_p_small}
-                        if s.suite == SYNTHETIC else None)}
+  return {
+    "suite": s.suite,
+    "data": os.path.abspath(s.data) if s.data else None,
+    "checkpoint": os.path.abspath(s.checkpoint) if s.checkpoint else None,
+    "checkpoint_step": step,
+    "agent": dataclasses.asdict(rollouts.agent_config(cfg)),
+    "max_pixels": cfg.data.max_pixels,
+    "dtype": cfg.model.param_dtype,
+    "temperature": cfg.rollout.temperature,
+    "seed": cfg.seed,
+    "judge": s.judge_url or None,
+    "synthetic": (
+      {"kinds": list(s.synthetic_kinds or ()), "p_small": s.synthetic_p_small} if s.suite == SYNTHETIC else None
+    ),
+  }
 
 
 def rollout_config(s: EvalSettings, hf_dir: str | None):
@@ -264,22 +317,30 @@ def _run(out: str, s: EvalSettings, cfg, todo, *, total: int) -> runner.RunStats
   with a progress bar over all `total` cases. The executor (a local one when --executor is not
   given) is checked before the model loads, when a case uses the tool."""
   needed = any(c.tools == "on" for c in todo)
-  with rollouts.executor_services(s.executor_urls, workers=cfg.executor.workers,
-                                  setting="--executor", needed=needed) as urls:
+  with rollouts.executor_services(
+    s.executor_urls, workers=cfg.executor.workers, setting="--executor", needed=needed
+  ) as urls:
     tokenizer, model, settings = rollouts.model_parts(cfg, out)
     policy = rollouts.build_policy(cfg, model, tokenizer, rules=run_setup.mesh_rules(cfg.mesh))
-    bar = tqdm.tqdm(total=total, initial=total - len(todo), desc=f"eval {s.suite}", unit="case",
-                    disable=not s.progress)
+    bar = tqdm.tqdm(total=total, initial=total - len(todo), desc=f"eval {s.suite}", unit="case", disable=not s.progress)
 
     async def go():
       async with contextlib.AsyncExitStack() as a:
-        client = (await a.enter_async_context(ExecutorClient(urls, setting="--executor"))
-                  if urls else None)
+        client = await a.enter_async_context(ExecutorClient(urls, setting="--executor")) if urls else None
         judge = await a.enter_async_context(rollouts.judge(cfg))
-        return await runner.run_cases(todo, out, policy=policy, tokenizer=tokenizer,
-                                      client=client, settings=settings,
-                                      agent=rollouts.agent_config(cfg), judge=judge,
-                                      chunk=max(cfg.rollout.slots * 4, 16), on_scored=bar.update)
+        return await runner.run_cases(
+          todo,
+          out,
+          policy=policy,
+          tokenizer=tokenizer,
+          client=client,
+          settings=settings,
+          agent=rollouts.agent_config(cfg),
+          judge=judge,
+          chunk=max(cfg.rollout.slots * 4, 16),
+          on_scored=bar.update,
+        )
+
     stats = asyncio.run(go())
     bar.close()
   return stats
@@ -291,37 +352,44 @@ def _model_name(s: EvalSettings, step: int | None) -> str:
   return f"{s.checkpoint}" + (f" (step {step})" if step is not None else "")
 
 
-def _notes(s: EvalSettings, items, bad, cases, results, stats: runner.RunStats,
-           model_name: str) -> list[str]:
+def _notes(s: EvalSettings, items, bad, cases, results, stats: runner.RunStats, model_name: str) -> list[str]:
   """The report's notes: what was run, how it was scored, and what is missing or not measured."""
   notes = [
-      f"model: {model_name}; suite {s.suite} ({len(items)} items, {len(bad)} bad and left out); "
-      f"transforms {', '.join(s.transforms_asked)}; tools {', '.join(s.tools)}",
-      ("scoring: the answer rule, then the LLM judge at " + s.judge_url) if s.judge_url else
-      "scoring: rule-only (no --judge): answers the rule does not match count as wrong",
+    f"model: {model_name}; suite {s.suite} ({len(items)} items, {len(bad)} bad and left out); "
+    f"transforms {', '.join(s.transforms_asked)}; tools {', '.join(s.tools)}",
+    ("scoring: the answer rule, then the LLM judge at " + s.judge_url)
+    if s.judge_url
+    else "scoring: rule-only (no --judge): answers the rule does not match count as wrong",
   ] + list(s.notes)
   if not s.checkpoint:
     notes.append("random weights: a smoke test of the pipeline, not a measurement")
   if stats.executor_failures:
-    notes.append(f"{stats.executor_failures} case(s) not scored: the executor could not be "
-                 "reached; rerun the same command to retry them")
+    notes.append(
+      f"{stats.executor_failures} case(s) not scored: the executor could not be "
+      "reached; rerun the same command to retry them"
+    )
   if len(results) < len(cases):
     notes.append(f"{len(cases) - len(results)} of {len(cases)} cases have no result yet")
   return notes
 
 
-def _write_report(out: str, s: EvalSettings, items, bad, cases, stats: runner.RunStats,
-                  step: int | None) -> dict:
+def _write_report(out: str, s: EvalSettings, items, bad, cases, stats: runner.RunStats, step: int | None) -> dict:
   """Writes report.json, report.md and report.html of this eval's cases in `out`."""
   keys = {c.key for c in cases}
   results = [r for k, r in runner.load_results(out).items() if k in keys]
   model_name = _model_name(s, step)
-  meta = {"model": model_name, "suite": s.suite, "data": s.data,
-          "transforms": list(s.transforms_asked), "tools": list(s.tools), "items": len(items),
-          "cases": len(cases), "judge": s.judge_url or None,
-          "notes": _notes(s, items, bad, cases, results, stats, model_name)}
-  return report_lib.write_report(out, results, meta=meta,
-                                 bad_items=[dataclasses.asdict(b) for b in bad])
+  meta = {
+    "model": model_name,
+    "suite": s.suite,
+    "data": s.data,
+    "transforms": list(s.transforms_asked),
+    "tools": list(s.tools),
+    "items": len(items),
+    "cases": len(cases),
+    "judge": s.judge_url or None,
+    "notes": _notes(s, items, bad, cases, results, stats, model_name),
+  }
+  return report_lib.write_report(out, results, meta=meta, bad_items=[dataclasses.asdict(b) for b in bad])
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -330,18 +398,23 @@ def summary_lines(report: dict) -> list[str]:
   for suite, modes in report["suites"].items():
     for mode, m in modes.items():
       by = ", ".join(f"{t} {100 * x['accuracy']:.1f}" for t, x in m["by_transform"].items())
-      lines.append(f"   {suite}, tools {mode}: average {100 * m['average_accuracy']:.1f}% "
-                   f"({by}); {m['all']['tool_calls_per_trajectory']:.2f} calls per trajectory")
+      lines.append(
+        f"   {suite}, tools {mode}: average {100 * m['average_accuracy']:.1f}% "
+        f"({by}); {m['all']['tool_calls_per_trajectory']:.2f} calls per trajectory"
+      )
   for note in report["meta"]["notes"]:
     lines.append(f"   note: {note}")
-  lines.append(f"   report: {report['paths']['html']} (open in a browser), "
-               f"{report['paths']['markdown']}, {report['paths']['json']}")
+  lines.append(
+    f"   report: {report['paths']['html']} (open in a browser), "
+    f"{report['paths']['markdown']}, {report['paths']['json']}"
+  )
   return lines
 
 
 def main(argv):
   del argv
   from absl import flags
+
   f = flags.FLAGS
   logging.getLogger().setLevel(logging.INFO)
   run_setup.quiet_orbax(f.orbax_logs)
@@ -350,8 +423,10 @@ def main(argv):
     report = evaluate(out, EvalSettings.from_flags(f))
   except EvalError as e:
     raise SystemExit(f"error: {e}")
-  print(f"== eval done in {report['run']['wall_s']:.0f} s: {report['run']['scored']} cases "
-        f"scored now, {report['run']['skipped']} from an earlier run")
+  print(
+    f"== eval done in {report['run']['wall_s']:.0f} s: {report['run']['scored']} cases "
+    f"scored now, {report['run']['skipped']} from an earlier run"
+  )
   print("\n".join(summary_lines(report)))
 
 
@@ -365,37 +440,58 @@ def define_flags():
   from ml_collections import config_flags
 
   from launch import errors
+
   try:  # The default config takes the command line's --config.FIELD overrides as it is defined.
-    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "The rollout config: model, "
-                                    "sampler (rollout.*), agent limits (agent.*); see the module "
-                                    "docstring.", lock_config=False)
+    config_flags.DEFINE_config_file(
+      "config",
+      DEFAULT_CONFIG,
+      "The rollout config: model, sampler (rollout.*), agent limits (agent.*); see the module docstring.",
+      lock_config=False,
+    )
   except (AttributeError, KeyError):  # One naming no field: one line, exit 2.
     message = errors._bad_override(sys.argv, DEFAULT_CONFIG)  # noqa: SLF001
-    print(f"evals.orientation: error: {message or 'a --config.FIELD override does not apply'}; "
-          "`evals.orientation --help` lists every field", file=sys.stderr, flush=True)
+    print(
+      f"evals.orientation: error: {message or 'a --config.FIELD override does not apply'}; "
+      "`evals.orientation --help` lists every field",
+      file=sys.stderr,
+      flush=True,
+    )
     sys.exit(2)
-  flags.DEFINE_string("checkpoint", None, "HF checkpoint directory or training workdir "
-                      "(default: the config's model, the tiny random one).")
-  flags.DEFINE_string("suite", SYNTHETIC, "synthetic, ocrbench, chartqapro, mvtoolbench, vstar, "
-                      "hrbench4k or hrbench8k.")
+  flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "HF checkpoint directory or training workdir (default: the config's model, the tiny random one).",
+  )
+  flags.DEFINE_string(
+    "suite", SYNTHETIC, "synthetic, ocrbench, chartqapro, mvtoolbench, vstar, hrbench4k or hrbench8k."
+  )
   flags.DEFINE_string("data", None, "The suite's published file (not for synthetic).")
-  flags.DEFINE_string("out", None, "Output directory (default: a new one under /tmp); rerun "
-                      "with the same --out to resume.")
-  flags.DEFINE_enum("tools", "both", ["on", "off", "both"], "With the code tool, without "
-                    "(the no-tool baseline), or both.")
-  flags.DEFINE_list("transforms", None, "Transforms to ask each item under (default: upright "
-                    "and all five; as published for mvtoolbench, vstar, hrbench).")
+  flags.DEFINE_string(
+    "out", None, "Output directory (default: a new one under /tmp); rerun with the same --out to resume."
+  )
+  flags.DEFINE_enum(
+    "tools", "both", ["on", "off", "both"], "With the code tool, without (the no-tool baseline), or both."
+  )
+  flags.DEFINE_list(
+    "transforms",
+    None,
+    "Transforms to ask each item under (default: upright and all five; as published for mvtoolbench, vstar, hrbench).",
+  )
   flags.DEFINE_integer("limit", 0, "Only the first N items (0: all).")
-  flags.DEFINE_list("executor", None, "Executor service URLs (default: start a local one of "
-                    "--config.executor.workers workers).")
-  flags.DEFINE_string("judge", None, "OpenAI-compatible endpoint of the LLM judge, e.g. "
-                      "http://judge:8000/v1 (default: rule-only scoring).")
+  flags.DEFINE_list(
+    "executor", None, "Executor service URLs (default: start a local one of --config.executor.workers workers)."
+  )
+  flags.DEFINE_string(
+    "judge",
+    None,
+    "OpenAI-compatible endpoint of the LLM judge, e.g. http://judge:8000/v1 (default: rule-only scoring).",
+  )
   flags.DEFINE_string("judge_model", "judge", "The judge endpoint's model name.")
   flags.DEFINE_integer("synthetic_size", 24, "Items of the built-in synthetic suite.")
-  flags.DEFINE_list("synthetic_kinds", None, "Only these synthetic kinds (word, number, arrow, "
-                    "chart).")
-  flags.DEFINE_float("synthetic_p_small", 0.5, "Share of synthetic items whose card is small on a "
-                     "busy canvas (a crop is needed).")
+  flags.DEFINE_list("synthetic_kinds", None, "Only these synthetic kinds (word, number, arrow, chart).")
+  flags.DEFINE_float(
+    "synthetic_p_small", 0.5, "Share of synthetic items whose card is small on a busy canvas (a crop is needed)."
+  )
   flags.DEFINE_bool("orbax_logs", False, "Show Orbax's and JAX's INFO log lines.")
   for name, field in MOVED_FLAGS.items():  # Refused with the field that replaced each.
     flags.DEFINE_string(name, None, f"Moved: --config.{field}.")
@@ -403,5 +499,6 @@ def define_flags():
 
 if __name__ == "__main__":
   from launch import errors
+
   define_flags()
   errors.run(main, default_config=DEFAULT_CONFIG)

@@ -48,10 +48,16 @@ def aggregate(results: Sequence[dict]) -> dict:
       rs = [r for r in results if r["suite"] == suite and r["tools"] == mode]
       if not rs:
         continue
-      by = {t: metrics([r for r in rs if r["transform"] == t]) for t in orientation.TRANSFORMS
-            if any(r["transform"] == t for r in rs)}
-      out[suite][mode] = {"by_transform": by, "all": metrics(rs),
-                          "average_accuracy": _mean(m["accuracy"] for m in by.values())}
+      by = {
+        t: metrics([r for r in rs if r["transform"] == t])
+        for t in orientation.TRANSFORMS
+        if any(r["transform"] == t for r in rs)
+      }
+      out[suite][mode] = {
+        "by_transform": by,
+        "all": metrics(rs),
+        "average_accuracy": _mean(m["accuracy"] for m in by.values()),
+      }
   return out
 
 
@@ -64,23 +70,44 @@ def suite_table(suite: str, modes: dict) -> tuple[str, list[str], list[list]]:
   and the tool statistics of the run with it."""
   on, off = modes.get("on"), modes.get("off")
   transforms = list((on or off)["by_transform"])
-  header = ["transform", "accuracy % (tools on)", "accuracy % (tools off)", "n",
-            "tool calls / trajectory", "trajectories with calls %", "tool error rate %",
-            "mean turns"]
+  header = [
+    "transform",
+    "accuracy % (tools on)",
+    "accuracy % (tools off)",
+    "n",
+    "tool calls / trajectory",
+    "trajectories with calls %",
+    "tool error rate %",
+    "mean turns",
+  ]
   rows = []
   for t in transforms:
     m_on = on["by_transform"].get(t) if on else None
     m_off = off["by_transform"].get(t) if off else None
-    rows.append([t, _pct(m_on and m_on["accuracy"]), _pct(m_off and m_off["accuracy"]),
-                 (m_on or m_off)["trajectories"],
-                 m_on and m_on["tool_calls_per_trajectory"],
-                 _pct(m_on and m_on["tool_use_rate"]),
-                 _pct(m_on and m_on["tool_error_rate"]), (m_on or m_off)["turns"]])
-  rows.append([f"average over {len(transforms)} transform(s)",
-               _pct(on and on["average_accuracy"]), _pct(off and off["average_accuracy"]),
-               (on or off)["all"]["trajectories"], on and on["all"]["tool_calls_per_trajectory"],
-               _pct(on and on["all"]["tool_use_rate"]),
-               _pct(on and on["all"]["tool_error_rate"]), (on or off)["all"]["turns"]])
+    rows.append(
+      [
+        t,
+        _pct(m_on and m_on["accuracy"]),
+        _pct(m_off and m_off["accuracy"]),
+        (m_on or m_off)["trajectories"],
+        m_on and m_on["tool_calls_per_trajectory"],
+        _pct(m_on and m_on["tool_use_rate"]),
+        _pct(m_on and m_on["tool_error_rate"]),
+        (m_on or m_off)["turns"],
+      ]
+    )
+  rows.append(
+    [
+      f"average over {len(transforms)} transform(s)",
+      _pct(on and on["average_accuracy"]),
+      _pct(off and off["average_accuracy"]),
+      (on or off)["all"]["trajectories"],
+      on and on["all"]["tool_calls_per_trajectory"],
+      _pct(on and on["all"]["tool_use_rate"]),
+      _pct(on and on["all"]["tool_error_rate"]),
+      (on or off)["all"]["turns"],
+    ]
+  )
   return suite, header, rows
 
 
@@ -88,8 +115,11 @@ def published_table(suite: str) -> tuple[str, list[str], list[list]] | None:
   """The paper's numbers for `suite`, labelled as published."""
   if suite not in PUBLISHED:
     return None
-  return (f"{suite}: published (CodeVision paper, full benchmark, not this run)",
-          ["model", "setting", "accuracy %"], [list(row) for row in PUBLISHED[suite]])
+  return (
+    f"{suite}: published (CodeVision paper, full benchmark, not this run)",
+    ["model", "setting", "accuracy %"],
+    [list(row) for row in PUBLISHED[suite]],
+  )
 
 
 def _markdown_table(header, rows) -> str:
@@ -97,6 +127,7 @@ def _markdown_table(header, rows) -> str:
     if v is None:
       return "–"
     return f"{v:.3f}" if isinstance(v, float) and not float(v).is_integer() else str(v)
+
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
   return "\n".join(lines)
@@ -105,6 +136,7 @@ def _markdown_table(header, rows) -> str:
 def plots(suites: dict) -> list[tuple[str, bytes]]:
   """PNG plots: accuracy by transform with and without tools, and tool usage."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -122,8 +154,9 @@ def plots(suites: dict) -> list[tuple[str, bytes]]:
     width = 0.8 / len(modes)
     for k, (mode, m) in enumerate(sorted(modes.items())):
       acc = [100 * (m["by_transform"].get(t, {}).get("accuracy") or 0) for t in transforms]
-      ax.bar([i + (k - (len(modes) - 1) / 2) * width for i in range(len(transforms))], acc, width,
-             label=_MODE_LABEL[mode])
+      ax.bar(
+        [i + (k - (len(modes) - 1) / 2) * width for i in range(len(transforms))], acc, width, label=_MODE_LABEL[mode]
+      )
     ax.set_xticks(range(len(transforms)), [t.replace("_", "\n") for t in transforms], fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy %")
@@ -136,11 +169,13 @@ def plots(suites: dict) -> list[tuple[str, bytes]]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for suite, m in with_tools.items():
       transforms = list(m["by_transform"])
-      axes[0].plot(range(len(transforms)),
-                   [m["by_transform"][t]["tool_calls_per_trajectory"] for t in transforms],
-                   marker="o", label=suite)
-      axes[0].set_xticks(range(len(transforms)), [t.replace("_", "\n") for t in transforms],
-                         fontsize=8)
+      axes[0].plot(
+        range(len(transforms)),
+        [m["by_transform"][t]["tool_calls_per_trajectory"] for t in transforms],
+        marker="o",
+        label=suite,
+      )
+      axes[0].set_xticks(range(len(transforms)), [t.replace("_", "\n") for t in transforms], fontsize=8)
     axes[0].set_ylabel("tool calls per trajectory")
     axes[0].legend(fontsize=8)
     ops = collections.Counter()
@@ -154,13 +189,16 @@ def plots(suites: dict) -> list[tuple[str, bytes]]:
   return out
 
 
-def write_report(out: str, results: Sequence[dict], *, meta: dict,
-                 bad_items: Sequence[dict] = ()) -> dict:
+def write_report(out: str, results: Sequence[dict], *, meta: dict, bad_items: Sequence[dict] = ()) -> dict:
   """Writes report.json, report.md and report.html under `out`; returns the report."""
   suites = aggregate(results)
   bad = collections.Counter(b["suite"] for b in bad_items)
-  report = {"meta": meta, "bad_items": dict(bad), "suites": suites,
-            "published": {s: PUBLISHED[s] for s in suites if s in PUBLISHED}}
+  report = {
+    "meta": meta,
+    "bad_items": dict(bad),
+    "suites": suites,
+    "published": {s: PUBLISHED[s] for s in suites if s in PUBLISHED},
+  }
   with open(os.path.join(out, "report.json"), "w") as f:
     json.dump(report, f, indent=2)
 
@@ -173,21 +211,31 @@ def write_report(out: str, results: Sequence[dict], *, meta: dict,
   notes = list(meta.get("notes", ()))
   lines = [f"# Eval report: {meta.get('model', '')}", ""] + [f"- {n}" for n in notes] + [""]
   for suite, modes in suites.items():
-    lines.append(f"## {suite} ({bad.get(suite, 0)} bad item(s) left out, listed in "
-                 "bad_items.jsonl)\n")
+    lines.append(f"## {suite} ({bad.get(suite, 0)} bad item(s) left out, listed in bad_items.jsonl)\n")
     lines.append(_markdown_table(*suite_table(suite, modes)[1:]) + "\n")
     for mode, m in modes.items():
-      lines.append(f"- {_MODE_LABEL[mode]}: finish reasons (share of trajectories) "
-                   f"{m['all']['finish']}; operations {m['all']['ops'] or 'none'}")
+      lines.append(
+        f"- {_MODE_LABEL[mode]}: finish reasons (share of trajectories) "
+        f"{m['all']['finish']}; operations {m['all']['ops'] or 'none'}"
+      )
     published = published_table(suite)
     if published:
-      lines += ["", "Published (CodeVision paper, the full benchmark; not measured by this run):",
-                "", _markdown_table(*published[1:])]
+      lines += [
+        "",
+        "Published (CodeVision paper, the full benchmark; not measured by this run):",
+        "",
+        _markdown_table(*published[1:]),
+      ]
     lines.append("")
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write("\n".join(lines))
 
-  viewer.render(os.path.join(out, "report.html"),
-                title=f"Eval report: {meta.get('model', '')}", trajectories=list(results),
-                tables=tables, plots=plots(suites) if suites else (), notes=notes)
+  viewer.render(
+    os.path.join(out, "report.html"),
+    title=f"Eval report: {meta.get('model', '')}",
+    trajectories=list(results),
+    tables=tables,
+    plots=plots(suites) if suites else (),
+    notes=notes,
+  )
   return report

@@ -49,6 +49,7 @@ _ORIENTATION_OPS = {t for t in orientation.TRANSFORMS if t != "none"}
 @dataclasses.dataclass(frozen=True)
 class Case:
   """One item asked under one transform, with the tool on or off."""
+
   item: EvalItem
   transform: str
   tools: str
@@ -58,8 +59,7 @@ class Case:
     return f"{self.item.suite}/{self.item.id}/{self.transform}/{self.tools}"
 
 
-def make_cases(items: Sequence[EvalItem], transforms: Sequence[str], tools: Sequence[str]
-               ) -> list[Case]:
+def make_cases(items: Sequence[EvalItem], transforms: Sequence[str], tools: Sequence[str]) -> list[Case]:
   """Every (item, transform, tools) triple, tools modes outermost (each mode runs as a block).
 
   An item whose published required transforms already include an orientation change (an
@@ -71,24 +71,32 @@ def make_cases(items: Sequence[EvalItem], transforms: Sequence[str], tools: Sequ
   bad = [t for t in tools if t not in TOOL_MODES]
   if bad:
     raise ValueError(f"unknown tools mode(s) {bad}; choose from {list(TOOL_MODES)}")
-  return [Case(item, t, mode) for mode in tools for item in items for t in transforms
-          if t == "none" or not _ORIENTATION_OPS & set(item.required_transforms)]
+  return [
+    Case(item, t, mode)
+    for mode in tools
+    for item in items
+    for t in transforms
+    if t == "none" or not _ORIENTATION_OPS & set(item.required_transforms)
+  ]
 
 
 def case_record(case: Case) -> records_lib.Conversation:
   """The conversation record of a case: the item's image under its transform, the question."""
   item, t = case.item, case.transform
   image = records_lib.load_image(item.image)
-  box = None if item.target_box is None else orientation.transform_box(item.target_box, t,
-                                                                       image.size)
+  box = None if item.target_box is None else orientation.transform_box(item.target_box, t, image.size)
   answers = list(item.answers)
   return records_lib.Conversation(
-      messages=[{"role": "user", "content": f"{code_tool.IMAGE_PLACEHOLDER}\n{item.question}"}],
-      images=[records_lib.png_bytes(orientation.apply_transform(image, t))],
-      ground_truth=answers[0] if len(answers) == 1 else answers,
-      required_transforms=list(item.required_transforms) + ([t] if t != "none" else []),
-      target_box=box, question=item.question, answer=answers[0], data_source=item.suite,
-      origin=f"{item.source} ({t}, tools {case.tools})")
+    messages=[{"role": "user", "content": f"{code_tool.IMAGE_PLACEHOLDER}\n{item.question}"}],
+    images=[records_lib.png_bytes(orientation.apply_transform(image, t))],
+    ground_truth=answers[0] if len(answers) == 1 else answers,
+    required_transforms=list(item.required_transforms) + ([t] if t != "none" else []),
+    target_box=box,
+    question=item.question,
+    answer=answers[0],
+    data_source=item.suite,
+    origin=f"{item.source} ({t}, tools {case.tools})",
+  )
 
 
 def agent_config(tools: str, agent: AgentConfig) -> AgentConfig:
@@ -118,8 +126,7 @@ def load_results(out: str) -> dict[str, dict]:
       except (json.JSONDecodeError, KeyError, TypeError):
         torn += 1
   if torn:
-    log.warning("%s: dropped %d unreadable line(s) (an interrupted write); those cases run again",
-                path, torn)
+    log.warning("%s: dropped %d unreadable line(s) (an interrupted write); those cases run again", path, torn)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
       f.writelines(lines)
     os.replace(path + ".tmp", path)
@@ -129,9 +136,16 @@ def load_results(out: str) -> dict[str, dict]:
 def _result(tokenizer, case: Case, traj: Trajectory, parts: dict) -> dict:
   name = file_name(case.key)
   record = transcript.transcript(tokenizer, traj, parts, image_name=name)
-  record.update(key=case.key, suite=case.item.suite, item=case.item.id, transform=case.transform,
-                tools=case.tools, category=case.item.category, source=case.item.source,
-                response_tokens=int(sum(traj.policy_mask)))
+  record.update(
+    key=case.key,
+    suite=case.item.suite,
+    item=case.item.id,
+    transform=case.transform,
+    tools=case.tools,
+    category=case.item.category,
+    source=case.item.source,
+    response_tokens=int(sum(traj.policy_mask)),
+  )
   return record
 
 
@@ -154,9 +168,19 @@ class RunStats:
   judge_fallbacks: int = 0
 
 
-async def run_cases(cases: Sequence[Case], out: str, *, policy, tokenizer, client, settings,
-                    agent: AgentConfig, judge=None, chunk: int = 64,
-                    on_scored: Callable[[int], None] | None = None) -> RunStats:
+async def run_cases(
+  cases: Sequence[Case],
+  out: str,
+  *,
+  policy,
+  tokenizer,
+  client,
+  settings,
+  agent: AgentConfig,
+  judge=None,
+  chunk: int = 64,
+  on_scored: Callable[[int], None] | None = None,
+) -> RunStats:
   """Runs and scores the cases not yet in `<out>/results.jsonl`, appending each chunk's results
   as soon as it is scored; `on_scored(n)` after each chunk (progress). Each case is its own group
   for the reward's group term (the reward weights are the defaults)."""
@@ -167,12 +191,17 @@ async def run_cases(cases: Sequence[Case], out: str, *, policy, tokenizer, clien
   for mode in TOOL_MODES:
     block = [c for c in todo if c.tools == mode]
     for start in range(0, len(block), chunk):
-      part = block[start:start + chunk]
-      ro = await rollouts.rollout(policy, [case_record(c) for c in part], tokenizer=tokenizer,
-                                  client=client, settings=settings,
-                                  agent=agent_config(mode, agent), judge=judge)
-      keep = [(c, t, p) for c, t, p in zip(part, ro.trajectories, ro.parts)
-              if not _executor_failed(t)]
+      part = block[start : start + chunk]
+      ro = await rollouts.rollout(
+        policy,
+        [case_record(c) for c in part],
+        tokenizer=tokenizer,
+        client=client,
+        settings=settings,
+        agent=agent_config(mode, agent),
+        judge=judge,
+      )
+      keep = [(c, t, p) for c, t, p in zip(part, ro.trajectories, ro.parts) if not _executor_failed(t)]
       stats.executor_failures += len(part) - len(keep)
       stats.judged += ro.scoring_stats.judged
       stats.judge_fallbacks += ro.scoring_stats.judge_fallbacks

@@ -537,8 +537,11 @@ def cell(value) -> str:
 
 def _table(heading: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:
   esc = html.escape
-  lines = [f"<h3>{esc(str(heading))}</h3>", '<table class="data">',
-           "<tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in header) + "</tr>"]
+  lines = [
+    f"<h3>{esc(str(heading))}</h3>",
+    '<table class="data">',
+    "<tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in header) + "</tr>",
+  ]
   for row in rows:
     tds = []
     for v in row:
@@ -551,23 +554,38 @@ def _table(heading: str, header: Sequence[str], rows: Sequence[Sequence]) -> str
 
 def _plot(caption: str, png: bytes) -> str:
   data = base64.b64encode(png).decode("ascii")
-  return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+  return (
+    f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+  )
 
 
-def page(*, title: str, trajectories: list[dict],
-         tables: Sequence[tuple[str, list[str], list[list]]] = (),
-         plots: Sequence[tuple[str, bytes]] = (), notes: Sequence[str] = ()) -> str:
+def page(
+  *,
+  title: str,
+  trajectories: list[dict],
+  tables: Sequence[tuple[str, list[str], list[list]]] = (),
+  plots: Sequence[tuple[str, bytes]] = (),
+  notes: Sequence[str] = (),
+) -> str:
   """The HTML text of `render`'s page."""
   esc = html.escape
-  parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-           f"<script>{_CAPTURE_JS}</script>",
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           f"<title>{esc(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
-           "<main>", f"<h1>{esc(title)}</h1>"]
+  parts = [
+    "<!DOCTYPE html>",
+    '<html lang="en">',
+    "<head>",
+    '<meta charset="utf-8">',
+    f"<script>{_CAPTURE_JS}</script>",
+    '<meta name="viewport" content="width=device-width, initial-scale=1">',
+    f"<title>{esc(title)}</title>",
+    f"<style>{_CSS}</style>",
+    "</head>",
+    "<body>",
+    "<main>",
+    f"<h1>{esc(title)}</h1>",
+  ]
   if notes:
-    parts.append('<section class="notes">' + "".join(f"<p>{esc(str(n))}</p>" for n in notes)
-                 + "</section>")
+    parts.append('<section class="notes">' + "".join(f"<p>{esc(str(n))}</p>" for n in notes) + "</section>")
   if tables:
     parts.append('<section class="tables"><h2>Tables</h2>')
     parts += [_table(*t) for t in tables]
@@ -576,17 +594,27 @@ def page(*, title: str, trajectories: list[dict],
     parts.append('<section class="plots"><h2>Plots</h2>')
     parts += [_plot(*p) for p in plots]
     parts.append("</section>")
-  parts += [_VIEWER_HTML, "</main>",
-            '<script type="application/json" id="trajectories">'
-            + script_json(_entries(trajectories)) + "</script>",
-            f"<script>{_VIEWER_JS}</script>", "</body>", "</html>", ""]
+  parts += [
+    _VIEWER_HTML,
+    "</main>",
+    '<script type="application/json" id="trajectories">' + script_json(_entries(trajectories)) + "</script>",
+    f"<script>{_VIEWER_JS}</script>",
+    "</body>",
+    "</html>",
+    "",
+  ]
   return "\n".join(parts)
 
 
-def render(path: str, *, title: str, trajectories: list[dict],
-           tables: Sequence[tuple[str, list[str], list[list]]] = (),
-           plots: Sequence[tuple[str, bytes]] = (),
-           notes: Sequence[str] = ()) -> str:
+def render(
+  path: str,
+  *,
+  title: str,
+  trajectories: list[dict],
+  tables: Sequence[tuple[str, list[str], list[list]]] = (),
+  plots: Sequence[tuple[str, bytes]] = (),
+  notes: Sequence[str] = (),
+) -> str:
   """Writes the HTML file `path` and returns it.
 
   `notes`: short plain-text paragraphs shown first. `tables`: (heading, header cells, rows);

@@ -29,30 +29,44 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
   defaults = Config()
-  p = argparse.ArgumentParser(prog="python -m executor", description=__doc__,
-                              formatter_class=_HelpFormatter)
+  p = argparse.ArgumentParser(prog="python -m executor", description=__doc__, formatter_class=_HelpFormatter)
   p.add_argument("--host", default="127.0.0.1", help="address to listen on")
   p.add_argument("--port", type=int, default=8700, help="port to listen on")
-  p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                 help="worker processes, each running one call at a time (this machine's CPU "
-                 "count)")
-  p.add_argument("--parent-pid", type=int, default=0,
-                 help="stop when this process is no longer the parent (it died; executor.local "
-                 "passes its own pid)")
-  p.add_argument("--parent-fd", type=int, default=-1,
-                 help="stop when this inherited file descriptor (the read end of the parent's "
-                 "pipe) reaches end-of-file")
-  p.add_argument("--parent-death-signal", action="store_true",
-                 help="with --parent-pid: ask the kernel for SIGTERM when the parent (the thread "
-                 "that started this process) exits (prctl PR_SET_PDEATHSIG)")
-  p.add_argument("--strict", action="store_true",
-                 help="refuse to start unless every isolation layer is active")
+  p.add_argument(
+    "--workers",
+    type=int,
+    default=os.cpu_count() or 1,
+    help="worker processes, each running one call at a time (this machine's CPU count)",
+  )
+  p.add_argument(
+    "--parent-pid",
+    type=int,
+    default=0,
+    help="stop when this process is no longer the parent (it died; executor.local passes its own pid)",
+  )
+  p.add_argument(
+    "--parent-fd",
+    type=int,
+    default=-1,
+    help="stop when this inherited file descriptor (the read end of the parent's pipe) reaches end-of-file",
+  )
+  p.add_argument(
+    "--parent-death-signal",
+    action="store_true",
+    help="with --parent-pid: ask the kernel for SIGTERM when the parent (the thread "
+    "that started this process) exits (prctl PR_SET_PDEATHSIG)",
+  )
+  p.add_argument("--strict", action="store_true", help="refuse to start unless every isolation layer is active")
   for field in dataclasses.fields(Config):
     if field.name == "workers":
       continue
-    p.add_argument("--" + field.name.replace("_", "-"), type=type(getattr(defaults, field.name)),
-                   default=getattr(defaults, field.name), help=field.metadata["help"],
-                   choices=field.metadata.get("choices"))
+    p.add_argument(
+      "--" + field.name.replace("_", "-"),
+      type=type(getattr(defaults, field.name)),
+      default=getattr(defaults, field.name),
+      help=field.metadata["help"],
+      choices=field.metadata.get("choices"),
+    )
   args = p.parse_args(argv)
   cfg = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
   if cfg.workers < 1:
@@ -63,11 +77,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Confi
 def set_parent_death_signal(parent_pid: int) -> None:
   """SIGTERM to this process when its parent exits; exits at once if it already has."""
   import ctypes  # pylint: disable=import-outside-toplevel
+
   libc = ctypes.CDLL(None, use_errno=True)
   PR_SET_PDEATHSIG = 1  # pylint: disable=invalid-name
   if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-    log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); the parent pid and pipe are still "
-                "watched", ctypes.get_errno())
+    log.warning(
+      "prctl(PR_SET_PDEATHSIG) failed (errno %d); the parent pid and pipe are still watched", ctypes.get_errno()
+    )
   if os.getppid() != parent_pid:  # The parent died before the prctl.
     log.error("the parent process %d is gone; not starting", parent_pid)
     sys.exit(1)
@@ -83,6 +99,7 @@ async def watch_parent(parent_pid: int, parent_fd: int, stop: asyncio.Event) -> 
       stop.set()
 
   if parent_fd >= 0:
+
     def readable() -> None:
       try:
         data = os.read(parent_fd, 4096)
@@ -91,6 +108,7 @@ async def watch_parent(parent_pid: int, parent_fd: int, stop: asyncio.Event) -> 
       if not data:
         loop.remove_reader(parent_fd)
         parent_gone(f"end of the parent's pipe (fd {parent_fd})")
+
     loop.add_reader(parent_fd, readable)
   while parent_pid and not stop.is_set():
     if os.getppid() != parent_pid:
@@ -106,8 +124,7 @@ async def serve(args: argparse.Namespace, cfg: Config) -> int:
   runner = web.AppRunner(app, access_log=None, handle_signals=False)
   await runner.setup()  # starts the workers and measures the isolation layers
   layers = service.pool.layers
-  log.info("isolation layers (%s):\n%s", service.pool.layer_details,
-           "\n".join(describe_layers(layers)))
+  log.info("isolation layers (%s):\n%s", service.pool.layer_details, "\n".join(describe_layers(layers)))
   missing = [name for name, on in layers.items() if not on]
   if missing and args.strict:
     log.error("--strict: refusing to start, inactive isolation layers: %s", ", ".join(missing))
@@ -130,8 +147,7 @@ async def serve(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                      stream=sys.stderr)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
   args, cfg = parse_args(argv)
   if args.parent_death_signal and args.parent_pid:
     set_parent_death_signal(args.parent_pid)

@@ -47,8 +47,10 @@ class CodeError(Exception):
 def _place_fds(req_fd: int, out_fd: int, res_fd: int, landlock_fd: int) -> int:
   """0 = request pipe, 1 and 2 = stdout pipe, 3 = result pipe, 4 = Landlock ruleset; closes the rest."""
   import fcntl  # pylint: disable=import-outside-toplevel
-  high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) if fd >= 0 else -1
-          for fd in (req_fd, out_fd, out_fd, res_fd, landlock_fd)]
+
+  high = [
+    fcntl.fcntl(fd, fcntl.F_DUPFD, 100) if fd >= 0 else -1 for fd in (req_fd, out_fd, out_fd, res_fd, landlock_fd)
+  ]
   for target, fd in enumerate(high):
     if fd >= 0:
       os.dup2(fd, target, inheritable=False)
@@ -74,8 +76,7 @@ def _error_dict(exc: BaseException, source_lines: list[str]) -> dict[str, Any]:
       message = "(the exception's message could not be read)"
   kind = "MemoryError" if isinstance(exc, MemoryError) else str(type(exc).__name__)
   if isinstance(exc, MemoryError):
-    message = (message + " " if message else "") + (
-        f"(the code needed more than its {_memory_mb} MiB of memory)")
+    message = (message + " " if message else "") + (f"(the code needed more than its {_memory_mb} MiB of memory)")
   message = _INTERNAL_PATH.sub("<library>", message)
   if len(message) > 1000:
     message = message[:1000] + "..."
@@ -98,8 +99,9 @@ def _decode_inputs(blobs: list[bytes]) -> list[Image.Image]:
     except MemoryError:
       raise CodeError("InputImageError", f"input image {i} is too large to decode") from None
     except Exception as e:  # pylint: disable=broad-except
-      raise CodeError("InputImageError",
-                      f"input image {i} is not a readable PNG or JPEG ({type(e).__name__})") from None
+      raise CodeError(
+        "InputImageError", f"input image {i} is not a readable PNG or JPEG ({type(e).__name__})"
+      ) from None
     images.append(im if im.mode == "RGB" else im.convert("RGB"))
   return images
 
@@ -112,8 +114,10 @@ def _to_image(obj: Any, i: int) -> Image.Image:
     if arr.ndim == 3 and arr.shape[2] == 1:
       arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-      raise CodeError("ResultError", f"result {i}: a numpy array must be HxW or HxWxC with C in "
-                      f"(1, 3, 4); got shape {tuple(arr.shape)}")
+      raise CodeError(
+        "ResultError",
+        f"result {i}: a numpy array must be HxW or HxWxC with C in (1, 3, 4); got shape {tuple(arr.shape)}",
+      )
     if arr.dtype == np.bool_:
       arr = arr.astype(np.uint8) * 255
     elif np.issubdtype(arr.dtype, np.floating):
@@ -122,8 +126,11 @@ def _to_image(obj: Any, i: int) -> Image.Image:
       arr = np.clip(arr, 0, 255).astype(np.uint8)
     im = Image.fromarray(np.ascontiguousarray(arr))
   else:
-    raise CodeError("ResultError", f"result {i} is a {type(obj).__name__}; set `result` to a PIL "
-                    "image, a numpy array (HxW or HxWxC, uint8 or float in [0, 1]) or a list of them")
+    raise CodeError(
+      "ResultError",
+      f"result {i} is a {type(obj).__name__}; set `result` to a PIL "
+      "image, a numpy array (HxW or HxWxC, uint8 or float in [0, 1]) or a list of them",
+    )
   return im
 
 
@@ -133,8 +140,10 @@ def _encode_result(res: Any, cfg: Config) -> tuple[list[bytes], list]:
   if not items:
     raise CodeError("ResultError", "`result` is an empty list; put at least one image in it")
   if len(items) > cfg.max_output_images:
-    raise CodeError("OutputTooLarge", f"the result has {len(items)} images; at most "
-                    f"{cfg.max_output_images} are returned, so return fewer")
+    raise CodeError(
+      "OutputTooLarge",
+      f"the result has {len(items)} images; at most {cfg.max_output_images} are returned, so return fewer",
+    )
   out, maps = [], []
   for i, obj in enumerate(items):
     trace.note_result(obj)
@@ -146,8 +155,11 @@ def _encode_result(res: Any, cfg: Config) -> tuple[list[bytes], list]:
     else:
       w = h = 0
     if w * h > cfg.max_output_pixels:
-      raise CodeError("OutputTooLarge", f"result image {i} is {w}x{h} = {w * h} pixels; the limit "
-                      f"is {cfg.max_output_pixels}, so crop or resize it first")
+      raise CodeError(
+        "OutputTooLarge",
+        f"result image {i} is {w}x{h} = {w * h} pixels; the limit "
+        f"is {cfg.max_output_pixels}, so crop or resize it first",
+      )
     im = _to_image(obj, i)
     if im.width == 0 or im.height == 0:
       raise CodeError("ResultError", f"result image {i} is empty ({im.width}x{im.height})")
@@ -192,8 +204,9 @@ def serve(cfg: Config, box: sandbox.Sandbox, fds: tuple[int, int, int]) -> NoRet
   try:
     req_fd, out_fd, res_fd = fds
     box.landlock_fd = _place_fds(req_fd, out_fd, res_fd, box.landlock_fd)
-    sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
-                                               errors="replace", write_through=True)
+    sys.stdout = sys.stderr = io.TextIOWrapper(
+      io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace", write_through=True
+    )
     sys.stdin = io.StringIO("")
     box.apply(sandbox.Limits(memory_bytes=cfg.memory_mb << 20, open_files=cfg.open_files))
     os.environ.clear()
@@ -223,15 +236,28 @@ def _execute(req: dict[str, Any], blobs: list[bytes], cfg: Config) -> dict[str, 
     if not images:
       selected = None
     elif not 0 <= index < len(images):
-      raise CodeError("IndexError", f"image_index {index} is out of range: the trajectory has "
-                      f"{len(images)} image(s), numbered 0 to {len(images) - 1}")
+      raise CodeError(
+        "IndexError",
+        f"image_index {index} is out of range: the trajectory has "
+        f"{len(images)} image(s), numbered 0 to {len(images) - 1}",
+      )
     else:
       selected = images[index]
     trace.start(images)
     namespace = {
-        "__name__": "__main__", "__builtins__": builtins, "image": selected, "img": selected,
-        "images": images, "Image": Image, "ImageDraw": ImageDraw, "ImageEnhance": ImageEnhance,
-        "ImageFilter": ImageFilter, "ImageOps": ImageOps, "np": np, "cv2": cv2, "math": math,
+      "__name__": "__main__",
+      "__builtins__": builtins,
+      "image": selected,
+      "img": selected,
+      "images": images,
+      "Image": Image,
+      "ImageDraw": ImageDraw,
+      "ImageEnhance": ImageEnhance,
+      "ImageFilter": ImageFilter,
+      "ImageOps": ImageOps,
+      "np": np,
+      "cv2": cv2,
+      "math": math,
     }
     compiled = compile(source, CODE_FILENAME, "exec")
     saved = {m: dict(m.__dict__) for m in _RESTORED_MODULES}
@@ -250,7 +276,6 @@ def _execute(req: dict[str, Any], blobs: list[bytes], cfg: Config) -> dict[str, 
     if res is None:
       res = namespace.get("output")
     pngs, maps = ([], []) if res is None else _encode_result(res, cfg)
-    return {"ok": True, "error": None, "ops": trace.OPS, "result_maps": maps,
-            "no_result": res is None, "_blobs": pngs}
+    return {"ok": True, "error": None, "ops": trace.OPS, "result_maps": maps, "no_result": res is None, "_blobs": pngs}
   except BaseException as e:  # pylint: disable=broad-except
     return {"ok": False, "error": _error_dict(e, lines), "ops": trace.OPS, "no_result": True}

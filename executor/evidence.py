@@ -47,9 +47,14 @@ BOX_TOLERANCE = 1.0  # pixels
 
 # Output -> input linear parts of the orientations (signs only), as PIL's Transpose names them.
 _ORIENTATIONS = {
-    (1, 0, 0, 1): "IDENTITY", (-1, 0, 0, 1): "FLIP_LEFT_RIGHT", (1, 0, 0, -1): "FLIP_TOP_BOTTOM",
-    (0, -1, 1, 0): "ROTATE_90", (-1, 0, 0, -1): "ROTATE_180", (0, 1, -1, 0): "ROTATE_270",
-    (0, 1, 1, 0): "TRANSPOSE", (0, -1, -1, 0): "TRANSVERSE",
+  (1, 0, 0, 1): "IDENTITY",
+  (-1, 0, 0, 1): "FLIP_LEFT_RIGHT",
+  (1, 0, 0, -1): "FLIP_TOP_BOTTOM",
+  (0, -1, 1, 0): "ROTATE_90",
+  (-1, 0, 0, -1): "ROTATE_180",
+  (0, 1, -1, 0): "ROTATE_270",
+  (0, 1, 1, 0): "TRANSPOSE",
+  (0, -1, -1, 0): "TRANSVERSE",
 }
 _ROTATION_NAMES = {0: "IDENTITY", 90: "ROTATE_90", 180: "ROTATE_180", 270: "ROTATE_270"}
 _FLIP_NAMES = {"horizontal": "FLIP_LEFT_RIGHT", "vertical": "FLIP_TOP_BOTTOM", "both": "ROTATE_180"}
@@ -58,6 +63,7 @@ _FLIP_NAMES = {"horizontal": "FLIP_LEFT_RIGHT", "vertical": "FLIP_TOP_BOTTOM", "
 @dataclasses.dataclass(frozen=True)
 class Shown:
   """What one verified result image shows of its source input."""
+
   source: int
   region: tuple[float, float, float, float]  # the source pixels it shows, [x1, y1, x2, y2]
   orientation: str | None  # a Transpose name (or IDENTITY) when the map is axis-aligned
@@ -117,8 +123,7 @@ def _region(m: Sequence[float], w: int, h: int, size: tuple[int, int]) -> tuple[
   xs = [a * x + b * y + c for x, y in ((0, 0), (w, 0), (w, h), (0, h))]
   ys = [d * x + e * y + f for x, y in ((0, 0), (w, 0), (w, h), (0, h))]
   sw, sh = size
-  return (min(max(min(xs), 0), sw), min(max(min(ys), 0), sh), min(max(max(xs), 0), sw),
-          min(max(max(ys), 0), sh))
+  return (min(max(min(xs), 0), sw), min(max(min(ys), 0), sh), min(max(max(xs), 0), sw), min(max(max(ys), 0), sh))
 
 
 def compare(result: Image.Image, source: Image.Image, m: Sequence[float]) -> tuple[str | None, bool]:
@@ -153,9 +158,13 @@ def compare(result: Image.Image, source: Image.Image, m: Sequence[float]) -> tup
 
 
 def _valid_map(m: Any) -> bool:
-  return (isinstance(m, dict) and isinstance(m.get("source"), int) and isinstance(m.get("map"), list)
-          and len(m["map"]) == 6
-          and all(isinstance(v, (int, float)) and math.isfinite(v) for v in m["map"]))
+  return (
+    isinstance(m, dict)
+    and isinstance(m.get("source"), int)
+    and isinstance(m.get("map"), list)
+    and len(m["map"]) == 6
+    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in m["map"])
+  )
 
 
 def _entry_orientation(op: dict[str, Any]) -> str | None:
@@ -196,20 +205,19 @@ def _geometry_shown(op: dict[str, Any], shown: list[Shown]) -> bool:
       angle = float(op.get("angle")) % 360.0
     except (TypeError, ValueError):
       return False
-    return any(s.angle is not None and min(abs(s.angle - angle), 360 - abs(s.angle - angle)) < 0.5
-               for s in shown)
+    return any(s.angle is not None and min(abs(s.angle - angle), 360 - abs(s.angle - angle)) < 0.5 for s in shown)
   return False
 
 
-def verify(claimed_ops: list[dict[str, Any]], claimed_maps: list[Any], results: list[bytes],
-           inputs: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[str, Any] | None]]:
+def verify(
+  claimed_ops: list[dict[str, Any]], claimed_maps: list[Any], results: list[bytes], inputs: list[bytes]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any] | None]]:
   """The trusted (ops, result_maps) of one call: the claims its returned pixels prove.
 
   `claimed_ops` / `claimed_maps` are what the child reported (untrusted), `results` the result
   PNGs, `inputs` the request's input image bytes. See the module docstring for the rules.
   """
-  photometric_claimed = any(isinstance(op, dict) and op.get("op") not in GEOMETRIC | PLUMBING
-                            for op in claimed_ops)
+  photometric_claimed = any(isinstance(op, dict) and op.get("op") not in GEOMETRIC | PLUMBING for op in claimed_ops)
   decoded_inputs: dict[int, Image.Image | None] = {}
 
   def source(i: int) -> Image.Image | None:
@@ -233,18 +241,23 @@ def verify(claimed_ops: list[dict[str, Any]], claimed_maps: list[Any], results: 
     if verdict is None:
       maps.append(None)
       if result is not None and not any(
-          inp is not None and _same_pixels(result, inp)
-          for inp in (source(i) for i in range(len(inputs)))):
+        inp is not None and _same_pixels(result, inp) for inp in (source(i) for i in range(len(inputs)))
+      ):
         unexplained = True
       continue
     m = [float(v) for v in claimed["map"]]
     maps.append({"source": claimed["source"], "map": m})
     a, b, _, d, e, _ = m
-    shown.append(Shown(
-        source=claimed["source"], region=_region(m, result.width, result.height, src.size),
-        orientation=_orientation(m), angle=_rotation_angle(m),
+    shown.append(
+      Shown(
+        source=claimed["source"],
+        region=_region(m, result.width, result.height, src.size),
+        orientation=_orientation(m),
+        angle=_rotation_angle(m),
         scaled=abs(math.hypot(a, d) - 1) > 1e-3 or abs(math.hypot(b, e) - 1) > 1e-3,
-        changed=verdict == "similar" or gray))
+        changed=verdict == "similar" or gray,
+      )
+    )
   processed = unexplained or any(s.changed for s in shown)
   ops = []
   for op in claimed_ops:

@@ -64,9 +64,13 @@ class LocalService:
 
 
 @contextlib.contextmanager
-def local_service(*args: str, workers: int = 2, env: dict[str, str] | None = None,
-                  startup_timeout_s: float = 120.0, python: str | None = None
-                  ) -> Iterator[LocalService]:
+def local_service(
+  *args: str,
+  workers: int = 2,
+  env: dict[str, str] | None = None,
+  startup_timeout_s: float = 120.0,
+  python: str | None = None,
+) -> Iterator[LocalService]:
   """`python -m executor --port <free> --workers N *args`, until /healthz answers; killed after.
   `python`: the interpreter to run it with (default: this one)."""
   port = free_port()
@@ -77,12 +81,29 @@ def local_service(*args: str, workers: int = 2, env: dict[str, str] | None = Non
   watch = ["--parent-pid", str(os.getpid()), "--parent-fd", str(lifeline_r)]
   if threading.current_thread() is threading.main_thread():
     watch.append("--parent-death-signal")
-  cmd = [python or sys.executable, "-m", "executor", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers), *watch, *args]
+  cmd = [
+    python or sys.executable,
+    "-m",
+    "executor",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    str(port),
+    "--workers",
+    str(workers),
+    *watch,
+    *args,
+  ]
   try:
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, **(env or {})), pass_fds=(lifeline_r,),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+      cmd,
+      cwd=REPO_ROOT,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      env=dict(os.environ, **(env or {})),
+      pass_fds=(lifeline_r,),
+      start_new_session=True,
+    )
   finally:
     os.close(lifeline_r)
   service = LocalService(proc, f"http://127.0.0.1:{port}", log.name)

@@ -18,8 +18,8 @@ class Metrics:
     self.ok = 0
     self.errors: collections.Counter[str] = collections.Counter()  # by error type
     self.timeouts = 0
-    self.rejected = 0       # 429s
-    self.bad_requests = 0   # 4xx other than 429
+    self.rejected = 0  # 429s
+    self.bad_requests = 0  # 4xx other than 429
     self.refused: collections.Counter[tuple[int, str]] = collections.Counter()  # (status, type)
     self.bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)
     self.latency_sum = 0.0
@@ -49,37 +49,37 @@ class Metrics:
 
   def render(self) -> str:
     lines = [
-        "# HELP executor_calls_total Code executions answered (ok or with a code error).",
-        "# TYPE executor_calls_total counter",
-        f"executor_calls_total {self.calls}",
-        "# HELP executor_calls_ok_total Code executions that succeeded.",
-        "# TYPE executor_calls_ok_total counter",
-        f"executor_calls_ok_total {self.ok}",
-        "# HELP executor_errors_total Code executions that failed, by error type.",
-        "# TYPE executor_errors_total counter",
+      "# HELP executor_calls_total Code executions answered (ok or with a code error).",
+      "# TYPE executor_calls_total counter",
+      f"executor_calls_total {self.calls}",
+      "# HELP executor_calls_ok_total Code executions that succeeded.",
+      "# TYPE executor_calls_ok_total counter",
+      f"executor_calls_ok_total {self.ok}",
+      "# HELP executor_errors_total Code executions that failed, by error type.",
+      "# TYPE executor_errors_total counter",
     ]
     for kind, n in sorted(self.errors.items()):
       label = kind.replace("\\", "\\\\").replace('"', '\\"')
       lines.append(f'executor_errors_total{{type="{label}"}} {n}')
     lines += [
-        "# HELP executor_timeouts_total Code executions stopped at their deadline.",
-        "# TYPE executor_timeouts_total counter",
-        f"executor_timeouts_total {self.timeouts}",
-        "# HELP executor_rejected_total Requests refused with 429 because the queue was full.",
-        "# TYPE executor_rejected_total counter",
-        f"executor_rejected_total {self.rejected}",
-        "# HELP executor_bad_requests_total Requests refused as malformed (4xx other than 429).",
-        "# TYPE executor_bad_requests_total counter",
-        f"executor_bad_requests_total {self.bad_requests}",
-        "# HELP executor_refused_total Error answers (4xx, 5xx) by HTTP status and error type.",
-        "# TYPE executor_refused_total counter",
+      "# HELP executor_timeouts_total Code executions stopped at their deadline.",
+      "# TYPE executor_timeouts_total counter",
+      f"executor_timeouts_total {self.timeouts}",
+      "# HELP executor_rejected_total Requests refused with 429 because the queue was full.",
+      "# TYPE executor_rejected_total counter",
+      f"executor_rejected_total {self.rejected}",
+      "# HELP executor_bad_requests_total Requests refused as malformed (4xx other than 429).",
+      "# TYPE executor_bad_requests_total counter",
+      f"executor_bad_requests_total {self.bad_requests}",
+      "# HELP executor_refused_total Error answers (4xx, 5xx) by HTTP status and error type.",
+      "# TYPE executor_refused_total counter",
     ]
     for (status, kind), n in sorted(self.refused.items()):
       label = kind.replace("\\", "\\\\").replace('"', '\\"')
       lines.append(f'executor_refused_total{{status="{status}",type="{label}"}} {n}')
     lines += [
-        "# HELP executor_call_duration_seconds Time to answer a code execution.",
-        "# TYPE executor_call_duration_seconds histogram",
+      "# HELP executor_call_duration_seconds Time to answer a code execution.",
+      "# TYPE executor_call_duration_seconds histogram",
     ]
     cumulative = 0
     for bound, n in zip(LATENCY_BUCKETS, self.bucket_counts):

@@ -32,21 +32,20 @@ _GRACE_S = 5.0
 
 # Layer name -> what it means, in the order they are logged.
 LAYERS = {
-    "bubblewrap": "workers run under bubblewrap (own mount, PID, IPC, UTS namespaces)",
-    "network_namespace": "no network: a network namespace with only a down loopback",
-    "unprivileged_user": "workers run as an unprivileged uid without capabilities",
-    "rlimits": "per-call limits: address space, CPU seconds, file size 0, open files, processes",
-    "no_new_privs": "no-new-privileges on every call's process",
-    "landlock": "Landlock: reads only below Python's directories, no writes, no TCP, no signals out",
-    "seccomp": "seccomp: no sockets, exec, new processes, ptrace, mount, namespaces, kill of others",
-    "empty_environment": "the code sees an empty environment",
+  "bubblewrap": "workers run under bubblewrap (own mount, PID, IPC, UTS namespaces)",
+  "network_namespace": "no network: a network namespace with only a down loopback",
+  "unprivileged_user": "workers run as an unprivileged uid without capabilities",
+  "rlimits": "per-call limits: address space, CPU seconds, file size 0, open files, processes",
+  "no_new_privs": "no-new-privileges on every call's process",
+  "landlock": "Landlock: reads only below Python's directories, no writes, no TCP, no signals out",
+  "seccomp": "seccomp: no sockets, exec, new processes, ptrace, mount, namespaces, kill of others",
+  "empty_environment": "the code sees an empty environment",
 }
 
 
 def _worker_env() -> dict[str, str]:
   """The only variables a worker starts with (never the server's own environment)."""
-  return {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": REPO_ROOT,
-          "LANG": "C.UTF-8"}
+  return {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": REPO_ROOT, "LANG": "C.UTF-8"}
 
 
 def interpreter() -> str:
@@ -61,9 +60,13 @@ def interpreter() -> str:
 def sandbox_binds() -> list[str]:
   """The directories bound read-only into the worker's sandbox, as real paths: the interpreter's
   and its environment's, the standard library, site-packages, this package, shared libraries."""
-  paths = set(sandbox.read_paths()) | {"/usr", sys.prefix, sys.base_prefix,
-                                       os.path.dirname(os.path.realpath(sys.executable)),
-                                       os.path.dirname(interpreter())}
+  paths = set(sandbox.read_paths()) | {
+    "/usr",
+    sys.prefix,
+    sys.base_prefix,
+    os.path.dirname(os.path.realpath(sys.executable)),
+    os.path.dirname(interpreter()),
+  }
   return sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
 
 
@@ -81,11 +84,20 @@ def worker_command(cfg: Config) -> list[str]:
     return cmd
   setpriv = shutil.which("setpriv")
   as_root = os.getuid() == 0 and setpriv is not None
-  args = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
-          "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
+  args = [
+    bwrap,
+    "--die-with-parent",
+    "--new-session",
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--hostname",
+    "sandbox",
+  ]
   if not as_root:  # unprivileged bubblewrap: a user namespace, no capabilities
-    args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-             "--cap-drop", "ALL"]
+    args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL"]
   args.append("--clearenv")
   for key, value in _worker_env().items():
     args += ["--setenv", key, value]
@@ -106,11 +118,28 @@ def worker_command(cfg: Config) -> list[str]:
     args += ["--perms", "0755", "--dir", path]
   for path in binds:
     args += ["--ro-bind", path, path]
-  args += ["--perms", "0755", "--dir", "/etc", "--ro-bind-try", "/etc/ld.so.cache",
-           "/etc/ld.so.cache", "--chdir", REPO_ROOT, "--"]
+  args += [
+    "--perms",
+    "0755",
+    "--dir",
+    "/etc",
+    "--ro-bind-try",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.cache",
+    "--chdir",
+    REPO_ROOT,
+    "--",
+  ]
   if as_root:  # bubblewrap as root makes the namespaces; the worker itself runs as nobody
-    args += [setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
-             "--bounding-set=-all", "--inh-caps=-all", "--"]
+    args += [
+      setpriv,
+      f"--reuid={SANDBOX_UID}",
+      f"--regid={SANDBOX_UID}",
+      "--clear-groups",
+      "--bounding-set=-all",
+      "--inh-caps=-all",
+      "--",
+    ]
   return args + cmd
 
 
@@ -144,8 +173,9 @@ class WorkerProcess:
     blobs = [await out.readexactly(int(size)) for size in header.get("blobs", [])]
     return header, blobs
 
-  async def call(self, header: dict[str, Any], blobs: list[bytes],
-                 timeout: float) -> tuple[dict[str, Any], list[bytes]]:
+  async def call(
+    self, header: dict[str, Any], blobs: list[bytes], timeout: float
+  ) -> tuple[dict[str, Any], list[bytes]]:
     async def exchange():
       self.proc.stdin.write(protocol.encode(header, blobs))
       await self.proc.stdin.drain()
@@ -168,20 +198,32 @@ class Pool:
     self.cfg = cfg
     self.idle: asyncio.Queue[WorkerProcess] = asyncio.Queue()
     self.workers: list[WorkerProcess] = []
-    self.waiting = 0   # calls waiting for a worker
-    self.busy = 0      # calls running
+    self.waiting = 0  # calls waiting for a worker
+    self.busy = 0  # calls running
     self.restarts = 0
     self.layers: dict[str, bool] = {}
     self.layer_details: dict[str, Any] = {}
     self._cmd = worker_command(cfg)
-    self._mode = ("plain" if self._cmd[0] == interpreter() else
-                  "unshare" if os.path.basename(self._cmd[0]) == "unshare" else "bwrap")
+    self._mode = (
+      "plain"
+      if self._cmd[0] == interpreter()
+      else "unshare"
+      if os.path.basename(self._cmd[0]) == "unshare"
+      else "bwrap"
+    )
     self._closing = False
 
   async def _spawn(self) -> WorkerProcess:
     proc = await asyncio.create_subprocess_exec(
-        *self._cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=None, env=_worker_env(), cwd=REPO_ROOT, close_fds=True, limit=1 << 20)
+      *self._cmd,
+      stdin=asyncio.subprocess.PIPE,
+      stdout=asyncio.subprocess.PIPE,
+      stderr=None,
+      env=_worker_env(),
+      cwd=REPO_ROOT,
+      close_fds=True,
+      limit=1 << 20,
+    )
     worker = WorkerProcess(proc, self._mode)
     try:
       hello, _ = await asyncio.wait_for(worker.read_frame(), 120)
@@ -198,21 +240,20 @@ class Pool:
     probe = got.get("probe", {})
     own_net = os.stat("/proc/self/ns/net").st_ino
     self.layers = {
-        "bubblewrap": worker.mode == "bwrap",
-        "network_namespace": got.get("net_ns_inode") != own_net and
-                             set(got.get("interfaces", ["?"])) <= {"lo"},
-        "unprivileged_user": probe.get("uid", 0) != 0 and worker.host_uid not in (0, -1),
-        "rlimits": bool(got.get("rlimits")),
-        "no_new_privs": bool(got.get("no_new_privs")),
-        "landlock": bool(got.get("landlock")),
-        "seccomp": bool(got.get("seccomp")),
-        "empty_environment": bool(got.get("empty_env")),
+      "bubblewrap": worker.mode == "bwrap",
+      "network_namespace": got.get("net_ns_inode") != own_net and set(got.get("interfaces", ["?"])) <= {"lo"},
+      "unprivileged_user": probe.get("uid", 0) != 0 and worker.host_uid not in (0, -1),
+      "rlimits": bool(got.get("rlimits")),
+      "no_new_privs": bool(got.get("no_new_privs")),
+      "landlock": bool(got.get("landlock")),
+      "seccomp": bool(got.get("seccomp")),
+      "empty_environment": bool(got.get("empty_env")),
     }
     self.layer_details = {
-        "landlock_abi": got.get("landlock_abi"),
-        "worker_uid": got.get("uid"),
-        "host_uid": worker.host_uid,
-        "interfaces": got.get("interfaces"),
+      "landlock_abi": got.get("landlock_abi"),
+      "worker_uid": got.get("uid"),
+      "host_uid": worker.host_uid,
+      "interfaces": got.get("interfaces"),
     }
 
   async def start(self) -> None:
@@ -250,13 +291,19 @@ class Pool:
     self.busy += 1
     try:
       reply, pngs = await worker.call(header, blobs, float(header["timeout_s"]) + _GRACE_S)
-    except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError,
-            OSError) as e:
+    except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError, OSError) as e:
       log.error("worker failed (%s); replacing it", type(e).__name__)
       asyncio.get_running_loop().create_task(self._replace(worker))
-      return {"ok": False, "stdout": "", "ops": [], "error": {
-          "type": "ExecutorError", "message": "the executor lost the worker running this code; "
-          "try again", "line": None}}, []
+      return {
+        "ok": False,
+        "stdout": "",
+        "ops": [],
+        "error": {
+          "type": "ExecutorError",
+          "message": "the executor lost the worker running this code; try again",
+          "line": None,
+        },
+      }, []
     except asyncio.CancelledError:
       # The client went away mid-call: the worker's reply would arrive out of step, so replace it.
       asyncio.get_running_loop().create_task(self._replace(worker))

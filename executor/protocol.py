@@ -74,7 +74,7 @@ def decode(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
   (n,) = _LEN.unpack_from(data)
   if n > MAX_HEADER or _LEN.size + n > len(data):
     raise ValueError("bad frame header length")
-  header = json.loads(data[_LEN.size:_LEN.size + n])
+  header = json.loads(data[_LEN.size : _LEN.size + n])
   if not isinstance(header, dict):
     raise ValueError("frame header is not an object")
   blobs, pos = [], _LEN.size + n
@@ -82,6 +82,6 @@ def decode(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
     size = int(size)
     if size < 0 or pos + size > len(data):
       raise ValueError("truncated frame")
-    blobs.append(data[pos:pos + size])
+    blobs.append(data[pos : pos + size])
     pos += size
   return header, blobs

@@ -61,8 +61,7 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-  _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-              ("inheritable", ctypes.c_uint32)]
+  _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 def drop_capabilities() -> bool:
@@ -73,8 +72,11 @@ def drop_capabilities() -> bool:
 
 
 class _RulesetAttr(ctypes.Structure):
-  _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-              ("scoped", ctypes.c_uint64)]
+  _fields_ = [
+    ("handled_access_fs", ctypes.c_uint64),
+    ("handled_access_net", ctypes.c_uint64),
+    ("scoped", ctypes.c_uint64),
+  ]
 
 
 class _PathBeneathAttr(ctypes.Structure):
@@ -84,8 +86,9 @@ class _PathBeneathAttr(ctypes.Structure):
 
 def landlock_abi() -> int:
   """The kernel's Landlock ABI version, or 0 when Landlock is unavailable."""
-  v = _libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
-                    ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION))
+  v = _libc.syscall(
+    _SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION)
+  )
   return max(int(v), 0)
 
 
@@ -108,35 +111,50 @@ def read_paths() -> list[str]:
   Not the rest of the repository, the home directory, /etc, /proc or /tmp.
   """
   sp = sysconfig.get_paths()
-  paths = {sp["stdlib"], sp["platstdlib"], sp["purelib"], sp["platlib"],
-           os.path.dirname(os.path.realpath(__file__)),
-           os.path.dirname(os.path.realpath(png.__file__)),
-           "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/usr/share/fonts"}
+  paths = {
+    sp["stdlib"],
+    sp["platstdlib"],
+    sp["purelib"],
+    sp["platlib"],
+    os.path.dirname(os.path.realpath(__file__)),
+    os.path.dirname(os.path.realpath(png.__file__)),
+    "/usr/lib",
+    "/usr/lib64",
+    "/lib",
+    "/lib64",
+    "/usr/local/lib",
+    "/usr/share/fonts",
+  }
   paths.update(p for p in sys.path if p.endswith(("site-packages", "lib-dynload", ".zip")))
   return sorted(p for p in paths if p and os.path.isdir(p))
 
 
 def make_landlock_ruleset(abi: int) -> int:
   """Builds the ruleset once per worker; returns its fd (children call `restrict_self` on it)."""
-  attr = _RulesetAttr(handled_access_fs=_handled_fs(abi),
-                      handled_access_net=(_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0,
-                      scoped=(_SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL) if abi >= 6 else 0)
+  attr = _RulesetAttr(
+    handled_access_fs=_handled_fs(abi),
+    handled_access_net=(_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0,
+    scoped=(_SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL) if abi >= 6 else 0,
+  )
   size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
-  fd = _libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
-                     ctypes.c_uint32(0))
+  fd = _libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
   if fd < 0:
     raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
   read_dir = _FS_READ_FILE | _FS_READ_DIR
-  for path, access in [(p, read_dir) for p in read_paths()] + [("/dev/null", _FS_READ_FILE),
-                                                               ("/dev/urandom", _FS_READ_FILE)]:
+  for path, access in [(p, read_dir) for p in read_paths()] + [
+    ("/dev/null", _FS_READ_FILE),
+    ("/dev/urandom", _FS_READ_FILE),
+  ]:
     try:
       pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError:
       continue
     try:
       rule = _PathBeneathAttr(allowed_access=access, parent_fd=pfd)
-      if _libc.syscall(_SYS_LANDLOCK_ADD_RULE, fd, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule),
-                       ctypes.c_uint32(0)) != 0:
+      if (
+        _libc.syscall(_SYS_LANDLOCK_ADD_RULE, fd, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), ctypes.c_uint32(0))
+        != 0
+      ):
         raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
     finally:
       os.close(pfd)
@@ -146,24 +164,71 @@ def make_landlock_ruleset(abi: int) -> int:
 def _seccomp_filter(pid: int):
   """A denylist filter (default allow) for the child whose pid is `pid`."""
   import pyseccomp as sc  # pylint: disable=import-outside-toplevel
+
   f = sc.SyscallFilter(sc.ALLOW)
   kill = sc.KILL_PROCESS
   eperm = sc.ERRNO(errno.EPERM)
   forbidden = [
-      # programs and processes
-      "execve", "execveat", "fork", "vfork",
-      # network
-      "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
-      # other processes' memory
-      "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open", "pidfd_getfd", "kcmp",
-      # mounts and namespaces
-      "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "fsopen", "fsmount",
-      "fsconfig", "fspick", "open_tree", "move_mount", "mount_setattr",
-      # kernel attack surface the code never needs
-      "io_uring_setup", "io_uring_enter", "io_uring_register", "bpf", "perf_event_open",
-      "userfaultfd", "keyctl", "add_key", "request_key", "open_by_handle_at", "name_to_handle_at",
-      "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
-      "swapon", "swapoff", "sethostname", "setdomainname", "iopl", "ioperm", "acct", "quotactl",
+    # programs and processes
+    "execve",
+    "execveat",
+    "fork",
+    "vfork",
+    # network
+    "socket",
+    "socketpair",
+    "connect",
+    "bind",
+    "listen",
+    "accept",
+    "accept4",
+    # other processes' memory
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_open",
+    "pidfd_getfd",
+    "kcmp",
+    # mounts and namespaces
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "fspick",
+    "open_tree",
+    "move_mount",
+    "mount_setattr",
+    # kernel attack surface the code never needs
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "sethostname",
+    "setdomainname",
+    "iopl",
+    "ioperm",
+    "acct",
+    "quotactl",
   ]
   for name in forbidden:
     try:
@@ -225,9 +290,11 @@ def compile_seccomp() -> bytes | None:
     return None
   placeholder = _PID_PLACEHOLDER.to_bytes(4, sys.byteorder)
   # Each instruction is {u16 code, u8 jt, u8 jf, u32 k}: the pid can only be a `k`.
-  if not prog or len(prog) % 8 or any(prog.find(placeholder, i) % 8 != 4
-                                       for i in range(0, len(prog), 8)
-                                       if prog.find(placeholder, i) >= 0):
+  if (
+    not prog
+    or len(prog) % 8
+    or any(prog.find(placeholder, i) % 8 != 4 for i in range(0, len(prog), 8) if prog.find(placeholder, i) >= 0)
+  ):
     return None
   return prog
 
@@ -244,6 +311,7 @@ def _load_bpf(prog: bytes, pid: int) -> None:
 @dataclasses.dataclass
 class Limits:
   """Per-call resource limits for the child."""
+
   memory_bytes: int = 1 << 30  # address space allowed on top of what the worker already maps
   open_files: int = 64
 
@@ -251,17 +319,22 @@ class Limits:
 @dataclasses.dataclass
 class Sandbox:
   """What the worker has prepared for its children; `apply` runs in each child."""
-  landlock_fd: int = -1     # ruleset fd, -1 when Landlock is unavailable
+
+  landlock_fd: int = -1  # ruleset fd, -1 when Landlock is unavailable
   seccomp_bpf: bytes | None = None  # compiled filter (compile_seccomp), None when unavailable
-  base_vm_bytes: int = 0    # worker's own address-space size, measured once after warm-up
+  base_vm_bytes: int = 0  # worker's own address-space size, measured once after warm-up
 
   def apply(self, limits: Limits) -> None:
     """Applies every available layer to the calling process; raises OSError if one fails."""
     # RLIMIT_CPU is set by the child once it knows the call's deadline (child.serve).
-    for res, value in ((resource.RLIMIT_AS, self.base_vm_bytes + limits.memory_bytes),
-                       (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_NOFILE, limits.open_files),
-                       (resource.RLIMIT_NPROC, 0), (resource.RLIMIT_CORE, 0),
-                       (resource.RLIMIT_MEMLOCK, 0)):
+    for res, value in (
+      (resource.RLIMIT_AS, self.base_vm_bytes + limits.memory_bytes),
+      (resource.RLIMIT_FSIZE, 0),
+      (resource.RLIMIT_NOFILE, limits.open_files),
+      (resource.RLIMIT_NPROC, 0),
+      (resource.RLIMIT_CORE, 0),
+      (resource.RLIMIT_MEMLOCK, 0),
+    ):
       resource.setrlimit(res, (value, value))
     if not drop_capabilities():
       raise OSError(ctypes.get_errno(), "capset failed")

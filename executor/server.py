@@ -87,16 +87,12 @@ class Service:
     self.in_flight = 0  # execute requests accepted and not yet answered
     m = self.metrics
     m.gauge("executor_queue_depth", "Calls waiting for a worker.", lambda: self.pool.waiting)
-    m.gauge("executor_in_flight", "Execute requests accepted and not answered yet.",
-            lambda: self.in_flight)
+    m.gauge("executor_in_flight", "Execute requests accepted and not answered yet.", lambda: self.in_flight)
     m.gauge("executor_busy_workers", "Calls running now.", lambda: self.pool.busy)
     m.gauge("executor_workers", "Live worker processes.", lambda: len(self.pool.workers))
-    m.gauge("executor_worker_restarts_total", "Workers replaced after a failure.",
-            lambda: self.pool.restarts)
-    m.gauge("executor_image_store_bytes", "Bytes held by the image store.",
-            lambda: self.store.bytes)
-    m.gauge("executor_image_store_images", "Images held by the image store.",
-            lambda: len(self.store))
+    m.gauge("executor_worker_restarts_total", "Workers replaced after a failure.", lambda: self.pool.restarts)
+    m.gauge("executor_image_store_bytes", "Bytes held by the image store.", lambda: self.store.bytes)
+    m.gauge("executor_image_store_images", "Images held by the image store.", lambda: len(self.store))
 
   @web.middleware
   async def _json_errors(self, request: web.Request, handler) -> web.StreamResponse:
@@ -107,30 +103,37 @@ class Service:
     except web.HTTPException as e:
       if e.status < 400:
         raise
-      return self._error(BadRequest(self._http_message(request, e), e.status,
-                                    e.reason.replace(" ", "")))
+      return self._error(BadRequest(self._http_message(request, e), e.status, e.reason.replace(" ", "")))
     except Exception:  # pylint: disable=broad-except
       log.exception("unexpected error answering %s %s", request.method, request.path)
-      return self._error(BadRequest("the service failed to answer this request (see its log)",
-                                    500, "InternalError"))
+      return self._error(BadRequest("the service failed to answer this request (see its log)", 500, "InternalError"))
 
   def _http_message(self, request: web.Request, e: web.HTTPException) -> str:
     if e.status == 413:
-      return (f"the request body is larger than the service's limit of {self.cfg.max_request_mb} "
-              "MB (--max-request-mb): send fewer or smaller images, or upload each image once "
-              "with PUT /v1/images and refer to it as 'sha256:<hex>'")
+      return (
+        f"the request body is larger than the service's limit of {self.cfg.max_request_mb} "
+        "MB (--max-request-mb): send fewer or smaller images, or upload each image once "
+        "with PUT /v1/images and refer to it as 'sha256:<hex>'"
+      )
     if e.status == 404:
-      return (f"no endpoint {request.path}: the service answers POST /v1/execute, "
-              "PUT /v1/images, GET /healthz and GET /metrics")
+      return (
+        f"no endpoint {request.path}: the service answers POST /v1/execute, "
+        "PUT /v1/images, GET /healthz and GET /metrics"
+      )
     if e.status == 405:
       return f"{request.path} does not answer {request.method}"
     return e.text or e.reason
 
   def app(self) -> web.Application:
-    app = web.Application(client_max_size=self.cfg.max_request_mb << 20,
-                          middlewares=[self._json_errors])
-    app.add_routes([web.post("/v1/execute", self.execute), web.put("/v1/images", self.put_image),
-                    web.get("/healthz", self.healthz), web.get("/metrics", self.render_metrics)])
+    app = web.Application(client_max_size=self.cfg.max_request_mb << 20, middlewares=[self._json_errors])
+    app.add_routes(
+      [
+        web.post("/v1/execute", self.execute),
+        web.put("/v1/images", self.put_image),
+        web.get("/healthz", self.healthz),
+        web.get("/metrics", self.render_metrics),
+      ]
+    )
     app.on_startup.append(self._startup)
     app.on_cleanup.append(self._cleanup)
     return app
@@ -143,8 +146,14 @@ class Service:
 
   def _error(self, e: BadRequest) -> web.Response:
     self.metrics.refuse(e.status, e.kind)
-    body = {"ok": False, "images": [], "stdout": "", "ops": [], "duration_ms": 0.0,
-            "error": {"type": e.kind, "message": str(e)}}
+    body = {
+      "ok": False,
+      "images": [],
+      "stdout": "",
+      "ops": [],
+      "duration_ms": 0.0,
+      "error": {"type": e.kind, "message": str(e)},
+    }
     headers = {}
     if e.status == 429:
       retry = self._retry_after()
@@ -164,8 +173,12 @@ class Service:
       if item.startswith("sha256:"):
         data = self.store.get(item)
         if data is None:
-          raise BadRequest(f"images[{i}] refers to {item}, which this server does not hold; "
-                           "upload it with PUT /v1/images or send the bytes", 404, "UnknownImage")
+          raise BadRequest(
+            f"images[{i}] refers to {item}, which this server does not hold; "
+            "upload it with PUT /v1/images or send the bytes",
+            404,
+            "UnknownImage",
+          )
         out.append(data)
       else:
         try:
@@ -196,8 +209,10 @@ class Service:
       raise BadRequest("`timeout_s` must be a positive number")
     notes = []
     if timeout > cfg.max_timeout_s:
-      notes.append(f"timeout_s {timeout:g} is above this service's maximum (--max-timeout-s); "
-                   f"the call ran with {cfg.max_timeout_s:g}")
+      notes.append(
+        f"timeout_s {timeout:g} is above this service's maximum (--max-timeout-s); "
+        f"the call ran with {cfg.max_timeout_s:g}"
+      )
     timeout = min(float(timeout), cfg.max_timeout_s)
     blobs = self._resolve(body.get("images", []))
     return {"code": code, "image_index": index, "timeout_s": timeout}, blobs, notes
@@ -206,8 +221,9 @@ class Service:
     t0 = time.perf_counter()
     # Refuse before reading the body, so at most workers + queue_size request bodies are held.
     if self.in_flight >= self.cfg.workers + self.cfg.queue_size:
-      return self._error(BadRequest(f"the executor queue is full ({self.cfg.queue_size} calls "
-                                    "waiting); retry later", 429, "QueueFull"))
+      return self._error(
+        BadRequest(f"the executor queue is full ({self.cfg.queue_size} calls waiting); retry later", 429, "QueueFull")
+      )
     self.in_flight += 1
     try:
       try:
@@ -225,10 +241,10 @@ class Service:
     self._mean_latency = 0.9 * self._mean_latency + 0.1 * seconds
     error = reply.get("error")
     if error and error.get("type") == "InputImageError":  # a bad input, as the magic-byte check
-      return self._error(BadRequest(error.get("message", "an input image cannot be decoded"),
-                                    400, "InputImageError"))
+      return self._error(BadRequest(error.get("message", "an input image cannot be decoded"), 400, "InputImageError"))
     self.metrics.observe(seconds, error.get("type", "Error") if error else None)
-    return web.json_response({
+    return web.json_response(
+      {
         "ok": bool(reply.get("ok")),
         "images": [base64.b64encode(p).decode("ascii") for p in pngs],
         "image_refs": [self.store.put(p) for p in pngs],
@@ -239,7 +255,8 @@ class Service:
         "result_maps": reply.get("result_maps", [None] * len(pngs)),
         "duration_ms": round(seconds * 1000.0, 3),
         "notes": notes,
-    })
+      }
+    )
 
   async def put_image(self, request: web.Request) -> web.Response:
     try:
@@ -258,18 +275,25 @@ class Service:
 
   async def healthz(self, _request: web.Request) -> web.Response:
     ok = len(self.pool.workers) > 0
-    return web.json_response({
-        "ok": ok, "workers": len(self.pool.workers), "busy": self.pool.busy,
-        "queue_depth": self.pool.waiting, "uptime_s": round(time.time() - self.started, 1),
-        "isolation": self.pool.layers, "isolation_details": self.pool.layer_details,
-    }, status=200 if ok else 503)
+    return web.json_response(
+      {
+        "ok": ok,
+        "workers": len(self.pool.workers),
+        "busy": self.pool.busy,
+        "queue_depth": self.pool.waiting,
+        "uptime_s": round(time.time() - self.started, 1),
+        "isolation": self.pool.layers,
+        "isolation_details": self.pool.layer_details,
+      },
+      status=200 if ok else 503,
+    )
 
   async def render_metrics(self, _request: web.Request) -> web.Response:
-    return web.Response(text=self.metrics.render(), content_type="text/plain",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+      text=self.metrics.render(), content_type="text/plain", headers={"X-Content-Type-Options": "nosniff"}
+    )
 
 
 def describe_layers(layers: dict[str, bool]) -> list[str]:
   """One log line per isolation layer: active or INACTIVE, and what it means."""
-  return [f"  [{'active' if layers.get(name) else 'INACTIVE'}] {name}: {text}"
-          for name, text in LAYERS.items()]
+  return [f"  [{'active' if layers.get(name) else 'INACTIVE'}] {name}: {text}" for name, text in LAYERS.items()]

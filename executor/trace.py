@@ -49,8 +49,7 @@ def _compose(m: Affine, n: Affine) -> Affine:
   """m after n: p -> m(n(p))."""
   a, b, c, d, e, f = m
   g, h, i, j, k, l = n
-  return (a * g + b * j, a * h + b * k, a * i + b * l + c,
-          d * g + e * j, d * h + e * k, d * i + e * l + f)
+  return (a * g + b * j, a * h + b * k, a * i + b * l + c, d * g + e * j, d * h + e * k, d * i + e * l + f)
 
 
 def _then(mapping, local: Affine):
@@ -75,8 +74,7 @@ def _map_box(mapping, box) -> tuple[int | None, list]:
     xs.append(a * x + b * y + c)
     ys.append(d * x + e * y + f)
   w, h = _source_sizes.get(src, (math.inf, math.inf))
-  out = [min(max(min(xs), 0), w), min(max(min(ys), 0), h), min(max(max(xs), 0), w),
-         min(max(max(ys), 0), h)]
+  out = [min(max(min(xs), 0), w), min(max(min(ys), 0), h), min(max(max(xs), 0), w), min(max(max(ys), 0), h)]
   return src, [_num(v) for v in out]
 
 
@@ -99,13 +97,13 @@ def _record_crop(mapping, box, fn: str) -> None:
 def _transpose_local(method: int, w: float, h: float) -> Affine | None:
   t = Image.Transpose
   return {
-      t.FLIP_LEFT_RIGHT: (-1.0, 0.0, w, 0.0, 1.0, 0.0),
-      t.FLIP_TOP_BOTTOM: (1.0, 0.0, 0.0, 0.0, -1.0, h),
-      t.ROTATE_90: (0.0, -1.0, w, 1.0, 0.0, 0.0),
-      t.ROTATE_180: (-1.0, 0.0, w, 0.0, -1.0, h),
-      t.ROTATE_270: (0.0, 1.0, 0.0, -1.0, 0.0, h),
-      t.TRANSPOSE: (0.0, 1.0, 0.0, 1.0, 0.0, 0.0),
-      t.TRANSVERSE: (0.0, -1.0, w, -1.0, 0.0, h),
+    t.FLIP_LEFT_RIGHT: (-1.0, 0.0, w, 0.0, 1.0, 0.0),
+    t.FLIP_TOP_BOTTOM: (1.0, 0.0, 0.0, 0.0, -1.0, h),
+    t.ROTATE_90: (0.0, -1.0, w, 1.0, 0.0, 0.0),
+    t.ROTATE_180: (-1.0, 0.0, w, 0.0, -1.0, h),
+    t.ROTATE_270: (0.0, 1.0, 0.0, -1.0, 0.0, h),
+    t.TRANSPOSE: (0.0, 1.0, 0.0, 1.0, 0.0, 0.0),
+    t.TRANSVERSE: (0.0, -1.0, w, -1.0, 0.0, h),
   }.get(method)
 
 
@@ -114,8 +112,7 @@ def _rotate_local(angle: float, w: int, h: int, expand: bool, center, translate)
   post = translate or (0, 0)
   cx, cy = center if center is not None else (w / 2, h / 2)
   r = -math.radians(angle % 360.0)
-  a, b, d, e = (round(math.cos(r), 15), round(math.sin(r), 15), round(-math.sin(r), 15),
-                round(math.cos(r), 15))
+  a, b, d, e = (round(math.cos(r), 15), round(math.sin(r), 15), round(-math.sin(r), 15), round(math.cos(r), 15))
   tx, ty = -cx - post[0], -cy - post[1]
   c, f = a * tx + b * ty + cx, d * tx + e * ty + cy
   if expand:
@@ -135,6 +132,7 @@ def _scale_local(w_in: float, h_in: float, w_out: float, h_out: float, x0=0.0, y
 
 
 # ---- images and arrays -------------------------------------------------------------------------
+
 
 def _img_map(im):
   return getattr(im, "_cv_map", None)
@@ -194,8 +192,7 @@ def _view_map(arr, base, bmap, fn: str):
   r0, rem = divmod(off, s0)
   c0 = rem // s1
   h, w = arr.shape[0], arr.shape[1]
-  local = (float(sx), 0.0, float(c0 if sx > 0 else c0 + 1), 0.0, float(sy),
-           float(r0 if sy > 0 else r0 + 1))
+  local = (float(sx), 0.0, float(c0 if sx > 0 else c0 + 1), 0.0, float(sy), float(r0 if sy > 0 else r0 + 1))
   key = (id(base), off, arr.shape[:2], arr.strides[:2])
   if key not in _seen_views:
     _seen_views.add(key)
@@ -261,6 +258,7 @@ def note_result(obj) -> None:
 
 # ---- wrapping ----------------------------------------------------------------------------------
 
+
 def _outer(orig: Callable, after: Callable) -> Callable:
   """Wraps `orig`; at the outermost level, calls after(out, args, kwargs) to trace it."""
 
@@ -324,10 +322,8 @@ def _pil_resize(out, args, kwargs):
   x0, y0, x1, y1 = (0.0, 0.0, float(w), float(h)) if box is None else (float(v) for v in box)
   if box is not None and (x0, y0, x1, y1) != (0.0, 0.0, float(w), float(h)):
     _record_crop(_img_map(im), (x0, y0, x1, y1), "Image.resize(box=...)")
-  _record({"op": "resize", "size": [int(size[0]), int(size[1])], "from": [w, h],
-           "fn": "Image.resize"})
-  _set_img_map(out, _then(_img_map(im), _scale_local(x1 - x0, y1 - y0, out.size[0], out.size[1],
-                                                     x0, y0)))
+  _record({"op": "resize", "size": [int(size[0]), int(size[1])], "from": [w, h], "fn": "Image.resize"})
+  _set_img_map(out, _then(_img_map(im), _scale_local(x1 - x0, y1 - y0, out.size[0], out.size[1], x0, y0)))
 
 
 def _wrap_thumbnail(orig):
@@ -344,8 +340,7 @@ def _wrap_thumbnail(orig):
     finally:
       _state["depth"] -= 1
     if self.size != before:
-      _record({"op": "resize", "size": list(self.size), "from": list(before),
-               "fn": "Image.thumbnail"})
+      _record({"op": "resize", "size": list(self.size), "from": list(before), "fn": "Image.thumbnail"})
       _set_img_map(self, _then(mapping, _scale_local(*before, *self.size)))
     return out
 
@@ -354,8 +349,7 @@ def _wrap_thumbnail(orig):
 
 def _pil_filter(out, args, kwargs):
   im, flt = args[0], _arg(args, kwargs, 1, "filter")
-  entry = {"op": "filter", "filter": getattr(flt, "__name__", type(flt).__name__),
-           "fn": "Image.filter"}
+  entry = {"op": "filter", "filter": getattr(flt, "__name__", type(flt).__name__), "fn": "Image.filter"}
   radius = getattr(flt, "radius", None)
   if isinstance(radius, (int, float)):
     entry["radius"] = _num(radius)
@@ -365,8 +359,9 @@ def _pil_filter(out, args, kwargs):
 
 def _pil_transform(out, args, kwargs):
   im, method, data = args[0], _arg(args, kwargs, 2, "method"), _arg(args, kwargs, 3, "data")
-  _record({"op": "transform", "method": int(method) if isinstance(method, int) else str(method),
-           "fn": "Image.transform"})
+  _record(
+    {"op": "transform", "method": int(method) if isinstance(method, int) else str(method), "fn": "Image.transform"}
+  )
   if method == Image.Transform.AFFINE and data is not None and len(data) == 6:
     _set_img_map(out, _then(_img_map(im), tuple(float(v) for v in data)))
 
@@ -381,15 +376,21 @@ def _fromarray(out, args, kwargs):
 
 def _enhance(out, args, kwargs):
   enh, factor = args[0], _arg(args, kwargs, 1, "factor")
-  _record({"op": "enhance", "kind": type(enh).__name__,
-           "factor": _num(factor) if isinstance(factor, (int, float)) else None,
-           "fn": f"ImageEnhance.{type(enh).__name__}"})
+  _record(
+    {
+      "op": "enhance",
+      "kind": type(enh).__name__,
+      "factor": _num(factor) if isinstance(factor, (int, float)) else None,
+      "fn": f"ImageEnhance.{type(enh).__name__}",
+    }
+  )
   _set_img_map(out, _img_map(getattr(enh, "image", None)))
 
 
 def _draw(shape: str):
   def after(out, args, kwargs):
     _record({"op": "draw", "shape": shape, "fn": f"ImageDraw.{shape}"})
+
   return after
 
 
@@ -410,8 +411,9 @@ def _wrap_imageops(name: str, orig: Callable) -> Callable:
       if len(OPS) == n0:
         _record({"op": "imageops", "fn": f"ImageOps.{name}"})
       src = _arg(args, kwargs, 0, "image")
-      if (isinstance(out, Image.Image) and _img_map(out) is None and isinstance(src, Image.Image)
-          and out.size == src.size):
+      if (
+        isinstance(out, Image.Image) and _img_map(out) is None and isinstance(src, Image.Image) and out.size == src.size
+      ):
         _set_img_map(out, _img_map(src))
     except Exception:  # pylint: disable=broad-except
       pass
@@ -421,6 +423,7 @@ def _wrap_imageops(name: str, orig: Callable) -> Callable:
 
 
 # numpy
+
 
 def _np_convert(out, args, kwargs):
   _register_array(out, _any_map(_arg(args, kwargs, 0, "a"), "np.array"))
@@ -435,8 +438,7 @@ def _np_rot90(out, args, kwargs):
   _record({"op": "rotate", "angle": 90 * k, "expand": True, "fn": "np.rot90"})
   mapping = _any_map(m, "np.rot90")
   if isinstance(m, np.ndarray) and m.ndim >= 2 and axes in ((0, 1), (1, 0)):
-    method = {0: None, 1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180,
-              3: Image.Transpose.ROTATE_270}[k]
+    method = {0: None, 1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}[k]
     local = _IDENTITY if method is None else _transpose_local(method, m.shape[1], m.shape[0])
     _register_array(out, _then(mapping, local))
 
@@ -448,8 +450,11 @@ def _np_flip_axis(fn: str, fixed_axis: int | None):
     m = args[0]
     ndim = getattr(m, "ndim", 0)
     axis = fixed_axis if fixed_axis is not None else _arg(args, kwargs, 1, "axis")
-    axes = set(range(ndim)) if axis is None else {
-        int(a) % max(ndim, 1) for a in (axis if isinstance(axis, (tuple, list)) else (axis,))}
+    axes = (
+      set(range(ndim))
+      if axis is None
+      else {int(a) % max(ndim, 1) for a in (axis if isinstance(axis, (tuple, list)) else (axis,))}
+    )
     if ndim < 2 or not axes & {0, 1}:
       _record({"op": "numpy", "fn": fn})
       return
@@ -469,14 +474,14 @@ def _np_transpose(out, args, kwargs):
   m = args[0]
   axes = _arg(args, kwargs, 1, "axes")
   ndim = getattr(m, "ndim", 0)
-  swaps_xy = ndim >= 2 and (axes is None and ndim == 2 or
-                            axes is not None and tuple(axes)[:2] in ((1, 0), (1, -ndim)))
+  swaps_xy = ndim >= 2 and (axes is None and ndim == 2 or axes is not None and tuple(axes)[:2] in ((1, 0), (1, -ndim)))
   if not swaps_xy:  # e.g. HWC -> CHW: not a geometric operation on the image
     _record({"op": "numpy", "fn": "np.transpose"})
     return
   _record({"op": "transpose", "method": "TRANSPOSE", "fn": "np.transpose"})
-  _register_array(out, _then(_any_map(m, "np.transpose"), _transpose_local(
-      Image.Transpose.TRANSPOSE, m.shape[1], m.shape[0])))
+  _register_array(
+    out, _then(_any_map(m, "np.transpose"), _transpose_local(Image.Transpose.TRANSPOSE, m.shape[1], m.shape[0]))
+  )
 
 
 def _np_generic(fn: str):
@@ -484,13 +489,25 @@ def _np_generic(fn: str):
     if args and isinstance(args[0], (np.ndarray, Image.Image)):
       _any_map(args[0], fn)
       _record({"op": "numpy", "fn": fn})
+
   return after
 
 
 # cv2
 
-_CV2_DRAW = {"rectangle", "line", "circle", "ellipse", "putText", "polylines", "fillPoly",
-             "arrowedLine", "drawContours", "fillConvexPoly", "drawMarker"}
+_CV2_DRAW = {
+  "rectangle",
+  "line",
+  "circle",
+  "ellipse",
+  "putText",
+  "polylines",
+  "fillPoly",
+  "arrowedLine",
+  "drawContours",
+  "fillConvexPoly",
+  "drawMarker",
+}
 
 
 def _cv2_after(name: str):
@@ -503,21 +520,26 @@ def _cv2_after(name: str):
     local = _IDENTITY
     if name == "rotate":
       code = int(_arg(args, kwargs, 1, "rotateCode"))
-      angle = {cv2.ROTATE_90_CLOCKWISE: 270, cv2.ROTATE_180: 180,
-               cv2.ROTATE_90_COUNTERCLOCKWISE: 90}[code]
+      angle = {cv2.ROTATE_90_CLOCKWISE: 270, cv2.ROTATE_180: 180, cv2.ROTATE_90_COUNTERCLOCKWISE: 90}[code]
       _record({"op": "rotate", "angle": angle, "expand": True, "fn": "cv2.rotate"})
-      local = _transpose_local({90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
-                                270: Image.Transpose.ROTATE_270}[angle], w, h)
+      local = _transpose_local(
+        {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}[angle], w, h
+      )
     elif name == "flip":
       code = int(_arg(args, kwargs, 1, "flipCode"))
       direction = "vertical" if code == 0 else ("horizontal" if code > 0 else "both")
       _record({"op": "flip", "direction": direction, "fn": "cv2.flip"})
-      local = _transpose_local({"vertical": Image.Transpose.FLIP_TOP_BOTTOM,
-                                "horizontal": Image.Transpose.FLIP_LEFT_RIGHT,
-                                "both": Image.Transpose.ROTATE_180}[direction], w, h)
+      local = _transpose_local(
+        {
+          "vertical": Image.Transpose.FLIP_TOP_BOTTOM,
+          "horizontal": Image.Transpose.FLIP_LEFT_RIGHT,
+          "both": Image.Transpose.ROTATE_180,
+        }[direction],
+        w,
+        h,
+      )
     elif name == "resize" and isinstance(out, np.ndarray):
-      _record({"op": "resize", "size": [int(out.shape[1]), int(out.shape[0])], "from": [w, h],
-               "fn": "cv2.resize"})
+      _record({"op": "resize", "size": [int(out.shape[1]), int(out.shape[0])], "from": [w, h], "fn": "cv2.resize"})
       local = _scale_local(w, h, out.shape[1], out.shape[0])
     elif name == "warpAffine":
       m = np.asarray(_arg(args, kwargs, 1, "M"), dtype=np.float64).reshape(2, 3)
@@ -528,12 +550,10 @@ def _cv2_after(name: str):
       local = tuple(float(v) for v in inv[:2].reshape(-1))
       fwd = np.linalg.inv(np.vstack([inv[:2], [0, 0, 1]]))[:2]
       scale = math.hypot(fwd[0, 0], fwd[0, 1])
-      if abs(scale - 1) < 1e-3 and abs(fwd[0, 0] - fwd[1, 1]) < 1e-6 and abs(
-          fwd[0, 1] + fwd[1, 0]) < 1e-6:
+      if abs(scale - 1) < 1e-3 and abs(fwd[0, 0] - fwd[1, 1]) < 1e-6 and abs(fwd[0, 1] + fwd[1, 0]) < 1e-6:
         angle = math.degrees(math.atan2(fwd[0, 1], fwd[0, 0])) % 360.0
         size = tuple(out.shape[1::-1]) if isinstance(out, np.ndarray) else (w, h)
-        _record({"op": "rotate", "angle": _num(angle), "expand": size != (w, h),
-                 "fn": "cv2.warpAffine"})
+        _record({"op": "rotate", "angle": _num(angle), "expand": size != (w, h), "fn": "cv2.warpAffine"})
       else:
         _record({"op": "cv2", "fn": "cv2.warpAffine"})
     elif name in _CV2_DRAW:
@@ -544,6 +564,7 @@ def _cv2_after(name: str):
       if not (isinstance(out, np.ndarray) and out.ndim >= 2 and out.shape[:2] == (h, w)):
         return
     _register_array(out, _then(mapping, local))
+
   return after
 
 
@@ -557,23 +578,60 @@ def install() -> None:
     return
   _installed = True
   cls = Image.Image
-  for name, after in (("crop", _pil_crop), ("rotate", _pil_rotate), ("transpose", _pil_transpose),
-                      ("resize", _pil_resize), ("filter", _pil_filter),
-                      ("transform", _pil_transform), ("convert", _same_geometry),
-                      ("copy", _same_geometry), ("point", _same_geometry),
-                      ("quantize", _same_geometry)):
+  for name, after in (
+    ("crop", _pil_crop),
+    ("rotate", _pil_rotate),
+    ("transpose", _pil_transpose),
+    ("resize", _pil_resize),
+    ("filter", _pil_filter),
+    ("transform", _pil_transform),
+    ("convert", _same_geometry),
+    ("copy", _same_geometry),
+    ("point", _same_geometry),
+    ("quantize", _same_geometry),
+  ):
     setattr(cls, name, _outer(getattr(cls, name), after))
   cls.thumbnail = _wrap_thumbnail(cls.thumbnail)
   Image.fromarray = _outer(Image.fromarray, _fromarray)
   ImageEnhance._Enhance.enhance = _outer(ImageEnhance._Enhance.enhance, _enhance)  # pylint: disable=protected-access
-  for shape in ("arc", "bitmap", "chord", "circle", "ellipse", "line", "multiline_text",
-                "pieslice", "point", "polygon", "rectangle", "regular_polygon",
-                "rounded_rectangle", "text"):
+  for shape in (
+    "arc",
+    "bitmap",
+    "chord",
+    "circle",
+    "ellipse",
+    "line",
+    "multiline_text",
+    "pieslice",
+    "point",
+    "polygon",
+    "rectangle",
+    "regular_polygon",
+    "rounded_rectangle",
+    "text",
+  ):
     if hasattr(ImageDraw.ImageDraw, shape):
       setattr(ImageDraw.ImageDraw, shape, _outer(getattr(ImageDraw.ImageDraw, shape), _draw(shape)))
-  for name in ("autocontrast", "colorize", "contain", "cover", "crop", "deform", "equalize",
-               "exif_transpose", "expand", "fit", "flip", "grayscale", "invert", "mirror", "pad",
-               "posterize", "scale", "solarize"):
+  for name in (
+    "autocontrast",
+    "colorize",
+    "contain",
+    "cover",
+    "crop",
+    "deform",
+    "equalize",
+    "exif_transpose",
+    "expand",
+    "fit",
+    "flip",
+    "grayscale",
+    "invert",
+    "mirror",
+    "pad",
+    "posterize",
+    "scale",
+    "solarize",
+  ):
     if hasattr(ImageOps, name):
       setattr(ImageOps, name, _wrap_imageops(name, getattr(ImageOps, name)))
   for name in ("array", "asarray", "asanyarray", "ascontiguousarray", "copy"):
@@ -583,8 +641,21 @@ def install() -> None:
   np.fliplr = _outer(np.fliplr, _np_flip_axis("np.fliplr", 1))
   np.flipud = _outer(np.flipud, _np_flip_axis("np.flipud", 0))
   np.transpose = _outer(np.transpose, _np_transpose)
-  for name in ("pad", "roll", "clip", "where", "stack", "concatenate", "hstack", "vstack",
-               "dstack", "swapaxes", "moveaxis", "tile", "repeat"):
+  for name in (
+    "pad",
+    "roll",
+    "clip",
+    "where",
+    "stack",
+    "concatenate",
+    "hstack",
+    "vstack",
+    "dstack",
+    "swapaxes",
+    "moveaxis",
+    "tile",
+    "repeat",
+  ):
     setattr(np, name, _outer(getattr(np, name), _np_generic(f"np.{name}")))
   builtin = type(len)
   for name in dir(cv2):

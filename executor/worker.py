@@ -12,8 +12,14 @@ from __future__ import annotations
 import os
 
 # Single-threaded math libraries; must be set before numpy/cv2 load.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-             "VECLIB_MAXIMUM_THREADS", "OPENCV_FOR_THREADS_NUM"):
+for _var in (
+  "OMP_NUM_THREADS",
+  "OPENBLAS_NUM_THREADS",
+  "MKL_NUM_THREADS",
+  "NUMEXPR_NUM_THREADS",
+  "VECLIB_MAXIMUM_THREADS",
+  "OPENCV_FOR_THREADS_NUM",
+):
   os.environ[_var] = "1"
 os.environ["OPENCV_OPENCL_RUNTIME"] = "disabled"
 
@@ -72,8 +78,7 @@ def _checked_ops(ops: Any) -> list[dict[str, Any]]:
   """The child's trace, bounded: at most MAX_OPS + 1 entries, each a small JSON object."""
   if not isinstance(ops, list):
     raise ValueError("bad ops")
-  return [op for op in ops[:trace.MAX_OPS + 1]
-          if isinstance(op, dict) and len(json.dumps(op)) <= _MAX_OP_JSON]
+  return [op for op in ops[: trace.MAX_OPS + 1] if isinstance(op, dict) and len(json.dumps(op)) <= _MAX_OP_JSON]
 
 
 def _checked_maps(maps: Any, n: int) -> list[dict[str, Any] | None]:
@@ -81,9 +86,13 @@ def _checked_maps(maps: Any, n: int) -> list[dict[str, Any] | None]:
   maps = maps if isinstance(maps, list) and len(maps) == n else [None] * n
   out = []
   for m in maps:
-    ok = (isinstance(m, dict) and isinstance(m.get("source"), int) and isinstance(m.get("map"), list)
-          and len(m["map"]) == 6 and all(isinstance(v, (int, float)) and math.isfinite(v)
-                                         for v in m["map"]))
+    ok = (
+      isinstance(m, dict)
+      and isinstance(m.get("source"), int)
+      and isinstance(m.get("map"), list)
+      and len(m["map"]) == 6
+      and all(isinstance(v, (int, float)) and math.isfinite(v) for v in m["map"])
+    )
     out.append({"source": m["source"], "map": [float(v) for v in m["map"]]} if ok else None)
   return out
 
@@ -125,8 +134,10 @@ class Worker:
     self.zombies: list[int] = []  # children killed after their result arrived, reaped later
     abi = sandbox.landlock_abi()
     self.box = sandbox.Sandbox(
-        landlock_fd=sandbox.make_landlock_ruleset(abi) if abi else -1,
-        seccomp_bpf=sandbox.compile_seccomp(), base_vm_bytes=sandbox.vm_size_bytes())
+      landlock_fd=sandbox.make_landlock_ruleset(abi) if abi else -1,
+      seccomp_bpf=sandbox.compile_seccomp(),
+      base_vm_bytes=sandbox.vm_size_bytes(),
+    )
     self.landlock_abi = abi
 
   def layers(self) -> dict[str, Any]:
@@ -141,16 +152,16 @@ class Worker:
     except OSError:
       interfaces = []
     return {
-        "probe": probe,
-        "rlimits": probe.get("rlimits", False),
-        "no_new_privs": probe.get("no_new_privs", False),
-        "landlock": probe.get("landlock_blocks_read", False),
-        "landlock_abi": self.landlock_abi,
-        "seccomp": probe.get("seccomp_filter", False),
-        "empty_env": probe.get("env_empty", False),
-        "uid": os.getuid(),
-        "net_ns_inode": os.stat("/proc/self/ns/net").st_ino,
-        "interfaces": interfaces,
+      "probe": probe,
+      "rlimits": probe.get("rlimits", False),
+      "no_new_privs": probe.get("no_new_privs", False),
+      "landlock": probe.get("landlock_blocks_read", False),
+      "landlock_abi": self.landlock_abi,
+      "seccomp": probe.get("seccomp_filter", False),
+      "empty_env": probe.get("env_empty", False),
+      "uid": os.getuid(),
+      "net_ns_inode": os.stat("/proc/self/ns/net").st_ino,
+      "interfaces": interfaces,
     }
 
   def prepare(self) -> None:
@@ -200,8 +211,9 @@ class Worker:
         os.close(res_r)
     raise AssertionError("unreachable")
 
-  def _supervise(self, pid: int, out_r: int, res_r: int, deadline: float, timeout: float,
-                 inputs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+  def _supervise(
+    self, pid: int, out_r: int, res_r: int, deadline: float, timeout: float, inputs: list[bytes]
+  ) -> tuple[dict[str, Any], list[bytes]]:
     cfg = self.cfg
     pidfd = os.pidfd_open(pid)
     stdout, result = bytearray(), bytearray()
@@ -220,8 +232,7 @@ class Worker:
       while open_fds or not (exited or result):
         left = deadline - time.monotonic()
         if left <= 0:
-          error = {"type": "TimeoutError",
-                   "message": f"the code ran longer than {timeout:g} s and was stopped"}
+          error = {"type": "TimeoutError", "message": f"the code ran longer than {timeout:g} s and was stopped"}
           break
         for fd, _ in poller.poll(left * 1000):
           if fd == pidfd:
@@ -238,12 +249,18 @@ class Worker:
             continue
           open_fds[fd].extend(chunk)
         if len(stdout) > cfg.max_stdout_bytes:
-          error = {"type": "OutputTooLarge", "message": f"the code printed more than "
-                   f"{cfg.max_stdout_bytes} bytes and was stopped; print less (e.g. a summary)"}
+          error = {
+            "type": "OutputTooLarge",
+            "message": f"the code printed more than "
+            f"{cfg.max_stdout_bytes} bytes and was stopped; print less (e.g. a summary)",
+          }
           break
         if len(result) > max_result:
-          error = {"type": "OutputTooLarge", "message": f"the result images take more than "
-                   f"{cfg.max_result_mb} MiB as PNG; return fewer or smaller images"}
+          error = {
+            "type": "OutputTooLarge",
+            "message": f"the result images take more than "
+            f"{cfg.max_result_mb} MiB as PNG; return fewer or smaller images",
+          }
           break
     finally:
       if error is not None or not exited:
@@ -254,14 +271,14 @@ class Worker:
         status = 0
         self.zombies.append(pid)
       os.close(pidfd)
-    text = bytes(stdout[:cfg.max_stdout_bytes]).decode("utf-8", errors="replace")
+    text = bytes(stdout[: cfg.max_stdout_bytes]).decode("utf-8", errors="replace")
     if error is not None:
-      return {"ok": False, "error": dict(error, line=None), "ops": [], "ops_claimed": [],
-              "stdout": text}, []
+      return {"ok": False, "error": dict(error, line=None), "ops": [], "ops_claimed": [], "stdout": text}, []
     return self._interpret(status, bytes(result), text, timeout, inputs)
 
-  def _interpret(self, status: int, result: bytes, text: str, timeout: float,
-                 inputs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+  def _interpret(
+    self, status: int, result: bytes, text: str, timeout: float, inputs: list[bytes]
+  ) -> tuple[dict[str, Any], list[bytes]]:
     """Turns the child's exit status and frame into a checked reply.
 
     `ops` and `result_maps` are what the returned pixels prove (`evidence.verify`); the child's
@@ -271,25 +288,32 @@ class Worker:
     cfg = self.cfg
 
     def fail(kind: str, message: str, claimed=()):
-      return {"ok": False, "error": {"type": kind, "message": message, "line": None},
-              "ops": [], "ops_claimed": list(claimed), "stdout": text}, []
+      return {
+        "ok": False,
+        "error": {"type": kind, "message": message, "line": None},
+        "ops": [],
+        "ops_claimed": list(claimed),
+        "stdout": text,
+      }, []
 
     if os.WIFSIGNALED(status):
       sig = os.WTERMSIG(status)
       if sig == signal.SIGSYS:
-        return fail("SandboxViolation", "the code tried an operation the sandbox forbids (starting "
-                    "processes or programs, network access, or another system-level call) and was "
-                    "stopped; only image processing with PIL, numpy, cv2 and math is possible")
+        return fail(
+          "SandboxViolation",
+          "the code tried an operation the sandbox forbids (starting "
+          "processes or programs, network access, or another system-level call) and was "
+          "stopped; only image processing with PIL, numpy, cv2 and math is possible",
+        )
       if sig in (signal.SIGXCPU, signal.SIGKILL):
-        return fail("TimeoutError", f"the code used more than {timeout:g} s of CPU time and was "
-                    "stopped")
+        return fail("TimeoutError", f"the code used more than {timeout:g} s of CPU time and was stopped")
       return fail("CrashError", f"the code crashed the interpreter ({signal.Signals(sig).name})")
     if not result:
       if os.WEXITSTATUS(status) == child.SETUP_FAILED:
-        return fail("ExecutorError", "the executor could not set up the sandbox for this call; "
-                    "try again")
-      return fail("ExitError", f"the code ended the process (exit status "
-                  f"{os.WEXITSTATUS(status)}) before a result was produced")
+        return fail("ExecutorError", "the executor could not set up the sandbox for this call; try again")
+      return fail(
+        "ExitError", f"the code ended the process (exit status {os.WEXITSTATUS(status)}) before a result was produced"
+      )
     try:
       header, pngs = protocol.decode(result)
       ok = header["ok"] is True
@@ -299,30 +323,53 @@ class Worker:
         if not isinstance(err, dict):
           raise ValueError("bad error")
         line = err.get("line")
-        return {"ok": False, "stdout": text, "ops": [], "ops_claimed": ops, "error": {
+        return {
+          "ok": False,
+          "stdout": text,
+          "ops": [],
+          "ops_claimed": ops,
+          "error": {
             "type": str(err.get("type", "Error"))[:100],
             "message": str(err.get("message", ""))[:2000],
-            "line": line if isinstance(line, int) else None}}, []
+            "line": line if isinstance(line, int) else None,
+          },
+        }, []
     except (ValueError, KeyError, TypeError):
-      return fail("ResultError", "the code's process returned a malformed result (did the code "
-                  "replace parts of Python or of the libraries?)")
+      return fail(
+        "ResultError",
+        "the code's process returned a malformed result (did the code replace parts of Python or of the libraries?)",
+      )
     if len(pngs) > cfg.max_output_images:
-      return fail("OutputTooLarge", f"the result has {len(pngs)} images; at most "
-                  f"{cfg.max_output_images} are returned", ops)
+      return fail(
+        "OutputTooLarge", f"the result has {len(pngs)} images; at most {cfg.max_output_images} are returned", ops
+      )
     for i, blob in enumerate(pngs):
       size = _png_size(blob)
       if size is None:
         return fail("ResultError", f"result image {i} could not be encoded", ops)
       if size[0] * size[1] > cfg.max_output_pixels:
-        return fail("OutputTooLarge", f"result image {i} is {size[0]}x{size[1]} pixels; the limit "
-                    f"is {cfg.max_output_pixels}, so crop or resize it first", ops)
+        return fail(
+          "OutputTooLarge",
+          f"result image {i} is {size[0]}x{size[1]} pixels; the limit "
+          f"is {cfg.max_output_pixels}, so crop or resize it first",
+          ops,
+        )
     if not pngs and header.get("no_result") and not text:
-      return fail("NoResult", "the code produced neither a result nor any printed text; set "
-                  "`result` to a PIL image, a numpy array or a list of them", ops)
-    trusted_ops, maps = evidence.verify(ops, _checked_maps(header.get("result_maps"), len(pngs)),
-                                        pngs, inputs)
-    return {"ok": True, "error": None, "ops": trusted_ops, "ops_claimed": ops, "stdout": text,
-            "result_maps": maps}, pngs
+      return fail(
+        "NoResult",
+        "the code produced neither a result nor any printed text; set "
+        "`result` to a PIL image, a numpy array or a list of them",
+        ops,
+      )
+    trusted_ops, maps = evidence.verify(ops, _checked_maps(header.get("result_maps"), len(pngs)), pngs, inputs)
+    return {
+      "ok": True,
+      "error": None,
+      "ops": trusted_ops,
+      "ops_claimed": ops,
+      "stdout": text,
+      "result_maps": maps,
+    }, pngs
 
 
 def main() -> None:
@@ -359,9 +406,15 @@ def main() -> None:
     try:
       reply, pngs = worker.handle(req, blobs)
     except Exception as e:  # pylint: disable=broad-except
-      reply, pngs = {"ok": False, "stdout": "", "ops": [], "error": {
-          "type": "ExecutorError", "message": f"the executor failed to run the code ({e})",
-          "line": None}}, []
+      reply, pngs = (
+        {
+          "ok": False,
+          "stdout": "",
+          "ops": [],
+          "error": {"type": "ExecutorError", "message": f"the executor failed to run the code ({e})", "line": None},
+        },
+        [],
+      )
     reply["id"] = req.get("id")
     protocol.write_frame(proto_out, reply, pngs)
     worker.prepare()

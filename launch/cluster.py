@@ -29,8 +29,7 @@ def define_flags():
   launchers)."""
   flags.DEFINE_enum("scheduler", None, ["slurm", "k8s"], "Where to submit.")
   flags.DEFINE_integer("nodes", 2, "Nodes (one process each, driving all its GPUs).")
-  flags.DEFINE_multi_string("sbatch_arg", [], "Extra sbatch option, e.g. "
-                            "--sbatch_arg=--partition=gpu.")
+  flags.DEFINE_multi_string("sbatch_arg", [], "Extra sbatch option, e.g. --sbatch_arg=--partition=gpu.")
   flags.DEFINE_string("image", None, "k8s: the container image (default: the manifest's).")
   flags.DEFINE_bool("dry_run", False, "Print what would run instead of running it.")
   flags.mark_flag_as_required("scheduler")
@@ -39,16 +38,18 @@ def define_flags():
 def sbatch_command(command, nodes: int, extra=()) -> list[str]:
   """The sbatch argument list submitting `command` on `nodes` nodes."""
   if not command:
-    raise ValueError("no training command: add it after --, e.g. -- .venv/bin/python -m "
-                     "launch.sft --config=configs/qwen2_5_vl_7b_sft.py --workdir=/shared/runs/sft")
+    raise ValueError(
+      "no training command: add it after --, e.g. -- .venv/bin/python -m "
+      "launch.sft --config=configs/qwen2_5_vl_7b_sft.py --workdir=/shared/runs/sft"
+    )
   return ["sbatch", f"--nodes={nodes}", *extra, SBATCH_SCRIPT, *command]
 
 
-def k8s_manifest(command, nodes: int, image: str | None = None,
-                 path: str = os.path.join(ROOT, K8S_MANIFEST)) -> str:
+def k8s_manifest(command, nodes: int, image: str | None = None, path: str = os.path.join(ROOT, K8S_MANIFEST)) -> str:
   """The manifest at `path` with `nodes` pods (completions, parallelism, WORLD_SIZE), and the
   container's image and command replaced where given."""
   import yaml
+
   with open(path) as f:
     docs = list(yaml.safe_load_all(f))
   for doc in docs:
@@ -82,8 +83,11 @@ def main(argv):
   try:
     return subprocess.run(args, input=stdin, text=True, cwd=ROOT, check=False).returncode
   except FileNotFoundError:
-    print(f"{args[0]} is not on PATH: run this where the scheduler's client is installed (or use "
-          "--dry_run to see the command).", file=sys.stderr)
+    print(
+      f"{args[0]} is not on PATH: run this where the scheduler's client is installed (or use "
+      "--dry_run to see the command).",
+      file=sys.stderr,
+    )
     return 127
 
 

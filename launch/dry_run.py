@@ -12,18 +12,29 @@ memory `--device_memory_gb` (default: what the devices report, else an H200's 14
 from absl import flags
 
 _DRY_RUN = flags.DEFINE_bool(
-    "dry_run", False, "Build the run abstractly (no weights, no data), print the bytes per device "
-    "of every part in every phase against the device memory, and exit: 0 when it fits, 1 when not.")
+  "dry_run",
+  False,
+  "Build the run abstractly (no weights, no data), print the bytes per device "
+  "of every part in every phase against the device memory, and exit: 0 when it fits, 1 when not.",
+)
 _DEVICES = flags.DEFINE_integer(
-    "dry_run_devices", 0, "With --dry_run: fake this many CPU devices for the mesh (the target's "
-    "device count); 0: the present devices.")
+  "dry_run_devices",
+  0,
+  "With --dry_run: fake this many CPU devices for the mesh (the target's device count); 0: the present devices.",
+)
 _PLATFORM = flags.DEFINE_enum(
-    "dry_run_platform", None, ["gpu", "tpu", "cpu"], "With --dry_run: the target platform (its "
-    "attention backend under model.attention_backend=auto); default: gpu with --dry_run_devices, "
-    "else the present devices'.")
+  "dry_run_platform",
+  None,
+  ["gpu", "tpu", "cpu"],
+  "With --dry_run: the target platform (its "
+  "attention backend under model.attention_backend=auto); default: gpu with --dry_run_devices, "
+  "else the present devices'.",
+)
 _MEMORY = flags.DEFINE_float(
-    "device_memory_gb", 0.0, "With --dry_run: memory per device in GB (1e9 bytes); 0: what the "
-    "devices report, else 141 (an H200).")
+  "device_memory_gb",
+  0.0,
+  "With --dry_run: memory per device in GB (1e9 bytes); 0: what the devices report, else 141 (an H200).",
+)
 
 
 def requested() -> bool:
@@ -34,6 +45,7 @@ def prepare_devices() -> None:
   """Fakes `--dry_run_devices` CPU devices; call before anything asks JAX for its devices."""
   if _DRY_RUN.value and _DEVICES.value:
     import jax
+
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", _DEVICES.value)
 
@@ -41,6 +53,7 @@ def prepare_devices() -> None:
 def run(kinds) -> int:
   """Prints the plans of `kinds` ((kind, config) pairs); returns the exit status."""
   from codevision_jax.runtime import dry_run, run_setup
+
   run_setup.quiet_orbax()
   platform = _PLATFORM.value or ("gpu" if _DEVICES.value else None)
   try:

@@ -28,8 +28,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("codevision_jax", "launch", "evals", "executor", "configs")
 HELP = ("--help", "-help", "-h", "--helpshort", "-?", "--helpfull")
 
-_VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, print its traceback as well (so does "
-                             "the environment variable CVJ_TRACEBACK=1).")
+_VERBOSE = flags.DEFINE_bool(
+  "verbose", False, "On an error, print its traceback as well (so does the environment variable CVJ_TRACEBACK=1)."
+)
 
 
 def command() -> str:
@@ -47,8 +48,11 @@ def tracebacks_wanted() -> bool:
 
 def _ours(path: str) -> bool:
   path = os.path.abspath(path)
-  return (path.startswith(REPO + os.sep) and f"{os.sep}site-packages{os.sep}" not in path
-          and os.path.relpath(path, REPO).split(os.sep)[0] in PACKAGES)
+  return (
+    path.startswith(REPO + os.sep)
+    and f"{os.sep}site-packages{os.sep}" not in path
+    and os.path.relpath(path, REPO).split(os.sep)[0] in PACKAGES
+  )
 
 
 def is_user_error(error: BaseException) -> bool:
@@ -65,8 +69,9 @@ def report(error: BaseException) -> None:
   """Prints `error` as the launcher's one message."""
   sys.stdout.flush()
   text = str(error).strip() or type(error).__name__
-  print(f"{command()}: error: {text}\n(the traceback: rerun with --verbose or CVJ_TRACEBACK=1)",
-        file=sys.stderr, flush=True)
+  print(
+    f"{command()}: error: {text}\n(the traceback: rerun with --verbose or CVJ_TRACEBACK=1)", file=sys.stderr, flush=True
+  )
   if "codevision_jax.distributed_env" in sys.modules:  # Several processes: the others stop too.
     sys.modules["codevision_jax.distributed_env"].report_failure(text)
 
@@ -80,10 +85,12 @@ def _guarded(main):
         raise
       report(e)
       sys.exit(1)
+
   return wrapped
 
 
 # ---- flags: config fields, --help -----------------------------------------------------------------
+
 
 def _config_flags() -> dict:
   """{flag name: the config it holds} of the command's config flags."""
@@ -97,6 +104,7 @@ def _config_flags() -> dict:
 
 def _load(path: str):
   from ml_collections import config_flags
+
   return config_flags.config_flags.ConfigFileFlagParser("config", lock_config=False).parse(path)
 
 
@@ -144,18 +152,21 @@ def _bad_override(argv: list, default_config: str | None) -> str | None:
         continue
       here = ".".join(path[:depth])
       from codevision_jax.rl.rollouts import RENAMED  # Fields that moved, and where to.
+
       if ".".join(path) in RENAMED:
-        return (f"{arg.split('=', 1)[0]}: the config has no field {'.'.join(path)!r}: it is now "
-                f"--{name}.{RENAMED['.'.join(path)]}")
+        return (
+          f"{arg.split('=', 1)[0]}: the config has no field {'.'.join(path)!r}: it is now "
+          f"--{name}.{RENAMED['.'.join(path)]}"
+        )
       choices = sorted(node.keys()) if hasattr(node, "keys") else []
       close = difflib.get_close_matches(key, choices, n=3)
       where = f"{name}.{here}" if here else name
-      return (f"{arg.split('=', 1)[0]}: the config has no field {'.'.join(path[:depth + 1])!r}"
-              + (f" (did you mean {' or '.join(f'--{where}.{c}' for c in close)}?)" if close
-                 else "")
-              + (f"; the fields of {where}: {', '.join(choices)}" if choices else
-                 f"; {where} is a value, not a section")
-              + f". `{command()} --help` lists every field")
+      return (
+        f"{arg.split('=', 1)[0]}: the config has no field {'.'.join(path[: depth + 1])!r}"
+        + (f" (did you mean {' or '.join(f'--{where}.{c}' for c in close)}?)" if close else "")
+        + (f"; the fields of {where}: {', '.join(choices)}" if choices else f"; {where} is a value, not a section")
+        + f". `{command()} --help` lists every field"
+      )
   return None
 
 
@@ -189,10 +200,13 @@ def _print_help(argv: list, default_config: str | None) -> None:
     config = _config_of(name, argv, default_config)
     if config is None:
       continue
-    source = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")),
-                  default_config or "the default config")
-    print(f"\nconfig fields of --{name} ({source}; each is overridden with "
-          f"--{name}.FIELD=VALUE; the config file's comments say what they do):")
+    source = next(
+      (a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), default_config or "the default config"
+    )
+    print(
+      f"\nconfig fields of --{name} ({source}; each is overridden with "
+      f"--{name}.FIELD=VALUE; the config file's comments say what they do):"
+    )
     for key, value in fields(config):
       print(f"  {key} = {value!r}")
   sys.stdout.flush()
@@ -221,6 +235,7 @@ def _parser(default_config: str | None):
         message = f"the command line could not be read: {text}"
       print(f"{command()}: error: {message}", file=sys.stderr, flush=True)
       sys.exit(2)
+
   return parse
 
 
@@ -231,15 +246,16 @@ def _check_config_loaded() -> None:
     if isinstance(error, OSError) and type(flag.value).__name__ == "_ErrorConfig":
       first = str(error).strip().splitlines()
       detail = first[-1].strip() if first else ""
-      print(f"{command()}: error: --{name}: the config file does not load ({detail})",
-            file=sys.stderr, flush=True)
+      print(f"{command()}: error: --{name}: the config file does not load ({detail})", file=sys.stderr, flush=True)
       sys.exit(2)
 
 
 def run(main, *, default_config: str | None = None) -> None:
   """absl's `app.run(main)` with the error handling of the module docstring. `default_config`:
   the config file whose fields `--help` lists when no `--config` is given."""
+
   def checked(argv):
     _check_config_loaded()
     return _guarded(main)(argv)
+
   app.run(checked, flags_parser=_parser(default_config))

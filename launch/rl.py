@@ -16,8 +16,9 @@ from ml_collections import config_flags
 
 from launch import dry_run, errors, summary
 
-flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
-                  "internals) and of JAX's backend probing.")
+flags.DEFINE_bool(
+  "orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint internals) and of JAX's backend probing."
+)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, metrics, rollouts.")
@@ -35,8 +36,10 @@ def main(argv):
   if not workdir:
     raise app.UsageError("--workdir is required (where checkpoints, logs and rollouts go)")
   from codevision_jax import distributed_env
+
   distributed_env.initialize(cfg.get("distributed"))  # Slurm / torchrun env / TPU / config.
   from codevision_jax.runtime import layout, run_setup
+
   run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   from codevision_jax.rl import loop
   from codevision_jax.rl import rollouts
@@ -47,6 +50,7 @@ def main(argv):
   run_setup.make_mesh(cfg.mesh, "mesh")
   if sft_first:
     from codevision_jax.train import loop as sft_loop
+
     sft_dir = layout.sft(workdir)
     print(f"== SFT first: {cfg.sft.train.steps} steps into {sft_dir}", flush=True)
     sft_loop.train(cfg.sft, sft_dir)
@@ -55,6 +59,7 @@ def main(argv):
   with rollouts.executor_services(cfg.executor.urls, workers=cfg.executor.workers) as urls:
     result = loop.train(cfg, workdir, executor_urls=urls)
   import jax
+
   if jax.process_index() == 0:  # Process 0 tells what was written.
     print(summary.rl_text(workdir, result.steps, result.history))
 

@@ -40,12 +40,17 @@ try:  # The default config takes the command line's --config.FIELD overrides as 
   _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file.")
 except (AttributeError, KeyError):  # One naming no field (or a renamed one): one line, exit 2.
   message = errors._bad_override(sys.argv, DEFAULT_CONFIG)  # noqa: SLF001
-  print(f"launch.rollout: error: {message or 'a --config.FIELD override does not apply'}; "
-        "`launch.rollout --help` lists every field", file=sys.stderr, flush=True)
+  print(
+    f"launch.rollout: error: {message or 'a --config.FIELD override does not apply'}; "
+    "`launch.rollout --help` lists every field",
+    file=sys.stderr,
+    flush=True,
+  )
   sys.exit(2)
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: a new directory under /tmp).")
-flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
-                  "internals) and of JAX's backend probing.")
+flags.DEFINE_bool(
+  "orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint internals) and of JAX's backend probing."
+)
 
 
 def main(argv):
@@ -53,22 +58,29 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   from codevision_jax.rl import rollouts
   from codevision_jax.runtime import run_setup
+
   run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   out = _OUT.value or os.path.join("/tmp", f"cvj-rollout-{int(time.time())}")
   s = rollouts.write_rollouts(_CONFIG.value, out)
-  accuracy = "no ground truth" if s["accuracy"] is None else (
-      f"{s['accuracy']:.3f} over {s['with_ground_truth']} with ground truth, "
-      f"mean reward {s['reward']['score']:.3f}")
-  print(f"== done: {s['trajectories']} trajectories in {s['time']['rollout_s']:.1f} s\n"
-        f"   accuracy: {accuracy}\n"
-        f"   tool calls: {s['tool_calls']} ({s['tool_calls_per_trajectory']:.2f} per trajectory), "
-        f"status {s['tool_status']}\n"
-        f"   finish reasons (share of trajectories): {s['finish']}\n"
-        f"   transcripts (every turn's text, the calls, answers): "
-        f"{os.path.join(out, 'transcripts.jsonl')}\n"
-        f"   trajectories (tokens, log-probs): {os.path.join(out, 'trajectories.jsonl')}\n"
-        f"   summary: {os.path.join(out, 'summary.json')}\n"
-        f"   read them in a browser after {shell.python_m('launch.view', f'--rollouts={out}')}")
+  accuracy = (
+    "no ground truth"
+    if s["accuracy"] is None
+    else (
+      f"{s['accuracy']:.3f} over {s['with_ground_truth']} with ground truth, mean reward {s['reward']['score']:.3f}"
+    )
+  )
+  print(
+    f"== done: {s['trajectories']} trajectories in {s['time']['rollout_s']:.1f} s\n"
+    f"   accuracy: {accuracy}\n"
+    f"   tool calls: {s['tool_calls']} ({s['tool_calls_per_trajectory']:.2f} per trajectory), "
+    f"status {s['tool_status']}\n"
+    f"   finish reasons (share of trajectories): {s['finish']}\n"
+    f"   transcripts (every turn's text, the calls, answers): "
+    f"{os.path.join(out, 'transcripts.jsonl')}\n"
+    f"   trajectories (tokens, log-probs): {os.path.join(out, 'trajectories.jsonl')}\n"
+    f"   summary: {os.path.join(out, 'summary.json')}\n"
+    f"   read them in a browser after {shell.python_m('launch.view', f'--rollouts={out}')}"
+  )
 
 
 if __name__ == "__main__":

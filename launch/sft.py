@@ -15,8 +15,9 @@ from ml_collections import config_flags
 
 from launch import dry_run, errors, summary
 
-flags.DEFINE_bool("orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint "
-                  "internals) and of JAX's backend probing.")
+flags.DEFINE_bool(
+  "orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint internals) and of JAX's backend probing."
+)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, the tokenizer.")
@@ -33,11 +34,14 @@ def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required (where checkpoints and logs go)")
   from codevision_jax import distributed_env
+
   distributed_env.initialize(cfg.distributed)  # Slurm / torchrun env / TPU / config; see there.
   import jax  # After flag parsing, so that --help is fast.
   from codevision_jax.runtime import run_setup
+
   run_setup.quiet_orbax(flags.FLAGS.orbax_logs)
   from codevision_jax.train import loop
+
   result = loop.train(cfg, _WORKDIR.value)
   if jax.process_index() == 0:
     print(summary.sft_text(_WORKDIR.value, result.last, result.dropped))

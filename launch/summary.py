@@ -61,8 +61,10 @@ def verdict(lines: list[dict]) -> list[str]:
       out.append(f"{what} did NOT rise: {a0:.3f} (round {r0}) -> {a1:.3f} (round {r1})")
       reward = first_last(lines, f"{prefix}/reward/score")
       if reward and reward[1][1] > reward[0][1]:
-        out.append(f"the {prefix} reward rose ({reward[0][1]:.3f} -> {reward[1][1]:.3f}) because it "
-                   "also pays for tool use and format (docs/reward.md): it is not accuracy")
+        out.append(
+          f"the {prefix} reward rose ({reward[0][1]:.3f} -> {reward[1][1]:.3f}) because it "
+          "also pays for tool use and format (docs/reward.md): it is not accuracy"
+        )
     break  # Held-out accuracy when there is one: it is what training is for.
   return out
 
@@ -72,15 +74,15 @@ def dropped(lines: list[dict]) -> list[str]:
   total = sum(l.get("batch/dropped_trajectories", 0.0) for l in lines)
   if not total:
     return []
-  why = {k: sum(l.get(f"batch/dropped_for_{k}", 0.0) for l in lines)
-         for k in ("tokens", "patches", "images")}
-  setting = {"tokens": "train.buckets", "patches": "train.patch_budget",
-             "images": "train.max_images"}
+  why = {k: sum(l.get(f"batch/dropped_for_{k}", 0.0) for l in lines) for k in ("tokens", "patches", "images")}
+  setting = {"tokens": "train.buckets", "patches": "train.patch_budget", "images": "train.max_images"}
   reasons = ", ".join(f"{int(n)} over {setting[k]}" for k, n in why.items() if n)
   trained = sum(l.get("batch/trained_trajectories", 0.0) for l in lines)
-  return [f"dropped {int(total)} of {int(total + trained)} trajectories, not trained on: they "
-          f"did not fit the microbatch geometry ({reasons or 'see the log'}; "
-          "batch/dropped_* in metrics.jsonl)"]
+  return [
+    f"dropped {int(total)} of {int(total + trained)} trajectories, not trained on: they "
+    f"did not fit the microbatch geometry ({reasons or 'see the log'}; "
+    "batch/dropped_* in metrics.jsonl)"
+  ]
 
 
 def rl_lines(workdir: str, history: list | None = None, indent: str = "   ") -> list[str]:
@@ -91,14 +93,18 @@ def rl_lines(workdir: str, history: list | None = None, indent: str = "   ") -> 
   if trained:
     first, last = trained[0]["round"], trained[-1]["round"]
     span = f"round {first} -> {last}" if first != last else f"round {last}"
-    out.append(f"rollouts, {span}: accuracy {_change(trained, 'rollout/accuracy')}, reward "
-               f"{_change(trained, 'rollout/reward/score')}, tool calls per trajectory "
-               f"{_change(trained, 'rollout/tool_calls_per_trajectory', '.2f')}")
+    out.append(
+      f"rollouts, {span}: accuracy {_change(trained, 'rollout/accuracy')}, reward "
+      f"{_change(trained, 'rollout/reward/score')}, tool calls per trajectory "
+      f"{_change(trained, 'rollout/tool_calls_per_trajectory', '.2f')}"
+    )
   evals = [l for l in lines if "eval/accuracy" in l]
   if evals:
     span = " -> ".join(dict.fromkeys(str(l["round"]) for l in (evals[0], evals[-1])))
-    out.append(f"held-out eval, round {span}: accuracy {_change(evals, 'eval/accuracy')}, reward "
-               f"{_change(evals, 'eval/reward/score')}")
+    out.append(
+      f"held-out eval, round {span}: accuracy {_change(evals, 'eval/accuracy')}, reward "
+      f"{_change(evals, 'eval/reward/score')}"
+    )
   out += verdict(lines) + dropped(lines)
   return [indent + l for l in out]
 
@@ -107,8 +113,10 @@ def dropped_line(dropped: dict | None) -> list[str]:
   """The summary's line on records left out (data.drop_oversized, data.skip_bad), if any."""
   if not dropped or not dropped["records"]:
     return []
-  return [f"   dropped {dropped['records']:,} of {dropped['of']:,} records, not trained on: "
-          f"{dropped['why']}; listed in {dropped['path']}"]
+  return [
+    f"   dropped {dropped['records']:,} of {dropped['of']:,} records, not trained on: "
+    f"{dropped['why']}; listed in {dropped['path']}"
+  ]
 
 
 def where_lines(workdir: str, *, rl: bool) -> list[str]:
@@ -117,14 +125,17 @@ def where_lines(workdir: str, *, rl: bool) -> list[str]:
   tb = layout.tensorboard(workdir)
   lines = [f"   checkpoints: {layout.checkpoints(workdir)} (rerun the same command to resume)"]
   if rl:
-    lines += [f"   metrics (a JSON line per round): {layout.metrics(workdir)}",
-              f"   sampled trajectories: {layout.rollouts(workdir)}; read them in a browser after",
-              f"     {shell.python_m('launch.view', f'--rollouts={workdir}')}"]
-  return lines + [f"   TensorBoard logs: {tb}; view them with",
-                  f"     {shell.tool('tensorboard')} --logdir {tb}",
-                  "   export the newest checkpoint as an HF model with",
-                  "     " + shell.python_m("launch.export", f"--workdir={workdir}",
-                                           f"--out={layout.hf(workdir)}")]
+    lines += [
+      f"   metrics (a JSON line per round): {layout.metrics(workdir)}",
+      f"   sampled trajectories: {layout.rollouts(workdir)}; read them in a browser after",
+      f"     {shell.python_m('launch.view', f'--rollouts={workdir}')}",
+    ]
+  return lines + [
+    f"   TensorBoard logs: {tb}; view them with",
+    f"     {shell.tool('tensorboard')} --logdir {tb}",
+    "   export the newest checkpoint as an HF model with",
+    "     " + shell.python_m("launch.export", f"--workdir={workdir}", f"--out={layout.hf(workdir)}"),
+  ]
 
 
 def sft_text(workdir: str, last: dict, dropped: dict | None = None) -> str:
@@ -133,8 +144,7 @@ def sft_text(workdir: str, last: dict, dropped: dict | None = None) -> str:
   (`scaffold.RunResult`)."""
   lines = [f"== done: {workdir}"]
   if last:
-    lines.append(f"   last logged step {last['step']}: loss {last['loss']:.4f}, "
-                 f"{last['tokens_per_s']:,.0f} tokens/s")
+    lines.append(f"   last logged step {last['step']}: loss {last['loss']:.4f}, {last['tokens_per_s']:,.0f} tokens/s")
   lines += dropped_line(dropped)
   return "\n".join(lines + where_lines(workdir, rl=False))
 
@@ -142,5 +152,6 @@ def sft_text(workdir: str, last: dict, dropped: dict | None = None) -> str:
 def rl_text(workdir: str, rounds: int, history: list | None = None) -> str:
   """What a finished RL run (launch.rl) did (`rl_lines`) and wrote where, and the commands that
   come next; `rounds` and `history` are the run result's (`scaffold.RunResult` steps, history)."""
-  return "\n".join([f"== done: {rounds} rounds in {workdir}", *rl_lines(workdir, history),
-                    *where_lines(workdir, rl=True)])
+  return "\n".join(
+    [f"== done: {rounds} rounds in {workdir}", *rl_lines(workdir, history), *where_lines(workdir, rl=True)]
+  )

@@ -25,8 +25,10 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 
 # The worker's index: TPU_WORKER_ID where set (GKE), else the TPU VM's metadata, else its name.
-WORKER_ID = ("${TPU_WORKER_ID:-$(curl -sf -H Metadata-Flavor:Google http://metadata.google."
-             "internal/computeMetadata/v1/instance/attributes/agent-worker-number || hostname)}")
+WORKER_ID = (
+  "${TPU_WORKER_ID:-$(curl -sf -H Metadata-Flavor:Google http://metadata.google."
+  "internal/computeMetadata/v1/instance/attributes/agent-worker-number || hostname)}"
+)
 DEFAULT_MODULES = ("launch.sft", "launch.rl", "launch.rollout")
 
 
@@ -37,13 +39,12 @@ def define_flags():
   flags.DEFINE_string("zone", None, "Its zone, e.g. us-central2-b.")
   flags.DEFINE_string("project", None, "Its project (default: gcloud's configured project).")
   flags.DEFINE_string("worker", "all", "Which workers: all, or a list such as 0,3.")
-  flags.DEFINE_string("repo_dir", "codevision-jax", "The repository on the workers (relative: "
-                      "from the remote home).")
-  flags.DEFINE_string("logdir", "logs/tpu", "Per-worker logs, on each worker (relative: from "
-                      "--repo_dir).")
+  flags.DEFINE_string("repo_dir", "codevision-jax", "The repository on the workers (relative: from the remote home).")
+  flags.DEFINE_string("logdir", "logs/tpu", "Per-worker logs, on each worker (relative: from --repo_dir).")
   flags.DEFINE_multi_string("env", [], "KEY=VALUE set for the command on every worker.")
-  flags.DEFINE_multi_string("gcloud_arg", [], "Extra argument of the gcloud ssh command, e.g. "
-                            "--gcloud_arg=--tunnel-through-iap.")
+  flags.DEFINE_multi_string(
+    "gcloud_arg", [], "Extra argument of the gcloud ssh command, e.g. --gcloud_arg=--tunnel-through-iap."
+  )
   flags.DEFINE_bool("dry_run", False, "Print the command instead of running it.")
   flags.DEFINE_bool("stop", False, "Kill the launched training processes on the workers.")
   flags.mark_flags_as_required(["tpu", "zone"])
@@ -69,18 +70,21 @@ def parse_env(items) -> dict[str, str]:
   return out
 
 
-def run_command(command, repo_dir: str = "codevision-jax", logdir: str = "logs/tpu",
-                env: dict | None = None) -> str:
+def run_command(command, repo_dir: str = "codevision-jax", logdir: str = "logs/tpu", env: dict | None = None) -> str:
   """The shell line each worker runs: the training command with its environment, its output
   teed into `<logdir>/worker-<N>.log`; the line's status is the command's (pipefail)."""
   if not command:
-    raise ValueError("no command to run: add it after --, e.g. -- .venv/bin/python -m launch.sft "
-                     "--config=configs/qwen2_5_vl_7b_sft.py --workdir=gs://BUCKET/runs/sft")
+    raise ValueError(
+      "no command to run: add it after --, e.g. -- .venv/bin/python -m launch.sft "
+      "--config=configs/qwen2_5_vl_7b_sft.py --workdir=gs://BUCKET/runs/sft"
+    )
   env = {"CVJ_DISTRIBUTED": "auto", "PYTHONUNBUFFERED": "1", **(env or {})}
   assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
   log = f"{remote_path(logdir)}/worker-$W.log"
-  return (f"set -o pipefail; cd {remote_path(repo_dir)} && mkdir -p {remote_path(logdir)} && "
-          f"W={WORKER_ID} && {assigns} {shlex.join(command)} 2>&1 | tee {log}")
+  return (
+    f"set -o pipefail; cd {remote_path(repo_dir)} && mkdir -p {remote_path(logdir)} && "
+    f"W={WORKER_ID} && {assigns} {shlex.join(command)} 2>&1 | tee {log}"
+  )
 
 
 def modules(command) -> list[str]:
@@ -98,8 +102,9 @@ def stop_command(command=()) -> str:
   return f"pkill -f -- {shlex.quote(pattern)} && echo stopped on $(hostname) || true"
 
 
-def gcloud_ssh(tpu: str, zone: str, remote: str, project: str | None = None,
-               worker: str = "all", extra=()) -> list[str]:
+def gcloud_ssh(
+  tpu: str, zone: str, remote: str, project: str | None = None, worker: str = "all", extra=()
+) -> list[str]:
   """The argument list of `gcloud compute tpus tpu-vm ssh` running `remote` on the workers."""
   args = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu, f"--zone={zone}"]
   if project:
@@ -121,15 +126,15 @@ def main(argv):
   if FLAGS.dry_run:
     print(shlex.join(args))
     return 0
-  print(f"== {'stopping' if FLAGS.stop else 'running'} on {FLAGS.tpu} workers {FLAGS.worker}"
-        + ("" if FLAGS.stop else "; logs in "
-           + os.path.join(FLAGS.repo_dir, FLAGS.logdir, "worker-N.log")),
-        flush=True)
+  print(
+    f"== {'stopping' if FLAGS.stop else 'running'} on {FLAGS.tpu} workers {FLAGS.worker}"
+    + ("" if FLAGS.stop else "; logs in " + os.path.join(FLAGS.repo_dir, FLAGS.logdir, "worker-N.log")),
+    flush=True,
+  )
   try:
     return subprocess.run(args, check=False).returncode
   except FileNotFoundError:
-    print("gcloud is not on PATH: install the Google Cloud CLI (or use --dry_run to see the "
-          "command).", file=sys.stderr)
+    print("gcloud is not on PATH: install the Google Cloud CLI (or use --dry_run to see the command).", file=sys.stderr)
     return 127
 
 

@@ -30,9 +30,9 @@ FLAGS = flags.FLAGS
 def define_flags():
   """The command's flags, defined only when it runs (tests import this module beside other
   launchers that have an --out)."""
-  flags.DEFINE_string("rollouts", None, "A launch.rollout output directory, an RL workdir, or "
-                      "its rollouts/ directory.")
+  flags.DEFINE_string("rollouts", None, "A launch.rollout output directory, an RL workdir, or its rollouts/ directory.")
   flags.DEFINE_string("out", None, "The HTML file to write (default: DIR/view.html).")
+
 
 TRANSCRIPTS = "transcripts.jsonl"
 
@@ -46,14 +46,18 @@ def find_runs(directory: str) -> list[tuple[str | None, str]]:
   for base in (directory, layout.rollouts(directory)):
     if not os.path.isdir(base):
       continue
-    rounds = [(name, os.path.join(base, name)) for name in sorted(os.listdir(base))
-              if os.path.isfile(os.path.join(base, name, TRANSCRIPTS))]
+    rounds = [
+      (name, os.path.join(base, name))
+      for name in sorted(os.listdir(base))
+      if os.path.isfile(os.path.join(base, name, TRANSCRIPTS))
+    ]
     if rounds:
       return rounds
   raise FileNotFoundError(
-      f"{directory}: no {TRANSCRIPTS} there, in its subdirectories (round_00001/, ...) or under "
-      f"its rollouts/; pass a `launch.rollout --out` directory, an RL workdir or its rollouts/ "
-      f"directory (RL saves rounds' transcripts when train.save_rollouts > 0)")
+    f"{directory}: no {TRANSCRIPTS} there, in its subdirectories (round_00001/, ...) or under "
+    f"its rollouts/; pass a `launch.rollout --out` directory, an RL workdir or its rollouts/ "
+    f"directory (RL saves rounds' transcripts when train.save_rollouts > 0)"
+  )
 
 
 def read_transcripts(path: str) -> list[dict]:
@@ -92,8 +96,9 @@ def load(runs: list[tuple[str | None, str]], html_dir: str) -> list[dict]:
       elif "key" not in t:
         t["key"] = str(own)
       t["images"] = [_relocate(p, run, html_dir) for p in t.get("images") or []]
-      t["tool_calls"] = [{**c, "result_image": _relocate(c.get("result_image"), run, html_dir)}
-                         for c in t.get("tool_calls") or []]
+      t["tool_calls"] = [
+        {**c, "result_image": _relocate(c.get("result_image"), run, html_dir)} for c in t.get("tool_calls") or []
+      ]
       out.append(t)
   return out
 
@@ -107,13 +112,22 @@ def counts_row(label: str, trajectories: list[dict]) -> list:
   """label, trajectories, graded, accuracy over the graded, mean reward score, tool calls per
   trajectory, failed tool calls per trajectory."""
   graded = [t for t in trajectories if t.get("correct") is not None]
-  scores = [t["reward"]["score"] for t in trajectories
-            if isinstance(t.get("reward"), dict) and t["reward"].get("score") is not None]
+  scores = [
+    t["reward"]["score"]
+    for t in trajectories
+    if isinstance(t.get("reward"), dict) and t["reward"].get("score") is not None
+  ]
   calls = [c for t in trajectories for c in t.get("tool_calls") or []]
   n = len(trajectories)
-  return [label, n, len(graded), _mean(bool(t["correct"]) for t in graded), _mean(scores),
-          len(calls) / n if n else None,
-          sum(c.get("status") != "ok" for c in calls) / n if n else None]
+  return [
+    label,
+    n,
+    len(graded),
+    _mean(bool(t["correct"]) for t in graded),
+    _mean(scores),
+    len(calls) / n if n else None,
+    sum(c.get("status") != "ok" for c in calls) / n if n else None,
+  ]
 
 
 def round_metrics(rollouts: str) -> dict[str, dict]:
@@ -131,22 +145,25 @@ def round_metrics(rollouts: str) -> dict[str, dict]:
   return {}
 
 
-def counts_table(runs, trajectories: list[dict],
-                 metrics: dict | None = None) -> tuple[str, list[str], list[list]]:
+def counts_table(runs, trajectories: list[dict], metrics: dict | None = None) -> tuple[str, list[str], list[list]]:
   """(heading, header, rows): a row per round and one over all. The counts are of the saved
   trajectories (a sample of a round: `train.save_rollouts`); the round's own accuracy and reward
   over all its trajectories come from `metrics` (its metrics.jsonl lines) when given."""
-  header = ["round", "trajectories saved", "graded", "accuracy of the saved sample",
-            "mean reward of the saved sample", "tool calls / trajectory",
-            "failed calls / trajectory"]
+  header = [
+    "round",
+    "trajectories saved",
+    "graded",
+    "accuracy of the saved sample",
+    "mean reward of the saved sample",
+    "tool calls / trajectory",
+    "failed calls / trajectory",
+  ]
   rows = []
   if len(runs) > 1 or runs[0][0] is not None:
-    rows = [counts_row(name, [t for t in trajectories if t.get("suite") == name])
-            for name, _ in runs]
+    rows = [counts_row(name, [t for t in trajectories if t.get("suite") == name]) for name, _ in runs]
   rows.append(counts_row("all", trajectories))
   if metrics:
-    header += ["round accuracy (all trajectories, metrics.jsonl)",
-               "round reward (all trajectories, metrics.jsonl)"]
+    header += ["round accuracy (all trajectories, metrics.jsonl)", "round reward (all trajectories, metrics.jsonl)"]
     for row in rows:
       line = metrics.get(row[0], {})
       row += [line.get("rollout/accuracy"), line.get("rollout/reward/score")]
@@ -162,33 +179,45 @@ def build(rollouts: str, out: str | None = None) -> str:
   trajectories = load(runs, html_dir)
   rounds = [name for name, _ in runs if name is not None]
   metrics = round_metrics(rollouts) if rounds else {}
-  notes = [f"{len(trajectories)} trajectories from {os.path.abspath(rollouts)}"
-           + (f" ({len(rounds)} rounds: {rounds[0]} to {rounds[-1]})" if rounds else "") + ".",
-           *(["The saved trajectories are a sample of each round (train.save_rollouts): their "
-              "accuracy is the sample's; " + ("the round's own, over all its trajectories, is the "
-                                              "metrics.jsonl column." if metrics else
-                                              "no metrics.jsonl was found beside them for the "
-                                              "round's own.")] if rounds else []),
-           "Images are linked where they are, relative to this file: keep the file in place "
-           "(or rebuild it with python -m launch.view) for them to show."]
-  return viewer.render(out, title=f"Rollouts: {os.path.abspath(rollouts)}",
-                       trajectories=trajectories, tables=[counts_table(runs, trajectories, metrics)],
-                       notes=notes)
+  notes = [
+    f"{len(trajectories)} trajectories from {os.path.abspath(rollouts)}"
+    + (f" ({len(rounds)} rounds: {rounds[0]} to {rounds[-1]})" if rounds else "")
+    + ".",
+    *(
+      [
+        "The saved trajectories are a sample of each round (train.save_rollouts): their "
+        "accuracy is the sample's; "
+        + (
+          "the round's own, over all its trajectories, is the metrics.jsonl column."
+          if metrics
+          else "no metrics.jsonl was found beside them for the round's own."
+        )
+      ]
+      if rounds
+      else []
+    ),
+    "Images are linked where they are, relative to this file: keep the file in place "
+    "(or rebuild it with python -m launch.view) for them to show.",
+  ]
+  return viewer.render(
+    out,
+    title=f"Rollouts: {os.path.abspath(rollouts)}",
+    trajectories=trajectories,
+    tables=[counts_table(runs, trajectories, metrics)],
+    notes=notes,
+  )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if not FLAGS.rollouts:
-    raise app.UsageError("--rollouts=DIR is required (a launch.rollout output, an RL workdir or "
-                         "its rollouts/)")
+    raise app.UsageError("--rollouts=DIR is required (a launch.rollout output, an RL workdir or its rollouts/)")
   try:
     out = os.path.abspath(build(FLAGS.rollouts, FLAGS.out))
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"launch.view: {e}") from None
-  print(f"wrote {out}\n"
-        f"open it:  xdg-open {out}\n"
-        f"or paste into a browser:  {pathlib.Path(out).as_uri()}")
+  print(f"wrote {out}\nopen it:  xdg-open {out}\nor paste into a browser:  {pathlib.Path(out).as_uri()}")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ _NUM = flags.DEFINE_integer("num", 256, "How many tasks.")
 _SEED = flags.DEFINE_integer("seed", 0, "Task i depends only on (seed, i).")
 _OUT = flags.DEFINE_string("out", None, "The file to write (.jsonl for sft, .parquet for rl).")
 _KINDS = flags.DEFINE_list("kinds", ["word", "number", "arrow", "chart"], "Card contents.")
-_TRANSFORMS = flags.DEFINE_list("transforms", ["none", "rotate_90", "rotate_180", "rotate_270",
-                                               "flip_horizontal", "flip_vertical"],
-                                "Transforms applied to the images.")
+_TRANSFORMS = flags.DEFINE_list(
+  "transforms",
+  ["none", "rotate_90", "rotate_180", "rotate_270", "flip_horizontal", "flip_vertical"],
+  "Transforms applied to the images.",
+)
 _P_SMALL = flags.DEFINE_float("p_small", 0.5, "Share of cards placed small on a large canvas.")
 flags.mark_flags_as_required(["out"])
 
@@ -28,8 +30,10 @@ flags.mark_flags_as_required(["out"])
 def main(argv):
   del argv
   from codevision_jax.data import synthetic, writers
-  records = synthetic.generate(_NUM.value, seed=_SEED.value, kinds=tuple(_KINDS.value),
-                               transforms=tuple(_TRANSFORMS.value), p_small=_P_SMALL.value)
+
+  records = synthetic.generate(
+    _NUM.value, seed=_SEED.value, kinds=tuple(_KINDS.value), transforms=tuple(_TRANSFORMS.value), p_small=_P_SMALL.value
+  )
   if _KIND.value == "sft":
     n = writers.write_sft_jsonl(records, _OUT.value)
   else:

@@ -33,6 +33,7 @@ def sft_dir(tmp_path_factory):
   session for the RL tests that start from it."""
   from codevision_jax.train import loop as sft_loop
   from configs import tiny_rl
+
   path = str(tmp_path_factory.mktemp("sft"))
   sft_loop.train(tiny_rl.get_config().sft, path)
   return path

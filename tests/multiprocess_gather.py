@@ -21,15 +21,22 @@ def refuse(*args, **kwargs):
   raise AssertionError("allgather_objects put data on a device")
 
 
-for module, name in ((jax, "device_put"), (jax, "make_array_from_callback"),
-                     (jax, "make_array_from_process_local_data"),
-                     (multihost_utils, "process_allgather"), (multihost_utils, "broadcast_one_to_all")):
+for module, name in (
+  (jax, "device_put"),
+  (jax, "make_array_from_callback"),
+  (jax, "make_array_from_process_local_data"),
+  (multihost_utils, "process_allgather"),
+  (multihost_utils, "broadcast_one_to_all"),
+):
   setattr(module, name, refuse)
 
 before = len(jax.live_arrays())
 rng = np.random.default_rng(PROCESS_ID)
-mine = {"process": PROCESS_ID, "png": rng.bytes((40 << 20) + 123 * PROCESS_ID),  # > one chunk
-        "tokens": rng.integers(0, 100, 1000)}
+mine = {
+  "process": PROCESS_ID,
+  "png": rng.bytes((40 << 20) + 123 * PROCESS_ID),  # > one chunk
+  "tokens": rng.integers(0, 100, 1000),
+}
 seen = [replicas.allgather_objects(mine), replicas.allgather_objects(PROCESS_ID)]
 assert len(jax.live_arrays()) == before
 if PROCESS_ID == 0:

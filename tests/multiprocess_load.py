@@ -38,16 +38,19 @@ mesh = parallel.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
 model = load.load_hf(HF_DIR, dtype="float32", mesh=mesh)
 state = nnx.state(model, nnx.Param)
 read = sum(r.bytes_read for r in readers)
-held = sum(int(np.prod([hi - lo for lo, hi in load.held_box(v.shape, v.sharding)])) * v.dtype.itemsize
-           for v in jax.tree.leaves(nnx.to_pure_dict(state)))
+held = sum(
+  int(np.prod([hi - lo for lo, hi in load.held_box(v.shape, v.sharding)])) * v.dtype.itemsize
+  for v in jax.tree.leaves(nnx.to_pure_dict(state))
+)
 
 gathered = multihost_utils.process_allgather(nnx.to_pure_dict(state), tiled=True)
 counts = np.asarray(multihost_utils.process_allgather(np.asarray([read, held], np.int64)))
 if jax.process_index() == 0:
-  flat = {tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(gathered)[0]}
-  in_files = {keymap.to_transformers_layout(k): (k, r)
-              for k, r in load._checkpoint_readers(HF_DIR).items()}
+  flat = {
+    tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
+    for path, v in jax.tree_util.tree_flatten_with_path(gathered)[0]
+  }
+  in_files = {keymap.to_transformers_layout(k): (k, r) for k, r in load._checkpoint_readers(HF_DIR).items()}
   total, equal = 0, True
   for m in keymap.param_mappings(state, model.config):
     key, reader = in_files[m.hf_key]
@@ -56,5 +59,4 @@ if jax.process_index() == 0:
     equal &= bool(np.array_equal(flat[tuple(str(p) for p in m.path)], whole))
   counts = counts.reshape(-1, 2)
   with open(OUT, "w") as f:
-    json.dump({"read": counts[:, 0].tolist(), "held": counts[:, 1].tolist(), "total": total,
-               "equal": equal}, f)
+    json.dump({"read": counts[:, 0].tolist(), "held": counts[:, 1].tolist(), "total": total, "equal": equal}, f)

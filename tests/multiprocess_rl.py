@@ -42,15 +42,23 @@ params = multihost_utils.process_allgather(result.state["params"], tiled=True)
 sampler = nnx.to_pure_dict(run.policy.engine.params)
 sampler_leaves = jax.tree_util.tree_flatten_with_path(sampler)[0]
 devices = sorted({d.id for _, leaf in sampler_leaves for d in leaf.devices()})
-flat = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
-        for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-sampler_flat = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
-                for path, leaf in sampler_leaves}
+flat = {
+  "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
+  for path, v in jax.tree_util.tree_flatten_with_path(params)[0]
+}
+sampler_flat = {
+  "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf for path, leaf in sampler_leaves
+}
 synced = all(np.array_equal(np.asarray(sampler_flat[k]), v) for k, v in flat.items())
-seen = replicas.allgather_objects({
-    "process": jax.process_index(), "share": replicas.share(c.rollout.prompts),
-    "sampler_devices": devices, "local_devices": sorted(d.id for d in jax.local_devices()),
-    "sampler_synced": bool(synced)})
+seen = replicas.allgather_objects(
+  {
+    "process": jax.process_index(),
+    "share": replicas.share(c.rollout.prompts),
+    "sampler_devices": devices,
+    "local_devices": sorted(d.id for d in jax.local_devices()),
+    "sampler_synced": bool(synced),
+  }
+)
 
 if jax.process_index() == 0:
   np.savez(OUT, **flat)
@@ -58,7 +66,19 @@ if jax.process_index() == 0:
   with open(os.path.join(WORKDIR, "rollouts", "round_00001", "trajectories.jsonl")) as f:
     trajs = [json.loads(line) for line in f]
   with open(OUT + ".json", "w") as f:
-    json.dump({"processes": seen, "metrics": ro,
-               "trajectories": [{"id": t["id"], "token_ids": t["token_ids"],
-                                 "reward": t["metadata"]["reward"]["score"],
-                                 "tool_calls": len(t.get("tool_calls", []))} for t in trajs]}, f)
+    json.dump(
+      {
+        "processes": seen,
+        "metrics": ro,
+        "trajectories": [
+          {
+            "id": t["id"],
+            "token_ids": t["token_ids"],
+            "reward": t["metadata"]["reward"]["score"],
+            "tool_calls": len(t.get("tool_calls", [])),
+          }
+          for t in trajs
+        ],
+      },
+      f,
+    )

@@ -29,10 +29,19 @@ from codevision_jax.train import loop  # noqa: E402
 from configs import tiny_sft  # noqa: E402
 
 OVERRIDES = {  # The tiny recipe at test size, on all 8 devices of every process together.
-    "data.synthetic_size": 48, "data.buckets": (512,), "data.drop_oversized": True, "data.batch_size": 4,
-    "data.patch_budget": 64, "data.max_pixels": 28 * 28 * 4, "train.log_every": 1,
-    "train.checkpoint_every": 3, "data.groups": 2, "mesh.num_devices": 0, "mesh.shape.data": 2,
-    "mesh.shape.fsdp": 2, "mesh.shape.tensor": 2,
+  "data.synthetic_size": 48,
+  "data.buckets": (512,),
+  "data.drop_oversized": True,
+  "data.batch_size": 4,
+  "data.patch_budget": 64,
+  "data.max_pixels": 28 * 28 * 4,
+  "train.log_every": 1,
+  "train.checkpoint_every": 3,
+  "data.groups": 2,
+  "mesh.num_devices": 0,
+  "mesh.shape.data": 2,
+  "mesh.shape.fsdp": 2,
+  "mesh.shape.tensor": 2,
 }
 
 
@@ -55,12 +64,12 @@ def kill(step, checkpointer):
 
 result = loop.train(config(STEPS), WORKDIR, hooks=[kill] if KILL_AT else [])
 params = multihost_utils.process_allgather(result.state["params"], tiled=True)
-fingerprints = multihost_utils.process_allgather(
-    np.asarray([h["batch_hash"] for h in result.history], np.int64))
+fingerprints = multihost_utils.process_allgather(np.asarray([h["batch_hash"] for h in result.history], np.int64))
 if jax.process_index() == 0:
-  flat = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  flat = {
+    "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
+    for path, v in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   np.savez(OUT, **flat)
   with open(OUT + ".json", "w") as f:
-    json.dump({"steps": [h["step"] for h in result.history],
-               "fingerprints": np.asarray(fingerprints).tolist()}, f)
+    json.dump({"steps": [h["step"] for h in result.history], "fingerprints": np.asarray(fingerprints).tolist()}, f)

@@ -49,6 +49,7 @@ elif MODE in ("sft", "bad_mesh"):
     sys.exit(3)
 elif MODE in ("fail", "fail0"):
   from jax.experimental import multihost_utils
+
   failing = 1 if MODE == "fail" else 0
   multihost_utils.sync_global_devices("both started")
   if PROCESS_ID == failing:

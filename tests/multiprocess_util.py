@@ -28,25 +28,33 @@ def join(argv: list) -> tuple[int, int, list]:
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, os.path.dirname(HERE))  # The repository: codevision_jax, configs.
   import jax  # pylint: disable=import-outside-toplevel
+
   if num_processes > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
-                               num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id
+    )
   return process_id, num_processes, list(argv[4:])
 
 
-def spawn(script: str, processes: int, args: list, *, expect: int = 0,
-          timeout: float = 900) -> list[str]:
+def spawn(script: str, processes: int, args: list, *, expect: int = 0, timeout: float = 900) -> list[str]:
   """Runs tests/`script` as `processes` processes (ids 0..n-1, one coordinator port) and waits;
   asserts each exits with `expect` (0, or -9 for a run that SIGKILLs itself) and returns their
   output."""
   from executor.local import free_port  # pylint: disable=import-outside-toplevel
+
   port = str(free_port())
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-  procs = [subprocess.Popen([sys.executable, os.path.join(HERE, script), str(i), str(processes),
-                             port, *map(str, args)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, os.path.join(HERE, script), str(i), str(processes), port, *map(str, args)],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(processes)
+  ]
   logs = [p.communicate(timeout=timeout)[0] for p in procs]
-  assert [p.returncode for p in procs] == [expect] * processes, "\n".join(
-      log[-3000:] for log in logs)
+  assert [p.returncode for p in procs] == [expect] * processes, "\n".join(log[-3000:] for log in logs)
   return logs

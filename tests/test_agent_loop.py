@@ -22,14 +22,12 @@ from codevision_jax.execution import ops as ops_lib
 from codevision_jax.execution.client import ExecutorClient
 from executor.local import local_service
 
-SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 2,
-                                                  max_pixels=28 * 28 * 8)
+SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 2, max_pixels=28 * 28 * 8)
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-  return tokenizer_lib.load_tokenizer(
-      tokenizer_lib.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tok"))))
+  return tokenizer_lib.load_tokenizer(tokenizer_lib.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tok"))))
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +37,9 @@ def service():
 
 
 def call(code, index=0, description="fix the image"):
-  body = json.dumps({"name": "code_image_tool",
-                     "arguments": {"code": code, "description": description, "image_index": index}})
+  body = json.dumps(
+    {"name": "code_image_tool", "arguments": {"code": code, "description": description, "image_index": index}}
+  )
   return f"<think>I should look closer.</think>\n<tool_call>\n{body}\n</tool_call>"
 
 
@@ -49,15 +48,18 @@ CROP = "result = image.crop((0, 0, image.width // 2, image.height // 2))"
 ANSWER = "<think>Now I can read it.</think>\n<answer>42</answer><|im_end|>"
 
 SCRIPTS = {
-    0: [call(ROTATE), call(CROP, index=1), ANSWER],  # good calls, the second on a tool output
-    1: ["<tool_call>\n{\"name\": \"code_image_tool\", \"arguments\": {oops\n</tool_call>",
-        call(ROTATE).replace("code_image_tool", "zoom_tool"),
-        call(ROTATE, index=5), ANSWER],  # malformed JSON, unknown tool, bad image index
-    2: [call("x = 1 / 0\nresult = image"), ANSWER],  # code error
-    3: [call("while True:\n  pass"), ANSWER],  # timeout
-    4: [call(ROTATE)] * 10,  # max images on the third call, then max turns
-    5: ["<think>No tool needed.</think> The answer is unclear.<|im_end|>"],  # eos
-    6: ["<think>" + "long thought " * 800 + "</think>"],  # max tokens
+  0: [call(ROTATE), call(CROP, index=1), ANSWER],  # good calls, the second on a tool output
+  1: [
+    "<tool_call>\n{\"name\": \"code_image_tool\", \"arguments\": {oops\n</tool_call>",
+    call(ROTATE).replace("code_image_tool", "zoom_tool"),
+    call(ROTATE, index=5),
+    ANSWER,
+  ],  # malformed JSON, unknown tool, bad image index
+  2: [call("x = 1 / 0\nresult = image"), ANSWER],  # code error
+  3: [call("while True:\n  pass"), ANSWER],  # timeout
+  4: [call(ROTATE)] * 10,  # max images on the third call, then max turns
+  5: ["<think>No tool needed.</think> The answer is unclear.<|im_end|>"],  # eos
+  6: ["<think>" + "long thought " * 800 + "</think>"],  # max tokens
 }
 
 
@@ -67,18 +69,24 @@ def records():
     img = Image.new("RGB", (120 + 8 * i, 80), (200, 30 * i, 90))
     buf = io.BytesIO()
     img.save(buf, "PNG")
-    out.append(Conversation(messages=[{"role": "user", "content": "<image>What number is shown?"}],
-                            images=[buf.getvalue()], ground_truth="42", origin=f"test:{i}"))
-  out.append(Conversation(messages=[{"role": "user", "content": "<image>Hm?"}],
-                          images=[b"not an image"], origin="test:bad"))  # ends as an error
+    out.append(
+      Conversation(
+        messages=[{"role": "user", "content": "<image>What number is shown?"}],
+        images=[buf.getvalue()],
+        ground_truth="42",
+        origin=f"test:{i}",
+      )
+    )
+  out.append(
+    Conversation(messages=[{"role": "user", "content": "<image>Hm?"}], images=[b"not an image"], origin="test:bad")
+  )  # ends as an error
   return out
 
 
 @pytest.fixture(scope="module")
 def run(tok, service):
   policy = ScriptedPolicy(tok, SCRIPTS, num_slots=3, steps_per_call=16)
-  config = agent_lib.AgentConfig(max_turns=4, max_total_tokens=2500, tool_timeout_s=1.0,
-                                  max_images=3)
+  config = agent_lib.AgentConfig(max_turns=4, max_total_tokens=2500, tool_timeout_s=1.0, max_images=3)
 
   async def go():
     async with ExecutorClient(service.url) as client:
@@ -90,8 +98,16 @@ def run(tok, service):
 
 def test_finish_reasons_and_calls(run):
   trajs, stats, _ = run
-  assert [t.finish_reason for t in trajs] == ["answer", "answer", "answer", "answer", "max_turns",
-                                              "eos", "max_tokens", "error"]
+  assert [t.finish_reason for t in trajs] == [
+    "answer",
+    "answer",
+    "answer",
+    "answer",
+    "max_turns",
+    "eos",
+    "max_tokens",
+    "error",
+  ]
   assert "test:bad" in trajs[7].error and trajs[7].token_ids == []
   good = trajs[0].tool_calls
   assert [c.status for c in good] == ["ok", "ok"]
@@ -131,13 +147,15 @@ def test_tokens_equal_the_chat_formatting(run, tok):
   """The good trajectory, rebuilt as messages and tokenised by the SFT formatting, is the same
   token sequence; the policy mask covers exactly the sampled assistant text."""
   traj = run[0][0]
-  messages = [{"role": "system", "content": code_tool.SYSTEM_PROMPT},
-              {"role": "user", "content": "<image>What number is shown?"},
-              {"role": "assistant", "content": SCRIPTS[0][0]},
-              {"role": "tool", "content": "Image 1: <image>"},
-              {"role": "assistant", "content": SCRIPTS[0][1]},
-              {"role": "tool", "content": "Image 2: <image>"},
-              {"role": "assistant", "content": SCRIPTS[0][2][:-len("<|im_end|>")]}]
+  messages = [
+    {"role": "system", "content": code_tool.SYSTEM_PROMPT},
+    {"role": "user", "content": "<image>What number is shown?"},
+    {"role": "assistant", "content": SCRIPTS[0][0]},
+    {"role": "tool", "content": "Image 1: <image>"},
+    {"role": "assistant", "content": SCRIPTS[0][1]},
+    {"role": "tool", "content": "Image 2: <image>"},
+    {"role": "assistant", "content": SCRIPTS[0][2][: -len("<|im_end|>")]},
+  ]
   counts = image_lib.num_image_tokens([im.grid_thw for im in traj.images])
   ref = chat.tokenize_conversation(tok, messages, counts, tools=[code_tool.CODE_IMAGE_TOOL])
   np.testing.assert_array_equal(traj.token_ids, ref.input_ids[:-1])  # Ends at the last <|im_end|>.

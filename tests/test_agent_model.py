@@ -23,9 +23,11 @@ from executor.local import local_service
 from codevision_jax.rl import rollouts
 from configs import tiny_rollout
 
-CALL = ("<think>Rotate it.</think>\n<tool_call>\n{\"name\": \"code_image_tool\", \"arguments\": "
-        "{\"code\": \"result = image.rotate(90, expand=True)\", \"description\": \"rotate\", "
-        "\"image_index\": 0}}\n</tool_call>")
+CALL = (
+  "<think>Rotate it.</think>\n<tool_call>\n{\"name\": \"code_image_tool\", \"arguments\": "
+  "{\"code\": \"result = image.rotate(90, expand=True)\", \"description\": \"rotate\", "
+  "\"image_index\": 0}}\n</tool_call>"
+)
 
 
 class ForcedFirstTurn(ModelPolicy):
@@ -58,8 +60,7 @@ class ForcedFirstTurn(ModelPolicy):
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-  tok, model, settings = rollouts.model_parts(tiny_rollout.get_config(),
-                                              str(tmp_path_factory.mktemp("tiny")))
+  tok, model, settings = rollouts.model_parts(tiny_rollout.get_config(), str(tmp_path_factory.mktemp("tiny")))
   return model, tok, settings
 
 
@@ -73,8 +74,17 @@ def test_tiny_model_end_to_end(parts, service):
   model, tok, settings = parts
   records = synthetic.generate(3, seed=0)
   config = agent_lib.AgentConfig(max_total_tokens=1500)
-  policy = ForcedFirstTurn(tok, model, environment.stop_ids(tok), num_slots=2, capacity=1500,
-                           chunk=128, steps_per_call=16, temperature=1.0, seed=3)
+  policy = ForcedFirstTurn(
+    tok,
+    model,
+    environment.stop_ids(tok),
+    num_slots=2,
+    capacity=1500,
+    chunk=128,
+    steps_per_call=16,
+    temperature=1.0,
+    seed=3,
+  )
 
   async def go():
     async with ExecutorClient(service.url) as client:
@@ -129,18 +139,19 @@ def test_launch_rollout_stops_when_no_executor_answers(tmp_path):
   """The health check runs before the model is built and names every address it tried."""
   import socket
   from codevision_jax.execution.client import ExecutorUnavailable
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     dead = f"http://127.0.0.1:{s.getsockname()[1]}"
   cfg = tiny_rollout.get_config()
   cfg.executor.urls = dead
-  with pytest.raises(ExecutorUnavailable,
-                     match=f"(?s)no executor service answers.*{dead}.*executor.urls"):
+  with pytest.raises(ExecutorUnavailable, match=f"(?s)no executor service answers.*{dead}.*executor.urls"):
     rollouts.write_rollouts(cfg, str(tmp_path / "out"), progress=False)
   assert not (tmp_path / "out" / "trajectories.jsonl").exists()
 
 
 def test_health_check_leaves_out_dead_services(service):
   from codevision_jax.execution.client import healthy_services
+
   dead = "http://127.0.0.1:9"
   assert asyncio.run(healthy_services([dead, service.url + "/"], timeout_s=5)) == [service.url]

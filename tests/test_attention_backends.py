@@ -20,13 +20,15 @@ def interpret(monkeypatch):
 
 def _qkv(b, t, h, kv, d, seed=0):
   ks = jax.random.split(jax.random.key(seed), 3)
-  return (jax.random.normal(ks[0], (b, t, h, d)), jax.random.normal(ks[1], (b, t, kv, d)),
-          jax.random.normal(ks[2], (b, t, kv, d)))
+  return (
+    jax.random.normal(ks[0], (b, t, h, d)),
+    jax.random.normal(ks[1], (b, t, kv, d)),
+    jax.random.normal(ks[2], (b, t, kv, d)),
+  )
 
 
 def test_resolve_backend_picks_per_platform_and_keeps_explicit_choices():
-  assert [attention.resolve_backend("auto", p) for p in ("gpu", "tpu", "cpu")] == [
-      "cudnn", "splash", "xla"]
+  assert [attention.resolve_backend("auto", p) for p in ("gpu", "tpu", "cpu")] == ["cudnn", "splash", "xla"]
   assert attention.resolve_backend("xla", "gpu") == "xla"
   assert attention.resolve_backend("splash", "cpu") == "splash"
   with pytest.raises(ValueError, match="model.attention_backend 'flash' is not one of"):
@@ -68,12 +70,10 @@ def test_splash_bidirectional_segments_like_the_vision_tower_equals_xla(interpre
   q, k, v = _qkv(1, n, 2, 2, 80, seed=1)  # Qwen2.5-VL's vision head_dim (80): padded to 128.
   ids = jnp.asarray(np.repeat([0, 1, 2, 3], [64, 100, 36, 56]))[None]
   dense = (ids[:, :, None] == ids[:, None, :])[:, None]
-  splash = attention.dot_product_attention(q, k, v, mask=None, scale=80 ** -0.5, backend="splash",
-                                           segment_ids=(ids, ids))
-  xla = attention.dot_product_attention(q, k, v, mask=dense, scale=80 ** -0.5, backend="xla")
+  splash = attention.dot_product_attention(q, k, v, mask=None, scale=80**-0.5, backend="splash", segment_ids=(ids, ids))
+  xla = attention.dot_product_attention(q, k, v, mask=dense, scale=80**-0.5, backend="xla")
   np.testing.assert_allclose(splash, xla, atol=2e-5)
-  from_ids = attention.dot_product_attention(q, k, v, mask=None, scale=80 ** -0.5, backend="xla",
-                                             segment_ids=(ids, ids))
+  from_ids = attention.dot_product_attention(q, k, v, mask=None, scale=80**-0.5, backend="xla", segment_ids=(ids, ids))
   np.testing.assert_array_equal(from_ids, xla)  # xla builds the same dense mask from the ids.
 
 
@@ -83,12 +83,14 @@ def test_splash_and_cudnn_over_a_cache_use_xla(interpret):
   mask = jnp.arange(9)[None, None, None, :] < jnp.asarray([3, 9])[:, None, None, None]
   kw = dict(mask=mask, scale=0.2, kv_layout="bksd")
   np.testing.assert_array_equal(
-      attention.dot_product_attention(q, cache_k, cache_v, backend="splash", **kw),
-      attention.dot_product_attention(q, cache_k, cache_v, backend="xla", **kw))
+    attention.dot_product_attention(q, cache_k, cache_v, backend="splash", **kw),
+    attention.dot_product_attention(q, cache_k, cache_v, backend="xla", **kw),
+  )
   q, cache_k, cache_v = (x.astype(jnp.bfloat16) for x in (q, cache_k, cache_v))
   np.testing.assert_array_equal(  # cuDNN too: bfloat16 over the cache stays on xla (no transpose).
-      attention.dot_product_attention(q, cache_k, cache_v, backend="cudnn", **kw),
-      attention.dot_product_attention(q, cache_k, cache_v, backend="xla", **kw))
+    attention.dot_product_attention(q, cache_k, cache_v, backend="cudnn", **kw),
+    attention.dot_product_attention(q, cache_k, cache_v, backend="xla", **kw),
+  )
 
 
 @pytest.mark.parametrize("name", ["qwen2_5_vl_tiny", "qwen3_vl_tiny"])

@@ -43,9 +43,14 @@ def emulated_cudnn(q, k, v, *, scale, causal, offsets=None, lengths=None):
     mask = jnp.any(inside(t)[:, :, :, None] & inside(s)[:, :, None, :], axis=1)
     if causal:
       mask = mask & jnp.tril(jnp.ones((t, s), bool))
-  out = jax.nn.dot_product_attention(q.astype(jnp.float32), k.astype(jnp.float32),
-                                     v.astype(jnp.float32), mask=mask[:, None], scale=scale,
-                                     implementation="xla")
+  out = jax.nn.dot_product_attention(
+    q.astype(jnp.float32),
+    k.astype(jnp.float32),
+    v.astype(jnp.float32),
+    mask=mask[:, None],
+    scale=scale,
+    implementation="xla",
+  )
   return jnp.where(jnp.any(mask, axis=-1)[:, :, None, None], out, 0).astype(q.dtype)
 
 
@@ -56,8 +61,15 @@ def cudnn(monkeypatch):
   calls = []
 
   def kernel(q, k, v, *, scale, causal, offsets=None, lengths=None):
-    calls.append(dict(q=q.shape, k=k.shape, causal=causal, packed=offsets is not None,
-                      segments=None if lengths is None else lengths.shape[1]))
+    calls.append(
+      dict(
+        q=q.shape,
+        k=k.shape,
+        causal=causal,
+        packed=offsets is not None,
+        segments=None if lengths is None else lengths.shape[1],
+      )
+    )
     return emulated_cudnn(q, k, v, scale=scale, causal=causal, offsets=offsets, lengths=lengths)
 
   monkeypatch.setattr(attention, "cudnn_kernel", kernel)
@@ -69,22 +81,29 @@ def cudnn(monkeypatch):
 
 def _qkv(b, t, h, kv, d, seed=0):
   ks = jax.random.split(jax.random.key(seed), 3)
-  return (jax.random.normal(ks[0], (b, t, h, d)), jax.random.normal(ks[1], (b, t, kv, d)),
-          jax.random.normal(ks[2], (b, t, kv, d)))
+  return (
+    jax.random.normal(ks[0], (b, t, h, d)),
+    jax.random.normal(ks[1], (b, t, kv, d)),
+    jax.random.normal(ks[2], (b, t, kv, d)),
+  )
 
 
 def test_segment_runs_give_cudnn_offsets_and_lengths():
-  ids = jnp.asarray([[0, 0, 1, 1, 1, 1],    # Left padding: one segment at 2.
-                     [1, 1, 1, 0, 0, 0],    # Right padding.
-                     [1, 1, 2, 3, 3, 0],    # Three packed sequences.
-                     [1, 2, 3, 4, 4, 4]])   # Four: over a bound of 3.
+  ids = jnp.asarray(
+    [
+      [0, 0, 1, 1, 1, 1],  # Left padding: one segment at 2.
+      [1, 1, 1, 0, 0, 0],  # Right padding.
+      [1, 1, 2, 3, 3, 0],  # Three packed sequences.
+      [1, 2, 3, 4, 4, 4],
+    ]
+  )  # Four: over a bound of 3.
   runs = attention.segment_runs(ids, 3, padding=True)
-  np.testing.assert_array_equal(runs.offsets, [[2, -1, -1, -1], [0, -1, -1, -1], [0, 2, 3, -1],
-                                               [0, 1, 2, -1]])
+  np.testing.assert_array_equal(runs.offsets, [[2, -1, -1, -1], [0, -1, -1, -1], [0, 2, 3, -1], [0, 1, 2, -1]])
   np.testing.assert_array_equal(runs.lengths, [[4, -1, -1], [3, -1, -1], [2, 1, 2], [1, 1, 1]])
   np.testing.assert_array_equal(runs.count, [1, 1, 3, 4])
-  np.testing.assert_array_equal(runs.member, [[0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0],
-                                              [1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
+  np.testing.assert_array_equal(
+    runs.member, [[0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]]
+  )
   vision = attention.segment_runs(jnp.asarray([[0, 0, 0, 1, 1, 2]]), 3, padding=False)
   np.testing.assert_array_equal(vision.offsets, [[0, 3, 5, -1]])  # Id 0 is a segment here.
   np.testing.assert_array_equal(vision.lengths, [[3, 2, 1]])
@@ -94,10 +113,13 @@ def test_segment_runs_give_cudnn_offsets_and_lengths():
   assert attention.text_mask(jnp.ones((1, 5000), jnp.int32)).max_segments == 9
 
 
-@pytest.mark.parametrize("rows", [
-    [[1] * 40, [0] * 11 + [1] * 29],                # No padding; left padding.
+@pytest.mark.parametrize(
+  "rows",
+  [
+    [[1] * 40, [0] * 11 + [1] * 29],  # No padding; left padding.
     [[1] * 25 + [0] * 15, [1] * 12 + [2] * 20 + [3] * 5 + [0] * 3],  # Right padding; packed.
-])
+  ],
+)
 def test_text_form_on_cudnn_equals_xla_with_gradients(cudnn, rows):
   am = jnp.asarray(rows)
   b, t = am.shape
@@ -127,12 +149,10 @@ def calls_are(calls, **want) -> bool:
 
 def test_causal_without_padding_is_cudnns_causal_mask_type(cudnn):
   q, k, v = _qkv(2, 24, 4, 2, 16)
-  got = attention.dot_product_attention(q, k, v, mask=attention.text_mask(None), scale=0.25,
-                                        backend="cudnn")
+  got = attention.dot_product_attention(q, k, v, mask=attention.text_mask(None), scale=0.25, backend="cudnn")
   want = attention.dot_product_attention(q, k, v, mask=attention.text_mask(None), scale=0.25)
   np.testing.assert_allclose(got, want, atol=1e-5)
-  assert cudnn == [dict(q=(2, 24, 4, 16), k=(2, 24, 2, 16), causal=True, packed=False,
-                        segments=None)]
+  assert cudnn == [dict(q=(2, 24, 4, 16), k=(2, 24, 2, 16), causal=True, packed=False, segments=None)]
 
 
 def test_vision_segments_on_cudnn_are_the_packed_layout(cudnn):
@@ -144,8 +164,7 @@ def test_vision_segments_on_cudnn_are_the_packed_layout(cudnn):
   got = segment_attention(q, k, v, segments, scale=0.25, backend="cudnn")
   want = segment_attention(q, k, v, segments, scale=0.25, backend="xla")  # The band.
   np.testing.assert_allclose(got, want, atol=1e-5)
-  assert cudnn == [dict(q=(1, len(ids), 2, 16), k=(1, len(ids), 2, 16), causal=False, packed=True,
-                        segments=6)]
+  assert cudnn == [dict(q=(1, len(ids), 2, 16), k=(1, len(ids), 2, 16), causal=False, packed=True, segments=6)]
 
 
 def _hf_config(model_type):
@@ -154,8 +173,7 @@ def _hf_config(model_type):
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
-def test_the_model_on_cudnn_gives_the_xla_logits_and_hands_cudnn_forms_only(cudnn, caplog,
-                                                                          model_type):
+def test_the_model_on_cudnn_gives_the_xla_logits_and_hands_cudnn_forms_only(cudnn, caplog, model_type):
   """Images in left-padded rows through the host-side call: the vision tower's images (and
   windows) and the decoder's padded causal rows all reach cuDNN as forms, nothing falls back."""
   config = _hf_config(model_type)
@@ -166,15 +184,15 @@ def test_the_model_on_cudnn_gives_the_xla_logits_and_hands_cudnn_forms_only(cudn
   with caplog.at_level(logging.WARNING, logger=attention.__name__):
     for backend in ("cudnn", "xla"):
       model = build_model(config, seed=0, attention_backend=backend)
-      logits[backend] = np.asarray(model(ids, pixel_values=pv, image_grid_thw=grid,
-                                         attention_mask=mask))
+      logits[backend] = np.asarray(model(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask))
   valid = mask.astype(bool)
   np.testing.assert_allclose(logits["cudnn"][valid], logits["xla"][valid], atol=1e-4)
   text = [c for c in cudnn if c["causal"]]
   vision = [c for c in cudnn if not c["causal"]]
   assert len(text) == config.text.num_hidden_layers and len(vision) == config.vision.depth
-  assert calls_are(text, packed=True, q=(2, ids.shape[1], config.text.num_attention_heads,
-                                         config.text.resolved_head_dim))
+  assert calls_are(
+    text, packed=True, q=(2, ids.shape[1], config.text.num_attention_heads, config.text.resolved_head_dim)
+  )
   assert calls_are(vision, packed=True)
   assert "cuDNN attention" not in caplog.text  # No call fell back.
 
@@ -200,8 +218,7 @@ def _bool_squares(text: str, t: int) -> list:
 def test_no_dense_square_mask_in_the_lowered_cudnn_program(monkeypatch):
   """The forward of a padded batch, lowered for cudnn with a kernel that takes no mask: no
   boolean [.., T, T] array anywhere; the xla lowering has them (what the check would see)."""
-  monkeypatch.setattr(attention, "cudnn_kernel",
-                      lambda q, k, v, *, scale, causal, offsets=None, lengths=None: q)
+  monkeypatch.setattr(attention, "cudnn_kernel", lambda q, k, v, *, scale, causal, offsets=None, lengths=None: q)
   monkeypatch.setattr(attention, "packed_layout_supported", lambda: True)
   config = _hf_config("qwen2_5_vl")
   t = 72
@@ -210,8 +227,7 @@ def test_no_dense_square_mask_in_the_lowered_cudnn_program(monkeypatch):
   texts = {}
   for backend in ("cudnn", "xla"):
     model = build_model(config, seed=0, attention_backend=backend, param_dtype=jnp.bfloat16)
-    texts[backend] = jax.jit(lambda i, m, model=model: model.forward(i, attention_mask=m)).lower(
-        ids, am).as_text()
+    texts[backend] = jax.jit(lambda i, m, model=model: model.forward(i, attention_mask=m)).lower(ids, am).as_text()
   assert not _bool_squares(texts["cudnn"], t)
   assert _bool_squares(texts["xla"], t)
 
@@ -223,11 +239,13 @@ def test_what_cudnn_cannot_take_runs_on_xla_and_says_so_once(cudnn, caplog):
   with caplog.at_level(logging.WARNING, logger=attention.__name__):
     for _ in range(2):
       np.testing.assert_array_equal(
-          attention.dot_product_attention(q, k, v, mask=dense, scale=0.25, backend="cudnn"),
-          attention.dot_product_attention(q, k, v, mask=dense, scale=0.25, backend="xla"))
+        attention.dot_product_attention(q, k, v, mask=dense, scale=0.25, backend="cudnn"),
+        attention.dot_product_attention(q, k, v, mask=dense, scale=0.25, backend="xla"),
+      )
       np.testing.assert_array_equal(
-          attention.dot_product_attention(q, k, v, mask=unbounded, scale=0.25, backend="cudnn"),
-          attention.dot_product_attention(q, k, v, mask=unbounded, scale=0.25, backend="xla"))
+        attention.dot_product_attention(q, k, v, mask=unbounded, scale=0.25, backend="cudnn"),
+        attention.dot_product_attention(q, k, v, mask=unbounded, scale=0.25, backend="xla"),
+      )
   assert not cudnn
   said = [r.getMessage() for r in caplog.records if r.name == attention.__name__]
   assert len(said) == 2, said
@@ -239,8 +257,7 @@ def test_vision_without_a_segment_count_runs_the_band_on_xla(cudnn, caplog):
   rng = np.random.default_rng(3)
   ids = np.repeat(np.arange(8), 64)
   q, k, v = (jnp.asarray(rng.normal(size=(len(ids), 2, 16)), jnp.float32) for _ in range(3))
-  traced = jax.jit(lambda q, k, v, i: segment_attention(q, k, v, Segments.of(i, 64), scale=0.25,
-                                                        backend="cudnn"))
+  traced = jax.jit(lambda q, k, v, i: segment_attention(q, k, v, Segments.of(i, 64), scale=0.25, backend="cudnn"))
   with caplog.at_level(logging.WARNING, logger=attention.__name__):
     got = traced(q, k, v, jnp.asarray(ids))
   want = segment_attention(q, k, v, Segments(jnp.asarray(ids), 64), scale=0.25)
@@ -252,9 +269,12 @@ def test_vision_without_a_segment_count_runs_the_band_on_xla(cudnn, caplog):
 def test_a_row_over_the_segment_bound_stops_the_run(cudnn):
   q, k, v = _qkv(1, 12, 2, 2, 8)
   am = jnp.asarray([[1, 1, 2, 2, 3, 3, 4, 4, 5, 0, 0, 0]])  # Five segments.
-  run = jax.jit(lambda q, k, v, am, m: attention.dot_product_attention(
-      q, k, v, mask=attention.text_mask(am, max_segments=m).prepared("cudnn"), scale=0.3,
-      backend="cudnn"), static_argnums=4)
+  run = jax.jit(
+    lambda q, k, v, am, m: attention.dot_product_attention(
+      q, k, v, mask=attention.text_mask(am, max_segments=m).prepared("cudnn"), scale=0.3, backend="cudnn"
+    ),
+    static_argnums=4,
+  )
   run(q, k, v, am, 5).block_until_ready()  # Within the bound.
   with pytest.raises(Exception, match="holds 5 attention segments .* more than the 4"):
     run(q, k, v, am, 4).block_until_ready()

@@ -32,14 +32,17 @@ def write_records(tmp_path, n=8, damage=()):
   for index, kind in dict(damage).items():
     image = tmp_path / "data_images" / f"{index:06d}_0.png"
     data = image.read_bytes()
-    image.write_bytes(data[:len(data) // 2] if kind == "truncated" else b"\x00garbage" * 40)
+    image.write_bytes(data[: len(data) // 2] if kind == "truncated" else b"\x00garbage" * 40)
   return path
 
 
 def test_undecodable_images_are_named_before_the_first_step(tmp_path):
   path = write_records(tmp_path, damage={2: "truncated", 5: "garbage"})
-  with pytest.raises(ValueError, match=rf"{path}:2: image 0 \(.*000002_0.png\) cannot be decoded: "
-                     r".*skip_bad=True"):
+  with pytest.raises(
+    ValueError,
+    match=rf"{path}:2: image 0 \(.*000002_0.png\) cannot be decoded: "
+    r".*skip_bad=True",
+  ):
     loop.build(config(path), str(tmp_path / "run"))
   assert not (tmp_path / "run" / "checkpoints").exists()  # Nothing started.
   # With skip_bad the two records are skipped and counted; training goes on without them.
@@ -59,13 +62,19 @@ def test_empty_files_and_records_that_fit_no_batch(tmp_path):
   path = write_records(tmp_path)
   c = config(path)
   c.data.buckets = (64,)
-  with pytest.raises(ValueError, match=r"all 8 records are longer than the largest bucket 64 "
-                     r"\(shortest [\d,]+ tokens\); raise data.buckets"):
+  with pytest.raises(
+    ValueError,
+    match=r"all 8 records are longer than the largest bucket 64 "
+    r"\(shortest [\d,]+ tokens\); raise data.buckets",
+  ):
     loop.build(c, str(tmp_path / "b"))
   c = config(path)
   c.data.patch_budget = 4
-  with pytest.raises(ValueError, match=r"all 8 records have more image patches than "
-                     r"data.patch_budget 4 \(fewest \d+\); raise data.patch_budget"):
+  with pytest.raises(
+    ValueError,
+    match=r"all 8 records have more image patches than "
+    r"data.patch_budget 4 \(fewest \d+\); raise data.patch_budget",
+  ):
     loop.build(c, str(tmp_path / "c"))
 
 
@@ -101,11 +110,10 @@ def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_
 
   path = write_records(tmp_path)
   c = config(path)
-  tokenizer, _, settings = run_setup.model_parts(c, str(tmp_path / "tok"),
-                                                 run_setup.make_mesh(c.mesh),
-                                                 run_setup.mesh_rules(c.mesh))
-  sizes = sizing.record_sizes(sources.ConversationSource.from_files([str(path)]), tokenizer,
-                              settings)
+  tokenizer, _, settings = run_setup.model_parts(
+    c, str(tmp_path / "tok"), run_setup.make_mesh(c.mesh), run_setup.mesh_rules(c.mesh)
+  )
+  sizes = sizing.record_sizes(sources.ConversationSource.from_files([str(path)]), tokenizer, settings)
   bucket = int(np.unique(sizes[:, 0])[-2])  # The longest records do not fit.
   long = [int(i) for i in np.flatnonzero(sizes[:, 0] > bucket)]
   assert 0 < len(long) < 8
@@ -116,8 +124,10 @@ def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_
   assert message.startswith(f"{len(long)} of 8 records do not fit the batch geometry")
   assert "index counted from 0" in message and "data.drop_oversized=True" in message
   for i in long:
-    assert (f"{path}:{i}: {int(sizes[i, 0]):,} tokens, more than the largest of data.buckets "
-            f"({bucket},) (a bucket of {int(sizes[i, 0]):,} would hold it)") in message
+    assert (
+      f"{path}:{i}: {int(sizes[i, 0]):,} tokens, more than the largest of data.buckets "
+      f"({bucket},) (a bucket of {int(sizes[i, 0]):,} would hold it)"
+    ) in message
   assert not (tmp_path / "run" / "checkpoints").exists()  # Refused before anything was written.
 
   c.data.drop_oversized = True
@@ -134,5 +144,7 @@ def test_records_that_do_not_fit_are_refused_by_name_or_dropped_and_counted(tmp_
   ea.Reload()
   assert [e.value for e in ea.Scalars("data/dropped_records")] == [len(long)]
   text = summary.sft_text(workdir, result.last, dropped)
-  assert (f"dropped {len(long)} of 8 records, not trained on: {len(long)} are longer than the "
-          f"largest bucket {bucket}; listed in {workdir}/dropped_records.jsonl") in text
+  assert (
+    f"dropped {len(long)} of 8 records, not trained on: {len(long)} are longer than the "
+    f"largest bucket {bucket}; listed in {workdir}/dropped_records.jsonl"
+  ) in text

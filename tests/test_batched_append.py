@@ -16,9 +16,9 @@ def _segment(model, rng, n_text, grid=None):
   pv = None
   if grid is not None:
     merge = c.vision.spatial_merge_size
-    ids += [c.vision_start_token_id] + [c.image_token_id] * (int(np.prod(grid)) // merge ** 2)
+    ids += [c.vision_start_token_id] + [c.image_token_id] * (int(np.prod(grid)) // merge**2)
     ids += [c.vision_end_token_id] + list(rng.integers(1, 200, 2))
-    pv = rng.standard_normal((int(np.prod(grid)), 3 * 2 * c.vision.patch_size ** 2)).astype(np.float32)
+    pv = rng.standard_normal((int(np.prod(grid)), 3 * 2 * c.vision.patch_size**2)).astype(np.float32)
     grid = np.asarray([grid], np.int64)
   return np.asarray(ids, np.int32), pv, grid
 
@@ -27,8 +27,7 @@ def _segment(model, rng, n_text, grid=None):
 def test_batched_appends_equal_per_slot_appends(family, page_size):
   model = build_model(getattr(presets, f"{family}_tiny")(), seed=3)
   rng = np.random.default_rng(5)
-  prompts = [_segment(model, rng, n, g) for n, g in ((9, (1, 4, 4)), (30, None), (5, (1, 2, 6)),
-                                                       (12, None))]
+  prompts = [_segment(model, rng, n, g) for n, g in ((9, (1, 4, 4)), (30, None), (5, (1, 2, 6)), (12, None))]
   # Tool turns due together: three slots (one without an image, one longer than a chunk).
   turns = {0: _segment(model, rng, 3, (1, 6, 4)), 1: _segment(model, rng, 40), 3: _segment(model, rng, 6, (1, 4, 2))}
   keys = jax.random.split(jax.random.PRNGKey(1), 4)
@@ -44,8 +43,9 @@ def test_batched_appends_equal_per_slot_appends(family, page_size):
       for slot, seg in turns.items():
         e.append(slot, *seg)
     logits, lengths = np.asarray(e.logits), e.lengths.copy()
-    tokens, logprobs, n = jax.device_get(e.decode(np.ones(4, bool), np.full(4, 10), keys,
-                                                  np.zeros(4, np.int32), max_steps=10, temperature=1.0))
+    tokens, logprobs, n = jax.device_get(
+      e.decode(np.ones(4, bool), np.full(4, 10), keys, np.zeros(4, np.int32), max_steps=10, temperature=1.0)
+    )
     results.append((logits, lengths, tokens, logprobs, n))
   (l0, n0, t0, lp0, c0), (l1, n1, t1, lp1, c1) = results
   np.testing.assert_array_equal(n0, n1)

@@ -63,8 +63,12 @@ def test_export_bfloat16_single_file_and_copies_tokenizer_files(hf_dir, tmp_path
   (source / "tokenizer_config.json").write_text("{}")
   (source / "preprocessor_config.json").write_text('{"patch_size": 14}')
   out = cvj.save_hf(model, str(tmp_path / "bf16"), dtype="bfloat16", source_dir=str(source))
-  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "preprocessor_config.json",
-                                     "tokenizer_config.json"]
+  assert sorted(os.listdir(out)) == [
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+  ]
   reader = safetensors_io.SafetensorsFile(os.path.join(out, "model.safetensors"))
   assert reader.entries["lm_head.weight"]["dtype"] == "BF16"
   reloaded = cvj.load_hf(out, dtype="bfloat16")
@@ -77,9 +81,13 @@ def test_flat_official_config_form_loads(hf_model, hf_dir, tmp_path):
   nested = json.load(open(os.path.join(hf_dir, "config.json")))
   text = nested.pop("text_config")
   rope = text.pop("rope_parameters")
-  flat = {**nested, **{k: v for k, v in text.items() if k not in ("model_type",)},
-          "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]},
-          "rope_theta": rope["rope_theta"], "model_type": "qwen2_5_vl"}
+  flat = {
+    **nested,
+    **{k: v for k, v in text.items() if k not in ("model_type",)},
+    "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]},
+    "rope_theta": rope["rope_theta"],
+    "model_type": "qwen2_5_vl",
+  }
   flat["vision_config"]["in_chans"] = flat["vision_config"].pop("in_channels", 3)
   cfg_flat = VLConfig.from_hf_dict(flat)
   assert cfg_flat == VLConfig.from_hf_dict(json.load(open(os.path.join(hf_dir, "config.json"))))
@@ -90,16 +98,24 @@ def test_flat_official_config_form_loads(hf_model, hf_dir, tmp_path):
       os.symlink(os.path.join(hf_dir, name), path / name)
   (path / "config.json").write_text(json.dumps(flat))
   ids = _ids(np.random.default_rng(1))
-  np.testing.assert_allclose(np.asarray(cvj.load_hf(str(path), dtype="float32")(ids)),
-                             H.hf_logits(hf_model, ids), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(
+    np.asarray(cvj.load_hf(str(path), dtype="float32")(ids)), H.hf_logits(hf_model, ids), atol=1e-4, rtol=0
+  )
 
 
 def test_official_vision_field_names_are_read():
   """The official Qwen2.5-VL release names the input channels `in_chans`."""
-  flat = {"model_type": "qwen2_5_vl", "vocab_size": 256, "hidden_size": 64, "num_hidden_layers": 2,
-          "num_attention_heads": 4, "num_key_value_heads": 2,
-          "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}, "rope_theta": 10000.0,
-          "vision_config": {"in_chans": 1, "depth": 2, "hidden_size": 32, "num_heads": 2}}
+  flat = {
+    "model_type": "qwen2_5_vl",
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+    "rope_theta": 10000.0,
+    "vision_config": {"in_chans": 1, "depth": 2, "hidden_size": 32, "num_heads": 2},
+  }
   config = VLConfig.from_hf_dict(flat)
   assert config.vision.in_channels == 1 and "in_chans" not in config.extra_vision
   assert config.to_hf_dict()["vision_config"]["in_channels"] == 1
@@ -107,6 +123,7 @@ def test_official_vision_field_names_are_read():
 
 def test_load_onto_mesh_places_parameters_by_logical_axes(hf_dir):
   from codevision_jax import parallel
+
   mesh = parallel.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
   model = cvj.load_hf(hf_dir, dtype="float32", mesh=mesh)
   kernel = model.model.language_model.layers[0].mlp.gate_proj.kernel[...]
@@ -118,6 +135,7 @@ def test_load_onto_mesh_places_parameters_by_logical_axes(hf_dir):
 
 
 # ---- bad checkpoints ------------------------------------------------------------------------
+
 
 def _copy_single_file_checkpoint(hf_model, tmp_path):
   path = tmp_path / "single"
@@ -152,8 +170,11 @@ def test_missing_key_is_named(hf_model, tmp_path):
 def test_shape_mismatch_names_key_file_and_shapes(hf_model, tmp_path):
   path = _copy_single_file_checkpoint(hf_model, tmp_path)
   _rewrite(path, lambda t: t.__setitem__("model.norm.weight", np.ones(63, np.float32)))
-  with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'model\.norm\.weight' has shape \(63,\), "
-                                       r"the config implies \(64,\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"model\.safetensors: tensor 'model\.norm\.weight' has shape \(63,\), "
+    r"the config implies \(64,\)",
+  ):
     cvj.load_hf(str(path))
 
 

@@ -20,28 +20,37 @@ MANIFEST = os.path.join(ROOT, "launch", "k8s", "train-job.yaml")
 
 def dist(num_processes=1, coordinator_address="", process_id=-1):
   """A config's `distributed` section."""
-  return ml_collections.ConfigDict({"num_processes": num_processes,
-                                    "coordinator_address": coordinator_address,
-                                    "process_id": process_id})
+  return ml_collections.ConfigDict(
+    {"num_processes": num_processes, "coordinator_address": coordinator_address, "process_id": process_id}
+  )
 
 
 def slurm(ntasks, procid, localid=0, nodelist="node[01-04,07]", **extra):
   """The variables srun gives one task."""
-  env = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": str(ntasks), "SLURM_PROCID": str(procid),
-         "SLURM_LOCALID": str(localid), "SLURM_STEP_NODELIST": nodelist}
+  env = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_NTASKS": str(ntasks),
+    "SLURM_PROCID": str(procid),
+    "SLURM_LOCALID": str(localid),
+    "SLURM_STEP_NODELIST": nodelist,
+  }
   return {**env, **extra}
 
 
 # --- Slurm ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("nodelist, hosts", [
+
+@pytest.mark.parametrize(
+  "nodelist, hosts",
+  [
     ("node01", ["node01"]),
     ("node01,gpu7", ["node01", "gpu7"]),
     ("node[01-04,07]", ["node01", "node02", "node03", "node04", "node07"]),
     ("gpu-[008-010],cpu[3]", ["gpu-008", "gpu-009", "gpu-010", "cpu3"]),
     ("a[1-2],b[5,9-10]", ["a1", "a2", "b5", "b9", "b10"]),
     ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
-])
+  ],
+)
 def test_nodelist_expansion(nodelist, hosts):
   assert de.expand_nodelist(nodelist) == hosts
 
@@ -56,13 +65,15 @@ def test_slurm_one_process_per_node():
   env = slurm(4, 2, nodelist="node[01-04,07]", SLURM_STEP_NUM_NODES="4")
   port = 4242 % 4096 + 61440  # As JAX's SlurmCluster: distinct for jobs sharing a node.
   assert de.initialize_args(env, dist()) == {
-      "coordinator_address": f"node01:{port}", "num_processes": 4, "process_id": 2,
-      "cluster_detection_method": "deactivate"}  # Else JAX keeps only GPU SLURM_LOCALID.
+    "coordinator_address": f"node01:{port}",
+    "num_processes": 4,
+    "process_id": 2,
+    "cluster_detection_method": "deactivate",
+  }  # Else JAX keeps only GPU SLURM_LOCALID.
 
 
 def test_slurm_one_process_per_gpu_and_port():
-  env = slurm(16, 11, localid=3, nodelist="gpu[3-4]", SLURM_STEP_TASKS_PER_NODE="8(x2)",
-              CVJ_COORDINATOR_PORT="2222")
+  env = slurm(16, 11, localid=3, nodelist="gpu[3-4]", SLURM_STEP_TASKS_PER_NODE="8(x2)", CVJ_COORDINATOR_PORT="2222")
   args = de.initialize_args(env, dist())
   assert args["coordinator_address"] == "gpu3:2222"
   assert (args["num_processes"], args["process_id"], args["local_device_ids"]) == (16, 11, [3])
@@ -95,12 +106,15 @@ def test_slurm_errors_name_the_variables():
 
 # --- torchrun-style (Kubernetes) and TPU ------------------------------------------------------
 
+
 def test_torchrun_env():
-  env = {"MASTER_ADDR": "cvj-train-0.cvj-train", "MASTER_PORT": "12345", "WORLD_SIZE": "4",
-         "RANK": "3"}
+  env = {"MASTER_ADDR": "cvj-train-0.cvj-train", "MASTER_PORT": "12345", "WORLD_SIZE": "4", "RANK": "3"}
   assert de.initialize_args(env, dist()) == {
-      "coordinator_address": "cvj-train-0.cvj-train:12345", "num_processes": 4, "process_id": 3,
-      "cluster_detection_method": "deactivate"}
+    "coordinator_address": "cvj-train-0.cvj-train:12345",
+    "num_processes": 4,
+    "process_id": 3,
+    "cluster_detection_method": "deactivate",
+  }
   per_gpu = de.initialize_args({**env, "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, dist())
   assert per_gpu["local_device_ids"] == [1]
   # Under torchrun its agent's store holds MASTER_PORT.
@@ -112,12 +126,13 @@ def test_torchrun_env():
 
 
 def test_torchrun_errors_name_the_variables():
-  for env, match in [({"RANK": "1"}, r"RANK=1 is set but WORLD_SIZE is not"),
-                     ({"WORLD_SIZE": "2"}, r"WORLD_SIZE=2 is set but RANK is not"),
-                     ({"WORLD_SIZE": "2", "RANK": "2"}, r"RANK=2 is outside \[0, WORLD_SIZE=2\)"),
-                     ({"WORLD_SIZE": "2", "RANK": "0"}, r"WORLD_SIZE=2 but MASTER_ADDR is not set"),
-                     ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "1"},
-                      r"LOCAL_RANK=1 is set but LOCAL_WORLD_SIZE is not")]:
+  for env, match in [
+    ({"RANK": "1"}, r"RANK=1 is set but WORLD_SIZE is not"),
+    ({"WORLD_SIZE": "2"}, r"WORLD_SIZE=2 is set but RANK is not"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, r"RANK=2 is outside \[0, WORLD_SIZE=2\)"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, r"WORLD_SIZE=2 but MASTER_ADDR is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "1"}, r"LOCAL_RANK=1 is set but LOCAL_WORLD_SIZE is not"),
+  ]:
     with pytest.raises(de.DistributedEnvError, match=match):
       de.initialize_args(env, dist())
 
@@ -125,8 +140,7 @@ def test_torchrun_errors_name_the_variables():
 def test_tpu_env():
   hosts = "t1k-w-0,t1k-w-1,t1k-w-2,t1k-w-3"
   assert de.initialize_args({"TPU_WORKER_HOSTNAMES": hosts, "TPU_WORKER_ID": "2"}, dist()) == {}
-  assert de.initialize_args({"TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"},
-                            dist()) is None
+  assert de.initialize_args({"TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"}, dist()) is None
   assert de.initialize_args({"MEGASCALE_COORDINATOR_ADDRESS": "10.0.0.2"}, dist()) == {}
   # What launch.tpu sets: over gcloud ssh a TPU VM has no TPU_* variables, JAX reads metadata.
   assert de.initialize_args({"CVJ_DISTRIBUTED": "auto"}, dist()) == {}
@@ -142,27 +156,33 @@ def test_single_process_and_off():
 
 # --- the config -------------------------------------------------------------------------------
 
+
 def test_explicit_config_wins():
   full = dist(4, "10.1.2.3:9999", 1)
   assert de.initialize_args(slurm(8, 5), full) == {
-      "coordinator_address": "10.1.2.3:9999", "num_processes": 4, "process_id": 1,
-      "cluster_detection_method": "deactivate"}
+    "coordinator_address": "10.1.2.3:9999",
+    "num_processes": 4,
+    "process_id": 1,
+    "cluster_detection_method": "deactivate",
+  }
   # Fields left unset come from the environment.
   mixed = de.initialize_args(slurm(8, 5), dist(coordinator_address="10.1.2.3:9999"))
-  assert (mixed["coordinator_address"], mixed["num_processes"], mixed["process_id"]) == (
-      "10.1.2.3:9999", 8, 5)
+  assert (mixed["coordinator_address"], mixed["num_processes"], mixed["process_id"]) == ("10.1.2.3:9999", 8, 5)
   # Only a count, no environment: JAX detects the rest (a TPU VM), as before.
   assert de.initialize_args({}, dist(4)) == {"num_processes": 4}
-  assert de.initialize_args({}, {"num_processes": 2, "process_id": 0}) == {
-      "num_processes": 2, "process_id": 0}
+  assert de.initialize_args({}, {"num_processes": 2, "process_id": 0}) == {"num_processes": 2, "process_id": 0}
 
 
 def test_config_errors_name_the_fields():
-  with pytest.raises(de.DistributedEnvError, match=r"process_id 4 is outside \[0, "
-                     r"num_processes=4\).*distributed.process_id"):
+  with pytest.raises(
+    de.DistributedEnvError,
+    match=r"process_id 4 is outside \[0, "
+    r"num_processes=4\).*distributed.process_id",
+  ):
     de.initialize_args({}, dist(4, "h:1", 4))
-  with pytest.raises(de.DistributedEnvError,
-                     match=r"process_id 9 is outside \[0, num_processes=8\) \(config \+ slurm\)"):
+  with pytest.raises(
+    de.DistributedEnvError, match=r"process_id 9 is outside \[0, num_processes=8\) \(config \+ slurm\)"
+  ):
     de.initialize_args(slurm(8, 1), dist(process_id=9))
   with pytest.raises(de.DistributedEnvError, match="coordinator_address='node01' has no port"):
     de.initialize_args({}, dist(2, "node01", 0))
@@ -172,6 +192,7 @@ def test_config_errors_name_the_fields():
 
 def test_initialize_calls_jax_only_for_several_processes(monkeypatch):
   import jax
+
   calls = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
   assert de.initialize(dist(), env={}) is None and calls == []
@@ -182,19 +203,36 @@ def test_initialize_calls_jax_only_for_several_processes(monkeypatch):
 
 # --- launch.tpu -------------------------------------------------------------------------------
 
-TRAIN = [".venv/bin/python", "-m", "launch.sft", "--config=configs/qwen2_5_vl_7b_sft.py",
-         "--workdir=gs://bucket/runs/sft", "--config.data.paths=a b.json"]
+TRAIN = [
+  ".venv/bin/python",
+  "-m",
+  "launch.sft",
+  "--config=configs/qwen2_5_vl_7b_sft.py",
+  "--workdir=gs://bucket/runs/sft",
+  "--config.data.paths=a b.json",
+]
 
 
 def test_tpu_run_command():
   remote = tpu.run_command(TRAIN, "~/cvj", "/tmp/logs", tpu.parse_env(["XLA_FLAGS=--a=1 --b"]))
   args = tpu.gcloud_ssh("my-slice", "us-central2-b", remote, project="proj")
-  assert args[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-slice",
-                      "--zone=us-central2-b", "--project=proj"]
+  assert args[:8] == [
+    "gcloud",
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "ssh",
+    "my-slice",
+    "--zone=us-central2-b",
+    "--project=proj",
+  ]
   assert args[8] == "--worker=all" and args[9] == f"--command={remote}"
   assert remote.startswith('set -o pipefail; cd "$HOME"/cvj && mkdir -p /tmp/logs && W=')
-  assert ("CVJ_DISTRIBUTED=auto PYTHONUNBUFFERED=1 XLA_FLAGS='--a=1 --b' " + shlex.join(TRAIN)
-          + " 2>&1 | tee /tmp/logs/worker-$W.log") in remote
+  assert (
+    "CVJ_DISTRIBUTED=auto PYTHONUNBUFFERED=1 XLA_FLAGS='--a=1 --b' "
+    + shlex.join(TRAIN)
+    + " 2>&1 | tee /tmp/logs/worker-$W.log"
+  ) in remote
   assert "agent-worker-number" in remote  # The worker's index on a TPU VM (no TPU_WORKER_ID).
   with pytest.raises(ValueError, match="KEY=VALUE"):
     tpu.parse_env(["1BAD=x"])
@@ -205,11 +243,11 @@ def test_tpu_run_command():
 def test_tpu_run_command_runs_in_bash(tmp_path):
   """The remote line, run by a local bash as a worker would: logs per worker, the env set, the
   command's exit status kept through the tee."""
-  script = ("import os, sys; print('dist', os.environ['CVJ_DISTRIBUTED'], os.environ['K']); "
-            "sys.exit(3)")
+  script = "import os, sys; print('dist', os.environ['CVJ_DISTRIBUTED'], os.environ['K']); sys.exit(3)"
   remote = tpu.run_command(["python3", "-c", script], str(tmp_path), "logs", {"K": "v w"})
-  proc = subprocess.run(["bash", "-c", remote], env={**os.environ, "TPU_WORKER_ID": "5"},
-                        capture_output=True, text=True, timeout=30)
+  proc = subprocess.run(
+    ["bash", "-c", remote], env={**os.environ, "TPU_WORKER_ID": "5"}, capture_output=True, text=True, timeout=30
+  )
   assert proc.returncode == 3
   assert (tmp_path / "logs" / "worker-5.log").read_text() == "dist auto v w\n"
 
@@ -220,17 +258,14 @@ def test_tpu_stop_command():
   assert "[l]aunch\\.rollout" in tpu.stop_command()  # No command: every training launcher.
   # The pattern matches the training process but not the shell that runs pkill.
   pattern = shlex.split(stop)[3]
-  assert subprocess.run(["grep", "-qE", "--", pattern], input=shlex.join(TRAIN), text=True
-                        ).returncode == 0
+  assert subprocess.run(["grep", "-qE", "--", pattern], input=shlex.join(TRAIN), text=True).returncode == 0
   assert subprocess.run(["grep", "-qE", "--", pattern], input=stop, text=True).returncode == 1
-  assert subprocess.run(["grep", "-qE", "--", pattern], input="python -m launch.sft_old",
-                        text=True).returncode == 1
+  assert subprocess.run(["grep", "-qE", "--", pattern], input="python -m launch.sft_old", text=True).returncode == 1
 
 
 def test_tpu_dry_run_cli():
   base = [sys.executable, "-m", "launch.tpu", "--tpu=pod", "--zone=z", "--dry_run"]
-  out = subprocess.run(base + ["--env=A=1", "--"] + TRAIN, cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
+  out = subprocess.run(base + ["--env=A=1", "--"] + TRAIN, cwd=ROOT, capture_output=True, text=True, timeout=60)
   assert out.returncode == 0, out.stderr
   args = shlex.split(out.stdout)
   assert args[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--zone=z"]
@@ -241,6 +276,7 @@ def test_tpu_dry_run_cli():
 
 # --- Slurm batch script, Kubernetes manifest, launch.cluster ----------------------------------
 
+
 def test_sbatch_script(tmp_path):
   text = open(SBATCH).read()
   assert subprocess.run(["bash", "-n", SBATCH]).returncode == 0
@@ -249,15 +285,19 @@ def test_sbatch_script(tmp_path):
   # Run it with an srun that prints its arguments: the default command, then a given one.
   (tmp_path / "srun").write_text('#!/bin/bash\necho "srun $*"\n')
   (tmp_path / "srun").chmod(0o755)
-  env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": ROOT,
-         "WORKDIR": "/shared/runs/sft"}
+  env = {
+    **os.environ,
+    "PATH": f"{tmp_path}:{os.environ['PATH']}",
+    "SLURM_SUBMIT_DIR": ROOT,
+    "WORKDIR": "/shared/runs/sft",
+  }
   out = subprocess.run(["bash", SBATCH], env=env, capture_output=True, text=True, timeout=30)
   assert out.returncode == 0, out.stderr
   assert out.stdout.splitlines()[-1] == (
-      "srun --kill-on-bad-exit=1 --label .venv/bin/python -m launch.sft "
-      "--config=configs/qwen2_5_vl_7b_sft.py --workdir=/shared/runs/sft")
-  out = subprocess.run(["bash", SBATCH, *TRAIN], env=env, capture_output=True, text=True,
-                       timeout=30)
+    "srun --kill-on-bad-exit=1 --label .venv/bin/python -m launch.sft "
+    "--config=configs/qwen2_5_vl_7b_sft.py --workdir=/shared/runs/sft"
+  )
+  out = subprocess.run(["bash", SBATCH, *TRAIN], env=env, capture_output=True, text=True, timeout=30)
   assert out.stdout.splitlines()[-1] == "srun --kill-on-bad-exit=1 --label " + " ".join(TRAIN)
   del env["WORKDIR"]
   out = subprocess.run(["bash", SBATCH], env=env, capture_output=True, text=True, timeout=30)
@@ -266,6 +306,7 @@ def test_sbatch_script(tmp_path):
 
 def test_k8s_manifest():
   import yaml
+
   service, job = yaml.safe_load_all(open(MANIFEST))
   assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
   spec = job["spec"]
@@ -283,24 +324,38 @@ def test_k8s_manifest():
   assert env["MASTER_ADDR"]["value"] == f"{job['metadata']['name']}-0.{pod['subdomain']}"
   assert env["MASTER_PORT"]["value"] == str(service["spec"]["ports"][0]["port"])
   # What pod 3 of 4 derives from them.
-  pod_env = {"WORLD_SIZE": "4", "RANK": "3", "MASTER_ADDR": env["MASTER_ADDR"]["value"],
-             "MASTER_PORT": env["MASTER_PORT"]["value"]}
+  pod_env = {
+    "WORLD_SIZE": "4",
+    "RANK": "3",
+    "MASTER_ADDR": env["MASTER_ADDR"]["value"],
+    "MASTER_PORT": env["MASTER_PORT"]["value"],
+  }
   args = de.initialize_args(pod_env, dist())
   assert args["coordinator_address"] == "cvj-train-0.cvj-train:12345"
 
 
 def test_cluster_commands():
   assert cluster.sbatch_command(TRAIN, 4, ["--partition=gpu"]) == [
-      "sbatch", "--nodes=4", "--partition=gpu", "launch/slurm/train.sbatch", *TRAIN]
+    "sbatch",
+    "--nodes=4",
+    "--partition=gpu",
+    "launch/slurm/train.sbatch",
+    *TRAIN,
+  ]
   import yaml
+
   _, job = yaml.safe_load_all(cluster.k8s_manifest(TRAIN, 8, image="reg/cvj:1"))
   container = job["spec"]["template"]["spec"]["containers"][0]
   assert job["spec"]["completions"] == job["spec"]["parallelism"] == 8
   assert container["image"] == "reg/cvj:1" and container["command"] == TRAIN
   assert {e["name"]: e.get("value") for e in container["env"]}["WORLD_SIZE"] == "8"
-  out = subprocess.run([sys.executable, "-m", "launch.cluster", "--scheduler=slurm", "--nodes=2",
-                        "--dry_run", "--"] + TRAIN, cwd=ROOT, capture_output=True, text=True,
-                       timeout=60)
+  out = subprocess.run(
+    [sys.executable, "-m", "launch.cluster", "--scheduler=slurm", "--nodes=2", "--dry_run", "--"] + TRAIN,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert out.returncode == 0, out.stderr
   assert shlex.split(out.stdout) == cluster.sbatch_command(TRAIN, 2)
 
@@ -309,18 +364,34 @@ def test_two_processes_initialize_from_a_torchrun_env(tmp_path):
   """Two real processes on this CPU, each given only what a Kubernetes pod gets, form one JAX
   run of 2 processes and 4 devices."""
   import socket
+
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  probe = ("from codevision_jax import distributed_env; distributed_env.initialize(None); "
-           "import jax; print(jax.process_index(), jax.process_count(), jax.device_count())")
+  probe = (
+    "from codevision_jax import distributed_env; distributed_env.initialize(None); "
+    "import jax; print(jax.process_index(), jax.process_count(), jax.device_count())"
+  )
   foreign = ("SLURM_", "TPU_", "MEGASCALE_", "CVJ_", "LOCAL_", "TORCHELASTIC", "JAX_")
   base = {k: v for k, v in os.environ.items() if not k.startswith(foreign)}
-  base.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-              WORLD_SIZE="2", MASTER_ADDR="localhost", MASTER_PORT=str(port))
-  procs = [subprocess.Popen([sys.executable, "-c", probe], cwd=ROOT, env={**base, "RANK": str(r)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for r in range(2)]
+  base.update(
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    WORLD_SIZE="2",
+    MASTER_ADDR="localhost",
+    MASTER_PORT=str(port),
+  )
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", probe],
+      cwd=ROOT,
+      env={**base, "RANK": str(r)},
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for r in range(2)
+  ]
   outs = [p.communicate(timeout=120) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-2000:]

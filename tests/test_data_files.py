@@ -26,9 +26,23 @@ def test_rl_parquet_round_trip(tmp_path):
 def test_write_data_command(tmp_path):
   for kind, name in (("sft", "sft.jsonl"), ("rl", "rl.parquet")):
     out = tmp_path / name
-    proc = subprocess.run([sys.executable, "-m", "launch.write_data", f"--kind={kind}", "--num=3",
-                           "--kinds=arrow", "--transforms=rotate_90", "--p_small=0", f"--out={out}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "launch.write_data",
+        f"--kind={kind}",
+        "--num=3",
+        "--kinds=arrow",
+        "--transforms=rotate_90",
+        "--p_small=0",
+        f"--out={out}",
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"wrote 3 {kind} records to {out}" in proc.stdout
   sft = readers.read_sft_records(str(tmp_path / "sft.jsonl"))

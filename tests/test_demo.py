@@ -33,13 +33,22 @@ def test_the_whole_pipeline(tmp_path):
   assert "step" not in report["meta"]["model"]  # The HF export was evaluated.
   assert any("toy model" in n for n in report["meta"]["notes"])
   table = demo.summary(stages, workdir)
-  for text in ("1 SFT", "2 GRPO", "3 export", "4 eval, tools on", "4 eval, tools off",
-               "smoke test", os.path.join(workdir, "eval", "report.html")):
+  for text in (
+    "1 SFT",
+    "2 GRPO",
+    "3 export",
+    "4 eval, tools on",
+    "4 eval, tools off",
+    "smoke test",
+    os.path.join(workdir, "eval", "report.html"),
+  ):
     assert text in table, text
   # Accuracy beside reward; the held-out claim said plainly; commands a fresh shell runs.
   first, last = stages["rl"]["first"], stages["rl"]["last"]
-  assert (f"rollout accuracy {first['accuracy']:.2f} -> {last['accuracy']:.2f}, reward "
-          f"{first['reward/score']:.2f} -> {last['reward/score']:.2f}") in table
+  assert (
+    f"rollout accuracy {first['accuracy']:.2f} -> {last['accuracy']:.2f}, reward "
+    f"{first['reward/score']:.2f} -> {last['reward/score']:.2f}"
+  ) in table
   assert "this demo does not show that RL raised held-out accuracy" in table
   assert f"{sys.executable} -m launch.view" in table or ".venv/bin/python -m launch.view" in table
   assert "tensorboard --logdir" in table and " python -m " not in table

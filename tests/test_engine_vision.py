@@ -12,7 +12,15 @@ from codevision_jax.sampling import engine as engine_lib
 
 def test_patch_buckets():
   assert [engine_lib.patch_bucket(n) for n in (1, 64, 65, 96, 97, 128, 129, 5120)] == [
-      64, 64, 96, 96, 128, 128, 192, 6144]
+    64,
+    64,
+    96,
+    96,
+    128,
+    128,
+    192,
+    6144,
+  ]
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
@@ -22,7 +30,7 @@ def test_the_tower_compiles_once_per_bucket_with_unchanged_features(family):
   e = engine_lib.DecodeEngine(model, chunk=16)
   e.allocate(2, 256)
   rng = np.random.default_rng(0)
-  patch_dim = 3 * 2 * c.vision.patch_size ** 2
+  patch_dim = 3 * 2 * c.vision.patch_size**2
   before = engine_lib.TRACE_COUNTS["vision"]
   # 24, 16, 36 and 12 patches: all in the 64-patch bucket.
   for grid in ((1, 4, 6), (1, 4, 4), (1, 6, 6), (1, 2, 6)):

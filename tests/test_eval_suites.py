@@ -61,8 +61,7 @@ def _bad(bad):
 
 
 def test_suite_names_and_unknown_suite(tmp_path):
-  assert set(suites.SUITES) == {"ocrbench", "chartqapro", "mvtoolbench", "vstar", "hrbench4k",
-                                "hrbench8k"}
+  assert set(suites.SUITES) == {"ocrbench", "chartqapro", "mvtoolbench", "vstar", "hrbench4k", "hrbench8k"}
   with pytest.raises(ValueError, match=r"unknown suite 'ocrbench2'.*ocrbench, chartqapro"):
     suites.read_suite("ocrbench2", str(tmp_path))
 
@@ -72,8 +71,11 @@ def test_missing_and_wrong_files_name_the_path_and_the_expected_file(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"nope/hr_bench_4k\.tsv: no such file.*hrbench4k"):
     suites.read_suite("hrbench4k", missing)
   csv_file = _write(tmp_path / "hr_bench_4k.csv", b"index,question\n")
-  with pytest.raises(ValueError, match=r"hr_bench_4k\.csv: hrbench4k reads hr_bench_4k\.tsv.*"
-                                       r"not a \.csv file"):
+  with pytest.raises(
+    ValueError,
+    match=r"hr_bench_4k\.csv: hrbench4k reads hr_bench_4k\.tsv.*"
+    r"not a \.csv file",
+  ):
     suites.read_suite("hrbench4k", csv_file)
   with pytest.raises(FileNotFoundError, match=r"no test_questions\.jsonl or \*\.parquet in this"):
     suites.read_suite("vstar", str(tmp_path))
@@ -91,6 +93,7 @@ def test_missing_and_wrong_files_name_the_path_and_the_expected_file(tmp_path):
 
 # ---- OCRBench ------------------------------------------------------------------------------------
 
+
 def _ocrbench_layout(tmp_path):
   """The repository layout: OCRBench/OCRBench.json with OCRBench_Images/ beside its folder."""
   images = tmp_path / "OCRBench_Images"
@@ -98,20 +101,54 @@ def _ocrbench_layout(tmp_path):
   _write(images / "ctw" / "imgs" / "55.jpg", _jpeg("blue"))
   _write(images / "svt" / "broken.png", GARBAGE)
   rows = [
-      {"dataset_name": "IIIT5K", "id": 2843, "image_path": "IIIT5K/test/918_1.png",
-       "question": "what is written in the image?", "answers": "CENTRE",
-       "type": "Regular Text Recognition"},
-      {"dataset_name": "ctw", "id": 2843, "image_path": "ctw/imgs/55.jpg",
-       "question": "what is written in the image?", "answers": ["ANTONIOS", "ANTONIO'S"],
-       "type": "Irregular Text Recognition"},
-      {"dataset_name": "svt", "id": 1, "image_path": "svt/missing.png", "question": "q?",
-       "answers": "x", "type": "Regular Text Recognition"},
-      {"dataset_name": "svt", "id": 2, "image_path": "svt/broken.png", "question": "q?",
-       "answers": "x", "type": "Regular Text Recognition"},
-      {"dataset_name": "svt", "id": 3, "image_path": "IIIT5K/test/918_1.png", "question": "q?",
-       "answers": [], "type": "Regular Text Recognition"},
-      {"dataset_name": "svt", "id": 4, "image_path": "IIIT5K/test/918_1.png", "question": " ",
-       "answers": "x", "type": "Regular Text Recognition"},
+    {
+      "dataset_name": "IIIT5K",
+      "id": 2843,
+      "image_path": "IIIT5K/test/918_1.png",
+      "question": "what is written in the image?",
+      "answers": "CENTRE",
+      "type": "Regular Text Recognition",
+    },
+    {
+      "dataset_name": "ctw",
+      "id": 2843,
+      "image_path": "ctw/imgs/55.jpg",
+      "question": "what is written in the image?",
+      "answers": ["ANTONIOS", "ANTONIO'S"],
+      "type": "Irregular Text Recognition",
+    },
+    {
+      "dataset_name": "svt",
+      "id": 1,
+      "image_path": "svt/missing.png",
+      "question": "q?",
+      "answers": "x",
+      "type": "Regular Text Recognition",
+    },
+    {
+      "dataset_name": "svt",
+      "id": 2,
+      "image_path": "svt/broken.png",
+      "question": "q?",
+      "answers": "x",
+      "type": "Regular Text Recognition",
+    },
+    {
+      "dataset_name": "svt",
+      "id": 3,
+      "image_path": "IIIT5K/test/918_1.png",
+      "question": "q?",
+      "answers": [],
+      "type": "Regular Text Recognition",
+    },
+    {
+      "dataset_name": "svt",
+      "id": 4,
+      "image_path": "IIIT5K/test/918_1.png",
+      "question": " ",
+      "answers": "x",
+      "type": "Regular Text Recognition",
+    },
   ]
   return _write(tmp_path / "OCRBench" / "OCRBench.json", json.dumps(rows).encode())
 
@@ -148,14 +185,18 @@ def test_ocrbench_json_items_and_bad_rows(tmp_path):
 
 
 def test_ocrbench_vlmevalkit_tsv(tmp_path):
-  path = _tsv(tmp_path / "OCRBench.tsv", ["index", "image", "question", "answer", "category"], [
+  path = _tsv(
+    tmp_path / "OCRBench.tsv",
+    ["index", "image", "question", "answer", "category"],
+    [
       ["0", _b64(_png("green")), "what is written?", "['CENTRE', 'centre']", "Doc-oriented VQA"],
       ["1", "0", "and here?", "plain answer", "Key Information Extraction"],  # Image of row 0.
       ["2", _b64(GARBAGE * 4), "q?", "['x']", "Doc-oriented VQA"],
       ["3", _b64(_png("green")), "q?", "", "Doc-oriented VQA"],
       ["4", "99", "q?", "['x']", "Doc-oriented VQA"],
       ["1", _b64(_png("white")), "repeated index", "['y']", "Doc-oriented VQA"],
-  ])
+    ],
+  )
   items, bad = suites.read_suite("ocrbench", path)
   assert [i.id for i in items] == ["0", "1", "1@5"]  # A repeated id is made unique.
   assert items[0].answers == ["CENTRE", "centre"] and items[1].answers == ["plain answer"]
@@ -171,19 +212,42 @@ def test_ocrbench_vlmevalkit_tsv(tmp_path):
 
 # ---- ChartQAPro ----------------------------------------------------------------------------------
 
+
 def test_chartqapro_parquet(tmp_path):
   rows = [
-      {"Question": ["Which year had the most sales?"], "Answer": ["2016"],
-       "Question Type": "Factoid", "Year": ["YES"], "Paragraph": None, "image": _png("red")},
-      {"Question": ["What is the top value?", "Which bar is it?", "How far below is the next?"],
-       "Answer": ["40", "Apples", "5"], "Question Type": "Conversational",
-       "Year": ["NO", "NO", "NO"], "Paragraph": "Sales by fruit in 2020.", "image": _jpeg("blue")},
-      {"Question": ["q?"], "Answer": ["a"], "Question Type": "Factoid", "Year": ["NO"],
-       "Paragraph": None, "image": GARBAGE},
-      {"Question": ["q?"], "Answer": [], "Question Type": "Factoid", "Year": [],
-       "Paragraph": None, "image": _png("red")},
-      {"Question": [], "Answer": ["a"], "Question Type": "Factoid", "Year": ["NO"],
-       "Paragraph": None, "image": _png("red")},
+    {
+      "Question": ["Which year had the most sales?"],
+      "Answer": ["2016"],
+      "Question Type": "Factoid",
+      "Year": ["YES"],
+      "Paragraph": None,
+      "image": _png("red"),
+    },
+    {
+      "Question": ["What is the top value?", "Which bar is it?", "How far below is the next?"],
+      "Answer": ["40", "Apples", "5"],
+      "Question Type": "Conversational",
+      "Year": ["NO", "NO", "NO"],
+      "Paragraph": "Sales by fruit in 2020.",
+      "image": _jpeg("blue"),
+    },
+    {
+      "Question": ["q?"],
+      "Answer": ["a"],
+      "Question Type": "Factoid",
+      "Year": ["NO"],
+      "Paragraph": None,
+      "image": GARBAGE,
+    },
+    {"Question": ["q?"], "Answer": [], "Question Type": "Factoid", "Year": [], "Paragraph": None, "image": _png("red")},
+    {
+      "Question": [],
+      "Answer": ["a"],
+      "Question Type": "Factoid",
+      "Year": ["NO"],
+      "Paragraph": None,
+      "image": _png("red"),
+    },
   ]
   path = str(tmp_path / "data" / "test-00000-of-00001.parquet")
   os.makedirs(os.path.dirname(path))
@@ -195,10 +259,11 @@ def test_chartqapro_parquet(tmp_path):
   assert factoid.category == "Factoid" and factoid.extra["year_flags"] == ["YES"]
   assert _pixel(factoid.image) == (255, 0, 0) and _near(_pixel(conv.image), (0, 0, 255))
   assert conv.question == (
-      "Context: Sales by fruit in 2020.\n\n"
-      "Earlier questions about this chart and their answers:\n"
-      "Q: What is the top value?\nA: 40\nQ: Which bar is it?\nA: Apples\n\n"
-      "Question: How far below is the next?")
+    "Context: Sales by fruit in 2020.\n\n"
+    "Earlier questions about this chart and their answers:\n"
+    "Q: What is the top value?\nA: 40\nQ: Which bar is it?\nA: Apples\n\n"
+    "Question: How far below is the next?"
+  )
   assert conv.answers == ["5"] and conv.category == "Conversational"
   assert conv.source == f"{path}:1"
   reasons = _bad(bad)
@@ -210,29 +275,34 @@ def test_chartqapro_parquet(tmp_path):
 
 # ---- MVToolBench ---------------------------------------------------------------------------------
 
+
 def _verl_row(image, truth="HELLO", index=0, transforms=(), box=(), question="What is written?"):
   return {
-      "prompt": [{"role": "system", "content": "You can run code."},
-                 {"role": "user", "content": f"<image>\n{question}"}],
-      "images": [image],
-      "data_source": "mvtoolbench",
-      "reward_model": {"ground_truth": truth, "style": "rule"},
-      "extra_info": {"index": index, "question": question, "answer": truth or "",
-                     "required_transforms": list(transforms), "gt_bbox": list(box)},
+    "prompt": [{"role": "system", "content": "You can run code."}, {"role": "user", "content": f"<image>\n{question}"}],
+    "images": [image],
+    "data_source": "mvtoolbench",
+    "reward_model": {"ground_truth": truth, "style": "rule"},
+    "extra_info": {
+      "index": index,
+      "question": question,
+      "answer": truth or "",
+      "required_transforms": list(transforms),
+      "gt_bbox": list(box),
+    },
   }
 
 
 def test_mvtoolbench_verl_parquet(tmp_path):
   _write(tmp_path / "imgs" / "ok.png", _png("blue"))
   rows = [
-      _verl_row({"bytes": _png("red"), "path": None}, index=10, transforms=["crop", "rotate_90"],
-                box=[1.0, 2.0, 5.0, 6.0]),
-      _verl_row({"bytes": None, "path": "imgs/missing.png"}, index=11),
-      _verl_row({"bytes": GARBAGE, "path": None}, index=12),
-      _verl_row({"bytes": _png("red"), "path": None}, truth=None, index=13),
-      _verl_row({"bytes": None, "path": "imgs/ok.png"}, truth="7", index=14,
-                transforms=["flip_vertical"]),
-      _verl_row({"bytes": _png("red"), "path": None}, index=15, question=""),
+    _verl_row(
+      {"bytes": _png("red"), "path": None}, index=10, transforms=["crop", "rotate_90"], box=[1.0, 2.0, 5.0, 6.0]
+    ),
+    _verl_row({"bytes": None, "path": "imgs/missing.png"}, index=11),
+    _verl_row({"bytes": GARBAGE, "path": None}, index=12),
+    _verl_row({"bytes": _png("red"), "path": None}, truth=None, index=13),
+    _verl_row({"bytes": None, "path": "imgs/ok.png"}, truth="7", index=14, transforms=["flip_vertical"]),
+    _verl_row({"bytes": _png("red"), "path": None}, index=15, question=""),
   ]
   path = str(tmp_path / "mvtoolbench.parquet")
   pq.write_table(pa.Table.from_pylist(rows), path)
@@ -259,6 +329,7 @@ def test_mvtoolbench_verl_parquet(tmp_path):
 
 # ---- V* Bench ------------------------------------------------------------------------------------
 
+
 def _vstar_text(question, options):
   return "\n".join([question, *(f"({k}) {v}" for k, v in zip("ABCD", options)), INSTR])
 
@@ -266,22 +337,42 @@ def _vstar_text(question, options):
 def test_vstar_jsonl(tmp_path):
   root = tmp_path / "vstar_bench"
   _write(root / "direct_attributes" / "sa_1.jpg", _jpeg("red", (40, 30)))
-  _write(root / "direct_attributes" / "sa_1.json",
-         json.dumps({"target_object": ["glove"], "bbox": [[2, 3, 4, 5]]}).encode())
+  _write(
+    root / "direct_attributes" / "sa_1.json", json.dumps({"target_object": ["glove"], "bbox": [[2, 3, 4, 5]]}).encode()
+  )
   _write(root / "relative_position" / "sa_2.jpg", _jpeg("blue", (40, 30)))
   _write(root / "direct_attributes" / "sa_3.jpg", GARBAGE)
   text = _vstar_text("What is the color of the glove?", ["red", "blue", "white", "black"])
   lines = [
-      {"image": "direct_attributes/sa_1.jpg", "text": text, "category": "direct_attributes",
-       "question_id": 0, "label": "A"},
-      {"image": "relative_position/sa_2.jpg", "text": "Is the cup left of the dog?\n(A) yes\n"
-       "(B) no\n" + INSTR, "category": "relative_position", "question_id": 1, "label": "B"},
-      {"image": "direct_attributes/sa_9.jpg", "text": text, "category": "direct_attributes",
-       "question_id": 2, "label": "A"},
-      {"image": "direct_attributes/sa_3.jpg", "text": text, "category": "direct_attributes",
-       "question_id": 3, "label": "A"},
-      {"image": "direct_attributes/sa_1.jpg", "text": text, "category": "direct_attributes",
-       "question_id": 4},
+    {
+      "image": "direct_attributes/sa_1.jpg",
+      "text": text,
+      "category": "direct_attributes",
+      "question_id": 0,
+      "label": "A",
+    },
+    {
+      "image": "relative_position/sa_2.jpg",
+      "text": "Is the cup left of the dog?\n(A) yes\n(B) no\n" + INSTR,
+      "category": "relative_position",
+      "question_id": 1,
+      "label": "B",
+    },
+    {
+      "image": "direct_attributes/sa_9.jpg",
+      "text": text,
+      "category": "direct_attributes",
+      "question_id": 2,
+      "label": "A",
+    },
+    {
+      "image": "direct_attributes/sa_3.jpg",
+      "text": text,
+      "category": "direct_attributes",
+      "question_id": 3,
+      "label": "A",
+    },
+    {"image": "direct_attributes/sa_1.jpg", "text": text, "category": "direct_attributes", "question_id": 4},
   ]
   body = "\n".join(json.dumps(x) for x in lines[:2]) + "\n\n"  # A blank line is not a row.
   body += "\n".join(json.dumps(x) for x in lines[2:]) + "\n{not json\n"
@@ -305,8 +396,15 @@ def test_vstar_jsonl(tmp_path):
 
 
 def test_vstar_parquet_with_hf_image_dicts(tmp_path):
-  rows = [{"image": {"bytes": _png("red"), "path": "sa_1.jpg"}, "text": "Q?\n(A) x\n(B) y",
-           "category": "direct_attributes", "question_id": 7, "label": "b"}]
+  rows = [
+    {
+      "image": {"bytes": _png("red"), "path": "sa_1.jpg"},
+      "text": "Q?\n(A) x\n(B) y",
+      "category": "direct_attributes",
+      "question_id": 7,
+      "label": "b",
+    }
+  ]
   path = str(tmp_path / "test-00000.parquet")
   pq.write_table(pa.Table.from_pylist(rows), path)
   (item,), bad = suites.read_suite("vstar", path)
@@ -316,8 +414,7 @@ def test_vstar_parquet_with_hf_image_dicts(tmp_path):
 
 # ---- HR-Bench ------------------------------------------------------------------------------------
 
-_HR_HEADER = ["index", "question", "answer", "category", "cycle_category", "image", "A", "B", "C",
-              "D"]
+_HR_HEADER = ["index", "question", "answer", "category", "cycle_category", "image", "A", "B", "C", "D"]
 _HR_OPTIONS = ["red", "green", "blue", "white"]
 
 
@@ -329,22 +426,28 @@ def _noise_png(size=(256, 256)):
 def test_hrbench_tsv(tmp_path):
   big = _b64(_noise_png())
   assert len(big) > csv.field_size_limit()
-  path = _tsv(tmp_path / "hr_bench_4k.tsv", _HR_HEADER, [
+  path = _tsv(
+    tmp_path / "hr_bench_4k.tsv",
+    _HR_HEADER,
+    [
       ["0", "What color is the sign?", "A", "FSP", "cycle0", _b64(_jpeg("red")), *_HR_OPTIONS],
       ["1", "What color is the sign?", "B", "FSP", "cycle1", "0", *_HR_OPTIONS],
       ["2", "How big is it?", "C", "FCP", "cycle0", big, *_HR_OPTIONS],
       ["3", "q?", "E", "FSP", "cycle0", _b64(_jpeg("red")), *_HR_OPTIONS],
       ["4", "q?", "A", "FSP", "cycle0", _b64(GARBAGE * 4), *_HR_OPTIONS],
       ["5", "", "A", "FSP", "cycle0", _b64(_jpeg("red")), *_HR_OPTIONS],
-  ])
+    ],
+  )
   limit_before = csv.field_size_limit()
   items, bad = suites.read_suite("hrbench4k", path)
   assert csv.field_size_limit() == limit_before  # Restored.
   assert [i.id for i in items] == ["0", "1", "2"]
   first = items[0]
   assert first.suite == "hrbench4k" and first.answers == ["A"] and items[1].answers == ["B"]
-  assert first.question == ("What color is the sign?\nA. red\nB. green\nC. blue\nD. white\n"
-                            "Answer with the option's letter from the given choices directly.")
+  assert first.question == (
+    "What color is the sign?\nA. red\nB. green\nC. blue\nD. white\n"
+    "Answer with the option's letter from the given choices directly."
+  )
   assert first.category == "FSP" and first.extra["cycle_category"] == "cycle0"
   assert first.extra["options"] == dict(zip("ABCD", _HR_OPTIONS))
   assert items[1].image is first.image and _near(_pixel(first.image), (255, 0, 0))
@@ -362,9 +465,20 @@ def test_hrbench_tsv(tmp_path):
 
 
 def test_hrbench8k_parquet(tmp_path):
-  rows = [{"index": 0, "question": "Which side?", "answer": "D", "category": "FCP",
-           "cycle_category": "cycle2", "image": _b64(_jpeg("blue")), "A": "left", "B": "right",
-           "C": "top", "D": "bottom"}]
+  rows = [
+    {
+      "index": 0,
+      "question": "Which side?",
+      "answer": "D",
+      "category": "FCP",
+      "cycle_category": "cycle2",
+      "image": _b64(_jpeg("blue")),
+      "A": "left",
+      "B": "right",
+      "C": "top",
+      "D": "bottom",
+    }
+  ]
   path = str(tmp_path / "hrbench_version_split" / "hrbench_8k-00000-of-00001.parquet")
   os.makedirs(os.path.dirname(path))
   pq.write_table(pa.Table.from_pylist(rows), path)

@@ -28,29 +28,34 @@ from evals import runner
 from evals.suites import EvalItem
 from executor.local import local_service
 
-SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 2,
-                                                  max_pixels=28 * 28 * 8)
+SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 2, max_pixels=28 * 28 * 8)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = [30, 10, 42, 16]  # A red block in a 64 x 40 image.
 
 
 def block_image() -> bytes:
   a = np.full((40, 64, 3), 255, np.uint8)
-  a[BLOCK[1]:BLOCK[3], BLOCK[0]:BLOCK[2]] = (255, 0, 0)
+  a[BLOCK[1] : BLOCK[3], BLOCK[0] : BLOCK[2]] = (255, 0, 0)
   buf = io.BytesIO()
   Image.fromarray(a).save(buf, "PNG")
   return buf.getvalue()
 
 
 def item(i, answers, **kw):
-  return EvalItem(suite="ocrbench", id=str(i), question=f"Question {i}?", answers=answers,
-                  image=block_image(), source=f"test.json:{i}", **kw)
+  return EvalItem(
+    suite="ocrbench",
+    id=str(i),
+    question=f"Question {i}?",
+    answers=answers,
+    image=block_image(),
+    source=f"test.json:{i}",
+    **kw,
+  )
 
 
 @pytest.mark.parametrize("transform", orientation.TRANSFORMS)
 def test_case_record_moves_pixels_box_and_requirements(transform):
-  case = runner.Case(item(0, ["a", "b"], required_transforms=["crop"], target_box=BLOCK),
-                     transform, "on")
+  case = runner.Case(item(0, ["a", "b"], required_transforms=["crop"], target_box=BLOCK), transform, "on")
   rec = runner.case_record(case)
   a = np.asarray(records.load_image(rec.images[0]))
   ys, xs = np.nonzero((a[..., 0] > 200) & (a[..., 1] < 50))
@@ -68,8 +73,13 @@ def test_cases_and_modes():
   cases = runner.make_cases(items, ["none", "flip_vertical"], ["on", "off"])
   # An item published with an orientation change is asked only as published.
   assert [c.key for c in cases] == [
-      "ocrbench/0/none/on", "ocrbench/0/flip_vertical/on", "ocrbench/1/none/on",
-      "ocrbench/0/none/off", "ocrbench/0/flip_vertical/off", "ocrbench/1/none/off"]
+    "ocrbench/0/none/on",
+    "ocrbench/0/flip_vertical/on",
+    "ocrbench/1/none/on",
+    "ocrbench/0/none/off",
+    "ocrbench/0/flip_vertical/off",
+    "ocrbench/1/none/off",
+  ]
   off = runner.agent_config("off", AgentConfig(max_turns=8, system_prompt=True))
   assert off.max_turns == 1 and not off.system_prompt
   assert runner.agent_config("on", AgentConfig(max_turns=8)).max_turns == 8
@@ -80,25 +90,24 @@ def test_cases_and_modes():
 
 
 def call(code):
-  body = json.dumps({"name": "code_image_tool",
-                     "arguments": {"code": code, "description": "undo it", "image_index": 0}})
+  body = json.dumps(
+    {"name": "code_image_tool", "arguments": {"code": code, "description": "undo it", "image_index": 0}}
+  )
   return f"<think>It is rotated.</think>\n<tool_call>\n{body}\n</tool_call>"
 
 
 # Cases per mode, in order: item 0 none, item 0 rotate_90, item 1 none, item 1 rotate_90.
 SCRIPTS = {
-    0: ["<think>Clear.</think>\n<answer>42</answer><|im_end|>"],
-    1: [call("result = image.rotate(270, expand=True)"),
-        "<think>Upright now.</think>\n<answer>42</answer><|im_end|>"],
-    2: ["<think>Easy.</think>\n<answer>0.75</answer><|im_end|>"],
-    3: ["<think>Hm.</think>\n<answer>nope</answer><|im_end|>"],
+  0: ["<think>Clear.</think>\n<answer>42</answer><|im_end|>"],
+  1: [call("result = image.rotate(270, expand=True)"), "<think>Upright now.</think>\n<answer>42</answer><|im_end|>"],
+  2: ["<think>Easy.</think>\n<answer>0.75</answer><|im_end|>"],
+  3: ["<think>Hm.</think>\n<answer>nope</answer><|im_end|>"],
 }
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-  return tokenizer_lib.load_tokenizer(
-      tokenizer_lib.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tok"))))
+  return tokenizer_lib.load_tokenizer(tokenizer_lib.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tok"))))
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +121,18 @@ def run(cases, out, tok, service, chunk=64, on_scored=None):
 
   async def go():
     async with ExecutorClient(service.url) as client:
-      return await runner.run_cases(cases, out, policy=policy, tokenizer=tok, client=client,
-                                    settings=SETTINGS, agent=AgentConfig(max_turns=4,
-                                                                         max_total_tokens=2000),
-                                    chunk=chunk, on_scored=on_scored)
+      return await runner.run_cases(
+        cases,
+        out,
+        policy=policy,
+        tokenizer=tok,
+        client=client,
+        settings=SETTINGS,
+        agent=AgentConfig(max_turns=4, max_total_tokens=2000),
+        chunk=chunk,
+        on_scored=on_scored,
+      )
+
   return asyncio.run(go())
 
 
@@ -163,6 +180,7 @@ def test_resume_scores_each_case_once(tmp_path, tok, service):
 
   def stop(n):
     raise Stop
+
   with pytest.raises(Stop):  # Killed after the first chunk of 3.
     run(cases(), out, tok, service, chunk=3, on_scored=stop)
   assert len(runner.load_results(out)) == 3
@@ -178,9 +196,9 @@ def test_resume_scores_each_case_once(tmp_path, tok, service):
 def test_report_files(scored):
   out, _, results = scored
   bad = [{"suite": "ocrbench", "file": "OCRBench.json", "row": 7, "reason": "image missing"}]
-  report = report_lib.write_report(out, list(results.values()),
-                                   meta={"model": "scripted", "notes": ["rule-only"]},
-                                   bad_items=bad)
+  report = report_lib.write_report(
+    out, list(results.values()), meta={"model": "scripted", "notes": ["rule-only"]}, bad_items=bad
+  )
   with open(os.path.join(out, "report.json")) as f:
     on_disk = json.load(f)
   assert on_disk == json.loads(json.dumps(report))
@@ -216,6 +234,7 @@ def test_request_errors_before_the_model(tmp_path):
 def eval_config(**fields):
   """The eval's default rollout config with `fields` ("agent.max_turns": 2, ...) set."""
   from configs import orientation_eval as recipe
+
   cfg = recipe.get_config()
   for key, value in fields.items():
     section, _, name = key.rpartition(".")
@@ -225,10 +244,20 @@ def eval_config(**fields):
 
 def test_evaluate_the_tiny_model_end_to_end(tmp_path):
   out = str(tmp_path / "eval")
-  limits = {"agent.max_turns": 2, "agent.max_total_tokens": 400, "agent.system_prompt": False,
-            "rollout.slots": 4, "data.max_pixels": 28 * 28 * 16}
-  kw = dict(synthetic_size=2, synthetic_kinds=("arrow",), transforms=("none", "flip_vertical"),
-            config=eval_config(**limits), progress=False)
+  limits = {
+    "agent.max_turns": 2,
+    "agent.max_total_tokens": 400,
+    "agent.system_prompt": False,
+    "rollout.slots": 4,
+    "data.max_pixels": 28 * 28 * 16,
+  }
+  kw = dict(
+    synthetic_size=2,
+    synthetic_kinds=("arrow",),
+    transforms=("none", "flip_vertical"),
+    config=eval_config(**limits),
+    progress=False,
+  )
   report = orientation_eval.evaluate(out, **kw)
   assert report["run"]["scored"] == 8 and report["run"]["executor_failures"] == 0
   suite = report["suites"]["synthetic"]
@@ -251,18 +280,39 @@ def test_the_binary_on_a_published_suite_with_a_bad_item(tmp_path):
   images = tmp_path / "OCRBench_Images" / "IIIT5K"
   images.mkdir(parents=True)
   Image.new("RGB", (48, 32), (250, 250, 250)).save(images / "a.png")
-  rows = [{"dataset_name": "IIIT5K", "id": k, "image_path": f"IIIT5K/{name}",
-           "question": "what is written in the image?", "answers": ["CAFE"],
-           "type": "Regular Text Recognition"} for k, name in enumerate(["a.png", "gone.png"])]
+  rows = [
+    {
+      "dataset_name": "IIIT5K",
+      "id": k,
+      "image_path": f"IIIT5K/{name}",
+      "question": "what is written in the image?",
+      "answers": ["CAFE"],
+      "type": "Regular Text Recognition",
+    }
+    for k, name in enumerate(["a.png", "gone.png"])
+  ]
   data = tmp_path / "OCRBench.json"
   data.write_text(json.dumps(rows))
   out = tmp_path / "eval"
   proc = subprocess.run(
-      [sys.executable, "-m", "evals.orientation", "--suite=ocrbench", f"--data={data}",
-       f"--out={out}", "--tools=off", "--transforms=none,rotate_180",
-       "--config.agent.max_total_tokens=300", "--config.data.max_pixels=3136",
-       "--config.rollout.slots=2"],
-      capture_output=True, text=True, timeout=600, cwd=REPO)
+    [
+      sys.executable,
+      "-m",
+      "evals.orientation",
+      "--suite=ocrbench",
+      f"--data={data}",
+      f"--out={out}",
+      "--tools=off",
+      "--transforms=none,rotate_180",
+      "--config.agent.max_total_tokens=300",
+      "--config.data.max_pixels=3136",
+      "--config.rollout.slots=2",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "ocrbench, tools off: average" in proc.stdout and "report.html" in proc.stdout
   (bad,) = [json.loads(line) for line in open(out / "bad_items.jsonl")]
@@ -272,17 +322,26 @@ def test_the_binary_on_a_published_suite_with_a_bad_item(tmp_path):
   assert report["suites"]["ocrbench"]["off"]["all"]["trajectories"] == 2  # One item, two transforms.
   assert any("rule-only" in n for n in report["meta"]["notes"])
   assert "ocrbench (1 bad item(s) left out" in open(out / "report.md").read()
-  proc = subprocess.run([sys.executable, "-m", "evals.orientation", "--suite=ocrbench",
-                         f"--out={tmp_path / 'x'}"], capture_output=True, text=True, timeout=300,
-                        cwd=REPO)
+  proc = subprocess.run(
+    [sys.executable, "-m", "evals.orientation", "--suite=ocrbench", f"--out={tmp_path / 'x'}"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
   assert proc.returncode != 0 and "--suite=ocrbench reads its published file" in proc.stderr
   # The agent and sampler settings are the rollout config's: an old flag names its field.
-  proc = subprocess.run([sys.executable, "-m", "evals.orientation", "--batch=2",
-                         "--max_turns=3", f"--out={tmp_path / 'y'}"], capture_output=True,
-                        text=True, timeout=300, cwd=REPO)
+  proc = subprocess.run(
+    [sys.executable, "-m", "evals.orientation", "--batch=2", "--max_turns=3", f"--out={tmp_path / 'y'}"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
-  assert ("--batch is now --config.rollout.slots; --max_turns is now --config.agent.max_turns"
-          in proc.stderr), proc.stderr[-2000:]
+  assert "--batch is now --config.rollout.slots; --max_turns is now --config.agent.max_turns" in proc.stderr, (
+    proc.stderr[-2000:]
+  )
 
 
 def test_the_judge_decides_what_the_rule_does_not_match(tmp_path, tok, service):
@@ -290,6 +349,7 @@ def test_the_judge_decides_what_the_rule_does_not_match(tmp_path, tok, service):
   in RL scoring; answers the rule accepts are not sent."""
   from codevision_jax.rl.judge import Judge
   from test_rl_judge import FakeEndpoint, serve
+
   endpoint = FakeEndpoint(reply="Yes.")
   policy = ScriptedPolicy(tok, SCRIPTS, num_slots=2)
   chosen = [c for c in cases() if c.tools == "on"]
@@ -298,12 +358,19 @@ def test_the_judge_decides_what_the_rule_does_not_match(tmp_path, tok, service):
     web_runner, url = await serve(endpoint)
     try:
       async with ExecutorClient(service.url) as client, Judge(url, "judge") as judge:
-        return await runner.run_cases(chosen, str(tmp_path), policy=policy, tokenizer=tok,
-                                      client=client, settings=SETTINGS,
-                                      agent=AgentConfig(max_turns=4, max_total_tokens=2000),
-                                      judge=judge)
+        return await runner.run_cases(
+          chosen,
+          str(tmp_path),
+          policy=policy,
+          tokenizer=tok,
+          client=client,
+          settings=SETTINGS,
+          agent=AgentConfig(max_turns=4, max_total_tokens=2000),
+          judge=judge,
+        )
     finally:
       await web_runner.cleanup()
+
   stats = asyncio.run(go())
   results = runner.load_results(str(tmp_path))
   assert stats.judged == 1 and endpoint.requests == 1  # Only "nope" against "3/4".

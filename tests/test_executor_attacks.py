@@ -101,10 +101,15 @@ def service():
 
 def execute(service, code: str, images=None, timeout_s: float = 5.0) -> dict:
   images = [_png(SMALL_PNG)] if images is None else images
-  body = {"code": code, "images": [base64.b64encode(i).decode() for i in images],
-          "image_index": 0, "timeout_s": timeout_s}
-  req = urllib.request.Request(service.url + "/v1/execute", data=json.dumps(body).encode(),
-                               headers={"Content-Type": "application/json"})
+  body = {
+    "code": code,
+    "images": [base64.b64encode(i).decode() for i in images],
+    "image_index": 0,
+    "timeout_s": timeout_s,
+  }
+  req = urllib.request.Request(
+    service.url + "/v1/execute", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+  )
   with urllib.request.urlopen(req, timeout=60) as r:
     assert r.status == 200
     return json.load(r)
@@ -124,114 +129,241 @@ result = image
 # (group, name, code, timeout_s, accepted error types). {listen} is the listener's port,
 # {visible}/{outside} the directories that must stay empty.
 ATTACKS = [
-    # --- escapes through the object graph, frames, tracebacks, format strings ---
-    ("escape", "subclasses_to_os_system", """
+  # --- escapes through the object graph, frames, tracebacks, format strings ---
+  (
+    "escape",
+    "subclasses_to_os_system",
+    """
 for c in ().__class__.__base__.__subclasses__():
   if c.__name__ == '_wrap_close':
     c.__init__.__globals__['system']('touch {visible}/pwned {outside}/pwned')
 raise RuntimeError('escape did not run anything')
-""", 5, {"SandboxViolation", "RuntimeError"}),
-    ("escape", "frame_walk_to_worker_globals", """
+""",
+    5,
+    {"SandboxViolation", "RuntimeError"},
+  ),
+  (
+    "escape",
+    "frame_walk_to_worker_globals",
+    """
 import sys
 f = sys._getframe()
 while f.f_back is not None:
   f = f.f_back
 g = f.f_globals
 g['os'].execv('/bin/sh', ['sh', '-c', 'touch {visible}/pwned'])
-""", 5, {"SandboxViolation"}),
-    ("escape", "traceback_frames_to_builtins_import", """
+""",
+    5,
+    {"SandboxViolation"},
+  ),
+  (
+    "escape",
+    "traceback_frames_to_builtins_import",
+    """
 try:
   1 / 0
 except ZeroDivisionError as e:
   tb = e.__traceback__
   imp = tb.tb_frame.f_globals['__builtins__'].__import__
   imp('subprocess').run(['touch', '{outside}/pwned'])
-""", 5, {"SandboxViolation"}),
-    ("escape", "format_string_reads_environment", """
+""",
+    5,
+    {"SandboxViolation"},
+  ),
+  (
+    "escape",
+    "format_string_reads_environment",
+    """
 leak = '{{0.__init__.__globals__[os].environ[EXECUTOR_TEST_CANARY]}}'.format(Image.Image)
 print(leak)
-""", 5, {"KeyError"}),
-    ("escape", "gc_finds_worker_and_kills_parent", """
+""",
+    5,
+    {"KeyError"},
+  ),
+  (
+    "escape",
+    "gc_finds_worker_and_kills_parent",
+    """
 import gc, os, signal
 workers = [o for o in gc.get_objects() if type(o).__name__ == 'Worker']
 os.kill(os.getppid(), signal.SIGKILL)
-""", 5, {"PermissionError"}),
-    ("escape", "catch_warnings_module_globals", """
+""",
+    5,
+    {"PermissionError"},
+  ),
+  (
+    "escape",
+    "catch_warnings_module_globals",
+    """
 cls = [c for c in object.__subclasses__() if c.__name__ == 'catch_warnings'][0]
 cls()._module.__builtins__['__import__']('os').popen('touch {outside}/pwned').read()
 raise RuntimeError('popen returned')
-""", 5, {"SandboxViolation", "RuntimeError"}),
-    # --- file reads and writes through numpy, PIL, cv2 ---
-    ("files", "np_load_outside", "np.load('{outside}/../secret.npy', allow_pickle=True)", 5,
-     {"FileNotFoundError", "PermissionError"}),
-    ("files", "np_fromfile_proc_environ", "print(np.fromfile('/proc/self/environ', dtype=np.uint8))",
-     5, {"PermissionError"}),
-    ("files", "np_fromfile_repo_source", f"np.fromfile('{REPO_ROOT}/setup.py', dtype=np.uint8)", 5,
-     {"PermissionError", "FileNotFoundError"}),
-    ("files", "np_save", "np.save('{visible}/pwned.npy', np.zeros(3))", 5, {"PermissionError", "OSError"}),
-    ("files", "cv2_imwrite", """
+""",
+    5,
+    {"SandboxViolation", "RuntimeError"},
+  ),
+  # --- file reads and writes through numpy, PIL, cv2 ---
+  (
+    "files",
+    "np_load_outside",
+    "np.load('{outside}/../secret.npy', allow_pickle=True)",
+    5,
+    {"FileNotFoundError", "PermissionError"},
+  ),
+  (
+    "files",
+    "np_fromfile_proc_environ",
+    "print(np.fromfile('/proc/self/environ', dtype=np.uint8))",
+    5,
+    {"PermissionError"},
+  ),
+  (
+    "files",
+    "np_fromfile_repo_source",
+    f"np.fromfile('{REPO_ROOT}/setup.py', dtype=np.uint8)",
+    5,
+    {"PermissionError", "FileNotFoundError"},
+  ),
+  ("files", "np_save", "np.save('{visible}/pwned.npy', np.zeros(3))", 5, {"PermissionError", "OSError"}),
+  (
+    "files",
+    "cv2_imwrite",
+    """
 ok = cv2.imwrite('{visible}/pwned.png', np.zeros((4, 4), np.uint8))
 assert ok, 'cv2.imwrite could not write'
-""", 5, {"AssertionError", "error"}),
-    ("files", "pil_save", "image.save('{visible}/pwned.png')", 5, {"PermissionError", "OSError"}),
-    ("files", "pil_open_outside", "result = Image.open('/etc/shadow')", 5,
-     {"PermissionError", "FileNotFoundError"}),
-    ("files", "open_write_tmp", "open('/tmp/pwned', 'w').write('x')", 5, {"PermissionError", "OSError"}),
-    ("files", "mkdir_and_symlink", "import os\nos.symlink('/', '{visible}/root-link')", 5,
-     {"PermissionError", "OSError"}),
-    # --- network ---
-    ("network", "socket_connect", """
+""",
+    5,
+    {"AssertionError", "error"},
+  ),
+  ("files", "pil_save", "image.save('{visible}/pwned.png')", 5, {"PermissionError", "OSError"}),
+  ("files", "pil_open_outside", "result = Image.open('/etc/shadow')", 5, {"PermissionError", "FileNotFoundError"}),
+  ("files", "open_write_tmp", "open('/tmp/pwned', 'w').write('x')", 5, {"PermissionError", "OSError"}),
+  (
+    "files",
+    "mkdir_and_symlink",
+    "import os\nos.symlink('/', '{visible}/root-link')",
+    5,
+    {"PermissionError", "OSError"},
+  ),
+  # --- network ---
+  (
+    "network",
+    "socket_connect",
+    """
 import socket
 socket.create_connection(('127.0.0.1', {listen}), timeout=2)
-""", 5, {"SandboxViolation"}),
-    ("network", "cv2_videocapture_url", """
+""",
+    5,
+    {"SandboxViolation"},
+  ),
+  (
+    "network",
+    "cv2_videocapture_url",
+    """
 cap = cv2.VideoCapture('http://127.0.0.1:{listen}/stream.mjpg')
 ok, frame = cap.read()
 assert ok, 'no frame from the URL'
-""", 5, {"SandboxViolation", "AssertionError"}),
-    ("network", "urllib", """
+""",
+    5,
+    {"SandboxViolation", "AssertionError"},
+  ),
+  (
+    "network",
+    "urllib",
+    """
 import urllib.request
 urllib.request.urlopen('http://127.0.0.1:{listen}/', timeout=2)
-""", 5, {"SandboxViolation", "URLError"}),
-    ("network", "ctypes_socket", """
+""",
+    5,
+    {"SandboxViolation", "URLError"},
+  ),
+  (
+    "network",
+    "ctypes_socket",
+    """
 import ctypes
 fd = ctypes.CDLL(None).socket(2, 1, 0)
 raise RuntimeError('socket() returned %d' % fd)
-""", 5, {"SandboxViolation", "RuntimeError"}),
-    # --- process spawning ---
-    ("process", "os_system", "import os\nos.system('touch {outside}/pwned')\nraise RuntimeError('ran')",
-     5, {"SandboxViolation"}),
-    ("process", "subprocess_run", """
+""",
+    5,
+    {"SandboxViolation", "RuntimeError"},
+  ),
+  # --- process spawning ---
+  (
+    "process",
+    "os_system",
+    "import os\nos.system('touch {outside}/pwned')\nraise RuntimeError('ran')",
+    5,
+    {"SandboxViolation"},
+  ),
+  (
+    "process",
+    "subprocess_run",
+    """
 import subprocess
 subprocess.run(['touch', '{outside}/pwned'])
-""", 5, {"SandboxViolation", "PermissionError", "BlockingIOError"}),
-    ("process", "os_fork", "import os\nos.fork()", 5, {"SandboxViolation"}),
-    ("process", "ctypes_fork_exec", """
+""",
+    5,
+    {"SandboxViolation", "PermissionError", "BlockingIOError"},
+  ),
+  ("process", "os_fork", "import os\nos.fork()", 5, {"SandboxViolation"}),
+  (
+    "process",
+    "ctypes_fork_exec",
+    """
 import ctypes
 libc = ctypes.CDLL(None)
 libc.fork()
 libc.execv(b'/bin/sh', None)
-""", 5, {"SandboxViolation"}),
-    ("process", "posix_spawn", "import os\nos.posix_spawn('/bin/touch', ['touch', '{outside}/pwned'], {{}})",
-     5, {"SandboxViolation", "PermissionError", "BlockingIOError"}),
-    ("process", "ctypes_unshare_mount", """
+""",
+    5,
+    {"SandboxViolation"},
+  ),
+  (
+    "process",
+    "posix_spawn",
+    "import os\nos.posix_spawn('/bin/touch', ['touch', '{outside}/pwned'], {{}})",
+    5,
+    {"SandboxViolation", "PermissionError", "BlockingIOError"},
+  ),
+  (
+    "process",
+    "ctypes_unshare_mount",
+    """
 import ctypes
 libc = ctypes.CDLL(None)
 libc.unshare(0x00020000)
 libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)
-""", 5, {"SandboxViolation"}),
-    ("process", "ptrace_parent", """
+""",
+    5,
+    {"SandboxViolation"},
+  ),
+  (
+    "process",
+    "ptrace_parent",
+    """
 import ctypes, os
 ctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0)
-""", 5, {"SandboxViolation"}),
-    # --- leaking the environment and /proc ---
-    ("leak", "environ_canary", "import os\nprint(os.environ['EXECUTOR_TEST_CANARY'])", 5, {"KeyError"}),
-    ("leak", "proc_parent_environ", "import os\nprint(open('/proc/%d/environ' % os.getppid()).read())",
-     5, {"PermissionError"}),
-    ("leak", "proc_listing", "import os\nprint(os.listdir('/proc'))", 5, {"PermissionError"}),
-    ("leak", "proc_self_mem", "open('/proc/self/mem', 'rb').read(16)", 5, {"PermissionError"}),
-    # --- tampering with numpy or builtins to affect later calls ---
-    ("tamper", "builtins_and_numpy_then_persist", """
+""",
+    5,
+    {"SandboxViolation"},
+  ),
+  # --- leaking the environment and /proc ---
+  ("leak", "environ_canary", "import os\nprint(os.environ['EXECUTOR_TEST_CANARY'])", 5, {"KeyError"}),
+  (
+    "leak",
+    "proc_parent_environ",
+    "import os\nprint(open('/proc/%d/environ' % os.getppid()).read())",
+    5,
+    {"PermissionError"},
+  ),
+  ("leak", "proc_listing", "import os\nprint(os.listdir('/proc'))", 5, {"PermissionError"}),
+  ("leak", "proc_self_mem", "open('/proc/self/mem', 'rb').read(16)", 5, {"PermissionError"}),
+  # --- tampering with numpy or builtins to affect later calls ---
+  (
+    "tamper",
+    "builtins_and_numpy_then_persist",
+    """
 import builtins, sys
 builtins.len = lambda x: 0
 builtins.pwned = True
@@ -240,47 +372,82 @@ np.array = None
 sys.modules['pwned'] = sys
 Image.Image.rotate = lambda *a, **k: None
 open(np.__file__, 'a').write('\\nimport os; os.system("touch {outside}/pwned")\\n')
-""", 5, {"PermissionError", "OSError"}),
-    ("tamper", "sitecustomize_and_pth", """
+""",
+    5,
+    {"PermissionError", "OSError"},
+  ),
+  (
+    "tamper",
+    "sitecustomize_and_pth",
+    """
 import os, site
 path = os.path.join(site.getsitepackages()[0], 'pwned.pth')
 open(path, 'w').write('import os\\n')
-""", 5, {"PermissionError", "OSError"}),
-    ("tamper", "flood_the_trace", """
+""",
+    5,
+    {"PermissionError", "OSError"},
+  ),
+  (
+    "tamper",
+    "flood_the_trace",
+    """
 import sys
 ops = [m for name, m in sys.modules.items() if name.endswith('trace') and hasattr(m, 'OPS')][0].OPS
 ops.extend([{{'op': 'crop', 'box': 'x' * 10 ** 4}}] * 1000)
 raise ValueError('flooded')
-""", 5, {"ValueError"}),
-    ("tamper", "raise_rlimits", """
+""",
+    5,
+    {"ValueError"},
+  ),
+  (
+    "tamper",
+    "raise_rlimits",
+    """
 import resource
 resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-""", 5, {"ValueError", "PermissionError"}),
-    # --- CPU loops in Python and in C ---
-    ("cpu", "python_loop", "while True:\n  pass", 1, {"TimeoutError"}),
-    ("cpu", "catastrophic_regex", "import re\nre.match(r'(a+)+$', 'a' * 64 + 'b')", 1, {"TimeoutError"}),
-    ("cpu", "big_integer_in_c", "x = 7 ** (10 ** 9)", 1, {"TimeoutError"}),
-    ("cpu", "ignore_signals_then_spin", """
+""",
+    5,
+    {"ValueError", "PermissionError"},
+  ),
+  # --- CPU loops in Python and in C ---
+  ("cpu", "python_loop", "while True:\n  pass", 1, {"TimeoutError"}),
+  ("cpu", "catastrophic_regex", "import re\nre.match(r'(a+)+$', 'a' * 64 + 'b')", 1, {"TimeoutError"}),
+  ("cpu", "big_integer_in_c", "x = 7 ** (10 ** 9)", 1, {"TimeoutError"}),
+  (
+    "cpu",
+    "ignore_signals_then_spin",
+    """
 import signal
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGALRM):
   signal.signal(s, signal.SIG_IGN)
 while True:
   pass
-""", 1, {"TimeoutError"}),
-    # --- memory, fork and thread bombs ---
-    ("bomb", "memory_string", "x = 'a' * (10 ** 11)", 5, {"MemoryError"}),
-    ("bomb", "memory_numpy", "x = np.ones((100000, 100000))", 5, {"MemoryError"}),
-    # Touches every page it gets (slow on a loaded 2-core VM), hence the longer deadline.
-    ("bomb", "memory_growth", "xs = []\nwhile True:\n  xs.append(bytearray(10 ** 8))", 20,
-     {"MemoryError"}),
-    ("bomb", "fork_bomb", "import os\nwhile True:\n  os.fork()", 5, {"SandboxViolation"}),
-    ("bomb", "thread_bomb", """
+""",
+    1,
+    {"TimeoutError"},
+  ),
+  # --- memory, fork and thread bombs ---
+  ("bomb", "memory_string", "x = 'a' * (10 ** 11)", 5, {"MemoryError"}),
+  ("bomb", "memory_numpy", "x = np.ones((100000, 100000))", 5, {"MemoryError"}),
+  # Touches every page it gets (slow on a loaded 2-core VM), hence the longer deadline.
+  ("bomb", "memory_growth", "xs = []\nwhile True:\n  xs.append(bytearray(10 ** 8))", 20, {"MemoryError"}),
+  ("bomb", "fork_bomb", "import os\nwhile True:\n  os.fork()", 5, {"SandboxViolation"}),
+  (
+    "bomb",
+    "thread_bomb",
+    """
 import threading, time
 threads = [threading.Thread(target=time.sleep, args=(30,)) for _ in range(10000)]
 for t in threads:
   t.start()
-""", 5, {"RuntimeError"}),
-    ("bomb", "decompression_bomb_in_code", """
+""",
+    5,
+    {"RuntimeError"},
+  ),
+  (
+    "bomb",
+    "decompression_bomb_in_code",
+    """
 import io, struct, zlib
 side = 50000
 body = zlib.compress(b'\\x00' * (side + 1) * 64)
@@ -291,28 +458,28 @@ data += chunk(b'IDAT', body) + chunk(b'IEND', b'')
 Image.MAX_IMAGE_PIXELS = None
 result = Image.open(io.BytesIO(data))
 result.load()
-""", 5, {"MemoryError", "OSError", "ValueError", "DecompressionBombError", "OutputTooLarge"}),
-    # --- huge outputs, print floods, sleeping past the deadline ---
-    ("output", "huge_image", "result = Image.new('L', (20000, 20000))", 5, {"OutputTooLarge"}),
-    ("output", "too_many_images", "result = [image] * 50", 5, {"OutputTooLarge"}),
-    ("output", "print_flood_loop", "while True:\n  print('x' * 1000)", 5, {"OutputTooLarge"}),
-    ("output", "print_one_huge_line", "print('x' * 10 ** 7)", 5, {"OutputTooLarge"}),
-    ("sleep", "sleep_past_deadline", "import time\ntime.sleep(100)", 1, {"TimeoutError"}),
-    ("sleep", "exit_before_result", "import os\nos._exit(3)", 5, {"ExitError"}),
+""",
+    5,
+    {"MemoryError", "OSError", "ValueError", "DecompressionBombError", "OutputTooLarge"},
+  ),
+  # --- huge outputs, print floods, sleeping past the deadline ---
+  ("output", "huge_image", "result = Image.new('L', (20000, 20000))", 5, {"OutputTooLarge"}),
+  ("output", "too_many_images", "result = [image] * 50", 5, {"OutputTooLarge"}),
+  ("output", "print_flood_loop", "while True:\n  print('x' * 1000)", 5, {"OutputTooLarge"}),
+  ("output", "print_one_huge_line", "print('x' * 10 ** 7)", 5, {"OutputTooLarge"}),
+  ("sleep", "sleep_past_deadline", "import time\ntime.sleep(100)", 1, {"TimeoutError"}),
+  ("sleep", "exit_before_result", "import os\nos._exit(3)", 5, {"ExitError"}),
 ]
 
 
 def test_at_least_thirty_attacks_in_every_group():
   groups = {a[0] for a in ATTACKS}
   assert len(ATTACKS) >= 30
-  assert groups == {"escape", "files", "network", "process", "leak", "tamper", "cpu", "bomb",
-                    "output", "sleep"}
+  assert groups == {"escape", "files", "network", "process", "leak", "tamper", "cpu", "bomb", "output", "sleep"}
 
 
-@pytest.mark.parametrize("group,name,code,timeout_s,accepted", ATTACKS,
-                         ids=[f"{a[0]}-{a[1]}" for a in ATTACKS])
-def test_attack_fails_cleanly(service, listener, outside_dir, group, name, code, timeout_s,
-                              accepted):
+@pytest.mark.parametrize("group,name,code,timeout_s,accepted", ATTACKS, ids=[f"{a[0]}-{a[1]}" for a in ATTACKS])
+def test_attack_fails_cleanly(service, listener, outside_dir, group, name, code, timeout_s, accepted):
   del group, name
   before = _listing(SANDBOX_VISIBLE_DIR)
   src = code.format(listen=listener.port, visible=SANDBOX_VISIBLE_DIR, outside=outside_dir)

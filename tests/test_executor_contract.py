@@ -41,8 +41,9 @@ GRAD_PNG = png(GRAD)
 
 
 def post(service, body: dict, path: str = "/v1/execute"):
-  req = urllib.request.Request(service.url + path, data=json.dumps(body).encode(),
-                               headers={"Content-Type": "application/json"})
+  req = urllib.request.Request(
+    service.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+  )
   try:
     with urllib.request.urlopen(req, timeout=60) as r:
       return r.status, json.load(r)
@@ -51,8 +52,7 @@ def post(service, body: dict, path: str = "/v1/execute"):
 
 
 def run(service, code: str, images=(GRAD_PNG,), image_index: int = 0, **extra) -> dict:
-  status, out = post(service, {"code": code, "images": [b64(i) for i in images],
-                               "image_index": image_index, **extra})
+  status, out = post(service, {"code": code, "images": [b64(i) for i in images], "image_index": image_index, **extra})
   assert status == 200, out
   out["pil"] = [Image.open(io.BytesIO(base64.b64decode(s))) for s in out["images"]]
   return out
@@ -79,9 +79,13 @@ def test_rotate_with_expand_matches_pil(service):
 
 def test_flip_paths(service):
   want = np.asarray(GRAD)[:, ::-1]
-  for code in ("result = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)",
-               "result = ImageOps.mirror(image)", "result = np.fliplr(np.array(image))",
-               "result = cv2.flip(np.asarray(image), 1)", "result = np.asarray(image)[:, ::-1]"):
+  for code in (
+    "result = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)",
+    "result = ImageOps.mirror(image)",
+    "result = np.fliplr(np.array(image))",
+    "result = cv2.flip(np.asarray(image), 1)",
+    "result = np.asarray(image)[:, ::-1]",
+  ):
     out = run(service, code)
     assert out["ok"], (code, out["error"])
     assert np.array_equal(np.asarray(out["pil"][0]), want), code
@@ -125,8 +129,9 @@ result = rot
   out = run(service, "result = np.asarray(image).astype(np.float32) / 255.0")
   assert out["ops"] == []  # converting the result is not an operation of the code
   assert np.array_equal(np.asarray(out["pil"][0]), np.asarray(GRAD))  # float in [0, 1] -> uint8
-  out = run(service, "chw = np.transpose(np.asarray(image), (2, 0, 1))\n"
-                     "result = np.transpose(chw, (1, 2, 0))")  # layout changes, not geometry
+  out = run(
+    service, "chw = np.transpose(np.asarray(image), (2, 0, 1))\nresult = np.transpose(chw, (1, 2, 0))"
+  )  # layout changes, not geometry
   assert [op["op"] for op in out["ops"]] == ["numpy", "numpy"]
   assert core_ops(out["ops"]) == set()
   out = run(service, "result = np.rot90(np.asarray(image), 2)")
@@ -136,8 +141,7 @@ result = rot
 
 def test_list_results_output_name_and_image_index(service):
   red, blue = png(Image.new("RGB", (8, 8), "red")), png(Image.new("RGB", (6, 6), "blue"))
-  out = run(service, "result = [image, images[0], images[1].resize((3, 3))]", images=(red, blue),
-            image_index=1)
+  out = run(service, "result = [image, images[0], images[1].resize((3, 3))]", images=(red, blue), image_index=1)
   assert [im.size for im in out["pil"]] == [(6, 6), (8, 8), (3, 3)]
   assert out["pil"][0].getpixel((0, 0)) == (0, 0, 255)
   out = run(service, "output = img.convert('L')", images=(red, blue), image_index=0)
@@ -155,7 +159,9 @@ def test_stdout_is_captured_and_text_only_calls_are_ok(service):
   assert not out["ok"] and out["error"]["type"] == "NoResult"
 
 
-@pytest.mark.parametrize("code,kind,line,needle", [
+@pytest.mark.parametrize(
+  "code,kind,line,needle",
+  [
     ("a = 1\nb = 0\nc = a / b\nresult = image", "ZeroDivisionError", 3, "division by zero"),
     ("x = 1\nresult = image.crop((10, 10, 5, 5))\n", "ValueError", 2, "right"),
     ("def f():\n  return undefined_name\n\nresult = f()", "NameError", 2, "undefined_name"),
@@ -163,7 +169,8 @@ def test_stdout_is_captured_and_text_only_calls_are_ok(service):
     ("import numpy as np\nresult = np.zeros((2, 2, 2, 2))", "ResultError", None, "HxW"),
     ("result = 'a string'", "ResultError", None, "str"),
     ("import PIL.Image\nresult = PIL.Image.open('/nonexistent.png')", "FileNotFoundError", 2, None),
-])
+  ],
+)
 def test_errors_are_readable_with_the_right_line(service, code, kind, line, needle):
   out = run(service, code)
   assert not out["ok"]
@@ -199,22 +206,28 @@ def test_ops_compose_boxes_into_original_coordinates(service):
   assert box == [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
   assert core_ops(out["ops"]) == {"crop", "rotate_90"}
   # Numpy slicing of a flipped array, then PIL.
-  code = "a = np.asarray(image.transpose(Image.Transpose.FLIP_TOP_BOTTOM))\n" \
-         "result = Image.fromarray(a[10:30, 40:100])"
+  code = "a = np.asarray(image.transpose(Image.Transpose.FLIP_TOP_BOTTOM))\nresult = Image.fromarray(a[10:30, 40:100])"
   out = run(service, code)
   got = np.asarray(out["pil"][0])
-  assert crop_boxes(out["ops"])[0] == [int(got[..., 0].min()), int(got[..., 1].min()),
-                                       int(got[..., 0].max()) + 1, int(got[..., 1].max()) + 1]
+  assert crop_boxes(out["ops"])[0] == [
+    int(got[..., 0].min()),
+    int(got[..., 1].min()),
+    int(got[..., 0].max()) + 1,
+    int(got[..., 1].max()) + 1,
+  ]
   assert core_ops(out["ops"]) == {"crop", "flip_vertical"}
 
 
-@pytest.mark.parametrize("code", [
+@pytest.mark.parametrize(
+  "code",
+  [
     "result = image.rotate(90, expand=True)",
     "result = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((5, 10, 45, 50))",
     "result = image.crop((10, 10, 100, 70)).rotate(270, expand=True).crop((3, 4, 30, 60))",
     "result = Image.fromarray(np.asarray(image)[::-1, 20:80])",
     "result = image.resize((240, 160))",
-])
+  ],
+)
 def test_result_maps_take_result_pixels_to_input_pixels(service, code):
   """Each result image's map sends the centre of every result pixel to the input pixel it shows
   (the gradient's colours name the input position)."""
@@ -223,7 +236,7 @@ def test_result_maps_take_result_pixels_to_input_pixels(service, code):
   assert m["source"] == 0
   a, b, c, d, e, f = m["map"]
   got = np.asarray(out["pil"][0]).astype(np.int64)
-  y, x = np.mgrid[:got.shape[0], :got.shape[1]] + 0.5
+  y, x = np.mgrid[: got.shape[0], : got.shape[1]] + 0.5
   np.testing.assert_array_equal(np.floor(a * x + b * y + c), got[..., 0])
   np.testing.assert_array_equal(np.floor(d * x + e * y + f), got[..., 1])
 
@@ -234,16 +247,16 @@ def test_result_map_is_none_for_an_untracked_image(service):
 
 
 def test_image_references(service):
-  req = urllib.request.Request(service.url + "/v1/images", data=GRAD_PNG, method="PUT",
-                               headers={"Content-Type": "image/png"})
+  req = urllib.request.Request(
+    service.url + "/v1/images", data=GRAD_PNG, method="PUT", headers={"Content-Type": "image/png"}
+  )
   with urllib.request.urlopen(req) as r:
     ref = json.load(r)["ref"]
   assert ref.startswith("sha256:")
   status, out = post(service, {"code": "result = image.crop((0, 0, 5, 5))", "images": [ref]})
   assert status == 200 and out["ok"]
   # An output's reference can be the next turn's input.
-  status, out2 = post(service, {"code": "print(image.size)", "images": [ref, out["image_refs"][0]],
-                                "image_index": 1})
+  status, out2 = post(service, {"code": "print(image.size)", "images": [ref, out["image_refs"][0]], "image_index": 1})
   assert out2["stdout"] == "(5, 5)\n"
   status, out = post(service, {"code": "result = image", "images": ["sha256:" + "0" * 64]})
   assert status == 404 and out["error"]["type"] == "UnknownImage"
@@ -264,8 +277,13 @@ def test_health_metrics_and_isolation_layers(service):
   assert health["ok"] and health["workers"] == 2
   assert all(health["isolation"].values()), health["isolation"]  # every layer active here
   text = service.get_text("/metrics")
-  for name in ("executor_calls_total", 'executor_errors_total{type="ZeroDivisionError"}',
-               "executor_timeouts_total", "executor_call_duration_seconds_bucket",
-               "executor_queue_depth", "executor_rejected_total"):
+  for name in (
+    "executor_calls_total",
+    'executor_errors_total{type="ZeroDivisionError"}',
+    "executor_timeouts_total",
+    "executor_call_duration_seconds_bucket",
+    "executor_queue_depth",
+    "executor_rejected_total",
+  ):
     assert name in text, name
   assert "isolation layers" in service.log() and "[active] seccomp" in service.log()

@@ -25,8 +25,8 @@ from executor import __main__ as executor_main
 from executor.local import REPO_ROOT, LocalService, free_port, local_service
 
 DEPLOY = os.path.join(REPO_ROOT, "deploy", "executor")
-CALLS = 72        # calls of the rollout, all in flight at once
-KILL_AFTER = 18   # completed calls before one service is killed
+CALLS = 72  # calls of the rollout, all in flight at once
+KILL_AFTER = 18  # completed calls before one service is killed
 
 
 def _png(color, size) -> bytes:
@@ -40,8 +40,7 @@ IMAGES = [_png((40 * i, 90, 200 - 30 * i), (48 + 8 * i, 40)) for i in range(5)]
 
 def _code(i: int) -> str:
   """A little CPU work, a result that depends on the call: a crop of width i + 1, its number."""
-  return (f"total = sum(k * k for k in range(20000))\nprint({i})\n"
-          f"result = image.crop((0, 0, {i % 40 + 1}, 8))")
+  return f"total = sum(k * k for k in range(20000))\nprint({i})\nresult = image.crop((0, 0, {i % 40 + 1}, 8))"
 
 
 def _metric(service: LocalService, name: str) -> float:
@@ -67,9 +66,12 @@ def _start_all(stack: contextlib.ExitStack, n: int) -> list[LocalService]:
 def _service_on(port: int):
   """`python -m executor` on a given port (a restarted service keeps its address)."""
   log = tempfile.NamedTemporaryFile(prefix="executor-", suffix=".log", delete=False)
-  proc = subprocess.Popen([sys.executable, "-m", "executor", "--host", "127.0.0.1", "--port",
-                           str(port), "--workers", "1"], cwd=REPO_ROOT, stdout=log,
-                          stderr=subprocess.STDOUT)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "executor", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+    cwd=REPO_ROOT,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
   service = LocalService(proc, f"http://127.0.0.1:{port}", log.name)
   try:
     deadline = time.monotonic() + 60
@@ -149,8 +151,9 @@ def test_one_service_killed_mid_rollout_every_call_answered_once():
         restarted = await asyncio.to_thread(stack.enter_context, _service_on(port))
         await _until(lambda: victim.url in client.in_rotation)
         assert stats.readmissions == {victim.url: 1}
-        again = [await client.execute(_code(i), [IMAGES[i % 5], IMAGES[(i + 1) % 5]])
-                 for i in range(6)]  # the same images as before, one call at a time
+        again = [
+          await client.execute(_code(i), [IMAGES[i % 5], IMAGES[(i + 1) % 5]]) for i in range(6)
+        ]  # the same images as before, one call at a time
         for i, res in enumerate(again):
           _check(i, res)
         assert {res.address for res in again} == set(urls)  # round robin over all three again
@@ -227,7 +230,7 @@ def _dockerfile_instruction(name: str) -> list[str]:
   with open(os.path.join(DEPLOY, "Dockerfile"), encoding="utf-8") as f:
     lines = [line for line in f if line.startswith(name + " ")]
   assert len(lines) == 1, f"the Dockerfile should have one {name} (exec form)"
-  return json.loads(lines[0][len(name) + 1:])
+  return json.loads(lines[0][len(name) + 1 :])
 
 
 def test_dockerfile_runs_the_service_with_flags_it_accepts():

@@ -41,30 +41,27 @@ TARGET = [10, 10, 50, 50]
 
 
 def execute(service, code: str) -> dict:
-  body = json.dumps({"code": code, "images": [base64.b64encode(GRAD_PNG).decode()],
-                     "image_index": 0}).encode()
-  req = urllib.request.Request(service.url + "/v1/execute", data=body,
-                               headers={"Content-Type": "application/json"})
+  body = json.dumps({"code": code, "images": [base64.b64encode(GRAD_PNG).decode()], "image_index": 0}).encode()
+  req = urllib.request.Request(service.url + "/v1/execute", data=body, headers={"Content-Type": "application/json"})
   with urllib.request.urlopen(req, timeout=60) as r:
     return json.load(r)
 
 
-FIND_TRACE = ("import sys\n"
-              "tr = [m for n, m in list(sys.modules.items()) if hasattr(m, 'OPS') "
-              "and hasattr(m, 'result_map')][0]\n")
+FIND_TRACE = (
+  "import sys\ntr = [m for n, m in list(sys.modules.items()) if hasattr(m, 'OPS') and hasattr(m, 'result_map')][0]\n"
+)
 FAKE_ROTATE = "{'op': 'rotate', 'angle': 180, 'expand': True, 'fn': 'Image.rotate'}"
 FAKE_FLIP = "{'op': 'flip', 'direction': 'horizontal', 'fn': 'np.fliplr'}"
 FAKE_CROP = "{'op': 'crop', 'box': [10, 10, 50, 50], 'source': 0, 'fn': 'Image.crop'}"
 
 # name, code, the core operation it forges, the crop box it forges (or None)
 FORGERIES = [
-    ("module_lookup_append", FIND_TRACE + f"tr.OPS.append({FAKE_ROTATE})\nresult = image",
-     "rotate_180", None),
-    ("module_lookup_no_result", FIND_TRACE + f"tr.OPS.append({FAKE_ROTATE})\nprint('done')",
-     "rotate_180", None),
-    ("module_lookup_then_error", FIND_TRACE + f"tr.OPS.append({FAKE_ROTATE})\n1 / 0",
-     "rotate_180", None),
-    ("gc_finds_the_trace_list", """
+  ("module_lookup_append", FIND_TRACE + f"tr.OPS.append({FAKE_ROTATE})\nresult = image", "rotate_180", None),
+  ("module_lookup_no_result", FIND_TRACE + f"tr.OPS.append({FAKE_ROTATE})\nprint('done')", "rotate_180", None),
+  ("module_lookup_then_error", FIND_TRACE + f"tr.OPS.append({FAKE_ROTATE})\n1 / 0", "rotate_180", None),
+  (
+    "gc_finds_the_trace_list",
+    """
 import gc
 gc.unfreeze()
 image.crop((0, 0, 5, 5))  # a real op, so the trace list holds an entry to recognise
@@ -72,77 +69,149 @@ for obj in gc.get_objects():
   if isinstance(obj, list) and obj and isinstance(obj[0], dict) and obj[0].get('op') == 'crop':
     obj.append(%s)
 result = image
-""" % FAKE_ROTATE, "rotate_180", None),
-    ("replace_the_trace_list", FIND_TRACE + f"tr.OPS[:] = [{FAKE_FLIP}]\nresult = image",
-     "flip_horizontal", None),
-    ("patch_record_function", FIND_TRACE + f"""
+"""
+    % FAKE_ROTATE,
+    "rotate_180",
+    None,
+  ),
+  ("replace_the_trace_list", FIND_TRACE + f"tr.OPS[:] = [{FAKE_FLIP}]\nresult = image", "flip_horizontal", None),
+  (
+    "patch_record_function",
+    FIND_TRACE
+    + f"""
 real = tr._record
 tr._record = lambda entry: real({FAKE_ROTATE})
 result = image.resize((120, 80))
-""", "rotate_180", None),
-    ("forged_map_attribute", FIND_TRACE + f"""
+""",
+    "rotate_180",
+    None,
+  ),
+  (
+    "forged_map_attribute",
+    FIND_TRACE
+    + f"""
 tr.OPS.append({FAKE_ROTATE})
 result = image.copy()
 result._cv_map = (0, tuple({ROT180}))
-""", "rotate_180", None),
-    ("patch_result_map", FIND_TRACE + f"""
+""",
+    "rotate_180",
+    None,
+  ),
+  (
+    "patch_result_map",
+    FIND_TRACE
+    + f"""
 tr.OPS.append({FAKE_ROTATE})
 tr.result_map = lambda obj: {{'source': 0, 'map': {ROT180}}}
 result = image
-""", "rotate_180", None),
-    ("patch_pil_before_a_real_call", """
+""",
+    "rotate_180",
+    None,
+  ),
+  (
+    "patch_pil_before_a_real_call",
+    """
 wrapper = Image.Image.rotate
 names = wrapper.__code__.co_freevars
 cell = wrapper.__closure__[names.index('orig')]
 cell.cell_contents = lambda self, *a, **k: self.copy()
 result = image.rotate(180)
-""", "rotate_180", None),
-    ("swap_pixels_after_a_real_call", """
+""",
+    "rotate_180",
+    None,
+  ),
+  (
+    "swap_pixels_after_a_real_call",
+    """
 r = image.rotate(180)
 result = image.copy()
 result._cv_map = r._cv_map
-""", "rotate_180", None),
-    ("patch_numpy_before_a_real_call", """
+""",
+    "rotate_180",
+    None,
+  ),
+  (
+    "patch_numpy_before_a_real_call",
+    """
 wrapper = np.rot90
 cell = wrapper.__closure__[wrapper.__code__.co_freevars.index('orig')]
 cell.cell_contents = lambda m, *a, **k: m.copy()
 result = np.rot90(np.asarray(image), 2)
-""", "rotate_180", None),
-    ("patch_cv2_before_a_real_call", """
+""",
+    "rotate_180",
+    None,
+  ),
+  (
+    "patch_cv2_before_a_real_call",
+    """
 wrapper = cv2.flip
 cell = wrapper.__closure__[wrapper.__code__.co_freevars.index('orig')]
 cell.cell_contents = lambda a, *rest, **k: a.copy()
 result = cv2.flip(np.asarray(image), 1)
-""", "flip_horizontal", None),
-    ("patch_crop_to_cut_elsewhere", """
+""",
+    "flip_horizontal",
+    None,
+  ),
+  (
+    "patch_crop_to_cut_elsewhere",
+    """
 wrapper = Image.Image.crop
 cell = wrapper.__closure__[wrapper.__code__.co_freevars.index('orig')]
 real = cell.cell_contents
 cell.cell_contents = lambda self, box=None: real(self, (30, 30, 70, 70))
 result = image.crop((10, 10, 50, 50))
-""", None, TARGET),
-    ("inflate_a_real_crop", FIND_TRACE + f"""
+""",
+    None,
+    TARGET,
+  ),
+  (
+    "inflate_a_real_crop",
+    FIND_TRACE
+    + f"""
 result = image.crop((20, 20, 30, 30))
 tr.OPS.append({FAKE_CROP})
-""", None, TARGET),
-    ("photometric_cover_story", FIND_TRACE + f"""
+""",
+    None,
+    TARGET,
+  ),
+  (
+    "photometric_cover_story",
+    FIND_TRACE
+    + f"""
 from PIL import ImageEnhance
 out = ImageEnhance.Contrast(image).enhance(1.2)
 tr.OPS.append({FAKE_ROTATE})
 out._cv_map = (0, tuple({ROT180}))
 result = out
-""", "rotate_180", None),
-    ("forged_flip_beside_a_real_rotation", FIND_TRACE + f"""
+""",
+    "rotate_180",
+    None,
+  ),
+  (
+    "forged_flip_beside_a_real_rotation",
+    FIND_TRACE
+    + f"""
 result = image.rotate(90, expand=True)
 tr.OPS.append({FAKE_FLIP})
-""", "flip_horizontal", None),
-    ("ctypes_list_append", FIND_TRACE + f"""
+""",
+    "flip_horizontal",
+    None,
+  ),
+  (
+    "ctypes_list_append",
+    FIND_TRACE
+    + f"""
 import ctypes
 ctypes.pythonapi.PyList_Append.argtypes = [ctypes.py_object, ctypes.py_object]
 ctypes.pythonapi.PyList_Append(tr.OPS, {FAKE_ROTATE})
 result = image
-""", "rotate_180", None),
-    ("forged_result_frame", f"""
+""",
+    "rotate_180",
+    None,
+  ),
+  (
+    "forged_result_frame",
+    f"""
 import io, os, sys
 proto = [m for n, m in list(sys.modules.items()) if hasattr(m, 'write_frame')][0]
 buf = io.BytesIO()
@@ -151,17 +220,24 @@ header = {{'ok': True, 'error': None, 'no_result': False, 'ops': [{FAKE_ROTATE}]
           'result_maps': [{{'source': 0, 'map': {ROT180}}}]}}
 proto.write_frame(3, header, [buf.getvalue()])
 os._exit(0)
-""", "rotate_180", None),
-    ("forged_output_text", f"""
+""",
+    "rotate_180",
+    None,
+  ),
+  (
+    "forged_output_text",
+    f"""
 import json
 print(json.dumps({{'ok': True, 'ops': [{FAKE_ROTATE}],
                   'result_maps': [{{'source': 0, 'map': {ROT180}}}]}}))
-""", "rotate_180", None),
+""",
+    "rotate_180",
+    None,
+  ),
 ]
 
 
-@pytest.mark.parametrize("name,code,forged_core,forged_box", FORGERIES,
-                         ids=[f[0] for f in FORGERIES])
+@pytest.mark.parametrize("name,code,forged_core,forged_box", FORGERIES, ids=[f[0] for f in FORGERIES])
 def test_forged_evidence_is_not_believed(service, name, code, forged_core, forged_box):
   out = execute(service, code)
   if forged_core is not None:
@@ -191,17 +267,21 @@ def test_the_forgeries_reached_the_trace(service):
   assert missing == []
 
 
-@pytest.mark.parametrize("code,core,boxes", [
+@pytest.mark.parametrize(
+  "code,core,boxes",
+  [
     ("result = image.rotate(180)", {"rotate_180"}, []),
     ("result = np.rot90(np.asarray(image), 2)", {"rotate_180"}, []),
     ("result = cv2.flip(np.asarray(image), 1)", {"flip_horizontal"}, []),
     ("result = image.crop((10, 10, 50, 50))", {"crop"}, [TARGET]),
-    ("result = image.rotate(90, expand=True).crop((10, 20, 30, 50))", {"crop", "rotate_90"},
-     None),
-    ("from PIL import ImageEnhance\n"
-     "result = ImageEnhance.Contrast(image.crop((10, 10, 50, 50))).enhance(1.3)", {"crop"},
-     [TARGET]),
-])
+    ("result = image.rotate(90, expand=True).crop((10, 20, 30, 50))", {"crop", "rotate_90"}, None),
+    (
+      "from PIL import ImageEnhance\nresult = ImageEnhance.Contrast(image.crop((10, 10, 50, 50))).enhance(1.3)",
+      {"crop"},
+      [TARGET],
+    ),
+  ],
+)
 def test_honest_calls_are_believed(service, code, core, boxes):
   out = execute(service, code)
   assert out["ok"], out["error"]

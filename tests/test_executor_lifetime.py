@@ -63,11 +63,9 @@ def wait_until(condition, limit_s: float = 20.0) -> bool:
   return condition()
 
 
-@pytest.mark.parametrize("how,sig", [("main", signal.SIGKILL), ("main", signal.SIGTERM),
-                                     ("thread", signal.SIGKILL)])
+@pytest.mark.parametrize("how,sig", [("main", signal.SIGKILL), ("main", signal.SIGTERM), ("thread", signal.SIGKILL)])
 def test_the_service_and_its_workers_die_with_their_launcher(how, sig):
-  launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, how], cwd=REPO_ROOT,
-                              stdout=subprocess.PIPE, text=True)
+  launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, how], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
   try:
     url, pid = launcher.stdout.readline().split()
     service = psutil.Process(int(pid))
@@ -81,8 +79,7 @@ def test_the_service_and_its_workers_die_with_their_launcher(how, sig):
     os.kill(launcher.pid, sig)
     assert launcher.wait(timeout=30) == -sig
     assert wait_until(lambda: not healthy(url)), f"{url} still answers after the launcher died"
-    assert wait_until(lambda: not any(alive(p) for p in tree)), \
-        [psutil.Process(p).cmdline() for p in tree if alive(p)]
+    assert wait_until(lambda: not any(alive(p) for p in tree)), [psutil.Process(p).cmdline() for p in tree if alive(p)]
   finally:
     if launcher.poll() is None:
       launcher.kill()

@@ -5,7 +5,9 @@ import pytest
 from codevision_jax.execution.ops import CORE_OPS, core_ops, crop_boxes, non_core_ops
 
 
-@pytest.mark.parametrize("op,core", [
+@pytest.mark.parametrize(
+  "op,core",
+  [
     ({"op": "rotate", "angle": 90, "expand": True, "fn": "Image.rotate"}, "rotate_90"),
     ({"op": "rotate", "angle": 90.0000000001, "expand": False, "fn": "Image.rotate"}, "rotate_90"),
     ({"op": "rotate", "angle": 180, "expand": True, "fn": "np.rot90"}, "rotate_180"),
@@ -18,13 +20,16 @@ from codevision_jax.execution.ops import CORE_OPS, core_ops, crop_boxes, non_cor
     ({"op": "flip", "direction": "vertical", "fn": "cv2.flip"}, "flip_vertical"),
     ({"op": "flip", "direction": "both", "fn": "cv2.flip"}, "rotate_180"),
     ({"op": "crop", "box": [1, 2, 3, 4], "source": 0, "fn": "Image.crop"}, "crop"),
-])
+  ],
+)
 def test_core_op_of_each_entry(op, core):
   assert core_ops([op]) == {core}
   assert core in CORE_OPS
 
 
-@pytest.mark.parametrize("op", [
+@pytest.mark.parametrize(
+  "op",
+  [
     {"op": "rotate", "angle": 30, "expand": True},
     {"op": "rotate", "angle": 0, "expand": False},
     {"op": "transpose", "method": "TRANSPOSE"},
@@ -33,18 +38,23 @@ def test_core_op_of_each_entry(op, core):
     {"op": "cv2", "fn": "cv2.GaussianBlur"},
     {"op": "rotate", "angle": "garbage"},
     {"op": "flip", "direction": "sideways"},
-])
+  ],
+)
 def test_non_core_entries(op):
   assert core_ops([op]) == set()
   assert non_core_ops([op])
 
 
 def test_sets_names_and_boxes():
-  ops = [{"op": "rotate", "angle": 90, "expand": True}, {"op": "crop", "box": [0, 0, 5, 5],
-                                                        "source": 0},
-         {"op": "crop", "box": [1, 1, 2, 2], "source": None}, {"op": "cv2", "fn": "cv2.Canny"},
-         {"op": "enhance", "kind": "Sharpness"}, {"op": "crop", "box": [3, 3, 9, 9], "source": 1},
-         "not a dict"]
+  ops = [
+    {"op": "rotate", "angle": 90, "expand": True},
+    {"op": "crop", "box": [0, 0, 5, 5], "source": 0},
+    {"op": "crop", "box": [1, 1, 2, 2], "source": None},
+    {"op": "cv2", "fn": "cv2.Canny"},
+    {"op": "enhance", "kind": "Sharpness"},
+    {"op": "crop", "box": [3, 3, 9, 9], "source": 1},
+    "not a dict",
+  ]
   assert core_ops(ops) == {"rotate_90", "crop"}
   assert non_core_ops(ops) == {"cv2.Canny", "enhance"}
   assert crop_boxes(ops) == [[0, 0, 5, 5], [3, 3, 9, 9]]

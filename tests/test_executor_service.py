@@ -30,8 +30,7 @@ def _png(color: str, size=(16, 12)) -> bytes:
 @pytest.fixture(scope="module")
 def small():
   """One worker, one queue slot, an image store that keeps nothing, 1 MB request bodies."""
-  with local_service("--queue-size", "1", "--image-cache-mb", "0", "--max-request-mb", "1",
-                     workers=1) as s:
+  with local_service("--queue-size", "1", "--image-cache-mb", "0", "--max-request-mb", "1", workers=1) as s:
     yield s
 
 
@@ -45,10 +44,12 @@ def _metric(service, name: str) -> float:
 def test_full_queue_answers_429_with_a_retry_hint(small):
   async def main():
     async with aiohttp.ClientSession() as session:
+
       async def one():
         body = {"code": "import time\ntime.sleep(0.5)\nprint('done')", "images": []}
         async with session.post(small.url + "/v1/execute", json=body) as r:
           return r.status, dict(r.headers), await r.json()
+
       return await asyncio.gather(*(one() for _ in range(5)))
 
   results = asyncio.run(main())
@@ -130,15 +131,16 @@ def test_client_sends_references_and_falls_back_to_bytes(small):
 
 def test_client_references_with_a_caching_server():
   with local_service(workers=1) as service:
+
     async def main():
       async with ExecutorClient(service.url) as client:
         img = _png("green")
         ref = await client.upload(img)
         first = await client.execute("result = image.rotate(90, expand=True)", [img])
-        second = await client.execute("print(images[1].size)", [img, first.images[0]],
-                                      image_index=1)
+        second = await client.execute("print(images[1].size)", [img, first.images[0]], image_index=1)
         payload = client._payload_images(  # pylint: disable=protected-access
-            service.url, [img, first.images[0]], [ref, first.image_refs[0]], False)
+          service.url, [img, first.images[0]], [ref, first.image_refs[0]], False
+        )
         return ref, first, second, payload
 
     ref, first, second, payload = asyncio.run(main())
@@ -150,10 +152,13 @@ def test_client_references_with_a_caching_server():
 
 def test_a_killed_worker_is_replaced(small):
   import psutil  # pylint: disable=import-outside-toplevel
+
   root = psutil.Process(small.proc.pid)
-  workers = [p for p in root.children(recursive=True)
-             if "executor.worker" in " ".join(p.cmdline()) and p.name().startswith("python")
-             and p.parent().name() == "bwrap"]
+  workers = [
+    p
+    for p in root.children(recursive=True)
+    if "executor.worker" in " ".join(p.cmdline()) and p.name().startswith("python") and p.parent().name() == "bwrap"
+  ]
   assert len(workers) == 1
   workers[0].kill()
 
@@ -170,17 +175,22 @@ def test_a_killed_worker_is_replaced(small):
 
 def test_strict_refuses_to_start_without_every_layer():
   port = free_port()
-  proc = subprocess.run([sys.executable, "-m", "executor", "--port", str(port), "--workers", "1",
-                         "--isolation", "none", "--strict"], cwd=REPO_ROOT, capture_output=True,
-                        text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-m", "executor", "--port", str(port), "--workers", "1", "--isolation", "none", "--strict"],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 2
   assert "[INACTIVE] bubblewrap" in proc.stderr
   assert "--strict: refusing to start" in proc.stderr
 
 
 def _request(service, method: str, path: str, data: bytes = b"", content_type="application/json"):
-  req = urllib.request.Request(service.url + path, data=data or None, method=method,
-                               headers={"Content-Type": content_type})
+  req = urllib.request.Request(
+    service.url + path, data=data or None, method=method, headers={"Content-Type": content_type}
+  )
   try:
     with urllib.request.urlopen(req, timeout=60) as r:
       return r.status, r.headers.get("Content-Type", ""), json.load(r)
@@ -200,31 +210,43 @@ def test_every_error_answer_is_json_and_counted(small):
   image (400, like any other unreadable image) answer JSON with the error's type and message."""
   truncated = _png("red", (64, 64))[:-40]
   cases = [
-      ("POST", "/v1/execute", json.dumps({"code": "x", "images": ["A" * (2 << 20)]}).encode(),
-       413, "RequestEntityTooLarge", "--max-request-mb"),
-      ("PUT", "/v1/images", b"\x89PNG\r\n\x1a\n" + bytes(2 << 20), 413, "RequestEntityTooLarge",
-       "PUT /v1/images"),
-      ("GET", "/v2/execute", b"", 404, "NotFound", "no endpoint /v2/execute"),
-      ("GET", "/v1/execute", b"", 405, "MethodNotAllowed", "does not answer GET"),
-      ("POST", "/v1/execute", json.dumps({"code": "result = image", "images": [
-          base64.b64encode(truncated).decode()]}).encode(), 400, "InputImageError",
-       "input image 0 is not a readable PNG or JPEG"),
+    (
+      "POST",
+      "/v1/execute",
+      json.dumps({"code": "x", "images": ["A" * (2 << 20)]}).encode(),
+      413,
+      "RequestEntityTooLarge",
+      "--max-request-mb",
+    ),
+    ("PUT", "/v1/images", b"\x89PNG\r\n\x1a\n" + bytes(2 << 20), 413, "RequestEntityTooLarge", "PUT /v1/images"),
+    ("GET", "/v2/execute", b"", 404, "NotFound", "no endpoint /v2/execute"),
+    ("GET", "/v1/execute", b"", 405, "MethodNotAllowed", "does not answer GET"),
+    (
+      "POST",
+      "/v1/execute",
+      json.dumps({"code": "result = image", "images": [base64.b64encode(truncated).decode()]}).encode(),
+      400,
+      "InputImageError",
+      "input image 0 is not a readable PNG or JPEG",
+    ),
   ]
   for method, path, data, status, kind, words in cases:
     before = _refused(small, status, kind)
-    got, content_type, body = _request(small, method, path, data,
-                                       "application/octet-stream" if method == "PUT" else
-                                       "application/json")
+    got, content_type, body = _request(
+      small, method, path, data, "application/octet-stream" if method == "PUT" else "application/json"
+    )
     assert (got, body["error"]["type"]) == (status, kind), body
     assert content_type.startswith("application/json") and body["ok"] is False
     assert words in body["error"]["message"], body["error"]["message"]
     assert _refused(small, status, kind) == before + 1
+
   # The service still answers, and the client reports a 4xx as a refused request.
   async def main():
     async with ExecutorClient(small.url) as client:
       with pytest.raises(ValueError, match="input image 0 is not a readable PNG or JPEG"):
         await client.execute("result = image", [truncated])
       return await client.execute("print('alive')", [])
+
   assert asyncio.run(main()).stdout == "alive\n"
 
 
@@ -232,24 +254,25 @@ def test_a_timeout_above_the_maximum_runs_with_the_maximum_and_says_so(small):
   body = json.dumps({"code": "print('ok')", "images": [], "timeout_s": 600}).encode()
   status, _, out = _request(small, "POST", "/v1/execute", body)
   assert status == 200 and out["ok"] and out["stdout"] == "ok\n"
-  assert out["notes"] == ["timeout_s 600 is above this service's maximum (--max-timeout-s); the "
-                          "call ran with 60"]
-  status, _, out = _request(small, "POST", "/v1/execute", json.dumps(
-      {"code": "print('ok')", "images": [], "timeout_s": 5}).encode())
+  assert out["notes"] == ["timeout_s 600 is above this service's maximum (--max-timeout-s); the call ran with 60"]
+  status, _, out = _request(
+    small, "POST", "/v1/execute", json.dumps({"code": "print('ok')", "images": [], "timeout_s": 5}).encode()
+  )
   assert out["notes"] == []
 
 
 def test_help_lists_every_option_with_its_default():
-  out = subprocess.run([sys.executable, "-m", "executor", "--help"], cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=60, check=True).stdout
-  options = " ".join(out[out.index("options:"):].split())
+  out = subprocess.run(
+    [sys.executable, "-m", "executor", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True
+  ).stdout
+  options = " ".join(out[out.index("options:") :].split())
   for field in dataclasses.fields(Config):
     if field.name == "workers":
       continue
     option = "--" + field.name.replace("_", "-")
     assert option + " " in options, option
     # The option's help ends with its default.
-    entry = options[options.index(option + " "):].split(" --")[0]
+    entry = options[options.index(option + " ") :].split(" --")[0]
     assert f"(default: {getattr(Config(), field.name)})" in entry, (option, entry)
   assert "characters of `code` per call" in options and "(default: 16384)" in options
 

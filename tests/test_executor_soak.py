@@ -15,22 +15,22 @@ CALLS = 2000
 CONCURRENCY = 16
 
 GOOD = [
-    "result = image.crop((4, 4, 40, 30))",
-    "result = image.rotate(90, expand=True)",
-    "result = ImageOps.mirror(image).filter(ImageFilter.GaussianBlur(1))",
-    "a = np.asarray(image)\nresult = cv2.flip(a[2:20, 3:30], 0)",
-    "print(image.size, np.asarray(image).mean())",
+  "result = image.crop((4, 4, 40, 30))",
+  "result = image.rotate(90, expand=True)",
+  "result = ImageOps.mirror(image).filter(ImageFilter.GaussianBlur(1))",
+  "a = np.asarray(image)\nresult = cv2.flip(a[2:20, 3:30], 0)",
+  "print(image.size, np.asarray(image).mean())",
 ]
 HOSTILE = [
-    "import socket\nsocket.socket()",
-    "import os\nos.system('id')",
-    "open('/tmp/x', 'w')",
-    "x = 'a' * (10 ** 11)",
-    "while True:\n  print('y' * 4096)",
-    "import builtins\nbuiltins.len = None\nnp.array = None\nraise ValueError('tampered')",
-    "import os\nos.fork()",
-    "1 / 0",
-    "import os\nos.kill(os.getppid(), 9)",
+  "import socket\nsocket.socket()",
+  "import os\nos.system('id')",
+  "open('/tmp/x', 'w')",
+  "x = 'a' * (10 ** 11)",
+  "while True:\n  print('y' * 4096)",
+  "import builtins\nbuiltins.len = None\nnp.array = None\nraise ValueError('tampered')",
+  "import os\nos.fork()",
+  "1 / 0",
+  "import os\nos.kill(os.getppid(), 9)",
 ]
 
 
@@ -42,10 +42,10 @@ def _tree(pid: int) -> list[psutil.Process]:
 def _snapshot(pid: int) -> dict:
   procs = _tree(pid)
   return {
-      "count": len(procs),
-      "zombies": sum(p.status() == psutil.STATUS_ZOMBIE for p in procs),
-      "fds": sum(p.num_fds() for p in procs),
-      "rss": sum(p.memory_info().rss for p in procs),
+    "count": len(procs),
+    "zombies": sum(p.status() == psutil.STATUS_ZOMBIE for p in procs),
+    "fds": sum(p.num_fds() for p in procs),
+    "rss": sum(p.memory_info().rss for p in procs),
   }
 
 
@@ -55,8 +55,7 @@ def _settled(service, pid: int) -> dict:
   while True:
     time.sleep(0.5)
     snap = _snapshot(pid)
-    if (service.get_json("/healthz")["busy"] == 0 and snap == _snapshot(pid)) or \
-        time.monotonic() > deadline:
+    if (service.get_json("/healthz")["busy"] == 0 and snap == _snapshot(pid)) or time.monotonic() > deadline:
       return snap
 
 
@@ -76,9 +75,11 @@ def test_soak_no_leaks():
       plan.append((rng.choice(GOOD), 5.0, None))
 
   with local_service(workers=2) as service:
+
     async def run(calls):
       sem = asyncio.Semaphore(CONCURRENCY)
       async with ExecutorClient(service.url, max_connections=CONCURRENCY) as client:
+
         async def one(code, timeout, expect):
           async with sem:
             res = await client.execute(code, [img], timeout_s=timeout)
@@ -88,6 +89,7 @@ def test_soak_no_leaks():
             assert not res.ok, code
             if expect == "TimeoutError":
               assert res.error["type"] == "TimeoutError"
+
         await asyncio.gather(*(one(*c) for c in calls))
 
     asyncio.run(run(plan[:200]))  # warm-up: image store, connection pools, allocator arenas

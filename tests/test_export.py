@@ -51,8 +51,13 @@ def _flat(tree, prefix=()):
 def test_export_loads_in_transformers_with_the_trained_weights(run, tmp_path):
   workdir, result, c = run
   out = str(tmp_path / "hf")
-  proc = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={workdir}", f"--out={out}"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-m", "launch.export", f"--workdir={workdir}", f"--out={out}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"exported to {out}" in proc.stdout
   assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= set(os.listdir(out))
@@ -65,8 +70,7 @@ def test_export_loads_in_transformers_with_the_trained_weights(run, tmp_path):
   # The image processor reads the run's settings; the tokenizer is the run's.
   processor = transformers.AutoImageProcessor.from_pretrained(out)
   assert processor.size == {"shortest_edge": c.data.min_pixels, "longest_edge": c.data.max_pixels}
-  assert len(transformers.AutoTokenizer.from_pretrained(out)) == len(
-      run_setup.load_tokenizer(c.model, workdir))
+  assert len(transformers.AutoTokenizer.from_pretrained(out)) == len(run_setup.load_tokenizer(c.model, workdir))
 
 
 def test_export_casts_and_picks_a_step(run, tmp_path):
@@ -76,8 +80,9 @@ def test_export_casts_and_picks_a_step(run, tmp_path):
   hf = transformers.AutoModelForImageTextToText.from_pretrained(out, dtype=torch.bfloat16)
   assert hf.dtype == torch.bfloat16
   lm_head = trained(result, c, workdir)["lm_head.weight"]
-  np.testing.assert_array_equal(hf.lm_head.weight.detach().float().numpy(),
-                                lm_head.astype(jax.numpy.bfloat16).astype(np.float32))
+  np.testing.assert_array_equal(
+    hf.lm_head.weight.detach().float().numpy(), lm_head.astype(jax.numpy.bfloat16).astype(np.float32)
+  )
   with pytest.raises(ValueError, match=r"no checkpoint of step 7; the finished ones are \[1, 2\]"):
     export.export_run(workdir, str(tmp_path / "x"), step=7)
   with pytest.raises(FileNotFoundError, match="no checkpoints directory"):

@@ -8,15 +8,30 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROWS = ("matmul ceiling", "copy ceiling", "sft xla/full", "sft xla/dots", "sft cudnn/full",
-        "sft cudnn/dots", "sft auto/full", "decode Sampler.generate", "decode slot engine",
-        "torch sft", "torch generate")
+ROWS = (
+  "matmul ceiling",
+  "copy ceiling",
+  "sft xla/full",
+  "sft xla/dots",
+  "sft cudnn/full",
+  "sft cudnn/dots",
+  "sft auto/full",
+  "decode Sampler.generate",
+  "decode slot engine",
+  "torch sft",
+  "torch generate",
+)
 
 
 def test_tiny_suite_writes_every_row(tmp_path):
   out = tmp_path / "suite.json"
-  proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--tiny", f"--out={out}"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-m", "benchmarks.gpu_suite", "--tiny", f"--out={out}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
   assert result["tiny"] and result["attention_auto"] == "xla"

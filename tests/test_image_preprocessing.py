@@ -15,17 +15,22 @@ SIZES = [(1, 1), (3, 600), (600, 3), (999, 37), (57, 913), (448, 448), (33, 17),
 MODES = ["RGB", "RGBA", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr", "RGBX"]
 
 SMALL_QWEN2 = image_lib.ImageSettings(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
-SMALL_QWEN3 = image_lib.ImageSettings.for_model_type(
-    "qwen3_vl", min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 64)
+SMALL_QWEN3 = image_lib.ImageSettings.for_model_type("qwen3_vl", min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 64)
 
 
 def make_image(width, height, mode, seed=0):
   """Noise plus gradients (and a varying alpha), converted to `mode`."""
   rng = np.random.default_rng(seed)
   y, x = np.mgrid[0:height, 0:width]
-  grad = np.stack([255 * x / max(width - 1, 1), 255 * y / max(height - 1, 1),
-                   127 * (x + y) / max(width + height - 2, 1),
-                   255 * (x % 7) / 6], axis=-1)
+  grad = np.stack(
+    [
+      255 * x / max(width - 1, 1),
+      255 * y / max(height - 1, 1),
+      127 * (x + y) / max(width + height - 2, 1),
+      255 * (x % 7) / 6,
+    ],
+    axis=-1,
+  )
   noise = rng.normal(0, 40, (height, width, 4))
   rgba = Image.fromarray(np.clip(grad + noise, 0, 255).astype(np.uint8), "RGBA")
   if mode == "P":
@@ -35,10 +40,13 @@ def make_image(width, height, mode, seed=0):
 
 def reference(settings):
   return hf_qwen2_vl.Qwen2VLImageProcessorPil(
-      size={"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels},
-      patch_size=settings.patch_size, merge_size=settings.merge_size,
-      temporal_patch_size=settings.temporal_patch_size,
-      image_mean=list(settings.image_mean), image_std=list(settings.image_std))
+    size={"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels},
+    patch_size=settings.patch_size,
+    merge_size=settings.merge_size,
+    temporal_patch_size=settings.temporal_patch_size,
+    image_mean=list(settings.image_mean),
+    image_std=list(settings.image_std),
+  )
 
 
 def assert_same_as_transformers(images, settings):
@@ -91,7 +99,8 @@ def test_smart_resize_matches_transformers():
         if max(height, width) / min(height, width) > 200:
           continue
         assert cvj.smart_resize(height, width, factor, min_pixels, max_pixels) == (
-            hf_qwen2_vl.smart_resize(height, width, factor, min_pixels, max_pixels))
+          hf_qwen2_vl.smart_resize(height, width, factor, min_pixels, max_pixels)
+        )
   with pytest.raises(ValueError, match="aspect ratio"):
     cvj.smart_resize(3, 1000)
 
@@ -112,20 +121,34 @@ def test_num_image_tokens():
 
 def test_settings_from_preprocessor_config(tmp_path):
   qwen3_config = {  # Qwen3-VL's released preprocessor_config.json
-      "size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16,
-      "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5],
-      "image_std": [0.5, 0.5, 0.5], "processor_class": "Qwen3VLProcessor",
-      "image_processor_type": "Qwen2VLImageProcessorFast"}
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "Qwen3VLProcessor",
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+  }
   (tmp_path / "preprocessor_config.json").write_text(json.dumps(qwen3_config))
   assert image_lib.ImageSettings.from_preprocessor_config(tmp_path) == (
-      image_lib.ImageSettings.for_model_type("qwen3_vl"))
+    image_lib.ImageSettings.for_model_type("qwen3_vl")
+  )
   qwen25_config = {  # Qwen2.5-VL's: min/max_pixels at the top level
-      "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2,
-      "merge_size": 2, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-      "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3,
-      "rescale_factor": 0.00392156862745098, "do_convert_rgb": True}
+    "min_pixels": 3136,
+    "max_pixels": 12845056,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
+    "do_convert_rgb": True,
+  }
   assert image_lib.ImageSettings.from_preprocessor_config(qwen25_config) == (
-      image_lib.ImageSettings.for_model_type("qwen2_5_vl"))
+    image_lib.ImageSettings.for_model_type("qwen2_5_vl")
+  )
   with pytest.raises(ValueError, match="resample=2"):
     image_lib.ImageSettings.from_preprocessor_config(dict(qwen25_config, resample=2))
   with pytest.raises(ValueError, match="known"):
@@ -158,7 +181,6 @@ def test_errors_name_the_image_and_the_reason():
 
 def test_errors_for_settings_that_cannot_fit():
   good = make_image(40, 30, "RGB")
-  assert "min_pixels=5000 > max_pixels=4000" in error_for(
-      [good], min_pixels=5000, max_pixels=4000)
+  assert "min_pixels=5000 > max_pixels=4000" in error_for([good], min_pixels=5000, max_pixels=4000)
   assert "below the smallest image" in error_for([good], min_pixels=100, max_pixels=28 * 28 - 1)
   assert "patch_size must be a positive int" in error_for([good], patch_size=0)

@@ -15,22 +15,26 @@ from codevision_jax.runtime import optimizer
 from codevision_jax.train import loop
 from configs import tiny_sft
 
+
 def _inputs(mc, seed=0):
   """A row with one 4x4-patch image and a text-only row, transformers-style."""
   rng = np.random.default_rng(seed)
   v = mc.vision
-  n = 16 // v.spatial_merge_size ** 2
-  ids = np.array([[5, 6, mc.vision_start_token_id] + [mc.image_token_id] * n
-                  + [mc.vision_end_token_id, 7, 8, 9],
-                  list(rng.integers(10, 300, 3 + n + 4))], np.int32)
-  patch = v.in_channels * v.temporal_patch_size * v.patch_size ** 2
+  n = 16 // v.spatial_merge_size**2
+  ids = np.array(
+    [
+      [5, 6, mc.vision_start_token_id] + [mc.image_token_id] * n + [mc.vision_end_token_id, 7, 8, 9],
+      list(rng.integers(10, 300, 3 + n + 4)),
+    ],
+    np.int32,
+  )
+  patch = v.in_channels * v.temporal_patch_size * v.patch_size**2
   pixels = rng.standard_normal((16, patch)).astype(np.float32)
   return dict(input_ids=ids[:1], pixel_values=pixels, image_grid_thw=np.array([[1, 4, 4]])), ids[1:]
 
 
 def _settings(**kw):
-  return lora.LoraSettings(**{"rank": 4, "alpha": 8.0, "targets": lora.DEFAULT_TARGETS + ("merger", "tower"),
-                              **kw})
+  return lora.LoraSettings(**{"rank": 4, "alpha": 8.0, "targets": lora.DEFAULT_TARGETS + ("merger", "tower"), **kw})
 
 
 @pytest.mark.parametrize("preset,scan", [("qwen2_5_vl_tiny", False), ("qwen3_vl_tiny", True)])
@@ -67,8 +71,11 @@ def test_adapters_change_the_logits_by_scale_times_b_a():
       target = merged
       for p in path:
         target = target[p] if isinstance(p, int) else getattr(target, p)
-      target.kernel.set_value(jnp.asarray(lora.merged_kernel(
-          module.kernel.get_value(), module.lora_a.get_value(), module.lora_b.get_value(), 2.0)))
+      target.kernel.set_value(
+        jnp.asarray(
+          lora.merged_kernel(module.kernel.get_value(), module.lora_a.get_value(), module.lora_b.get_value(), 2.0)
+        )
+      )
   ref = np.asarray(merged(**image_row))
   assert np.abs(out - ref).max() < 1e-4 < np.abs(out - np.asarray(models.build_model(mc, seed=1)(**image_row))).max()
 
@@ -107,8 +114,9 @@ def test_lora_sft_trains_only_the_adapters_and_lowers_the_loss(tmp_path):
   assert after.keys() == frozen_before.keys()
   for k in after:
     np.testing.assert_array_equal(after[k], frozen_before[k])
-  moved = [np.abs(v).max() for p, v in jax.tree_util.tree_flatten_with_path(result.state["params"])[0]
-           if p[-1].key == "lora_b"]
+  moved = [
+    np.abs(v).max() for p, v in jax.tree_util.tree_flatten_with_path(result.state["params"])[0] if p[-1].key == "lora_b"
+  ]
   assert min(moved) > 0  # Every B has left zero: gradients reach every adapter.
 
 
@@ -170,14 +178,21 @@ def test_an_int8_base_is_close_to_the_bfloat16_base_and_smaller():
     got = np.asarray(model(**image_row), np.float32), np.asarray(model(text_row), np.float32)
     errors[base] = max(np.abs(g - w).max() for g, w in zip(got, want))
     sizes[base] = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Not(lora.adapters_filter()))))
-    kernels = [v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
-               if p[-1] == "kernel" and lora.is_quantized_layer(p[:-1])]
+    kernels = [
+      v.get_value()
+      for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+      if p[-1] == "kernel" and lora.is_quantized_layer(p[:-1])
+    ]
     assert {k.dtype for k in kernels} == {np.dtype(np.int8 if base == "int8" else jnp.bfloat16)}
   assert 0 < errors["bfloat16"] <= errors["int8"] < 2.5 * errors["bfloat16"], errors
   assert errors["int8"] < 0.2 * np.std(want[0])  # Well under the logits' spread.
-  projections = sum(x.size for p, x in jax.tree_util.tree_flatten_with_path(
-      nnx.to_pure_dict(nnx.state(models.build_model(mc, seed=1), nnx.Param)))[0]
-      if p[-1].key == "kernel" and lora.is_quantized_layer(tuple(k.key for k in p[:-1])))
+  projections = sum(
+    x.size
+    for p, x in jax.tree_util.tree_flatten_with_path(
+      nnx.to_pure_dict(nnx.state(models.build_model(mc, seed=1), nnx.Param))
+    )[0]
+    if p[-1].key == "kernel" and lora.is_quantized_layer(tuple(k.key for k in p[:-1]))
+  )
   # A byte saved per projection weight, less the scales (one per output column and layer).
   assert 0.95 * projections <= sizes["bfloat16"] - sizes["int8"] < projections
 
@@ -189,14 +204,19 @@ def test_the_dry_run_counts_adapters_an_adapter_sized_reference_and_a_shared_bas
   from codevision_jax import parallel
   from codevision_jax.runtime import dry_run
   from configs import qwen2_5_vl_7b_rl
+
   c = qwen2_5_vl_7b_rl.get_config()
   c.model.preset, c.model.lora.rank = "qwen2_5_vl_7b", 64
   mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
   plan = dry_run.plan(c, kind="rl", platform="gpu", device_memory=141e9, mesh=mesh)
   parts = {p.name: p.bytes for p in plan.phases["rollout"]}
   t = presets.preset("qwen2_5_vl_7b").text
-  h, q, kv, m = t.hidden_size, t.num_attention_heads * t.resolved_head_dim, \
-      t.num_key_value_heads * t.resolved_head_dim, t.intermediate_size
+  h, q, kv, m = (
+    t.hidden_size,
+    t.num_attention_heads * t.resolved_head_dim,
+    t.num_key_value_heads * t.resolved_head_dim,
+    t.intermediate_size,
+  )
   adapter_values = 64 * t.num_hidden_layers * ((h + q) * 2 + (h + kv) * 2 + (h + m) * 3)
   assert parts["parameters"] == 4 * adapter_values
   assert parts["optimizer state"] >= 2 * 4 * adapter_values

@@ -52,8 +52,13 @@ def run(tmp_path_factory):
 
 
 def _export(workdir, out, *flags):
-  proc = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={workdir}", f"--out={out}",
-                         *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-m", "launch.export", f"--workdir={workdir}", f"--out={out}", *flags],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   return proc.stdout
 
@@ -71,10 +76,11 @@ def _ours(base_dir, result, c):
 def _inputs(mc):
   rng = np.random.default_rng(0)
   v = mc.vision
-  n = 16 // v.spatial_merge_size ** 2
-  ids = np.array([[5, 6, mc.vision_start_token_id] + [mc.image_token_id] * n
-                  + [mc.vision_end_token_id, 7, 8, 9]], np.int32)
-  pixels = rng.standard_normal((16, v.in_channels * v.temporal_patch_size * v.patch_size ** 2))
+  n = 16 // v.spatial_merge_size**2
+  ids = np.array(
+    [[5, 6, mc.vision_start_token_id] + [mc.image_token_id] * n + [mc.vision_end_token_id, 7, 8, 9]], np.int32
+  )
+  pixels = rng.standard_normal((16, v.in_channels * v.temporal_patch_size * v.patch_size**2))
   return ids, pixels.astype(np.float32), np.array([[1, 4, 4]])
 
 
@@ -103,8 +109,12 @@ def test_merged_export_is_base_plus_scale_b_a_and_runs_in_transformers(run, tmp_
   merged_keys = set()
   for module, (a, b) in adapters.items():
     # Our module path -> the file's key (official Qwen2.5-VL layout, merger.mlp.1 is HF's mlp.2).
-    key = (module.replace("model.language_model.", "model.").replace("model.visual.", "visual.")
-           .replace("merger.mlp.1", "merger.mlp.2") + ".weight")
+    key = (
+      module.replace("model.language_model.", "model.")
+      .replace("model.visual.", "visual.")
+      .replace("merger.mlp.1", "merger.mlp.2")
+      + ".weight"
+    )
     want = base[key].astype(np.float32) + np.float32(2.0) * (a.astype(np.float32) @ b.astype(np.float32)).T
     np.testing.assert_allclose(got[key], want, rtol=0, atol=1e-6, err_msg=key)
     assert np.abs(got[key] - base[key]).max() > 0, key  # The adapters trained.
@@ -115,8 +125,7 @@ def test_merged_export_is_base_plus_scale_b_a_and_runs_in_transformers(run, tmp_
   ours = _ours(base_dir, result, c)
   ids, pixels, grid = _inputs(ours.config)
   want = np.asarray(ours(ids, pixels, grid))
-  np.testing.assert_allclose(hf_logits(hf, ids, pixel_values=pixels, image_grid_thw=grid), want,
-                             atol=1e-4, rtol=0)
+  np.testing.assert_allclose(hf_logits(hf, ids, pixel_values=pixels, image_grid_thw=grid), want, atol=1e-4, rtol=0)
 
 
 def test_peft_adapter_export_loaded_by_peft_gives_our_logits(run, tmp_path):

@@ -39,12 +39,21 @@ loop.train(qlora_config(), sys.argv[1], hooks=[kill_after_step_3])
 
 def test_a_killed_qlora_run_resumes_bit_exactly(tmp_path):
   straight = loop.train(qlora_config(), str(tmp_path / "straight"))
-  kernels = [x for p, x in jax.tree_util.tree_flatten_with_path(straight.frozen)[0]
-             if p[-1].key == "kernel" and "language_model" in jax.tree_util.keystr(p)]
+  kernels = [
+    x
+    for p, x in jax.tree_util.tree_flatten_with_path(straight.frozen)[0]
+    if p[-1].key == "kernel" and "language_model" in jax.tree_util.keystr(p)
+  ]
   assert kernels and all(x.dtype == np.int8 for x in kernels)  # The QLoRA base.
   workdir = str(tmp_path / "resumed")
-  proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_STEP_3, workdir], cwd=ROOT,
-                        env=dict(os.environ), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-c", KILLED_AFTER_STEP_3, workdir],
+    cwd=ROOT,
+    env=dict(os.environ),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == -9, proc.stderr[-3000:]
   resumed = loop.train(qlora_config(), workdir)
   assert [h["step"] for h in resumed.history] == [4, 5, 6]
@@ -60,13 +69,14 @@ def _trained(n, fsdp, tensor, workdir):
   c.mesh.num_devices, c.mesh.shape.fsdp, c.mesh.shape.tensor = n, fsdp, tensor
   r = loop.train(c, workdir)
   flat = jax.tree_util.tree_flatten_with_path(jax.device_get(r.state["params"]))[0]
-  return {"losses": np.array([h["loss"] for h in r.history]),
-          **{jax.tree_util.keystr(p): np.asarray(x) for p, x in flat}}
+  return {
+    "losses": np.array([h["loss"] for h in r.history]),
+    **{jax.tree_util.keystr(p): np.asarray(x) for p, x in flat},
+  }
 
 
 def test_eight_devices_equal_one(tmp_path):
-  out = {n: _trained(n, fsdp, tensor, str(tmp_path / f"run{n}"))
-         for n, fsdp, tensor in ((1, 1, 1), (8, 4, 2))}
+  out = {n: _trained(n, fsdp, tensor, str(tmp_path / f"run{n}")) for n, fsdp, tensor in ((1, 1, 1), (8, 4, 2))}
   assert out[1].keys() == out[8].keys()
   np.testing.assert_allclose(out[8]["losses"], out[1]["losses"], rtol=1e-5)
   # Adam's steps are ~lr = 1e-2 per element; the shards' other summation order moves them by

@@ -24,8 +24,9 @@ def lora_config(sft_dir, **small):
 
 def _traced(c, workdir, service_url):
   traces = {}
-  result = loop.train(c, workdir, executor_urls=[service_url],
-                      hooks=[lambda done, _: traces.__setitem__(done, dict(engine.TRACE_COUNTS))])
+  result = loop.train(
+    c, workdir, executor_urls=[service_url], hooks=[lambda done, _: traces.__setitem__(done, dict(engine.TRACE_COUNTS))]
+  )
   return result, traces
 
 
@@ -54,8 +55,10 @@ def assert_trains_adapters_on_the_sft_base(result, sft_dir):
   assert [p for p, _ in ref] == [p for p, _ in params]
   assert all(not np.any(np.asarray(x)) for p, x in ref if p[-1].key == "lora_b")
   sft = export.open_checkpoint(sft_dir)
-  for path in (("model", "language_model", "embed_tokens", "weight"),
-               ("model", "language_model", "layers", 0, "self_attn", "q_proj", "kernel")):
+  for path in (
+    ("model", "language_model", "embed_tokens", "weight"),
+    ("model", "language_model", "layers", 0, "self_attn", "q_proj", "kernel"),
+  ):
     node = result.frozen
     for k in path:
       node = node[k]

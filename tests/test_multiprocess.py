@@ -93,8 +93,10 @@ def test_export_of_a_two_process_checkpoint_on_one_cpu_host(runs, tmp_path):
   tmp, _, two = runs
   out = export.export_run(str(tmp / "two"), str(tmp_path / "hf"))
   loaded = nnx.to_pure_dict(nnx.state(cvj.load_hf(out, dtype="float32"), nnx.Param))
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+  flat = {
+    "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+    for path, v in jax.tree_util.tree_flatten_with_path(loaded)[0]
+  }
   assert set(two["params"]) <= set(flat)
   for k, v in two["params"].items():
     np.testing.assert_array_equal(flat[k], v, err_msg=k)
@@ -109,8 +111,9 @@ def test_load_hf_on_two_processes_reads_each_share_once(tmp_path):
   from codevision_jax.models import presets
 
   hf_dir = str(tmp_path / "hf")
-  cvj.save_hf(models.build_model(presets.preset("qwen2_5_vl_tiny"), seed=0), hf_dir,
-              max_shard_size="200KB")  # Many files, tensors of one layer spread over several.
+  cvj.save_hf(
+    models.build_model(presets.preset("qwen2_5_vl_tiny"), seed=0), hf_dir, max_shard_size="200KB"
+  )  # Many files, tensors of one layer spread over several.
   out = str(tmp_path / "load.json")
   spawn("multiprocess_load.py", 2, [hf_dir, out], timeout=600)
   with open(out) as f:

@@ -45,8 +45,7 @@ def test_each_process_samples_its_share_on_its_own_devices(rounds):
 
 def test_a_two_process_round_equals_the_one_process_round(rounds):
   one, two = rounds
-  assert [t["id"] for t in one["trajectories"]] == [t["id"] for t in two["trajectories"]] \
-      == list(range(8))
+  assert [t["id"] for t in one["trajectories"]] == [t["id"] for t in two["trajectories"]] == list(range(8))
   for a, b in zip(one["trajectories"], two["trajectories"]):
     assert a["token_ids"] == b["token_ids"], a["id"]
     assert a["reward"] == pytest.approx(b["reward"]), a["id"]
@@ -68,8 +67,9 @@ def test_replica_blocks_split_the_leading_mesh_axes():
   from codevision_jax.rl import replicas
 
   def shape(data, fsdp, tensor, processes):
-    mesh = parallel.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor},
-                              devices=jax.devices()[:data * fsdp * tensor])
+    mesh = parallel.make_mesh(
+      {"data": data, "fsdp": fsdp, "tensor": tensor}, devices=jax.devices()[: data * fsdp * tensor]
+    )
     return replicas.local_shape(mesh, processes)
 
   assert shape(2, 2, 2, 2) == (1, 2, 2)
@@ -90,6 +90,7 @@ def test_gathering_sends_nothing_through_devices(tmp_path):
   """Each process's share of a round (trajectories with their PNGs) reaches the others host to
   host: with every way onto a device refused, 40 MB objects (two chunks each) gather intact."""
   import pickle
+
   out = str(tmp_path / "seen.pkl")
   spawn("multiprocess_gather.py", 2, [out], timeout=300)
   with open(out, "rb") as f:

@@ -14,8 +14,10 @@ from multiprocess_util import spawn
 def test_a_mesh_that_does_not_split_per_process_is_refused_before_any_work(tmp_path):
   logs = spawn("multiprocess_stages.py", 2, ["bad_mesh", tmp_path / "w"], expect=3, timeout=300)
   for log in logs:
-    assert ("REFUSED mesh.shape {'data': 3, 'fsdp': 2, 'tensor': 1} (mesh.num_devices=3: 6 "
-            "device(s) of 8) cannot run on 2 processes") in log, log[-2000:]
+    assert (
+      "REFUSED mesh.shape {'data': 3, 'fsdp': 2, 'tensor': 1} (mesh.num_devices=3: 6 "
+      "device(s) of 8) cannot run on 2 processes"
+    ) in log, log[-2000:]
     assert "--config.mesh.shape.data=2" in log
     assert "WROTE []" in log  # Nothing built: no tokenizer, no size cache, no checkpoint.
 
@@ -35,8 +37,7 @@ def test_the_tiny_recipes_sft_runs_on_two_processes_with_two_devices_each(tmp_pa
 
 
 @pytest.mark.parametrize("mode,failing,other", [("fail", 1, 0), ("fail0", 0, 1)])
-def test_when_one_process_fails_the_other_stops_and_says_which_and_why(tmp_path, mode, failing,
-                                                                       other):
+def test_when_one_process_fails_the_other_stops_and_says_which_and_why(tmp_path, mode, failing, other):
   logs = spawn("multiprocess_stages.py", 2, [mode, tmp_path / "w"], expect=1, timeout=120)
   message = f"RuntimeError: the data file /data/shard-{failing}.parquet is cut short"
   assert message in logs[failing]

@@ -26,8 +26,7 @@ def test_page_pool_hands_out_and_takes_back_pages():
   assert len(held) == 6 and SCRATCH_PAGE not in held
   assert (pool.table[2] == SCRATCH_PAGE).all()
   entries = pool.write_entries(0, 3, 2, 4)
-  assert entries.tolist() == [pool.table[0, 0] * 4 + 3, pool.table[0, 1] * 4, SCRATCH_PAGE * 4,
-                              SCRATCH_PAGE * 4]
+  assert entries.tolist() == [pool.table[0, 0] * 4 + 3, pool.table[0, 1] * 4, SCRATCH_PAGE * 4, SCRATCH_PAGE * 4]
   pool.release(1)
   assert pool.free_pages == 6 and (pool.table[1] == SCRATCH_PAGE).all()
   assert pool.reserve(2, 12) and pool.room(2) == 12
@@ -52,7 +51,7 @@ def _segment(model, rng, n_text, grid=None):
   pv = None
   if grid is not None:
     merge = c.vision.spatial_merge_size
-    ids += [c.vision_start_token_id] + [c.image_token_id] * (int(np.prod(grid)) // merge ** 2)
+    ids += [c.vision_start_token_id] + [c.image_token_id] * (int(np.prod(grid)) // merge**2)
     ids += [c.vision_end_token_id] + list(rng.integers(1, 200, 2))
     patch = c.vision.patch_size
     pv = rng.standard_normal((int(np.prod(grid)), 3 * 2 * patch * patch)).astype(np.float32)
@@ -60,16 +59,20 @@ def _segment(model, rng, n_text, grid=None):
   return np.asarray(ids, np.int32), pv, grid
 
 
-@pytest.mark.parametrize("name,scan,round_gather", [("qwen2_5_vl", False, True), ("qwen3_vl", False, True),
-                                                    ("qwen2_5_vl", True, True), ("qwen2_5_vl", False, False)])
+@pytest.mark.parametrize(
+  "name,scan,round_gather",
+  [("qwen2_5_vl", False, True), ("qwen3_vl", False, True), ("qwen2_5_vl", True, True), ("qwen2_5_vl", False, False)],
+)
 def test_a_paged_engine_samples_what_the_dense_one_does(name, scan, round_gather):
   """Decode rounds that gather their pages once (CPU's default) and at every step, per layer or
   with a scanned decoder, sample what the dense engine samples."""
   model = _model(name, scan)
   rng = np.random.default_rng(0)
-  prompts = [[_segment(model, rng, 5, (1, 4, 6)), _segment(model, rng, 7)],
-             [_segment(model, rng, 40)],
-             [_segment(model, rng, 3, (1, 6, 2))]]
+  prompts = [
+    [_segment(model, rng, 5, (1, 4, 6)), _segment(model, rng, 7)],
+    [_segment(model, rng, 40)],
+    [_segment(model, rng, 3, (1, 6, 2))],
+  ]
   tool = _segment(model, rng, 4, (1, 2, 4))
   runs = []
   for page_size in (0, 8):
@@ -79,13 +82,15 @@ def test_a_paged_engine_samples_what_the_dense_one_does(name, scan, round_gather
       for seg in segs:
         e.append(slot, *seg)
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    out = [jax.device_get(e.decode(np.ones(3, bool), np.array([20, 12, 20]), keys,
-                                   np.zeros(3, np.int32), max_steps=24, temperature=1.0))]
+    out = [
+      jax.device_get(
+        e.decode(np.ones(3, bool), np.array([20, 12, 20]), keys, np.zeros(3, np.int32), max_steps=24, temperature=1.0)
+      )
+    ]
     e.append(1, *tool)  # A tool turn, then greedy rounds with one slot waiting.
     counts = out[0][2].astype(np.int32)
     for _ in range(2):
-      out.append(jax.device_get(e.decode(np.array([True, True, False]), np.full(3, 9), keys, counts,
-                                         max_steps=8)))
+      out.append(jax.device_get(e.decode(np.array([True, True, False]), np.full(3, 9), keys, counts, max_steps=8)))
       counts = counts + out[-1][2]
     runs.append((out, np.asarray(e.logits), e.lengths.copy()))
     if page_size:
@@ -130,8 +135,9 @@ def test_a_small_pool_preempts_and_resumes_with_the_same_tokens():
   tools = [_segment(model, rng, 5, (1, 4, 4)) for _ in range(3)]
 
   def run(**paged):
-    policy = ModelPolicy(model, stop_ids=[], num_slots=3, capacity=128, chunk=16, steps_per_call=8,
-                         temperature=1.0, seed=3, **paged)
+    policy = ModelPolicy(
+      model, stop_ids=[], num_slots=3, capacity=128, chunk=16, steps_per_call=8, temperature=1.0, seed=3, **paged
+    )
     for slot, p in enumerate(prompts):
       policy.start(slot, slot, *p)
     rows = {s: ([], []) for s in range(3)}

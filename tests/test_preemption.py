@@ -17,6 +17,7 @@ from test_train_resume import ROOT, assert_resumed_equals_straight, config as re
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
+
 def config():
   c = resume_config()  # 6 steps, checkpoints every 3, FSDP over 2 devices.
   c.data.buckets = (768,)  # Every synthetic record fits (the longest has 697 tokens).
@@ -47,9 +48,14 @@ loop.train(c, sys.argv[1], hooks=[sigterm])
 
 
 def preempted_run(workdir: str, at: int, *, block: bool = False, grace: float = 0.0):
-  return subprocess.run([sys.executable, "-c", SIGTERMED, workdir, str(at),
-                         "block" if block else "go", str(grace)], cwd=ROOT, env=dict(os.environ),
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-c", SIGTERMED, workdir, str(at), "block" if block else "go", str(grace)],
+    cwd=ROOT,
+    env=dict(os.environ),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def test_sigterm_saves_exits_for_requeue_and_the_rerun_equals_the_straight_run(tmp_path):
@@ -79,6 +85,7 @@ def test_a_step_outlasting_the_grace_period_is_abandoned_keeping_the_last_checkp
 def rl_config():
   """Two short GRPO rounds from the tiny random model, a checkpoint due only at the end."""
   from configs import tiny_rl
+
   c = tiny_rl.get_config()
   c.rollout.prompts, c.rollout.group_size, c.algo.mini_batch_prompts = 4, 2, 2
   c.eval.every, c.train.save_rollouts = 0, 0
@@ -103,11 +110,18 @@ loop.train(rl_config(), sys.argv[1], executor_urls=[sys.argv[2]], hooks=[sigterm
 def test_rl_sigterm_finishes_the_round_saves_and_the_rerun_equals_the_straight_run(tmp_path):
   from codevision_jax.rl import loop as rl_loop
   from executor.local import local_service
+
   with local_service(workers=1) as service:
     straight = rl_loop.train(rl_config(), str(tmp_path / "straight"), executor_urls=[service.url])
     workdir = str(tmp_path / "preempted")
-    proc = subprocess.run([sys.executable, "-c", RL_SIGTERMED, workdir, service.url], cwd=ROOT,
-                          env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+      [sys.executable, "-c", RL_SIGTERMED, workdir, service.url],
+      cwd=ROOT,
+      env=dict(os.environ),
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     assert proc.returncode == preemption.REQUEUE_EXIT_CODE, proc.stderr[-3000:]
     assert "preempted (SIGTERM): stopped after round 1 with a checkpoint" in proc.stderr
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]

@@ -13,14 +13,14 @@ from codevision_jax.models.presets import PRESETS, SIZES, preset
 # from the released config.json shapes and against the model cards' rounded totals
 # (Qwen2.5-VL 3.75B / 8.29B / 33.5B / 73.4B; Qwen3-VL 2.13B / 4.44B / 8.77B / 33.4B).
 EXPECTED = {
-    "qwen2_5_vl_3b": 3_754_622_976,
-    "qwen2_5_vl_7b": 8_292_166_656,
-    "qwen2_5_vl_32b": 33_448_292_352,
-    "qwen2_5_vl_72b": 73_406_351_360,
-    "qwen3_vl_2b": 2_127_532_032,
-    "qwen3_vl_4b": 4_437_815_808,
-    "qwen3_vl_8b": 8_767_123_696,
-    "qwen3_vl_32b": 33_357_390_064,
+  "qwen2_5_vl_3b": 3_754_622_976,
+  "qwen2_5_vl_7b": 8_292_166_656,
+  "qwen2_5_vl_32b": 33_448_292_352,
+  "qwen2_5_vl_72b": 73_406_351_360,
+  "qwen3_vl_2b": 2_127_532_032,
+  "qwen3_vl_4b": 4_437_815_808,
+  "qwen3_vl_8b": 8_767_123_696,
+  "qwen3_vl_32b": 33_357_390_064,
 }
 
 

@@ -7,8 +7,11 @@ import torch
 import hf_reference as H
 from codevision_jax.models import prepare
 
-IMG, VS, VE = H.QWEN_SPECIAL_IDS["image_token_id"], H.QWEN_SPECIAL_IDS["vision_start_token_id"], \
-    H.QWEN_SPECIAL_IDS["vision_end_token_id"]
+IMG, VS, VE = (
+  H.QWEN_SPECIAL_IDS["image_token_id"],
+  H.QWEN_SPECIAL_IDS["vision_start_token_id"],
+  H.QWEN_SPECIAL_IDS["vision_end_token_id"],
+)
 
 
 def make_batch(rng, rows, pad_left=True):
@@ -16,9 +19,9 @@ def make_batch(rng, rows, pad_left=True):
 
 
 CONFIGS = {
-    "untied_gqa": dict(tie=False, kv_heads=2, fullatt=(1, 3), window_size=56),
-    "tied_one_kv_head": dict(tie=True, kv_heads=1, fullatt=(0,), window_size=56),
-    "many_full_blocks_big_window": dict(tie=False, kv_heads=4, fullatt=(0, 2, 3), window_size=84),
+  "untied_gqa": dict(tie=False, kv_heads=2, fullatt=(1, 3), window_size=56),
+  "tied_one_kv_head": dict(tie=True, kv_heads=1, fullatt=(0,), window_size=56),
+  "many_full_blocks_big_window": dict(tie=False, kv_heads=4, fullatt=(0, 2, 3), window_size=84),
 }
 
 
@@ -84,9 +87,11 @@ def test_rope_index_equals_transformers_with_left_padding():
 
 def test_vision_window_metadata_equals_transformers():
   from transformers import vision_utils
+
   grid = np.array([[1, 10, 14], [1, 4, 4], [2, 6, 18]])
-  index, cu = vision_utils.get_vision_window_index(torch.as_tensor(grid), spatial_merge_size=2,
-                                                   window_size=56, patch_size=14)
+  index, cu = vision_utils.get_vision_window_index(
+    torch.as_tensor(grid), spatial_merge_size=2, window_size=56, patch_size=14
+  )
   meta = prepare.window_metadata(grid, spatial_merge_size=2, patch_size=14, window_size=56)
   np.testing.assert_array_equal(meta.window_index, index.numpy())
   lengths = np.diff(cu.numpy())

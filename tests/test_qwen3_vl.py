@@ -14,8 +14,7 @@ import hf_reference as H
 from codevision_jax.models import VLConfig, prepare
 from codevision_jax.models.presets import preset
 
-IMG, VS, VE = (H.QWEN_SPECIAL_IDS[k] for k in ("image_token_id", "vision_start_token_id",
-                                                "vision_end_token_id"))
+IMG, VS, VE = (H.QWEN_SPECIAL_IDS[k] for k in ("image_token_id", "vision_start_token_id", "vision_end_token_id"))
 PATCH_DIM = 3 * 2 * 16 * 16
 
 
@@ -25,11 +24,11 @@ def make_batch(rng, rows, pad_left=True):
 
 # Position tables of 8x8 (64) or 6x6 (36); the grids below are smaller and larger than both.
 CONFIGS = {
-    "deepstack_one_untied_gqa": dict(tie=False, kv_heads=2, vision_depth=3, deepstack=(1,)),
-    "deepstack_three_tied_one_kv_head": dict(tie=True, kv_heads=1, vision_depth=4, deepstack=(0, 1, 3),
-                                             text_layers=3),
-    "mha_qkv_bias_small_table": dict(tie=False, kv_heads=4, vision_depth=3, deepstack=(2,),
-                                     attention_bias=True, num_position_embeddings=36),
+  "deepstack_one_untied_gqa": dict(tie=False, kv_heads=2, vision_depth=3, deepstack=(1,)),
+  "deepstack_three_tied_one_kv_head": dict(tie=True, kv_heads=1, vision_depth=4, deepstack=(0, 1, 3), text_layers=3),
+  "mha_qkv_bias_small_table": dict(
+    tie=False, kv_heads=4, vision_depth=3, deepstack=(2,), attention_bias=True, num_position_embeddings=36
+  ),
 }
 # Row 0: two images of different sizes; row 1: one image, shorter, so it is left-padded.
 ROWS = [[(1, 12, 10), (1, 4, 6)], [(1, 6, 8)]]
@@ -72,8 +71,7 @@ def test_deepstack_and_position_embeddings_matter():
 def test_right_padding_and_text_only_rows():
   hf = H.random_hf_model(H.tiny_hf_config("qwen3_vl"), seed=3)
   ours = H.flax_from_hf(hf)
-  ids, mask, pv, grid = make_batch(np.random.default_rng(2), [[(1, 4, 6)], [], [(1, 8, 8), (1, 6, 4)]],
-                                   pad_left=False)
+  ids, mask, pv, grid = make_batch(np.random.default_rng(2), [[(1, 4, 6)], [], [(1, 8, 8), (1, 6, 4)]], pad_left=False)
   expected = H.hf_logits(hf, ids, mask, pv, grid)
   got = np.asarray(ours(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask))
   _assert_logits_close(got, expected, mask, atol=1e-4)
@@ -101,25 +99,25 @@ def test_rope_index_equals_transformers_with_left_padding():
 
 def test_vision_metadata_equals_transformers():
   from transformers import vision_utils
+
   grid = np.array([[1, 12, 10], [2, 4, 6], [1, 2, 2], [1, 48, 64]])
   indices, weights = vision_utils.get_vision_interpolation_indices_and_weights(
-      torch.as_tensor(grid), num_grid_per_side=48, mode="bilinear", align_corners=True,
-      spatial_merge_size=2)
+    torch.as_tensor(grid), num_grid_per_side=48, mode="bilinear", align_corners=True, spatial_merge_size=2
+  )
   meta = prepare.vision_metadata(preset("qwen3_vl_8b"), grid)  # 48x48 table
   np.testing.assert_array_equal(meta.interp_indices, indices.numpy())
   np.testing.assert_array_equal(meta.interp_weights, weights.numpy())  # bit-identical float32
-  np.testing.assert_array_equal(meta.position_ids, vision_utils.get_vision_position_ids(
-      torch.as_tensor(grid), 2).numpy())
+  np.testing.assert_array_equal(
+    meta.position_ids, vision_utils.get_vision_position_ids(torch.as_tensor(grid), 2).numpy()
+  )
   cu = vision_utils.get_vision_cu_seqlens(torch.as_tensor(grid)).numpy()
   np.testing.assert_array_equal(np.bincount(meta.full_segments), np.diff(cu))
 
 
 def test_sharded_forward_equals_unsharded():
-  hf = H.random_hf_model(H.tiny_hf_config("qwen3_vl", kv_heads=2, deepstack=(0, 2), vision_depth=3),
-                         seed=6)
+  hf = H.random_hf_model(H.tiny_hf_config("qwen3_vl", kv_heads=2, deepstack=(0, 2), vision_depth=3), seed=6)
   model = H.flax_from_hf(hf)
-  ids, mask, pv, grid = make_batch(np.random.default_rng(5),
-                                   [[(1, 4, 6)], [(1, 8, 8)], [], [(1, 6, 6), (1, 4, 4)]])
+  ids, mask, pv, grid = make_batch(np.random.default_rng(5), [[(1, 4, 6)], [(1, 8, 8)], [], [(1, 6, 6), (1, 4, 4)]])
   H.check_sharded_forward(model, ids, mask, pv, grid)
 
 
@@ -127,23 +125,53 @@ def test_sharded_forward_equals_unsharded():
 
 # The shape of the released Qwen3-VL-8B-Instruct config.json (older key names included).
 RELEASED_8B = {
-    "architectures": ["Qwen3VLForConditionalGeneration"], "image_token_id": 151655,
+  "architectures": ["Qwen3VLForConditionalGeneration"],
+  "image_token_id": 151655,
+  "model_type": "qwen3_vl",
+  "text_config": {
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "dtype": "bfloat16",
+    "eos_token_id": 151645,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 12288,
+    "max_position_embeddings": 262144,
+    "model_type": "qwen3_vl_text",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 36,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"},
+    "rope_theta": 5000000,
+    "tie_word_embeddings": False,
+    "use_cache": True,
+    "vocab_size": 151936,
+  },
+  "tie_word_embeddings": False,
+  "transformers_version": "4.57.0.dev0",
+  "video_token_id": 151656,
+  "vision_config": {
+    "deepstack_visual_indexes": [8, 16, 24],
+    "depth": 27,
+    "hidden_act": "gelu_pytorch_tanh",
+    "hidden_size": 1152,
+    "in_channels": 3,
+    "initializer_range": 0.02,
+    "intermediate_size": 4304,
     "model_type": "qwen3_vl",
-    "text_config": {
-        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643, "dtype": "bfloat16",
-        "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 4096,
-        "initializer_range": 0.02, "intermediate_size": 12288, "max_position_embeddings": 262144,
-        "model_type": "qwen3_vl_text", "num_attention_heads": 32, "num_hidden_layers": 36,
-        "num_key_value_heads": 8, "rms_norm_eps": 1e-06,
-        "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"},
-        "rope_theta": 5000000, "tie_word_embeddings": False, "use_cache": True, "vocab_size": 151936},
-    "tie_word_embeddings": False, "transformers_version": "4.57.0.dev0", "video_token_id": 151656,
-    "vision_config": {
-        "deepstack_visual_indexes": [8, 16, 24], "depth": 27, "hidden_act": "gelu_pytorch_tanh",
-        "hidden_size": 1152, "in_channels": 3, "initializer_range": 0.02, "intermediate_size": 4304,
-        "model_type": "qwen3_vl", "num_heads": 16, "num_position_embeddings": 2304,
-        "out_hidden_size": 4096, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2},
-    "vision_end_token_id": 151653, "vision_start_token_id": 151652,
+    "num_heads": 16,
+    "num_position_embeddings": 2304,
+    "out_hidden_size": 4096,
+    "patch_size": 16,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+  },
+  "vision_end_token_id": 151653,
+  "vision_start_token_id": 151652,
 }
 
 
@@ -176,6 +204,7 @@ def test_load_hf_then_save_hf_round_trips_through_transformers(tmp_path, tie):
   with open(os.path.join(out, "config.json")) as f:
     assert json.load(f)["model_type"] == "qwen3_vl"
   from safetensors import safe_open
+
   with safe_open(os.path.join(out, "model.safetensors"), "np") as f:
     keys = set(f.keys())
   # Qwen3-VL's release layout is transformers' own.

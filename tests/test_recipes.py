@@ -22,10 +22,10 @@ from codevision_jax.runtime import dry_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {  # recipe -> (kind, the published shapes' preset)
-    "qwen2_5_vl_7b_sft": ("sft", "qwen2_5_vl_7b"),
-    "qwen2_5_vl_7b_rl": ("rl", "qwen2_5_vl_7b"),
-    "qwen3_vl_8b_sft": ("sft", "qwen3_vl_8b"),
-    "qwen3_vl_8b_rl": ("rl", "qwen3_vl_8b"),
+  "qwen2_5_vl_7b_sft": ("sft", "qwen2_5_vl_7b"),
+  "qwen2_5_vl_7b_rl": ("rl", "qwen2_5_vl_7b"),
+  "qwen3_vl_8b_sft": ("sft", "qwen3_vl_8b"),
+  "qwen3_vl_8b_rl": ("rl", "qwen3_vl_8b"),
 }
 H200 = 141e9
 
@@ -77,11 +77,11 @@ def test_the_real_recipes_fit_eight_h200s(name):
     t = mc.text
     length = c.agent.max_total_tokens + c.rollout.chunk + 1
     # bfloat16, sharded over the 8 devices: slots 64 / 8 per device.
-    want = (c.rollout.slots / 8) * length * t.num_hidden_layers * 2 * t.num_key_value_heads \
-        * t.resolved_head_dim * 2
+    want = (c.rollout.slots / 8) * length * t.num_hidden_layers * 2 * t.num_key_value_heads * t.resolved_head_dim * 2
     assert kv.bytes == pytest.approx(want, rel=1e-6)
     assert parts["rollout"]["sampler weights"].bytes == pytest.approx(
-        first["parameters"].bytes / 2, rel=1e-3)  # bfloat16
+      first["parameters"].bytes / 2, rel=1e-3
+    )  # bfloat16
     # Phases hold only what they use: no KV cache or sampler weights while learning.
     assert "KV cache" not in parts["learn"] and "sampler weights" not in parts["learn"]
     assert "gradients" not in parts["rollout"]
@@ -91,22 +91,33 @@ def test_a_run_that_does_not_fit_is_refused_naming_its_largest_part():
   # 64 slots x 128k tokens: the KV cache alone is 30 GB per device of the 8.
   _, plan = _plan("qwen3_vl_8b_rl", agent__max_total_tokens=131072, train__buckets=(131072,))
   assert not plan.fits
-  with pytest.raises(dry_run.DoesNotFit, match=r"rollout phase needs .* the largest part is KV "
-                                               r"cache .* Lower rollout\.slots or agent\.max_total"):
+  with pytest.raises(
+    dry_run.DoesNotFit,
+    match=r"rollout phase needs .* the largest part is KV "
+    r"cache .* Lower rollout\.slots or agent\.max_total",
+  ):
     plan.check()
 
 
 def test_launcher_dry_runs_print_the_table_and_exit_with_the_verdict():
-  base = [sys.executable, "-m", "launch.rl", "--config=configs/qwen2_5_vl_7b_rl.py",
-          "--config.model.preset=qwen2_5_vl_7b", "--dry_run", "--dry_run_devices=8"]
+  base = [
+    sys.executable,
+    "-m",
+    "launch.rl",
+    "--config=configs/qwen2_5_vl_7b_rl.py",
+    "--config.model.preset=qwen2_5_vl_7b",
+    "--dry_run",
+    "--dry_run_devices=8",
+  ]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   ok = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert "rl dry run: mesh {'data': 1, 'fsdp': 8, 'tensor': 1} (8 devices), target gpu" in ok.stdout
   assert "KV cache" in ok.stdout and "== dry run: fits" in ok.stdout
   assert "Traceback" not in ok.stderr
-  small = subprocess.run(base + ["--device_memory_gb=24"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+  small = subprocess.run(
+    base + ["--device_memory_gb=24"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
   assert small.returncode == 1
   assert "does not fit" in small.stdout and "the largest part is" in small.stdout
 
@@ -127,9 +138,16 @@ def test_the_sft_dry_run_on_its_own_platform_reads_xla_figures():
     assert not parts["step temporaries"].estimate and "compiled" in plan.table()
     temps[bucket] = parts["step temporaries"].bytes
     estimates[bucket] = dry_run.activation_bytes(
-        presets.preset("qwen2_5_vl_tiny"), rows=8, length=bucket, remat="full", backend="xla",
-        compute_dtype=jnp.bfloat16, loss_chunk=2048, patches=c.data.patch_budget,
-        train_vision=False)[0]
+      presets.preset("qwen2_5_vl_tiny"),
+      rows=8,
+      length=bucket,
+      remat="full",
+      backend="xla",
+      compute_dtype=jnp.bfloat16,
+      loss_chunk=2048,
+      patches=c.data.patch_budget,
+      train_vision=False,
+    )[0]
   xla, estimate = temps[2048] - temps[1024], estimates[2048] - estimates[1024]
   assert 0.7 < estimate / xla < 1.3, (temps, estimates)
 
@@ -137,8 +155,8 @@ def test_the_sft_dry_run_on_its_own_platform_reads_xla_figures():
 def _smoke_command(name, workdir):
   """The smoke-test command of a recipe's docstring, with its workdir replaced."""
   doc = recipe(name).__doc__
-  block = doc[doc.index("Smoke test"):]
-  lines = block[block.index("python -m launch."):].split("\n")
+  block = doc[doc.index("Smoke test") :]
+  lines = block[block.index("python -m launch.") :].split("\n")
   command = []
   for line in lines:
     command.append(line.strip().rstrip("\\").strip())
@@ -152,10 +170,8 @@ def _smoke_command(name, workdir):
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_the_recipe_smoke_test_runs_on_eight_cpu_devices(name, tmp_path):
   workdir = tmp_path / "run"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run(_smoke_command(name, workdir), cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=600)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  out = subprocess.run(_smoke_command(name, workdir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
   assert "8 x cpu on the mesh" in out.stderr
   assert os.listdir(workdir / "checkpoints")

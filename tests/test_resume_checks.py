@@ -55,8 +55,11 @@ def test_a_chosen_step_and_a_damaged_chosen_step(trained):
   assert [h["step"] for h in result.history] == [3, 4]
   assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["2", "4", "4.superseded"]
   damage(trained, 2)
-  with pytest.raises(ValueError, match=r"checkpoint 2 in .* cannot be restored \(.*\); pick another "
-                     r"with --config.train.resume_step \(finished: \[2, 4\]\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"checkpoint 2 in .* cannot be restored \(.*\); pick another "
+    r"with --config.train.resume_step \(finished: \[2, 4\]\)",
+  ):
     loop.train(config(resume_step=2), trained)
   with pytest.raises(ValueError, match=r"train.resume_step 3: no such checkpoint .* \[2, 4\]"):
     loop.train(config(resume_step=3), trained)
@@ -65,9 +68,12 @@ def test_a_chosen_step_and_a_damaged_chosen_step(trained):
 def test_config_changes_are_refused_unless_allowed(trained, caplog):
   c = config(steps=6)
   c.optim.lr, c.data.seed = 5e-4, 7
-  with pytest.raises(ValueError, match=r"the checkpoint of step 4 was written with another config: "
-                     r"data.seed: 0 -> 7; optim.lr: 0.001 -> 0.0005\. .*"
-                     r"--config.train.allow_config_change=True"):
+  with pytest.raises(
+    ValueError,
+    match=r"the checkpoint of step 4 was written with another config: "
+    r"data.seed: 0 -> 7; optim.lr: 0.001 -> 0.0005\. .*"
+    r"--config.train.allow_config_change=True",
+  ):
     loop.train(c, trained)
   c.train.allow_config_change = True
   with caplog.at_level(logging.WARNING):
@@ -80,8 +86,9 @@ def test_fewer_steps_than_done_trains_nothing_and_says_so(trained, caplog):
   with caplog.at_level(logging.WARNING):
     result = loop.train(config(steps=3), trained)
   assert result.history == []
-  assert any("the checkpoint is at step 4 and the run has 3 steps: nothing to train" in r.getMessage()
-             for r in caplog.records)
+  assert any(
+    "the checkpoint is at step 4 and the run has 3 steps: nothing to train" in r.getMessage() for r in caplog.records
+  )
 
 
 def test_another_parameter_layout_is_refused_and_the_checkpoints_kept(trained):
@@ -90,8 +97,11 @@ def test_another_parameter_layout_is_refused_and_the_checkpoints_kept(trained):
   moved aside."""
   c = config(steps=6)
   c.model.scan_layers = True
-  with pytest.raises(ValueError, match=r"checkpoint 4 in .* holds parameters laid out for another "
-                     r"model \(state: .*/layers/input_layernorm/weight.*\)\. Was model.scan_layers"):
+  with pytest.raises(
+    ValueError,
+    match=r"checkpoint 4 in .* holds parameters laid out for another "
+    r"model \(state: .*/layers/input_layernorm/weight.*\)\. Was model.scan_layers",
+  ):
     loop.train(c, trained)
   assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["2", "4"]
   result = loop.train(config(steps=6), trained)  # The run's own settings still resume.
@@ -102,9 +112,13 @@ def test_fields_added_since_a_checkpoint_at_their_neutral_values_resume():
   """A checkpoint written before model.chat_format / data.drop_oversized existed resumes when they
   hold their neutral values; another chat format is a change like any other."""
   from codevision_jax.runtime import resume
+
   saved = {"model": {"preset": "x"}, "data": {"seed": 0}, "sft": {"model": {"preset": "x"}}}
-  current = {"model": {"preset": "x", "chat_format": ""}, "data": {"seed": 0, "drop_oversized": False},
-             "sft": {"model": {"preset": "x", "chat_format": ""}}}
+  current = {
+    "model": {"preset": "x", "chat_format": ""},
+    "data": {"seed": 0, "drop_oversized": False},
+    "sft": {"model": {"preset": "x", "chat_format": ""}},
+  }
   resume.check(saved, current, step=3)
   current["model"]["chat_format"] = "qwen3_vl"
   with pytest.raises(ValueError, match=r"model\.chat_format: \(absent\) -> 'qwen3_vl'"):

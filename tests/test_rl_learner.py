@@ -42,13 +42,21 @@ def rollout(run) -> loop.ScoredRollouts:
     conv.messages = [m for m in conv.messages if m["role"] != "system"]
     conv.tools = None
     ex = encode.encode(conv, run.tokenizer, run.settings)
-    t = Trajectory(id=i, token_ids=ex.input_ids.tolist(), policy_mask=ex.loss_mask.tolist(),
-                   logprobs=(-rng.random(len(ex)) * ex.loss_mask).tolist(), finish_reason=Finish.ANSWER)
-    t.images = [TrajectoryImage(png, list(g), "input" if k == 0 else "tool")
-                for k, (png, g) in enumerate(zip(conv.images, ex.image_grid_thw.tolist()))]
+    t = Trajectory(
+      id=i,
+      token_ids=ex.input_ids.tolist(),
+      policy_mask=ex.loss_mask.tolist(),
+      logprobs=(-rng.random(len(ex)) * ex.loss_mask).tolist(),
+      finish_reason=Finish.ANSWER,
+    )
+    t.images = [
+      TrajectoryImage(png, list(g), "input" if k == 0 else "tool")
+      for k, (png, g) in enumerate(zip(conv.images, ex.image_grid_thw.tolist()))
+    ]
     trajs.append(t)
-  return loop.ScoredRollouts(trajs, np.repeat(np.arange(4), 2), rng.random(8).astype(np.float32),
-                             [{}] * 8, AgentStats(), ScoringStats(), 0.0)
+  return loop.ScoredRollouts(
+    trajs, np.repeat(np.arange(4), 2), rng.random(8).astype(np.float32), [{}] * 8, AgentStats(), ScoringStats(), 0.0
+  )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +74,9 @@ def _learn(run, initial, ro, **train):
 
 
 def _assert_params_equal(a, b, atol=1e-6):  # Float32 reordering: measured 3e-7; updates move 4e-4.
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol), jax.device_get(a),
-               jax.device_get(b))
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol), jax.device_get(a), jax.device_get(b)
+  )
 
 
 def test_packed_rows_train_as_one_trajectory_per_row(built):
@@ -79,22 +88,42 @@ def test_packed_rows_train_as_one_trajectory_per_row(built):
   assert m2["learn/microbatches"] < m1["learn/microbatches"]
   sizes = batch_lib.trajectory_sizes(ro.trajectories)
   real = sizes[:, 0].sum()
-  assert m1["learn/real_token_share"] == real / (2 * sum(  # 2 rows of each trajectory's bucket
-      run.geometry.bucket(max(sizes[[i, i + 1], 0])) for i in range(0, 8, 2)))
-  packed_plans = [batch_lib.plan_microbatches(range(k, k + 4), sizes, run.geometry, "best_fit",
-                                              learner.patch_budgets(run.cfg, run.model_config, run.settings))
-                  for k in (0, 4)]
-  one_plans = [batch_lib.plan_microbatches(range(k, k + 4), sizes, run.geometry, "none",
-                                           learner.patch_budgets(run.cfg, run.model_config, run.settings))
-               for k in (0, 4)]
+  assert m1["learn/real_token_share"] == real / (
+    2
+    * sum(  # 2 rows of each trajectory's bucket
+      run.geometry.bucket(max(sizes[[i, i + 1], 0])) for i in range(0, 8, 2)
+    )
+  )
+  packed_plans = [
+    batch_lib.plan_microbatches(
+      range(k, k + 4), sizes, run.geometry, "best_fit", learner.patch_budgets(run.cfg, run.model_config, run.settings)
+    )
+    for k in (0, 4)
+  ]
+  one_plans = [
+    batch_lib.plan_microbatches(
+      range(k, k + 4), sizes, run.geometry, "none", learner.patch_budgets(run.cfg, run.model_config, run.settings)
+    )
+    for k in (0, 4)
+  ]
   # Some packed microbatch pads its images to a larger budget than any one-a-row microbatch.
   assert max(p.patch_budget for plans in packed_plans for p in plans) > max(
-      p.patch_budget for plans in one_plans for p in plans)
+    p.patch_budget for plans in one_plans for p in plans
+  )
   assert max(len(row) for plans in packed_plans for p in plans for row in p.rows) >= 2
-  assert m2["learn/real_token_share"] == real / batch_lib.token_slots(
-      [p for plans in packed_plans for p in plans], sizes, 2)[1]
-  for k in ("actor/pg_loss", "actor/kl", "actor/entropy", "actor/clipfrac", "actor/grad_norm",
-            "actor/logprob_mismatch", "actor/policy_tokens"):
+  assert (
+    m2["learn/real_token_share"]
+    == real / batch_lib.token_slots([p for plans in packed_plans for p in plans], sizes, 2)[1]
+  )
+  for k in (
+    "actor/pg_loss",
+    "actor/kl",
+    "actor/entropy",
+    "actor/clipfrac",
+    "actor/grad_norm",
+    "actor/logprob_mismatch",
+    "actor/policy_tokens",
+  ):
     np.testing.assert_allclose(m1[k], m2[k], rtol=1e-5, atol=1e-7, err_msg=k)
   _assert_params_equal(one, packed["params"])
   moved = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), one, initial["params"])))
@@ -137,12 +166,18 @@ def test_budgets_hold_every_trajectory_the_rollout_allows():
 def test_config_the_learner_cannot_hold_is_refused_naming_keys():
   cfg = tiny_rl.get_config()
   cfg.train.rows = 3
-  with pytest.raises(ValueError, match=r"train\.rows 3 and train\.patch_budget 512 must be multiples "
-                                       r"of data x fsdp = 2"):
+  with pytest.raises(
+    ValueError,
+    match=r"train\.rows 3 and train\.patch_budget 512 must be multiples "
+    r"of data x fsdp = 2",
+  ):
     learner.check_fits(cfg, 2)
   cfg.train.rows, cfg.train.buckets = 4, (256, 512)
-  with pytest.raises(ValueError, match=r"train\.buckets \(256, 512\) cannot hold a whole trajectory of "
-                                       r"agent\.max_total_tokens 768"):
+  with pytest.raises(
+    ValueError,
+    match=r"train\.buckets \(256, 512\) cannot hold a whole trajectory of "
+    r"agent\.max_total_tokens 768",
+  ):
     learner.check_fits(cfg, 2)
 
 
@@ -161,7 +196,8 @@ def test_plans_pack_rows_within_the_budgets():
   assert real == 1300 and slots == 2 * 2 * 512
   auto = batch_lib.plan_microbatches(range(6), sizes, g, packing="auto")
   assert batch_lib.token_slots(auto, sizes, g.rows)[1] == min(
-      batch_lib.token_slots(p, sizes, g.rows)[1] for p in (plans, one))
+    batch_lib.token_slots(p, sizes, g.rows)[1] for p in (plans, one)
+  )
   short = np.array([[120, 0, 0]] * 8)  # One microbatch of 2 rows x 512 (not 4 of 2 x 256).
   auto = batch_lib.plan_microbatches(range(8), short, g, packing="auto")
   assert len(auto) == 1 and batch_lib.token_slots(auto, short, g.rows)[1] == 1024
@@ -173,12 +209,12 @@ def test_uint8_pixels_become_on_device_what_the_host_preprocessing_gives(built):
   run, ro, _ = built
   sizes = batch_lib.trajectory_sizes(ro.trajectories)
   plan = batch_lib.plan_microbatches(range(4), sizes, run.geometry, "best_fit")[0]
-  mb = batch_lib.build(plan, ro.trajectories, np.zeros(8), run.settings, run.geometry, run.model_config,
-                       run.pad_id)
+  mb = batch_lib.build(plan, ro.trajectories, np.zeros(8), run.settings, run.geometry, run.model_config, run.pad_id)
   assert mb["vision"].pixel_values.dtype == np.uint8
-  want = np.concatenate([batch_lib.trajectory_example(ro.trajectories[i], run.settings, 0.0).pixel_values
-                         for i in plan.members])
+  want = np.concatenate(
+    [batch_lib.trajectory_example(ro.trajectories[i], run.settings, 0.0).pixel_values for i in plan.members]
+  )
   assert want.dtype == np.float32 and len(want)
   got = np.asarray(learner.to_device(run.mesh, run.rules, mb, run.settings)["vision"].pixel_values)
   assert got.dtype == np.float32
-  np.testing.assert_array_equal(got[:len(want)], want)
+  np.testing.assert_array_equal(got[: len(want)], want)

@@ -103,8 +103,12 @@ def test_a_bfloat16_sampler_learns_like_the_float32_one(sft_dir, service, tmp_pa
   c.eval.every, c.eval.samples = c.train.rounds, 4
   c.train.save_rollouts = 0
   traces = {}
-  result = loop.train(c, str(tmp_path), executor_urls=[service.url],
-                      hooks=[lambda done, _: traces.__setitem__(done, dict(engine.TRACE_COUNTS))])
+  result = loop.train(
+    c,
+    str(tmp_path),
+    executor_urls=[service.url],
+    hooks=[lambda done, _: traces.__setitem__(done, dict(engine.TRACE_COUNTS))],
+  )
   run = result.run
   assert {x.dtype for x in jax.tree.leaves(run.policy.engine.params)} == {np.dtype("bfloat16")}
   history = result.history
@@ -140,8 +144,14 @@ def test_kill_and_resume_equals_the_straight_run(sft_dir, service, tmp_path, cap
   straight = loop.train(c, str(tmp_path / "straight"), executor_urls=[service.url])
   workdir = str(tmp_path / "resumed")
   script = KILLED_AFTER_ROUND_1.format(tests=os.path.dirname(os.path.abspath(__file__)), sft=sft_dir)
-  proc = subprocess.run([sys.executable, "-c", script, workdir, service.url], cwd=ROOT,
-                        env=dict(os.environ), capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(
+    [sys.executable, "-c", script, workdir, service.url],
+    cwd=ROOT,
+    env=dict(os.environ),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == -9, proc.stderr[-3000:]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
   with caplog.at_level(logging.INFO):
@@ -169,9 +179,9 @@ def _calls(url):
 def test_executor_killed_mid_round_stops_the_run_with_a_clear_message(sft_dir, tmp_path):
   # The service dies once it has answered a call: the rest of that round's calls and every later
   # round's fail (four rounds, so that a round after the death has calls to fail).
-  c = config(sft_dir, train__rounds=4, rollout__prompts=8, rollout__group_size=4,
-             executor__call_deadline_s=5.0)
+  c = config(sft_dir, train__rounds=4, rollout__prompts=8, rollout__group_size=4, executor__call_deadline_s=5.0)
   with local_service(workers=1) as doomed:
+
     def kill_after_a_call():
       while doomed.proc.poll() is None:
         try:
@@ -184,8 +194,7 @@ def test_executor_killed_mid_round_stops_the_run_with_a_clear_message(sft_dir, t
 
     threading.Thread(target=kill_after_a_call, daemon=True).start()
     t0 = time.perf_counter()
-    with pytest.raises(RuntimeError, match=r"could not reach the executor service\(s\) "
-                       + re.escape(doomed.url)):
+    with pytest.raises(RuntimeError, match=r"could not reach the executor service\(s\) " + re.escape(doomed.url)):
       loop.train(c, str(tmp_path), executor_urls=[doomed.url])
     assert time.perf_counter() - t0 < 300  # Failed calls end; nothing hangs.
 
@@ -194,8 +203,7 @@ def test_a_judge_refusing_connections_falls_back_to_the_rule(sft_dir, service, t
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]  # Nothing listens there once the socket is closed.
-  c = config(sft_dir, train__rounds=1, judge__url=f"http://127.0.0.1:{port}/v1",
-             judge__model="judge", judge__retries=0)
+  c = config(sft_dir, train__rounds=1, judge__url=f"http://127.0.0.1:{port}/v1", judge__model="judge", judge__retries=0)
   result = loop.train(c, str(tmp_path), executor_urls=[service.url])
   (h,) = result.history
   assert h["rollout/judge_calls"] > 0 and h["rollout/judge_fallbacks"] == h["rollout/judge_calls"]
@@ -204,15 +212,20 @@ def test_a_judge_refusing_connections_falls_back_to_the_rule(sft_dir, service, t
   # An RL checkpoint exports like an SFT one: the policy's parameters, not the reference's.
   out = export.export_run(str(tmp_path), str(tmp_path / "hf"))
   lm_head = safetensors.numpy.load_file(os.path.join(out, "model.safetensors"))["lm_head.weight"]
-  np.testing.assert_array_equal(
-      lm_head, np.asarray(jax.device_get(result.state["params"]["lm_head"]["kernel"])).T)
+  np.testing.assert_array_equal(lm_head, np.asarray(jax.device_get(result.state["params"]["lm_head"]["kernel"])).T)
 
 
 def test_records_without_ground_truth_are_refused_before_the_first_round(tmp_path):
-  rows = [{"prompt": [{"role": "user", "content": "<image>Which way does the arrow point?"}],
-           "images": [{"bytes": png_bytes(Image.new("RGB", (64, 64), "white"))}],
-           "data_source": "test", "reward_model": {"ground_truth": "up" if i != 3 else None},
-           "extra_info": {"question": "Which way?"}} for i in range(12)]
+  rows = [
+    {
+      "prompt": [{"role": "user", "content": "<image>Which way does the arrow point?"}],
+      "images": [{"bytes": png_bytes(Image.new("RGB", (64, 64), "white"))}],
+      "data_source": "test",
+      "reward_model": {"ground_truth": "up" if i != 3 else None},
+      "extra_info": {"question": "Which way?"},
+    }
+    for i in range(12)
+  ]
   path = str(tmp_path / "rl.parquet")
   pq.write_table(pa.Table.from_pylist(rows), path)
   c = config("", train__rounds=1)
@@ -227,8 +240,11 @@ def test_records_without_ground_truth_are_refused_before_the_first_round(tmp_pat
 def test_an_sft_run_of_another_layout_is_named_before_the_first_round(sft_dir, tmp_path):
   c = config(sft_dir, train__rounds=1)
   c.model.scan_layers = True  # The SFT run has per-layer parameters.
-  with pytest.raises(ValueError, match=re.escape(f"init.sft_workdir {sft_dir}: ") + r".*the "
-                     r"checkpoint has no .*layers.*model.scan_layers"):
+  with pytest.raises(
+    ValueError,
+    match=re.escape(f"init.sft_workdir {sft_dir}: ") + r".*the "
+    r"checkpoint has no .*layers.*model.scan_layers",
+  ):
     loop.build(c, str(tmp_path / "run"))
 
 

@@ -11,46 +11,71 @@ import pytest
 from codevision_jax.processing import tokenizer as tokenizer_lib
 from codevision_jax.rl import scoring
 from codevision_jax.rl.judge import Judge
-from codevision_jax.sampling.trajectory import (CallStatus, ToolCallRecord, Trajectory,
-                                                TrajectoryImage)
+from codevision_jax.sampling.trajectory import CallStatus, ToolCallRecord, Trajectory, TrajectoryImage
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-  return tokenizer_lib.load_tokenizer(
-      tokenizer_lib.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tok"))))
+  return tokenizer_lib.load_tokenizer(tokenizer_lib.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tok"))))
 
 
 def trajectory(tok, turns, calls=(), n_images=1, **meta):
   """Prompt tokens, then each turn's tokens sampled (mask 1) with a tool turn (mask 0) between."""
-  traj = Trajectory(id=0, metadata={"ground_truth": "PENCIL", "question": "What word?",
-                                    "required_transforms": ["rotate_90", "crop"],
-                                    "target_box": [100, 50, 300, 150], **meta})
+  traj = Trajectory(
+    id=0,
+    metadata={
+      "ground_truth": "PENCIL",
+      "question": "What word?",
+      "required_transforms": ["rotate_90", "crop"],
+      "target_box": [100, 50, 300, 150],
+      **meta,
+    },
+  )
   traj.add(tok("<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n")["input_ids"], 0)
   for k, text in enumerate(turns):
     if k:
-      traj.add(tok("<|im_start|>user\n<tool_response>\nImage 1\n</tool_response><|im_end|>\n"
-                   "<|im_start|>assistant\n")["input_ids"], 0)
+      traj.add(
+        tok("<|im_start|>user\n<tool_response>\nImage 1\n</tool_response><|im_end|>\n<|im_start|>assistant\n")[
+          "input_ids"
+        ],
+        0,
+      )
     traj.add(tok(text + "<|im_end|>")["input_ids"], 1, np.zeros(1))
   traj.images = [TrajectoryImage(b"", [1, 2, 2], "input")] + [
-      TrajectoryImage(b"", [1, 2, 2], "tool") for _ in range(n_images - 1)]
+    TrajectoryImage(b"", [1, 2, 2], "tool") for _ in range(n_images - 1)
+  ]
   traj.tool_calls = list(calls)
   return traj
 
 
 # Image 1 is image 0 (400 x 200) rotated 270 counter-clockwise (90 clockwise), 200 x 400: its
 # pixel (x, y) shows image 0's (y, 200 - x).
-ROTATE_270 = ToolCallRecord(turn=1, raw="", code="...", image_index=0, result_image_index=1,
-                            ops=[{"op": "rotate", "angle": 270, "expand": True}],
-                            result_map={"source": 0, "map": [0.0, 1.0, 0.0, -1.0, 0.0, 200.0]})
-CROP_ON_1 = ToolCallRecord(turn=2, raw="", code="...", image_index=1, result_image_index=2,
-                           ops=[{"op": "crop", "box": [50, 100, 150, 300], "source": 1}])
+ROTATE_270 = ToolCallRecord(
+  turn=1,
+  raw="",
+  code="...",
+  image_index=0,
+  result_image_index=1,
+  ops=[{"op": "rotate", "angle": 270, "expand": True}],
+  result_map={"source": 0, "map": [0.0, 1.0, 0.0, -1.0, 0.0, 200.0]},
+)
+CROP_ON_1 = ToolCallRecord(
+  turn=2,
+  raw="",
+  code="...",
+  image_index=1,
+  result_image_index=2,
+  ops=[{"op": "crop", "box": [50, 100, 150, 300], "source": 1}],
+)
 
 
 def test_response_text_and_operations(tok):
-  traj = trajectory(tok, ["<think>turn it</think>", "<think>crop</think>",
-                          "<think>read</think>\n<answer>PENCIL</answer>"],
-                    calls=[ROTATE_270, CROP_ON_1], n_images=3)
+  traj = trajectory(
+    tok,
+    ["<think>turn it</think>", "<think>crop</think>", "<think>read</think>\n<answer>PENCIL</answer>"],
+    calls=[ROTATE_270, CROP_ON_1],
+    n_images=3,
+  )
   text = scoring.response_text(tok, traj)
   assert text == "<think>turn it</think>\n<think>crop</think>\n<think>read</think>\n<answer>PENCIL</answer>"
   names, boxes = scoring.operations(traj)
@@ -63,13 +88,14 @@ def test_response_text_and_operations(tok):
 
 
 def test_scores_of_a_group(tok):
-  good = trajectory(tok, ["<think>turn it</think>", "<think>crop</think>",
-                          "<think>read</think>\n<answer>PENCIL</answer>"],
-                    calls=[ROTATE_270, CROP_ON_1], n_images=3)
-  failed = dataclasses.replace(ROTATE_270, status=CallStatus.CODE_ERROR, result_image_index=None,
-                               ops=[])
-  wrong = trajectory(tok, ["<think>x</think>", "<think>guess</think>\n<answer>LEMON</answer>"],
-                     calls=[failed])
+  good = trajectory(
+    tok,
+    ["<think>turn it</think>", "<think>crop</think>", "<think>read</think>\n<answer>PENCIL</answer>"],
+    calls=[ROTATE_270, CROP_ON_1],
+    n_images=3,
+  )
+  failed = dataclasses.replace(ROTATE_270, status=CallStatus.CODE_ERROR, result_image_index=None, ops=[])
+  wrong = trajectory(tok, ["<think>x</think>", "<think>guess</think>\n<answer>LEMON</answer>"], calls=[failed])
   no_tool = trajectory(tok, ["<think>guess</think>\n<answer>pencil</answer>"])
   scores, parts, stats = asyncio.run(scoring.score([good, wrong, no_tool], [0, 0, 0], tok))
   # Right answer, format, both required ops with a perfect crop, exactly the required ops,
@@ -85,8 +111,7 @@ def test_scores_of_a_group(tok):
 
 
 def test_judge_decides_what_the_rule_does_not_and_falls_back_when_down(tok):
-  no_tool = trajectory(tok, ["<think>guess</think>\n<answer>pencil</answer>"],
-                       required_transforms=[], target_box=None)
+  no_tool = trajectory(tok, ["<think>guess</think>\n<answer>pencil</answer>"], required_transforms=[], target_box=None)
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -112,12 +137,16 @@ def test_transcript_of_a_trajectory(tok):
   """The readable record: every turn's text (tool turns with images as <image>), each call's code,
   status, stdout, error and result image, the answer, correctness and reward parts."""
   from codevision_jax.rl import transcript
-  failed_crop = dataclasses.replace(CROP_ON_1, status=CallStatus.CODE_ERROR,
-                                    error="ValueError: box outside", result_image_index=None)
-  traj = trajectory(tok, ["<think>turn it</think>", "<think>crop</think>",
-                          "<think>read</think>\n<answer>PENCIL</answer>"],
-                    calls=[dataclasses.replace(ROTATE_270, stdout="(200, 400)\n"), failed_crop],
-                    n_images=2)
+
+  failed_crop = dataclasses.replace(
+    CROP_ON_1, status=CallStatus.CODE_ERROR, error="ValueError: box outside", result_image_index=None
+  )
+  traj = trajectory(
+    tok,
+    ["<think>turn it</think>", "<think>crop</think>", "<think>read</think>\n<answer>PENCIL</answer>"],
+    calls=[dataclasses.replace(ROTATE_270, stdout="(200, 400)\n"), failed_crop],
+    n_images=2,
+  )
   prompt = tok("<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
   traj.id, traj.prompt_length = 7, len(prompt)
   _, parts, _ = asyncio.run(scoring.score([traj], [0], tok))
@@ -135,8 +164,10 @@ def test_transcript_of_a_trajectory(tok):
   assert second["result_image"] is None
   assert record["images"] == ["images/7_0.png", "images/7_1.png"]
   # Image tokens read as <image>; without ground truth nothing is graded.
-  ids = tok("<|im_start|>user\n<tool_response>\n<|vision_start|><|image_pad|><|image_pad|>"
-            "<|vision_end|>\n</tool_response><|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+  ids = tok(
+    "<|im_start|>user\n<tool_response>\n<|vision_start|><|image_pad|><|image_pad|>"
+    "<|vision_end|>\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+  )["input_ids"]
   assert transcript._text(tok, ids) == "<tool_response>\n<image>\n</tool_response>"
   traj.metadata["ground_truth"] = None
   record = transcript.transcript(tok, traj, parts[0])
@@ -144,11 +175,13 @@ def test_transcript_of_a_trajectory(tok):
 
 
 def test_parts_say_which_evidence_they_came_from(tok):
-  good = trajectory(tok, ["<think>turn it</think>", "<think>crop</think>",
-                          "<think>read</think>\n<answer>PENCIL</answer>"],
-                    calls=[ROTATE_270, CROP_ON_1], n_images=3)
-  no_tool = trajectory(tok, ["<think>guess</think>\n<answer>pencil</answer>"],
-                       required_transforms=[], target_box=None)
+  good = trajectory(
+    tok,
+    ["<think>turn it</think>", "<think>crop</think>", "<think>read</think>\n<answer>PENCIL</answer>"],
+    calls=[ROTATE_270, CROP_ON_1],
+    n_images=3,
+  )
+  no_tool = trajectory(tok, ["<think>guess</think>\n<answer>pencil</answer>"], required_transforms=[], target_box=None)
 
   class Yes:
     async def verdict(self, question, truth, prediction):
@@ -167,8 +200,11 @@ def test_judge_calls_run_concurrently_up_to_the_judges_limit(tok):
   """Eight answers the rule rejects go to the judge at once: the endpoint sees at most
   `max_concurrency` (3) in flight, and does see 3, not one after another."""
   from test_rl_judge import FakeEndpoint, serve
-  wrong = [trajectory(tok, [f"<think>guess</think>\n<answer>pencil {k}</answer>"],
-                      required_transforms=[], target_box=None) for k in range(8)]
+
+  wrong = [
+    trajectory(tok, [f"<think>guess</think>\n<answer>pencil {k}</answer>"], required_transforms=[], target_box=None)
+    for k in range(8)
+  ]
   endpoint = FakeEndpoint()
 
   async def go():
@@ -178,6 +214,7 @@ def test_judge_calls_run_concurrently_up_to_the_judges_limit(tok):
         return await scoring.score(wrong, list(range(8)), tok, judge=judge)
     finally:
       await web_runner.cleanup()
+
   _, parts, stats = asyncio.run(go())
   assert endpoint.requests == 8 and endpoint.peak == 3
   assert stats.judged == 8 and stats.judge_yes == 8  # "PENCIL" is in every "pencil k".
@@ -187,9 +224,12 @@ def test_judge_calls_run_concurrently_up_to_the_judges_limit(tok):
 def test_score_verdicts_equals_score(tok):
   """Verdicts taken one by one (as `rl.rollouts` does when trajectories finish) score as `score`
   does for the whole group."""
-  good = trajectory(tok, ["<think>turn it</think>", "<think>crop</think>",
-                          "<think>read</think>\n<answer>PENCIL</answer>"],
-                    calls=[ROTATE_270, CROP_ON_1], n_images=3)
+  good = trajectory(
+    tok,
+    ["<think>turn it</think>", "<think>crop</think>", "<think>read</think>\n<answer>PENCIL</answer>"],
+    calls=[ROTATE_270, CROP_ON_1],
+    n_images=3,
+  )
   no_tool = trajectory(tok, ["<think>guess</think>\n<answer>PENCIL</answer>"])
   trajs = [good, no_tool]
   want = asyncio.run(scoring.score(trajs, [0, 0], tok))

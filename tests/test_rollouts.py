@@ -23,22 +23,23 @@ from codevision_jax.sampling.trajectory import CallStatus, Finish
 from configs import tiny_rollout
 from test_rl_scoring import CROP_ON_1, ROTATE_270, trajectory
 
-SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 2,
-                                                  max_pixels=28 * 28 * 8)
+SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 2, max_pixels=28 * 28 * 8)
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-  return tokenizer_lib.load_tokenizer(
-      tokenizer_lib.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tok"))))
+  return tokenizer_lib.load_tokenizer(tokenizer_lib.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tok"))))
 
 
 def record(k):
   buf = io.BytesIO()
   Image.new("RGB", (56, 56), (200, 10, 10)).save(buf, "PNG")
-  return records.Conversation(messages=[{"role": "user", "content": f"<image>\nWhat is {k}?"}],
-                              images=[buf.getvalue()], ground_truth=f"answer {k}",
-                              question=f"What is {k}?")
+  return records.Conversation(
+    messages=[{"role": "user", "content": f"<image>\nWhat is {k}?"}],
+    images=[buf.getvalue()],
+    ground_truth=f"answer {k}",
+    question=f"What is {k}?",
+  )
 
 
 class SlowJudge:
@@ -63,17 +64,24 @@ def test_answers_are_judged_as_their_trajectories_finish(tok):
   still decode, and its calls overlap; every answer (which the rule rejects) is then correct by
   the judge, and the summary counts the judge's calls."""
   n = 6
-  policy = ScriptedPolicy(tok, {k: [f"<think>Hm.</think>\n<answer>{k} maybe</answer><|im_end|>"]
-                                for k in range(n)}, num_slots=2)
+  policy = ScriptedPolicy(
+    tok, {k: [f"<think>Hm.</think>\n<answer>{k} maybe</answer><|im_end|>"] for k in range(n)}, num_slots=2
+  )
   finished = []
   judge = SlowJudge(finished)
 
   async def go():
-    return await rollouts.rollout(policy, [record(k) for k in range(n)], tokenizer=tok,
-                                  client=None, settings=SETTINGS,
-                                  agent=AgentConfig(max_turns=2, max_total_tokens=2000,
-                                                    system_prompt=False),
-                                  judge=judge, on_finish=finished.append)
+    return await rollouts.rollout(
+      policy,
+      [record(k) for k in range(n)],
+      tokenizer=tok,
+      client=None,
+      settings=SETTINGS,
+      agent=AgentConfig(max_turns=2, max_total_tokens=2000, system_prompt=False),
+      judge=judge,
+      on_finish=finished.append,
+    )
+
   ro = asyncio.run(go())
   assert [t.id for t in ro.trajectories] == list(range(n))
   assert len(judge.began_after) == n
@@ -91,20 +99,24 @@ def test_answers_are_judged_as_their_trajectories_finish(tok):
 def test_summary_of_trajectories_equals_that_of_their_transcripts(tok):
   """RL and launch.rollout summarise trajectories, the eval report their transcript records: the
   same summary either way, with the tool statistics of the calls."""
-  failed = dataclasses.replace(ROTATE_270, status=CallStatus.CODE_ERROR, result_image_index=None,
-                               ops=[])
-  trajs = [trajectory(tok, ["<think>turn it</think>", "<think>crop</think>",
-                            "<think>read</think>\n<answer>PENCIL</answer>"],
-                      calls=[ROTATE_270, CROP_ON_1], n_images=3),
-           trajectory(tok, ["<think>x</think>", "<think>guess</think>\n<answer>LEMON</answer>"],
-                      calls=[failed]),
-           trajectory(tok, ["<think>guess</think>\n<answer>pencil</answer>"])]
+  failed = dataclasses.replace(ROTATE_270, status=CallStatus.CODE_ERROR, result_image_index=None, ops=[])
+  trajs = [
+    trajectory(
+      tok,
+      ["<think>turn it</think>", "<think>crop</think>", "<think>read</think>\n<answer>PENCIL</answer>"],
+      calls=[ROTATE_270, CROP_ON_1],
+      n_images=3,
+    ),
+    trajectory(tok, ["<think>x</think>", "<think>guess</think>\n<answer>LEMON</answer>"], calls=[failed]),
+    trajectory(tok, ["<think>guess</think>\n<answer>pencil</answer>"]),
+  ]
   for k, t in enumerate(trajs):
     t.id, t.finish_reason = k, Finish.ANSWER if k < 2 else Finish.MAX_TURNS
   _, parts, _ = asyncio.run(scoring.score(trajs, [0, 0, 0], tok))
   direct = rollouts.summarize([rollouts.Outcome.of(t, p) for t, p in zip(trajs, parts)])
-  lines = [{**transcript.transcript(tok, t, p), "response_tokens": int(sum(t.policy_mask))}
-           for t, p in zip(trajs, parts)]
+  lines = [
+    {**transcript.transcript(tok, t, p), "response_tokens": int(sum(t.policy_mask))} for t, p in zip(trajs, parts)
+  ]
   read = rollouts.summarize([rollouts.Outcome.of_record(r) for r in lines])
   assert read == direct
   assert direct["trajectories"] == 3 and direct["with_ground_truth"] == 3
@@ -124,11 +136,20 @@ def test_summary_of_trajectories_equals_that_of_their_transcripts(tok):
 
 
 def test_metrics_are_rl_names():
-  summary = {"accuracy": 0.5, "reward": {"score": 1.25}, "finish": {"answer": 1.0},
-             "tool_error_rate": 0.0, "response_tokens": None, "time": {"rollout_s": 3.0}}
+  summary = {
+    "accuracy": 0.5,
+    "reward": {"score": 1.25},
+    "finish": {"answer": 1.0},
+    "tool_error_rate": 0.0,
+    "response_tokens": None,
+    "time": {"rollout_s": 3.0},
+  }
   assert rollouts.metrics(summary, "rollout") == {
-      "rollout/accuracy": 0.5, "rollout/reward/score": 1.25, "rollout/finish/answer": 1.0,
-      "rollout/tool_error_rate": 0.0}
+    "rollout/accuracy": 0.5,
+    "rollout/reward/score": 1.25,
+    "rollout/finish/answer": 1.0,
+    "rollout/tool_error_rate": 0.0,
+  }
 
 
 def test_the_old_sampling_section_names_the_new_keys():
@@ -136,8 +157,11 @@ def test_the_old_sampling_section_names_the_new_keys():
   rollouts.check_config(cfg)  # The recipe itself is fine.
   with cfg.unlocked():
     cfg.sampling = ml_collections.ConfigDict({"samples": 2, "slots": 4, "seed": 1})
-  with pytest.raises(ValueError, match=r"sampling\.samples -> rollout\.group_size; "
-                     r"sampling\.seed -> seed; sampling\.slots -> rollout\.slots"):
+  with pytest.raises(
+    ValueError,
+    match=r"sampling\.samples -> rollout\.group_size; "
+    r"sampling\.seed -> seed; sampling\.slots -> rollout\.slots",
+  ):
     rollouts.check_config(cfg)
 
 

@@ -16,9 +16,20 @@ from codevision_jax.sampling.policy import ModelPolicy
 
 
 def config(total: int, every: int) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({"train": {
-      "steps": total, "checkpoint_every": every, "keep_checkpoints": 5, "async_checkpoints": False,
-      "resume_step": 0, "log_every": 1, "sigterm_grace_s": 0.0, "allow_config_change": False}})
+  return ml_collections.ConfigDict(
+    {
+      "train": {
+        "steps": total,
+        "checkpoint_every": every,
+        "keep_checkpoints": 5,
+        "async_checkpoints": False,
+        "resume_step": 0,
+        "log_every": 1,
+        "sigterm_grace_s": 0.0,
+        "allow_config_change": False,
+      }
+    }
+  )
 
 
 def toy_state():
@@ -70,8 +81,11 @@ def test_the_scaffold_saves_due_and_final_steps_resumes_and_returns_a_typed_resu
   with caplog.at_level(logging.WARNING):
     done = run_steps(workdir, total=5, every=2)
   assert done.history == [] and done.last == {}
-  assert any("the checkpoint is at step 5 and the run has 5 steps: nothing to train (raise "
-             "--config.train.steps" in r.getMessage() for r in caplog.records)
+  assert any(
+    "the checkpoint is at step 5 and the run has 5 steps: nothing to train (raise "
+    "--config.train.steps" in r.getMessage()
+    for r in caplog.records
+  )
   assert scaffold.latest_step(workdir) == 5 and scaffold.latest_step(str(tmp_path / "none")) is None
 
 
@@ -83,8 +97,9 @@ def test_reseed_sets_the_sampling_streams_and_restores_the_policy_temperature():
     tokens, _ = policy.decode([0], [8])[0]
     return list(tokens)
 
-  policy = ModelPolicy(model, stop_ids=[], num_slots=1, capacity=64, chunk=16, steps_per_call=8,
-                       temperature=1.0, seed=0)
+  policy = ModelPolicy(
+    model, stop_ids=[], num_slots=1, capacity=64, chunk=16, steps_per_call=8, temperature=1.0, seed=0
+  )
   first = sample(policy)
   policy.reseed(1)
   other = sample(policy)

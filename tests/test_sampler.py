@@ -16,15 +16,14 @@ from codevision_jax.sampling import Sampler
 from codevision_jax.sampling import engine as sampling
 from codevision_jax.sampling.logits import choose_tokens
 
-IMG, VS, VE = (H.QWEN_SPECIAL_IDS[k] for k in ("image_token_id", "vision_start_token_id",
-                                                "vision_end_token_id"))
+IMG, VS, VE = (H.QWEN_SPECIAL_IDS[k] for k in ("image_token_id", "vision_start_token_id", "vision_end_token_id"))
 PAD = 0
 
 
 def make_prompts(rng, rows, patch_size=14):
   """Left-padded prompts: per row a list of image grids (t, h, w), text around each image and a
   text tail (a chat prompt ends in text). Returns ids, mask, pixel_values, grid (or None)."""
-  ids, mask, pv, grid = H.make_batch(rng, rows, 3 * 2 * patch_size ** 2, first_text_id=1, pad_id=PAD)
+  ids, mask, pv, grid = H.make_batch(rng, rows, 3 * 2 * patch_size**2, first_text_id=1, pad_id=PAD)
   return (ids, mask, pv, grid) if len(grid) else (ids, mask, None, None)
 
 
@@ -34,11 +33,17 @@ def hf_greedy(hf, ids, mask, pv, grid, max_new_tokens, stop_ids=None):
   if pv is not None:
     kwargs.update(pixel_values=torch.as_tensor(pv), image_grid_thw=torch.as_tensor(grid))
   with torch.no_grad():
-    out = hf.generate(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
-                      mm_token_type_ids=torch.as_tensor((ids == IMG).astype(np.int64)),
-                      max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=PAD,
-                      eos_token_id=stop_ids, **kwargs)
-  new = out[:, ids.shape[1]:].numpy()
+    out = hf.generate(
+      input_ids=torch.as_tensor(ids),
+      attention_mask=torch.as_tensor(mask),
+      mm_token_type_ids=torch.as_tensor((ids == IMG).astype(np.int64)),
+      max_new_tokens=max_new_tokens,
+      do_sample=False,
+      pad_token_id=PAD,
+      eos_token_id=stop_ids,
+      **kwargs,
+    )
+  new = out[:, ids.shape[1] :].numpy()
   return np.pad(new, ((0, 0), (0, max_new_tokens - new.shape[1])), constant_values=PAD)
 
 
@@ -64,8 +69,7 @@ def test_greedy_equals_transformers_generate(model_type):
   assert stop not in free[0, :3]
   expected = hf_greedy(hf, ids, mask, pv, grid, n, stop_ids=[stop])
   assert (expected[0, 4:] == PAD).all()
-  tokens, logprobs = cvj.generate(ours, ids, pv, grid, mask, max_new_tokens=n, stop_token_ids=(stop,),
-                                  pad_token_id=PAD)
+  tokens, logprobs = cvj.generate(ours, ids, pv, grid, mask, max_new_tokens=n, stop_token_ids=(stop,), pad_token_id=PAD)
   np.testing.assert_array_equal(np.asarray(tokens), expected)
   # Without a stop, the whole greedy continuation matches too.
   tokens, _ = cvj.generate(ours, ids, pv, grid, mask, max_new_tokens=n, pad_token_id=PAD)
@@ -120,8 +124,10 @@ def test_top_k_top_p_restrict_the_support():
   @jax.jit
   def sample(temperature, top_k, top_p):
     def one(key):
-      return choose_tokens(jnp.asarray(logits), jax.random.split(key, 3), temperature, top_k, top_p,
-                           greedy=False, filtered=True)
+      return choose_tokens(
+        jnp.asarray(logits), jax.random.split(key, 3), temperature, top_k, top_p, greedy=False, filtered=True
+      )
+
     return jax.vmap(one)(keys)
 
   policy = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))
@@ -144,8 +150,9 @@ def test_logprobs_equal_teacher_forced_forward():
   sampler = Sampler(model, pad_token_id=PAD)
   free, _ = sampler.generate(ids, pv, grid, mask, max_new_tokens=n, temperature=0.8, top_k=30, seed=1)
   stop = int(np.asarray(free)[1, 4])
-  tokens, logprobs = sampler.generate(ids, pv, grid, mask, max_new_tokens=n, temperature=0.8, top_k=30,
-                                      seed=1, stop_token_ids=(stop, 255))
+  tokens, logprobs = sampler.generate(
+    ids, pv, grid, mask, max_new_tokens=n, temperature=0.8, top_k=30, seed=1, stop_token_ids=(stop, 255)
+  )
   tokens, logprobs = np.asarray(tokens), np.asarray(logprobs)
   # Generated tokens count up to and including the first stop.
   is_stop = np.isin(tokens, [stop, 255])
@@ -156,11 +163,10 @@ def test_logprobs_equal_teacher_forced_forward():
   full_mask = np.concatenate([mask, generated.astype(mask.dtype)], axis=1)
   positions, meta = model.prepare(full_ids, grid, full_mask)
   forward = nnx.jit(lambda m, *args: m.forward(*args))
-  logits = forward(model, jnp.asarray(full_ids), jnp.asarray(pv), meta, jnp.asarray(full_mask),
-                   jnp.asarray(positions))
+  logits = forward(model, jnp.asarray(full_ids), jnp.asarray(pv), meta, jnp.asarray(full_mask), jnp.asarray(positions))
   logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
   p = ids.shape[1]
-  teacher = np.take_along_axis(logp[:, p - 1:p - 1 + n], tokens[..., None], -1)[..., 0]
+  teacher = np.take_along_axis(logp[:, p - 1 : p - 1 + n], tokens[..., None], -1)[..., 0]
   np.testing.assert_allclose(logprobs[generated], teacher[generated], rtol=0, atol=1e-5)
 
 

@@ -21,8 +21,9 @@ def _sharded_model(mesh):
 
 def _cast_state(model, dtype):
   state = jax.tree.map(lambda x: x, nnx.state(model, nnx.Param))
-  nnx.replace_by_pure_dict(state, jax.jit(lambda t: jax.tree.map(
-      jnp.copy, step_lib.cast_floats(t, dtype)))(nnx.to_pure_dict(state)))
+  nnx.replace_by_pure_dict(
+    state, jax.jit(lambda t: jax.tree.map(jnp.copy, step_lib.cast_floats(t, dtype)))(nnx.to_pure_dict(state))
+  )
   return state
 
 
@@ -35,8 +36,9 @@ def test_the_kv_cache_is_sharded_in_the_sampler_dtype_and_stays_so():
   mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   model = _sharded_model(mesh)
   params = _cast_state(model, jnp.bfloat16)
-  policy = ModelPolicy(model, stop_ids=[7], num_slots=8, capacity=96, chunk=16, steps_per_call=8,
-                       temperature=1.0, params=params)
+  policy = ModelPolicy(
+    model, stop_ids=[7], num_slots=8, capacity=96, chunk=16, steps_per_call=8, temperature=1.0, params=params
+  )
   tc = model.config.text
   length = 96 + 16 + 1
   want = P(("data", "fsdp"), "tensor", None, None)
@@ -72,12 +74,19 @@ def test_a_bfloat16_copy_decodes_like_a_bfloat16_model():
   a model built in bfloat16 samples (greedy), and refuses float32 weights later."""
   mesh = parallel.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
   model = _sharded_model(mesh)
-  copy = ModelPolicy(model, stop_ids=[7], num_slots=4, capacity=64, chunk=16, steps_per_call=16,
-                     temperature=0.0, params=_cast_state(model, jnp.bfloat16))
+  copy = ModelPolicy(
+    model,
+    stop_ids=[7],
+    num_slots=4,
+    capacity=64,
+    chunk=16,
+    steps_per_call=16,
+    temperature=0.0,
+    params=_cast_state(model, jnp.bfloat16),
+  )
   ref_model = _sharded_model(mesh)
   nnx.update(ref_model, _cast_state(ref_model, jnp.bfloat16))
-  ref = ModelPolicy(ref_model, stop_ids=[7], num_slots=4, capacity=64, chunk=16, steps_per_call=16,
-                    temperature=0.0)
+  ref = ModelPolicy(ref_model, stop_ids=[7], num_slots=4, capacity=64, chunk=16, steps_per_call=16, temperature=0.0)
   rng = np.random.default_rng(1)
   prompts = [rng.integers(10, 200, n) for n in (5, 9, 14, 3)]
   for policy in (copy, ref):
@@ -103,6 +112,7 @@ def test_an_rl_run_holds_what_each_phase_needs_and_nothing_else(tmp_path):
   import gc
   from codevision_jax.rl import loop
   from configs import tiny_rl
+
   c = tiny_rl.get_config()
   c.init.sft_workdir, c.rollout.param_dtype = "", "bfloat16"
 

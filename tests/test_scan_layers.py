@@ -40,8 +40,7 @@ def tmp_dir(tmp_path_factory):
 def _models(preset, tmp_dir, **kw):
   """The same weights unscanned and scanned."""
   path = _checkpoint(preset, tmp_dir)
-  return (load_hf(path, dtype="float32", **kw),
-          load_hf(path, dtype="float32", scan_layers=True, **kw))
+  return (load_hf(path, dtype="float32", **kw), load_hf(path, dtype="float32", scan_layers=True, **kw))
 
 
 def _batch(config, rows=((1, 4, 4),), seed=0):
@@ -51,19 +50,23 @@ def _batch(config, rows=((1, 4, 4),), seed=0):
   v = config.vision
   seqs = []
   for grid in rows:
-    n = int(np.prod(grid)) // v.spatial_merge_size ** 2
-    seqs.append(list(rng.integers(1, 300, 3)) + [config.vision_start_token_id]
-                + [config.image_token_id] * n + [config.vision_end_token_id]
-                + list(rng.integers(1, 300, 4)))
+    n = int(np.prod(grid)) // v.spatial_merge_size**2
+    seqs.append(
+      list(rng.integers(1, 300, 3))
+      + [config.vision_start_token_id]
+      + [config.image_token_id] * n
+      + [config.vision_end_token_id]
+      + list(rng.integers(1, 300, 4))
+    )
   seqs.append(list(rng.integers(1, 300, 5)))
   length = max(map(len, seqs))
   ids = np.full((len(seqs), length), PAD, np.int32)
   mask = np.zeros_like(ids)
   for i, s in enumerate(seqs):
-    ids[i, length - len(s):] = s
-    mask[i, length - len(s):] = 1
+    ids[i, length - len(s) :] = s
+    mask[i, length - len(s) :] = 1
   grid = np.asarray(rows, np.int64)
-  patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size ** 2
+  patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size**2
   pv = rng.standard_normal((int(grid.prod(-1).sum()), patch_dim)).astype(np.float32)
   return ids, mask, pv, grid
 
@@ -99,8 +102,9 @@ def test_logits_and_gradients_equal_the_unscanned_model(preset, tmp_dir):
     for p in da:
       _close(db[p], da[p], f"layer {i} {p}")
   # Parameters outside the decoder layers (the vision tower, embeddings) get the same gradient.
-  rest = lambda g: {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(g)
-                    if "layers" not in [str(x) for x in p[:3]]}
+  rest = lambda g: {
+    p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(g) if "layers" not in [str(x) for x in p[:3]]
+  }
   ra, rb = rest(ga), rest(gb)
   assert set(ra) == set(rb)
   for p in ra:
@@ -130,8 +134,10 @@ def test_decode_gives_the_same_tokens(preset, tmp_dir):
   np.testing.assert_allclose(np.asarray(lb), np.asarray(la), atol=1e-4)
   # Sampling (temperature 1) draws the same tokens too.
   kw.update(temperature=1.0, seed=5)
-  np.testing.assert_array_equal(np.asarray(generate(scanned, ids, pv, grid, mask, **kw)[0]),
-                                np.asarray(generate(plain, ids, pv, grid, mask, **kw)[0]))
+  np.testing.assert_array_equal(
+    np.asarray(generate(scanned, ids, pv, grid, mask, **kw)[0]),
+    np.asarray(generate(plain, ids, pv, grid, mask, **kw)[0]),
+  )
 
 
 def test_kv_cache_forms():
@@ -154,14 +160,17 @@ def test_hf_round_trip_is_byte_identical(preset, tmp_dir, tmp_path):
   for name in ("model.safetensors", "config.json"):
     with open(tmp_path / "scanned" / name, "rb") as f, open(tmp_path / "plain" / name, "rb") as g:
       assert f.read() == g.read(), name
-  src, out = SafetensorsFile(f"{source}/model.safetensors"), SafetensorsFile(
-      str(tmp_path / "scanned" / "model.safetensors"))
+  src, out = (
+    SafetensorsFile(f"{source}/model.safetensors"),
+    SafetensorsFile(str(tmp_path / "scanned" / "model.safetensors")),
+  )
   assert list(src.keys()) == list(out.keys())
   for key in src.keys():
     np.testing.assert_array_equal(out.read(key), src.read(key), err_msg=key)
   # One mapping per layer, in the unscanned model's order.
-  assert ([m.hf_key for m in keymap.param_mappings(scanned, scanned.config)]
-          == [m.hf_key for m in keymap.param_mappings(plain, plain.config)])
+  assert [m.hf_key for m in keymap.param_mappings(scanned, scanned.config)] == [
+    m.hf_key for m in keymap.param_mappings(plain, plain.config)
+  ]
 
 
 def test_sharded_scanned_model_runs(tmp_dir):
@@ -175,8 +184,7 @@ def test_sharded_scanned_model_runs(tmp_dir):
   positions, meta = plain.prepare(ids, grid, mask)
   forward = nnx.jit(lambda m, *a: m.forward(*a))
   args = (jnp.asarray(ids), jnp.asarray(pv), meta, jnp.asarray(mask), jnp.asarray(positions))
-  np.testing.assert_allclose(np.asarray(forward(scanned, *args)), np.asarray(forward(plain, *args)),
-                             atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(forward(scanned, *args)), np.asarray(forward(plain, *args)), atol=1e-5, rtol=0)
   # A random scanned model shards by the same rules.
   random = parallel.shard_model(build_model(plain.config, scan_layers=True), mesh)
   q = random.model.language_model.layers.self_attn.q_proj.kernel.get_value()
@@ -198,8 +206,7 @@ def test_remat_applies_inside_the_scan(tmp_dir):
   # inside the scan's body.
   graphdef, state = nnx.split(scanned)
   text_loss = lambda s: loss(nnx.merge(graphdef, s), jnp.asarray(ids))
-  scans = [e for e in jax.make_jaxpr(jax.grad(text_loss))(state).jaxpr.eqns
-           if e.primitive.name == "scan"]
+  scans = [e for e in jax.make_jaxpr(jax.grad(text_loss))(state).jaxpr.eqns if e.primitive.name == "scan"]
   assert scans and any(_has_checkpoint(e.params["jaxpr"].jaxpr) for e in scans)
   ga = nnx.jit(nnx.grad(loss))(plain, *args)
   gb = nnx.jit(nnx.grad(loss))(scanned, *args)
@@ -243,6 +250,7 @@ def test_sft_with_scanned_layers_and_remat_trains_sharded_and_exports(tmp_path):
   from test_train_step import small_config
   from codevision_jax.train import loop
   from codevision_jax.runtime import export
+
   c = small_config(data=1, fsdp=4, tensor=2)
   c.model.scan_layers = True
   c.train.remat = "full"
@@ -258,18 +266,20 @@ def test_sft_with_scanned_layers_and_remat_trains_sharded_and_exports(tmp_path):
   trained = np.asarray(jax.device_get(kernel))
   for i in range(4):
     np.testing.assert_array_equal(
-        np.asarray(plain.model.language_model.layers[i].mlp.gate_proj.kernel[...]), trained[i])
+      np.asarray(plain.model.language_model.layers[i].mlp.gate_proj.kernel[...]), trained[i]
+    )
   # Each layer was read by itself; where the layout is not found, the whole array is restored.
   assert not export._slice_fallback_logged
   np.testing.assert_array_equal(
-      export._stacked_layer(str(tmp_path / "absent"), ("params", "x"), 1, lambda: np.arange(3)),
-      np.arange(3))
+    export._stacked_layer(str(tmp_path / "absent"), ("params", "x"), 1, lambda: np.arange(3)), np.arange(3)
+  )
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_slot_appends_and_decode_equal_the_unscanned_engine(preset, tmp_dir):
   """The engine's per-slot path (take and put a slot's rows of the stacked cache)."""
   from test_slot_append import _segment, engine
+
   plain, scanned = _models(preset, tmp_dir)
   rng = np.random.default_rng(2)
   first = rng.integers(1, 200, 30)
@@ -281,8 +291,7 @@ def test_slot_appends_and_decode_equal_the_unscanned_engine(preset, tmp_dir):
   for ids, pv, grid in segments:
     for e in engines:
       e.append(1, ids, pv, None if grid is None else np.asarray([grid], np.int64))
-    np.testing.assert_allclose(np.asarray(engines[1].logits), np.asarray(engines[0].logits),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(engines[1].logits), np.asarray(engines[0].logits), atol=1e-5, rtol=0)
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   active, budget, counts = np.array([True, True, False]), np.array([5, 5, 0]), np.zeros(3, np.int32)
   a, b = (e.decode(active, budget, keys, counts, max_steps=5) for e in engines)

@@ -16,8 +16,7 @@ from codevision_jax.processing import image as image_lib
 from codevision_jax.train import step as step_lib
 from tiny_data import short_synthetic
 
-SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 4,
-                                                  max_pixels=28 * 28 * 8)
+SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 8)
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +64,23 @@ def _forward(model, mb):
   def logits(state, mb):
     m = nnx.merge(graphdef, state)
     return m.logits(step_lib.forward_hidden(m, mb))
+
   return np.asarray(logits(state, mb))
 
 
 def _pack(setup, examples, rows_of, rows, length=2048):
   _, _, mc, _, _, _ = setup
-  return pack.pack(examples, length=length, rows=rows, patch_budget=512, max_images=24,
-                   model_config=mc, pad_id=0, max_image_patches=SETTINGS.max_frame_patches,
-                   rows_of=rows_of)
+  return pack.pack(
+    examples,
+    length=length,
+    rows=rows,
+    patch_budget=512,
+    max_images=24,
+    model_config=mc,
+    pad_id=0,
+    max_image_patches=SETTINGS.max_frame_patches,
+    rows_of=rows_of,
+  )
 
 
 def test_each_packed_conversation_gets_its_own_logits(setup):
@@ -84,11 +92,12 @@ def test_each_packed_conversation_gets_its_own_logits(setup):
   start = 0
   for k, ex in enumerate(chosen[:3]):  # Row 0 holds three conversations.
     alone = _pack(setup, [ex], None, rows=1)
-    want = _forward(model, alone)[0, :len(ex)]
-    np.testing.assert_allclose(got[0, start:start + len(ex)], want, atol=2e-5, err_msg=str(k))
+    want = _forward(model, alone)[0, : len(ex)]
+    np.testing.assert_allclose(got[0, start : start + len(ex)], want, atol=2e-5, err_msg=str(k))
     # Positions restart with the segment; no loss target crosses into the next conversation.
-    np.testing.assert_array_equal(packed["position_ids"][:, 0, start:start + len(ex)],
-                                  alone["position_ids"][:, 0, :len(ex)])
+    np.testing.assert_array_equal(
+      packed["position_ids"][:, 0, start : start + len(ex)], alone["position_ids"][:, 0, : len(ex)]
+    )
     assert packed["loss_mask"][0, start + len(ex) - 1] == 0
     start += len(ex)
   # Another conversation in the middle: the ones beside it do not see it, their logits stay.
@@ -96,9 +105,9 @@ def test_each_packed_conversation_gets_its_own_logits(setup):
   moved = _forward(model, other)
   a, b = len(chosen[0]), len(chosen[0]) + len(examples[5])
   np.testing.assert_allclose(moved[0, :a], got[0, :a], atol=2e-5)
-  np.testing.assert_allclose(moved[0, b:b + len(chosen[2])],
-                             got[0, a + len(chosen[1]):a + len(chosen[1]) + len(chosen[2])],
-                             atol=2e-5)
+  np.testing.assert_allclose(
+    moved[0, b : b + len(chosen[2])], got[0, a + len(chosen[1]) : a + len(chosen[1]) + len(chosen[2])], atol=2e-5
+  )
 
 
 def test_packed_step_sums_the_unpacked_losses_and_gradients(setup):
@@ -108,9 +117,14 @@ def test_packed_step_sums_the_unpacked_losses_and_gradients(setup):
   packed = _pack(setup, chosen, [0, 0, 0, 1, 1, 1], rows=2)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   params = nnx.to_pure_dict(params)
-  loss = jax.jit(jax.value_and_grad(functools.partial(
-      step_lib.microbatch_loss, frozen={}, graphdef=graphdef, rest=rest,
-      options=step_lib.StepOptions()), has_aux=True))
+  loss = jax.jit(
+    jax.value_and_grad(
+      functools.partial(
+        step_lib.microbatch_loss, frozen={}, graphdef=graphdef, rest=rest, options=step_lib.StepOptions()
+      ),
+      has_aux=True,
+    )
+  )
   (l1, n1), g1 = loss(params, mb=unpacked)
   (l2, n2), g2 = loss(params, mb=packed)
   assert float(n1) == float(n2) > 0
@@ -127,8 +141,7 @@ def test_pipeline_builds_packed_microbatches(setup):
   bucket, groups = plan[0]
   batch = builder(plan[0])
   seg = batch["attention_mask"][0]  # [b, T] of the first microbatch
-  assert [int(r.max()) for r in seg] == [len(row) for row in groups[0]] + [0] * (
-      s.rows - len(groups[0]))
+  assert [int(r.max()) for r in seg] == [len(row) for row in groups[0]] + [0] * (s.rows - len(groups[0]))
   assert batch["input_ids"].shape[-1] == bucket
   assert int((seg > 0).sum()) == int(sizes[[i for row in groups[0] for i in row], 0].sum())
 
@@ -137,6 +150,7 @@ def test_pipeline_builds_packed_microbatches(setup):
 def test_a_packed_row_holds_no_more_segments_than_cudnn_attention_is_built_for(packing):
   from codevision_jax.data import geometry
   from codevision_jax.models import attention
+
   rng = np.random.default_rng(0)
   sizes = np.stack([rng.integers(20, 700, 500), np.zeros(500, int), np.zeros(500, int)], axis=1)
   g = geometry.Geometry(buckets=(1024, 8192), rows=4, patch_budget=512, max_images=8)

@@ -32,32 +32,35 @@ def data_dir(tmp_path):
 
 
 def _good_messages_record():
-  call = code_tool.format_tool_call(code_tool.TOOL_NAME, {"code": "result = image", "description": "d",
-                                                  "image_index": 0})
+  call = code_tool.format_tool_call(
+    code_tool.TOOL_NAME, {"code": "result = image", "description": "d", "image_index": 0}
+  )
   return {
-      "messages": [
-          {"role": "system", "content": "sys"},
-          {"role": "user", "content": "<image>What is it?"},
-          {"role": "assistant", "content": "<think>look</think>\n" + call},
-          {"role": "tool", "content": "Image 1: <image>"},
-          {"role": "assistant", "content": "<think>red</think>\n<answer>red</answer>"},
-      ],
-      "images": ["imgs/a.png", "imgs/b.png"],
-      "tools": TOOLS_JSON,
-      "ground_truth": "red",
+    "messages": [
+      {"role": "system", "content": "sys"},
+      {"role": "user", "content": "<image>What is it?"},
+      {"role": "assistant", "content": "<think>look</think>\n" + call},
+      {"role": "tool", "content": "Image 1: <image>"},
+      {"role": "assistant", "content": "<think>red</think>\n<answer>red</answer>"},
+    ],
+    "images": ["imgs/a.png", "imgs/b.png"],
+    "tools": TOOLS_JSON,
+    "ground_truth": "red",
   }
 
 
 def _good_sharegpt_record():
   return {
-      "conversations": [
-          {"from": "human", "value": "<image>Which colour?"},
-          {"from": "function_call", "value": json.dumps(
-              {"name": code_tool.TOOL_NAME, "arguments": {"code": "result = img", "image_index": 0}})},
-          {"from": "observation", "value": "<image>"},
-          {"from": "gpt", "value": "<answer>blue</answer>"},
-      ],
-      "images": ["imgs/b.png", "imgs/a.png"],
+    "conversations": [
+      {"from": "human", "value": "<image>Which colour?"},
+      {
+        "from": "function_call",
+        "value": json.dumps({"name": code_tool.TOOL_NAME, "arguments": {"code": "result = img", "image_index": 0}}),
+      },
+      {"from": "observation", "value": "<image>"},
+      {"from": "gpt", "value": "<answer>blue</answer>"},
+    ],
+    "images": ["imgs/b.png", "imgs/a.png"],
   }
 
 
@@ -83,20 +86,30 @@ def test_read_jsonl_and_json_forms(data_dir):
     roles = [m["role"] for m in first.messages]
     assert roles == ["system", "user", "assistant", "tool", "assistant"]
     assert [m["role"] for m in second.messages] == ["user", "assistant", "tool", "assistant"]
-    assert second.messages[1] == {"role": "assistant", "content": "", "tool_calls": [
-        {"name": code_tool.TOOL_NAME, "arguments": {"code": "result = img", "image_index": 0}}]}
+    assert second.messages[1] == {
+      "role": "assistant",
+      "content": "",
+      "tool_calls": [{"name": code_tool.TOOL_NAME, "arguments": {"code": "result = img", "image_index": 0}}],
+    }
     assert records.load_image(second.images[0]).getpixel((0, 0)) == (0, 0, 255)
 
 
 def test_read_parquet_with_image_bytes_and_rl_metadata(tmp_path):
-  rows = [{  # A verl-style RL row.
+  rows = [
+    {  # A verl-style RL row.
       "prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": "<image>Q?"}],
       "images": [{"bytes": _png("green"), "path": None}],
       "data_source": "mvtoolbench",
       "reward_model": {"ground_truth": "42", "style": "rule"},
-      "extra_info": {"question": "Q?", "answer": "42", "required_transforms": ["crop", "rotate_90"],
-                     "gt_bbox": [1, 2, 3, 4], "index": 7},
-  }]
+      "extra_info": {
+        "question": "Q?",
+        "answer": "42",
+        "required_transforms": ["crop", "rotate_90"],
+        "gt_bbox": [1, 2, 3, 4],
+        "index": 7,
+      },
+    }
+  ]
   path = str(tmp_path / "rl.parquet")
   pq.write_table(pa.Table.from_pylist(rows), path)
   (rec,) = readers.read_rl_records(path)
@@ -133,10 +146,10 @@ def _bad_rows():
   empty = _good_messages_record()
   empty["messages"][4]["content"] = "  "
   return [
-      ("missing image file", missing),
-      ("3 <image> placeholders but 2 images", too_many),
-      ("unknown role 'robot'", unknown_role),
-      ("empty assistant turn", empty),
+    ("missing image file", missing),
+    ("3 <image> placeholders but 2 images", too_many),
+    ("unknown role 'robot'", unknown_role),
+    ("empty assistant turn", empty),
   ]
 
 
@@ -162,9 +175,12 @@ def test_bad_records_skipped_and_counted_with_flag(data_dir, caplog, ext):
     with open(path, "w") as f:
       json.dump(rows, f)
   else:
-    pq.write_table(pa.Table.from_pylist([{"messages": json.dumps(r.get("messages")),
-                                          "images": r["images"], "tools": r["tools"]}
-                                         for r in rows[:-1]]), path)
+    pq.write_table(
+      pa.Table.from_pylist(
+        [{"messages": json.dumps(r.get("messages")), "images": r["images"], "tools": r["tools"]} for r in rows[:-1]]
+      ),
+      path,
+    )
   stats = {}
   with caplog.at_level(logging.WARNING):
     recs = readers.read_sft_records(path, skip_bad=True, stats=stats)
@@ -186,8 +202,7 @@ def test_other_record_errors(tmp_path):
     f.write('{"messages": [}\n')
   with pytest.raises(readers.RecordError, match="record 0: line 1 is not valid JSON"):
     readers.read_sft_records(str(tmp_path / "broken.jsonl"))
-  row = {"messages": [{"role": "user", "content": "<image>"},
-                      {"role": "assistant", "content": "x"}], "images": []}
+  row = {"messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}], "images": []}
   with pytest.raises(readers.RecordError, match="1 <image> placeholders but 0 images"):
     readers.read_sft_records(_write_jsonl(tmp_path / "y.jsonl", [row]))
   with pytest.raises(ValueError, match="unsupported data file type '.csv'"):
@@ -206,10 +221,8 @@ def test_written_synthetic_records_read_back_and_tokenise_identically(tmp_path):
     assert len(read.images) == len(orig.images)
     for a, b in zip(orig.images, read.images):
       assert os.path.dirname(b) == str(tmp_path / "out" / "sft_images")
-      np.testing.assert_array_equal(np.asarray(records.load_image(a)),
-                                    np.asarray(records.load_image(b)))
-    for key in ("ground_truth", "required_transforms", "question", "answer", "data_source",
-                "tools", "extra"):
+      np.testing.assert_array_equal(np.asarray(records.load_image(a)), np.asarray(records.load_image(b)))
+    for key in ("ground_truth", "required_transforms", "question", "answer", "data_source", "tools", "extra"):
       assert getattr(read, key) == getattr(orig, key), key
     assert read.target_box == [float(v) for v in orig.target_box]
     # Structured tool calls in memory and inline text on disk give the same tokens and masks.
@@ -222,8 +235,8 @@ def test_written_synthetic_records_read_back_and_tokenise_identically(tmp_path):
 
 def test_conversation_source_is_a_grain_source(data_dir):
   import grain  # pylint: disable=import-outside-toplevel
-  path = _write_jsonl(data_dir / "d.jsonl", [_good_messages_record(), _good_sharegpt_record(),
-                                             _bad_rows()[0][1]])
+
+  path = _write_jsonl(data_dir / "d.jsonl", [_good_messages_record(), _good_sharegpt_record(), _bad_rows()[0][1]])
   stats = {}
   source = sources.ConversationSource.from_files([path], skip_bad=True, stats=stats)
   assert len(source) == 2 and stats[path]["skipped"] == 1

@@ -16,8 +16,7 @@ from codevision_jax.processing import image as image_lib, tokenizer as tok_lib
 from codevision_jax.train import loop
 from configs import tiny_sft
 
-SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 4,
-                                                  max_pixels=28 * 28 * 16)
+SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +53,14 @@ def calls(monkeypatch):
 
 
 def sizes(path, tok, cache, settings=SETTINGS, **kw):
-  return size_cache.record_sizes(ConversationSource.from_files([str(path)]), tok, settings,
-                                 cache_dir=str(cache), **kw)
+  return size_cache.record_sizes(ConversationSource.from_files([str(path)]), tok, settings, cache_dir=str(cache), **kw)
 
 
 def test_second_start_reads_the_cache(tmp_path, tok, calls):
   path, cache = write_records(tmp_path), tmp_path / "cache"
   cold = sizes(path, tok, cache)
   assert calls["n"] == 8 and len(os.listdir(cache)) == 1
-  np.testing.assert_array_equal(
-      cold, sizing.record_sizes(ConversationSource.from_files([str(path)]), tok, SETTINGS))
+  np.testing.assert_array_equal(cold, sizing.record_sizes(ConversationSource.from_files([str(path)]), tok, SETTINGS))
   calls["n"] = 0
   np.testing.assert_array_equal(sizes(path, tok, cache), cold)
   assert calls["n"] == 0  # Read, not tokenised.
@@ -79,8 +76,7 @@ def test_a_changed_file_tokenizer_or_image_setting_sizes_again(tmp_path, tok, ca
   sizes(path, tok, cache, settings=bigger)
   assert calls["n"] == 8
   # The tokenizer.
-  other = tok_lib.load_tokenizer(tok_lib.build_tiny_tokenizer(str(tmp_path / "tok2"),
-                                                              vocab_size=320))
+  other = tok_lib.load_tokenizer(tok_lib.build_tiny_tokenizer(str(tmp_path / "tok2"), vocab_size=320))
   calls["n"] = 0
   sizes(path, other, cache)
   assert calls["n"] == 8
@@ -165,8 +161,7 @@ def test_processes_after_the_first_read_its_entries(tmp_path, tok, calls):
   assert calls["n"] == 8 and not cache.exists() and waits == [1]
   sizes(path, tok, cache, process_index=0, barrier=lambda: waits.append(0))
   calls["n"] = 0
-  np.testing.assert_array_equal(
-      sizes(path, tok, cache, process_index=1, barrier=lambda: waits.append(1)), alone)
+  np.testing.assert_array_equal(sizes(path, tok, cache, process_index=1, barrier=lambda: waits.append(1)), alone)
   assert calls["n"] == 0 and waits == [1, 0, 1]
 
 

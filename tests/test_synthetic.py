@@ -51,11 +51,10 @@ def test_transform_box_and_inverse(transform):
   w, h = 40, 24
   box = [5, 3, 17, 11]
   mask = np.zeros((h, w), dtype=np.uint8)
-  mask[box[1]:box[3], box[0]:box[2]] = 255
+  mask[box[1] : box[3], box[0] : box[2]] = 255
   moved = np.asarray(orientation.apply_transform(Image.fromarray(mask), transform))
   ys, xs = np.nonzero(moved)
-  assert orientation.transform_box(box, transform, (w, h)) == [xs.min(), ys.min(), xs.max() + 1,
-                                                             ys.max() + 1]
+  assert orientation.transform_box(box, transform, (w, h)) == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
   image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
   inverse = orientation.inverse_transform(transform)
   restored = orientation.apply_transform(orientation.apply_transform(image, transform), inverse)
@@ -84,19 +83,18 @@ def test_expert_code_undoes_transform_and_crops_the_content(recs):
       if t != "crop":
         expected = orientation.apply_transform(expected, orientation.inverse_transform(t))
     upright = orientation.apply_transform(given, orientation.inverse_transform(r.extra["transform"]))
-    np.testing.assert_array_equal(np.asarray(upright.crop(tuple(r.extra["upright_box"]))),
-                                  np.asarray(expected))
+    np.testing.assert_array_equal(np.asarray(upright.crop(tuple(r.extra["upright_box"]))), np.asarray(expected))
     calls = []
     for k, m in enumerate(r.messages):
       for c in m.get("tool_calls") or []:
-        call = code_tool.parse_tool_call(code_tool.format_tool_call(c["name"], c["arguments"]),
-                                     num_images=1 + len(calls))
+        call = code_tool.parse_tool_call(
+          code_tool.format_tool_call(c["name"], c["arguments"]), num_images=1 + len(calls)
+        )
         assert isinstance(call, code_tool.ToolCall), call
         calls.append(call)
         out = _run_code(call.code, images[call.image_index])
         np.testing.assert_array_equal(np.asarray(out), np.asarray(images[len(calls)]))
-        assert r.messages[k + 1] == {"role": "tool",
-                                     "content": code_tool.tool_response_content(len(calls))}
+        assert r.messages[k + 1] == {"role": "tool", "content": code_tool.tool_response_content(len(calls))}
     assert len(images) == 1 + len(calls)
     final = images[-1]
     if r.required_transforms:
@@ -122,5 +120,4 @@ def test_metadata_and_answer_format(recs):
     for m in assistant:
       assert m["content"].startswith("<think>") and m["content"].count("</think>") == 1
     last = assistant[-1]["content"]
-    assert re.fullmatch(r"<think>.*</think>\n<answer>(.*)</answer>", last, re.DOTALL).group(1) == \
-        r.answer
+    assert re.fullmatch(r"<think>.*</think>\n<answer>(.*)</answer>", last, re.DOTALL).group(1) == r.answer

@@ -11,7 +11,10 @@ def test_tiny_preset_special_ids_are_the_tiny_tokenizers(name, tmp_path):
   tokenizer = load_tokenizer(build_tiny_tokenizer(str(tmp_path)))
   config = presets.preset(name)
   assert len(tokenizer) <= config.text.vocab_size
-  for field, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                       ("vision_start_token_id", "<|vision_start|>"),
-                       ("vision_end_token_id", "<|vision_end|>")):
+  for field, token in (
+    ("image_token_id", "<|image_pad|>"),
+    ("video_token_id", "<|video_pad|>"),
+    ("vision_start_token_id", "<|vision_start|>"),
+    ("vision_end_token_id", "<|vision_end|>"),
+  ):
     assert getattr(config, field) == tokenizer.convert_tokens_to_ids(token), field

@@ -15,8 +15,7 @@ from codevision_jax.processing import image as image_lib
 from codevision_jax.train import step as step_lib
 from tiny_data import short_synthetic
 
-SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 4,
-                                                  max_pixels=28 * 28 * 4)
+SETTINGS = image_lib.ImageSettings.for_model_type("qwen2_5_vl", min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 4)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +56,10 @@ def test_padded_batch_gives_the_models_logits(setup):
   real = int(sizes[rows, 1].sum())
   assert real < 96  # So the padding image is there.
   # Fewer layers keep the eager forward quick; one windowed and one full-attention vision block.
-  small = mc.replace(text=dataclasses.replace(mc.text, num_hidden_layers=1),
-                     vision=dataclasses.replace(mc.vision, depth=2, fullatt_block_indexes=(1,)))
+  small = mc.replace(
+    text=dataclasses.replace(mc.text, num_hidden_layers=1),
+    vision=dataclasses.replace(mc.vision, depth=2, fullatt_block_indexes=(1,)),
+  )
   model = build_model(small, seed=0)
   mb = jax.tree.map(lambda v: jnp.asarray(v[0]), {k: v for k, v in batch.items() if k != "image_grid_thw"})
   padded_logits = nnx.jit(lambda m, mb: m.logits(step_lib.forward_hidden(m, mb)))(model, mb)
@@ -67,8 +68,8 @@ def test_padded_batch_gives_the_models_logits(setup):
     one = builder.group(512, [index])
     n = int(one["attention_mask"].sum())
     ids = one["input_ids"][:, :n]
-    grids = one["image_grid_thw"][:int(sizes[index, 2])]
-    pv = one["vision"].pixel_values[:int(sizes[index, 1])]
+    grids = one["image_grid_thw"][: int(sizes[index, 2])]
+    pv = one["vision"].pixel_values[: int(sizes[index, 1])]
     pos, meta = model.prepare(ids, grids)
     ref = reference(model, jnp.asarray(ids), jnp.asarray(pv), meta.as_arrays(), jnp.asarray(pos))
     np.testing.assert_allclose(padded_logits[row, :n], ref[0], atol=2e-5, rtol=1e-4)
@@ -95,13 +96,11 @@ def test_fixed_groups_give_one_host_the_batches_of_two(setup):
   two = pipeline.BatchPlan(sizes, spec(batch_size=4, num_groups=2, num_hosts=2), seed=0)
   assert [one[i] for i in range(len(one))] == [two[i] for i in range(len(two))]
   whole = pipeline.BatchBuilder(convs, tok, SETTINGS, one.spec, mc)(one[0])
-  parts = [pipeline.BatchBuilder(convs, tok, SETTINGS, two.spec, mc, host=h)(two[0])
-           for h in range(2)]
+  parts = [pipeline.BatchBuilder(convs, tok, SETTINGS, two.spec, mc, host=h)(two[0]) for h in range(2)]
   assert whole["input_ids"].shape[1] == 2 * parts[0]["input_ids"].shape[1] == 4
   for key in ("input_ids", "image_index", "loss_mask", "attention_mask"):
     np.testing.assert_array_equal(whole[key], np.concatenate([p[key] for p in parts], axis=1))
-  np.testing.assert_array_equal(whole["position_ids"],
-                                np.concatenate([p["position_ids"] for p in parts], axis=2))
+  np.testing.assert_array_equal(whole["position_ids"], np.concatenate([p["position_ids"] for p in parts], axis=2))
   vision = [jax.tree.leaves(p["vision"]) for p in parts]
   for a, *b in zip(jax.tree.leaves(whole["vision"]), *vision):
     np.testing.assert_array_equal(a, np.concatenate(b, axis=1))
@@ -120,5 +119,6 @@ def test_iterator_state_resumes_the_sequence(setup):
   again = pipeline.make_iterator(plan, builder, state=state)
   assert all(np.array_equal(e, next(again)["input_ids"]) for e in expected)
   workers = pipeline.make_iterator(plan, builder, workers=1)
-  assert np.array_equal(next(workers)["vision"].pixel_values,
-                        next(pipeline.make_iterator(plan, builder))["vision"].pixel_values)
+  assert np.array_equal(
+    next(workers)["vision"].pixel_values, next(pipeline.make_iterator(plan, builder))["vision"].pixel_values
+  )

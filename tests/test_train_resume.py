@@ -13,10 +13,19 @@ from codevision_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {  # The tiny recipe at test size.
-    "data.synthetic_size": 48, "data.buckets": (512,), "data.drop_oversized": True, "data.batch_size": 4,
-    "data.patch_budget": 64, "data.max_pixels": 28 * 28 * 4, "train.log_every": 1,
-    "train.steps": 6, "train.checkpoint_every": 3, "mesh.num_devices": 2, "mesh.shape.data": 1,
-    "mesh.shape.fsdp": 2, "mesh.shape.tensor": 1,  # Sharded (FSDP) state, restored onto the mesh.
+  "data.synthetic_size": 48,
+  "data.buckets": (512,),
+  "data.drop_oversized": True,
+  "data.batch_size": 4,
+  "data.patch_budget": 64,
+  "data.max_pixels": 28 * 28 * 4,
+  "train.log_every": 1,
+  "train.steps": 6,
+  "train.checkpoint_every": 3,
+  "mesh.num_devices": 2,
+  "mesh.shape.data": 1,
+  "mesh.shape.fsdp": 2,
+  "mesh.shape.tensor": 1,  # Sharded (FSDP) state, restored onto the mesh.
 }
 
 
@@ -51,8 +60,14 @@ def test_kill_and_resume_equals_straight_run(tmp_path):
   straight = loop.train(config(), str(tmp_path / "straight"))
 
   workdir = str(tmp_path / "resumed")
-  proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_STEP_3, workdir], cwd=ROOT,
-                        env=dict(os.environ), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-c", KILLED_AFTER_STEP_3, workdir],
+    cwd=ROOT,
+    env=dict(os.environ),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == -9, proc.stderr[-3000:]  # Killed, not finished.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
 

@@ -43,8 +43,7 @@ def test_sharded_training_matches_one_device(tmp_path):
   a = loop.train(one, str(tmp_path / "one"))
   b = loop.train(sharded, str(tmp_path / "sharded"))
   assert [h["batch_hash"] for h in a.history] == [h["batch_hash"] for h in b.history]
-  np.testing.assert_allclose([h["loss"] for h in a.history], [h["loss"] for h in b.history],
-                             rtol=1e-5)
+  np.testing.assert_allclose([h["loss"] for h in a.history], [h["loss"] for h in b.history], rtol=1e-5)
   pa, pb = jax.device_get(a.state["params"]), jax.device_get(b.state["params"])
   assert len(b.state["params"]["model"]["language_model"]["layers"]) == 4
   kernel = b.state["params"]["model"]["language_model"]["layers"][0]["mlp"]["gate_proj"]["kernel"]
@@ -77,8 +76,9 @@ def test_gradient_accumulation_is_the_token_mean(tmp_path):
   b = run.builder
 
   def batch(**spec):
-    builder = pipeline.BatchBuilder(b.source, b.tokenizer, b.settings,
-                                    dataclasses.replace(b.spec, **spec), run.model_config)
+    builder = pipeline.BatchBuilder(
+      b.source, b.tokenizer, b.settings, dataclasses.replace(b.spec, **spec), run.model_config
+    )
     groups = [rows] if spec["grad_accum"] == 1 else [rows[:2], rows[2:]]
     out = builder((512, groups))
     out.pop("image_grid_thw")
@@ -90,19 +90,26 @@ def test_gradient_accumulation_is_the_token_mean(tmp_path):
   assert float(m1["loss_tokens"]) == float(m2["loss_tokens"]) > 0
   np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
   np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-5)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5),
-               jax.device_get(one["params"]), jax.device_get(two["params"]))
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5),
+    jax.device_get(one["params"]),
+    jax.device_get(two["params"]),
+  )
 
 
 def test_launch_sft_runs_from_the_command_line(tmp_path):
   """The README's command with overrides: it trains, checkpoints, and a rerun resumes (no steps)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  flags = ["--config.data.synthetic_size=8", "--config.data.buckets=(512,)", "--config.train.steps=2",
-           "--config.data.drop_oversized=True",
-           "--config.data.max_pixels=3136", "--config.mesh.num_devices=1",
-           "--config.train.checkpoint_every=2"]
-  cmd = [sys.executable, "-m", "launch.sft", "--config=configs/tiny_sft.py",
-         f"--workdir={tmp_path}", *flags]
+  flags = [
+    "--config.data.synthetic_size=8",
+    "--config.data.buckets=(512,)",
+    "--config.train.steps=2",
+    "--config.data.drop_oversized=True",
+    "--config.data.max_pixels=3136",
+    "--config.mesh.num_devices=1",
+    "--config.train.checkpoint_every=2",
+  ]
+  cmd = [sys.executable, "-m", "launch.sft", "--config=configs/tiny_sft.py", f"--workdir={tmp_path}", *flags]
   outputs, logs = [], []
   for extra in ([], ["--orbax_logs"]):
     proc = subprocess.run(cmd + extra, cwd=root, capture_output=True, text=True, timeout=600)

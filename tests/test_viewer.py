@@ -34,10 +34,18 @@ def _png(path, color, size=(48, 32)):
 
 
 def _call(turn, status="ok", result=None, error=None, ops=("rotate",)):
-  return {"turn": turn, "description": "rotate the image upright", "image_index": 0,
-          "code": "image = image.rotate(90, expand=True)\nprint(image.size)", "status": status,
-          "stdout": "(32, 48)\n" if status == "ok" else "", "error": error,
-          "result_image": result, "ops": list(ops), "latency_s": 0.0123}
+  return {
+    "turn": turn,
+    "description": "rotate the image upright",
+    "image_index": 0,
+    "code": "image = image.rotate(90, expand=True)\nprint(image.size)",
+    "status": status,
+    "stdout": "(32, 48)\n" if status == "ok" else "",
+    "error": error,
+    "result_image": result,
+    "ops": list(ops),
+    "latency_s": 0.0123,
+  }
 
 
 def _reward(correct):
@@ -48,48 +56,113 @@ def trajectories(root) -> list[dict]:
   """Four transcripts (`rl.transcript` format plus the eval's fields) with their PNGs under
   `root/images/`: a correct one with a successful call, one whose call failed, an ungraded one
   without tools, and one whose text tries to break out of the page."""
-  for name, color in [("a_0", (200, 40, 40)), ("a_1", (40, 200, 40)), ("b_0", (40, 40, 200)),
-                      ("c_0", (120, 120, 0)), ("d_0", (0, 120, 120)), ("d_1", (90, 0, 90))]:
+  for name, color in [
+    ("a_0", (200, 40, 40)),
+    ("a_1", (40, 200, 40)),
+    ("b_0", (40, 40, 200)),
+    ("c_0", (120, 120, 0)),
+    ("d_0", (0, 120, 120)),
+    ("d_1", (90, 0, 90)),
+  ]:
     _png(os.path.join(root, "images", f"{name}.png"), color)
   base = {"origin": "synthetic (test)", "finish_reason": "answer", "error": None}
   return [
-      {**base, "id": 0, "key": "toy/0/rotate_90/on", "suite": "toy", "item": "0",
-       "transform": "rotate_90", "tools": "on", "question": "What does the sign say?",
-       "ground_truth": "stop", "answer": "stop", "correct": True, "reward": _reward(True),
-       "num_turns": 2,
-       "turns": [{"role": "assistant", "text": "<think>It is sideways.</think>\n<tool_call>..."},
-                 {"role": "tool", "text": "<image>"},
-                 {"role": "assistant", "text": "<answer>stop</answer>"}],
-       "tool_calls": [_call(1, result="images/a_1.png")],
-       "images": ["images/a_0.png", "images/a_1.png"]},
-      {**base, "id": 1, "key": "toy/1/flip_horizontal/on", "suite": "toy", "item": "1",
-       "transform": "flip_horizontal", "tools": "on", "question": "How many dots?",
-       "ground_truth": ["3", "three"], "answer": "4", "correct": False, "reward": _reward(False),
-       "num_turns": 2,
-       "turns": [{"role": "assistant", "text": "<tool_call>{...}</tool_call>"},
-                 {"role": "tool", "text": "Error: NameError"},
-                 {"role": "assistant", "text": "<answer>4</answer>"}],
-       "tool_calls": [_call(1, status="code_error", ops=(),
-                            error="NameError: name 'img' is not defined")],
-       "images": ["images/b_0.png"]},
-      {**base, "id": 2, "key": "other/2/none/off", "suite": "other", "item": "2",
-       "transform": "none", "tools": "off", "question": "Describe it.", "ground_truth": None,
-       "answer": "a square", "correct": None, "reward": None, "num_turns": 1,
-       "finish_reason": "eos",
-       "turns": [{"role": "assistant", "text": "a square"}], "tool_calls": [],
-       "images": ["images/c_0.png"]},
-      {**base, "id": 3, "key": "toy/3/none/on", "suite": "toy", "item": "3", "transform": "none",
-       "tools": "on", "question": f"Read this: {EVIL}", "ground_truth": "x", "answer": EVIL,
-       "correct": False, "reward": _reward(False), "num_turns": 2, "error": EVIL,
-       "turns": [{"role": "assistant", "text": EVIL}, {"role": "tool", "text": "<image>"},
-                 {"role": "assistant", "text": f"<answer>{EVIL}</answer>"}],
-       "tool_calls": [_call(1, result="images/d_1.png", ops=("crop", "rotate"))],
-       "images": ["images/d_0.png", "images/d_1.png"]},
+    {
+      **base,
+      "id": 0,
+      "key": "toy/0/rotate_90/on",
+      "suite": "toy",
+      "item": "0",
+      "transform": "rotate_90",
+      "tools": "on",
+      "question": "What does the sign say?",
+      "ground_truth": "stop",
+      "answer": "stop",
+      "correct": True,
+      "reward": _reward(True),
+      "num_turns": 2,
+      "turns": [
+        {"role": "assistant", "text": "<think>It is sideways.</think>\n<tool_call>..."},
+        {"role": "tool", "text": "<image>"},
+        {"role": "assistant", "text": "<answer>stop</answer>"},
+      ],
+      "tool_calls": [_call(1, result="images/a_1.png")],
+      "images": ["images/a_0.png", "images/a_1.png"],
+    },
+    {
+      **base,
+      "id": 1,
+      "key": "toy/1/flip_horizontal/on",
+      "suite": "toy",
+      "item": "1",
+      "transform": "flip_horizontal",
+      "tools": "on",
+      "question": "How many dots?",
+      "ground_truth": ["3", "three"],
+      "answer": "4",
+      "correct": False,
+      "reward": _reward(False),
+      "num_turns": 2,
+      "turns": [
+        {"role": "assistant", "text": "<tool_call>{...}</tool_call>"},
+        {"role": "tool", "text": "Error: NameError"},
+        {"role": "assistant", "text": "<answer>4</answer>"},
+      ],
+      "tool_calls": [_call(1, status="code_error", ops=(), error="NameError: name 'img' is not defined")],
+      "images": ["images/b_0.png"],
+    },
+    {
+      **base,
+      "id": 2,
+      "key": "other/2/none/off",
+      "suite": "other",
+      "item": "2",
+      "transform": "none",
+      "tools": "off",
+      "question": "Describe it.",
+      "ground_truth": None,
+      "answer": "a square",
+      "correct": None,
+      "reward": None,
+      "num_turns": 1,
+      "finish_reason": "eos",
+      "turns": [{"role": "assistant", "text": "a square"}],
+      "tool_calls": [],
+      "images": ["images/c_0.png"],
+    },
+    {
+      **base,
+      "id": 3,
+      "key": "toy/3/none/on",
+      "suite": "toy",
+      "item": "3",
+      "transform": "none",
+      "tools": "on",
+      "question": f"Read this: {EVIL}",
+      "ground_truth": "x",
+      "answer": EVIL,
+      "correct": False,
+      "reward": _reward(False),
+      "num_turns": 2,
+      "error": EVIL,
+      "turns": [
+        {"role": "assistant", "text": EVIL},
+        {"role": "tool", "text": "<image>"},
+        {"role": "assistant", "text": f"<answer>{EVIL}</answer>"},
+      ],
+      "tool_calls": [_call(1, result="images/d_1.png", ops=("crop", "rotate"))],
+      "images": ["images/d_0.png", "images/d_1.png"],
+    },
   ]
 
 
-TABLES = [("Accuracy <by> transform", ["transform", "accuracy", "n"],
-           [["none", 0.5, 2], ["rotate_90", None, 1], ["<i>evil</i>", 2 / 3, 3]])]
+TABLES = [
+  (
+    "Accuracy <by> transform",
+    ["transform", "accuracy", "n"],
+    [["none", 0.5, 2], ["rotate_90", None, 1], ["<i>evil</i>", 2 / 3, 3]],
+  )
+]
 NOTES = ["rule-only scoring: no judge", "a toy model: a <smoke> test"]
 
 
@@ -98,9 +171,14 @@ def _render(root, trajs=None, name="report.html"):
   _png(plot, (10, 10, 10), (64, 40))
   with open(plot, "rb") as f:
     plots = [("a plot", f.read())]
-  return viewer.render(os.path.join(root, name), title="Viewer <test>",
-                       trajectories=trajectories(root) if trajs is None else trajs,
-                       tables=TABLES, plots=plots, notes=NOTES)
+  return viewer.render(
+    os.path.join(root, name),
+    title="Viewer <test>",
+    trajectories=trajectories(root) if trajs is None else trajs,
+    tables=TABLES,
+    plots=plots,
+    notes=NOTES,
+  )
 
 
 def _embedded(text: str) -> list[dict]:
@@ -127,8 +205,13 @@ def test_page_content_and_escaping(tmp_path):
     assert f"<p>{note}</p>" in text
   assert "<title>Viewer &lt;test&gt;</title>" in text
   assert "<h3>Accuracy &lt;by&gt; transform</h3>" in text
-  for cell in ('<td class="num">0.500</td>', "<td>–</td>", '<td class="num">0.667</td>',
-               '<td class="num">2</td>', "<td>&lt;i&gt;evil&lt;/i&gt;</td>"):
+  for cell in (
+    '<td class="num">0.500</td>',
+    "<td>–</td>",
+    '<td class="num">0.667</td>',
+    '<td class="num">2</td>',
+    "<td>&lt;i&gt;evil&lt;/i&gt;</td>",
+  ):
     assert cell in text
   assert '<img src="data:image/png;base64,iVBOR' in text
   assert "images/a_0.png" in text and "base64" not in text.split('id="trajectories">')[1]
@@ -137,9 +220,12 @@ def test_page_content_and_escaping(tmp_path):
 
 def test_keys_are_unique_and_values_json_safe(tmp_path):
   import numpy as np
-  trajs = [{"id": 7, "reward": {"score": np.float32(0.5), "nan": float("nan")}},
-           {"id": 7, "turns": [], "num_turns": np.int64(3)},
-           {"key": "k", "id": 1, "answer": "a lone \ud800 surrogate \\\ud800"}]
+
+  trajs = [
+    {"id": 7, "reward": {"score": np.float32(0.5), "nan": float("nan")}},
+    {"id": 7, "turns": [], "num_turns": np.int64(3)},
+    {"key": "k", "id": 1, "answer": "a lone \ud800 surrogate \\\ud800"},
+  ]
   text = open(_render(str(tmp_path), trajs), encoding="utf-8").read()
   got = _embedded(text)
   assert [t["key"] for t in got] == ["7", "7#2", "k"]
@@ -149,21 +235,34 @@ def test_keys_are_unique_and_values_json_safe(tmp_path):
 
 # ---- headless Chromium ---------------------------------------------------------------------
 
+
 def _browser() -> str:
   for name in BROWSERS:
     found = shutil.which(name)
     if found:
       return found
-  pytest.fail(f"no headless Chromium on PATH (looked for {', '.join(BROWSERS)}); the viewer's "
-              "browser tests need one: run `make browser-deps` (apt package "
-              "chromium-headless-shell)")
+  pytest.fail(
+    f"no headless Chromium on PATH (looked for {', '.join(BROWSERS)}); the viewer's "
+    "browser tests need one: run `make browser-deps` (apt package "
+    "chromium-headless-shell)"
+  )
 
 
 def _chromium(tmp_path, url: str, *args: str) -> subprocess.CompletedProcess:
   profile = tmp_path / f"chromium-profile-{time.monotonic_ns()}"
-  cmd = [_browser(), "--headless", "--no-sandbox", "--disable-gpu",
-         "--allow-file-access-from-files", "--virtual-time-budget=10000",
-         "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}", *args, url]
+  cmd = [
+    _browser(),
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--allow-file-access-from-files",
+    "--virtual-time-budget=10000",
+    "--enable-logging=stderr",
+    "--v=0",
+    f"--user-data-dir={profile}",
+    *args,
+    url,
+  ]
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
   assert done.returncode == 0, f"{cmd} exited {done.returncode}:\n{done.stderr[-3000:]}"
   return done
@@ -179,8 +278,7 @@ def _console(stderr: str) -> list[str]:
 def _selftest(tmp_path, path: str) -> tuple[dict, str, list[str]]:
   done = _chromium(tmp_path, f"file://{os.path.abspath(path)}#selftest", "--dump-dom")
   m = re.search(r'<pre id="selftest-result">(.*?)</pre>', done.stdout, re.S)
-  assert m, (f"the page wrote no self-test result; its console: {_console(done.stderr)}; "
-             f"stderr:\n{done.stderr[-3000:]}")
+  assert m, f"the page wrote no self-test result; its console: {_console(done.stderr)}; stderr:\n{done.stderr[-3000:]}"
   return json.loads(html.unescape(m.group(1))), done.stdout, _console(done.stderr)
 
 
@@ -195,9 +293,18 @@ def test_browser_selftest(tmp_path):
   assert result["opened"] == "toy/3/none/on"
   assert result["detail_text_length"] > 200
   assert result["filters"] == {
-      "suite=other": 1, "suite=toy": 3, "transform=flip_horizontal": 1, "transform=none": 2,
-      "transform=rotate_90": 1, "tools=off": 1, "tools=on": 3, "grade=correct": 1,
-      "grade=incorrect": 2, "grade=ungraded": 1, "search=<nothing>": 0}
+    "suite=other": 1,
+    "suite=toy": 3,
+    "transform=flip_horizontal": 1,
+    "transform=none": 2,
+    "transform=rotate_90": 1,
+    "tools=off": 1,
+    "tools=on": 3,
+    "grade=correct": 1,
+    "grade=incorrect": 2,
+    "grade=ungraded": 1,
+    "search=<nothing>": 0,
+  }
   # The model's markup stayed text: serialized escaped, no element made of it.
   assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt; &lt;b&gt;bold&lt;/b&gt;" in dom
   outside = re.sub(r'(id="trajectories">).*?</script>', r"\1", dom, flags=re.S)
@@ -233,18 +340,19 @@ def test_browser_screenshot(tmp_path):
 
 # ---- launch.view ---------------------------------------------------------------------------
 
+
 def _write_run(directory, trajs):
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, "transcripts.jsonl"), "w", encoding="utf-8") as f:
     for t in trajs:
-      t = {k: v for k, v in t.items()
-           if k not in ("key", "suite", "item", "transform", "tools")}  # as rl.transcript
+      t = {k: v for k, v in t.items() if k not in ("key", "suite", "item", "transform", "tools")}  # as rl.transcript
       f.write(json.dumps(t) + "\n")
 
 
 def _image_paths(text: str) -> list[str]:
-  return [p for t in _embedded(text)
-          for p in t["images"] + [c["result_image"] for c in t["tool_calls"] if c["result_image"]]]
+  return [
+    p for t in _embedded(text) for p in t["images"] + [c["result_image"] for c in t["tool_calls"] if c["result_image"]]
+  ]
 
 
 def test_view_of_a_rollout_directory(tmp_path):
@@ -265,18 +373,27 @@ def test_view_of_rl_rounds(tmp_path):
   workdir = tmp_path / "rl"
   for r in (1, 3):
     run = workdir / "rollouts" / f"round_{r:05d}"
-    _write_run(str(run), trajectories(str(run))[:2 + r // 3])
+    _write_run(str(run), trajectories(str(run))[: 2 + r // 3])
   out = str(tmp_path / "elsewhere" / "rounds.html")
-  done = subprocess.run([sys.executable, "-m", "launch.view", f"--rollouts={workdir}",
-                         f"--out={out}"], capture_output=True, text=True, timeout=120,
-                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  done = subprocess.run(
+    [sys.executable, "-m", "launch.view", f"--rollouts={workdir}", f"--out={out}"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert done.returncode == 0, done.stderr
   printed = done.stdout
   assert out in printed and f"file://{out}" in printed and "xdg-open" in printed
   text = open(out, encoding="utf-8").read()
   got = _embedded(text)
-  assert [t["key"] for t in got] == ["round_00001/0", "round_00001/1", "round_00003/0",
-                                     "round_00003/1", "round_00003/2"]
+  assert [t["key"] for t in got] == [
+    "round_00001/0",
+    "round_00001/1",
+    "round_00003/0",
+    "round_00003/1",
+    "round_00003/2",
+  ]
   assert [t["suite"] for t in got] == ["round_00001"] * 2 + ["round_00003"] * 3
   paths = _image_paths(text)
   assert paths and all(p.startswith("../rl/rollouts/round_0000") for p in paths), paths

@@ -23,9 +23,9 @@ def _qkv(rng, n, heads=2, dim=16):
 
 def test_band_geometry():
   assert band_geometry(8192, 1024) == (128, 8)  # 2,176 keys per query instead of 8,192.
-  assert band_geometry(8192, 64) == (64, 1)     # 64-patch windows: 192 keys.
-  assert band_geometry(512, 256) is None        # The band would cover everything: dense.
-  assert band_geometry(8192, 0) is None         # No bound known: dense.
+  assert band_geometry(8192, 64) == (64, 1)  # 64-patch windows: 192 keys.
+  assert band_geometry(512, 256) is None  # The band would cover everything: dense.
+  assert band_geometry(8192, 0) is None  # No bound known: dense.
 
 
 @pytest.mark.parametrize("span", [64, 128, 256])
@@ -48,8 +48,7 @@ def test_banded_equals_dense_for_segments_up_to_the_span(span):
   def loss(segments):  # The real patches' outputs: their gradients w.r.t. everything.
     return lambda q, k, v: jnp.sum(jnp.sin(out(q, k, v, segments)[:real]))
 
-  for got, want in zip(jax.grad(loss(band), (0, 1, 2))(q, k, v),
-                       jax.grad(loss(dense), (0, 1, 2))(q, k, v)):
+  for got, want in zip(jax.grad(loss(band), (0, 1, 2))(q, k, v), jax.grad(loss(dense), (0, 1, 2))(q, k, v)):
     np.testing.assert_allclose(got, want, atol=5e-6)
 
 
@@ -73,29 +72,36 @@ def test_many_images_with_the_band_equal_transformers(model_type):
 
 
 def _example(mc, grids):
-  unit = mc.vision.spatial_merge_size ** 2
-  patch_dim = 3 * 2 * mc.vision.patch_size ** 2
+  unit = mc.vision.spatial_merge_size**2
+  patch_dim = 3 * 2 * mc.vision.patch_size**2
   ids = [1]
   for t, h, w in grids:  # Each image's tokens, then a text token.
     ids += [mc.image_token_id] * (t * h * w // unit) + [2]
   ids = np.array(ids, np.int32)
-  return Example(input_ids=ids, loss_mask=np.ones_like(ids),
-                 pixel_values=np.zeros((sum(t * h * w for t, h, w in grids), patch_dim), np.float32),
-                 image_grid_thw=np.asarray(grids, np.int64).reshape(-1, 3), token_values={})
+  return Example(
+    input_ids=ids,
+    loss_mask=np.ones_like(ids),
+    pixel_values=np.zeros((sum(t * h * w for t, h, w in grids), patch_dim), np.float32),
+    image_grid_thw=np.asarray(grids, np.int64).reshape(-1, 3),
+    token_values={},
+  )
 
 
 def test_microbatches_carry_the_span_of_the_image_settings():
   from codevision_jax.models import presets
+
   mc = presets.preset("qwen2_5_vl_tiny")
-  kw = dict(length=256, rows=2, patch_budget=512, max_images=4, model_config=mc, pad_id=0,
-            max_image_patches=100)
+  kw = dict(length=256, rows=2, patch_budget=512, max_images=4, model_config=mc, pad_id=0, max_image_patches=100)
   a = pack.pack([_example(mc, [(1, 8, 8)])], **kw)
   b = pack.pack([_example(mc, [(1, 4, 4), (1, 10, 10)])], **kw)
   # The same static span whatever the images: microbatches stack and share one compilation.
   assert a["vision"].meta.full_span == b["vision"].meta.full_span == 128
   assert jax.tree.structure(a) == jax.tree.structure(b)
-  with pytest.raises(ValueError, match=r"grid \[1, 12, 10\] has 120 patches per frame, more "
-                     r"than the 100 that max_pixels allows"):
+  with pytest.raises(
+    ValueError,
+    match=r"grid \[1, 12, 10\] has 120 patches per frame, more "
+    r"than the 100 that max_pixels allows",
+  ):
     pack.pack([_example(mc, [(1, 12, 10)])], **kw)
 
 
@@ -103,15 +109,15 @@ def test_no_score_matrix_over_all_patches():
   """The vision tower of 8,192 patches (sixteen 32x16 images), lowered: no array has two
   8,192-long axes, where dense attention makes [1, heads, 8192, 8192] scores."""
   from codevision_jax.models import build_model, presets
+
   mc = presets.preset("qwen2_5_vl_tiny")
   model = build_model(mc, seed=0)
   grid = np.asarray([[1, 32, 16]] * 16, np.int64)
   meta = prepare.vision_metadata(mc, grid).as_arrays()
-  pixels = jnp.zeros((8192, 3 * 2 * mc.vision.patch_size ** 2), jnp.float32)
+  pixels = jnp.zeros((8192, 3 * 2 * mc.vision.patch_size**2), jnp.float32)
   visual = model.model.visual
   text = jax.jit(lambda p, m: visual(p, m)[0]).lower(pixels, meta).as_text()
   assert "8192" in text
   assert not re.search(r"8192x8192", text)
-  dense = jax.jit(lambda p, m: visual(p, m)[0]).lower(
-      pixels, meta.replace(full_span=0, window_span=0)).as_text()
+  dense = jax.jit(lambda p, m: visual(p, m)[0]).lower(pixels, meta.replace(full_span=0, window_span=0)).as_text()
   assert re.search(r"8192x8192", dense)  # What the check would see without the band.

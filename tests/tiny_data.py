@@ -15,7 +15,8 @@ def short_synthetic(directory: str, n: int, seed: int, settings):
     c.messages = [m for m in c.messages if m["role"] != "system"]
     c.tools = None
   mc = presets.qwen2_5_vl_tiny(512).replace(
-      image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-      vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-      vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
+    image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+    vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+    vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+  )
   return tok, convs, mc, sizing.record_sizes(convs, tok, settings)

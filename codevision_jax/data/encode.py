@@ -25,6 +25,7 @@ from codevision_jax.processing import chat, image as image_lib
 @dataclasses.dataclass(frozen=True)
 class Example:
   """A tokenised conversation and its preprocessed images."""
+
   input_ids: np.ndarray  # int32 [T], image pads expanded
   loss_mask: np.ndarray  # int32 [T], 1 on tokens that carry loss (assistant turns)
   pixel_values: np.ndarray  # float32 [P, C * temporal_patch * patch^2], the images' patches in order
@@ -38,22 +39,23 @@ class Example:
 
 
 def _tokenize(conversation, tokenizer, grids, merge_size) -> chat.TokenizedConversation:
-  return chat.tokenize_conversation(tokenizer, conversation.messages,
-                                    image_lib.num_image_tokens(grids, merge_size),
-                                    tools=conversation.tools)
+  return chat.tokenize_conversation(
+    tokenizer, conversation.messages, image_lib.num_image_tokens(grids, merge_size), tools=conversation.tools
+  )
 
 
 def encode(conversation, tokenizer, settings: image_lib.ImageSettings) -> Example:
   """Decodes and preprocesses the conversation's images and tokenises its messages."""
   pv, grids = image_lib.preprocess_images(
-      [records_lib.load_image(x, origin=getattr(conversation, "origin", "") or None)
-       for x in conversation.images], **settings.as_kwargs())
+    [records_lib.load_image(x, origin=getattr(conversation, "origin", "") or None) for x in conversation.images],
+    **settings.as_kwargs(),
+  )
   tok = _tokenize(conversation, tokenizer, grids, settings.merge_size)
-  return Example(tok.input_ids, tok.loss_mask, np.asarray(pv, np.float32),
-                 np.asarray(grids, np.int64).reshape(-1, 3))
+  return Example(tok.input_ids, tok.loss_mask, np.asarray(pv, np.float32), np.asarray(grids, np.int64).reshape(-1, 3))
 
 
 # ---- sizes from image headers ---------------------------------------------------------------
+
 
 class BadImage(ValueError):
   """An image of a record that cannot be decoded."""
@@ -94,8 +96,7 @@ def image_grids(conversation, settings: image_lib.ImageSettings) -> np.ndarray:
     try:
       w, h = checked_image_size(source)
     except BadImage as e:
-      what = (os.fspath(source) if isinstance(source, (str, os.PathLike))
-              else records_lib.describe_source(source))
+      what = os.fspath(source) if isinstance(source, (str, os.PathLike)) else records_lib.describe_source(source)
       raise BadImage(f"image {k} ({what}) cannot be decoded: {e}") from None
     rh, rw = image_lib.smart_resize(h, w, settings.factor, settings.min_pixels, settings.max_pixels)
     grids.append((1, rh // settings.patch_size, rw // settings.patch_size))
@@ -110,5 +111,8 @@ def record_size(conversation, tokenizer, settings: image_lib.ImageSettings) -> t
   """(tokens, patches, images) of one record, from its image headers (every image is checked to
   decode). Raises BadImage or ImagePreprocessingError for an image that cannot be used."""
   grids = image_grids(conversation, settings)
-  return (len(_tokenize(conversation, tokenizer, grids, settings.merge_size).input_ids),
-          int(grids.prod(-1).sum()), len(grids))
+  return (
+    len(_tokenize(conversation, tokenizer, grids, settings.merge_size).input_ids),
+    int(grids.prod(-1).sum()),
+    len(grids),
+  )

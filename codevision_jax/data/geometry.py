@@ -35,6 +35,7 @@ PACKING = ("none", "first_fit", "best_fit")
 class Geometry:
   """Static microbatch shapes: `rows` rows of one of `buckets` tokens, `patch_budget` patches,
   at most `max_images` images; `max_image_patches` bounds one image frame (0: the budget)."""
+
   buckets: tuple
   rows: int
   patch_budget: int
@@ -65,17 +66,23 @@ class Geometry:
     """Which examples (rows of `sizes`: tokens, patches, images; tokens < 0: unusable) one
     microbatch can hold."""
     sizes = np.asarray(sizes).reshape(-1, 3)
-    return ((sizes[:, 0] >= 0) & (sizes[:, 0] <= self.length)
-            & (sizes[:, 1] <= self.patch_budget) & (sizes[:, 2] <= self.max_images))
+    return (
+      (sizes[:, 0] >= 0)
+      & (sizes[:, 0] <= self.length)
+      & (sizes[:, 1] <= self.patch_budget)
+      & (sizes[:, 2] <= self.max_images)
+    )
 
 
 def check_divisible(rows: int, patch_budget: int, shards: int, *, rows_key: str, budget_key: str) -> None:
   """Rows and patches are split over the batch mesh axes (`shards` = data x fsdp): both must
   divide evenly, the budget also into merged 2x2 units. Raises naming the config keys."""
   if rows % shards or patch_budget % (4 * shards // math.gcd(4, shards)):
-    raise ValueError(f"{rows_key} {rows} and {budget_key} {patch_budget} must be multiples of "
-                     f"data x fsdp = {shards} (the budget also of 4); change them or "
-                     "--config.mesh.shape")
+    raise ValueError(
+      f"{rows_key} {rows} and {budget_key} {patch_budget} must be multiples of "
+      f"data x fsdp = {shards} (the budget also of 4); change them or "
+      "--config.mesh.shape"
+    )
 
 
 def row_length(sizes: np.ndarray, row) -> int:
@@ -91,11 +98,17 @@ def fill_groups(order, sizes: np.ndarray, geometry: Geometry, packing: str = "no
   groups, rows, room, used = [], None, [], [0, 0]  # The open group's rows, their room, patches/images.
   for i in order:
     n, p, k = (int(x) for x in sizes[i])
-    fits = [] if packing == "none" else [
-        r for r in range(len(room))
-        if room[r] >= n and len(rows[r]) < segment_bound(geometry.length - room[r] + n)]
-    if (rows is None or used[0] + p > geometry.patch_budget or used[1] + k > geometry.max_images
-        or (not fits and len(rows) == geometry.rows)):
+    fits = (
+      []
+      if packing == "none"
+      else [r for r in range(len(room)) if room[r] >= n and len(rows[r]) < segment_bound(geometry.length - room[r] + n)]
+    )
+    if (
+      rows is None
+      or used[0] + p > geometry.patch_budget
+      or used[1] + k > geometry.max_images
+      or (not fits and len(rows) == geometry.rows)
+    ):
       rows, room, used = [], [], [0, 0]
       groups.append(rows)
       fits = []

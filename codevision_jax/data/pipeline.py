@@ -55,6 +55,7 @@ class BatchSpec:
   """An SFT step's layout: `grad_accum` microbatches of `batch_size` rows (all hosts together) in
   `group_count` groups, each group packed to `geometry` (the one `data.geometry.Geometry` RL uses
   too: `rows` = `batch_size / group_count`)."""
+
   buckets: tuple
   batch_size: int
   patch_budget: int
@@ -67,11 +68,15 @@ class BatchSpec:
 
   def __post_init__(self):
     if self.group_count % self.num_hosts:
-      raise ValueError(f"data.groups {self.num_groups} is not a multiple of the {self.num_hosts} "
-                       "processes; set it to one (or 0: one group per process)")
+      raise ValueError(
+        f"data.groups {self.num_groups} is not a multiple of the {self.num_hosts} "
+        "processes; set it to one (or 0: one group per process)"
+      )
     if self.batch_size % self.group_count:
-      raise ValueError(f"batch_size {self.batch_size} is not divisible into {self.group_count} "
-                       "groups (data.groups, or one per process)")
+      raise ValueError(
+        f"batch_size {self.batch_size} is not divisible into {self.group_count} "
+        "groups (data.groups, or one per process)"
+      )
     if self.packing not in PACKING:
       raise ValueError(f"data.packing {self.packing!r} is not one of {PACKING}")
     _ = self.geometry  # Checks the buckets and the patch budget.
@@ -110,6 +115,7 @@ class BatchSpec:
 
 # ---- the plan -------------------------------------------------------------------------------------
 
+
 def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> list:
   """Batches of one epoch: a list of (bucket, groups), groups a list of `spec.groups` lists of
   record indices (group g belongs to microbatch g // group_count and, within it, to host
@@ -123,12 +129,13 @@ def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> lis
   order = order[spec.fits(sizes)[order]]
   if spec.sort_window:  # Similar lengths share a batch (less padding); batches reshuffled below.
     w = spec.sort_window * spec.groups * spec.rows
-    order = np.concatenate([c[np.argsort(sizes[c, 0], kind="stable")]
-                            for c in np.split(order, range(w, len(order), w))] + [order[:0]])
+    order = np.concatenate(
+      [c[np.argsort(sizes[c, 0], kind="stable")] for c in np.split(order, range(w, len(order), w))] + [order[:0]]
+    )
   groups = geometry_lib.fill_groups(order, sizes, spec.geometry, spec.packing)
   batches = []
   for start in range(0, len(groups), spec.groups):
-    chunk = groups[start:start + spec.groups]
+    chunk = groups[start : start + spec.groups]
     longest = max(geometry_lib.row_length(sizes, row) for g in chunk for row in g)
     if spec.packing == "none":
       chunk = [[row[0] for row in g] for g in chunk]
@@ -140,13 +147,15 @@ def plan_epoch(sizes: np.ndarray, spec: BatchSpec, seed: int, epoch: int) -> lis
 
 def drop_reasons(sizes: np.ndarray, spec: BatchSpec) -> str:
   ok = sizes[:, 0] >= 0
-  reasons = [(int((~ok).sum()), "have an image that cannot be used (skipped)"),
-             (int((ok & (sizes[:, 0] > spec.buckets[-1])).sum()),
-              f"are longer than the largest bucket {spec.buckets[-1]}"),
-             (int((ok & (sizes[:, 1] > spec.patch_budget)).sum()),
-              f"have more image patches than data.patch_budget {spec.patch_budget}"),
-             (int((ok & (sizes[:, 2] > spec.max_images)).sum()),
-              f"have more images than data.max_images {spec.max_images}")]
+  reasons = [
+    (int((~ok).sum()), "have an image that cannot be used (skipped)"),
+    (int((ok & (sizes[:, 0] > spec.buckets[-1])).sum()), f"are longer than the largest bucket {spec.buckets[-1]}"),
+    (
+      int((ok & (sizes[:, 1] > spec.patch_budget)).sum()),
+      f"have more image patches than data.patch_budget {spec.patch_budget}",
+    ),
+    (int((ok & (sizes[:, 2] > spec.max_images)).sum()), f"have more images than data.max_images {spec.max_images}"),
+  ]
   return "; ".join(f"{n:,} {why}" for n, why in reasons if n)
 
 
@@ -160,15 +169,21 @@ def why_nothing_fits(sizes: np.ndarray, spec: BatchSpec) -> str:
     return f"none of the {n:,} records can be used: every one has an image that cannot be decoded"
   tokens, patches, images = sizes[ok, 0], sizes[ok, 1], sizes[ok, 2]
   if (tokens > spec.buckets[-1]).all():
-    return (f"all {n:,} records are longer than the largest bucket {spec.buckets[-1]} (shortest "
-            f"{tokens.min():,} tokens); raise data.buckets")
+    return (
+      f"all {n:,} records are longer than the largest bucket {spec.buckets[-1]} (shortest "
+      f"{tokens.min():,} tokens); raise data.buckets"
+    )
   if (patches > spec.patch_budget).all():
-    return (f"all {n:,} records have more image patches than data.patch_budget "
-            f"{spec.patch_budget} (fewest {patches.min():,}); raise data.patch_budget or lower "
-            "data.max_pixels")
+    return (
+      f"all {n:,} records have more image patches than data.patch_budget "
+      f"{spec.patch_budget} (fewest {patches.min():,}); raise data.patch_budget or lower "
+      "data.max_pixels"
+    )
   if (images > spec.max_images).all():
-    return (f"all {n:,} records have more images than data.max_images {spec.max_images} (fewest "
-            f"{images.min():,}); raise data.max_images")
+    return (
+      f"all {n:,} records have more images than data.max_images {spec.max_images} (fewest "
+      f"{images.min():,}); raise data.max_images"
+    )
   return f"no record fits the batch geometry: {drop_reasons(sizes, spec)}"
 
 
@@ -180,11 +195,14 @@ def oversized(sizes: np.ndarray, spec: BatchSpec) -> list[tuple[int, str]]:
     n, p, k = (int(x) for x in sizes[i])
     why = []
     if n > spec.buckets[-1]:
-      why.append(f"{n:,} tokens, more than the largest of data.buckets {tuple(spec.buckets)} (a "
-                 f"bucket of {n:,} would hold it)")
+      why.append(
+        f"{n:,} tokens, more than the largest of data.buckets {tuple(spec.buckets)} (a bucket of {n:,} would hold it)"
+      )
     if p > spec.patch_budget:
-      why.append(f"{p:,} image patches, more than data.patch_budget {spec.patch_budget:,} "
-                 f"(data.patch_budget={-(-p // 4) * 4} would hold it, or a lower data.max_pixels)")
+      why.append(
+        f"{p:,} image patches, more than data.patch_budget {spec.patch_budget:,} "
+        f"(data.patch_budget={-(-p // 4) * 4} would hold it, or a lower data.max_pixels)"
+      )
     if k > spec.max_images:
       why.append(f"{k} images, more than data.max_images {spec.max_images}")
     out.append((int(i), "; ".join(why)))
@@ -202,11 +220,12 @@ def refuse_oversized(sizes: np.ndarray, spec: BatchSpec, origin) -> None:
   shown = "\n".join(f"  {origin(i)}: {why}" for i, why in found[:10])
   more = f"\n  ... and {len(found) - 10} more" if len(found) > 10 else ""
   raise ValueError(
-      f"{len(found)} of {len(sizes)} records do not fit the batch geometry and would be dropped "
-      f"(records are named file:index, the index counted from 0):\n{shown}{more}\nRaise the "
-      "setting named (or shorten the records), or pass --config.data.drop_oversized=True to "
-      "train without them: the run then counts them in its summary, in TensorBoard "
-      "(data/dropped_records) and lists them in <workdir>/dropped_records.jsonl")
+    f"{len(found)} of {len(sizes)} records do not fit the batch geometry and would be dropped "
+    f"(records are named file:index, the index counted from 0):\n{shown}{more}\nRaise the "
+    "setting named (or shorten the records), or pass --config.data.drop_oversized=True to "
+    "train without them: the run then counts them in its summary, in TensorBoard "
+    "(data/dropped_records) and lists them in <workdir>/dropped_records.jsonl"
+  )
 
 
 class BatchPlan:
@@ -222,8 +241,7 @@ class BatchPlan:
     if not fits.any():
       raise ValueError(why_nothing_fits(self.sizes, spec))
     if self.num_dropped:
-      log.warning("%d of %d records are dropped: %s", self.num_dropped, len(fits),
-                  drop_reasons(self.sizes, spec))
+      log.warning("%d of %d records are dropped: %s", self.num_dropped, len(fits), drop_reasons(self.sizes, spec))
     self._epochs = [plan_epoch(self.sizes, spec, seed, e) for e in range(num_epochs)]
     self._steps = [(e, j) for e, batches in enumerate(self._epochs) for j in range(len(batches))]
 
@@ -241,11 +259,21 @@ class BatchPlan:
 
 # ---- building a host's batch ---------------------------------------------------------------------
 
+
 class BatchBuilder:
   """(bucket, groups) -> this host's batch (see `data.pack`). Picklable (runs in Grain workers)."""
 
-  def __init__(self, source, tokenizer, settings: image_lib.ImageSettings, spec: BatchSpec,
-               model_config, *, host: int = 0, pad_id: int | None = None):
+  def __init__(
+    self,
+    source,
+    tokenizer,
+    settings: image_lib.ImageSettings,
+    spec: BatchSpec,
+    model_config,
+    *,
+    host: int = 0,
+    pad_id: int | None = None,
+  ):
     self.source, self.tokenizer, self.settings, self.spec = source, tokenizer, settings, spec
     self.host = host
     self.model_config = model_config
@@ -253,18 +281,22 @@ class BatchBuilder:
     if self.pad_id is None:
       raise ValueError("the tokenizer has no pad token; pass pad_id")
     if tokenizer.convert_tokens_to_ids(chat.IMAGE_PAD) != model_config.image_token_id:
-      raise ValueError(f"the tokenizer's {chat.IMAGE_PAD} id "
-                       f"{tokenizer.convert_tokens_to_ids(chat.IMAGE_PAD)} differs from the model "
-                       f"config's image_token_id {model_config.image_token_id}")
+      raise ValueError(
+        f"the tokenizer's {chat.IMAGE_PAD} id "
+        f"{tokenizer.convert_tokens_to_ids(chat.IMAGE_PAD)} differs from the model "
+        f"config's image_token_id {model_config.image_token_id}"
+      )
 
   def __call__(self, item):
     bucket, groups = item
     spec = self.spec
     first = self.host * spec.groups_per_host
     microbatches = [
-        concat_groups([self.group(bucket, groups[m * spec.group_count + j], j)
-                       for j in range(first, first + spec.groups_per_host)])
-        for m in range(spec.grad_accum)]
+      concat_groups(
+        [self.group(bucket, groups[m * spec.group_count + j], j) for j in range(first, first + spec.groups_per_host)]
+      )
+      for m in range(spec.grad_accum)
+    ]
     return jax.tree.map(lambda *parts: np.stack(parts), *microbatches)
 
   def group(self, length: int, indices, position: int | None = None) -> dict:
@@ -280,19 +312,27 @@ class BatchBuilder:
       try:
         example = encode.encode(conv, self.tokenizer, self.settings)
       except (OSError, ValueError) as e:  # E.g. an image the sizing pass could not check in full.
-        raise ValueError(f"{getattr(conv, 'origin', '') or f'record {index}'}: {type(e).__name__}: "
-                         f"{e}") from e
+        raise ValueError(f"{getattr(conv, 'origin', '') or f'record {index}'}: {type(e).__name__}: {e}") from e
       if len(example) > length:
-        raise ValueError(f"record {index} ({getattr(conv, 'origin', '')}) has {len(example)} "
-                         f"tokens, more than its bucket {length}: the size pass and the batch "
-                         "disagree")
+        raise ValueError(
+          f"record {index} ({getattr(conv, 'origin', '')}) has {len(example)} "
+          f"tokens, more than its bucket {length}: the size pass and the batch "
+          "disagree"
+        )
       examples.append(example)
     spec = self.spec
-    return pack.pack(examples, length=length, rows=spec.rows, patch_budget=spec.patch_budget,
-                     max_images=spec.max_images, model_config=self.model_config, pad_id=self.pad_id,
-                     host=self.host if position is None else position,
-                     max_image_patches=self.settings.max_frame_patches,
-                     rows_of=rows_of)
+    return pack.pack(
+      examples,
+      length=length,
+      rows=spec.rows,
+      patch_budget=spec.patch_budget,
+      max_images=spec.max_images,
+      model_config=self.model_config,
+      pad_id=self.pad_id,
+      host=self.host if position is None else position,
+      max_image_patches=self.settings.max_frame_patches,
+      rows_of=rows_of,
+    )
 
 
 def concat_groups(parts: list[dict]) -> dict:
@@ -300,8 +340,9 @@ def concat_groups(parts: list[dict]) -> dict:
   (rows, then patches, in group order; M-RoPE position ids [3, b, T] along their row axis)."""
   if len(parts) == 1:
     return parts[0]
-  out = {k: np.concatenate([p[k] for p in parts], axis=1 if k == "position_ids" else 0)
-         for k in parts[0] if k != "vision"}
+  out = {
+    k: np.concatenate([p[k] for p in parts], axis=1 if k == "position_ids" else 0) for k in parts[0] if k != "vision"
+  }
   out["vision"] = jax.tree.map(lambda *xs: np.concatenate(xs), *[p["vision"] for p in parts])
   return out
 
@@ -309,21 +350,23 @@ def concat_groups(parts: list[dict]) -> dict:
 def make_dataset(plan: BatchPlan, builder: BatchBuilder, *, workers: int = 0, buffer: int = 2):
   """The Grain dataset: plan -> batches, built in `workers` processes (0: in this process)."""
   import grain  # Deferred: only the training path needs it.
+
   # One reader thread a little ahead of the step (Grain's default of 16 threads and 500 elements
   # would build far ahead of training and compete with it for the host's cores).
   read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer)
   ds = grain.MapDataset.source(plan).map(builder).to_iter_dataset(read)
   if workers > 0:
     from absl import flags  # Grain's workers read absl flags; outside an absl app none are parsed.
+
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                     per_worker_buffer_size=buffer))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer))
   return ds
 
 
-def make_iterator(plan: BatchPlan, builder: BatchBuilder, *, workers: int = 0, buffer: int = 2,
-                  state: dict | None = None):
+def make_iterator(
+  plan: BatchPlan, builder: BatchBuilder, *, workers: int = 0, buffer: int = 2, state: dict | None = None
+):
   """A Grain `DatasetIterator` (with `get_state`/`set_state`), optionally restored to `state`."""
   it = iter(make_dataset(plan, builder, workers=workers, buffer=buffer))
   if state is not None:

@@ -27,15 +27,15 @@ from codevision_jax.processing import code_tool
 log = logging.getLogger(__name__)
 
 ROLE_ALIASES = {
-    "system": "system",
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "tool": "tool",
-    "observation": "tool",
-    "function": "tool",
-    "function_call": "function_call",
+  "system": "system",
+  "user": "user",
+  "human": "user",
+  "assistant": "assistant",
+  "gpt": "assistant",
+  "tool": "tool",
+  "observation": "tool",
+  "function": "tool",
+  "function_call": "function_call",
 }
 _MAX_SKIP_WARNINGS = 10
 
@@ -66,11 +66,11 @@ def load_raw(path):
     with open(path, encoding="utf-8") as f:
       data = json.load(f)
     if not isinstance(data, list):
-      raise ValueError(f"{path}: a .json data file must hold a list of records, got "
-                       f"{type(data).__name__}")
+      raise ValueError(f"{path}: a .json data file must hold a list of records, got {type(data).__name__}")
     yield from enumerate(data)
   elif ext == ".parquet":
     import pyarrow.parquet as pq  # Imported lazily: only Parquet readers need it.
+
     yield from enumerate(pq.read_table(path).to_pylist())
   else:
     raise ValueError(f"{path}: unsupported data file type {ext!r}; use .json, .jsonl or .parquet")
@@ -84,12 +84,13 @@ def _first(mapping, *keys):
 
 
 _SUPPORTED_PARTS = (
-    'a string, or a list of parts: {"type": "text", "text" or "value": ...}, {"type": "image"} or '
-    '{"type": "image_url"} (an <image>, taken in order from the record\'s "images"), and in '
-    'assistant turns {"type": "reasoning", "value": ...} (rendered <think>\\n...\\n</think>\\n\\n) '
-    'and {"type": "tool_call", "value": {"name": ..., "arguments": ...} or its JSON}; the part '
-    'formats of LLaMA-Factory\'s sharegpt/openai records and of its newer records such as '
-    'reason_tool_use_demo_50.jsonl (docs/data.md)')
+  'a string, or a list of parts: {"type": "text", "text" or "value": ...}, {"type": "image"} or '
+  '{"type": "image_url"} (an <image>, taken in order from the record\'s "images"), and in '
+  'assistant turns {"type": "reasoning", "value": ...} (rendered <think>\\n...\\n</think>\\n\\n) '
+  'and {"type": "tool_call", "value": {"name": ..., "arguments": ...} or its JSON}; the part '
+  'formats of LLaMA-Factory\'s sharegpt/openai records and of its newer records such as '
+  'reason_tool_use_demo_50.jsonl (docs/data.md)'
+)
 _TEXT_TYPES = (None, "text", "observation", "tool_result")
 
 
@@ -110,8 +111,10 @@ def _content_parts(content, where, role=None):
   if isinstance(content, str):
     return content, []
   if not isinstance(content, list):
-    raise ValueError(f"{where}: content must be a string or a list of content parts, got "
-                     f"{type(content).__name__}; supported: {_SUPPORTED_PARTS}")
+    raise ValueError(
+      f"{where}: content must be a string or a list of content parts, got "
+      f"{type(content).__name__}; supported: {_SUPPORTED_PARTS}"
+    )
   out, calls = [], []
   for k, part in enumerate(content):
     kind = part.get("type") if isinstance(part, dict) else None
@@ -120,14 +123,17 @@ def _content_parts(content, where, role=None):
       out.append(code_tool.IMAGE_PLACEHOLDER)
     elif isinstance(part, dict) and kind in _TEXT_TYPES and text is not None:
       if calls:
-        raise ValueError(f"{where}: content part {k} (text) follows a tool_call part; a turn's "
-                         "text must come before its tool calls")
+        raise ValueError(
+          f"{where}: content part {k} (text) follows a tool_call part; a turn's text must come before its tool calls"
+        )
       out.append(text)
-    elif isinstance(part, dict) and kind in ("reasoning", "thinking") and text is not None \
-        and role in (None, "assistant"):
+    elif (
+      isinstance(part, dict) and kind in ("reasoning", "thinking") and text is not None and role in (None, "assistant")
+    ):
       out.append(f"<think>\n{text}\n</think>\n\n")
-    elif isinstance(part, dict) and kind in ("tool_call", "function_call") \
-        and role in (None, "assistant", "function_call"):
+    elif (
+      isinstance(part, dict) and kind in ("tool_call", "function_call") and role in (None, "assistant", "function_call")
+    ):
       if not calls and out and out[-1].endswith("</think>\n\n"):
         out[-1] = out[-1][:-1]  # The call's own "\n" follows: </think>\n\n<tool_call>, as LF's.
       value = part.get("value", part.get("function", part.get("tool_call")))
@@ -136,8 +142,11 @@ def _content_parts(content, where, role=None):
       calls.extend(_tool_calls_from_json(value, f"{where}: content part {k}"))
     else:
       shown = repr(part) if len(repr(part)) <= 200 else repr(part)[:200] + "..."
-      raise ValueError(f"{where}: unsupported content part {k} {shown}"
-                       + (f" in a {role} turn" if role else "") + f"; supported: {_SUPPORTED_PARTS}")
+      raise ValueError(
+        f"{where}: unsupported content part {k} {shown}"
+        + (f" in a {role} turn" if role else "")
+        + f"; supported: {_SUPPORTED_PARTS}"
+      )
   return "".join(out), calls
 
 
@@ -153,8 +162,7 @@ def _tool_calls_from_json(text, where):
   try:
     obj = json.loads(text)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{where}: a function_call turn must hold the call as JSON "
-                     f"({e.msg})") from None
+    raise ValueError(f"{where}: a function_call turn must hold the call as JSON ({e.msg})") from None
   calls = obj if isinstance(obj, list) else [obj]
   out = []
   for call in calls:
@@ -181,19 +189,16 @@ def _normalise_messages(raw_messages, require_assistant):
     raw_role = _first(m, "role", "from")
     role = ROLE_ALIASES.get(raw_role)
     if role is None:
-      raise ValueError(f"{where}: unknown role {raw_role!r}; expected one of "
-                       f"{sorted(ROLE_ALIASES)}")
+      raise ValueError(f"{where}: unknown role {raw_role!r}; expected one of {sorted(ROLE_ALIASES)}")
     content, part_calls = _content_parts(_first(m, "content", "value"), where, role)
     msg = {"role": role, "content": content}
     if role == "function_call":
       if part_calls or code_tool.tool_call_blocks(content):
         msg = {"role": "assistant", "content": content}
       else:
-        msg = {"role": "assistant", "content": "",
-               "tool_calls": _tool_calls_from_json(content, where)}
+        msg = {"role": "assistant", "content": "", "tool_calls": _tool_calls_from_json(content, where)}
     elif role == "assistant" and m.get("tool_calls"):
-      msg["tool_calls"] = [_tool_calls_from_json(json.dumps(c.get("function", c)), where)[0]
-                           for c in m["tool_calls"]]
+      msg["tool_calls"] = [_tool_calls_from_json(json.dumps(c.get("function", c)), where)[0] for c in m["tool_calls"]]
     if part_calls:
       if msg.get("tool_calls"):
         raise ValueError(f"{where}: tool calls given both as tool_call parts and otherwise")
@@ -202,8 +207,7 @@ def _normalise_messages(raw_messages, require_assistant):
       if not msg["content"].strip() and not msg.get("tool_calls"):
         raise ValueError(f"{where}: empty assistant turn (no text and no tool call)")
       if code_tool.IMAGE_PLACEHOLDER in msg["content"]:
-        raise ValueError(f"{where}: an assistant turn cannot contain "
-                         f"{code_tool.IMAGE_PLACEHOLDER}")
+        raise ValueError(f"{where}: an assistant turn cannot contain {code_tool.IMAGE_PLACEHOLDER}")
     messages.append(msg)
   for i, m in enumerate(messages):
     if m["role"] == "system" and i != 0:
@@ -275,8 +279,7 @@ def normalise_record(raw, image_dir, require_assistant=True):
     raw_images = [raw_images]
   placeholders = sum(m["content"].count(code_tool.IMAGE_PLACEHOLDER) for m in messages)
   if placeholders != len(raw_images):
-    raise ValueError(f"{placeholders} {code_tool.IMAGE_PLACEHOLDER} placeholders but "
-                     f"{len(raw_images)} images")
+    raise ValueError(f"{placeholders} {code_tool.IMAGE_PLACEHOLDER} placeholders but {len(raw_images)} images")
   images = [_resolve_image(item, k, image_dir) for k, item in enumerate(raw_images)]
   extra_info = dict(raw.get("extra_info") or {})
   reward_model = raw.get("reward_model") or {}
@@ -290,16 +293,16 @@ def normalise_record(raw, image_dir, require_assistant=True):
   if transforms is None:
     transforms = _first(extra_info, "required_transforms", "transform")
   return records_lib.Conversation(
-      messages=messages,
-      images=images,
-      tools=_normalise_tools(raw.get("tools")),
-      ground_truth=None if ground_truth is None else str(ground_truth),
-      required_transforms=_normalise_transforms(transforms),
-      target_box=None if box is None else [float(v) for v in box],
-      question=_first(raw, "question") or extra_info.get("question"),
-      answer=_first(raw, "answer") or extra_info.get("answer"),
-      data_source=raw.get("data_source"),
-      extra=extra_info,
+    messages=messages,
+    images=images,
+    tools=_normalise_tools(raw.get("tools")),
+    ground_truth=None if ground_truth is None else str(ground_truth),
+    required_transforms=_normalise_transforms(transforms),
+    target_box=None if box is None else [float(v) for v in box],
+    question=_first(raw, "question") or extra_info.get("question"),
+    answer=_first(raw, "answer") or extra_info.get("answer"),
+    data_source=raw.get("data_source"),
+    extra=extra_info,
   )
 
 
@@ -334,8 +337,13 @@ def read_records(path, skip_bad=False, require_assistant=True, image_dir=None, s
     conv.origin = f"{path}:{index}"
     out.append(conv)
   if skipped:
-    log.warning("%s: skipped %d bad records of %d (%s)", path, sum(skipped.values()),
-                sum(skipped.values()) + len(out), dict(skipped))
+    log.warning(
+      "%s: skipped %d bad records of %d (%s)",
+      path,
+      sum(skipped.values()),
+      sum(skipped.values()) + len(out),
+      dict(skipped),
+    )
   if stats is not None:
     stats.update(read=len(out), skipped=sum(skipped.values()), skip_reasons=dict(skipped))
   return out
@@ -343,11 +351,9 @@ def read_records(path, skip_bad=False, require_assistant=True, image_dir=None, s
 
 def read_sft_records(path, skip_bad=False, image_dir=None, stats=None):
   """SFT trajectories: every record must have at least one assistant turn."""
-  return read_records(path, skip_bad=skip_bad, require_assistant=True, image_dir=image_dir,
-                      stats=stats)
+  return read_records(path, skip_bad=skip_bad, require_assistant=True, image_dir=image_dir, stats=stats)
 
 
 def read_rl_records(path, skip_bad=False, image_dir=None, stats=None):
   """RL/eval prompts (verl parquet rows or prompt-only conversations)."""
-  return read_records(path, skip_bad=skip_bad, require_assistant=False, image_dir=image_dir,
-                      stats=stats)
+  return read_records(path, skip_bad=skip_bad, require_assistant=False, image_dir=image_dir, stats=stats)

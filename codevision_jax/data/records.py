@@ -55,9 +55,11 @@ def load_image(source, origin=None):
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
       reason = str(e).split(" <_io.")[0] if "<_io." in str(e) else str(e)
       where = f"{origin}: " if origin else ""
-      raise ValueError(f"{where}image {describe_source(source)} cannot be decoded "
-                       f"({type(e).__name__}: {reason}); replace or drop it (or skip bad "
-                       "records with data.skip_bad=True)") from None
+      raise ValueError(
+        f"{where}image {describe_source(source)} cannot be decoded "
+        f"({type(e).__name__}: {reason}); replace or drop it (or skip bad "
+        "records with data.skip_bad=True)"
+      ) from None
   else:
     raise TypeError(f"cannot open an image from {type(source).__name__}; expected a path or bytes")
   return image if image.mode == "RGB" else image.convert("RGB")

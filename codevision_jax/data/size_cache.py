@@ -55,6 +55,7 @@ def cache_dir(data_cfg, workdir: str) -> str | None:
 
 # ---- keys -----------------------------------------------------------------------------------
 
+
 def file_fingerprint(path: str) -> dict:
   """Size, mtime_ns and the SHA-256 of the first and last MiB of a file."""
   st = os.stat(path)
@@ -76,8 +77,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     digest.update(backend.to_str().encode())
   else:
     digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-  digest.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True,
-                           default=str).encode())
+  digest.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str).encode())
   return digest.hexdigest()
 
 
@@ -92,18 +92,21 @@ def code_fingerprint() -> str:
 
 def context_key(tokenizer, settings: image_lib.ImageSettings) -> dict:
   """What, besides the data file, decides the sizes: tokenizer, image settings, code."""
-  return {"version": VERSION, "tokenizer": tokenizer_fingerprint(tokenizer),
-          "image": {k: getattr(settings, k) for k in ("min_pixels", "max_pixels", "patch_size",
-                                                      "merge_size", "temporal_patch_size")},
-          "code": code_fingerprint()}
+  return {
+    "version": VERSION,
+    "tokenizer": tokenizer_fingerprint(tokenizer),
+    "image": {
+      k: getattr(settings, k) for k in ("min_pixels", "max_pixels", "patch_size", "merge_size", "temporal_patch_size")
+    },
+    "code": code_fingerprint(),
+  }
 
 
 def file_key(path: str, indices: list[str], context: dict) -> str:
   """The entry's key: the file's fingerprint, the indices of the records read from it (a read
   with skip_bad may skip some) and the context."""
   records = hashlib.sha256("\n".join(indices).encode()).hexdigest()
-  return json.dumps({"file": file_fingerprint(path), "records": [len(indices), records],
-                     **context}, sort_keys=True)
+  return json.dumps({"file": file_fingerprint(path), "records": [len(indices), records], **context}, sort_keys=True)
 
 
 def entry_path(directory: str, key: str) -> str:
@@ -111,6 +114,7 @@ def entry_path(directory: str, key: str) -> str:
 
 
 # ---- entries ----------------------------------------------------------------------------------
+
 
 def load(path: str, key: str, n: int) -> sizing.Measured | None:
   """The entry at `path` if it holds `key` and n records; None when absent; a warning and None
@@ -125,11 +129,9 @@ def load(path: str, key: str, n: int) -> sizing.Measured | None:
     if sizes.shape != (n, 3) or bad_index.shape != bad_why.shape:
       raise ValueError(f"sizes of shape {sizes.shape}, expected ({n}, 3)")
   except Exception as e:  # A torn or foreign file: any error means "rebuild".
-    log.warning("ignoring the size cache entry %s (%s: %s); sizing the file again", path,
-                type(e).__name__, e)
+    log.warning("ignoring the size cache entry %s (%s: %s); sizing the file again", path, type(e).__name__, e)
     return None
-  return sizing.Measured(0, sizes.astype(np.int64),
-                         {int(i): str(w) for i, w in zip(bad_index, bad_why)})
+  return sizing.Measured(0, sizes.astype(np.int64), {int(i): str(w) for i, w in zip(bad_index, bad_why)})
 
 
 def save(path: str, key: str, measured: sizing.Measured) -> None:
@@ -139,9 +141,13 @@ def save(path: str, key: str, measured: sizing.Measured) -> None:
   fd, tmp = tempfile.mkstemp(prefix=".sizes-", suffix=".tmp", dir=os.path.dirname(path))
   try:
     with os.fdopen(fd, "wb") as f:
-      np.savez(f, key=np.asarray(key), sizes=measured.sizes,
-               bad_index=np.asarray([i for i, _ in bad], np.int64),
-               bad_why=np.asarray([w for _, w in bad], dtype=str))
+      np.savez(
+        f,
+        key=np.asarray(key),
+        sizes=measured.sizes,
+        bad_index=np.asarray([i for i, _ in bad], np.int64),
+        bad_why=np.asarray([w for _, w in bad], dtype=str),
+      )
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -152,13 +158,17 @@ def save(path: str, key: str, measured: sizing.Measured) -> None:
 
 # ---- the records' files -------------------------------------------------------------------------
 
+
 def file_spans(records) -> list[tuple[str | None, int, int, list[str]]]:
   """(data file or None, start, stop, the records' indices in the file) of each run of records
   read from one file, in order (`Conversation.origin` is "<file>:<index>"). A source with an
   `origins()` method gives them without its records being read (a TFDS set)."""
   spans, current, is_file = [], None, {}
-  origins = (records.origins() if hasattr(records, "origins")
-             else (getattr(records[i], "origin", "") for i in range(len(records))))
+  origins = (
+    records.origins()
+    if hasattr(records, "origins")
+    else (getattr(records[i], "origin", "") for i in range(len(records)))
+  )
   for i, origin in enumerate(origins):
     path, _, index = (origin or "").rpartition(":")
     if path not in is_file:
@@ -192,9 +202,16 @@ def _sized(records, spans, tokenizer, settings, *, directory, write, skip_bad, w
         log.info("sizes of %d records of %s read from %s", stop - start, path, entry)
         part.start = start
     if part is None:
-      part = sizing.measure(records, tokenizer, settings, start=start, stop=stop,
-                            workers=_workers(stop - start, workers), stop_at_bad=not skip_bad,
-                            label=os.path.basename(path) if path else "records")
+      part = sizing.measure(
+        records,
+        tokenizer,
+        settings,
+        start=start,
+        stop=stop,
+        workers=_workers(stop - start, workers),
+        stop_at_bad=not skip_bad,
+        label=os.path.basename(path) if path else "records",
+      )
       if write and entry and part.complete:
         save(entry, key, part)
         log.info("sizes of %d records of %s written to %s", stop - start, path, entry)
@@ -204,9 +221,17 @@ def _sized(records, spans, tokenizer, settings, *, directory, write, skip_bad, w
   return parts
 
 
-def record_sizes(records, tokenizer, settings: image_lib.ImageSettings, *, cache_dir: str | None,
-                 skip_bad: bool = False, workers: int = 0, process_index: int = 0,
-                 barrier=None) -> np.ndarray:
+def record_sizes(
+  records,
+  tokenizer,
+  settings: image_lib.ImageSettings,
+  *,
+  cache_dir: str | None,
+  skip_bad: bool = False,
+  workers: int = 0,
+  process_index: int = 0,
+  barrier=None,
+) -> np.ndarray:
   """`sizing.record_sizes` (the same result, errors and skip_bad counts), read from or written to
   `cache_dir` per data file (None: no cache), sized in up to `workers` processes. Of several
   processes (`barrier` waits for all), process 0 sizes and writes first; the others then read

@@ -38,6 +38,7 @@ PROGRESS_MIN = 1000
 @dataclasses.dataclass
 class Measured:
   """The sizes of the records [start, start + len(sizes)) of a source."""
+
   start: int
   sizes: np.ndarray  # int64 [n, 3]: tokens, patches, images (zeros for a bad record)
   bad: dict  # local index -> why the record's image cannot be used (str)
@@ -80,8 +81,10 @@ class Progress:
     eta = (self.total - done) / rate if rate else math.nan
     filled = int(self.width * done / max(self.total, 1))
     eta_s = hms(eta) if math.isfinite(eta) else "?"
-    return (f"sizing {self.label}: {done}/{self.total} records [{'#' * filled}"
-            f"{'.' * (self.width - filled)}] {rate:.0f} rec/s ETA {eta_s}")
+    return (
+      f"sizing {self.label}: {done}/{self.total} records [{'#' * filled}"
+      f"{'.' * (self.width - filled)}] {rate:.0f} rec/s ETA {eta_s}"
+    )
 
   def update(self, done: int):
     if self.tty:
@@ -94,8 +97,7 @@ class Progress:
 
   def close(self, done: int):
     elapsed = time.perf_counter() - self.t0
-    self.stream.write(("\r" if self.tty else "") + self.line(done)
-                      + f" (done in {elapsed:.1f} s)\n")
+    self.stream.write(("\r" if self.tty else "") + self.line(done) + f" (done in {elapsed:.1f} s)\n")
     self.stream.flush()
 
 
@@ -112,8 +114,8 @@ def _results(records, start, stop, tokenizer, settings, workers):
     return
   spans = collections.deque(_chunks(stop - start, workers))
   pool = concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-      initargs=(tokenizer, settings))
+    workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(tokenizer, settings)
+  )
   pending = collections.deque()
   try:
     while spans or pending:
@@ -128,9 +130,17 @@ def _results(records, start, stop, tokenizer, settings, workers):
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def measure(records, tokenizer, settings: image_lib.ImageSettings, *, start: int = 0,
-            stop: int | None = None, workers: int = 0, stop_at_bad: bool = False,
-            label: str = "") -> Measured:
+def measure(
+  records,
+  tokenizer,
+  settings: image_lib.ImageSettings,
+  *,
+  start: int = 0,
+  stop: int | None = None,
+  workers: int = 0,
+  stop_at_bad: bool = False,
+  label: str = "",
+) -> Measured:
   """The sizes of records [start, stop) (`encode.record_size` each), in `workers` spawned
   processes (0: this one), with a `Progress` line labelled `label` when it is given (and there
   are PROGRESS_MIN records or more). `stop_at_bad` stops at the first record whose image cannot
@@ -166,26 +176,30 @@ def finish(parts: list[Measured], records, *, skip_bad: bool) -> np.ndarray:
   out = np.zeros((len(records), 3), np.int64)
   bad = []
   for part in parts:
-    out[part.start:part.start + len(part.sizes)] = part.sizes
+    out[part.start : part.start + len(part.sizes)] = part.sizes
     for k, why in sorted(part.bad.items()):
       i = part.start + k
       if not skip_bad:
-        raise ValueError(f"{_where(records, i)}: {why}. Fix or remove the record, or pass "
-                         "--config.data.skip_bad=True to skip such records")
+        raise ValueError(
+          f"{_where(records, i)}: {why}. Fix or remove the record, or pass "
+          "--config.data.skip_bad=True to skip such records"
+        )
       bad.append(f"{_where(records, i)}: {why}")
       out[i] = (encode.BAD_RECORD, 0, 0)
   if bad:
-    log.warning("skipping %d of %d records with images that cannot be used (data.skip_bad), "
-                "e.g. %s", len(bad), len(out), "; ".join(bad[:3]))
+    log.warning(
+      "skipping %d of %d records with images that cannot be used (data.skip_bad), e.g. %s",
+      len(bad),
+      len(out),
+      "; ".join(bad[:3]),
+    )
   return out
 
 
-def record_sizes(source, tokenizer, settings: image_lib.ImageSettings, *,
-                 skip_bad: bool = False) -> np.ndarray:
+def record_sizes(source, tokenizer, settings: image_lib.ImageSettings, *, skip_bad: bool = False) -> np.ndarray:
   """[N, 3] int64: tokens, patches and images of every record, from one pass in this process that
   reads image headers and checks that every image decodes (no preprocessing; `measure` with
   workers shows a progress line). A record with a broken image raises ValueError naming it (its
   origin, file:record) and the image, or, with `skip_bad`, is logged, counted and given
   `encode.BAD_RECORD` tokens. `data.size_cache.record_sizes` is the same, cached per data file."""
-  return finish([measure(source, tokenizer, settings, stop_at_bad=not skip_bad)], source,
-                skip_bad=skip_bad)
+  return finish([measure(source, tokenizer, settings, stop_at_bad=not skip_bad)], source, skip_bad=skip_bad)

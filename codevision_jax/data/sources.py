@@ -21,13 +21,13 @@ class ConversationSource:
     items = []
     for path in paths:
       file_stats = {}
-      records = readers.read_records(path, skip_bad=skip_bad, require_assistant=kind == "sft",
-                                     stats=file_stats)
+      records = readers.read_records(path, skip_bad=skip_bad, require_assistant=kind == "sft", stats=file_stats)
       if not records:
         skipped = file_stats.get("skipped", 0)
-        raise ValueError(f"0 records in {path}" + (
-            f" ({skipped} skipped as bad: {file_stats.get('skip_reasons')})" if skipped else
-            ": the file is empty"))
+        raise ValueError(
+          f"0 records in {path}"
+          + (f" ({skipped} skipped as bad: {file_stats.get('skip_reasons')})" if skipped else ": the file is empty")
+        )
       items += records
       if stats is not None:
         stats[path] = file_stats

@@ -23,34 +23,65 @@ from codevision_jax.processing.orientation import TRANSFORMS, apply_transform, t
 KINDS = ("word", "number", "arrow", "chart")
 DATA_SOURCE = "synthetic_orientation"
 
-_WORDS = ("APPLE", "RIVER", "GARDEN", "PLANET", "MARKET", "CASTLE", "FOREST", "BRIDGE", "WINTER",
-          "ORANGE", "SILVER", "TICKET", "CAMERA", "PENCIL", "ROCKET", "JUNGLE", "HARBOR", "LEMON",
-          "SUNSET", "VALLEY", "FALCON", "MUSEUM", "DRAGON", "CANDLE")
+_WORDS = (
+  "APPLE",
+  "RIVER",
+  "GARDEN",
+  "PLANET",
+  "MARKET",
+  "CASTLE",
+  "FOREST",
+  "BRIDGE",
+  "WINTER",
+  "ORANGE",
+  "SILVER",
+  "TICKET",
+  "CAMERA",
+  "PENCIL",
+  "ROCKET",
+  "JUNGLE",
+  "HARBOR",
+  "LEMON",
+  "SUNSET",
+  "VALLEY",
+  "FALCON",
+  "MUSEUM",
+  "DRAGON",
+  "CANDLE",
+)
 _CAPTIONS = ("EXIT", "GATE", "PARK", "TRAIN", "HOTEL", "BEACH", "CAFE", "PLAZA")
 _DIRECTIONS = ("up", "down", "left", "right")
 _INK = ((20, 20, 20), (30, 40, 120), (120, 20, 20), (10, 80, 30))
 _BORDER = ((200, 40, 40), (40, 90, 200), (30, 150, 60), (220, 140, 20))
 
 _DESCRIBE = {
-    "rotate_90": ("The content lies on its side with its top pointing left: the image was rotated "
-                  "90 degrees counter-clockwise. Rotating by 270 degrees counter-clockwise "
-                  "undoes it."),
-    "rotate_180": ("The content is upside down: the image was rotated by 180 degrees. Rotating by "
-                   "180 degrees again makes it upright."),
-    "rotate_270": ("The content lies on its side with its top pointing right: the image was "
-                   "rotated 270 degrees counter-clockwise. Rotating by 90 degrees "
-                   "counter-clockwise undoes it."),
-    "flip_horizontal": ("The text reads backwards, as in a mirror: the image was flipped left to "
-                        "right. Flipping it horizontally again restores it."),
-    "flip_vertical": ("The content is mirrored top to bottom: the image was flipped vertically. "
-                      "Flipping it vertically again restores it."),
+  "rotate_90": (
+    "The content lies on its side with its top pointing left: the image was rotated "
+    "90 degrees counter-clockwise. Rotating by 270 degrees counter-clockwise "
+    "undoes it."
+  ),
+  "rotate_180": (
+    "The content is upside down: the image was rotated by 180 degrees. Rotating by 180 degrees again makes it upright."
+  ),
+  "rotate_270": (
+    "The content lies on its side with its top pointing right: the image was "
+    "rotated 270 degrees counter-clockwise. Rotating by 90 degrees "
+    "counter-clockwise undoes it."
+  ),
+  "flip_horizontal": (
+    "The text reads backwards, as in a mirror: the image was flipped left to "
+    "right. Flipping it horizontally again restores it."
+  ),
+  "flip_vertical": (
+    "The content is mirrored top to bottom: the image was flipped vertically. Flipping it vertically again restores it."
+  ),
 }
 _UNDO_CODE = {
-    "rotate_90": "{src}.rotate(270, expand=True)",
-    "rotate_180": "{src}.rotate(180, expand=True)",
-    "rotate_270": "{src}.rotate(90, expand=True)",
-    "flip_horizontal": "{src}.transpose(Image.Transpose.FLIP_LEFT_RIGHT)",
-    "flip_vertical": "{src}.transpose(Image.Transpose.FLIP_TOP_BOTTOM)",
+  "rotate_90": "{src}.rotate(270, expand=True)",
+  "rotate_180": "{src}.rotate(180, expand=True)",
+  "rotate_270": "{src}.rotate(90, expand=True)",
+  "flip_horizontal": "{src}.transpose(Image.Transpose.FLIP_LEFT_RIGHT)",
+  "flip_vertical": "{src}.transpose(Image.Transpose.FLIP_TOP_BOTTOM)",
 }
 
 
@@ -84,8 +115,7 @@ def _arrow_card(direction, caption, rng, height):
   draw.polygon(points, fill=ink)
   font = _font(int(height * 0.2))
   left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
-  draw.text(((width - (right - left)) / 2 - left, height * 0.72 - top), caption, font=font,
-            fill=ink)
+  draw.text(((width - (right - left)) / 2 - left, height * 0.72 - top), caption, font=font, fill=ink)
   return card
 
 
@@ -104,8 +134,7 @@ def _chart_card(values, rng, height):
     draw.rectangle([x, base - v * scale, x + bar_w, base], fill=color)
     label = "ABCD"[k]
     left, _, right, _ = draw.textbbox((0, 0), label, font=font)
-    draw.text((x + (bar_w - (right - left)) / 2 - left, base + 2), label, font=font,
-              fill=(20, 20, 20))
+    draw.text((x + (bar_w - (right - left)) / 2 - left, base + 2), label, font=font, fill=(20, 20, 20))
     value = str(v)
     left, top, right, bottom = draw.textbbox((0, 0), value, font=font)
     y = base - v * scale - (bottom - top) - 4 - top
@@ -125,15 +154,21 @@ def _content(kind, rng, height):
   if kind == "arrow":
     direction = _DIRECTIONS[int(rng.integers(4))]
     caption = _CAPTIONS[int(rng.integers(len(_CAPTIONS)))]
-    return (_arrow_card(direction, caption, rng, height),
-            f"The sign labelled {caption} has an arrow. Which way does the arrow point when the "
-            "sign is upright: up, down, left or right?", direction)
+    return (
+      _arrow_card(direction, caption, rng, height),
+      f"The sign labelled {caption} has an arrow. Which way does the arrow point when the "
+      "sign is upright: up, down, left or right?",
+      direction,
+    )
   if kind == "chart":
     n = int(rng.integers(3, 5))
     values = [int(v) for v in rng.choice(np.arange(5, 100), size=n, replace=False)]
     best = "ABCD"[int(np.argmax(values))]
-    return (_chart_card(values, rng, int(height * 1.6)),
-            "Which bar of the chart has the largest value? Answer with its letter.", best)
+    return (
+      _chart_card(values, rng, int(height * 1.6)),
+      "Which bar of the chart has the largest value? Answer with its letter.",
+      best,
+    )
   raise ValueError(f"unknown content kind {kind!r}; expected one of {KINDS}")
 
 
@@ -146,8 +181,9 @@ def _border(card, rng):
 
 def _scale_to(card, target_long):
   factor = target_long / max(card.size)
-  return card.resize((max(1, round(card.width * factor)), max(1, round(card.height * factor))),
-                     Image.Resampling.BICUBIC)
+  return card.resize(
+    (max(1, round(card.width * factor)), max(1, round(card.height * factor))), Image.Resampling.BICUBIC
+  )
 
 
 def _canvas(card, rng, size):
@@ -175,8 +211,7 @@ def _think(text):
 
 
 def _call(code, description, index):
-  return {"name": code_tool.TOOL_NAME,
-          "arguments": {"code": code, "description": description, "image_index": index}}
+  return {"name": code_tool.TOOL_NAME, "arguments": {"code": code, "description": description, "image_index": index}}
 
 
 def make_task(seed, index, p_small=0.5, kinds=KINDS, transforms=TRANSFORMS):
@@ -199,13 +234,16 @@ def make_task(seed, index, p_small=0.5, kinds=KINDS, transforms=TRANSFORMS):
   required = (["crop"] if small else []) + ([transform] if transform != "none" else [])
 
   images = [given]
-  messages = [{"role": "system", "content": code_tool.SYSTEM_PROMPT},
-              {"role": "user", "content": f"{code_tool.IMAGE_PLACEHOLDER}\n{question}"}]
+  messages = [
+    {"role": "system", "content": code_tool.SYSTEM_PROMPT},
+    {"role": "user", "content": f"{code_tool.IMAGE_PLACEHOLDER}\n{question}"},
+  ]
 
   def tool_turn(think, code, description, src_index, result):
     images.append(result)
-    messages.append({"role": "assistant", "content": _think(think),
-                     "tool_calls": [_call(code, description, src_index)]})
+    messages.append(
+      {"role": "assistant", "content": _think(think), "tool_calls": [_call(code, description, src_index)]}
+    )
     messages.append({"role": "tool", "content": code_tool.tool_response_content(len(images) - 1)})
 
   crop_box = ", ".join(str(v) for v in target_box)
@@ -214,44 +252,72 @@ def make_task(seed, index, p_small=0.5, kinds=KINDS, transforms=TRANSFORMS):
   if transform == "none" and not small:
     seen = "The card fills the image, is upright and reads normally, so no tool is needed."
   elif transform == "none":
-    tool_turn(f"{small_note} and upright; I crop it at ({crop_box}) to read it closely.",
-              f"result = image.crop(({crop_box}))", "Crop the card.", 0, card)
+    tool_turn(
+      f"{small_note} and upright; I crop it at ({crop_box}) to read it closely.",
+      f"result = image.crop(({crop_box}))",
+      "Crop the card.",
+      0,
+      card,
+    )
   elif not small:
-    tool_turn(_DESCRIBE[transform],
-              "from PIL import Image\nresult = " + _UNDO_CODE[transform].format(src="image"),
-              "Undo the orientation change.", 0, card)
+    tool_turn(
+      _DESCRIBE[transform],
+      "from PIL import Image\nresult = " + _UNDO_CODE[transform].format(src="image"),
+      "Undo the orientation change.",
+      0,
+      card,
+    )
   elif rng.random() < 0.5:
-    tool_turn(f"{small_note}, at ({crop_box}). {_DESCRIBE[transform]} I crop it and fix the "
-              "orientation in one step.",
-              (f"from PIL import Image\nregion = image.crop(({crop_box}))\n"
-               f"result = {_UNDO_CODE[transform].format(src='region')}"),
-              "Crop the card and undo the orientation change.", 0, card)
+    tool_turn(
+      f"{small_note}, at ({crop_box}). {_DESCRIBE[transform]} I crop it and fix the orientation in one step.",
+      (
+        f"from PIL import Image\nregion = image.crop(({crop_box}))\n"
+        f"result = {_UNDO_CODE[transform].format(src='region')}"
+      ),
+      "Crop the card and undo the orientation change.",
+      0,
+      card,
+    )
   else:
-    tool_turn(f"{_DESCRIBE[transform]} I fix the orientation first.",
-              "from PIL import Image\nresult = " + _UNDO_CODE[transform].format(src="image"),
-              "Undo the orientation change of the whole image.", 0, upright)
-    tool_turn(f"The image is upright now. {small_note}, at ({up_box}) in this image; I crop it.",
-              f"result = image.crop(({up_box}))", "Crop the card from the upright image.", 1, card)
+    tool_turn(
+      f"{_DESCRIBE[transform]} I fix the orientation first.",
+      "from PIL import Image\nresult = " + _UNDO_CODE[transform].format(src="image"),
+      "Undo the orientation change of the whole image.",
+      0,
+      upright,
+    )
+    tool_turn(
+      f"The image is upright now. {small_note}, at ({up_box}) in this image; I crop it.",
+      f"result = image.crop(({up_box}))",
+      "Crop the card from the upright image.",
+      1,
+      card,
+    )
   if len(images) > 1:
     seen = "The processed image shows the card upright and large enough to read."
   final = _think(f"{seen} The answer is {answer}.")
   messages.append({"role": "assistant", "content": f"{final}\n<answer>{answer}</answer>"})
   return records_lib.Conversation(
-      messages=messages,
-      images=[records_lib.png_bytes(im) for im in images],
-      tools=[code_tool.CODE_IMAGE_TOOL],
-      ground_truth=answer,
-      required_transforms=required,
-      target_box=target_box,
-      question=question,
-      answer=answer,
-      data_source=DATA_SOURCE,
-      extra={"transform": transform, "content": kind, "upright_box": upright_box,
-             "image_size": list(given.size), "seed": seed, "index": index},
+    messages=messages,
+    images=[records_lib.png_bytes(im) for im in images],
+    tools=[code_tool.CODE_IMAGE_TOOL],
+    ground_truth=answer,
+    required_transforms=required,
+    target_box=target_box,
+    question=question,
+    answer=answer,
+    data_source=DATA_SOURCE,
+    extra={
+      "transform": transform,
+      "content": kind,
+      "upright_box": upright_box,
+      "image_size": list(given.size),
+      "seed": seed,
+      "index": index,
+    },
   )
 
 
 def generate(n, seed, p_small=0.5, kinds=KINDS, transforms=TRANSFORMS):
   """`n` synthetic tasks (list of records.Conversation); record i depends only on (seed, i)."""
-  return [make_task(seed, i, p_small=p_small, kinds=kinds, transforms=transforms)
-          for i in range(n)]
+  return [make_task(seed, i, p_small=p_small, kinds=kinds, transforms=transforms) for i in range(n)]

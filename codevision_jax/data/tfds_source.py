@@ -36,8 +36,18 @@ log = logging.getLogger(__name__)
 VERSION = "1.0.0"
 DEFAULT_SPLIT = "train"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_FIELDS = ("messages", "tools", "ground_truth", "required_transforms", "target_box", "question",
-           "answer", "data_source", "extra", "origin")
+_FIELDS = (
+  "messages",
+  "tools",
+  "ground_truth",
+  "required_transforms",
+  "target_box",
+  "question",
+  "answer",
+  "data_source",
+  "extra",
+  "origin",
+)
 
 
 class TfdsError(ValueError):
@@ -46,8 +56,10 @@ class TfdsError(ValueError):
 
 def check_name(name: str) -> str:
   if not isinstance(name, str) or not _NAME.fullmatch(name):
-    raise TfdsError(f"data set name {name!r} must be snake_case (lowercase letters, digits and "
-                    "underscores, starting with a letter), e.g. codevision_sft")
+    raise TfdsError(
+      f"data set name {name!r} must be snake_case (lowercase letters, digits and "
+      "underscores, starting with a letter), e.g. codevision_sft"
+    )
   return name
 
 
@@ -58,9 +70,11 @@ def dataset_dir(name: str, data_dir: str) -> str:
 
 # ---- records <-> examples ------------------------------------------------------------------------
 
+
 def _image_bytes(image, k: int) -> bytes:
   """The encoded bytes of image `k` (a path's file as is; a PIL image as PNG); checks the header."""
   from PIL import Image, UnidentifiedImageError
+
   if isinstance(image, Image.Image):
     data = records_lib.png_bytes(image)
   elif isinstance(image, (bytes, bytearray)):
@@ -97,11 +111,11 @@ def from_example(example: dict) -> records_lib.Conversation:
   record = example["record"]
   fields = json.loads(record.decode("utf-8") if isinstance(record, bytes) else record)
   images = [bytes(im) for im in example["images"]]
-  return records_lib.Conversation(images=images, **{k: fields.get(k) for k in _FIELDS
-                                                     if k in fields})
+  return records_lib.Conversation(images=images, **{k: fields.get(k) for k in _FIELDS if k in fields})
 
 
 # ---- preparing -----------------------------------------------------------------------------------
+
 
 def _origin_parts(origin: str) -> tuple[str, int | str]:
   path, _, index = origin.rpartition(":")
@@ -115,18 +129,23 @@ def _builder(name: str, split: str, kind: str, paths: list, examples):
   from tensorflow_datasets.core import registered
 
   with registered.skip_registration():
+
     class _Builder(tfds.core.GeneratorBasedBuilder):
       VERSION = tfds.core.Version(VERSION)
 
       def _info(self):
         return tfds.core.DatasetInfo(
-            builder=self, disable_shuffling=True,  # Keep the files' order: index i is record i.
-            description=f"codevision-jax {kind} conversation records (docs/data.md)",
-            metadata=tfds.core.MetadataDict(kind=kind, files=list(paths)),
-            features=tfds.features.FeaturesDict({
-                "record": tfds.features.Text(),
-                "images": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-            }))
+          builder=self,
+          disable_shuffling=True,  # Keep the files' order: index i is record i.
+          description=f"codevision-jax {kind} conversation records (docs/data.md)",
+          metadata=tfds.core.MetadataDict(kind=kind, files=list(paths)),
+          features=tfds.features.FeaturesDict(
+            {
+              "record": tfds.features.Text(),
+              "images": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+            }
+          ),
+        )
 
       def _split_generators(self, dl_manager):
         del dl_manager
@@ -145,9 +164,17 @@ def _builder(name: str, split: str, kind: str, paths: list, examples):
     return type(name, (_Builder,), {"name": name, "__module__": "codevision_jax_tfds"})
 
 
-
-def prepare(paths, *, kind: str, name: str, data_dir: str, split: str = DEFAULT_SPLIT,
-            skip_bad: bool = False, overwrite: bool = False, progress=None) -> dict:
+def prepare(
+  paths,
+  *,
+  kind: str,
+  name: str,
+  data_dir: str,
+  split: str = DEFAULT_SPLIT,
+  skip_bad: bool = False,
+  overwrite: bool = False,
+  progress=None,
+) -> dict:
   """Reads the record files `paths` (as `data.source="files"` does, `kind` "sft" or "rl") and
   writes them as the TFDS set `name` (split `split`) under `data_dir`, in ArrayRecord files.
 
@@ -156,6 +183,7 @@ def prepare(paths, *, kind: str, name: str, data_dir: str, split: str = DEFAULT_
   the end. Returns a summary: records, skipped, images, image_bytes, bytes (on disk), path.
   """
   import tensorflow_datasets as tfds
+
   if kind not in ("sft", "rl"):
     raise ValueError(f"kind must be 'sft' or 'rl', got {kind!r}")
   paths = [paths] if isinstance(paths, str) else list(paths)
@@ -164,19 +192,17 @@ def prepare(paths, *, kind: str, name: str, data_dir: str, split: str = DEFAULT_
   out_dir = dataset_dir(name, data_dir)
   if os.path.exists(out_dir):
     if not overwrite:
-      raise FileExistsError(f"{out_dir} already exists: remove it, choose another name, or "
-                            "overwrite it (--overwrite)")
+      raise FileExistsError(f"{out_dir} already exists: remove it, choose another name, or overwrite it (--overwrite)")
     import shutil
+
     shutil.rmtree(out_dir)
   convs, skipped = [], 0
   for path in paths:
     stats = {}
-    convs += readers.read_records(path, skip_bad=skip_bad, require_assistant=kind == "sft",
-                                  stats=stats)
+    convs += readers.read_records(path, skip_bad=skip_bad, require_assistant=kind == "sft", stats=stats)
     skipped += stats.get("skipped", 0)
   if not convs:
-    raise ValueError(f"0 usable records in {', '.join(paths)}" +
-                     (f" ({skipped} skipped as bad)" if skipped else ""))
+    raise ValueError(f"0 usable records in {', '.join(paths)}" + (f" ({skipped} skipped as bad)" if skipped else ""))
   counts = {"records": 0, "images": 0, "image_bytes": 0}
 
   def examples():
@@ -199,9 +225,9 @@ def prepare(paths, *, kind: str, name: str, data_dir: str, split: str = DEFAULT_
         progress(i + 1, len(convs), counts["image_bytes"])
 
   tfds.disable_progress_bar()
-  builder = _builder(name, split, kind, paths, examples())(data_dir=data_dir,
-                                                           file_format="array_record")
+  builder = _builder(name, split, kind, paths, examples())(data_dir=data_dir, file_format="array_record")
   import tempfile
+
   with tempfile.TemporaryDirectory() as tmp:  # TFDS makes a download folder; nothing downloads.
     builder.download_and_prepare(download_dir=tmp)
   if progress:
@@ -212,39 +238,48 @@ def prepare(paths, *, kind: str, name: str, data_dir: str, split: str = DEFAULT_
 
 # ---- reading -------------------------------------------------------------------------------------
 
+
 class TfdsSource:
   """The conversations of a prepared set's split, read on access: a Grain random-access source
   (`len`, `[i]`) and picklable (Grain workers reopen the files)."""
 
-  def __init__(self, name: str, data_dir: str, split: str = DEFAULT_SPLIT, *,
-               kind: str | None = None):
+  def __init__(self, name: str, data_dir: str, split: str = DEFAULT_SPLIT, *, kind: str | None = None):
     if not data_dir:
       raise TfdsError("no data directory given")
     path = dataset_dir(name, data_dir)
     if "://" not in data_dir and not os.path.isfile(os.path.join(path, "dataset_info.json")):
       found = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else None
       raise TfdsError(
-          f"no prepared data set {name!r} in {data_dir!r} (no {path}/dataset_info.json; "
-          + (f"the directory holds: {', '.join(found[:10]) or 'nothing'}" if found is not None
-             else "the directory does not exist")
-          + "); prepare it with python -m launch.prepare_tfds --input=FILE --kind=sft|rl "
-          f"--name={name} --data_dir={data_dir}")
+        f"no prepared data set {name!r} in {data_dir!r} (no {path}/dataset_info.json; "
+        + (
+          f"the directory holds: {', '.join(found[:10]) or 'nothing'}"
+          if found is not None
+          else "the directory does not exist"
+        )
+        + "); prepare it with python -m launch.prepare_tfds --input=FILE --kind=sft|rl "
+        f"--name={name} --data_dir={data_dir}"
+      )
     self.name, self.data_dir, self.split, self.path = name, data_dir, split, path
     import tensorflow_datasets as tfds
+
     info = tfds.builder_from_directory(path).info
     if split not in info.splits:
-      raise TfdsError(f"data set {name!r} in {data_dir!r} has no split {split!r}; its splits: "
-                      f"{', '.join(info.splits.keys())}")
+      raise TfdsError(
+        f"data set {name!r} in {data_dir!r} has no split {split!r}; its splits: {', '.join(info.splits.keys())}"
+      )
     self.kind = (info.metadata or {}).get("kind")
     if kind == "sft" and self.kind == "rl":
-      raise TfdsError(f"data set {name!r} in {data_dir!r} was prepared with --kind=rl (prompts "
-                      "without assistant turns); SFT trains on a set prepared with --kind=sft")
+      raise TfdsError(
+        f"data set {name!r} in {data_dir!r} was prepared with --kind=rl (prompts "
+        "without assistant turns); SFT trains on a set prepared with --kind=sft"
+      )
     self._len = info.splits[split].num_examples
     self._source = None
 
   def _data_source(self):
     if self._source is None:
       import tensorflow_datasets as tfds
+
       self._source = tfds.builder_from_directory(self.path).as_data_source(split=self.split)
     return self._source
 
@@ -257,8 +292,7 @@ class TfdsSource:
       raise IndexError(f"record {index} of {self._len}")
     index %= self._len
     conv = from_example(self._data_source()[index])
-    conv.origin = f"tfds {self.name}/{self.split}[{index}]" + (
-        f" from {conv.origin}" if conv.origin else "")
+    conv.origin = f"tfds {self.name}/{self.split}[{index}]" + (f" from {conv.origin}" if conv.origin else "")
     return conv
 
   def origins(self) -> list[str]:

@@ -19,9 +19,10 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _inline_message(m):
-  calls = [code_tool.format_tool_call(c.get("function", c)["name"],
-                                      c.get("function", c).get("arguments", {}))
-           for c in m.get("tool_calls") or []]
+  calls = [
+    code_tool.format_tool_call(c.get("function", c)["name"], c.get("function", c).get("arguments", {}))
+    for c in m.get("tool_calls") or []
+  ]
   content = m.get("content") or ""
   if calls:
     content = "\n".join(([content] if content else []) + calls)
@@ -41,8 +42,7 @@ def record_to_json(conv, image_paths):
   out = {"messages": [_inline_message(m) for m in conv.messages], "images": list(image_paths)}
   if conv.tools:
     out["tools"] = json.dumps(conv.tools, ensure_ascii=False)
-  for key in ("ground_truth", "required_transforms", "target_box", "question", "answer",
-              "data_source"):
+  for key in ("ground_truth", "required_transforms", "target_box", "question", "answer", "data_source"):
     value = getattr(conv, key)
     if value is not None:
       out[key] = value
@@ -88,22 +88,29 @@ def write_rl_parquet(records, path):
   prompt). Returns the number of rows written."""
   import pyarrow as pa  # Deferred: only Parquet writers need it.
   import pyarrow.parquet as pq
+
   rows = []
   for conv in records:
     prompt = prompt_messages(conv)
     n_images = sum(m["content"].count(code_tool.IMAGE_PLACEHOLDER) for m in prompt)
     extra = {k: v for k, v in conv.extra.items() if isinstance(v, (str, int, float))}
-    extra.update(question=conv.question or "", answer=conv.answer or "",
-                 required_transforms=list(conv.required_transforms or []),
-                 gt_bbox=[float(v) for v in conv.target_box] if conv.target_box else [])
-    rows.append({
+    extra.update(
+      question=conv.question or "",
+      answer=conv.answer or "",
+      required_transforms=list(conv.required_transforms or []),
+      gt_bbox=[float(v) for v in conv.target_box] if conv.target_box else [],
+    )
+    rows.append(
+      {
         "prompt": prompt,
-        "images": [{"bytes": records_lib.png_bytes(records_lib.load_image(src)), "path": None}
-                   for src in conv.images[:n_images]],
+        "images": [
+          {"bytes": records_lib.png_bytes(records_lib.load_image(src)), "path": None} for src in conv.images[:n_images]
+        ],
         "data_source": conv.data_source or "",
         "reward_model": {"ground_truth": conv.ground_truth, "style": "rule"},
         "extra_info": extra,
-    })
+      }
+    )
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   pq.write_table(pa.Table.from_pylist(rows), path)
   return len(rows)

@@ -59,8 +59,7 @@ def _describe(e: BaseException) -> str:
 async def _health(session: aiohttp.ClientSession, address: str, timeout_s: float) -> str | None:
   """None when `address` answers GET /healthz with ok true; else what went wrong."""
   try:
-    async with session.get(f"{address}/healthz",
-                           timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+    async with session.get(f"{address}/healthz", timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
       body = await resp.json(content_type=None)
       if resp.status == 200 and isinstance(body, dict) and body.get("ok"):
         return None
@@ -69,8 +68,9 @@ async def _health(session: aiohttp.ClientSession, address: str, timeout_s: float
     return _describe(e)
 
 
-async def healthy_services(addresses: Sequence[str], *, timeout_s: float = 10.0,
-                           setting: str = "--config.executor.urls") -> list[str]:
+async def healthy_services(
+  addresses: Sequence[str], *, timeout_s: float = 10.0, setting: str = "--config.executor.urls"
+) -> list[str]:
   """The addresses whose GET /healthz answers ok (a warning names the others); raises
   ExecutorUnavailable naming every address and its failure when none does, and `setting`: the
   flag or config field of the command that takes the URLs."""
@@ -81,25 +81,26 @@ async def healthy_services(addresses: Sequence[str], *, timeout_s: float = 10.0,
   bad = [f"  {a}: {p}" for a, p in zip(addresses, problems) if p is not None]
   if not good:
     raise ExecutorUnavailable(
-        "no executor service answers /healthz:\n" + "\n".join(bad) + "\nStart one with "
-        f"`python -m executor --port 8700` (see docs/executor.md) and pass its URL in {setting}, "
-        f"or leave {setting} unset to start a local service for the run")
+      "no executor service answers /healthz:\n" + "\n".join(bad) + "\nStart one with "
+      f"`python -m executor --port 8700` (see docs/executor.md) and pass its URL in {setting}, "
+      f"or leave {setting} unset to start a local service for the run"
+    )
   if bad:
-    logging.warning("executor services that do not answer /healthz are left out:\n%s",
-                    "\n".join(bad))
+    logging.warning("executor services that do not answer /healthz are left out:\n%s", "\n".join(bad))
   return good
 
 
 @dataclasses.dataclass
 class ExecResult:
   """One executed call."""
+
   ok: bool
-  images: list[bytes]           # result images, PNG bytes
+  images: list[bytes]  # result images, PNG bytes
   stdout: str
   error: dict[str, Any] | None  # {"type", "message", "line"} when ok is False
-  ops: list[dict[str, Any]]     # the runtime trace (codevision_jax/execution/ops.py)
-  duration_ms: float            # server-side time for the call
-  address: str                  # which service answered
+  ops: list[dict[str, Any]]  # the runtime trace (codevision_jax/execution/ops.py)
+  duration_ms: float  # server-side time for the call
+  address: str  # which service answered
   image_refs: list[str] = dataclasses.field(default_factory=list)  # "sha256:..." of `images`
   # Per result image: {"source": input index, "map": [a, b, c, d, e, f]} taking its pixel
   # coordinates to that input's (source x = a*x + b*y + c, y = d*x + e*y + f), or None.
@@ -114,6 +115,7 @@ class ExecResult:
 
   def pil_images(self) -> list:
     from PIL import Image  # pylint: disable=import-outside-toplevel
+
     return [Image.open(io.BytesIO(b)) for b in self.images]
 
 
@@ -123,30 +125,34 @@ class FleetStats:
 
   Every `execute` that returns has exactly one answer, so `sum(answers.values())` is the number
   of calls that returned (a retried call is counted once, where it was answered)."""
-  calls: int = 0          # execute() calls started
+
+  calls: int = 0  # execute() calls started
   answers: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   requests: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   failures: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   queue_full: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # 429
-  retries: int = 0        # attempts after a call's first (after a failure or a 429)
+  retries: int = 0  # attempts after a call's first (after a failure or a 429)
   ejections: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   readmissions: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  waits: int = 0          # calls that waited because every address was out of rotation
-  unavailable: int = 0    # calls that raised ExecutorUnavailable
+  waits: int = 0  # calls that waited because every address was out of rotation
+  unavailable: int = 0  # calls that raised ExecutorUnavailable
 
   def summary(self) -> str:
     """One line for the logs."""
     answers = ", ".join(f"{a} {n}" for a, n in sorted(self.answers.items())) or "none"
-    return (f"{self.calls} calls, answers per address: {answers}; {self.retries} retries, "
-            f"{sum(self.ejections.values())} ejections, "
-            f"{sum(self.readmissions.values())} readmissions, {self.unavailable} unavailable")
+    return (
+      f"{self.calls} calls, answers per address: {answers}; {self.retries} retries, "
+      f"{sum(self.ejections.values())} ejections, "
+      f"{sum(self.readmissions.values())} readmissions, {self.unavailable} unavailable"
+    )
 
 
 @dataclasses.dataclass
 class _Out:
   """An address out of rotation."""
-  since: float              # time.monotonic() of the ejection
-  reason: str               # the failure that took it out
+
+  since: float  # time.monotonic() of the ejection
+  reason: str  # the failure that took it out
   probe: str = "not probed yet"  # the latest /healthz failure
 
 
@@ -170,11 +176,21 @@ class ExecutorClient:
   """Pooled, retrying, round-robin client of a fleet of services, taking addresses that fail out
   of rotation until their /healthz answers again. Use as `async with`, or call `close()`."""
 
-  def __init__(self, addresses: str | Sequence[str], *, max_connections: int = 64,
-               deadline_s: float | None = None, retries: int = 4, backoff_s: float = 0.05,
-               remember_images: int = 4096, eject_after: int = 1, probe_interval_s: float = 2.0,
-               probe_timeout_s: float = 5.0, connect_timeout_s: float = 5.0,
-               setting: str = "--config.executor.urls"):
+  def __init__(
+    self,
+    addresses: str | Sequence[str],
+    *,
+    max_connections: int = 64,
+    deadline_s: float | None = None,
+    retries: int = 4,
+    backoff_s: float = 0.05,
+    remember_images: int = 4096,
+    eject_after: int = 1,
+    probe_interval_s: float = 2.0,
+    probe_timeout_s: float = 5.0,
+    connect_timeout_s: float = 5.0,
+    setting: str = "--config.executor.urls",
+  ):
     """`deadline_s` (per call, all attempts) defaults to the call's timeout + 30 s. An address
     is taken out of rotation after `eject_after` failures in a row (transport errors, timeouts,
     5xx) and probed on /healthz every `probe_interval_s` until it answers ok within
@@ -199,8 +215,7 @@ class ExecutorClient:
     self._cursor = 0  # the next address in the round robin
     self._session: aiohttp.ClientSession | None = None
     self._remember = remember_images
-    self._held: dict[str, collections.OrderedDict[str, None]] = {
-        a: collections.OrderedDict() for a in self.addresses}
+    self._held: dict[str, collections.OrderedDict[str, None]] = {a: collections.OrderedDict() for a in self.addresses}
     self._out: dict[str, _Out] = {}
     self._in_a_row: collections.Counter[str] = collections.Counter()
     self._last_failure: dict[str, str] = {}
@@ -282,9 +297,15 @@ class ExecutorClient:
     self._out[address] = _Out(since=time.monotonic(), reason=reason)
     self._held[address].clear()  # it may come back restarted, with an empty image store
     self.stats.ejections[address] += 1
-    log.warning("executor %s taken out of rotation (%s); %d of %d address(es) left in rotation; "
-                "probing %s/healthz every %g s", address, reason, len(self.in_rotation),
-                len(self.addresses), address, self.probe_interval_s)
+    log.warning(
+      "executor %s taken out of rotation (%s); %d of %d address(es) left in rotation; probing %s/healthz every %g s",
+      address,
+      reason,
+      len(self.in_rotation),
+      len(self.addresses),
+      address,
+      self.probe_interval_s,
+    )
     self._start_probe()
 
   def _readmit(self, address: str) -> None:
@@ -292,8 +313,13 @@ class ExecutorClient:
     self._in_a_row[address] = 0
     self._held[address].clear()
     self.stats.readmissions[address] += 1
-    log.info("executor %s back in rotation after %.1f s out (%d of %d address(es) in rotation)",
-             address, time.monotonic() - out.since, len(self.in_rotation), len(self.addresses))
+    log.info(
+      "executor %s back in rotation after %.1f s out (%d of %d address(es) in rotation)",
+      address,
+      time.monotonic() - out.since,
+      len(self.in_rotation),
+      len(self.addresses),
+    )
     for waiter in self._waiters:
       if not waiter.done():
         waiter.set_result(address)
@@ -323,8 +349,7 @@ class ExecutorClient:
       try:
         await self.probe()
       except Exception:  # pylint: disable=broad-except
-        log.exception("the executor health probe failed; it tries again in %g s",
-                      self.probe_interval_s)
+        log.exception("the executor health probe failed; it tries again in %g s", self.probe_interval_s)
 
   def _start_probe(self) -> None:
     if self._probe_task is None or self._probe_task.done():
@@ -353,8 +378,9 @@ class ExecutorClient:
     for address in self.addresses:
       out = self._out.get(address)
       if out is not None:
-        lines.append(f"  {address}: out of rotation for {now - out.since:.1f} s after "
-                     f"{out.reason}; last /healthz: {out.probe}")
+        lines.append(
+          f"  {address}: out of rotation for {now - out.since:.1f} s after {out.reason}; last /healthz: {out.probe}"
+        )
       else:
         last = self._last_failure.get(address)
         lines.append(f"  {address}: in rotation" + (f", last failure: {last}" if last else ""))
@@ -370,11 +396,11 @@ class ExecutorClient:
     while len(held) > self._remember:
       held.popitem(last=False)
 
-  def _payload_images(self, address: str, images: list[bytes], refs: list[str],
-                      inline: bool) -> list[str]:
+  def _payload_images(self, address: str, images: list[bytes], refs: list[str], inline: bool) -> list[str]:
     held = self._held[address]
-    return [ref if (not inline and ref in held) else base64.b64encode(data).decode("ascii")
-            for data, ref in zip(images, refs)]
+    return [
+      ref if (not inline and ref in held) else base64.b64encode(data).decode("ascii") for data, ref in zip(images, refs)
+    ]
 
   async def upload(self, image: Any, address: str | None = None) -> str:
     """Stores an image on one address (default: all in rotation) ahead of use; returns its
@@ -383,8 +409,9 @@ class ExecutorClient:
     ref = _ref(data)
     session = self._get_session()
     for addr in [address] if address else self.in_rotation:
-      async with session.put(f"{addr}/v1/images", data=data,
-                             headers={"Content-Type": "application/octet-stream"}) as resp:
+      async with session.put(
+        f"{addr}/v1/images", data=data, headers={"Content-Type": "application/octet-stream"}
+      ) as resp:
         resp.raise_for_status()
         await resp.json()
       self._mark_held(addr, [ref])
@@ -392,14 +419,12 @@ class ExecutorClient:
 
   # Calls.
 
-  async def _post(self, address: str, body: dict[str, Any],
-                  left: float) -> tuple[int, dict[str, Any]]:
+  async def _post(self, address: str, body: dict[str, Any], left: float) -> tuple[int, dict[str, Any]]:
     """One POST /v1/execute: the HTTP status and the JSON answer ({} when an error answer is not
     JSON, e.g. a proxy's 502 page)."""
     self.stats.requests[address] += 1
     timeout = aiohttp.ClientTimeout(total=left, sock_connect=min(left, self.connect_timeout_s))
-    async with self._get_session().post(f"{address}/v1/execute", json=body,
-                                        timeout=timeout) as resp:
+    async with self._get_session().post(f"{address}/v1/execute", json=body, timeout=timeout) as resp:
       if resp.status == 200:
         return 200, await resp.json()
       try:
@@ -410,16 +435,20 @@ class ExecutorClient:
 
   def _result(self, address: str, refs: list[str], out: dict[str, Any]) -> ExecResult:
     self._mark_held(address, refs + list(out.get("image_refs", [])))
-    return ExecResult(ok=bool(out["ok"]),
-                      images=[base64.b64decode(b) for b in out.get("images", [])],
-                      stdout=out.get("stdout", ""), error=out.get("error"),
-                      ops=out.get("ops", []), duration_ms=out.get("duration_ms", 0.0),
-                      address=address, image_refs=list(out.get("image_refs", [])),
-                      result_maps=list(out.get("result_maps") or []),
-                      notes=list(out.get("notes") or []))
+    return ExecResult(
+      ok=bool(out["ok"]),
+      images=[base64.b64decode(b) for b in out.get("images", [])],
+      stdout=out.get("stdout", ""),
+      error=out.get("error"),
+      ops=out.get("ops", []),
+      duration_ms=out.get("duration_ms", 0.0),
+      address=address,
+      image_refs=list(out.get("image_refs", [])),
+      result_maps=list(out.get("result_maps") or []),
+      notes=list(out.get("notes") or []),
+    )
 
-  def _refused(self, address: str, status: int, out: dict[str, Any],
-               wait: float) -> tuple[str, float]:
+  def _refused(self, address: str, status: int, out: dict[str, Any], wait: float) -> tuple[str, float]:
     """An error answer other than UnknownImage: what went wrong and how long to wait before the
     next attempt; raises ValueError for a 4xx, which no retry can help."""
     if status == 429:
@@ -430,17 +459,16 @@ class ExecutorClient:
       self._failed(address, f"HTTP {status} {_error_type(out)}".strip())
       return f"{address}: HTTP {status}", wait
     err = out.get("error") or {}
-    raise ValueError(f"executor {address} refused the request (HTTP {status}): "
-                     f"{err.get('message', 'no message')}")
+    raise ValueError(f"executor {address} refused the request (HTTP {status}): {err.get('message', 'no message')}")
 
-  async def execute(self, code: str, images: Sequence[Any] = (), image_index: int = 0,
-                    timeout_s: float | None = None) -> ExecResult:
+  async def execute(
+    self, code: str, images: Sequence[Any] = (), image_index: int = 0, timeout_s: float | None = None
+  ) -> ExecResult:
     """Runs `code` on `images` (PNG/JPEG bytes or PIL images, trajectory order) on one address
     of the fleet; returns its one answer."""
     data = [_to_bytes(im) for im in images]
     refs = [_ref(d) for d in data]
-    deadline = time.monotonic() + (self.deadline_s if self.deadline_s is not None else
-                                   (timeout_s or 10.0) + 30.0)
+    deadline = time.monotonic() + (self.deadline_s if self.deadline_s is not None else (timeout_s or 10.0) + 30.0)
     self.stats.calls += 1
     tried: set[str] = set()
     last_error = "no attempt made"
@@ -462,11 +490,10 @@ class ExecutorClient:
       tried.add(address)
       self.stats.retries += retrying
       retrying = False
-      body = {"code": code, "images": self._payload_images(address, data, refs, inline),
-              "image_index": image_index}
+      body = {"code": code, "images": self._payload_images(address, data, refs, inline), "image_index": image_index}
       if timeout_s is not None:
         body["timeout_s"] = timeout_s
-      wait = self.backoff_s * (2 ** attempt)
+      wait = self.backoff_s * (2**attempt)
       try:
         status, out = await self._post(address, body, left)
       except _TRANSPORT_ERRORS as e:
@@ -489,6 +516,7 @@ class ExecutorClient:
       await asyncio.sleep(min(wait, left))
     self.stats.unavailable += 1
     raise ExecutorUnavailable(
-        f"executor call failed after {attempt} attempt(s) (last: {last_error}); the fleet:\n"
-        f"{self._fleet_report()}\nCheck that the services run (`curl <address>/healthz`, "
-        f"docs/executor.md) and are listed in {self.setting}")
+      f"executor call failed after {attempt} attempt(s) (last: {last_error}); the fleet:\n"
+      f"{self._fleet_report()}\nCheck that the services run (`curl <address>/healthz`, "
+      f"docs/executor.md) and are listed in {self.setting}"
+    )

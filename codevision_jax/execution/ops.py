@@ -21,11 +21,11 @@ from typing import Any, Iterable
 CORE_OPS = ("crop", "rotate_90", "rotate_180", "rotate_270", "flip_horizontal", "flip_vertical")
 
 _TRANSPOSE_TO_CORE = {
-    "FLIP_LEFT_RIGHT": "flip_horizontal",
-    "FLIP_TOP_BOTTOM": "flip_vertical",
-    "ROTATE_90": "rotate_90",
-    "ROTATE_180": "rotate_180",
-    "ROTATE_270": "rotate_270",
+  "FLIP_LEFT_RIGHT": "flip_horizontal",
+  "FLIP_TOP_BOTTOM": "flip_vertical",
+  "ROTATE_90": "rotate_90",
+  "ROTATE_180": "rotate_180",
+  "ROTATE_270": "rotate_270",
 }
 _FLIP_TO_CORE = {"horizontal": "flip_horizontal", "vertical": "flip_vertical", "both": "rotate_180"}
 
@@ -81,6 +81,11 @@ def crop_boxes(ops: Iterable[dict[str, Any]], source: int | None = None) -> list
 
   Boxes of crops whose origin could not be tracked (`"source": None`) are left out.
   """
-  return [list(op["box"]) for op in ops
-          if isinstance(op, dict) and op.get("op") == "crop" and op.get("source") is not None and
-          (source is None or op.get("source") == source)]
+  return [
+    list(op["box"])
+    for op in ops
+    if isinstance(op, dict)
+    and op.get("op") == "crop"
+    and op.get("source") is not None
+    and (source is None or op.get("source") == source)
+  ]

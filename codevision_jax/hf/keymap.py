@@ -29,14 +29,15 @@ from codevision_jax.models.config import VLConfig
 
 # Our path -> HF path renames, per family (applied to the dotted path, in order).
 _RENAMES = {
-    "qwen2_5_vl": [(r"^model\.visual\.merger\.mlp\.1\.", "model.visual.merger.mlp.2.")],
-    "qwen3_vl": [],  # Same module names as transformers (`merger.linear_fc1`, `pos_embed`, ...).
+  "qwen2_5_vl": [(r"^model\.visual\.merger\.mlp\.1\.", "model.visual.merger.mlp.2.")],
+  "qwen3_vl": [],  # Same module names as transformers (`merger.linear_fc1`, `pos_embed`, ...).
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class ParamMapping:
   """One parameter: our path (tuple, as in the NNX state) and its HF key and shape."""
+
   path: tuple
   hf_key: str  # transformers-5 layout
   shape: tuple[int, ...]  # ours (one layer's, for a stacked parameter)
@@ -75,8 +76,11 @@ def _per_layer(stacked: list[ParamMapping], num_layers: int) -> list[ParamMappin
   """The mappings of stacked parameters, one per layer and parameter, layer-major: the order of
   an unscanned decoder's parameters (so that both export the same file)."""
   prefix = ".".join(_STACKED_PREFIX) + "."
-  return [dataclasses.replace(m, layer=i, hf_key=m.hf_key.replace(prefix, f"{prefix}{i}.", 1))
-          for i in range(num_layers) for m in stacked]
+  return [
+    dataclasses.replace(m, layer=i, hf_key=m.hf_key.replace(prefix, f"{prefix}{i}.", 1))
+    for i in range(num_layers)
+    for m in stacked
+  ]
 
 
 # Where a scanned decoder keeps its stacked layers.
@@ -87,8 +91,12 @@ def is_stacked_layer_path(path: tuple) -> bool:
   """Whether an NNX path is a parameter of scanned (stacked) decoder layers: `layers` followed by
   a name, where an unscanned decoder has a layer index."""
   n = len(_STACKED_PREFIX)
-  return (tuple(str(p) for p in path[:n]) == _STACKED_PREFIX and len(path) > n
-          and not isinstance(path[n], int) and not str(path[n]).isdigit())
+  return (
+    tuple(str(p) for p in path[:n]) == _STACKED_PREFIX
+    and len(path) > n
+    and not isinstance(path[n], int)
+    and not str(path[n]).isdigit()
+  )
 
 
 def _mapping(path: tuple, dotted: str, shape: tuple[int, ...], config: VLConfig) -> ParamMapping:
@@ -113,7 +121,7 @@ def to_transformers_layout(key: str) -> str:
   if key.startswith("visual."):
     return "model." + key
   if key.startswith("model.") and not key.startswith(("model.visual.", "model.language_model.")):
-    return "model.language_model." + key[len("model."):]
+    return "model.language_model." + key[len("model.") :]
   return key
 
 
@@ -131,7 +139,7 @@ def to_official_layout(key: str, model_type: str = "qwen2_5_vl") -> str:
   if model_type in _TRANSFORMERS_LAYOUT_RELEASES:
     return key
   if key.startswith("model.visual."):
-    return key[len("model."):]
+    return key[len("model.") :]
   if key.startswith("model.language_model."):
-    return "model." + key[len("model.language_model."):]
+    return "model." + key[len("model.language_model.") :]
   return key

@@ -43,8 +43,9 @@ def _checkpoint_readers(path: str) -> dict[str, SafetensorsFile]:
       with open(index_path) as f:
         weight_map = json.load(f)["weight_map"]
     except (json.JSONDecodeError, KeyError) as e:
-      raise ValueError(f"{index_path}: not a valid safetensors index ({e!r}); expected "
-                       "{'weight_map': {key: file}}") from None
+      raise ValueError(
+        f"{index_path}: not a valid safetensors index ({e!r}); expected {{'weight_map': {{key: file}}}}"
+      ) from None
     by_name: dict[str, SafetensorsFile] = {}
     readers = {}
     for key, name in weight_map.items():
@@ -58,8 +59,11 @@ def _checkpoint_readers(path: str) -> dict[str, SafetensorsFile]:
       readers[key] = by_name[name]
     return readers
   single = os.path.join(path, SINGLE_FILE)
-  candidates = [single] if os.path.exists(single) else sorted(
-      os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+  candidates = (
+    [single]
+    if os.path.exists(single)
+    else sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+  )
   if not candidates:
     raise FileNotFoundError(f"{path}: no {SINGLE_FILE}, no {INDEX_FILE} and no *.safetensors file")
   readers = {}
@@ -79,8 +83,7 @@ def held_box(shape: tuple[int, ...], sharding) -> list[tuple[int, int]]:
   return box
 
 
-def read_held(reader: SafetensorsFile, key: str, m: keymap.ParamMapping,
-              box: list[tuple[int, int]]) -> np.ndarray:
+def read_held(reader: SafetensorsFile, key: str, m: keymap.ParamMapping, box: list[tuple[int, int]]) -> np.ndarray:
   """The part `box` (our layout) of parameter `m`, read from HF tensor `key` and converted,
   reading only the rows and columns of the file's tensor that the box covers."""
   if m.kind == "same":
@@ -129,12 +132,17 @@ def _place(reader, key, m: keymap.ParamMapping, sharding, dtype):
   box = held_box(shape, sharding)
   block = read_held(reader, key, m, box).astype(dtype, copy=False)
   starts = [lo for lo, _ in box]
-  return jax.make_array_from_callback(
-      shape, sharding, lambda idx: block[_shifted(idx, shape, starts)])
+  return jax.make_array_from_callback(shape, sharding, lambda idx: block[_shifted(idx, shape, starts)])
 
 
-def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=parallel.DEFAULT_RULES,
-            attention_backend: str = "xla", scan_layers: bool = False):
+def load_hf(
+  path: str,
+  dtype="bfloat16",
+  mesh: Mesh | None = None,
+  rules=parallel.DEFAULT_RULES,
+  attention_backend: str = "xla",
+  scan_layers: bool = False,
+):
   """Loads a Qwen-VL checkpoint directory (config.json + safetensors) as an NNX model.
 
   Args:
@@ -150,8 +158,7 @@ def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=paralle
     raise FileNotFoundError(f"{path}: not a checkpoint directory")
   config = load_config(path)
   dtype = jnp.dtype(dtype)
-  model = abstract_model(config, param_dtype=dtype, attention_backend=attention_backend,
-                         scan_layers=scan_layers)
+  model = abstract_model(config, param_dtype=dtype, attention_backend=attention_backend, scan_layers=scan_layers)
   graphdef, state = nnx.split(model)
   mappings = keymap.param_mappings(state, config)
 
@@ -164,20 +171,23 @@ def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=paralle
   unexpected = sorted(set(available) - wanted - ignorable)
   if unexpected:
     key, reader = available[unexpected[0]]
-    raise ValueError(f"{reader.path}: unexpected tensor {key!r} ({len(unexpected)} unexpected in all) "
-                     f"for model_type {config.model_type!r}; is config.json the right one?")
+    raise ValueError(
+      f"{reader.path}: unexpected tensor {key!r} ({len(unexpected)} unexpected in all) "
+      f"for model_type {config.model_type!r}; is config.json the right one?"
+    )
   missing = [m.hf_key for m in mappings if m.hf_key not in available]
   if missing:
-    raise ValueError(f"{path}: checkpoint lacks tensor {keymap.to_official_layout(missing[0], config.model_type)!r} "
-                     f"({len(missing)} missing in all)")
+    raise ValueError(
+      f"{path}: checkpoint lacks tensor {keymap.to_official_layout(missing[0], config.model_type)!r} "
+      f"({len(missing)} missing in all)"
+    )
 
   flat = dict(nnx.to_flat_state(state))
   device = jax.local_devices()[0]
   for m in mappings:
     key, reader = available[m.hf_key]
     if reader.shape(key) != m.hf_shape:
-      raise ValueError(f"{reader.path}: tensor {key!r} has shape {reader.shape(key)}, the config "
-                       f"implies {m.hf_shape}")
+      raise ValueError(f"{reader.path}: tensor {key!r} has shape {reader.shape(key)}, the config implies {m.hf_shape}")
     var = flat[m.path]
     if mesh is None:
       sharding = jax.sharding.SingleDeviceSharding(device)
@@ -193,6 +203,12 @@ def load_hf(path: str, dtype="bfloat16", mesh: Mesh | None = None, rules=paralle
     var.set_value(_set_layer(stacked, layer, m.layer))
     del layer
   read = sum(r.bytes_read for r in {id(r): r for r in readers.values()}.values())
-  logging.info("loaded %s (%s, %d tensors) from %s; this process read %.1f MB of tensor data",
-               config.model_type, dtype.name, len(mappings), path, read / 1e6)
+  logging.info(
+    "loaded %s (%s, %d tensors) from %s; this process read %.1f MB of tensor data",
+    config.model_type,
+    dtype.name,
+    len(mappings),
+    path,
+    read / 1e6,
+  )
   return nnx.merge(graphdef, state)

@@ -27,17 +27,31 @@ PREFIX = "base_model.model."
 
 def adapter_config(settings: lora.LoraSettings, module_keys, base_model: str = "") -> dict:
   """PEFT's LoraConfig fields for these settings, targeting exactly `module_keys`."""
-  return {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model or None,
-          "r": settings.rank, "lora_alpha": settings.alpha, "lora_dropout": settings.dropout,
-          "target_modules": lora.peft_target_regex(module_keys), "bias": "none",
-          "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
-          "modules_to_save": None, "use_rslora": False, "use_dora": False,
-          "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {},
-          "alpha_pattern": {}}
+  return {
+    "peft_type": "LORA",
+    "task_type": None,
+    "base_model_name_or_path": base_model or None,
+    "r": settings.rank,
+    "lora_alpha": settings.alpha,
+    "lora_dropout": settings.dropout,
+    "target_modules": lora.peft_target_regex(module_keys),
+    "bias": "none",
+    "fan_in_fan_out": False,
+    "init_lora_weights": True,
+    "inference_mode": True,
+    "modules_to_save": None,
+    "use_rslora": False,
+    "use_dora": False,
+    "layers_to_transform": None,
+    "layers_pattern": None,
+    "rank_pattern": {},
+    "alpha_pattern": {},
+  }
 
 
-def write_adapter(out_dir: str, settings: lora.LoraSettings, adapters: dict, *, base_model: str = "",
-                  dtype=np.float32) -> str:
+def write_adapter(
+  out_dir: str, settings: lora.LoraSettings, adapters: dict, *, base_model: str = "", dtype=np.float32
+) -> str:
   """Writes the adapter directory; returns it. `adapters` maps each adapted module's HF name to its
   (lora_a [in, r], lora_b [r, out]) in our layout (adapters are small: rank r). Atomic: the
   directory appears only when complete."""

@@ -17,10 +17,16 @@ import ml_dtypes
 import numpy as np
 
 DTYPES = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_),
+  "F64": np.dtype(np.float64),
+  "F32": np.dtype(np.float32),
+  "F16": np.dtype(np.float16),
+  "BF16": np.dtype(ml_dtypes.bfloat16),
+  "I64": np.dtype(np.int64),
+  "I32": np.dtype(np.int32),
+  "I16": np.dtype(np.int16),
+  "I8": np.dtype(np.int8),
+  "U8": np.dtype(np.uint8),
+  "BOOL": np.dtype(np.bool_),
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -62,8 +68,9 @@ class SafetensorsFile:
     shape = tuple(entry["shape"])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if end - begin != expected:
-      raise ValueError(f"{self.path}: tensor {name!r} spans {end - begin} bytes, shape {shape} of "
-                       f"{entry['dtype']} needs {expected}")
+      raise ValueError(
+        f"{self.path}: tensor {name!r} spans {end - begin} bytes, shape {shape} of {entry['dtype']} needs {expected}"
+      )
     return dtype, self._data_start + begin, shape
 
   def _pread(self, fd: int, view: memoryview, pos: int, name: str) -> None:
@@ -82,16 +89,14 @@ class SafetensorsFile:
       self._pread(f.fileno(), memoryview(buf), pos, name)
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
-  def read_box(self, name: str, rows: tuple[int, int], cols: tuple[int, int] | None = None
-               ) -> np.ndarray:
+  def read_box(self, name: str, rows: tuple[int, int], cols: tuple[int, int] | None = None) -> np.ndarray:
     """Rows [r0, r1) and columns [c0, c1) (default: all) of a tensor's 2-D view
     [shape[0], -1], reading only those bytes: one read for whole rows, else one per row."""
     dtype, pos, shape = self._entry(name)
     width = int(np.prod(shape[1:], dtype=np.int64))
     (r0, r1), (c0, c1) = rows, cols or (0, width)
     if not (0 <= r0 <= r1 <= (shape[0] if shape else 1) and 0 <= c0 <= c1 <= width):
-      raise ValueError(f"{self.path}: rows {rows} / columns {cols} are outside tensor {name!r} "
-                       f"of shape {shape}")
+      raise ValueError(f"{self.path}: rows {rows} / columns {cols} are outside tensor {name!r} of shape {shape}")
     out = np.empty((r1 - r0, c1 - c0), dtype)
     raw = out.view(np.uint8)  # (bfloat16 has no buffer protocol of its own)
     with open(self.path, "rb", buffering=0) as f:
@@ -99,19 +104,21 @@ class SafetensorsFile:
         self._pread(f.fileno(), memoryview(raw).cast("B"), pos + r0 * width * dtype.itemsize, name)
       else:
         for i in range(r1 - r0):
-          self._pread(f.fileno(), memoryview(raw[i]),
-                      pos + ((r0 + i) * width + c0) * dtype.itemsize, name)
+          self._pread(f.fileno(), memoryview(raw[i]), pos + ((r0 + i) * width + c0) * dtype.itemsize, name)
     return out
 
 
-def write_file(path: str, specs: list[tuple[str, tuple[int, ...], np.dtype]],
-               produce: Callable[[str], np.ndarray], metadata: dict | None = None) -> None:
+def write_file(
+  path: str,
+  specs: list[tuple[str, tuple[int, ...], np.dtype]],
+  produce: Callable[[str], np.ndarray],
+  metadata: dict | None = None,
+) -> None:
   """Writes tensors named in `specs` (name, shape, dtype), asking `produce(name)` for each in turn."""
   header, offset = {}, 0
   for name, shape, dtype in specs:
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    header[name] = {"dtype": _NAMES[np.dtype(dtype)], "shape": list(shape),
-                    "data_offsets": [offset, offset + nbytes]}
+    header[name] = {"dtype": _NAMES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
     offset += nbytes
   header["__metadata__"] = metadata or {"format": "pt"}
   blob = json.dumps(header, separators=(",", ":")).encode()
@@ -133,8 +140,15 @@ def parse_size(size: int | str) -> int:
   if isinstance(size, int):
     return size
   s = size.strip().upper()
-  for suffix, mult in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
-                       ("KB", 10**3), ("B", 1)):
+  for suffix, mult in (
+    ("GIB", 2**30),
+    ("MIB", 2**20),
+    ("KIB", 2**10),
+    ("GB", 10**9),
+    ("MB", 10**6),
+    ("KB", 10**3),
+    ("B", 1),
+  ):
     if s.endswith(suffix):
       return int(float(s[: -len(suffix)]) * mult)
   return int(s)

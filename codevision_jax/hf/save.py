@@ -21,21 +21,32 @@ from codevision_jax.hf.load import INDEX_FILE, SINGLE_FILE
 
 # Files copied from `source_dir` when present: tokenizer, processor, chat template, generation.
 AUXILIARY_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-    "added_tokens.json", "preprocessor_config.json", "video_preprocessor_config.json",
-    "processor_config.json", "chat_template.json", "chat_template.jinja", "generation_config.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "vocab.json",
+  "merges.txt",
+  "special_tokens_map.json",
+  "added_tokens.json",
+  "preprocessor_config.json",
+  "video_preprocessor_config.json",
+  "processor_config.json",
+  "chat_template.json",
+  "chat_template.jinja",
+  "generation_config.json",
 )
 
 
 def _host_value(x) -> np.ndarray:
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     from jax.experimental import multihost_utils
+
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(jax.device_get(x))
 
 
-def save_hf(model, out_dir: str, dtype=None, max_shard_size="5GB", source_dir: str | None = None,
-            chat_template: str | None = None) -> str:
+def save_hf(
+  model, out_dir: str, dtype=None, max_shard_size="5GB", source_dir: str | None = None, chat_template: str | None = None
+) -> str:
   """Writes `model` as an HF checkpoint directory; returns `out_dir`.
 
   Args:
@@ -51,11 +62,20 @@ def save_hf(model, out_dir: str, dtype=None, max_shard_size="5GB", source_dir: s
     x = flat[path].get_value()
     return _host_value(x if layer is None else x[layer])  # One layer of a stacked parameter.
 
-  return write_hf(model.config, state, value_of, out_dir,
-                  dtype=dtype, max_shard_size=max_shard_size,
-                  files={name: os.path.join(source_dir, name) for name in AUXILIARY_FILES
-                         if source_dir and os.path.exists(os.path.join(source_dir, name))},
-                  chat_template=chat_template)
+  return write_hf(
+    model.config,
+    state,
+    value_of,
+    out_dir,
+    dtype=dtype,
+    max_shard_size=max_shard_size,
+    files={
+      name: os.path.join(source_dir, name)
+      for name in AUXILIARY_FILES
+      if source_dir and os.path.exists(os.path.join(source_dir, name))
+    },
+    chat_template=chat_template,
+  )
 
 
 def write_chat_template(directory: str, template: str) -> None:
@@ -77,9 +97,18 @@ def write_chat_template(directory: str, template: str) -> None:
         json.dump(config, f, indent=2, ensure_ascii=False)
 
 
-def write_hf(config, state: nnx.State, value_of, out_dir: str, *, dtype=None, max_shard_size="5GB",
-             files: dict | None = None, config_updates: dict | None = None,
-             chat_template: str | None = None) -> str:
+def write_hf(
+  config,
+  state: nnx.State,
+  value_of,
+  out_dir: str,
+  *,
+  dtype=None,
+  max_shard_size="5GB",
+  files: dict | None = None,
+  config_updates: dict | None = None,
+  chat_template: str | None = None,
+) -> str:
   """Writes an HF checkpoint directory from parameter values fetched one at a time.
 
   `state` gives the parameters' paths, shapes and dtypes (an abstract state is enough);
@@ -109,8 +138,11 @@ def write_hf(config, state: nnx.State, value_of, out_dir: str, *, dtype=None, ma
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent) if is_writer else None
   try:
     weight_map = {}
-    names = ([SINGLE_FILE] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    names = (
+      [SINGLE_FILE]
+      if len(shards) == 1
+      else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     for name, keys in zip(names, shards):
       specs = [(k, by_key[k][0].hf_shape, by_key[k][1]) for k in keys]
 
@@ -131,10 +163,10 @@ def write_hf(config, state: nnx.State, value_of, out_dir: str, *, dtype=None, ma
       with open(os.path.join(tmp, INDEX_FILE), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     hf_config = config.to_hf_dict()
-    written_dtype = np.dtype(dtype) if dtype is not None else np.dtype(
-        next(iter(flat.values())).get_value().dtype)
+    written_dtype = np.dtype(dtype) if dtype is not None else np.dtype(next(iter(flat.values())).get_value().dtype)
     hf_config["dtype"] = {"bfloat16": "bfloat16", "float32": "float32", "float16": "float16"}.get(
-        written_dtype.name, "float32")
+      written_dtype.name, "float32"
+    )
     for key, value in (config_updates or {}).items():
       hf_config[key] = value
       hf_config.setdefault("text_config", {})[key] = value

@@ -14,9 +14,11 @@ def model_class(model_type: str):
   """The NNX class of a family, by HF `model_type`."""
   if model_type == "qwen2_5_vl":
     from codevision_jax.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
     return Qwen2_5_VLForConditionalGeneration
   if model_type == "qwen3_vl":
     from codevision_jax.models.qwen3_vl import Qwen3VLForConditionalGeneration
+
     return Qwen3VLForConditionalGeneration
   raise ValueError(f"model_type {model_type!r} is not supported; expected one of {list(SUPPORTED_MODEL_TYPES)}")
 
@@ -28,15 +30,17 @@ def resolve_attention_backend(name: str) -> str:
   return resolve_backend(name, jax.default_backend())
 
 
-def build_model(config: VLConfig, *, seed: int = 0, param_dtype=jnp.float32, attention_backend: str = "xla",
-                scan_layers: bool = False):
+def build_model(
+  config: VLConfig, *, seed: int = 0, param_dtype=jnp.float32, attention_backend: str = "xla", scan_layers: bool = False
+):
   """A randomly initialised model (normal(0.02) matrices, unit norms, zero biases);
   `attention_backend` "auto" is the default platform's choice (`resolve_attention_backend`);
   `scan_layers`: the decoder layers stacked and run by a scan (`text.TextModel`)."""
   cls = model_class(config.model_type)
   attention_backend = resolve_attention_backend(attention_backend)
-  return cls(config, rngs=nnx.Rngs(seed), param_dtype=param_dtype, attention_backend=attention_backend,
-             scan_layers=scan_layers)
+  return cls(
+    config, rngs=nnx.Rngs(seed), param_dtype=param_dtype, attention_backend=attention_backend, scan_layers=scan_layers
+  )
 
 
 class _ShapeOnlyKeys:
@@ -52,14 +56,30 @@ class _ShapeOnlyKeys:
     return lambda: jax.random.key(0)
 
 
-def abstract_model(config: VLConfig, *, param_dtype=jnp.float32, attention_backend: str = "xla",
-                   scan_layers: bool = False):
+def abstract_model(
+  config: VLConfig, *, param_dtype=jnp.float32, attention_backend: str = "xla", scan_layers: bool = False
+):
   """The model with shapes only (no memory): for loading checkpoints and counting parameters."""
   cls = model_class(config.model_type)
   attention_backend = resolve_attention_backend(attention_backend)
-  return nnx.eval_shape(lambda: cls(config, rngs=_ShapeOnlyKeys(), param_dtype=param_dtype,
-                                    attention_backend=attention_backend, scan_layers=scan_layers))
+  return nnx.eval_shape(
+    lambda: cls(
+      config,
+      rngs=_ShapeOnlyKeys(),
+      param_dtype=param_dtype,
+      attention_backend=attention_backend,
+      scan_layers=scan_layers,
+    )
+  )
 
 
-__all__ = ["VLConfig", "TextConfig", "VisionConfig", "load_config", "model_class", "build_model", "abstract_model",
-           "resolve_attention_backend"]
+__all__ = [
+  "VLConfig",
+  "TextConfig",
+  "VisionConfig",
+  "load_config",
+  "model_class",
+  "build_model",
+  "abstract_model",
+  "resolve_attention_backend",
+]

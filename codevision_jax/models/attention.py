@@ -76,10 +76,12 @@ def splash_interpret() -> bool:
 
 # ---- the mask form ---------------------------------------------------------------------------------
 
+
 class SegmentRuns(NamedTuple):
   """cuDNN's packed-layout description of segment ids [B, T] (`segment_runs`): offsets [B, M + 1]
   (each run's first token, -1 past the row's runs), lengths [B, M] (-1 past them), count [B] (runs
   in each row, also those past M) and member [B, T] (the tokens inside the first M runs)."""
+
   offsets: jax.Array
   lengths: jax.Array
   count: jax.Array
@@ -97,6 +99,7 @@ class AttentionMask:
   runs of equal ids (padding excluded) in one row, for cuDNN's packed layout (0: none known);
   runs: `segment_runs` of `segments`, computed once per forward by `prepared` (None: not yet);
   dense: the dense mask, likewise computed once for "xla" (None: not yet)."""
+
   segments: jax.Array | None = None
   kv_segments: jax.Array | None = None
   runs: SegmentRuns | None = None
@@ -131,9 +134,13 @@ class AttentionMask:
     """This form with what `backend` derives from it for inputs of `dtype` computed once (before
     the layers use it): the dense mask for "xla" (and for "cudnn" where it cannot take the
     segments), the segment runs and their bound's check for "cudnn"."""
-    if backend == "cudnn" and self.segments is not None and (
-        not cudnn_takes(dtype) or not self.max_segments or self.kv_segments is not None
-        or not packed_layout_supported()):
+    if (
+      backend == "cudnn"
+      and self.segments is not None
+      and (
+        not cudnn_takes(dtype) or not self.max_segments or self.kv_segments is not None or not packed_layout_supported()
+      )
+    ):
       backend = "xla"
     if backend == "xla" and self.dense is None and self.segments is not None:
       t = self.segments.shape[1]
@@ -159,8 +166,7 @@ def text_mask(attention_mask: jax.Array | None, *, max_segments: int | None = No
     return AttentionMask(causal=True)
   if max_segments is None:
     max_segments = segment_bound(attention_mask.shape[1])
-  return AttentionMask(padding_segments(attention_mask), causal=True, padding=True,
-                       max_segments=max_segments)
+  return AttentionMask(padding_segments(attention_mask), causal=True, padding=True, max_segments=max_segments)
 
 
 def segment_mask(ids: jax.Array, *, max_segments: int = 0) -> AttentionMask:
@@ -175,6 +181,7 @@ class Masks:
 
   dense: boolean broadcastable to [B, 1, T, S]; segment_ids: (q_ids [B, T], kv_ids [B, S]) int
   or None; causal: whether the dense mask includes the causal one (static)."""
+
   dense: jax.Array
   segment_ids: tuple | None = None
   causal: bool = struct.field(pytree_node=False, default=False)
@@ -198,8 +205,11 @@ def segment_runs(ids: jax.Array, m: int, padding: bool) -> SegmentRuns:
   run = jnp.cumsum(start, axis=1, dtype=jnp.int32) - 1
   rows = jnp.arange(b)[:, None]
   kept = run < m
-  offsets = jnp.full((b, m + 1), -1, jnp.int32).at[rows, jnp.where(start & kept, run, m + 1)].set(
-      jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)), mode="drop")
+  offsets = (
+    jnp.full((b, m + 1), -1, jnp.int32)
+    .at[rows, jnp.where(start & kept, run, m + 1)]
+    .set(jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)), mode="drop")
+  )
   member = real & kept
   lengths = jnp.zeros((b, m), jnp.int32).at[rows, jnp.where(member, run, m)].add(1, mode="drop")
   count = jnp.sum(start, axis=1, dtype=jnp.int32)
@@ -209,12 +219,13 @@ def segment_runs(ids: jax.Array, m: int, padding: bool) -> SegmentRuns:
 
 def _too_many_segments(most, bound) -> None:
   raise ValueError(
-      f"a row of this batch holds {int(most)} attention segments (sequences packed in a row, or "
-      f"padding inside one), more than the {int(bound)} that cuDNN attention's packed layout was "
-      "built for: pass a larger max_segments to the model's forward (default "
-      f"models.attention.segment_bound: one per {TOKENS_PER_SEGMENT} tokens of a row, at least "
-      f"{MAX_SEGMENTS}), pack fewer records per row (data.packing), or set "
-      "model.attention_backend=xla")
+    f"a row of this batch holds {int(most)} attention segments (sequences packed in a row, or "
+    f"padding inside one), more than the {int(bound)} that cuDNN attention's packed layout was "
+    "built for: pass a larger max_segments to the model's forward (default "
+    f"models.attention.segment_bound: one per {TOKENS_PER_SEGMENT} tokens of a row, at least "
+    f"{MAX_SEGMENTS}), pack fewer records per row (data.packing), or set "
+    "model.attention_backend=xla"
+  )
 
 
 def checked_runs(ids: jax.Array, max_segments: int, padding: bool) -> SegmentRuns:
@@ -224,12 +235,12 @@ def checked_runs(ids: jax.Array, max_segments: int, padding: bool) -> SegmentRun
   m = max(2, max_segments)
   runs = segment_runs(ids, m, padding)
   most = jnp.max(runs.count)
-  jax.lax.cond(most > m, lambda n: jax.debug.callback(_too_many_segments, n, m), lambda n: None,
-               most)
+  jax.lax.cond(most > m, lambda n: jax.debug.callback(_too_many_segments, n, m), lambda n: None, most)
   return runs
 
 
 # ---- dispatch ---------------------------------------------------------------------------------------
+
 
 def cudnn_takes(dtype) -> bool:
   """Whether cuDNN's fused kernel takes inputs of `dtype` (16-bit floats only)."""
@@ -243,9 +254,18 @@ def cudnn_fallback(reason: str) -> None:
     _log.warning("cuDNN attention: %s; those calls run on the xla backend", reason)
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask, scale: float,
-                          backend: str = "xla", kv_layout: str = "bskd", causal: bool = False,
-                          segment_ids: tuple | None = None) -> jax.Array:
+def dot_product_attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  mask,
+  scale: float,
+  backend: str = "xla",
+  kv_layout: str = "bskd",
+  causal: bool = False,
+  segment_ids: tuple | None = None,
+) -> jax.Array:
   """Attention of q to k/v under `mask` (an `AttentionMask` form, a dense boolean array, a
   `Masks`, or None with `causal`/`segment_ids` alone); see the module docstring."""
   b, t, h, d = q.shape
@@ -258,8 +278,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask, sca
   if backend not in BACKENDS:
     raise ValueError(f"attention backend {backend!r} is not available; choose one of {CHOICES}")
   form, dense = _form_and_dense(mask, causal, segment_ids)
-  if backend == "splash" and kv_layout == "bskd" and form is not None and (
-      dense is None or form.causal or form.segments is not None):
+  if (
+    backend == "splash"
+    and kv_layout == "bskd"
+    and form is not None
+    and (dense is None or form.causal or form.segments is not None)
+  ):
     return _splash_attention(q, k, v, scale, form.causal, form.segment_pair())
   if backend == "cudnn":
     reason = _cudnn_refusal(q, t, s, kv_layout, form, dense)
@@ -311,6 +335,7 @@ def packed_layout_supported() -> bool:
   """Whether this process's GPU runs cuDNN's packed (segment offsets) layout: Hopper or newer."""
   try:
     from jax._src.cudnn import fused_attention_stablehlo as fa  # pylint: disable=import-outside-toplevel
+
     return bool(fa.check_compute_capability("9.0"))
   except Exception:  # noqa: BLE001 -- no CUDA backend, or JAX moved the module: not supported.
     return False
@@ -327,8 +352,7 @@ def _cudnn_attention(q, k, v, scale, form: AttentionMask | None):
     runs = checked_runs(form.segments, form.max_segments, form.padding)
   keep = runs.member[:, :, None, None]
   q, k, v = (jnp.where(keep, x, jnp.zeros((), x.dtype)) for x in (q, k, v))
-  out = cudnn_kernel(q, k, v, scale=scale, causal=form.causal, offsets=runs.offsets,
-                     lengths=runs.lengths)
+  out = cudnn_kernel(q, k, v, scale=scale, causal=form.causal, offsets=runs.offsets, lengths=runs.lengths)
   return jnp.where(keep, out, jnp.zeros((), out.dtype))
 
 
@@ -338,12 +362,13 @@ def cudnn_kernel(q, k, v, *, scale: float, causal: bool, offsets=None, lengths=N
   and lengths [B, M]: JAX's cuDNN wrapper with the packed layout and the PADDING(_CAUSAL) mask
   type, each segment attending within itself."""
   if offsets is None:
-    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal,
-                                        implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal, implementation="cudnn")
   from jax._src.cudnn import fused_attention_stablehlo as fa  # pylint: disable=import-outside-toplevel
+
   mask_type = fa.MaskType.PADDING_CAUSAL if causal else fa.MaskType.PADDING
-  return fa.dot_product_attention(q, k, v, None, None, lengths, lengths, offsets, offsets,
-                                  scale=scale, mask_type=mask_type, qkv_layout="BTNH")
+  return fa.dot_product_attention(
+    q, k, v, None, None, lengths, lengths, offsets, offsets, scale=scale, mask_type=mask_type, qkv_layout="BTNH"
+  )
 
 
 def dense_mask(t: int, s: int, causal: bool, segment_ids: tuple | None) -> jax.Array:
@@ -372,9 +397,9 @@ def _xla_attention(q, k, v, mask, scale, kv_layout="bskd"):
 
 
 class _SplashShape(NamedTuple):
-  groups: int   # query heads per key/value head
-  t: int        # padded query length
-  s: int        # padded key length
+  groups: int  # query heads per key/value head
+  t: int  # padded query length
+  s: int  # padded key length
   causal: bool
   interpret: bool
 
@@ -387,21 +412,29 @@ def _round_up(n: int, m: int) -> int:
 def _splash_kernel(shape: _SplashShape):
   """The MQA Splash kernel of one key/value head: q [G, T, D], k and v [S, D]."""
   from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
   mask_cls = sa.CausalMask if shape.causal else sa.FullMask
   heads = sa.MultiHeadMask([mask_cls((shape.t, shape.s)) for _ in range(shape.groups)])
   block_q = max(b for b in (512, 256, 128) if shape.t % b == 0)
   block_kv = max(b for b in (512, 256, 128) if shape.s % b == 0)
-  blocks = sa.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
-                         block_q_dkv=block_q, block_kv_dkv=block_kv,
-                         block_kv_dkv_compute=block_kv, block_q_dq=block_q, block_kv_dq=block_kv)
-  return sa.make_splash_mqa(heads, block_sizes=blocks, head_shards=1, q_seq_shards=1,
-                            interpret=shape.interpret)
+  blocks = sa.BlockSizes(
+    block_q=block_q,
+    block_kv=block_kv,
+    block_kv_compute=block_kv,
+    block_q_dkv=block_q,
+    block_kv_dkv=block_kv,
+    block_kv_dkv_compute=block_kv,
+    block_q_dq=block_q,
+    block_kv_dq=block_kv,
+  )
+  return sa.make_splash_mqa(heads, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=shape.interpret)
 
 
 def _splash_attention(q, k, v, scale, causal, segment_ids):
   """Splash over [B, T, H, D] q and [B, S, K, D] k/v: pads T and S to the block (padding gets
   segment -1, so it attends to itself only) and D to 128 (zeros leave the scores alone)."""
   from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
   b, t, h, d = q.shape
   s, kv_heads = k.shape[1], k.shape[2]
   if causal and t != s:
@@ -409,13 +442,13 @@ def _splash_attention(q, k, v, scale, causal, segment_ids):
   tp, sp, dp = (_round_up(n, _SPLASH_BLOCK) for n in (t, s, d))
   if segment_ids is None:
     segment_ids = (jnp.zeros((b, t), jnp.int32), jnp.zeros((b, s), jnp.int32))
-  q_ids, kv_ids = (jnp.pad(ids.astype(jnp.int32), ((0, 0), (0, n - ids.shape[1])),
-                           constant_values=-1)
-                   for ids, n in zip(segment_ids, (tp, sp)))
+  q_ids, kv_ids = (
+    jnp.pad(ids.astype(jnp.int32), ((0, 0), (0, n - ids.shape[1])), constant_values=-1)
+    for ids, n in zip(segment_ids, (tp, sp))
+  )
   q = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv_heads, h // kv_heads, d)
   q = jnp.pad(q.transpose(0, 2, 3, 1, 4), ((0, 0),) * 3 + ((0, tp - t), (0, dp - d)))
-  k, v = (jnp.pad(x.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, sp - s), (0, dp - d)))
-          for x in (k, v))  # [B, K, S, D]
+  k, v = (jnp.pad(x.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, sp - s), (0, dp - d))) for x in (k, v))  # [B, K, S, D]
   kernel = _splash_kernel(_SplashShape(h // kv_heads, tp, sp, bool(causal), splash_interpret()))
   per_head = jax.vmap(kernel, in_axes=(0, 0, 0, None))  # over key/value heads
   out = jax.vmap(per_head)(q, k, v, sa.SegmentIds(q_ids, kv_ids))  # [B, K, G, T, D]

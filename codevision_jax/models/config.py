@@ -24,6 +24,7 @@ SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "qwen3_vl")
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
   """The vision tower. Fields named as in HF's `vision_config`."""
+
   depth: int = 32
   hidden_size: int = 1280
   intermediate_size: int = 3420
@@ -51,6 +52,7 @@ class VisionConfig:
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
   """The language decoder. Fields named as in HF's `text_config`."""
+
   vocab_size: int = 152064
   hidden_size: int = 3584
   intermediate_size: int = 18944
@@ -78,6 +80,7 @@ class TextConfig:
 @dataclasses.dataclass(frozen=True)
 class VLConfig:
   """A whole vision-language model."""
+
   model_type: str = "qwen2_5_vl"
   vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
   text: TextConfig = dataclasses.field(default_factory=TextConfig)
@@ -102,8 +105,8 @@ class VLConfig:
     model_type = d.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
       raise ValueError(
-          f"{source}: model_type {model_type!r} is not supported; expected one of "
-          f"{list(SUPPORTED_MODEL_TYPES)}.")
+        f"{source}: model_type {model_type!r} is not supported; expected one of {list(SUPPORTED_MODEL_TYPES)}."
+      )
     d = dict(d)
     if "text_config" in d and isinstance(d["text_config"], dict):
       text = dict(d.pop("text_config"))
@@ -121,8 +124,16 @@ class VLConfig:
       if f in d:
         top[f] = int(d.pop(f))
     d.pop("model_type")
-    return cls(model_type=model_type, vision=vision_cfg, text=text_cfg, tie_word_embeddings=bool(tie),
-               extra_top=d, extra_text=extra_text, extra_vision=extra_vision, **top)
+    return cls(
+      model_type=model_type,
+      vision=vision_cfg,
+      text=text_cfg,
+      tie_word_embeddings=bool(tie),
+      extra_top=d,
+      extra_text=extra_text,
+      extra_vision=extra_vision,
+      **top,
+    )
 
   @classmethod
   def from_json_file(cls, path: str) -> "VLConfig":
@@ -142,52 +153,79 @@ class VLConfig:
     if self.model_type == "qwen3_vl":
       rope["mrope_interleaved"] = True
     text = {
-        **self.extra_text,
-        "model_type": f"{self.model_type}_text",
-        "vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
-        "intermediate_size": t.intermediate_size, "num_hidden_layers": t.num_hidden_layers,
-        "num_attention_heads": t.num_attention_heads, "num_key_value_heads": t.num_key_value_heads,
-        "hidden_act": t.hidden_act, "rms_norm_eps": t.rms_norm_eps,
-        "max_position_embeddings": t.max_position_embeddings, "rope_parameters": rope,
+      **self.extra_text,
+      "model_type": f"{self.model_type}_text",
+      "vocab_size": t.vocab_size,
+      "hidden_size": t.hidden_size,
+      "intermediate_size": t.intermediate_size,
+      "num_hidden_layers": t.num_hidden_layers,
+      "num_attention_heads": t.num_attention_heads,
+      "num_key_value_heads": t.num_key_value_heads,
+      "hidden_act": t.hidden_act,
+      "rms_norm_eps": t.rms_norm_eps,
+      "max_position_embeddings": t.max_position_embeddings,
+      "rope_parameters": rope,
     }
     if self.model_type == "qwen3_vl":
       text["head_dim"] = t.resolved_head_dim
       text["attention_bias"] = t.attention_bias
     vision = {
-        **self.extra_vision,
-        "model_type": f"{self.model_type}_vision",
-        "depth": v.depth, "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size,
-        "num_heads": v.num_heads, "in_channels": v.in_channels, "patch_size": v.patch_size,
-        "spatial_merge_size": v.spatial_merge_size, "temporal_patch_size": v.temporal_patch_size,
-        "out_hidden_size": v.out_hidden_size, "hidden_act": v.hidden_act,
+      **self.extra_vision,
+      "model_type": f"{self.model_type}_vision",
+      "depth": v.depth,
+      "hidden_size": v.hidden_size,
+      "intermediate_size": v.intermediate_size,
+      "num_heads": v.num_heads,
+      "in_channels": v.in_channels,
+      "patch_size": v.patch_size,
+      "spatial_merge_size": v.spatial_merge_size,
+      "temporal_patch_size": v.temporal_patch_size,
+      "out_hidden_size": v.out_hidden_size,
+      "hidden_act": v.hidden_act,
     }
     if self.model_type == "qwen2_5_vl":
-      vision.update(window_size=v.window_size, fullatt_block_indexes=list(v.fullatt_block_indexes),
-                    tokens_per_second=v.tokens_per_second)
+      vision.update(
+        window_size=v.window_size,
+        fullatt_block_indexes=list(v.fullatt_block_indexes),
+        tokens_per_second=v.tokens_per_second,
+      )
     else:
-      vision.update(num_position_embeddings=v.num_position_embeddings,
-                    deepstack_visual_indexes=list(v.deepstack_visual_indexes),
-                    rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta})
+      vision.update(
+        num_position_embeddings=v.num_position_embeddings,
+        deepstack_visual_indexes=list(v.deepstack_visual_indexes),
+        rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta},
+      )
     return {
-        **self.extra_top,
-        "model_type": self.model_type,
-        "architectures": [_ARCHITECTURES[self.model_type]],
-        "text_config": text, "vision_config": vision,
-        "image_token_id": self.image_token_id, "video_token_id": self.video_token_id,
-        "vision_start_token_id": self.vision_start_token_id,
-        "vision_end_token_id": self.vision_end_token_id,
-        "tie_word_embeddings": self.tie_word_embeddings,
+      **self.extra_top,
+      "model_type": self.model_type,
+      "architectures": [_ARCHITECTURES[self.model_type]],
+      "text_config": text,
+      "vision_config": vision,
+      "image_token_id": self.image_token_id,
+      "video_token_id": self.video_token_id,
+      "vision_start_token_id": self.vision_start_token_id,
+      "vision_end_token_id": self.vision_end_token_id,
+      "tie_word_embeddings": self.tie_word_embeddings,
     }
 
 
 _ARCHITECTURES = {
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+  "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+  "qwen3_vl": "Qwen3VLForConditionalGeneration",
 }
 _TOP_KEYS = {
-    "model_type", "architectures", "image_token_id", "video_token_id", "vision_start_token_id",
-    "vision_end_token_id", "tie_word_embeddings", "transformers_version", "torch_dtype", "dtype",
-    "vision_token_id", "_name_or_path",
+  "model_type",
+  "architectures",
+  "image_token_id",
+  "video_token_id",
+  "vision_start_token_id",
+  "vision_end_token_id",
+  "tie_word_embeddings",
+  "transformers_version",
+  "torch_dtype",
+  "dtype",
+  "vision_token_id",
+  "_name_or_path",
 }
 
 
@@ -217,14 +255,21 @@ def _parse_text(text: dict, model_type: str, source: str) -> tuple[TextConfig, d
   rope_theta = text.pop("rope_theta", rope.get("rope_theta", 500000.0 if qwen3 else TextConfig.rope_theta))
   section = rope.get("mrope_section", [24, 20, 20] if qwen3 else None)  # Qwen3VLTextRotaryEmbedding's default
   if section is None:
-    raise ValueError(f"{source}: the text config has no rope_parameters/rope_scaling.mrope_section; "
-                     "a Qwen-VL decoder needs it (e.g. [16, 24, 24]).")
+    raise ValueError(
+      f"{source}: the text config has no rope_parameters/rope_scaling.mrope_section; "
+      "a Qwen-VL decoder needs it (e.g. [16, 24, 24])."
+    )
   kw: dict[str, Any] = {"rope_theta": float(rope_theta), "mrope_section": tuple(int(s) for s in section)}
   if qwen3:
     # transformers' Qwen3-VL always interleaves (it reads no `mrope_interleaved` flag); so do we.
     bias = bool(text.pop("attention_bias", False))
-    kw.update(mrope_interleaved=True, qk_norm=True, attention_bias=bias, o_proj_bias=bias,
-              head_dim=int(text.pop("head_dim", 128) or 128))
+    kw.update(
+      mrope_interleaved=True,
+      qk_norm=True,
+      attention_bias=bias,
+      o_proj_bias=bias,
+      head_dim=int(text.pop("head_dim", 128) or 128),
+    )
   else:
     text.pop("attention_bias", None)
   for f in dataclasses.fields(TextConfig):
@@ -241,8 +286,11 @@ def _parse_text(text: dict, model_type: str, source: str) -> tuple[TextConfig, d
 def _parse_vision(vision: dict, model_type: str, source: str) -> tuple[VisionConfig, dict]:
   vision = dict(vision)
   # HF aliases (`attribute_map`) and Qwen3's older names.
-  for alias, name in (("num_attention_heads", "num_heads"), ("num_hidden_layers", "depth"),
-                      ("in_chans", "in_channels")):
+  for alias, name in (
+    ("num_attention_heads", "num_heads"),
+    ("num_hidden_layers", "depth"),
+    ("in_chans", "in_channels"),
+  ):
     if alias in vision and name not in vision:
       vision[name] = vision.pop(alias)
   if model_type == "qwen2_5_vl" and "hidden_size" not in vision and "embed_dim" in vision:
@@ -252,9 +300,19 @@ def _parse_vision(vision: dict, model_type: str, source: str) -> tuple[VisionCon
   if "rope_theta" in rope:
     kw["rope_theta"] = float(rope["rope_theta"])
   if model_type == "qwen3_vl":  # Qwen3VLVisionConfig's defaults; no windows.
-    kw.update(depth=27, hidden_size=1152, hidden_act="gelu_pytorch_tanh", intermediate_size=4304,
-              num_heads=16, patch_size=16, out_hidden_size=3584, num_position_embeddings=2304,
-              deepstack_visual_indexes=(8, 16, 24), fullatt_block_indexes=(), window_size=0)
+    kw.update(
+      depth=27,
+      hidden_size=1152,
+      hidden_act="gelu_pytorch_tanh",
+      intermediate_size=4304,
+      num_heads=16,
+      patch_size=16,
+      out_hidden_size=3584,
+      num_position_embeddings=2304,
+      deepstack_visual_indexes=(8, 16, 24),
+      fullatt_block_indexes=(),
+      window_size=0,
+    )
   for f in dataclasses.fields(VisionConfig):
     if f.name in vision:
       kw[f.name] = _pop_typed(vision, f, source)

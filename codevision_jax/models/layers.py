@@ -33,8 +33,9 @@ class Linear(nnx.Module):
   per-output-column `kernel_scale`): x @ kernel * kernel_scale.
   """
 
-  def __init__(self, in_features: int, out_features: int, *, bias: bool, axes: Axes,
-               rngs: nnx.Rngs, param_dtype=jnp.float32):
+  def __init__(
+    self, in_features: int, out_features: int, *, bias: bool, axes: Axes, rngs: nnx.Rngs, param_dtype=jnp.float32
+  ):
     self.kernel = param(_normal(rngs, (in_features, out_features), param_dtype), axes)
     self.bias = param(jnp.zeros((out_features,), param_dtype), (axes[1],)) if bias else None
 
@@ -113,14 +114,10 @@ def activation(name: str):
 class GatedMLP(nnx.Module):
   """down(act(gate(x)) * up(x)): the SwiGLU MLP of the decoder and of Qwen2.5-VL's vision blocks."""
 
-  def __init__(self, hidden: int, intermediate: int, *, act: str, bias: bool, rngs: nnx.Rngs,
-               param_dtype=jnp.float32):
-    self.gate_proj = Linear(hidden, intermediate, bias=bias, axes=("embed", "mlp"), rngs=rngs,
-                            param_dtype=param_dtype)
-    self.up_proj = Linear(hidden, intermediate, bias=bias, axes=("embed", "mlp"), rngs=rngs,
-                          param_dtype=param_dtype)
-    self.down_proj = Linear(intermediate, hidden, bias=bias, axes=("mlp", "embed"), rngs=rngs,
-                            param_dtype=param_dtype)
+  def __init__(self, hidden: int, intermediate: int, *, act: str, bias: bool, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    self.gate_proj = Linear(hidden, intermediate, bias=bias, axes=("embed", "mlp"), rngs=rngs, param_dtype=param_dtype)
+    self.up_proj = Linear(hidden, intermediate, bias=bias, axes=("embed", "mlp"), rngs=rngs, param_dtype=param_dtype)
+    self.down_proj = Linear(intermediate, hidden, bias=bias, axes=("mlp", "embed"), rngs=rngs, param_dtype=param_dtype)
     self.act = activation(act)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -131,10 +128,8 @@ class PlainMLP(nnx.Module):
   """linear_fc2(act(linear_fc1(x))): Qwen3-VL's vision MLP."""
 
   def __init__(self, hidden: int, intermediate: int, *, act: str, rngs: nnx.Rngs, param_dtype=jnp.float32):
-    self.linear_fc1 = Linear(hidden, intermediate, bias=True, axes=("embed", "mlp"), rngs=rngs,
-                             param_dtype=param_dtype)
-    self.linear_fc2 = Linear(intermediate, hidden, bias=True, axes=("mlp", "embed"), rngs=rngs,
-                             param_dtype=param_dtype)
+    self.linear_fc1 = Linear(hidden, intermediate, bias=True, axes=("embed", "mlp"), rngs=rngs, param_dtype=param_dtype)
+    self.linear_fc2 = Linear(intermediate, hidden, bias=True, axes=("mlp", "embed"), rngs=rngs, param_dtype=param_dtype)
     self.act = activation(act)
 
   def __call__(self, x: jax.Array) -> jax.Array:

@@ -38,8 +38,15 @@ from flax import nnx
 
 from codevision_jax.models.layers import Linear, param
 
-TEXT_TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj",
-                "up": "up_proj", "down": "down_proj"}
+TEXT_TARGETS = {
+  "q": "q_proj",
+  "k": "k_proj",
+  "v": "v_proj",
+  "o": "o_proj",
+  "gate": "gate_proj",
+  "up": "up_proj",
+  "down": "down_proj",
+}
 VISION_TARGETS = ("merger", "tower")
 DEFAULT_TARGETS = tuple(TEXT_TARGETS)
 FLOAT_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -51,12 +58,12 @@ SCALE_NAME = "kernel_scale"
 def config_section() -> ml_collections.ConfigDict:
   """The `model.lora` section every config carries (rank 0: off)."""
   c = ml_collections.ConfigDict()
-  c.rank = 0              # > 0: train LoRA adapters of this rank only; the base stays frozen.
-  c.alpha = 16.0          # The adapters' output is scaled by alpha / rank.
-  c.dropout = 0.0         # Only 0 is supported (the train step has no randomness).
+  c.rank = 0  # > 0: train LoRA adapters of this rank only; the base stays frozen.
+  c.alpha = 16.0  # The adapters' output is scaled by alpha / rank.
+  c.dropout = 0.0  # Only 0 is supported (the train step has no randomness).
   c.targets = DEFAULT_TARGETS  # Of q, k, v, o, gate, up, down (decoder), merger, tower (vision).
-  c.base_dtype = ""       # The frozen base: "" = train.compute_dtype; bfloat16, float32; int8
-  return c                # (QLoRA: the decoder's projections quantized per output column).
+  c.base_dtype = ""  # The frozen base: "" = train.compute_dtype; bfloat16, float32; int8
+  return c  # (QLoRA: the decoder's projections quantized per output column).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +85,7 @@ class LoraSettings:
 
   @property
   def quantized(self) -> str:
-    """"int8" for a quantized base, else ""."""
+    """ "int8" for a quantized base, else ""."""
     return self.base_dtype if self.base_dtype in QUANTIZED else ""
 
   @property
@@ -99,22 +106,30 @@ def settings(cfg) -> LoraSettings:
   known = tuple(TEXT_TARGETS) + VISION_TARGETS
   unknown = [t for t in targets if t not in known]
   if rank < 0 or not targets or unknown:
-    raise ValueError(f"model.lora: rank {rank} and targets {targets} (unknown: {unknown}): the rank must "
-                     f"be >= 0 and the targets some of {known}")
+    raise ValueError(
+      f"model.lora: rank {rank} and targets {targets} (unknown: {unknown}): the rank must "
+      f"be >= 0 and the targets some of {known}"
+    )
   if dropout:
-    raise ValueError(f"model.lora.dropout {dropout}: only 0 is supported (the train step is "
-                     "deterministic, so that a resumed run equals a straight one); set it to 0")
+    raise ValueError(
+      f"model.lora.dropout {dropout}: only 0 is supported (the train step is "
+      "deterministic, so that a resumed run equals a straight one); set it to 0"
+    )
   compute = cfg.train.get("compute_dtype", "float32") if "train" in cfg else "float32"
   base = section.get("base_dtype", "") or compute
   if base not in FLOAT_DTYPES and base not in QUANTIZED:
-    raise ValueError(f"model.lora.base_dtype {base!r} is not one of '', {sorted(FLOAT_DTYPES)}, "
-                     f"{sorted(QUANTIZED)} (int4 is not offered: per-column int4 moved the tiny "
-                     "model's logits 16x more than int8, and JAX stores int4 a byte per value)")
-  return LoraSettings(rank, float(section.get("alpha", 16.0)), dropout, targets, base,
-                      base if base in FLOAT_DTYPES else compute)
+    raise ValueError(
+      f"model.lora.base_dtype {base!r} is not one of '', {sorted(FLOAT_DTYPES)}, "
+      f"{sorted(QUANTIZED)} (int4 is not offered: per-column int4 moved the tiny "
+      "model's logits 16x more than int8, and JAX stores int4 a byte per value)"
+    )
+  return LoraSettings(
+    rank, float(section.get("alpha", 16.0)), dropout, targets, base, base if base in FLOAT_DTYPES else compute
+  )
 
 
 # ---- which layers ----------------------------------------------------------------------------------
+
 
 def is_target(module_path: tuple, targets: tuple[str, ...]) -> bool:
   """Whether the `Linear` at `module_path` (NNX path, without the parameter name) gets adapters."""
@@ -146,6 +161,7 @@ def adapters_filter():
 
 
 # ---- building ----------------------------------------------------------------------------------------
+
 
 def _axes(var: nnx.Variable) -> tuple:
   return tuple(var.get_metadata().get("out_sharding") or (None,) * var.get_value().ndim)
@@ -190,8 +206,9 @@ def quantize_linear(linear: Linear, kind: str, scale_dtype) -> None:
   linear.kernel_scale = param(scale.astype(scale_dtype), axes[:-2] + (axes[-1],))
 
 
-def apply(model: nnx.Module, s: LoraSettings, *, seed: int = 0, adapter_dtype=jnp.float32, mesh=None,
-          rules=None) -> nnx.Module:
+def apply(
+  model: nnx.Module, s: LoraSettings, *, seed: int = 0, adapter_dtype=jnp.float32, mesh=None, rules=None
+) -> nnx.Module:
   """Adds the adapters of `s` to `model` in place (nothing when `s.enabled` is False), stores the
   base in `s.base_dtype` (quantized projections with a QLoRA base; other floats in the compute
   dtype) and, with a mesh, places the new parameters by their logical axes. Returns the model."""
@@ -206,15 +223,16 @@ def apply(model: nnx.Module, s: LoraSettings, *, seed: int = 0, adapter_dtype=jn
     if is_target(path, s.targets):
       add_adapters(module, path, s.rank, s.scale, seed=seed, dtype=adapter_dtype)
   base = nnx.state(model, nnx.All(nnx.Param, nnx.Not(adapters_filter())))
-  nnx.update(model, jax.tree.map(
-      lambda x: x.astype(float_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, base))
+  nnx.update(model, jax.tree.map(lambda x: x.astype(float_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, base))
   if mesh is not None:
     from codevision_jax import parallel
+
     parallel.shard_model(model, mesh, rules if rules is not None else parallel.DEFAULT_RULES)
   return model
 
 
 # ---- pure functions of parameter dicts ------------------------------------------------------------
+
 
 def _map_leaves(fn, tree, path=()):
   if isinstance(tree, dict):
@@ -231,8 +249,7 @@ def adapters_off(params: dict) -> dict:
 def merged_kernel(kernel, a, b, scale: float, kernel_scale=None) -> np.ndarray:
   """float32 kernel + scale * a @ b (a quantized kernel dequantized by `kernel_scale` first);
   stacked arrays [L, ...] merge per layer."""
-  base = (dequantize(kernel, kernel_scale) if kernel_scale is not None
-          else np.asarray(kernel, np.float32))
+  base = dequantize(kernel, kernel_scale) if kernel_scale is not None else np.asarray(kernel, np.float32)
   return base + np.float32(scale) * np.matmul(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
@@ -247,7 +264,9 @@ def shared_or(copy, dtype):
   """The RL sampler's copy of the frozen parameters: the learner's own arrays when they are
   already in the sampler's `dtype` (a LoRA base in the compute dtype: no second copy of the
   weights; they never change and are never donated), else `copy(tree)`."""
+
   def frozen_copy(tree):
     floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     return tree if all(x.dtype == dtype for x in floats) else copy(tree)
+
   return frozen_copy

@@ -33,12 +33,14 @@ class PagedIndex:
   and idle rows: the scratch page); table [B, n] int32: the pages row b attends over, in order
   (its entries [0, n * page_size)).
   """
+
   write: jax.Array
   table: jax.Array
 
 
-def init_pool(num_layers: int, num_pages: int, page_size: int, kv_heads: int, head_dim: int, dtype,
-              *, stacked: bool) -> list[dict] | dict:
+def init_pool(
+  num_layers: int, num_pages: int, page_size: int, kv_heads: int, head_dim: int, dtype, *, stacked: bool
+) -> list[dict] | dict:
   """An empty pool of zeros (see the module docstring for the layout)."""
   shape = (num_pages, kv_heads, page_size, head_dim)
   if stacked:
@@ -64,10 +66,10 @@ def _take(buf: jax.Array, table: jax.Array) -> jax.Array:
   output is already in that order (no transpose: the pages' heads land before their entries)."""
   num_pages, kv_heads, p, d = buf.shape
   b, n = table.shape
-  dnums = jax.lax.GatherDimensionNumbers(offset_dims=(1, 3, 4), collapsed_slice_dims=(0,),
-                                         start_index_map=(0,))
-  out = jax.lax.gather(buf, table[..., None], dnums, (1, kv_heads, p, d),
-                       mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)  # [B, K, n, P, D]
+  dnums = jax.lax.GatherDimensionNumbers(offset_dims=(1, 3, 4), collapsed_slice_dims=(0,), start_index_map=(0,))
+  out = jax.lax.gather(
+    buf, table[..., None], dnums, (1, kv_heads, p, d), mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS
+  )  # [B, K, n, P, D]
   return out.reshape(b, kv_heads, n * p, d)
 
 
@@ -84,15 +86,13 @@ def dense_view(pool: dict, table: jax.Array) -> dict:
   return {"k": _take(pool["k"], table), "v": _take(pool["v"], table)}
 
 
-def write_back(pool: dict, view: dict, start: jax.Array, count: jax.Array, pages: jax.Array,
-               steps: int) -> dict:
+def write_back(pool: dict, view: dict, start: jax.Array, count: jax.Array, pages: jax.Array, steps: int) -> dict:
   """One layer's pool with the entries start[b] .. start[b] + count[b] - 1 of `view` ([B, K, S,
   D], `dense_view`'s) written to the pages of `pages` [B, max_pages] (count <= steps)."""
   page_size = pool["k"].shape[2]
   e = start[:, None] + jnp.arange(steps)  # [B, steps]
   page = jnp.take_along_axis(pages, e // page_size, axis=1, mode="clip")
-  flat = jnp.where(jnp.arange(steps)[None] < count[:, None], page * page_size + e % page_size,
-                   SCRATCH_PAGE * page_size)
+  flat = jnp.where(jnp.arange(steps)[None] < count[:, None], page * page_size + e % page_size, SCRATCH_PAGE * page_size)
   at = jnp.minimum(e, view["k"].shape[2] - 1)[:, None, :, None]
 
   def new(buf):  # [B, steps, K, D]

@@ -41,6 +41,7 @@ class VisionMetadata:
   microbatch, whose outputs nobody reads) attend within the band only. 0: no bound, attention
   over all patches.
   """
+
   position_ids: np.ndarray
   window_index: np.ndarray
   full_segments: np.ndarray
@@ -54,14 +55,23 @@ class VisionMetadata:
     """Device copies, to pass through `jax.jit`."""
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
     return jax.tree.map(jnp.asarray, self)
 
 
 # ---- text: M-RoPE position ids ------------------------------------------------------------------
 
-def get_rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, image_token_id: int,
-                   spatial_merge_size: int, video_token_id: int | None = None,
-                   video_grid_thw=None) -> tuple[np.ndarray, np.ndarray]:
+
+def get_rope_index(
+  input_ids,
+  image_grid_thw=None,
+  attention_mask=None,
+  *,
+  image_token_id: int,
+  spatial_merge_size: int,
+  video_token_id: int | None = None,
+  video_grid_thw=None,
+) -> tuple[np.ndarray, np.ndarray]:
   """3-D M-RoPE position ids, as transformers' `get_rope_index` computes them for images.
 
   Text tokens advance all three rows by one; an image of merged grid (t, h, w) occupies
@@ -76,11 +86,11 @@ def get_rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, image
   b, t = input_ids.shape
   mask = np.ones((b, t), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
   grids = {}
-  grids[image_token_id] = iter(np.asarray(image_grid_thw).reshape(-1, 3).tolist()
-                               if image_grid_thw is not None else [])
+  grids[image_token_id] = iter(np.asarray(image_grid_thw).reshape(-1, 3).tolist() if image_grid_thw is not None else [])
   if video_token_id is not None:
-    grids[video_token_id] = iter(np.asarray(video_grid_thw).reshape(-1, 3).tolist()
-                                 if video_grid_thw is not None else [])
+    grids[video_token_id] = iter(
+      np.asarray(video_grid_thw).reshape(-1, 3).tolist() if video_grid_thw is not None else []
+    )
   position_ids = np.zeros((3, b, t), np.int32)
   deltas = np.zeros((b,), np.int32)
   for row in range(b):
@@ -99,12 +109,13 @@ def get_rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, image
         try:
           gt, gh, gw = next(grids[int(kinds[start])])
         except StopIteration:
-          raise ValueError(f"row {row}: more image/video token runs than entries in the grid "
-                           "array") from None
+          raise ValueError(f"row {row}: more image/video token runs than entries in the grid array") from None
         lt, lh, lw = gt, gh // spatial_merge_size, gw // spatial_merge_size
         if lt * lh * lw != end - start:
-          raise ValueError(f"row {row}: an image run of {end - start} tokens does not match its "
-                           f"grid {gt}x{gh}x{gw} (expects {lt * lh * lw} tokens after merging)")
+          raise ValueError(
+            f"row {row}: an image run of {end - start} tokens does not match its "
+            f"grid {gt}x{gh}x{gw} (expects {lt * lh * lw} tokens after merging)"
+          )
         tt, hh, ww = np.meshgrid(np.arange(lt), np.arange(lh), np.arange(lw), indexing="ij")
         chunks.append(np.stack([tt.ravel(), hh.ravel(), ww.ravel()]) + current)
         current += max(gh, gw) // spatial_merge_size
@@ -117,13 +128,18 @@ def get_rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, image
 
 def position_ids(config: VLConfig, input_ids, image_grid_thw=None, attention_mask=None) -> np.ndarray:
   """M-RoPE position ids [3, B, T] (int32) of a batch for this model."""
-  positions, _ = get_rope_index(np.asarray(input_ids), image_grid_thw, attention_mask,
-                                image_token_id=config.image_token_id,
-                                spatial_merge_size=config.vision.spatial_merge_size)
+  positions, _ = get_rope_index(
+    np.asarray(input_ids),
+    image_grid_thw,
+    attention_mask,
+    image_token_id=config.image_token_id,
+    spatial_merge_size=config.vision.spatial_merge_size,
+  )
   return positions
 
 
 # ---- vision: patch positions, windows, position-table taps ----------------------------------------
+
 
 def vision_position_ids(grid_thw, merge: int) -> np.ndarray:
   """(h, w) of every patch, laid out block-major over merge x merge blocks (processor order)."""
@@ -148,8 +164,7 @@ def _segments_from_lengths(lengths) -> np.ndarray:
   return np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
 
 
-def window_metadata(grid_thw, *, spatial_merge_size: int, patch_size: int,
-                    window_size: int = 0) -> VisionMetadata:
+def window_metadata(grid_thw, *, spatial_merge_size: int, patch_size: int, window_size: int = 0) -> VisionMetadata:
   """Window permutation and attention segments as transformers' `get_vision_window_index`.
 
   With `window_size` 0 there are no windows (Qwen3-VL): identity order, window segments equal
@@ -163,12 +178,17 @@ def window_metadata(grid_thw, *, spatial_merge_size: int, patch_size: int,
   n_units = int((grid[:, 0] * grid[:, 1] * grid[:, 2]).sum()) // unit
   full_span = span_bound((grid[:, 1] * grid[:, 2]).max()) if len(grid) else 0
   if not window_size:
-    return VisionMetadata(vision_position_ids(grid, merge), np.arange(n_units, dtype=np.int32), full,
-                          full, full_span=full_span, window_span=full_span)
+    return VisionMetadata(
+      vision_position_ids(grid, merge),
+      np.arange(n_units, dtype=np.int32),
+      full,
+      full,
+      full_span=full_span,
+      window_span=full_span,
+    )
   win = window_size // merge // patch_size
   if win <= 0:
-    raise ValueError(f"window_size {window_size} is smaller than one merged patch "
-                     f"({merge * patch_size} pixels)")
+    raise ValueError(f"window_size {window_size} is smaller than one merged patch ({merge * patch_size} pixels)")
   index, lengths, offset = [], [], 0
   for t, h, w in grid.tolist():
     lh, lw = h // merge, w // merge
@@ -184,9 +204,14 @@ def window_metadata(grid_thw, *, spatial_merge_size: int, patch_size: int,
         lengths.append(len(members) * unit)
     offset += t * lh * lw
   window_index = np.concatenate(index).astype(np.int32)
-  return VisionMetadata(vision_position_ids(grid, merge), window_index, full,
-                        _segments_from_lengths(lengths), full_span=full_span,
-                        window_span=span_bound(win * win * unit))
+  return VisionMetadata(
+    vision_position_ids(grid, merge),
+    window_index,
+    full,
+    _segments_from_lengths(lengths),
+    full_span=full_span,
+    window_span=span_bound(win * win * unit),
+  )
 
 
 def interpolation_taps(grid_thw, num_grid_per_side: int, merge: int) -> tuple[np.ndarray, np.ndarray]:
@@ -229,14 +254,15 @@ def vision_metadata(config: VLConfig, image_grid_thw) -> VisionMetadata:
   grid = np.asarray(image_grid_thw)
   if config.model_type == "qwen3_vl":
     meta = window_metadata(grid, spatial_merge_size=v.spatial_merge_size, patch_size=v.patch_size)
-    indices, weights = interpolation_taps(grid, int(v.num_position_embeddings ** 0.5),
-                                          v.spatial_merge_size)
+    indices, weights = interpolation_taps(grid, int(v.num_position_embeddings**0.5), v.spatial_merge_size)
     return meta.replace(interp_indices=indices, interp_weights=weights)
-  return window_metadata(grid, spatial_merge_size=v.spatial_merge_size, patch_size=v.patch_size,
-                         window_size=v.window_size)
+  return window_metadata(
+    grid, spatial_merge_size=v.spatial_merge_size, patch_size=v.patch_size, window_size=v.window_size
+  )
 
 
 # ---- checks and the whole preparation ------------------------------------------------------------
+
 
 def check_image_tokens(config: VLConfig, input_ids, pixel_values=None, image_grid_thw=None) -> None:
   """Raises ValueError unless the image tokens of `input_ids` match the grids' merged patches and
@@ -244,23 +270,27 @@ def check_image_tokens(config: VLConfig, input_ids, pixel_values=None, image_gri
   n_tokens = int((np.asarray(input_ids) == config.image_token_id).sum())
   if image_grid_thw is None:
     if n_tokens:
-      raise ValueError(f"input_ids hold {n_tokens} image tokens (id {config.image_token_id}) "
-                       "but no pixel_values/image_grid_thw were given")
+      raise ValueError(
+        f"input_ids hold {n_tokens} image tokens (id {config.image_token_id}) "
+        "but no pixel_values/image_grid_thw were given"
+      )
     return
   grid = np.asarray(image_grid_thw).reshape(-1, 3)
   n_features = int(num_image_tokens(grid, config.vision.spatial_merge_size).sum())
   if n_features != n_tokens:
-    raise ValueError(f"image tokens and image features do not match: input_ids hold {n_tokens} "
-                     f"image tokens, image_grid_thw {grid.tolist()} gives {n_features} features")
+    raise ValueError(
+      f"image tokens and image features do not match: input_ids hold {n_tokens} "
+      f"image tokens, image_grid_thw {grid.tolist()} gives {n_features} features"
+    )
   n_patches = int(grid.prod(-1).sum())
   if pixel_values is None or np.shape(pixel_values)[0] != n_patches:
     rows = None if pixel_values is None else np.shape(pixel_values)[0]
-    raise ValueError(f"pixel_values has {rows} rows, image_grid_thw {grid.tolist()} needs "
-                     f"{n_patches} patches")
+    raise ValueError(f"pixel_values has {rows} rows, image_grid_thw {grid.tolist()} needs {n_patches} patches")
 
 
-def prepare(config: VLConfig, input_ids, image_grid_thw=None, attention_mask=None
-            ) -> tuple[np.ndarray, VisionMetadata | None]:
+def prepare(
+  config: VLConfig, input_ids, image_grid_thw=None, attention_mask=None
+) -> tuple[np.ndarray, VisionMetadata | None]:
   """M-RoPE position ids [3, B, T] and the vision metadata (None without images), in numpy."""
   positions = position_ids(config, input_ids, image_grid_thw, attention_mask)
   meta = None if image_grid_thw is None else vision_metadata(config, image_grid_thw)

@@ -12,8 +12,7 @@ from codevision_jax.models import rotary
 from codevision_jax.models.config import VisionConfig
 from codevision_jax.models.layers import GatedMLP, Linear, RMSNorm
 from codevision_jax.models.prepare import VisionMetadata
-from codevision_jax.models.vision import (PatchEmbed, Segments, VisionAttention, VisionBlock,
-                                          permute_units)
+from codevision_jax.models.vision import PatchEmbed, Segments, VisionAttention, VisionBlock, permute_units
 from codevision_jax.models.vlm import VisionLanguageModel
 
 
@@ -21,13 +20,15 @@ class PatchMerger(nnx.Module):
   """RMSNorm each patch, concatenate 2x2 neighbours, then Linear-GELU-Linear (`mlp.0`, `mlp.2`)."""
 
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, param_dtype):
-    self.unit_dim = cfg.hidden_size * cfg.spatial_merge_size ** 2
+    self.unit_dim = cfg.hidden_size * cfg.spatial_merge_size**2
     self.ln_q = RMSNorm(cfg.hidden_size, eps=1e-6, param_dtype=param_dtype)
     kw = dict(rngs=rngs, param_dtype=param_dtype)
-    self.mlp = nnx.List([
+    self.mlp = nnx.List(
+      [
         Linear(self.unit_dim, self.unit_dim, bias=True, axes=("embed", "mlp"), **kw),
         Linear(self.unit_dim, cfg.out_hidden_size, bias=True, axes=("mlp", "embed"), **kw),
-    ])
+      ]
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.ln_q(x).reshape(-1, self.unit_dim)
@@ -41,19 +42,23 @@ class Qwen2_5_VisionTransformer(nnx.Module):
     self.config = cfg
     self.patch_embed = PatchEmbed(cfg, bias=False, rngs=rngs, param_dtype=param_dtype)
     kw = dict(rngs=rngs, param_dtype=param_dtype)
-    self.blocks = nnx.List([
+    self.blocks = nnx.List(
+      [
         VisionBlock(
-            RMSNorm(cfg.hidden_size, eps=1e-6, param_dtype=param_dtype),
-            RMSNorm(cfg.hidden_size, eps=1e-6, param_dtype=param_dtype),
-            VisionAttention(cfg, backend=backend, **kw),
-            GatedMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, bias=True, **kw))
-        for _ in range(cfg.depth)])
+          RMSNorm(cfg.hidden_size, eps=1e-6, param_dtype=param_dtype),
+          RMSNorm(cfg.hidden_size, eps=1e-6, param_dtype=param_dtype),
+          VisionAttention(cfg, backend=backend, **kw),
+          GatedMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, bias=True, **kw),
+        )
+        for _ in range(cfg.depth)
+      ]
+    )
     self.merger = PatchMerger(cfg, **kw)
 
   def __call__(self, pixel_values: jax.Array, meta: VisionMetadata) -> tuple[jax.Array, list]:
     """pixel_values [N, C*T*P*P] -> merged features [N / merge^2, out_hidden] (and no DeepStack)."""
     c = self.config
-    unit = c.spatial_merge_size ** 2
+    unit = c.spatial_merge_size**2
     x = self.patch_embed(pixel_values)
     order = jnp.asarray(meta.window_index)
     x = permute_units(x, order, unit)

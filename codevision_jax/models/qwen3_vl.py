@@ -37,10 +37,9 @@ class PatchMerger(nnx.Module):
   """
 
   def __init__(self, cfg: VisionConfig, *, postshuffle_norm: bool, rngs: nnx.Rngs, param_dtype):
-    self.unit_dim = cfg.hidden_size * cfg.spatial_merge_size ** 2
+    self.unit_dim = cfg.hidden_size * cfg.spatial_merge_size**2
     self.postshuffle_norm = postshuffle_norm
-    self.norm = LayerNorm(self.unit_dim if postshuffle_norm else cfg.hidden_size, eps=1e-6,
-                          param_dtype=param_dtype)
+    self.norm = LayerNorm(self.unit_dim if postshuffle_norm else cfg.hidden_size, eps=1e-6, param_dtype=param_dtype)
     kw = dict(rngs=rngs, param_dtype=param_dtype)
     self.linear_fc1 = Linear(self.unit_dim, self.unit_dim, bias=True, axes=("embed", "mlp"), **kw)
     self.linear_fc2 = Linear(self.unit_dim, cfg.out_hidden_size, bias=True, axes=("mlp", "embed"), **kw)
@@ -57,10 +56,12 @@ class Qwen3VLVisionModel(nnx.Module):
   """HF's `model.visual`."""
 
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, param_dtype, backend: str = "xla"):
-    side = int(cfg.num_position_embeddings ** 0.5)
+    side = int(cfg.num_position_embeddings**0.5)
     if side * side != cfg.num_position_embeddings:
-      raise ValueError(f"vision_config.num_position_embeddings {cfg.num_position_embeddings} is not a "
-                       "square; Qwen3-VL's position table is a square grid")
+      raise ValueError(
+        f"vision_config.num_position_embeddings {cfg.num_position_embeddings} is not a "
+        "square; Qwen3-VL's position table is a square grid"
+      )
     bad = [i for i in cfg.deepstack_visual_indexes if not 0 <= i < cfg.depth]
     if bad:
       raise ValueError(f"vision_config.deepstack_visual_indexes {bad} are outside the {cfg.depth} blocks")
@@ -68,16 +69,21 @@ class Qwen3VLVisionModel(nnx.Module):
     kw = dict(rngs=rngs, param_dtype=param_dtype)
     self.patch_embed = PatchEmbed(cfg, bias=True, **kw)
     self.pos_embed = PositionEmbedding(cfg.num_position_embeddings, cfg.hidden_size, **kw)
-    self.blocks = nnx.List([
+    self.blocks = nnx.List(
+      [
         VisionBlock(
-            LayerNorm(cfg.hidden_size, eps=1e-6, param_dtype=param_dtype),
-            LayerNorm(cfg.hidden_size, eps=1e-6, param_dtype=param_dtype),
-            VisionAttention(cfg, backend=backend, **kw),
-            PlainMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, **kw))
-        for _ in range(cfg.depth)])
+          LayerNorm(cfg.hidden_size, eps=1e-6, param_dtype=param_dtype),
+          LayerNorm(cfg.hidden_size, eps=1e-6, param_dtype=param_dtype),
+          VisionAttention(cfg, backend=backend, **kw),
+          PlainMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, **kw),
+        )
+        for _ in range(cfg.depth)
+      ]
+    )
     self.merger = PatchMerger(cfg, postshuffle_norm=False, **kw)
-    self.deepstack_merger_list = nnx.List([PatchMerger(cfg, postshuffle_norm=True, **kw)
-                                           for _ in cfg.deepstack_visual_indexes])
+    self.deepstack_merger_list = nnx.List(
+      [PatchMerger(cfg, postshuffle_norm=True, **kw) for _ in cfg.deepstack_visual_indexes]
+    )
 
   def __call__(self, pixel_values: jax.Array, meta: VisionMetadata) -> tuple[jax.Array, list]:
     """pixel_values [N, C*T*P*P] -> merged features [N / merge^2, out_hidden] and one DeepStack

@@ -29,7 +29,6 @@ from codevision_jax.models.layers import Embed, GatedMLP, Linear, RMSNorm
 
 
 class TextAttention(nnx.Module):
-
   def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, param_dtype, backend: str = "xla"):
     self.num_heads = cfg.num_attention_heads
     self.num_kv_heads = cfg.num_key_value_heads
@@ -59,8 +58,9 @@ class TextAttention(nnx.Module):
     if isinstance(cache_index, paged_kv.PagedIndex):  # A paged cache: write into pages, attend
       cache = paged_kv.write(cache, k, v, cache_index)  # over the gathered pages of each row.
       k, v = paged_kv.gather(cache, cache_index.table)
-      out = attention.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
-                                            backend="xla", kv_layout="bksd")
+      out = attention.dot_product_attention(
+        q, k, v, mask=mask, scale=self.head_dim**-0.5, backend="xla", kv_layout="bksd"
+      )
       return self.o_proj(out.reshape(b, t, -1)), cache
     if cache is not None:  # Row r's T new entries go at cache_index[r], cache_index[r] + 1, ...
       entries = cache_index[:, None] + jnp.arange(t)
@@ -72,18 +72,18 @@ class TextAttention(nnx.Module):
       span = mask.shape[-1]  # A mask over the first entries only: attend over those (the filled
       if span < k.shape[2]:  # prefix the decode engine passes), not the whole capacity.
         k, v = k[:, :, :span], v[:, :, :span]
-    out = attention.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
-                                          backend=self.backend,
-                                          kv_layout="bskd" if cache is None else "bksd")
+    out = attention.dot_product_attention(
+      q, k, v, mask=mask, scale=self.head_dim**-0.5, backend=self.backend, kv_layout="bskd" if cache is None else "bksd"
+    )
     return self.o_proj(out.reshape(b, t, -1)), cache
 
 
 class DecoderLayer(nnx.Module):
-
   def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, param_dtype, backend: str = "xla"):
     self.self_attn = TextAttention(cfg, rngs=rngs, param_dtype=param_dtype, backend=backend)
-    self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, bias=False, rngs=rngs,
-                        param_dtype=param_dtype)
+    self.mlp = GatedMLP(
+      cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, bias=False, rngs=rngs, param_dtype=param_dtype
+    )
     self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
 
@@ -97,20 +97,19 @@ class DecoderLayer(nnx.Module):
 class TextModel(nnx.Module):
   """embed_tokens, layers, norm: HF's `model.language_model`."""
 
-  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, param_dtype, backend: str = "xla",
-               scan_layers: bool = False):
+  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, param_dtype, backend: str = "xla", scan_layers: bool = False):
     self.config = cfg
     self.scan_layers = scan_layers
     self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
     if scan_layers:
       self.layers = stacked_layers(cfg, rngs.params(), param_dtype=param_dtype, backend=backend)
     else:
-      self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype, backend=backend)
-                              for _ in range(cfg.num_hidden_layers)])
+      self.layers = nnx.List(
+        [DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype, backend=backend) for _ in range(cfg.num_hidden_layers)]
+      )
     self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
 
-  def __call__(self, embeds, position_ids, mask, *, kv_cache=None, cache_index=None,
-               deepstack=None):
+  def __call__(self, embeds, position_ids, mask, *, kv_cache=None, cache_index=None, deepstack=None):
     """embeds [B, T, H]; position_ids [3, B, T]; mask broadcastable to [B, 1, T, S].
 
     `deepstack`: optional (visual_mask [B, T], [features [B, T, H] per layer]) added to the
@@ -121,8 +120,7 @@ class TextModel(nnx.Module):
     axis_of_freq = rotary.mrope_axis_of_frequency(cfg.mrope_section, cfg.mrope_interleaved)
     cos, sin = rotary.mrope_cos_sin(position_ids, inv_freq, axis_of_freq, embeds.dtype)
     if self.scan_layers:
-      x, new_cache = _run_scanned(self.layers, embeds, cos, sin, mask, kv_cache, cache_index,
-                                  deepstack)
+      x, new_cache = _run_scanned(self.layers, embeds, cos, sin, mask, kv_cache, cache_index, deepstack)
       return self.norm(x), new_cache
     x = embeds
     new_cache = []
@@ -168,8 +166,7 @@ def _run_scanned(layers: DecoderLayer, x, cos, sin, mask, kv_cache, cache_index,
     layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
     x, layer_cache = nnx.merge(graphdef, layer_state)(x, cos, sin, mask, layer_cache, cache_index)
     if cache is not None:
-      cache = jax.tree.map(lambda c, new: jax.lax.dynamic_update_index_in_dim(c, new, i, 0),
-                           cache, layer_cache)
+      cache = jax.tree.map(lambda c, new: jax.lax.dynamic_update_index_in_dim(c, new, i, 0), cache, layer_cache)
     if deepstack is not None:
       n = features.shape[0]
       row = jax.lax.dynamic_index_in_dim(features, jnp.minimum(i, n - 1), 0, keepdims=False)
@@ -180,8 +177,9 @@ def _run_scanned(layers: DecoderLayer, x, cos, sin, mask, kv_cache, cache_index,
   return x, cache
 
 
-def init_kv_cache(model_or_cfg: TextModel | TextConfig, batch: int, length: int, dtype,
-                  *, stacked: bool | None = None) -> list[dict] | dict:
+def init_kv_cache(
+  model_or_cfg: TextModel | TextConfig, batch: int, length: int, dtype, *, stacked: bool | None = None
+) -> list[dict] | dict:
   """An empty cache of zeros for `model_or_cfg` (a `TextModel`, or a config with `stacked`):
   per layer {"k", "v"} [batch, kv_heads, length, head_dim], or for a scanned model (`stacked`)
   one {"k", "v"} [layers, batch, kv_heads, length, head_dim]."""
@@ -194,8 +192,7 @@ def init_kv_cache(model_or_cfg: TextModel | TextConfig, batch: int, length: int,
   if stacked:
     shape = (cfg.num_hidden_layers,) + shape
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-          for _ in range(cfg.num_hidden_layers)]
+  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_hidden_layers)]
 
 
 def cache_slot_axis(cache: list[dict] | dict) -> int:

@@ -41,8 +41,9 @@ class PatchEmbed(nnx.Module):
 
   def __init__(self, cfg: VisionConfig, *, bias: bool, rngs: nnx.Rngs, param_dtype):
     patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size
-    self.proj = Linear(patch_dim, cfg.hidden_size, bias=bias, axes=("patch", "embed"), rngs=rngs,
-                       param_dtype=param_dtype)
+    self.proj = Linear(
+      patch_dim, cfg.hidden_size, bias=bias, axes=("patch", "embed"), rngs=rngs, param_dtype=param_dtype
+    )
 
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
     return self.proj(pixel_values.astype(self.proj.kernel.dtype))
@@ -53,6 +54,7 @@ class Segments:
   """Attention segment ids [N] (contiguous runs), a static bound on the runs that must be exact
   (`VisionMetadata.full_span` / `window_span`; 0: none, attention over all patches) and a static
   bound on the number of runs (0: none known; cuDNN's packed layout needs one)."""
+
   ids: jax.Array
   span: int = struct.field(pytree_node=False, default=0)
   count: int = struct.field(pytree_node=False, default=0)
@@ -84,8 +86,9 @@ def band_geometry(n: int, span: int) -> tuple[int, int] | None:
   return block, side
 
 
-def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: Segments, *,
-                      scale: float, backend: str = "xla") -> jax.Array:
+def segment_attention(
+  q: jax.Array, k: jax.Array, v: jax.Array, segments: Segments, *, scale: float, backend: str = "xla"
+) -> jax.Array:
   """Attention of each patch to the patches of its segment; q, k, v [N, H, D] -> [N, H, D].
 
   With a span (see `band_geometry`), queries go in blocks of `block` and each block attends to
@@ -95,14 +98,14 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: Segmen
   if backend == "cudnn":
     if segments.count and attention.cudnn_takes(q.dtype) and attention.packed_layout_supported():
       form = attention.segment_mask(ids[None], max_segments=segments.count)
-      return attention.dot_product_attention(q[None], k[None], v[None], mask=form, scale=scale,
-                                             backend="cudnn")[0]
+      return attention.dot_product_attention(q[None], k[None], v[None], mask=form, scale=scale, backend="cudnn")[0]
     attention.cudnn_fallback(_why_not_cudnn(segments, q.dtype))
     backend = "xla"
   geometry = band_geometry(n, segments.span)
   if geometry is None:  # The form: xla builds the dense mask of it, splash takes the ids.
-    return attention.dot_product_attention(q[None], k[None], v[None], mask=attention.segment_mask(ids[None]),
-                                           scale=scale, backend=backend)[0]
+    return attention.dot_product_attention(
+      q[None], k[None], v[None], mask=attention.segment_mask(ids[None]), scale=scale, backend=backend
+    )[0]
   block, side = geometry
   blocks = -(-n // block)
   pad = blocks * block - n
@@ -113,7 +116,7 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: Segmen
 
   def band(x):  # [N + pad + 2 margin, ...] -> [blocks, (2 side + 1) block, ...]
     x = x.reshape(blocks + 2 * side, block, *x.shape[1:])
-    return jnp.concatenate([x[j:j + blocks] for j in range(2 * side + 1)], axis=1)
+    return jnp.concatenate([x[j : j + blocks] for j in range(2 * side + 1)], axis=1)
 
   def padded(x):
     return jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
@@ -121,8 +124,9 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: Segmen
   kv_pad = ((margin, margin),) + ((0, 0),) * (k.ndim - 1)
   kb, vb = band(jnp.pad(padded(k), kv_pad)), band(jnp.pad(padded(v), kv_pad))
   mask = (q_ids[:, :, None] == band(k_ids)[:, None, :])[:, None]  # [blocks, 1, block, band]
-  out = attention.dot_product_attention(padded(q).reshape(blocks, block, *q.shape[1:]), kb, vb,
-                                        mask=mask, scale=scale, backend=backend)
+  out = attention.dot_product_attention(
+    padded(q).reshape(blocks, block, *q.shape[1:]), kb, vb, mask=mask, scale=scale, backend=backend
+  )
   return out.reshape(blocks * block, *q.shape[1:])[:n]
 
 
@@ -130,8 +134,7 @@ def _why_not_cudnn(segments: Segments, dtype) -> str:
   if not attention.cudnn_takes(dtype):
     return f"vision segments in {jnp.dtype(dtype).name} (the fused kernel takes 16-bit inputs)"
   if not segments.count:
-    return ("vision segments without a static count (metadata traced under jit): the band of "
-            "vision.segment_attention")
+    return "vision segments without a static count (metadata traced under jit): the band of vision.segment_attention"
   return "vision segments need cuDNN's packed layout, which needs a Hopper or newer GPU"
 
 
@@ -142,10 +145,12 @@ class VisionAttention(nnx.Module):
     self.num_heads = cfg.num_heads
     self.head_dim = cfg.head_dim
     self.backend = backend
-    self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True, axes=("embed", "qkv"), rngs=rngs,
-                      param_dtype=param_dtype)
-    self.proj = Linear(cfg.hidden_size, cfg.hidden_size, bias=True, axes=("heads", "embed"), rngs=rngs,
-                       param_dtype=param_dtype)
+    self.qkv = Linear(
+      cfg.hidden_size, 3 * cfg.hidden_size, bias=True, axes=("embed", "qkv"), rngs=rngs, param_dtype=param_dtype
+    )
+    self.proj = Linear(
+      cfg.hidden_size, cfg.hidden_size, bias=True, axes=("heads", "embed"), rngs=rngs, param_dtype=param_dtype
+    )
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segments: Segments) -> jax.Array:
     n = x.shape[0]
@@ -155,7 +160,7 @@ class VisionAttention(nnx.Module):
     # RoPE in float32, as transformers' apply_rotary_pos_emb_vision.
     q = rotary.apply_rotary(q.astype(jnp.float32), cos[:, None], sin[:, None]).astype(dtype)
     k = rotary.apply_rotary(k.astype(jnp.float32), cos[:, None], sin[:, None]).astype(dtype)
-    out = segment_attention(q, k, v, segments, scale=self.head_dim ** -0.5, backend=self.backend)
+    out = segment_attention(q, k, v, segments, scale=self.head_dim**-0.5, backend=self.backend)
     return self.proj(out.reshape(n, -1))
 
 

@@ -59,19 +59,33 @@ class VisionLanguageModel(nnx.Module):
 
   vision_class: ClassVar[type]
 
-  def __init__(self, config: VLConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-               attention_backend: str = "xla", scan_layers: bool = False):
+  def __init__(
+    self,
+    config: VLConfig,
+    *,
+    rngs: nnx.Rngs,
+    param_dtype=jnp.float32,
+    attention_backend: str = "xla",
+    scan_layers: bool = False,
+  ):
     self.config = config
     self.attention_backend = attention_backend
     visual = self.vision_class(config.vision, rngs=rngs, param_dtype=param_dtype, backend=attention_backend)
-    language_model = TextModel(config.text, rngs=rngs, param_dtype=param_dtype, backend=attention_backend,
-                               scan_layers=scan_layers)
+    language_model = TextModel(
+      config.text, rngs=rngs, param_dtype=param_dtype, backend=attention_backend, scan_layers=scan_layers
+    )
     self.model = VLModel(visual, language_model)
     if config.tie_word_embeddings:
       self.lm_head = None
     else:
-      self.lm_head = Linear(config.text.hidden_size, config.text.vocab_size, bias=False,
-                            axes=("embed", "vocab"), rngs=rngs, param_dtype=param_dtype)
+      self.lm_head = Linear(
+        config.text.hidden_size,
+        config.text.vocab_size,
+        bias=False,
+        axes=("embed", "vocab"),
+        rngs=rngs,
+        param_dtype=param_dtype,
+      )
 
   @property
   def scan_layers(self) -> bool:
@@ -85,8 +99,9 @@ class VisionLanguageModel(nnx.Module):
     `models.prepare.prepare` with this model's config."""
     return prepare_lib.prepare(self.config, input_ids, image_grid_thw, attention_mask)
 
-  def __call__(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
-               position_ids=None) -> jax.Array:
+  def __call__(
+    self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None, position_ids=None
+  ) -> jax.Array:
     """Logits [B, T, vocab] for transformers-style processor outputs."""
     if (pixel_values is None) != (image_grid_thw is None):
       raise ValueError("pixel_values and image_grid_thw must be given together")
@@ -96,11 +111,14 @@ class VisionLanguageModel(nnx.Module):
     if position_ids is None:
       position_ids = prepared_positions
     most = 0 if attention_mask is None else max(_row_runs(np.asarray(attention_mask)), default=0)
-    return self.forward(jnp.asarray(input_ids),
-                        None if pixel_values is None else jnp.asarray(pixel_values), meta,
-                        None if attention_mask is None else jnp.asarray(attention_mask),
-                        jnp.asarray(position_ids),
-                        max_segments=max(most, attention.segment_bound(input_ids.shape[1])))
+    return self.forward(
+      jnp.asarray(input_ids),
+      None if pixel_values is None else jnp.asarray(pixel_values),
+      meta,
+      None if attention_mask is None else jnp.asarray(attention_mask),
+      jnp.asarray(position_ids),
+      max_segments=max(most, attention.segment_bound(input_ids.shape[1])),
+    )
 
   # ---- array code ---------------------------------------------------------------------------
 
@@ -120,8 +138,10 @@ class VisionLanguageModel(nnx.Module):
     embeds = place_image_features(embeds, image_index, features)
     deepstack = None
     if deepstack_features:
-      deepstack = (image_index >= 0, [place_image_features(jnp.zeros_like(embeds), image_index, f)
-                                      for f in deepstack_features])
+      deepstack = (
+        image_index >= 0,
+        [place_image_features(jnp.zeros_like(embeds), image_index, f) for f in deepstack_features],
+      )
     return embeds, deepstack
 
   def logits(self, hidden: jax.Array) -> jax.Array:
@@ -129,9 +149,18 @@ class VisionLanguageModel(nnx.Module):
       return self.model.language_model.embed_tokens.attend(hidden)
     return self.lm_head(hidden)
 
-  def forward(self, input_ids, pixel_values=None, vision_meta=None, attention_mask=None,
-              position_ids=None, *, image_index=None, return_hidden: bool = False,
-              max_segments: int | None = None):
+  def forward(
+    self,
+    input_ids,
+    pixel_values=None,
+    vision_meta=None,
+    attention_mask=None,
+    position_ids=None,
+    *,
+    image_index=None,
+    return_hidden: bool = False,
+    max_segments: int | None = None,
+  ):
     """Logits [B, T, vocab] (or the final hidden states). `max_segments` (static) bounds the
     segments of one row of `attention_mask` (padding, or sequences packed in a row) for the cudnn
     backend's packed layout (None: `attention.segment_bound(T)`, one per 512 tokens, at least 8);
@@ -142,8 +171,7 @@ class VisionLanguageModel(nnx.Module):
     embeds, deepstack = self.embed(input_ids, pixel_values, vision_meta, image_index)
     # The mask's form (causal, padding and packed segments), never the dense square: each
     # backend derives what its kernel takes, once here for all layers.
-    mask = attention.text_mask(attention_mask, max_segments=max_segments).prepared(
-        self.attention_backend, embeds.dtype)
+    mask = attention.text_mask(attention_mask, max_segments=max_segments).prepared(self.attention_backend, embeds.dtype)
     hidden, _ = self.model.language_model(embeds, position_ids, mask, deepstack=deepstack)
     return hidden if return_hidden else self.logits(hidden)
 
@@ -156,5 +184,6 @@ class VisionLanguageModel(nnx.Module):
     entries (the new ones included); cache_index [B]: where row b's new entries go. Returns the
     final hidden states [B, T, H] (`logits` turns them into logits) and the updated cache.
     """
-    return self.model.language_model(embeds, position_ids, mask, kv_cache=cache,
-                                     cache_index=cache_index, deepstack=deepstack)
+    return self.model.language_model(
+      embeds, position_ids, mask, kv_cache=cache, cache_index=cache_index, deepstack=deepstack
+    )

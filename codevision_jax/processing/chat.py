@@ -38,15 +38,16 @@ EMPTY_THOUGHT = "<think>\n\n</think>\n\n"
 @dataclasses.dataclass(frozen=True)
 class ChatFormat:
   """One model family's chat format (LLaMA-Factory's template of the same name)."""
+
   name: str
   default_system: str | None  # Inserted when a conversation has no system message.
   empty_thought: bool  # Assistant turns without <think>/</think> get EMPTY_THOUGHT (trained).
 
 
 FORMATS = {
-    "qwen2_vl": ChatFormat("qwen2_vl", DEFAULT_SYSTEM, False),
-    "qwen3_vl": ChatFormat("qwen3_vl", None, True),
-    "qwen3_vl_nothink": ChatFormat("qwen3_vl_nothink", None, False),
+  "qwen2_vl": ChatFormat("qwen2_vl", DEFAULT_SYSTEM, False),
+  "qwen3_vl": ChatFormat("qwen3_vl", None, True),
+  "qwen3_vl_nothink": ChatFormat("qwen3_vl_nothink", None, False),
 }
 DEFAULT_FORMAT = "qwen2_vl"
 _ATTR = "codevision_chat_format"
@@ -58,8 +59,7 @@ def get_format(name):
   if isinstance(name, ChatFormat):
     return name
   if name not in FORMATS:
-    raise ValueError(f"unknown chat format {name!r}; expected one of {sorted(FORMATS)} "
-                     "(set model.chat_format)")
+    raise ValueError(f"unknown chat format {name!r}; expected one of {sorted(FORMATS)} (set model.chat_format)")
   return FORMATS[name]
 
 
@@ -73,18 +73,22 @@ def format_of(tokenizer):
   """The chat format `tokenizer` carries (`set_chat_format`), else DEFAULT_FORMAT."""
   return getattr(tokenizer, _ATTR, None) or DEFAULT_FORMAT
 
+
 _TOOLS_HEADER = (
-    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
+  "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+  "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
 _TOOLS_FOOTER = (
-    "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
-    "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>")
+  "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+  "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+  "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>"
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Rendered:
   """A conversation as text (one pad per image) and the character spans that carry loss."""
+
   text: str
   loss_spans: tuple  # ((start, end), ...) character ranges of assistant turns, `<|im_end|>` incl.
   num_images: int
@@ -114,8 +118,9 @@ def _content(message, index):
   if content is None:
     return ""
   if not isinstance(content, str):
-    raise TypeError(f"message {index}: content must be a string with <image> placeholders, got "
-                    f"{type(content).__name__}")
+    raise TypeError(
+      f"message {index}: content must be a string with <image> placeholders, got {type(content).__name__}"
+    )
   return content
 
 
@@ -127,8 +132,7 @@ def _has_thought(content):
   return "<think>" in content or "</think>" in content
 
 
-def render(messages, tools=None, add_generation_prompt=False, default_system=_UNSET,
-           chat_format=DEFAULT_FORMAT):
+def render(messages, tools=None, add_generation_prompt=False, default_system=_UNSET, chat_format=DEFAULT_FORMAT):
   """Renders messages to Qwen chat text in `chat_format`; returns `Rendered`. Pure; raises on
   malformed messages. `default_system` overrides the format's default system line (None: none)."""
   fmt = get_format(chat_format)
@@ -139,8 +143,7 @@ def render(messages, tools=None, add_generation_prompt=False, default_system=_UN
     if m.get("role") not in ROLES:
       raise ValueError(f"message {i}: unknown role {m.get('role')!r}; expected one of {ROLES}")
     if m["role"] == "assistant" and code_tool.IMAGE_PLACEHOLDER in _content(m, i):
-      raise ValueError(f"message {i}: an assistant turn cannot contain an "
-                       f"{code_tool.IMAGE_PLACEHOLDER}")
+      raise ValueError(f"message {i}: an assistant turn cannot contain an {code_tool.IMAGE_PLACEHOLDER}")
   out = []
   spans = []
   pos = 0
@@ -192,8 +195,10 @@ def render(messages, tools=None, add_generation_prompt=False, default_system=_UN
 def _expand_pads(ids, mask, pad_id, counts):
   where = np.flatnonzero(ids == pad_id)
   if len(where) != len(counts):
-    raise ValueError(f"the text has {len(where)} image pads but {len(counts)} image token counts "
-                     "were given; each <image> placeholder needs exactly one image")
+    raise ValueError(
+      f"the text has {len(where)} image pads but {len(counts)} image token counts "
+      "were given; each <image> placeholder needs exactly one image"
+    )
   if any(c < 1 for c in counts):
     raise ValueError(f"image token counts must be >= 1, got {list(counts)}")
   repeats = np.ones(len(ids), dtype=np.int64)
@@ -220,25 +225,38 @@ def tokenize_text(tokenizer, text, loss_spans=(), image_token_counts=()):
   return ids.astype(np.int32), mask.astype(np.int32)
 
 
-def tokenize_conversation(tokenizer, messages, image_token_counts=(), tools=None, images=(),
-                          add_generation_prompt=False, default_system=_UNSET, chat_format=None):
+def tokenize_conversation(
+  tokenizer,
+  messages,
+  image_token_counts=(),
+  tools=None,
+  images=(),
+  add_generation_prompt=False,
+  default_system=_UNSET,
+  chat_format=None,
+):
   """Renders and tokenises a conversation -> TokenizedConversation.
 
   `image_token_counts[k]` is the number of `<|image_pad|>` tokens for the k-th `<image>` (see
   `processing.image.num_image_tokens`); `images` is passed through for the caller's convenience.
   `chat_format` defaults to the tokenizer's (`format_of`).
   """
-  r = render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
-             default_system=default_system, chat_format=chat_format or format_of(tokenizer))
+  r = render(
+    messages,
+    tools=tools,
+    add_generation_prompt=add_generation_prompt,
+    default_system=default_system,
+    chat_format=chat_format or format_of(tokenizer),
+  )
   counts = tuple(int(c) for c in image_token_counts)
   if r.num_images != len(counts):
-    raise ValueError(f"the conversation has {r.num_images} <image> placeholders but "
-                     f"{len(counts)} image token counts were given")
+    raise ValueError(
+      f"the conversation has {r.num_images} <image> placeholders but {len(counts)} image token counts were given"
+    )
   if images and len(images) != len(counts):
     raise ValueError(f"{len(images)} images but {len(counts)} image token counts")
   ids, mask = tokenize_text(tokenizer, r.text, r.loss_spans, counts)
-  return TokenizedConversation(input_ids=ids, loss_mask=mask, images=list(images),
-                               image_token_counts=counts)
+  return TokenizedConversation(input_ids=ids, loss_mask=mask, images=list(images), image_token_counts=counts)
 
 
 def render_tool_turn(tool_contents, add_generation_prompt=True):
@@ -266,19 +284,18 @@ def to_hf_messages(messages):
       content = parts
     hf = {"role": m["role"], "content": content}
     if m.get("tool_calls"):
-      hf["tool_calls"] = [{"type": "function", "function": dict(zip(("name", "arguments"),
-                                                                   _tool_call_parts(c)))}
-                          for c in m["tool_calls"]]
+      hf["tool_calls"] = [
+        {"type": "function", "function": dict(zip(("name", "arguments"), _tool_call_parts(c)))} for c in m["tool_calls"]
+      ]
     out.append(hf)
   return out
 
 
-def chat_template_ids(tokenizer, messages, image_token_counts=(), tools=None,
-                      add_generation_prompt=False):
+def chat_template_ids(tokenizer, messages, image_token_counts=(), tools=None, add_generation_prompt=False):
   """Token ids from the tokenizer's own `apply_chat_template` (pads expanded), for comparison."""
-  ids = tokenizer.apply_chat_template(to_hf_messages(messages), tools=tools, tokenize=True,
-                                      add_generation_prompt=add_generation_prompt,
-                                      return_dict=False)
+  ids = tokenizer.apply_chat_template(
+    to_hf_messages(messages), tools=tools, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
+  )
   ids = np.asarray(ids, dtype=np.int32).reshape(-1)
   pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
   ids, _ = _expand_pads(ids, np.zeros_like(ids), pad_id, tuple(image_token_counts))

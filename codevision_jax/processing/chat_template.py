@@ -82,19 +82,26 @@ CHAT_TEMPLATE = r"""{%- macro render_content(content) -%}
 {%- endif %}
 """
 
-_CONTENT_MACRO = CHAT_TEMPLATE[:CHAT_TEMPLATE.index("{%- if tools %}")]
-_TOOLS_TEXT = CHAT_TEMPLATE[CHAT_TEMPLATE.index('    {{- "\\n\\n# Tools'):CHAT_TEMPLATE.index(
-    "{%- else %}\n    {%- if messages[0].role == 'system' %}")]
+_CONTENT_MACRO = CHAT_TEMPLATE[: CHAT_TEMPLATE.index("{%- if tools %}")]
+_TOOLS_TEXT = CHAT_TEMPLATE[
+  CHAT_TEMPLATE.index('    {{- "\\n\\n# Tools') : CHAT_TEMPLATE.index(
+    "{%- else %}\n    {%- if messages[0].role == 'system' %}"
+  )
+]
 
 # Qwen3-VL (formats `qwen3_vl` and `qwen3_vl_nothink`): no default system line; with tools and no
 # system message the system turn is the tools block alone; `@THOUGHT@` is where the Thinking
 # format puts the empty thought before an assistant turn that has no <think>/</think>.
-_QWEN3_VL = _CONTENT_MACRO + r"""{%- if tools %}
+_QWEN3_VL = (
+  _CONTENT_MACRO
+  + r"""{%- if tools %}
     {{- '<|im_start|>system\n' }}
     {%- if messages[0].role == 'system' %}
         {{- render_content(messages[0].content) + '\n\n' }}
     {%- endif %}
-""" + _TOOLS_TEXT.replace('"\\n\\n# Tools', '"# Tools', 1) + r"""{%- elif messages[0].role == 'system' %}
+"""
+  + _TOOLS_TEXT.replace('"\\n\\n# Tools', '"# Tools', 1)
+  + r"""{%- elif messages[0].role == 'system' %}
     {{- '<|im_start|>system\n' + render_content(messages[0].content) + '<|im_end|>\n' }}
 {%- endif %}
 {%- for message in messages %}
@@ -138,6 +145,7 @@ _QWEN3_VL = _CONTENT_MACRO + r"""{%- if tools %}
     {{- '<|im_start|>assistant\n' }}
 {%- endif %}
 """
+)
 _EMPTY_THOUGHT = r"""
         {%- if '<think>' not in content and '</think>' not in content %}
             {{- '<think>\n\n</think>\n\n' }}
@@ -146,8 +154,7 @@ _EMPTY_THOUGHT = r"""
 QWEN3_VL_TEMPLATE = _QWEN3_VL.replace("@THOUGHT@", _EMPTY_THOUGHT)
 QWEN3_VL_NOTHINK_TEMPLATE = _QWEN3_VL.replace("@THOUGHT@", "")
 
-TEMPLATES = {"qwen2_vl": CHAT_TEMPLATE, "qwen3_vl": QWEN3_VL_TEMPLATE,
-             "qwen3_vl_nothink": QWEN3_VL_NOTHINK_TEMPLATE}
+TEMPLATES = {"qwen2_vl": CHAT_TEMPLATE, "qwen3_vl": QWEN3_VL_TEMPLATE, "qwen3_vl_nothink": QWEN3_VL_NOTHINK_TEMPLATE}
 
 
 def template_for(chat_format: str) -> str:

@@ -13,48 +13,54 @@ MAX_CODE_CHARS = 2048
 IMAGE_PLACEHOLDER = "<image>"
 
 CODE_IMAGE_TOOL = {
-    "type": "function",
-    "function": {
-        "name": TOOL_NAME,
-        "description": (
-            "Run Python code on one image of this conversation and get the resulting image back. "
-            "The selected image is available as `image` (also `img`), a PIL.Image at full "
-            "resolution. PIL, numpy, cv2 and math can be imported. Store the output image in "
-            "`result`."),
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "code": {
-                    "type": "string",
-                    "description": (f"Python code to run (at most {MAX_CODE_CHARS} characters), "
-                                    "e.g. to rotate, flip, crop, resize or enhance the image."),
-                },
-                "description": {
-                    "type": "string",
-                    "description": "One sentence saying what the code does and why.",
-                },
-                "image_index": {
-                    "type": "integer",
-                    "description": ("Which image to process: 0 is the first input image; each "
-                                    "image returned by this tool gets the next index."),
-                },
-            },
-            "required": ["code", "description", "image_index"],
+  "type": "function",
+  "function": {
+    "name": TOOL_NAME,
+    "description": (
+      "Run Python code on one image of this conversation and get the resulting image back. "
+      "The selected image is available as `image` (also `img`), a PIL.Image at full "
+      "resolution. PIL, numpy, cv2 and math can be imported. Store the output image in "
+      "`result`."
+    ),
+    "parameters": {
+      "type": "object",
+      "properties": {
+        "code": {
+          "type": "string",
+          "description": (
+            f"Python code to run (at most {MAX_CODE_CHARS} characters), "
+            "e.g. to rotate, flip, crop, resize or enhance the image."
+          ),
         },
+        "description": {
+          "type": "string",
+          "description": "One sentence saying what the code does and why.",
+        },
+        "image_index": {
+          "type": "integer",
+          "description": (
+            "Which image to process: 0 is the first input image; each image returned by this tool gets the next index."
+          ),
+        },
+      },
+      "required": ["code", "description", "image_index"],
     },
+  },
 }
 
 SYSTEM_PROMPT = (
-    "You are a careful visual assistant. Images can be upside down, rotated, mirrored, or show "
-    "the detail that matters only as a small region. Reason inside <think> </think> before every "
-    "step. When the image needs fixing or a closer look, write Python that transforms it and call "
-    f"{TOOL_NAME} inside <tool_call> </tool_call>; the processed image comes back to you. "
-    "When you are sure, give the final answer inside <answer> </answer> at the very end.")
+  "You are a careful visual assistant. Images can be upside down, rotated, mirrored, or show "
+  "the detail that matters only as a small region. Reason inside <think> </think> before every "
+  "step. When the image needs fixing or a closer look, write Python that transforms it and call "
+  f"{TOOL_NAME} inside <tool_call> </tool_call>; the processed image comes back to you. "
+  "When you are sure, give the final answer inside <answer> </answer> at the very end."
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ToolCall:
   """A well-formed call of `code_image_tool`."""
+
   name: str
   code: str
   description: str
@@ -68,6 +74,7 @@ class ToolCall:
 @dataclasses.dataclass(frozen=True)
 class ParseError:
   """Why a tool call could not be used; `message` is meant to be shown to the model."""
+
   message: str
   raw: str = ""
 
@@ -111,9 +118,11 @@ def _parse_body(body, num_images):
   try:
     obj = json.loads(body)
   except json.JSONDecodeError as e:
-    return ParseError(f"the tool call is not valid JSON ({e.msg} at line {e.lineno} column "
-                      f"{e.colno}); expected {{\"name\": \"{TOOL_NAME}\", \"arguments\": {{...}}}}",
-                      body)
+    return ParseError(
+      f"the tool call is not valid JSON ({e.msg} at line {e.lineno} column "
+      f"{e.colno}); expected {{\"name\": \"{TOOL_NAME}\", \"arguments\": {{...}}}}",
+      body,
+    )
   if not isinstance(obj, dict):
     return ParseError(f"the tool call must be a JSON object, got {type(obj).__name__}", body)
   name = obj.get("name")
@@ -126,14 +135,12 @@ def _parse_body(body, num_images):
     except json.JSONDecodeError:
       return ParseError("\"arguments\" is a string that is not a JSON object", body)
   if not isinstance(args, dict):
-    return ParseError("\"arguments\" must be an object with \"code\", \"description\" and "
-                      "\"image_index\"", body)
+    return ParseError("\"arguments\" must be an object with \"code\", \"description\" and \"image_index\"", body)
   code = args.get("code")
   if not isinstance(code, str) or not code.strip():
     return ParseError("argument \"code\" must be a non-empty string of Python code", body)
   if len(code) > MAX_CODE_CHARS:
-    return ParseError(f"argument \"code\" has {len(code)} characters; the limit is "
-                      f"{MAX_CODE_CHARS}", body)
+    return ParseError(f"argument \"code\" has {len(code)} characters; the limit is {MAX_CODE_CHARS}", body)
   description = args.get("description", "")
   if not isinstance(description, str):
     return ParseError("argument \"description\" must be a string", body)
@@ -141,8 +148,11 @@ def _parse_body(body, num_images):
   if isinstance(index, bool) or not isinstance(index, int) or index < 0:
     return ParseError(f"argument \"image_index\" must be an integer >= 0, got {index!r}", body)
   if num_images is not None and index >= num_images:
-    return ParseError(f"argument \"image_index\" is {index} but there are only {num_images} "
-                      f"images (valid indices 0 to {num_images - 1})", body)
+    return ParseError(
+      f"argument \"image_index\" is {index} but there are only {num_images} "
+      f"images (valid indices 0 to {num_images - 1})",
+      body,
+    )
   return ToolCall(name=name, code=code, description=description, image_index=index)
 
 

@@ -57,8 +57,8 @@ def smart_resize(height, width, factor=28, min_pixels=56 * 56, max_pixels=14 * 1
   """
   if max(height, width) / min(height, width) > _MAX_ASPECT_RATIO:
     raise ValueError(
-        f"absolute aspect ratio must be smaller than {_MAX_ASPECT_RATIO}, "
-        f"got {max(height, width) / min(height, width)}")
+      f"absolute aspect ratio must be smaller than {_MAX_ASPECT_RATIO}, got {max(height, width) / min(height, width)}"
+    )
   h_bar = round(height / factor) * factor
   w_bar = round(width / factor) * factor
   if h_bar * w_bar > max_pixels:
@@ -102,7 +102,7 @@ class ImageSettings:
   @property
   def max_frame_patches(self) -> int:
     """The most patches one image frame can have (max_pixels over the patch area)."""
-    return self.max_pixels // self.patch_size ** 2
+    return self.max_pixels // self.patch_size**2
 
   @property
   def factor(self):
@@ -112,8 +112,7 @@ class ImageSettings:
   def for_model_type(cls, model_type, **overrides):
     """Released checkpoints' settings for a config.json `model_type`; `overrides` replace fields."""
     if model_type not in _PRESETS:
-      raise ValueError(
-          f"no image settings for model_type {model_type!r}; known: {sorted(_PRESETS)}")
+      raise ValueError(f"no image settings for model_type {model_type!r}; known: {sorted(_PRESETS)}")
     return dataclasses.replace(_PRESETS[model_type], **overrides)
 
   @classmethod
@@ -132,8 +131,14 @@ class ImageSettings:
       source = path
       with open(path) as f:
         config = json.load(f)
-    expected = {"do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
-                "resample": 3, "rescale_factor": _RESCALE_FACTOR}
+    expected = {
+      "do_resize": True,
+      "do_rescale": True,
+      "do_normalize": True,
+      "do_convert_rgb": True,
+      "resample": 3,
+      "rescale_factor": _RESCALE_FACTOR,
+    }
     for key, want in expected.items():
       if key in config and config[key] is not None and config[key] != want:
         raise ValueError(f"{source}: {key}={config[key]!r} is not supported (only {want!r})")
@@ -143,13 +148,13 @@ class ImageSettings:
     if min_pixels is None or max_pixels is None:
       raise ValueError(f"{source}: needs min_pixels/max_pixels or size.shortest_edge/longest_edge")
     return cls(
-        min_pixels=int(min_pixels),
-        max_pixels=int(max_pixels),
-        patch_size=int(config.get("patch_size", cls.patch_size)),
-        merge_size=int(config.get("merge_size", cls.merge_size)),
-        temporal_patch_size=int(config.get("temporal_patch_size", cls.temporal_patch_size)),
-        image_mean=tuple(float(x) for x in config.get("image_mean", cls.image_mean)),
-        image_std=tuple(float(x) for x in config.get("image_std", cls.image_std)),
+      min_pixels=int(min_pixels),
+      max_pixels=int(max_pixels),
+      patch_size=int(config.get("patch_size", cls.patch_size)),
+      merge_size=int(config.get("merge_size", cls.merge_size)),
+      temporal_patch_size=int(config.get("temporal_patch_size", cls.temporal_patch_size)),
+      image_mean=tuple(float(x) for x in config.get("image_mean", cls.image_mean)),
+      image_std=tuple(float(x) for x in config.get("image_std", cls.image_std)),
     )
 
   def as_kwargs(self):
@@ -160,31 +165,35 @@ class ImageSettings:
 
 
 _QWEN2_VL = ImageSettings(min_pixels=56 * 56, max_pixels=28 * 28 * 16384)
-_QWEN3_VL = ImageSettings(min_pixels=256 * 256, max_pixels=4096 * 4096, patch_size=16,
-                          image_mean=HALF_MEAN, image_std=HALF_STD)
+_QWEN3_VL = ImageSettings(
+  min_pixels=256 * 256, max_pixels=4096 * 4096, patch_size=16, image_mean=HALF_MEAN, image_std=HALF_STD
+)
 _PRESETS = {
-    "qwen2_vl": _QWEN2_VL,
-    "qwen2_5_vl": _QWEN2_VL,
-    "qwen3_vl": _QWEN3_VL,
-    "qwen3_vl_moe": _QWEN3_VL,
+  "qwen2_vl": _QWEN2_VL,
+  "qwen2_5_vl": _QWEN2_VL,
+  "qwen3_vl": _QWEN3_VL,
+  "qwen3_vl_moe": _QWEN3_VL,
 }
 
 
-def _check_settings(min_pixels, max_pixels, patch_size, merge_size, temporal_patch_size,
-                    image_mean, image_std):
-  for name, value in (("patch_size", patch_size), ("merge_size", merge_size),
-                      ("temporal_patch_size", temporal_patch_size), ("min_pixels", min_pixels),
-                      ("max_pixels", max_pixels)):
+def _check_settings(min_pixels, max_pixels, patch_size, merge_size, temporal_patch_size, image_mean, image_std):
+  for name, value in (
+    ("patch_size", patch_size),
+    ("merge_size", merge_size),
+    ("temporal_patch_size", temporal_patch_size),
+    ("min_pixels", min_pixels),
+    ("max_pixels", max_pixels),
+  ):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
       raise ImagePreprocessingError(f"{name} must be a positive int, got {value!r}")
   factor = patch_size * merge_size
   if min_pixels > max_pixels:
-    raise ImagePreprocessingError(
-        f"pixel budget cannot fit: min_pixels={min_pixels} > max_pixels={max_pixels}")
+    raise ImagePreprocessingError(f"pixel budget cannot fit: min_pixels={min_pixels} > max_pixels={max_pixels}")
   if max_pixels < factor * factor:
     raise ImagePreprocessingError(
-        f"pixel budget cannot fit: max_pixels={max_pixels} is below the smallest image, "
-        f"{factor}x{factor}={factor * factor} pixels (patch_size*merge_size={factor}); raise it")
+      f"pixel budget cannot fit: max_pixels={max_pixels} is below the smallest image, "
+      f"{factor}x{factor}={factor * factor} pixels (patch_size*merge_size={factor}); raise it"
+    )
   for name, value in (("image_mean", image_mean), ("image_std", image_std)):
     if len(value) != 3:
       raise ImagePreprocessingError(f"{name} needs 3 values (R, G, B), got {value!r}")
@@ -214,26 +223,29 @@ def _target_size(index, image, factor, min_pixels, max_pixels):
   """Checked smart-resize target (height, width) of image `index`."""
   if not isinstance(image, Image.Image):
     raise ImagePreprocessingError(
-        f"image {index}: expected a PIL.Image.Image, got {type(image).__name__} "
-        "(wrap arrays with PIL.Image.fromarray)")
+      f"image {index}: expected a PIL.Image.Image, got {type(image).__name__} (wrap arrays with PIL.Image.fromarray)"
+    )
   width, height = image.size
   if width == 0 or height == 0:
     raise ImagePreprocessingError(f"image {index}: has zero size (width={width}, height={height})")
   if image.mode not in SUPPORTED_MODES:
     raise ImagePreprocessingError(
-        f"image {index}: unsupported mode {image.mode!r}; supported modes are {SUPPORTED_MODES} "
-        "(convert it to 8-bit RGB first, e.g. rescale 16-bit or float data to 0..255)")
+      f"image {index}: unsupported mode {image.mode!r}; supported modes are {SUPPORTED_MODES} "
+      "(convert it to 8-bit RGB first, e.g. rescale 16-bit or float data to 0..255)"
+    )
   ratio = max(height, width) / min(height, width)
   if ratio > _MAX_ASPECT_RATIO:
     raise ImagePreprocessingError(
-        f"image {index}: aspect ratio {ratio:.4g} ({width}x{height} WxH) is above "
-        f"{_MAX_ASPECT_RATIO}, the most Qwen-VL preprocessing accepts; crop or pad it")
+      f"image {index}: aspect ratio {ratio:.4g} ({width}x{height} WxH) is above "
+      f"{_MAX_ASPECT_RATIO}, the most Qwen-VL preprocessing accepts; crop or pad it"
+    )
   h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
   if h * w > max_pixels:
     raise ImagePreprocessingError(
-        f"image {index}: pixel budget cannot fit: {width}x{height} (WxH) resizes to {w}x{h} = "
-        f"{h * w} pixels > max_pixels={max_pixels} (sides are multiples of {factor}, aspect "
-        f"ratio {ratio:.4g}, min_pixels={min_pixels}); raise max_pixels or crop the image")
+      f"image {index}: pixel budget cannot fit: {width}x{height} (WxH) resizes to {w}x{h} = "
+      f"{h * w} pixels > max_pixels={max_pixels} (sides are multiples of {factor}, aspect "
+      f"ratio {ratio:.4g}, min_pixels={min_pixels}); raise max_pixels or crop the image"
+    )
   return h, w
 
 
@@ -241,11 +253,11 @@ def _patchify(image, patch_size, merge_size, temporal_patch_size):
   """[C, H, W] -> [grid_h * grid_w, C * T * P * P], transformers' patch order."""
   channels, height, width = image.shape
   grid_h, grid_w = height // patch_size, width // patch_size
-  patches = image.reshape(channels, grid_h // merge_size, merge_size, patch_size,
-                          grid_w // merge_size, merge_size, patch_size)
+  patches = image.reshape(
+    channels, grid_h // merge_size, merge_size, patch_size, grid_w // merge_size, merge_size, patch_size
+  )
   patches = patches.transpose(1, 4, 2, 5, 0, 3, 6)  # (gh, gw, mh, mw, C, ph, pw)
-  patches = np.broadcast_to(patches[:, :, :, :, :, None],
-                            (*patches.shape[:5], temporal_patch_size, *patches.shape[5:]))
+  patches = np.broadcast_to(patches[:, :, :, :, :, None], (*patches.shape[:5], temporal_patch_size, *patches.shape[5:]))
   return patches.reshape(grid_h * grid_w, channels * temporal_patch_size * patch_size * patch_size)
 
 
@@ -255,9 +267,17 @@ def value_table(image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD) -> np.nd
   return _value_table(tuple(image_mean), tuple(image_std))
 
 
-def preprocess_images(images, min_pixels, max_pixels, patch_size=14, merge_size=2,
-                      temporal_patch_size=2, image_mean=OPENAI_CLIP_MEAN,
-                      image_std=OPENAI_CLIP_STD, as_uint8=False):
+def preprocess_images(
+  images,
+  min_pixels,
+  max_pixels,
+  patch_size=14,
+  merge_size=2,
+  temporal_patch_size=2,
+  image_mean=OPENAI_CLIP_MEAN,
+  image_std=OPENAI_CLIP_STD,
+  as_uint8=False,
+):
   """PIL images -> (pixel_values float32 [patches, 3*T*P*P], image_grid_thw int64 [images, 3]).
   With `as_uint8`, pixel_values are the resized uint8 values in the same layout, a quarter of
   the bytes; `value_table` maps them to the float32 ones (on device, e.g.).
@@ -275,8 +295,7 @@ def preprocess_images(images, min_pixels, max_pixels, patch_size=14, merge_size=
   elif not isinstance(images, Sequence):
     images = list(images)
   image_mean, image_std = tuple(image_mean), tuple(image_std)
-  _check_settings(min_pixels, max_pixels, patch_size, merge_size, temporal_patch_size,
-                  image_mean, image_std)
+  _check_settings(min_pixels, max_pixels, patch_size, merge_size, temporal_patch_size, image_mean, image_std)
   factor = patch_size * merge_size
   sizes = [_target_size(i, image, factor, min_pixels, max_pixels) for i, image in enumerate(images)]
 

@@ -43,7 +43,7 @@ def grpo(scores, group_ids, eps: float = 1e-6, scale_by_std: bool = True):
 
 
 ESTIMATORS = {
-    "grpo": grpo,
-    "dr_grpo": functools.partial(grpo, scale_by_std=False),
+  "grpo": grpo,
+  "dr_grpo": functools.partial(grpo, scale_by_std=False),
 }
 """Advantage estimators by name (`rl.advantage` in the configs)."""

@@ -41,6 +41,7 @@ Geometry = geometry_lib.Geometry  # The one microbatch geometry (SFT's too).
 class MicrobatchPlan:
   """Which trajectories (indices into the round's) go in which row, the bucket to pad the rows
   to and the patch budget to pad the images to."""
+
   bucket: int
   rows: tuple  # tuple of tuples of trajectory indices
   patch_budget: int
@@ -53,12 +54,19 @@ class MicrobatchPlan:
 def trajectory_sizes(trajectories: Sequence) -> np.ndarray:
   """[n, 3] int64: tokens, image patches and images of each trajectory (from the grids the model
   saw; nothing is decoded)."""
-  return np.array([[len(t.token_ids), sum(int(np.prod(im.grid_thw)) for im in t.images), len(t.images)]
-                   for t in trajectories], np.int64).reshape(-1, 3)
+  return np.array(
+    [[len(t.token_ids), sum(int(np.prod(im.grid_thw)) for im in t.images), len(t.images)] for t in trajectories],
+    np.int64,
+  ).reshape(-1, 3)
 
 
-def plan_microbatches(indices: Sequence[int], sizes: np.ndarray, geometry: Geometry,
-                      packing: str = "auto", patch_budgets: Sequence[int] = ()) -> list:
+def plan_microbatches(
+  indices: Sequence[int],
+  sizes: np.ndarray,
+  geometry: Geometry,
+  packing: str = "auto",
+  patch_budgets: Sequence[int] = (),
+) -> list:
   """The microbatches (`MicrobatchPlan`s) of the trajectories `indices` (rows of `sizes`, each
   fitting `geometry`), packed in order by `data.geometry.fill_groups` with `packing` ("none",
   "first_fit", "best_fit": rows of up to the largest bucket). "auto": of the plan without packing
@@ -71,25 +79,42 @@ def plan_microbatches(indices: Sequence[int], sizes: np.ndarray, geometry: Geome
   indices = [int(i) for i in indices]
   bad = [i for i in indices if not geometry.fits(sizes[i])[0]]
   if bad:
-    raise ValueError(f"trajectory {bad[0]} ({sizes[bad[0]].tolist()} tokens, patches, images) does "
-                     f"not fit the microbatch geometry {geometry}")
+    raise ValueError(
+      f"trajectory {bad[0]} ({sizes[bad[0]].tolist()} tokens, patches, images) does "
+      f"not fit the microbatch geometry {geometry}"
+    )
   budgets = sorted({b for b in patch_budgets if b < geometry.patch_budget} | {geometry.patch_budget})
   if packing != "auto":
     return _plans(indices, sizes, geometry, packing, budgets)
   longest = max((int(sizes[i, 0]) for i in indices), default=0)
   candidates = [_plans(indices, sizes, geometry, "none", budgets)] + [
-      _plans(indices, sizes, dataclasses.replace(geometry, buckets=tuple(b for b in geometry.buckets if b <= room)),
-             "best_fit", budgets) for room in geometry.buckets if room >= longest]
-  return min(candidates, key=lambda plans: (token_slots(plans, sizes, geometry.rows)[1], len(plans),
-                                            sum(p.patch_budget for p in plans)))
+    _plans(
+      indices,
+      sizes,
+      dataclasses.replace(geometry, buckets=tuple(b for b in geometry.buckets if b <= room)),
+      "best_fit",
+      budgets,
+    )
+    for room in geometry.buckets
+    if room >= longest
+  ]
+  return min(
+    candidates,
+    key=lambda plans: (token_slots(plans, sizes, geometry.rows)[1], len(plans), sum(p.patch_budget for p in plans)),
+  )
 
 
 def _plans(indices, sizes, geometry: Geometry, packing: str, budgets: list) -> list:
   out = []
   for rows in geometry_lib.fill_groups(indices, sizes, geometry, packing):
     patches = sum(int(sizes[i, 1]) for row in rows for i in row)
-    out.append(MicrobatchPlan(geometry.bucket(max(geometry_lib.row_length(sizes, r) for r in rows)),
-                              tuple(tuple(r) for r in rows), next(b for b in budgets if b >= patches)))
+    out.append(
+      MicrobatchPlan(
+        geometry.bucket(max(geometry_lib.row_length(sizes, r) for r in rows)),
+        tuple(tuple(r) for r in rows),
+        next(b for b in budgets if b >= patches),
+      )
+    )
   return out
 
 
@@ -107,51 +132,81 @@ def token_slots(plans: Sequence[MicrobatchPlan], sizes: np.ndarray, rows: int) -
   return sum(int(sizes[i, 0]) for p in plans for i in p.members), sum(rows * p.bucket for p in plans)
 
 
-def trajectory_example(traj, settings: image_lib.ImageSettings, advantage: float,
-                       uint8: bool = False) -> Example:
+def trajectory_example(traj, settings: image_lib.ImageSettings, advantage: float, uint8: bool = False) -> Example:
   """The training example of a trajectory (see the module docstring); `uint8`: its pixel values
   are the resized uint8 ones (`preprocess_images(as_uint8=True)`), normalised on device."""
   images = [Image.open(io.BytesIO(im.png)).convert("RGB") for im in traj.images]
   pv, grids = image_lib.preprocess_images(images, **settings.as_kwargs(), as_uint8=uint8)
   seen = [list(im.grid_thw) for im in traj.images]
   if np.asarray(grids).tolist() != seen:
-    raise ValueError(f"trajectory {traj.id}: its images preprocess to grids {np.asarray(grids).tolist()}"
-                     f" but the model saw {seen}; the image settings differ from the rollout's")
+    raise ValueError(
+      f"trajectory {traj.id}: its images preprocess to grids {np.asarray(grids).tolist()}"
+      f" but the model saw {seen}; the image settings differ from the rollout's"
+    )
   n = len(traj.token_ids)
   return Example(
-      input_ids=np.asarray(traj.token_ids, np.int32), loss_mask=np.asarray(traj.policy_mask, np.int32),
-      pixel_values=np.asarray(pv, np.uint8 if uint8 else np.float32),
-      image_grid_thw=np.asarray(grids, np.int64).reshape(-1, 3),
-      token_values={"sample_logprobs": np.asarray(traj.logprobs, np.float32),
-                    "advantages": np.full((n,), advantage, np.float32)})
+    input_ids=np.asarray(traj.token_ids, np.int32),
+    loss_mask=np.asarray(traj.policy_mask, np.int32),
+    pixel_values=np.asarray(pv, np.uint8 if uint8 else np.float32),
+    image_grid_thw=np.asarray(grids, np.int64).reshape(-1, 3),
+    token_values={
+      "sample_logprobs": np.asarray(traj.logprobs, np.float32),
+      "advantages": np.full((n,), advantage, np.float32),
+    },
+  )
 
 
-def build(plan: MicrobatchPlan, trajectories: Sequence, advantages, settings: image_lib.ImageSettings,
-          geometry: Geometry, model_config, pad_id: int) -> dict:
+def build(
+  plan: MicrobatchPlan,
+  trajectories: Sequence,
+  advantages,
+  settings: image_lib.ImageSettings,
+  geometry: Geometry,
+  model_config,
+  pad_id: int,
+) -> dict:
   """The host microbatch (`data.pack`'s layout, `geometry.rows` rows of `plan.bucket` tokens) of
   a plan: its trajectories' examples (images decoded now), several to a row as planned; its pixel
   values uint8 (`rl.learner.to_device` normalises them there)."""
-  examples = [trajectory_example(trajectories[i], settings, float(advantages[i]), uint8=True)
-              for i in plan.members]
-  return pack.pack(examples, length=plan.bucket, rows=geometry.rows, patch_budget=plan.patch_budget,
-                   max_images=geometry.max_images, model_config=model_config, pad_id=pad_id,
-                   max_image_patches=geometry.max_image_patches,
-                   rows_of=[r for r, row in enumerate(plan.rows) for _ in row])
+  examples = [trajectory_example(trajectories[i], settings, float(advantages[i]), uint8=True) for i in plan.members]
+  return pack.pack(
+    examples,
+    length=plan.bucket,
+    rows=geometry.rows,
+    patch_budget=plan.patch_budget,
+    max_images=geometry.max_images,
+    model_config=model_config,
+    pad_id=pad_id,
+    max_image_patches=geometry.max_image_patches,
+    rows_of=[r for r, row in enumerate(plan.rows) for _ in row],
+  )
 
 
-def microbatches(examples: Sequence[Example], geometry: Geometry, model_config, pad_id: int,
-                 packing: str = "none") -> list:
+def microbatches(
+  examples: Sequence[Example], geometry: Geometry, model_config, pad_id: int, packing: str = "none"
+) -> list:
   """Packed microbatches (host numpy pytrees, `data.pack`'s layout) of examples already encoded,
   in order (`packing` as `plan_microbatches`). Every example must fit the geometry."""
-  sizes = np.array([[len(ex), len(ex.pixel_values), len(ex.image_grid_thw)] for ex in examples],
-                   np.int64).reshape(-1, 3)
+  sizes = np.array([[len(ex), len(ex.pixel_values), len(ex.image_grid_thw)] for ex in examples], np.int64).reshape(
+    -1, 3
+  )
   for ex, fits in zip(examples, geometry.fits(sizes)):
     if not fits:
-      raise ValueError(f"an example of {len(ex)} tokens, {len(ex.pixel_values)} patches and "
-                       f"{len(ex.image_grid_thw)} images does not fit the microbatch geometry {geometry}")
-  return [pack.pack([examples[i] for i in p.members], length=p.bucket, rows=geometry.rows,
-                    patch_budget=geometry.patch_budget, max_images=geometry.max_images,
-                    model_config=model_config, pad_id=pad_id,
-                    max_image_patches=geometry.max_image_patches,
-                    rows_of=[r for r, row in enumerate(p.rows) for _ in row])
-          for p in plan_microbatches(range(len(examples)), sizes, geometry, packing)]
+      raise ValueError(
+        f"an example of {len(ex)} tokens, {len(ex.pixel_values)} patches and "
+        f"{len(ex.image_grid_thw)} images does not fit the microbatch geometry {geometry}"
+      )
+  return [
+    pack.pack(
+      [examples[i] for i in p.members],
+      length=p.bucket,
+      rows=geometry.rows,
+      patch_budget=geometry.patch_budget,
+      max_images=geometry.max_images,
+      model_config=model_config,
+      pad_id=pad_id,
+      max_image_patches=geometry.max_image_patches,
+      rows_of=[r for r, row in enumerate(p.rows) for _ in row],
+    )
+    for p in plan_microbatches(range(len(examples)), sizes, geometry, packing)
+  ]

@@ -53,12 +53,13 @@ Geometry = geometry_lib.Geometry
 
 # ---- the geometry ----------------------------------------------------------------------------------
 
+
 def trajectory_bound(cfg, model_config, settings) -> tuple[int, int]:
   """(patches, images) one trajectory within the rollout limits can hold at most: its image
   tokens are tokens of the trajectory (at most `agent.max_total_tokens`), each merged token
   `spatial_merge_size`^2 patches; and at most `agent.max_images` images of at most
   `data.max_pixels` each."""
-  merge = model_config.vision.spatial_merge_size ** 2
+  merge = model_config.vision.spatial_merge_size**2
   patches = min(merge * cfg.agent.max_total_tokens, cfg.agent.max_images * settings.max_frame_patches)
   return patches, cfg.agent.max_images
 
@@ -76,9 +77,8 @@ def patch_budgets(cfg, model_config, settings, shards: int = 1) -> tuple:
   microbatch (a patch costs the frozen vision tower's forward, far less than a token's step)."""
   patches, _ = trajectory_bound(cfg, model_config, settings)
   low = _round_up(max(cfg.train.patch_budget, patches), shards)
-  merge = model_config.vision.spatial_merge_size ** 2
-  return batch_lib.patch_ladder(low, max(low, _round_up(merge * cfg.train.rows * max(cfg.train.buckets),
-                                                         shards)))
+  merge = model_config.vision.spatial_merge_size**2
+  return batch_lib.patch_ladder(low, max(low, _round_up(merge * cfg.train.rows * max(cfg.train.buckets), shards)))
 
 
 def learner_geometry(cfg, model_config, settings, shards: int = 1) -> geometry_lib.Geometry:
@@ -87,38 +87,49 @@ def learner_geometry(cfg, model_config, settings, shards: int = 1) -> geometry_l
   `agent.max_images` (with `trajectory_bound`, every trajectory of the rollouts fits)."""
   budgets = patch_budgets(cfg, model_config, settings, shards)
   if budgets[0] > cfg.train.patch_budget:
-    log.info("train.patch_budget %d is raised to %d: a trajectory within agent.max_total_tokens %d "
-             "/ agent.max_images %d / data.max_pixels %d can hold that many patches",
-             cfg.train.patch_budget, budgets[0], cfg.agent.max_total_tokens, cfg.agent.max_images,
-             settings.max_pixels)
+    log.info(
+      "train.patch_budget %d is raised to %d: a trajectory within agent.max_total_tokens %d "
+      "/ agent.max_images %d / data.max_pixels %d can hold that many patches",
+      cfg.train.patch_budget,
+      budgets[0],
+      cfg.agent.max_total_tokens,
+      cfg.agent.max_images,
+      settings.max_pixels,
+    )
   _, images = trajectory_bound(cfg, model_config, settings)
-  return geometry_lib.Geometry(tuple(cfg.train.buckets), cfg.train.rows, budgets[-1],
-                               max(cfg.train.max_images, images), settings.max_frame_patches)
+  return geometry_lib.Geometry(
+    tuple(cfg.train.buckets), cfg.train.rows, budgets[-1], max(cfg.train.max_images, images), settings.max_frame_patches
+  )
 
 
 def check_fits(cfg, shards: int) -> None:
   """Before the first round: rows and patches split over the batch mesh axes, and the largest
   bucket holds a whole trajectory (`agent.max_total_tokens`)."""
   t = cfg.train
-  geometry_lib.check_divisible(t.rows, t.patch_budget, shards, rows_key="train.rows",
-                               budget_key="train.patch_budget")
+  geometry_lib.check_divisible(t.rows, t.patch_budget, shards, rows_key="train.rows", budget_key="train.patch_budget")
   if max(t.buckets) < cfg.agent.max_total_tokens:
-    raise ValueError(f"train.buckets {tuple(t.buckets)} cannot hold a whole trajectory of "
-                     f"agent.max_total_tokens {cfg.agent.max_total_tokens}; add a bucket of at least that")
+    raise ValueError(
+      f"train.buckets {tuple(t.buckets)} cannot hold a whole trajectory of "
+      f"agent.max_total_tokens {cfg.agent.max_total_tokens}; add a bucket of at least that"
+    )
 
 
 def misfit(geometry: geometry_lib.Geometry, ex) -> list[tuple[str, str]]:
   """[(one of MISFITS, why)] of an example (or a [tokens, patches, images] size row) that the
   microbatch geometry cannot hold."""
-  n, p, k = ((len(ex), len(ex.pixel_values), len(ex.image_grid_thw)) if hasattr(ex, "pixel_values")
-             else (int(x) for x in ex))
+  n, p, k = (
+    (len(ex), len(ex.pixel_values), len(ex.image_grid_thw)) if hasattr(ex, "pixel_values") else (int(x) for x in ex)
+  )
   out = []
   if n > geometry.buckets[-1]:
-    out.append(("tokens", f"{n:,} tokens, more than the largest of train.buckets "
-                          f"{tuple(geometry.buckets)}"))
+    out.append(("tokens", f"{n:,} tokens, more than the largest of train.buckets {tuple(geometry.buckets)}"))
   if p > geometry.patch_budget:
-    out.append(("patches", f"{p:,} image patches, more than train.patch_budget "
-                           f"{geometry.patch_budget:,} (or lower data.max_pixels)"))
+    out.append(
+      (
+        "patches",
+        f"{p:,} image patches, more than train.patch_budget {geometry.patch_budget:,} (or lower data.max_pixels)",
+      )
+    )
   if k > geometry.max_images:
     out.append(("images", f"{k} images, more than train.max_images {geometry.max_images}"))
   return out
@@ -126,34 +137,46 @@ def misfit(geometry: geometry_lib.Geometry, ex) -> list[tuple[str, str]]:
 
 # ---- the jitted steps ------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Steps:
   """The learner's jitted functions (see `rl.step`)."""
+
   passes: Callable  # (params, reference, frozen, mb, with_ref) -> old / ref log-probs, sums
   accumulate: Callable  # (acc, params, reference, frozen, mb, old_is_current, ref_in_step) -> acc
   apply: Callable  # (train state, acc) -> (train state, acc, metrics); both donated
   init: Callable  # (params) -> acc
 
 
-def make_steps(mesh, state_sh: dict, *, graphdef, rest, options: rl_step.RLStepOptions, tx,
-               lr_schedule) -> Steps:
+def make_steps(mesh, state_sh: dict, *, graphdef, rest, options: rl_step.RLStepOptions, tx, lr_schedule) -> Steps:
   """The learner's steps over `mesh` (`state_sh`: the train state's shardings)."""
   bound = dict(graphdef=graphdef, rest=rest, options=options)
   replicated = NamedSharding(mesh, P())
-  acc_sh = {"grads": state_sh["params"], "tokens": replicated,
-            "sums": {k: replicated for k in rl_step.METRIC_SUMS + rl_step.PASS_SUMS}}
+  acc_sh = {
+    "grads": state_sh["params"],
+    "tokens": replicated,
+    "sums": {k: replicated for k in rl_step.METRIC_SUMS + rl_step.PASS_SUMS},
+  }
   train_sh = {k: state_sh[k] for k in ("step", "params", "opt_state")}
   return Steps(
-      passes=jax.jit(functools.partial(rl_step.old_and_ref_logprobs, **bound),
-                     static_argnames=("with_ref",)),
-      accumulate=jax.jit(functools.partial(rl_step.accumulate, **bound), out_shardings=acc_sh,
-                         static_argnames=("old_is_current", "ref_in_step"), donate_argnums=(0,)),
-      apply=jax.jit(functools.partial(rl_step.apply_accumulated, tx=tx, lr_schedule=lr_schedule),
-                    out_shardings=(train_sh, acc_sh, replicated), donate_argnums=(0, 1)),
-      init=jax.jit(rl_step.init_accumulator, out_shardings=acc_sh))
+    passes=jax.jit(functools.partial(rl_step.old_and_ref_logprobs, **bound), static_argnames=("with_ref",)),
+    accumulate=jax.jit(
+      functools.partial(rl_step.accumulate, **bound),
+      out_shardings=acc_sh,
+      static_argnames=("old_is_current", "ref_in_step"),
+      donate_argnums=(0,),
+    ),
+    apply=jax.jit(
+      functools.partial(rl_step.apply_accumulated, tx=tx, lr_schedule=lr_schedule),
+      out_shardings=(train_sh, acc_sh, replicated),
+      donate_argnums=(0, 1),
+    ),
+    init=jax.jit(rl_step.init_accumulator, out_shardings=acc_sh),
+  )
 
 
 # ---- one round ---------------------------------------------------------------------------------------
+
 
 def to_device(mesh, rules, mb: dict, settings=None) -> dict:
   """A host microbatch (the same on every process) on the mesh; each device takes its slice.
@@ -161,8 +184,7 @@ def to_device(mesh, rules, mb: dict, settings=None) -> dict:
   `settings`' preprocessing there (`normalise_pixels`)."""
   host = {k: v for k, v in mb.items() if k != "image_grid_thw"}
   shardings = step_lib.batch_shardings(mesh, rules, host, stacked=False)
-  out = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
-                     host, shardings)
+  out = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]), host, shardings)
   pixels = out["vision"].pixel_values
   if pixels.dtype == np.uint8:
     if settings is None:
@@ -178,14 +200,16 @@ def _normaliser(image_mean: tuple, image_std: tuple, per_channel: int):
   def normalise(u8):
     channel = np.arange(u8.shape[1]) // per_channel
     return jax.numpy.asarray(table)[channel[None, :], u8.astype(np.int32)]
+
   return jax.jit(normalise)
 
 
 def normalise_pixels(settings) -> Callable:
   """Jitted: uint8 pixel values [P, C*T*p*p] -> the float32 ones `preprocess_images` gives (one
   lookup in `image_lib.value_table`), on device, keeping the input's sharding."""
-  return _normaliser(tuple(settings.image_mean), tuple(settings.image_std),
-                     settings.temporal_patch_size * settings.patch_size ** 2)
+  return _normaliser(
+    tuple(settings.image_mean), tuple(settings.image_std), settings.temporal_patch_size * settings.patch_size**2
+  )
 
 
 def _usable(run, ro, sizes) -> tuple[list, int, collections.Counter]:
@@ -202,12 +226,16 @@ def _usable(run, ro, sizes) -> tuple[list, int, collections.Counter]:
     dropped += 1
     why = misfit(run.geometry, sizes[i])
     misfits.update(k for k, _ in why)
-    text = (f"trajectory {traj.id}{f' of {traj.origin}' if traj.origin else ''} does not fit the "
-            f"microbatch geometry: {'; '.join(t for _, t in why)}")
+    text = (
+      f"trajectory {traj.id}{f' of {traj.origin}' if traj.origin else ''} does not fit the "
+      f"microbatch geometry: {'; '.join(t for _, t in why)}"
+    )
     if not run.cfg.data.get("drop_oversized", True):
-      raise ValueError(f"{text}. Raise the setting named, or set --config.data.drop_oversized=True "
-                       "to drop such trajectories (counted: batch/dropped_trajectories in "
-                       "metrics.jsonl, the end summary); rerunning resumes from the last checkpoint")
+      raise ValueError(
+        f"{text}. Raise the setting named, or set --config.data.drop_oversized=True "
+        "to drop such trajectories (counted: batch/dropped_trajectories in "
+        "metrics.jsonl, the end summary); rerunning resumes from the last checkpoint"
+      )
     log.warning("%s; not trained on (data.drop_oversized)", text)
   return keep, dropped, misfits
 
@@ -228,8 +256,12 @@ def learn(run, ro) -> tuple[dict, dict]:
       minibatches.append(batch_lib.plan_microbatches(members, sizes, geometry, packing, budgets))
 
   def device(plan):
-    return to_device(run.mesh, run.rules, batch_lib.build(
-        plan, ro.trajectories, adv, run.settings, geometry, run.model_config, run.pad_id), run.settings)
+    return to_device(
+      run.mesh,
+      run.rules,
+      batch_lib.build(plan, ro.trajectories, adv, run.settings, geometry, run.model_config, run.pad_id),
+      run.settings,
+    )
 
   state = run.state
   acc = steps.init(state["params"])
@@ -239,8 +271,7 @@ def learn(run, ro) -> tuple[dict, dict]:
     if k == 0 and epochs == 1:
       continue  # Its old policy is the current one (`rl.step.accumulate`).
     for j, plan in enumerate(plans):
-      out = steps.passes(state["params"], state["reference"], run.frozen, device(plan),
-                         with_ref=with_ref)
+      out = steps.passes(state["params"], state["reference"], run.frozen, device(plan), with_ref=with_ref)
       acc = rl_step.add_sums(acc, {s: out.pop(s) for s in rl_step.PASS_SUMS})
       before[k, j] = out
   jax.block_until_ready(acc)
@@ -252,9 +283,15 @@ def learn(run, ro) -> tuple[dict, dict]:
       for j, plan in enumerate(plans):
         mb = device(plan)
         mb.update(before.get((k, j), {}))
-        acc = steps.accumulate(acc, state["params"], state["reference"], run.frozen, mb,
-                               old_is_current=(k, j) not in before,
-                               ref_in_step=(k, j) not in before)
+        acc = steps.accumulate(
+          acc,
+          state["params"],
+          state["reference"],
+          run.frozen,
+          mb,
+          old_is_current=(k, j) not in before,
+          ref_in_step=(k, j) not in before,
+        )
       train_state = {s: state[s] for s in ("step", "params", "opt_state")}
       train_state, acc, update = steps.apply(train_state, acc)
       state = {**train_state, "reference": state["reference"]}
@@ -264,17 +301,23 @@ def learn(run, ro) -> tuple[dict, dict]:
   real, slots = batch_lib.token_slots(planned, sizes, geometry.rows)
   n = max(sums["tokens"], 1.0)
   metrics = {f"actor/{k}": sums[k] / n for k in rl_step.METRIC_SUMS if k != "tokens"}
-  metrics.update({"actor/grad_norm": float(update["grad_norm"]),
-                  "actor/learning_rate": float(update["learning_rate"]),
-                  "actor/logprob_mismatch": sums["mismatch"] / max(sums["mismatch_tokens"], 1.0),
-                  "actor/policy_tokens": sums["tokens"] / max(epochs, 1),
-                  "actor/updates": float(len(minibatches) * epochs),
-                  "batch/trained_trajectories": float(len(keep)),
-                  "batch/dropped_trajectories": float(dropped),
-                  **{f"batch/dropped_for_{k}": float(misfits[k]) for k in MISFITS},
-                  "learn/real_token_share": real / max(slots, 1),
-                  "learn/microbatches": float(len(planned)),
-                  "learn/real_patch_share": (sum(int(sizes[i, 1]) for p in planned for i in p.members)
-                                             / max(sum(p.patch_budget for p in planned), 1)),
-                  "time/logprobs_s": logprob_s, "time/update_s": time.perf_counter() - t0})
+  metrics.update(
+    {
+      "actor/grad_norm": float(update["grad_norm"]),
+      "actor/learning_rate": float(update["learning_rate"]),
+      "actor/logprob_mismatch": sums["mismatch"] / max(sums["mismatch_tokens"], 1.0),
+      "actor/policy_tokens": sums["tokens"] / max(epochs, 1),
+      "actor/updates": float(len(minibatches) * epochs),
+      "batch/trained_trajectories": float(len(keep)),
+      "batch/dropped_trajectories": float(dropped),
+      **{f"batch/dropped_for_{k}": float(misfits[k]) for k in MISFITS},
+      "learn/real_token_share": real / max(slots, 1),
+      "learn/microbatches": float(len(planned)),
+      "learn/real_patch_share": (
+        sum(int(sizes[i, 1]) for p in planned for i in p.members) / max(sum(p.patch_budget for p in planned), 1)
+      ),
+      "time/logprobs_s": logprob_s,
+      "time/update_s": time.perf_counter() - t0,
+    }
+  )
   return state, metrics

@@ -66,6 +66,7 @@ RoundHook = scaffold.StepHook
 
 # ---- set-up --------------------------------------------------------------------------------------
 
+
 def check_records(records: Sequence, *, skip_bad: bool) -> list:
   """RL records need a ground truth; a record without one raises (naming it), or is dropped and
   counted with `skip_bad`."""
@@ -73,9 +74,11 @@ def check_records(records: Sequence, *, skip_bad: bool) -> list:
   bad = [r for r in records if r.ground_truth in (None, "")]
   if bad and not skip_bad:
     where = getattr(bad[0], "origin", "") or "a record"
-    raise ValueError(f"{where}: no ground truth (field reward_model.ground_truth, or ground_truth); "
-                     f"{len(bad)} of {len(records)} records lack one. The reward needs it: fix the "
-                     "data, or pass --config.data.skip_bad=True to skip those records")
+    raise ValueError(
+      f"{where}: no ground truth (field reward_model.ground_truth, or ground_truth); "
+      f"{len(bad)} of {len(records)} records lack one. The reward needs it: fix the "
+      "data, or pass --config.data.skip_bad=True to skip those records"
+    )
   if bad:
     log.warning("skipping %d of %d records without a ground truth", len(bad), len(records))
   return good
@@ -87,19 +90,22 @@ def check_config(cfg, mesh) -> None:
     raise ValueError(f"train.packing {cfg.train.packing!r} is not one of {('auto',) + geometry_lib.PACKING}")
   learner.check_fits(cfg, mesh.shape["data"] * mesh.shape["fsdp"])
   if cfg.rollout.prompts % cfg.algo.mini_batch_prompts:
-    raise ValueError(f"rollout.prompts {cfg.rollout.prompts} must be a multiple of "
-                     f"algo.mini_batch_prompts {cfg.algo.mini_batch_prompts}")
+    raise ValueError(
+      f"rollout.prompts {cfg.rollout.prompts} must be a multiple of "
+      f"algo.mini_batch_prompts {cfg.algo.mini_batch_prompts}"
+    )
   if cfg.algo.advantage not in adv_lib.ESTIMATORS:
     raise ValueError(f"algo.advantage {cfg.algo.advantage!r} is not one of {sorted(adv_lib.ESTIMATORS)}")
   if cfg.rollout.slots < 1 or cfg.rollout.group_size < 1:
     raise ValueError("rollout.slots and rollout.group_size must be at least 1")
   if cfg.eval.every and cfg.data.source != "synthetic" and not cfg.eval.paths:
-    raise ValueError("eval.every is set but eval.paths is empty: held-out evaluation needs its own "
-                     "records (--config.eval.paths=heldout.parquet), or set eval.every=0")
+    raise ValueError(
+      "eval.every is set but eval.paths is empty: held-out evaluation needs its own "
+      "records (--config.eval.paths=heldout.parquet), or set eval.every=0"
+    )
 
 
-MODEL_FIELDS = ("model.tokenizer", "model.vocab_size", "model.preset", "model.path",
-                "model.scan_layers")
+MODEL_FIELDS = ("model.tokenizer", "model.vocab_size", "model.preset", "model.path", "model.scan_layers")
 
 
 def _model_differences(step_dir: str, cfg) -> str:
@@ -119,39 +125,49 @@ def _model_differences(step_dir: str, cfg) -> str:
   return "; ".join(out)
 
 
-def restore_sft_params(sft_workdir: str, params: dict, frozen: dict, params_sh, frozen_sh,
-                       cfg=None):
+def restore_sft_params(sft_workdir: str, params: dict, frozen: dict, params_sh, frozen_sh, cfg=None):
   """The trained parameters of an SFT run's latest checkpoint (`train.loop`), placed like
   `params` / `frozen`; the optimizer state is not read. A checkpoint of another model raises
   ValueError naming the model fields (`cfg`'s against the SFT run's) that differ."""
   step = scaffold.latest_step(sft_workdir)
   if step is None:
-    raise FileNotFoundError(f"init.sft_workdir {sft_workdir}: no checkpoint in "
-                            f"{layout.checkpoints(sft_workdir)}; run `python -m launch.sft` there "
-                            "first, or leave init.sft_workdir empty")
+    raise FileNotFoundError(
+      f"init.sft_workdir {sft_workdir}: no checkpoint in "
+      f"{layout.checkpoints(sft_workdir)}; run `python -m launch.sft` there "
+      "first, or leave init.sft_workdir empty"
+    )
   step_dir = os.path.abspath(layout.step_dir(sft_workdir, step))
   try:
     return checkpointing.restore_items(
-        step_dir, {layout.STATE: {"params": checkpointing.abstract_like(params, params_sh)},
-                   layout.FROZEN: checkpointing.abstract_like(frozen, frozen_sh)})
+      step_dir,
+      {
+        layout.STATE: {"params": checkpointing.abstract_like(params, params_sh)},
+        layout.FROZEN: checkpointing.abstract_like(frozen, frozen_sh),
+      },
+    )
   except ValueError as e:
     differ = _model_differences(step_dir, cfg) if cfg is not None else ""
     reason = str(e).strip().splitlines()[0][:300]
     if "strict=False" in reason or "shape" in reason.lower():  # Orbax: an array of another shape.
-      reason = ("its parameters have other shapes than this run's model (a different vocabulary "
-                "from model.tokenizer / model.vocab_size, or another model size)")
+      reason = (
+        "its parameters have other shapes than this run's model (a different vocabulary "
+        "from model.tokenizer / model.vocab_size, or another model size)"
+      )
     raise ValueError(
-        f"init.sft_workdir {sft_workdir}: the SFT checkpoint (step {step}) does not fit this run's "
-        f"model: {reason}" + (f". The model settings differ: {differ}" if differ else "")
-        + ". Use the SFT run's model settings (model.tokenizer and model.vocab_size: the same "
-        "vocabulary; model.preset or model.path; model.scan_layers: stacked and per-layer "
-        "parameters are different checkpoints), or export the SFT run to HF (python -m "
-        "launch.export) and start from it with model.path") from None
+      f"init.sft_workdir {sft_workdir}: the SFT checkpoint (step {step}) does not fit this run's "
+      f"model: {reason}"
+      + (f". The model settings differ: {differ}" if differ else "")
+      + ". Use the SFT run's model settings (model.tokenizer and model.vocab_size: the same "
+      "vocabulary; model.preset or model.path; model.scan_layers: stacked and per-layer "
+      "parameters are different checkpoints), or export the SFT run to HF (python -m "
+      "launch.export) and start from it with model.path"
+    ) from None
 
 
 @dataclasses.dataclass
 class RLRun:
   """Everything an RL run is made of, before the first round (see `build`)."""
+
   cfg: Any
   mesh: Any
   rules: tuple
@@ -186,8 +202,9 @@ def build(cfg, workdir: str) -> RLRun:
   source = run_setup.conversation_source(cfg.data, kind="rl")
   records = check_records([source[i] for i in range(len(source))], skip_bad=cfg.data.skip_bad)
   if len(records) < cfg.rollout.prompts:
-    raise ValueError(f"the data has {len(records)} usable records, fewer than rollout.prompts "
-                     f"{cfg.rollout.prompts} a round needs")
+    raise ValueError(
+      f"the data has {len(records)} usable records, fewer than rollout.prompts {cfg.rollout.prompts} a round needs"
+    )
   if not cfg.train.rounds and not cfg.data.num_epochs:
     raise ValueError("set train.rounds, or data.num_epochs for that many passes over the records")
 
@@ -208,25 +225,40 @@ def build(cfg, workdir: str) -> RLRun:
   if cfg.init.sft_workdir and not resuming and lora_lib.settings(cfg).enabled:
     # LoRA: the SFT run (its adapters merged, if any) is the frozen base; fresh adapters train.
     from codevision_jax.runtime import lora_init
+
     frozen = lora_init.base_from_run(cfg.init.sft_workdir, frozen, frozen_sh, lora_lib.settings(cfg))
     log.info("initialised the LoRA base from the SFT run in %s", cfg.init.sft_workdir)
   elif cfg.init.sft_workdir and not resuming:
-    restored = restore_sft_params(cfg.init.sft_workdir, params, frozen, state_sh["params"],
-                                  frozen_sh, cfg)
+    restored = restore_sft_params(cfg.init.sft_workdir, params, frozen, state_sh["params"], frozen_sh, cfg)
     params, frozen = restored["state"]["params"], restored["frozen"]
     log.info("initialised from the SFT run in %s", cfg.init.sft_workdir)
   ref_dtype = run_setup.DTYPES[cfg.algo.ref_dtype]
-  state = {**scaffold.init_state(params, tx, state_sh),
-           # With LoRA the reference is the base, adapters off (lora_b zero): adapter-sized.
-           "reference": jax.jit(lambda p: lora_lib.adapters_off(step_lib.cast_floats(p, ref_dtype)),
-                                out_shardings=state_sh["reference"])(params)}
+  state = {
+    **scaffold.init_state(params, tx, state_sh),
+    # With LoRA the reference is the base, adapters off (lora_b zero): adapter-sized.
+    "reference": jax.jit(
+      lambda p: lora_lib.adapters_off(step_lib.cast_floats(p, ref_dtype)), out_shardings=state_sh["reference"]
+    )(params),
+  }
 
   options = rl_step.RLStepOptions(
-      compute_dtype=run_setup.DTYPES[cfg.train.compute_dtype], loss_chunk=cfg.train.loss_chunk,
-      clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, clip_c=cfg.algo.clip_c,
-      kl_coef=cfg.algo.kl_coef, kl_kind=cfg.algo.kl_kind)
-  steps = learner.make_steps(mesh, state_sh, graphdef=graphdef, rest=rest, options=options, tx=tx,
-                             lr_schedule=optim_lib.schedule(cfg.optim, rounds * steps_per_round))
+    compute_dtype=run_setup.DTYPES[cfg.train.compute_dtype],
+    loss_chunk=cfg.train.loss_chunk,
+    clip_low=cfg.algo.clip_low,
+    clip_high=cfg.algo.clip_high,
+    clip_c=cfg.algo.clip_c,
+    kl_coef=cfg.algo.kl_coef,
+    kl_kind=cfg.algo.kl_kind,
+  )
+  steps = learner.make_steps(
+    mesh,
+    state_sh,
+    graphdef=graphdef,
+    rest=rest,
+    options=options,
+    tx=tx,
+    lr_schedule=optim_lib.schedule(cfg.optim, rounds * steps_per_round),
+  )
 
   sampler_dtype = run_setup.DTYPES[cfg.rollout.param_dtype or cfg.model.param_dtype]
   cast = lambda tree: jax.tree.map(jnp.copy, step_lib.cast_floats(tree, sampler_dtype))
@@ -234,24 +266,40 @@ def build(cfg, workdir: str) -> RLRun:
     sampler_model, copy = nnx.merge(sampler_graphdef, nnx.state(model)), jax.jit(cast)
     sampler_copy = {"params": copy, "frozen": lora_lib.shared_or(copy, sampler_dtype)}
   else:  # Each process samples on its own replica (rl.replicas).
-    sampler_model, sampler_copy = _replica(sampler_graphdef, params_state, frozen_state, rest, mesh,
-                                           rules, cast)
+    sampler_model, sampler_copy = _replica(sampler_graphdef, params_state, frozen_state, rest, mesh, rules, cast)
   # The sampler's parameter structure in its dtype, without arrays: nothing built here stays
   # pinned by it (the build-time or restored learner arrays, an old sampler copy).
-  template = jax.eval_shape(lambda s: step_lib.cast_floats(s, sampler_dtype),
-                            nnx.state(sampler_model, nnx.Param))
+  template = jax.eval_shape(lambda s: step_lib.cast_floats(s, sampler_dtype), nnx.state(sampler_model, nnx.Param))
   sampler_frozen = sampler_copy["frozen"](frozen)
   policy = rollouts.build_policy(
-      cfg, sampler_model, tokenizer, rules=rules,
-      params=_sampler_state(template, sampler_frozen, sampler_copy["params"](params)))
+    cfg,
+    sampler_model,
+    tokenizer,
+    rules=rules,
+    params=_sampler_state(template, sampler_frozen, sampler_copy["params"](params)),
+  )
   del model, sampler_model, params_state, frozen_state
   policy.release()  # The KV cache exists only while rollouts run.
   return RLRun(
-      cfg=cfg, mesh=mesh, rules=rules, tokenizer=tokenizer, model_config=mc, settings=settings,
-      records=records, rounds=rounds, policy=policy, param_template=template,
-      geometry=learner.learner_geometry(cfg, mc, settings, mesh.shape["data"] * mesh.shape["fsdp"]),
-      state=state, frozen=frozen, state_sh=state_sh, frozen_sh=frozen_sh, steps=steps,
-      sampler_copy=sampler_copy, sampler_frozen=sampler_frozen)
+    cfg=cfg,
+    mesh=mesh,
+    rules=rules,
+    tokenizer=tokenizer,
+    model_config=mc,
+    settings=settings,
+    records=records,
+    rounds=rounds,
+    policy=policy,
+    param_template=template,
+    geometry=learner.learner_geometry(cfg, mc, settings, mesh.shape["data"] * mesh.shape["fsdp"]),
+    state=state,
+    frozen=frozen,
+    state_sh=state_sh,
+    frozen_sh=frozen_sh,
+    steps=steps,
+    sampler_copy=sampler_copy,
+    sampler_frozen=sampler_frozen,
+  )
 
 
 def _replica(graphdef, params, frozen, rest, mesh, rules, cast):
@@ -295,16 +343,20 @@ def hand_to_sampler(run: RLRun, params: dict, frozen: dict | None = None) -> Non
   drop_sampler_params(run)
   if frozen is not None:
     run.sampler_frozen = run.sampler_copy["frozen"](frozen)
-  run.policy.update_params(_sampler_state(run.param_template, run.sampler_frozen,
-                                          run.sampler_copy["params"](params)))
+  run.policy.update_params(_sampler_state(run.param_template, run.sampler_frozen, run.sampler_copy["params"](params)))
 
 
 def prompt_iterator(cfg, num_records: int, state: dict | None = None):
   """A checkpointable Grain iterator of record-index batches: each epoch a fresh shuffle of the
   records (a function of data.seed and the epoch), `rollout.prompts` indices per round."""
   import grain  # Deferred: only training needs it.
-  ds = (grain.MapDataset.range(num_records).shuffle(seed=cfg.data.seed).repeat()
-        .batch(cfg.rollout.prompts, drop_remainder=True))
+
+  ds = (
+    grain.MapDataset.range(num_records)
+    .shuffle(seed=cfg.data.seed)
+    .repeat()
+    .batch(cfg.rollout.prompts, drop_remainder=True)
+  )
   it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
   if state is not None:
     it.set_state(state)
@@ -313,8 +365,10 @@ def prompt_iterator(cfg, num_records: int, state: dict | None = None):
 
 # ---- one round -------------------------------------------------------------------------------------
 
-async def rollout(run: RLRun, records: Sequence, *, samples: int, seed: int, client, judge=None,
-                  temperature: float | None = None) -> ScoredRollouts:
+
+async def rollout(
+  run: RLRun, records: Sequence, *, samples: int, seed: int, client, judge=None, temperature: float | None = None
+) -> ScoredRollouts:
   """Each record `samples` times through the agent loop (sampling seed `seed`), then scored
   (`rl.rollouts.rollout`: each answer as its trajectory finishes).
 
@@ -325,10 +379,17 @@ async def rollout(run: RLRun, records: Sequence, *, samples: int, seed: int, cli
   policy.reseed(seed, temperature=temperature)  # None: rollout.temperature, the policy's own.
   lo, hi = replicas.share(len(records))
   ro = await rollouts.rollout(
-      policy, [r for r in records[lo:hi] for _ in range(samples)], tokenizer=run.tokenizer,
-      client=client, settings=run.settings, agent=rollouts.agent_config(run.cfg),
-      group_ids=np.repeat(np.arange(lo, hi), samples), judge=judge,
-      reward=rollouts.reward_options(run.cfg), first_id=lo * samples)
+    policy,
+    [r for r in records[lo:hi] for _ in range(samples)],
+    tokenizer=run.tokenizer,
+    client=client,
+    settings=run.settings,
+    agent=rollouts.agent_config(run.cfg),
+    group_ids=np.repeat(np.arange(lo, hi), samples),
+    judge=judge,
+    reward=rollouts.reward_options(run.cfg),
+    first_id=lo * samples,
+  )
   if jax.process_count() > 1:
     ro = ScoredRollouts.concatenate(replicas.allgather_objects(ro), ro.agent_stats)
   return ro
@@ -336,12 +397,10 @@ async def rollout(run: RLRun, records: Sequence, *, samples: int, seed: int, cli
 
 def round_seed(seed: int, round_index: int) -> int:
   """The sampling seed of a round: depends only on the run's seed and the round."""
-  return int(jax.random.randint(jax.random.fold_in(jax.random.PRNGKey(seed), round_index), (),
-                                0, 2 ** 31 - 1))
+  return int(jax.random.randint(jax.random.fold_in(jax.random.PRNGKey(seed), round_index), (), 0, 2**31 - 1))
 
 
-def check_executor(ro: ScoredRollouts, max_error_fraction: float, urls: Sequence[str],
-                   round_index: int) -> None:
+def check_executor(ro: ScoredRollouts, max_error_fraction: float, urls: Sequence[str], round_index: int) -> None:
   """Raises when more than `max_error_fraction` of the round's tool calls could not reach a
   service."""
   calls = [c for t in ro.trajectories for c in t.tool_calls]
@@ -349,10 +408,11 @@ def check_executor(ro: ScoredRollouts, max_error_fraction: float, urls: Sequence
   if calls and failed / len(calls) > max_error_fraction:
     example = next(c.error for c in calls if c.status == traj_lib.CallStatus.EXECUTOR_ERROR)
     raise RuntimeError(
-        f"round {round_index}: {failed} of {len(calls)} tool calls could not reach the executor "
-        f"service(s) {', '.join(urls)} (for example: {example}). Check that the services are up "
-        "(GET /healthz), then rerun the same command to resume from the last checkpoint; "
-        "executor.max_error_fraction sets how many failures a round tolerates")
+      f"round {round_index}: {failed} of {len(calls)} tool calls could not reach the executor "
+      f"service(s) {', '.join(urls)} (for example: {example}). Check that the services are up "
+      "(GET /healthz), then rerun the same command to resume from the last checkpoint; "
+      "executor.max_error_fraction sets how many failures a round tolerates"
+    )
 
 
 def check_errors(ro: ScoredRollouts, round_index: int) -> None:
@@ -364,10 +424,18 @@ def check_errors(ro: ScoredRollouts, round_index: int) -> None:
   first = errors[0]
   where = f"{first.origin}: " if first.origin else ""
   if len(errors) == len(ro.trajectories):
-    raise RuntimeError(f"round {round_index}: all {len(errors)} trajectories ended in an error, so "
-                       f"there is nothing to train on; the first: {where}{first.error}")
-  log.warning("round %d: %d of %d trajectories ended in an error and are not trained on (the "
-              "first: %s%s)", round_index, len(errors), len(ro.trajectories), where, first.error)
+    raise RuntimeError(
+      f"round {round_index}: all {len(errors)} trajectories ended in an error, so "
+      f"there is nothing to train on; the first: {where}{first.error}"
+    )
+  log.warning(
+    "round %d: %d of %d trajectories ended in an error and are not trained on (the first: %s%s)",
+    round_index,
+    len(errors),
+    len(ro.trajectories),
+    where,
+    first.error,
+  )
 
 
 # The learner (old and reference log-probs, the updates): `rl.learner`.
@@ -375,6 +443,7 @@ MISFITS, learn, misfit = learner.MISFITS, learner.learn, learner.misfit
 
 
 # ---- metrics ---------------------------------------------------------------------------------------
+
 
 def rollout_metrics(ro: ScoredRollouts, prefix: str, *, timings: bool = False) -> dict:
   """The rollouts' summary (`rl.rollouts.SUMMARY`) as `<prefix>/...` metrics; with `timings`, also
@@ -389,8 +458,7 @@ def rollout_metrics(ro: ScoredRollouts, prefix: str, *, timings: bool = False) -
   return out
 
 
-def _save_rollouts(workdir: str, round_index: int, ro: ScoredRollouts, k: int,
-                   tokenizer) -> None:
+def _save_rollouts(workdir: str, round_index: int, ro: ScoredRollouts, k: int, tokenizer) -> None:
   """The round's first `k` trajectories (tokens, with their reward parts in `metadata`) and their
   readable transcripts, under `<workdir>/rollouts/round_NNNNN/`."""
   if k <= 0:
@@ -400,14 +468,13 @@ def _save_rollouts(workdir: str, round_index: int, ro: ScoredRollouts, k: int,
     t.metadata["reward"] = p
   directory = layout.round_dir(workdir, round_index)
   traj_lib.save_jsonl(keep, os.path.join(directory, "trajectories.jsonl"))
-  rollouts.write_transcripts(os.path.join(directory, "transcripts.jsonl"), tokenizer, keep,
-                             ro.parts)
+  rollouts.write_transcripts(os.path.join(directory, "transcripts.jsonl"), tokenizer, keep, ro.parts)
 
 
 # ---- the loop --------------------------------------------------------------------------------------
 
-def train(cfg, workdir: str, *, executor_urls: Sequence[str],
-          hooks: Sequence[RoundHook] = ()) -> scaffold.RunResult:
+
+def train(cfg, workdir: str, *, executor_urls: Sequence[str], hooks: Sequence[RoundHook] = ()) -> scaffold.RunResult:
   """Runs (or resumes) GRPO -> `scaffold.RunResult` (history: the metrics of this process's
   rounds, and round 0 when held-out evaluation runs before training; last: the last of them;
   run: the `RLRun`). `hooks` run after every round. On SIGTERM: a checkpoint, then `Preempted`
@@ -432,15 +499,23 @@ def eval_records(cfg) -> list:
 async def evaluate(run: RLRun, records: Sequence, client, judge=None) -> ScoredRollouts:
   """The current policy on held-out records (`eval.samples` each, at `eval.temperature`, with a
   fixed seed so evaluations compare)."""
-  return await rollout(run, records, samples=run.cfg.eval.samples, seed=run.cfg.eval.seed,
-                       client=client, judge=judge, temperature=run.cfg.eval.temperature)
+  return await rollout(
+    run,
+    records,
+    samples=run.cfg.eval.samples,
+    seed=run.cfg.eval.seed,
+    client=client,
+    judge=judge,
+    temperature=run.cfg.eval.temperature,
+  )
 
 
 async def _train(cfg, workdir: str, urls: list, hooks):
   """-> (the run's result, the `Preempted` to raise or None)."""
   if not urls:
-    raise ValueError("no executor service: pass executor_urls (launch.rl starts a local one when "
-                     "executor.urls is empty)")
+    raise ValueError(
+      "no executor service: pass executor_urls (launch.rl starts a local one when executor.urls is empty)"
+    )
   urls = await healthy_services(urls)
   run = build(cfg, workdir)
   with scaffold.Scaffold(cfg, workdir, unit="round", total=run.rounds, jsonl=True) as sc:
@@ -453,8 +528,7 @@ async def _train(cfg, workdir: str, urls: list, hooks):
     prompts = prompt_iterator(cfg, len(run.records), data_state)
     held_out = eval_records(cfg) if cfg.eval.every else []
     sc.open()
-    async with ExecutorClient(urls, deadline_s=cfg.executor.call_deadline_s) as client, \
-        rollouts.judge(cfg) as judge:
+    async with ExecutorClient(urls, deadline_s=cfg.executor.call_deadline_s) as client, rollouts.judge(cfg) as judge:
       if held_out and cfg.eval.get("before_training") and sc.start == 0:
         line = {"round": 0, **rollout_metrics(await evaluate(run, held_out, client, judge), "eval")}
         sc.scalars(0, line)
@@ -463,16 +537,16 @@ async def _train(cfg, workdir: str, urls: list, hooks):
   return sc.result(run, run.state, run.frozen), stopped
 
 
-async def _rounds(run: RLRun, sc: scaffold.Scaffold, prompts, held_out, urls, client, judge,
-                  hooks):
+async def _rounds(run: RLRun, sc: scaffold.Scaffold, prompts, held_out, urls, client, judge, hooks):
   """The rounds from `sc.start` on (rollout -> score -> learn) -> the `Preempted` to raise, or
   None; `run.state` is the learner's state after the last."""
   cfg = run.cfg
   for r in range(sc.start, run.rounds):
     t_round = time.perf_counter()
     records = [run.records[i] for i in next(prompts)]
-    ro = await rollout(run, records, samples=cfg.rollout.group_size, seed=round_seed(cfg.seed, r),
-                       client=client, judge=judge)
+    ro = await rollout(
+      run, records, samples=cfg.rollout.group_size, seed=round_seed(cfg.seed, r), client=client, judge=judge
+    )
     check_executor(ro, cfg.executor.max_error_fraction, urls, r + 1)
     check_errors(ro, r + 1)
     drop_sampler_params(run)  # Neither the KV cache nor a stale copy is held while learning.
@@ -488,14 +562,17 @@ async def _rounds(run: RLRun, sc: scaffold.Scaffold, prompts, held_out, urls, cl
       m.update(rollout_metrics(ev, "eval"))
     if judge is not None:  # Counts since the start: replies that did not parse, and so on.
       m.update({f"judge/{k}": float(v) for k, v in dataclasses.asdict(judge.stats).items()})
-    _save_rollouts(sc.workdir, done, ro, cfg.train.save_rollouts if sc.is_primary else 0,
-                   run.tokenizer)
+    _save_rollouts(sc.workdir, done, ro, cfg.train.save_rollouts if sc.is_primary else 0, run.tokenizer)
     sc.scalars(done, m)
     line = {"round": done, **m}
     sc.append([line], last=line)
-    sc.progress(done, m["actor/policy_tokens"] / max(m["time/round_s"], 1e-9),
-                reward=m["rollout/reward/score"], acc=m["rollout/accuracy"],
-                tools=m["rollout/tool_calls_per_trajectory"])
+    sc.progress(
+      done,
+      m["actor/policy_tokens"] / max(m["time/round_s"], 1e-9),
+      reward=m["rollout/reward/score"],
+      acc=m["rollout/accuracy"],
+      tools=m["rollout/tool_calls_per_trajectory"],
+    )
     stopped = sc.end_step(done, run.state, run.frozen, prompts.get_state(), hooks)
     if stopped is not None:
       return stopped

@@ -19,8 +19,9 @@ def _xp(*xs):
   return jnp if any(isinstance(x, jax.Array) for x in xs) else np
 
 
-def token_terms(logprobs, old_logprobs, advantages, *, clip_low: float = 0.2,
-                clip_high: float = 0.28, clip_c: float = 10.0) -> dict:
+def token_terms(
+  logprobs, old_logprobs, advantages, *, clip_low: float = 0.2, clip_high: float = 0.28, clip_c: float = 10.0
+) -> dict:
   """Per-token terms of the clipped surrogate: "pg" (the loss), "clipped" (the clipped branch is
   the larger loss), "clipped_lower" (the dual clip binds, negative advantages), "approx_kl"
   (old minus new log-prob). Advantages are [B, T] or [B] (one per sequence)."""
@@ -30,8 +31,7 @@ def token_terms(logprobs, old_logprobs, advantages, *, clip_low: float = 0.2,
   advantages = xp.asarray(advantages, xp.float32)
   if advantages.ndim == 1:
     advantages = advantages[:, None]
-  log_ratio = xp.clip(xp.asarray(logprobs) - xp.asarray(old_logprobs), -LOG_RATIO_BOUND,
-                      LOG_RATIO_BOUND)
+  log_ratio = xp.clip(xp.asarray(logprobs) - xp.asarray(old_logprobs), -LOG_RATIO_BOUND, LOG_RATIO_BOUND)
   ratio = xp.exp(log_ratio)
   loss1 = -advantages * ratio
   loss2 = -advantages * xp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
@@ -39,9 +39,12 @@ def token_terms(logprobs, old_logprobs, advantages, *, clip_low: float = 0.2,
   loss3 = -advantages * clip_c
   negative = advantages < 0
   pg = xp.where(negative, xp.minimum(loss3, clipped_loss), clipped_loss)
-  return {"pg": pg, "clipped": (loss2 > loss1).astype(xp.float32),
-          "clipped_lower": ((clipped_loss > loss3) & negative).astype(xp.float32),
-          "approx_kl": -log_ratio}
+  return {
+    "pg": pg,
+    "clipped": (loss2 > loss1).astype(xp.float32),
+    "clipped_lower": ((clipped_loss > loss3) & negative).astype(xp.float32),
+    "approx_kl": -log_ratio,
+  }
 
 
 def masked_mean(x, mask):
@@ -50,19 +53,20 @@ def masked_mean(x, mask):
   return (x * mask).sum() / xp.maximum(mask.sum(), 1.0)
 
 
-def policy_loss(logprobs, old_logprobs, advantages, mask, clip_low: float = 0.2,
-                clip_high: float = 0.28, clip_c: float = 10.0):
+def policy_loss(
+  logprobs, old_logprobs, advantages, mask, clip_low: float = 0.2, clip_high: float = 0.28, clip_c: float = 10.0
+):
   """The PPO clipped surrogate with clip-higher and the dual clip, token mean over `mask`.
 
   Log-ratios are clamped to [-20, 20]. Returns (loss, metrics) with metrics "clipfrac",
   "clipfrac_lower" and "approx_kl" (token means).
   """
-  terms = token_terms(logprobs, old_logprobs, advantages, clip_low=clip_low, clip_high=clip_high,
-                      clip_c=clip_c)
+  terms = token_terms(logprobs, old_logprobs, advantages, clip_low=clip_low, clip_high=clip_high, clip_c=clip_c)
   return masked_mean(terms["pg"], mask), {
-      "clipfrac": masked_mean(terms["clipped"], mask),
-      "clipfrac_lower": masked_mean(terms["clipped_lower"], mask),
-      "approx_kl": masked_mean(terms["approx_kl"], mask)}
+    "clipfrac": masked_mean(terms["clipped"], mask),
+    "clipfrac_lower": masked_mean(terms["clipped_lower"], mask),
+    "approx_kl": masked_mean(terms["approx_kl"], mask),
+  }
 
 
 def kl_penalty(logprobs, ref_logprobs, kind: str = "low_var_kl"):
@@ -75,7 +79,7 @@ def kl_penalty(logprobs, ref_logprobs, kind: str = "low_var_kl"):
   if kind == "kl":
     return diff
   if kind == "mse":
-    return 0.5 * diff ** 2
+    return 0.5 * diff**2
   if kind == "low_var_kl":
     kl = xp.clip(-diff, -LOG_RATIO_BOUND, LOG_RATIO_BOUND)
     return xp.clip(xp.exp(kl) - kl - 1.0, -10.0, 10.0)

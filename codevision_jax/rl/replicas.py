@@ -50,10 +50,12 @@ def local_shape(mesh: Mesh, processes: int) -> tuple[int, ...]:
     else:
       break
   if left != 1 or len(shape) != len(mesh.shape):
-    raise ValueError(f"the mesh {dict(mesh.shape)} cannot be split into {processes} per-process "
-                     "blocks along its leading axes (data, then fsdp, then tensor); choose "
-                     "mesh.shape so that the process count divides data, or is data times a "
-                     "divisor of fsdp (and so on)")
+    raise ValueError(
+      f"the mesh {dict(mesh.shape)} cannot be split into {processes} per-process "
+      "blocks along its leading axes (data, then fsdp, then tensor); choose "
+      "mesh.shape so that the process count divides data, or is data times a "
+      "divisor of fsdp (and so on)"
+    )
   return tuple(shape)
 
 
@@ -64,9 +66,11 @@ def replica_mesh(mesh: Mesh) -> Mesh:
   for p in range(processes):
     owners = {d.process_index for d in devices[p].flat}
     if len(owners) != 1:
-      raise ValueError(f"the devices of mesh {dict(mesh.shape)} are not in process order "
-                       f"(block {p} spans processes {sorted(owners)}); build the mesh from "
-                       "jax.devices()")
+      raise ValueError(
+        f"the devices of mesh {dict(mesh.shape)} are not in process order "
+        f"(block {p} spans processes {sorted(owners)}); build the mesh from "
+        "jax.devices()"
+      )
   return Mesh(devices, ("replica",) + tuple(mesh.axis_names))
 
 
@@ -95,8 +99,10 @@ class ReplicaPlacement:
   def localize(self, tree):
     """Arrays of the replica layout -> this process's replica, on its local mesh (no copy)."""
     return jax.tree.map(
-        lambda x, s: jax.make_array_from_single_device_arrays(
-            x.shape, s, [shard.data for shard in x.addressable_shards]), tree, self.local)
+      lambda x, s: jax.make_array_from_single_device_arrays(x.shape, s, [shard.data for shard in x.addressable_shards]),
+      tree,
+      self.local,
+    )
 
 
 def share(n: int, process: int | None = None, processes: int | None = None) -> tuple[int, int]:
@@ -124,10 +130,11 @@ def allgather_objects(obj: Any) -> list:
   if processes == 1:
     return [obj]
   from jax._src import distributed  # pylint: disable=import-outside-toplevel
+
   client = distributed.global_state.client
   tag = f"cvj_gather/{next(_GATHERS)}"
   data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-  chunks = [data[i:i + GATHER_CHUNK] for i in range(0, len(data), GATHER_CHUNK)] or [b""]
+  chunks = [data[i : i + GATHER_CHUNK] for i in range(0, len(data), GATHER_CHUNK)] or [b""]
   for i, chunk in enumerate(chunks):
     client.key_value_set_bytes(f"{tag}/{me}/{i}", chunk)
   client.key_value_set(f"{tag}/{me}/chunks", str(len(chunks)))
@@ -138,8 +145,9 @@ def allgather_objects(obj: Any) -> list:
       out.append(obj)
       continue
     n = int(client.blocking_key_value_get(f"{tag}/{p}/chunks", timeout_ms))
-    out.append(pickle.loads(b"".join(client.blocking_key_value_get_bytes(f"{tag}/{p}/{i}", timeout_ms)
-                                     for i in range(n))))
+    out.append(
+      pickle.loads(b"".join(client.blocking_key_value_get_bytes(f"{tag}/{p}/{i}", timeout_ms) for i in range(n)))
+    )
   client.wait_at_barrier(f"{tag}/read", timeout_ms)
   for i in range(len(chunks)):
     client.key_value_delete(f"{tag}/{me}/{i}")

@@ -52,8 +52,9 @@ def strip_tool_responses(text: str) -> str:
 # Each public function takes those forms with the reference's meaning and refuses anything else
 # with a TypeError that names the argument and the forms it takes.
 
-_NAMES_FORMS = ("None, a name such as 'rotate_90', a list/tuple/set of names, a dict keyed by "
-                "name, or a JSON-encoded list of names")
+_NAMES_FORMS = (
+  "None, a name such as 'rotate_90', a list/tuple/set of names, a dict keyed by name, or a JSON-encoded list of names"
+)
 
 
 def _names(value: Any, arg: str) -> list[str]:
@@ -66,16 +67,14 @@ def _names(value: Any, arg: str) -> list[str]:
       try:
         value = json.loads(text)
       except ValueError:
-        raise TypeError(f"{arg}: {value!r} starts like a JSON list but does not parse; pass "
-                        f"{_NAMES_FORMS}") from None
+        raise TypeError(f"{arg}: {value!r} starts like a JSON list but does not parse; pass {_NAMES_FORMS}") from None
     else:
       return [text] if text else []
   elif isinstance(value, dict):
     value = list(value)
   elif hasattr(value, "tolist") and not isinstance(value, (bytes, bytearray)):
     value = value.tolist()  # a numpy array of names
-  if not isinstance(value, (list, tuple, set, frozenset)) or not all(
-      isinstance(v, str) for v in value):
+  if not isinstance(value, (list, tuple, set, frozenset)) or not all(isinstance(v, str) for v in value):
     raise TypeError(f"{arg} must be {_NAMES_FORMS}; got {type(value).__name__} {value!r:.80}")
   return [v.strip() for v in value if v.strip()]
 
@@ -91,11 +90,16 @@ def _box(value: Any, arg: str) -> list[float] | None:
       value = None
   elif hasattr(value, "tolist"):
     value = value.tolist()
-  if (isinstance(value, (list, tuple)) and len(value) == 4
-      and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
+  if (
+    isinstance(value, (list, tuple))
+    and len(value) == 4
+    and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+  ):
     return [float(v) for v in value]
-  raise TypeError(f"{arg} must be None or a box [x1, y1, x2, y2] of 4 numbers (a list, tuple, "
-                  f"numpy array or JSON-encoded list); got {value!r:.80}")
+  raise TypeError(
+    f"{arg} must be None or a box [x1, y1, x2, y2] of 4 numbers (a list, tuple, "
+    f"numpy array or JSON-encoded list); got {value!r:.80}"
+  )
 
 
 def _boxes(value: Any, arg: str) -> list[list[float]]:
@@ -109,12 +113,16 @@ def _boxes(value: Any, arg: str) -> list[list[float]]:
       raise TypeError(f"{arg}: {value!r:.80} is not a JSON-encoded list of boxes") from None
   elif hasattr(value, "tolist"):
     value = value.tolist()
-  if isinstance(value, (list, tuple)) and len(value) == 4 and all(
-      isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+  if (
+    isinstance(value, (list, tuple))
+    and len(value) == 4
+    and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+  ):
     return [_box(value, arg)]  # one box
   if not isinstance(value, (list, tuple)):
-    raise TypeError(f"{arg} must be a list of boxes [x1, y1, x2, y2] (or one box, or a "
-                    f"JSON-encoded list); got {type(value).__name__}")
+    raise TypeError(
+      f"{arg} must be a list of boxes [x1, y1, x2, y2] (or one box, or a JSON-encoded list); got {type(value).__name__}"
+    )
   return [_box(b, f"{arg}[{i}]") for i, b in enumerate(value)]
 
 
@@ -122,8 +130,7 @@ def _text(value: Any, arg: str) -> str:
   if value is None:
     return ""
   if not isinstance(value, str):
-    raise TypeError(f"{arg} must be the response text as a str (or None); got "
-                    f"{type(value).__name__}")
+    raise TypeError(f"{arg} must be the response text as a str (or None); got {type(value).__name__}")
   return value
 
 
@@ -134,21 +141,24 @@ def _scalar_answer(value: Any, arg: str) -> str:
     value = value.item()  # a numpy scalar
   if isinstance(value, numbers.Real) and not isinstance(value, bool):
     return str(value)
-  raise TypeError(f"{arg} must be a str or a number (a ground truth may also be a list of "
-                  f"them: any one matches); got {type(value).__name__} {value!r:.80}")
+  raise TypeError(
+    f"{arg} must be a str or a number (a ground truth may also be a list of "
+    f"them: any one matches); got {type(value).__name__} {value!r:.80}"
+  )
 
 
 def _flags(value: Any, arg: str) -> list[bool]:
   if hasattr(value, "tolist"):
     value = value.tolist()
   if not isinstance(value, (list, tuple)) or not all(
-      isinstance(v, (bool, numbers.Integral)) and v in (0, 1) for v in value):
-    raise TypeError(f"{arg} must be a list/tuple/array of booleans (or 0/1), one per rollout; "
-                    f"got {value!r:.80}")
+    isinstance(v, (bool, numbers.Integral)) and v in (0, 1) for v in value
+  ):
+    raise TypeError(f"{arg} must be a list/tuple/array of booleans (or 0/1), one per rollout; got {value!r:.80}")
   return [bool(v) for v in value]
 
 
 # ---- the answer -------------------------------------------------------------------------------
+
 
 def extract_answer(text: str) -> str | None:
   """The final answer: the last complete `<answer>...</answer>` (stripped); else the text after
@@ -195,8 +205,7 @@ def answers_match(prediction: str | float | None, ground_truth: Any) -> bool:
   if isinstance(ground_truth, (list, tuple)):
     truths = [_scalar_answer(t, f"ground_truth[{i}]") for i, t in enumerate(ground_truth)]
     return any(_match(_scalar_answer(prediction, "prediction"), t) for t in truths)
-  return _match(_scalar_answer(prediction, "prediction"),
-                _scalar_answer(ground_truth, "ground_truth"))
+  return _match(_scalar_answer(prediction, "prediction"), _scalar_answer(ground_truth, "ground_truth"))
 
 
 def _match(prediction: str, ground_truth: str) -> bool:
@@ -225,6 +234,7 @@ def _match(prediction: str, ground_truth: str) -> bool:
 
 # ---- the format ---------------------------------------------------------------------------------
 
+
 def format_reward(text: str) -> float:
   """1.0 when the text (tool responses and surrounding space stripped) starts with `<think>`, has
   as many `<think>` as `</think>` (at least one), exactly one complete `<answer>...</answer>`
@@ -248,12 +258,13 @@ def format_reward(text: str) -> float:
   start, end = answers[0].span()
   for block in _THINK.finditer(text):
     holds = block.start() <= start < block.end() or block.start() < end <= block.end()
-    if holds and "<answer>" in block.group(0)[len("<think>"):]:
+    if holds and "<answer>" in block.group(0)[len("<think>") :]:
       return 0.0
   return 1.0
 
 
 # ---- the tool reward -----------------------------------------------------------------------------
+
 
 def required_ops(required_transforms: Any) -> set[str]:
   """The operations that undo the record's transforms: rotate_D -> rotate_{(360 - D) mod 360}
@@ -294,8 +305,9 @@ def necessity(used_tool: Sequence[bool], correct: Sequence[bool]) -> list[float]
   """
   used, right = _flags(used_tool, "used_tool"), _flags(correct, "correct")
   if len(used) != len(right):
-    raise ValueError(f"used_tool has {len(used)} rollouts but correct has {len(right)}; give one "
-                     "flag per rollout of the group in each")
+    raise ValueError(
+      f"used_tool has {len(used)} rollouts but correct has {len(right)}; give one flag per rollout of the group in each"
+    )
   with_tool = [c for u, c in zip(used, right) if u]
   without = [c for u, c in zip(used, right) if not u]
   acc_tool = sum(with_tool) / len(with_tool) if with_tool else 0.0
@@ -305,9 +317,18 @@ def necessity(used_tool: Sequence[bool], correct: Sequence[bool]) -> list[float]
   return [value if (u and c and eligible) else 0.0 for u, c in zip(used, right)]
 
 
-def tool_reward(*, correct: bool, fmt: float, ops: Any, crop_boxes: Any, code_calls: int,
-                required_transforms: Any, gt_bbox: Any, necessity: float = 0.0,
-                weights: dict | None = None) -> dict:
+def tool_reward(
+  *,
+  correct: bool,
+  fmt: float,
+  ops: Any,
+  crop_boxes: Any,
+  code_calls: int,
+  required_transforms: Any,
+  gt_bbox: Any,
+  necessity: float = 0.0,
+  weights: dict | None = None,
+) -> dict:
   """The reward components of one trajectory and their weighted total (see the module docstring).
 
   Keys: r_acc, fmt, r_mandatory, r_necessity, r_exact, r_emerge, c_usage, r_spurious, total.
@@ -318,16 +339,16 @@ def tool_reward(*, correct: bool, fmt: float, ops: Any, crop_boxes: Any, code_ca
   Other forms raise TypeError naming the argument.
   """
   correct, fmt, necessity, code_calls = (
-      v.item() if hasattr(v, "item") and not isinstance(v, (list, tuple)) else v
-      for v in (correct, fmt, necessity, code_calls))  # numpy scalars as Python ones
+    v.item() if hasattr(v, "item") and not isinstance(v, (list, tuple)) else v
+    for v in (correct, fmt, necessity, code_calls)
+  )  # numpy scalars as Python ones
   if not (isinstance(correct, (bool, numbers.Integral)) and correct in (0, 1)):
     raise TypeError(f"correct must be a bool (or 0/1); got {correct!r:.80}")
   for name, value in (("fmt", fmt), ("necessity", necessity)):
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
       raise TypeError(f"{name} must be a number; got {type(value).__name__} {value!r:.80}")
   if isinstance(code_calls, bool) or not isinstance(code_calls, numbers.Integral) or code_calls < 0:
-    raise TypeError(f"code_calls must be the number of code calls, an integer >= 0; got "
-                    f"{code_calls!r:.80}")
+    raise TypeError(f"code_calls must be the number of code calls, an integer >= 0; got {code_calls!r:.80}")
   correct, code_calls = bool(correct), int(code_calls)
   crop_boxes, gt_bbox = _boxes(crop_boxes, "crop_boxes"), _box(gt_bbox, "gt_bbox")
   w = {**DEFAULT_WEIGHTS, **(weights or {})}
@@ -352,8 +373,23 @@ def tool_reward(*, correct: bool, fmt: float, ops: Any, crop_boxes: Any, code_ca
   r_emerge = w["emerge"] if correct and ops - set(CORE_OPS) else 0.0
   c_usage = max(0, code_calls - max(2, len(req)))
   r_spurious = 0 if req & ORIENTATION_OPS else len(ops & ORIENTATION_OPS)
-  total = (r_acc + w["format"] * fmt + w["alpha"] * r_mandatory + w["beta"] * necessity + r_exact
-           + r_emerge - w["gamma"] * (c_usage + r_spurious))
-  return {"r_acc": r_acc, "fmt": float(fmt), "r_mandatory": r_mandatory, "r_necessity": necessity,
-          "r_exact": r_exact, "r_emerge": r_emerge, "c_usage": float(c_usage),
-          "r_spurious": float(r_spurious), "total": total}
+  total = (
+    r_acc
+    + w["format"] * fmt
+    + w["alpha"] * r_mandatory
+    + w["beta"] * necessity
+    + r_exact
+    + r_emerge
+    - w["gamma"] * (c_usage + r_spurious)
+  )
+  return {
+    "r_acc": r_acc,
+    "fmt": float(fmt),
+    "r_mandatory": r_mandatory,
+    "r_necessity": necessity,
+    "r_exact": r_exact,
+    "r_emerge": r_emerge,
+    "c_usage": float(c_usage),
+    "r_spurious": float(r_spurious),
+    "total": total,
+  }

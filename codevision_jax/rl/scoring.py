@@ -93,16 +93,16 @@ def accepted_answers(ground_truth) -> list[str]:
 
 
 EVIDENCE = {
-    "r_acc": "the answer rule on the policy's text, else the judge's verdict on the quoted answer",
-    "fmt": "the policy's text (tool responses stripped)",
-    "r_mandatory": "executor ops and result maps proven by returned pixels; the record's "
-                   "required transforms and target box",
-    "r_exact": "executor ops proven by returned pixels; required transforms",
-    "r_emerge": "executor ops proven by returned pixels; correctness",
-    "r_spurious": "executor ops proven by returned pixels; required transforms",
-    "c_usage": "the agent loop's count of tool calls",
-    "r_necessity": "correctness and tool use across the prompt's group",
-    "r_tool_error": "the agent loop's call statuses",
+  "r_acc": "the answer rule on the policy's text, else the judge's verdict on the quoted answer",
+  "fmt": "the policy's text (tool responses stripped)",
+  "r_mandatory": "executor ops and result maps proven by returned pixels; the record's "
+  "required transforms and target box",
+  "r_exact": "executor ops proven by returned pixels; required transforms",
+  "r_emerge": "executor ops proven by returned pixels; correctness",
+  "r_spurious": "executor ops proven by returned pixels; required transforms",
+  "c_usage": "the agent loop's count of tool calls",
+  "r_necessity": "correctness and tool use across the prompt's group",
+  "r_tool_error": "the agent loop's call statuses",
 }
 
 
@@ -115,15 +115,19 @@ class ScoringStats:
 
   @classmethod
   def of(cls, verdicts: Sequence[Verdict]) -> ScoringStats:
-    return cls(judged=sum(v.judged for v in verdicts), judge_yes=sum(v.from_judge for v in verdicts),
-               judge_fallbacks=sum(v.judge_fallback for v in verdicts),
-               judge_too_long=sum(v.judge_too_long for v in verdicts))
+    return cls(
+      judged=sum(v.judged for v in verdicts),
+      judge_yes=sum(v.from_judge for v in verdicts),
+      judge_fallbacks=sum(v.judge_fallback for v in verdicts),
+      judge_too_long=sum(v.judge_too_long for v in verdicts),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
   """Whether one trajectory's answer is correct, and who decided: the rule, or the judge (asked
   only when the rule did not match and there is an answer and a ground truth)."""
+
   text: str  # the policy's text (`response_text`)
   correct: bool
   from_rule: bool = False
@@ -144,8 +148,7 @@ async def verdict(traj: Trajectory, tokenizer, judge=None) -> Verdict:
   if not (truths and judge is not None and prediction):
     return Verdict(text, False)
   try:
-    yes = bool(await judge.verdict(traj.metadata.get("question") or "", " or ".join(truths),
-                                   prediction))
+    yes = bool(await judge.verdict(traj.metadata.get("question") or "", " or ".join(truths), prediction))
   except AnswerTooLong:
     return Verdict(text, False, judged=True, judge_fallback=True, judge_too_long=True)
   except JudgeUnavailable:
@@ -159,18 +162,33 @@ async def verdicts(trajectories: Sequence[Trajectory], tokenizer, judge=None) ->
   return list(await asyncio.gather(*(verdict(t, tokenizer, judge) for t in trajectories)))
 
 
-async def score(trajectories: Sequence[Trajectory], group_ids: Sequence[int], tokenizer, *,
-                judge=None, weights: dict | None = None, tool_error_penalty: float = -0.05
-                ) -> tuple[np.ndarray, list[dict], ScoringStats]:
+async def score(
+  trajectories: Sequence[Trajectory],
+  group_ids: Sequence[int],
+  tokenizer,
+  *,
+  judge=None,
+  weights: dict | None = None,
+  tool_error_penalty: float = -0.05,
+) -> tuple[np.ndarray, list[dict], ScoringStats]:
   """`score_verdicts` of the trajectories' `verdicts` (the judge's calls concurrent)."""
-  return score_verdicts(trajectories, group_ids, await verdicts(trajectories, tokenizer, judge),
-                        weights=weights, tool_error_penalty=tool_error_penalty)
+  return score_verdicts(
+    trajectories,
+    group_ids,
+    await verdicts(trajectories, tokenizer, judge),
+    weights=weights,
+    tool_error_penalty=tool_error_penalty,
+  )
 
 
-def score_verdicts(trajectories: Sequence[Trajectory], group_ids: Sequence[int],
-                   verdicts: Sequence[Verdict], *, weights: dict | None = None,
-                   tool_error_penalty: float = -0.05
-                   ) -> tuple[np.ndarray, list[dict], ScoringStats]:
+def score_verdicts(
+  trajectories: Sequence[Trajectory],
+  group_ids: Sequence[int],
+  verdicts: Sequence[Verdict],
+  *,
+  weights: dict | None = None,
+  tool_error_penalty: float = -0.05,
+) -> tuple[np.ndarray, list[dict], ScoringStats]:
   """Scores [N], the reward parts of each trajectory (`reward.tool_reward`'s keys plus
   "correct", "used_tool", "tool_errors", "r_tool_error", "score" and the provenance keys of the
   module docstring), and the judge's statistics; `verdicts[i]` is trajectory i's.
@@ -181,8 +199,10 @@ def score_verdicts(trajectories: Sequence[Trajectory], group_ids: Sequence[int],
   False. Everything but the group term (`r_necessity`) is a function of the trajectory alone.
   """
   if len(verdicts) != len(trajectories) or len(group_ids) != len(trajectories):
-    raise ValueError(f"{len(trajectories)} trajectories, {len(verdicts)} verdicts and "
-                     f"{len(group_ids)} group ids: one of each per trajectory")
+    raise ValueError(
+      f"{len(trajectories)} trajectories, {len(verdicts)} verdicts and "
+      f"{len(group_ids)} group ids: one of each per trajectory"
+    )
   correct = [v.correct for v in verdicts]
   used = [len(t.tool_calls) > 0 for t in trajectories]
   group_ids = np.asarray(group_ids)
@@ -193,18 +213,29 @@ def score_verdicts(trajectories: Sequence[Trajectory], group_ids: Sequence[int],
   parts = []
   for i, (traj, v) in enumerate(zip(trajectories, verdicts)):
     names, boxes = operations(traj)
-    p = reward.tool_reward(correct=correct[i], fmt=reward.format_reward(v.text), ops=names,
-                           crop_boxes=boxes, code_calls=len(traj.tool_calls),
-                           required_transforms=traj.metadata.get("required_transforms"),
-                           gt_bbox=traj.metadata.get("target_box"), necessity=float(necessity[i]),
-                           weights=weights)
+    p = reward.tool_reward(
+      correct=correct[i],
+      fmt=reward.format_reward(v.text),
+      ops=names,
+      crop_boxes=boxes,
+      code_calls=len(traj.tool_calls),
+      required_transforms=traj.metadata.get("required_transforms"),
+      gt_bbox=traj.metadata.get("target_box"),
+      necessity=float(necessity[i]),
+      weights=weights,
+    )
     errors = sum(c.status != CallStatus.OK for c in traj.tool_calls)
-    p.update(correct=float(correct[i]), used_tool=float(used[i]), tool_errors=float(errors),
-             r_tool_error=tool_error_penalty * errors, from_rule=float(v.from_rule),
-             from_judge=float(v.from_judge), judge_fallback=float(v.judge_fallback),
-             evidence_calls=float(sum(c.result_image_index is not None for c in traj.tool_calls)),
-             evidence_crop_boxes=float(len(boxes)))
+    p.update(
+      correct=float(correct[i]),
+      used_tool=float(used[i]),
+      tool_errors=float(errors),
+      r_tool_error=tool_error_penalty * errors,
+      from_rule=float(v.from_rule),
+      from_judge=float(v.from_judge),
+      judge_fallback=float(v.judge_fallback),
+      evidence_calls=float(sum(c.result_image_index is not None for c in traj.tool_calls)),
+      evidence_crop_boxes=float(len(boxes)),
+    )
     p["score"] = p["total"] + p["r_tool_error"]
     parts.append(p)
-  return (np.asarray([p["score"] for p in parts], np.float32), parts,
-          ScoringStats.of(verdicts))
+  return (np.asarray([p["score"] for p in parts], np.float32), parts, ScoringStats.of(verdicts))

@@ -52,8 +52,7 @@ class RLStepOptions:
 def _policy_logprobs(params, frozen, mb, *, graphdef, rest, options):
   dtype = options.compute_dtype
   model = nnx.merge(graphdef, cast_floats(params, dtype), cast_floats(frozen, dtype), rest)
-  return loss_lib.chunked_target_logprobs(forward_hidden(model, mb), model.logits, mb["targets"],
-                                          options.loss_chunk)
+  return loss_lib.chunked_target_logprobs(forward_hidden(model, mb), model.logits, mb["targets"], options.loss_chunk)
 
 
 def logprobs(params, frozen, mb, *, graphdef, rest, options: RLStepOptions) -> jax.Array:
@@ -68,14 +67,19 @@ def _objective(params, frozen, mb, *, graphdef, rest, options: RLStepOptions, ol
   old = mb["old_logprobs"] if old is None else old
   old = jax.lax.stop_gradient(logp) if isinstance(old, str) else old  # "current": the old policy.
   ref = mb["ref_logprobs"] if ref is None else ref
-  terms = rl_loss.token_terms(logp, old, mb["advantages"], clip_low=options.clip_low,
-                              clip_high=options.clip_high, clip_c=options.clip_c)
-  kl = (rl_loss.kl_penalty(logp, ref, options.kl_kind) if options.kl_coef
-        else jnp.zeros_like(logp))
+  terms = rl_loss.token_terms(
+    logp, old, mb["advantages"], clip_low=options.clip_low, clip_high=options.clip_high, clip_c=options.clip_c
+  )
+  kl = rl_loss.kl_penalty(logp, ref, options.kl_kind) if options.kl_coef else jnp.zeros_like(logp)
   total = jnp.sum((terms["pg"] + options.kl_coef * kl) * mask)
-  sums = {"pg_loss": terms["pg"], "kl": kl, "clipfrac": terms["clipped"],
-          "clipfrac_lower": terms["clipped_lower"], "approx_kl": terms["approx_kl"],
-          "entropy": entropy}
+  sums = {
+    "pg_loss": terms["pg"],
+    "kl": kl,
+    "clipfrac": terms["clipped"],
+    "clipfrac_lower": terms["clipped_lower"],
+    "approx_kl": terms["approx_kl"],
+    "entropy": entropy,
+  }
   sums = {k: jnp.sum(v * mask) for k, v in sums.items()}
   sums["tokens"] = jnp.sum(mask)
   return total, (jax.lax.stop_gradient(sums), jax.lax.stop_gradient(logp))
@@ -84,7 +88,8 @@ def _objective(params, frozen, mb, *, graphdef, rest, options: RLStepOptions, ol
 def microbatch_grads(params, frozen, mb, *, graphdef, rest, options: RLStepOptions):
   """(gradient of the summed per-token objective, float32; sums of the metric terms)."""
   (_, (sums, _)), grads = jax.value_and_grad(_objective, has_aux=True)(
-      params, frozen, mb, graphdef=graphdef, rest=rest, options=options)
+    params, frozen, mb, graphdef=graphdef, rest=rest, options=options
+  )
   return jax.tree.map(lambda g: g.astype(jnp.float32), grads), sums
 
 
@@ -93,18 +98,23 @@ def apply_grads(state, grads, tokens, *, tx: optax.GradientTransformation, lr_sc
   grads = jax.tree.map(lambda g: g / jnp.maximum(tokens, 1.0), grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   metrics = {"grad_norm": optax.tree.norm(grads), "learning_rate": lr_schedule(state["step"])}
-  return {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-          "opt_state": opt_state}, metrics
+  return {
+    "step": state["step"] + 1,
+    "params": optax.apply_updates(state["params"], updates),
+    "opt_state": opt_state,
+  }, metrics
 
 
 # ---- the fused learner (`rl.learner`) ---------------------------------------------------------------
+
 
 def _mismatch(sample, old, mask) -> dict:
   return {"mismatch": jnp.sum(jnp.abs(sample - old) * mask), "mismatch_tokens": jnp.sum(mask)}
 
 
-def old_and_ref_logprobs(params, reference, frozen, mb, *, with_ref: bool, graphdef, rest,
-                         options: RLStepOptions) -> dict:
+def old_and_ref_logprobs(
+  params, reference, frozen, mb, *, with_ref: bool, graphdef, rest, options: RLStepOptions
+) -> dict:
   """One pass before any update: "old_logprobs" under `params`, "ref_logprobs" under
   `reference` (zeros without `with_ref`), both [b, T] and 0 where no loss, and the `PASS_SUMS`
   of the sampler's log-probs against the old ones."""
@@ -118,13 +128,16 @@ def old_and_ref_logprobs(params, reference, frozen, mb, *, with_ref: bool, graph
 def init_accumulator(params) -> dict:
   """Zero gradient sums (float32, shaped as `params`), the mini-batch's policy tokens and the
   round's metric sums (`METRIC_SUMS`, `PASS_SUMS`)."""
-  return {"grads": jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params),
-          "tokens": jnp.zeros((), jnp.float32),
-          "sums": {k: jnp.zeros((), jnp.float32) for k in METRIC_SUMS + PASS_SUMS}}
+  return {
+    "grads": jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params),
+    "tokens": jnp.zeros((), jnp.float32),
+    "sums": {k: jnp.zeros((), jnp.float32) for k in METRIC_SUMS + PASS_SUMS},
+  }
 
 
-def accumulate(acc, params, reference, frozen, mb, *, old_is_current: bool, ref_in_step: bool,
-               graphdef, rest, options: RLStepOptions) -> dict:
+def accumulate(
+  acc, params, reference, frozen, mb, *, old_is_current: bool, ref_in_step: bool, graphdef, rest, options: RLStepOptions
+) -> dict:
   """`acc` (`init_accumulator`; donate it) plus one microbatch's gradient and metric sums.
 
   `old_is_current`: the old policy is `params` (no `old_logprobs` in `mb`): the ratio is taken
@@ -138,13 +151,16 @@ def accumulate(acc, params, reference, frozen, mb, *, old_is_current: bool, ref_
   elif ref_in_step:
     ref = jnp.zeros(mb["loss_mask"].shape, jnp.float32)
   (_, (sums, logp)), grads = jax.value_and_grad(_objective, has_aux=True)(
-      params, frozen, mb, old="current" if old_is_current else None, ref=ref, **bound)
+    params, frozen, mb, old="current" if old_is_current else None, ref=ref, **bound
+  )
   if old_is_current:
     mask = (mb["loss_mask"] > 0).astype(jnp.float32)
     sums = {**sums, **_mismatch(mb["sample_logprobs"], logp, mask)}
-  return {"grads": jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc["grads"], grads),
-          "tokens": acc["tokens"] + sums["tokens"],
-          "sums": {k: v + sums[k] if k in sums else v for k, v in acc["sums"].items()}}
+  return {
+    "grads": jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc["grads"], grads),
+    "tokens": acc["tokens"] + sums["tokens"],
+    "sums": {k: v + sums[k] if k in sums else v for k, v in acc["sums"].items()},
+  }
 
 
 def add_sums(acc, part: dict) -> dict:
@@ -156,5 +172,8 @@ def apply_accumulated(state, acc, *, tx: optax.GradientTransformation, lr_schedu
   """One optimizer step with the accumulated gradients divided by the mini-batch's policy
   tokens -> (new state, `acc` with gradients and tokens zeroed (its sums kept), metrics)."""
   state, metrics = apply_grads(state, acc["grads"], acc["tokens"], tx=tx, lr_schedule=lr_schedule)
-  return state, {"grads": jax.tree.map(jnp.zeros_like, acc["grads"]),
-                 "tokens": jnp.zeros_like(acc["tokens"]), "sums": acc["sums"]}, metrics
+  return (
+    state,
+    {"grads": jax.tree.map(jnp.zeros_like, acc["grads"]), "tokens": jnp.zeros_like(acc["tokens"]), "sums": acc["sums"]},
+    metrics,
+  )

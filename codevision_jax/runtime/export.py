@@ -45,23 +45,30 @@ def checkpoint_steps(workdir: str) -> list[int]:
   progress writes to a temporary name first)."""
   directory = os.path.abspath(layout.checkpoints(workdir))
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"{workdir}: no checkpoints directory; pass the --workdir of a "
-                            "launch.sft or launch.rl run")
-  return sorted(int(d) for d in os.listdir(directory)
-                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+    raise FileNotFoundError(f"{workdir}: no checkpoints directory; pass the --workdir of a launch.sft or launch.rl run")
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
 
 
 def preprocessor_config(settings, model_type: str) -> dict:
   """A transformers image-processor config with these settings."""
-  return {"image_processor_type": "Qwen2VLImageProcessor",
-          "processor_class": PROCESSOR_CLASSES[model_type],
-          "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-          "do_convert_rgb": True, "resample": 3,
-          "image_mean": list(settings.image_mean), "image_std": list(settings.image_std),
-          "min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels,
-          "size": {"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels},
-          "patch_size": settings.patch_size, "merge_size": settings.merge_size,
-          "temporal_patch_size": settings.temporal_patch_size}
+  return {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": PROCESSOR_CLASSES[model_type],
+    "do_resize": True,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "do_convert_rgb": True,
+    "resample": 3,
+    "image_mean": list(settings.image_mean),
+    "image_std": list(settings.image_std),
+    "min_pixels": settings.min_pixels,
+    "max_pixels": settings.max_pixels,
+    "size": {"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels},
+    "patch_size": settings.patch_size,
+    "merge_size": settings.merge_size,
+    "temporal_patch_size": settings.temporal_patch_size,
+  }
 
 
 class _MissingMetadataWarning(logging.Filter):
@@ -104,6 +111,7 @@ def _open_stacked(item_dir: str, path: str):
   """The tensorstore array of `path` in an Orbax item (OCDBT + zarr or zarr3), opened once per
   export for all its layers; None where that layout is not found."""
   import tensorstore as ts  # An Orbax dependency.
+
   kvstore = {"driver": "ocdbt", "base": f"file://{item_dir}", "path": path}
   for driver in ("zarr", "zarr3"):
     try:
@@ -124,8 +132,10 @@ def _stacked_layer(item_dir: str, full: tuple, layer: int, fallback) -> np.ndarr
     return np.asarray(array[layer].read().result())
   if not _slice_fallback_logged:
     _slice_fallback_logged = True
-    logging.warning("%s: stacked arrays are not in the OCDBT/zarr layout read by tensorstore; "
-                    "restoring each whole (once per layer)", item_dir)
+    logging.warning(
+      "%s: stacked arrays are not in the OCDBT/zarr layout read by tensorstore; restoring each whole (once per layer)",
+      item_dir,
+    )
   return np.asarray(fallback())
 
 
@@ -135,6 +145,7 @@ class RunCheckpoint:
   model's abstract parameter state, and `value_of(path, layer=None)`: one parameter (or one
   layer of a stacked one) read from the checkpoint; `paths`: every parameter path it holds
   (the model's, and LoRA adapters and quantization scales where the run had them)."""
+
   cfg: ml_collections.ConfigDict
   step_dir: str
   tok_dir: str
@@ -159,10 +170,15 @@ def open_checkpoint(workdir: str, step: int | None = None, source: str | None = 
     cfg = ml_collections.ConfigDict(json.load(f))
   tok_dir = source or cfg.model.tokenizer or cfg.model.path or layout.tokenizer(workdir)
   from codevision_jax.processing import tokenizer as tok_lib  # Deferred: transformers import.
+
   tokenizer = tok_lib.load_tokenizer(tok_dir)
   mc = run_setup.model_config(cfg.model, tokenizer)
-  state = nnx.state(abstract_model(mc, param_dtype=run_setup.DTYPES[cfg.model.param_dtype],
-                                   scan_layers=cfg.model.get("scan_layers", False)), nnx.Param)
+  state = nnx.state(
+    abstract_model(
+      mc, param_dtype=run_setup.DTYPES[cfg.model.param_dtype], scan_layers=cfg.model.get("scan_layers", False)
+    ),
+    nnx.Param,
+  )
 
   checkpointer = ocp.PyTreeCheckpointer()
   where = {}
@@ -170,12 +186,14 @@ def open_checkpoint(workdir: str, step: int | None = None, source: str | None = 
     with _no_missing_metadata_warning():
       tree = checkpointer.metadata(layout.item(step_dir, item)).item_metadata.tree
     for path in _leaf_paths(tree):
-      if path[:len(sub)] == sub:
-        where[path[len(sub):]] = (item, path)
+      if path[: len(sub)] == sub:
+        where[path[len(sub) :]] = (item, path)
   missing = [p for p, _ in nnx.to_flat_state(state) if p not in where]
   if missing:
-    raise ValueError(f"{step_dir} lacks parameters the model has, e.g. {missing[:3]}: it is not a "
-                     f"checkpoint of this model ({mc.model_type}, from the run's config)")
+    raise ValueError(
+      f"{step_dir} lacks parameters the model has, e.g. {missing[:3]}: it is not a "
+      f"checkpoint of this model ({mc.model_type}, from the run's config)"
+    )
 
   def value_of(path, layer=None) -> np.ndarray:
     """One parameter, or layer `layer` of a stacked one (scanned decoder layers)."""
@@ -185,8 +203,9 @@ def open_checkpoint(workdir: str, step: int | None = None, source: str | None = 
     target, args = 0, ocp.RestoreArgs(restore_type=np.ndarray)
     for k in reversed(full):
       target, args = {str(k): target}, {str(k): args}
-    out = checkpointer.restore(layout.item(step_dir, item), args=ocp.args.PyTreeRestore(
-        item=target, restore_args=args, partial_restore=True))
+    out = checkpointer.restore(
+      layout.item(step_dir, item), args=ocp.args.PyTreeRestore(item=target, restore_args=args, partial_restore=True)
+    )
     for k in full:
       out = out[str(k)]
     return np.asarray(out)
@@ -197,6 +216,7 @@ def open_checkpoint(workdir: str, step: int | None = None, source: str | None = 
 def merged_values(value_of: Callable, paths, settings: lora.LoraSettings) -> Callable:
   """`value_of` of the merged model: a kernel with LoRA adapters is kernel + scale * A @ B in
   float32, a quantized (QLoRA) kernel is dequantized first; everything else is read as it is."""
+
   def merged(path, layer=None):
     module = path[:-1]
     has = lambda name: module + (name,) in paths  # noqa: E731
@@ -207,19 +227,27 @@ def merged_values(value_of: Callable, paths, settings: lora.LoraSettings) -> Cal
     if not has("lora_a"):
       return lora.dequantize(get("kernel"), kernel_scale)
     return lora.merged_kernel(get("kernel"), get("lora_a"), get("lora_b"), settings.scale, kernel_scale)
+
   return merged
 
 
-def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
-               source: str | None = None, max_shard_size: str = "5GB") -> str:
+def export_run(
+  workdir: str,
+  out_dir: str,
+  *,
+  step: int | None = None,
+  dtype: str | None = None,
+  source: str | None = None,
+  max_shard_size: str = "5GB",
+) -> str:
   """Writes the run's checkpoint `step` (default: the newest) as an HF directory; returns it. A
   LoRA run's adapters are merged into the weights (`merged_values`)."""
   ck = open_checkpoint(workdir, step, source)
   cfg, tok_dir, tokenizer, mc, state = ck.cfg, ck.tok_dir, ck.tokenizer, ck.mc, ck.state
   from codevision_jax.processing import chat_template  # Deferred: transformers import.
   from codevision_jax.processing import tokenizer as tok_lib
-  chat_format, _ = tok_lib.resolve_chat_format(tokenizer, cfg.model.get("chat_format"),
-                                               mc.model_type, tok_dir)
+
+  chat_format, _ = tok_lib.resolve_chat_format(tokenizer, cfg.model.get("chat_format"), mc.model_type, tok_dir)
   value_of = ck.value_of
   lora_settings = lora.settings(cfg)
   if lora_settings.enabled:
@@ -240,12 +268,23 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None, dtype: st
     written.append(generated)
   # The tokenizer's own ids (None where it has none), unless the model's config.json gives them:
   # transformers' defaults are the real vocabulary's, outside a small preset's.
-  ids = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-         if k not in mc.extra_text and k not in mc.extra_top}
+  ids = {
+    k: getattr(tokenizer, k)
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+    if k not in mc.extra_text and k not in mc.extra_top
+  }
   try:
-    return hf_save.write_hf(mc, state, value_of, out_dir, dtype=dtype, max_shard_size=max_shard_size,
-                            files=files, config_updates=ids,
-                            chat_template=chat_template.template_for(chat_format))
+    return hf_save.write_hf(
+      mc,
+      state,
+      value_of,
+      out_dir,
+      dtype=dtype,
+      max_shard_size=max_shard_size,
+      files=files,
+      config_updates=ids,
+      chat_template=chat_template.template_for(chat_format),
+    )
   finally:
     for path in written:
       os.remove(path)
@@ -264,8 +303,9 @@ def is_lora_run(workdir: str, step: int | None = None) -> bool:
     return False  # export_run names the missing step.
 
 
-def export_adapter(workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
-                   base_model: str | None = None) -> str:
+def export_adapter(
+  workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None, base_model: str | None = None
+) -> str:
   """Writes a LoRA run's adapters (checkpoint `step`, default the newest) as a PEFT adapter
   directory (`hf.peft`) for `peft.PeftModel.from_pretrained(<the HF base>, out_dir)`; returns it.
   `base_model` (default: the run's model.path) is recorded as `base_model_name_or_path`. The base
@@ -273,14 +313,21 @@ def export_adapter(workdir: str, out_dir: str, *, step: int | None = None, dtype
   ck = open_checkpoint(workdir, step)
   settings = lora.settings(ck.cfg)
   if not settings.enabled:
-    raise ValueError(f"{workdir}: the run has no LoRA adapters (model.lora.rank is 0 in its saved "
-                     "config); `python -m launch.export` writes its weights as an HF directory")
+    raise ValueError(
+      f"{workdir}: the run has no LoRA adapters (model.lora.rank is 0 in its saved "
+      "config); `python -m launch.export` writes its weights as an HF directory"
+    )
   adapters = {}
   for m in keymap.param_mappings(ck.state, ck.mc):
     module = m.path[:-1]
     if m.path[-1] != "kernel" or module + ("lora_a",) not in ck.paths:
       continue
-    key = m.hf_key[:-len(".weight")]
+    key = m.hf_key[: -len(".weight")]
     adapters[key] = (ck.value_of(module + ("lora_a",), m.layer), ck.value_of(module + ("lora_b",), m.layer))
-  return peft_lib.write_adapter(out_dir, settings, adapters, dtype=np.dtype(dtype or "float32"),
-                                base_model=ck.cfg.model.path if base_model is None else base_model)
+  return peft_lib.write_adapter(
+    out_dir,
+    settings,
+    adapters,
+    dtype=np.dtype(dtype or "float32"),
+    base_model=ck.cfg.model.path if base_model is None else base_model,
+  )

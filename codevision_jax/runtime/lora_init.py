@@ -32,8 +32,9 @@ def _nest(flat: dict) -> dict:
   return out
 
 
-def base_from_run(workdir: str, frozen: dict, frozen_sh: dict, settings: lora.LoraSettings,
-                  key: str = "init.sft_workdir") -> dict:
+def base_from_run(
+  workdir: str, frozen: dict, frozen_sh: dict, settings: lora.LoraSettings, key: str = "init.sft_workdir"
+) -> dict:
   """`frozen` (a pure dict of this run's base, placed by `frozen_sh`) with the values of the
   run in `workdir`'s latest checkpoint. Raises naming `key` when that run is of another model."""
   ck = export.open_checkpoint(workdir)
@@ -42,9 +43,11 @@ def base_from_run(workdir: str, frozen: dict, frozen_sh: dict, settings: lora.Lo
   want = _flat(frozen)
   missing = [p for p in want if p[-1] != lora.SCALE_NAME and p not in ck.paths]
   if missing:
-    raise ValueError(f"{key} {workdir}: its checkpoint lacks parameters this run's model has, e.g. "
-                     f"{['.'.join(map(str, p)) for p in missing[:3]]}: use that run's model settings "
-                     "(model.preset or model.path, model.vocab_size, model.scan_layers)")
+    raise ValueError(
+      f"{key} {workdir}: its checkpoint lacks parameters this run's model has, e.g. "
+      f"{['.'.join(map(str, p)) for p in missing[:3]]}: use that run's model settings "
+      "(model.preset or model.path, model.vocab_size, model.scan_layers)"
+    )
   values = {}
   for path, like in want.items():
     if path[-1] == lora.SCALE_NAME:
@@ -56,7 +59,9 @@ def base_from_run(workdir: str, frozen: dict, frozen_sh: dict, settings: lora.Lo
       values[path], values[scale_path] = q, s.astype(want[scale_path].dtype)
       continue
     if tuple(np.shape(x)) != tuple(like.shape):
-      raise ValueError(f"{key} {workdir}: {'.'.join(map(str, path))} is {list(np.shape(x))} there, "
-                       f"{list(like.shape)} here: use that run's model settings")
+      raise ValueError(
+        f"{key} {workdir}: {'.'.join(map(str, path))} is {list(np.shape(x))} there, "
+        f"{list(like.shape)} here: use that run's model settings"
+      )
     values[path] = np.asarray(x).astype(like.dtype)
   return jax.device_put(_nest(values), frozen_sh)

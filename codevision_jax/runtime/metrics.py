@@ -11,8 +11,16 @@ import time
 from codevision_jax.durations import hms
 
 # Dense bf16 peak TFLOP/s per device, by substring of `jax.devices()[0].device_kind`.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "TPU v6": 918.0, "TPU v5p": 459.0,
-               "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v4": 275.0}
+PEAK_TFLOPS = {
+  "H200": 989.0,
+  "H100": 989.0,
+  "A100": 312.0,
+  "TPU v6": 918.0,
+  "TPU v5p": 459.0,
+  "TPU v5 lite": 197.0,
+  "TPU v5e": 197.0,
+  "TPU v4": 275.0,
+}
 
 
 def peak_flops(device_kind: str, override_tflops: float = 0.0) -> float:
@@ -25,8 +33,7 @@ def peak_flops(device_kind: str, override_tflops: float = 0.0) -> float:
   return 0.0
 
 
-def step_flops(model_config, *, tokens: float, seq_len: int, patches: float,
-               train_vision: bool) -> float:
+def step_flops(model_config, *, tokens: float, seq_len: int, patches: float, train_vision: bool) -> float:
   """Model FLOPs of one training step (forward + backward), the usual 6N-per-token estimate.
 
   Decoder: 6 * (matmul parameters) per token plus causal attention 6 * layers * T * d_attn per
@@ -39,9 +46,9 @@ def step_flops(model_config, *, tokens: float, seq_len: int, patches: float,
   per_layer = t.hidden_size * (d_attn + 2 * d_kv) + d_attn * t.hidden_size + 3 * t.hidden_size * t.intermediate_size
   text_params = t.num_hidden_layers * per_layer + t.hidden_size * t.vocab_size
   text = 6 * text_params * tokens + 6 * t.num_hidden_layers * d_attn * (seq_len / 2) * tokens
-  vis_per_block = 4 * v.hidden_size ** 2 + 3 * v.hidden_size * v.intermediate_size
-  unit = v.hidden_size * v.spatial_merge_size ** 2
-  vis_params = v.depth * vis_per_block + (unit * unit + unit * v.out_hidden_size) / v.spatial_merge_size ** 2
+  vis_per_block = 4 * v.hidden_size**2 + 3 * v.hidden_size * v.intermediate_size
+  unit = v.hidden_size * v.spatial_merge_size**2
+  vis_params = v.depth * vis_per_block + (unit * unit + unit * v.out_hidden_size) / v.spatial_merge_size**2
   mult = 6 if train_vision else 2
   vision = mult * vis_params * patches + mult * v.depth * 2 * v.hidden_size * 256 * patches
   return float(text + vision)
@@ -54,6 +61,7 @@ class SummaryWriter:
     self.writer = None
     if enabled:
       from tensorboardX import SummaryWriter as TBWriter  # Deferred: import cost.
+
       self.writer = TBWriter(logdir)
 
   def scalars(self, step: int, values: dict):
@@ -102,9 +110,11 @@ class ProgressBar:
     eta = (self.total - step) / rate if rate else float("nan")
     filled = int(self.width * step / max(self.total, 1))
     extra = " ".join(f"{k} {v:.4g}" for k, v in values.items())
-    line = (f"step {step}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}] "
-            f"{rate:.2f} it/s {tokens_per_s / 1e3:.1f}k tok/s {extra} "
-            f"ETA {hms(eta) if math.isfinite(eta) else '?'}")
+    line = (
+      f"step {step}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}] "
+      f"{rate:.2f} it/s {tokens_per_s / 1e3:.1f}k tok/s {extra} "
+      f"ETA {hms(eta) if math.isfinite(eta) else '?'}"
+    )
     self.last = line
     if self.tty:
       self.stream.write("\r" + line)

@@ -36,8 +36,9 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   parts = []
   if cfg.max_grad_norm:
     parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
-  parts.append(optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay))
+  parts.append(
+    optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  )
   return optax.chain(*parts)
 
 
@@ -47,11 +48,13 @@ def trainable_filter(freeze_vision_tower: bool, freeze_merger: bool):
   The vision tower is `model.visual` minus its merger (`model.visual.merger`); CodeVision
   freezes both, training the decoder and the LM head only.
   """
+
   def frozen(path, _):
     path = tuple(str(p) for p in path)
     if "visual" not in path:
       return False
     return freeze_merger if "merger" in path else freeze_vision_tower
+
   return nnx.All(nnx.Param, nnx.Not(frozen))
 
 

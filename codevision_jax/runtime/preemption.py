@@ -57,9 +57,11 @@ class Preempted(SystemExit):
     self.unit = unit
 
   def __str__(self) -> str:
-    return (f"preempted (SIGTERM): stopped after {self.unit} {self.step} with a checkpoint; exit "
-            f"status {REQUEUE_EXIT_CODE} asks the scheduler to requeue (rerun the same command to "
-            "resume)")
+    return (
+      f"preempted (SIGTERM): stopped after {self.unit} {self.step} with a checkpoint; exit "
+      f"status {REQUEUE_EXIT_CODE} asks the scheduler to requeue (rerun the same command to "
+      "resume)"
+    )
 
 
 _HANDLER_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_int)
@@ -99,8 +101,10 @@ class Preemption:
 
   def __enter__(self) -> "Preemption":
     if threading.current_thread() is not threading.main_thread():
-      log.info("not on the main thread: SIGTERM is not watched (preemption-safe stops need the "
-               "training loop on the main thread)")
+      log.info(
+        "not on the main thread: SIGTERM is not watched (preemption-safe stops need the "
+        "training loop on the main thread)"
+      )
       return self
     self._chained = _c_handler(signal.SIGTERM) if self.multi_process else None
     self._previous = signal.getsignal(signal.SIGTERM)
@@ -126,19 +130,26 @@ class Preemption:
       log.warning("SIGTERM again: already stopping")
       return
     self.signalled_at = time.monotonic()
-    log.warning("SIGTERM: finishing the %s in flight, then saving a checkpoint and exiting with "
-                "status %d (requeue)%s", self.unit, REQUEUE_EXIT_CODE,
-                f"; abandoning it if it takes over {self.grace_s:g} s (train.sigterm_grace_s)"
-                if self.grace_s else "")
+    log.warning(
+      "SIGTERM: finishing the %s in flight, then saving a checkpoint and exiting with status %d (requeue)%s",
+      self.unit,
+      REQUEUE_EXIT_CODE,
+      f"; abandoning it if it takes over {self.grace_s:g} s (train.sigterm_grace_s)" if self.grace_s else "",
+    )
     if self.grace_s:
       self._watchdog = threading.Timer(self.grace_s, self._abandon)
       self._watchdog.daemon = True
       self._watchdog.start()
 
   def _abandon(self) -> None:
-    log.error("the %s in flight did not finish within train.sigterm_grace_s = %g s of SIGTERM: "
-              "abandoned; exiting with status %d (requeue) without a new checkpoint, the rerun "
-              "resumes from the last one", self.unit, self.grace_s, REQUEUE_EXIT_CODE)
+    log.error(
+      "the %s in flight did not finish within train.sigterm_grace_s = %g s of SIGTERM: "
+      "abandoned; exiting with status %d (requeue) without a new checkpoint, the rerun "
+      "resumes from the last one",
+      self.unit,
+      self.grace_s,
+      REQUEUE_EXIT_CODE,
+    )
     for handler in logging.getLogger().handlers:
       try:
         handler.flush()
@@ -156,6 +167,7 @@ class Preemption:
     steps, and gets the same answer). True stops the grace watchdog: the save is next."""
     if self.multi_process:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
       stop = multihost_utils.reached_preemption_sync_point(step)
     else:
       stop = self.signalled_at is not None

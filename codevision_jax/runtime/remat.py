@@ -18,9 +18,9 @@ import jax
 from flax import nnx
 
 POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "dots_all": jax.checkpoint_policies.dots_saveable,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "dots_all": jax.checkpoint_policies.dots_saveable,
 }
 
 

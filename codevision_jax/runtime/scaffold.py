@@ -47,9 +47,11 @@ STEPS_KEYS = {"step": "train.steps", "round": "train.rounds"}
 
 # ---- the state ------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class SplitModel:
   """A model taken apart for training (`split_model`), and where its train state lives."""
+
   graphdef: Any
   params: nnx.State  # the trainable parameters (`optimizer.trainable_of`)
   frozen: nnx.State  # the parameters that do not train
@@ -67,14 +69,16 @@ def split_model(model: nnx.Module, cfg, tx, mesh, rules) -> SplitModel:
   abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
   state_sh = step_lib.state_shardings(params, abstract_opt, mesh, rules)
   frozen_sh = nnx.to_pure_dict(parallel.state_shardings(frozen, mesh, rules))
-  return SplitModel(graphdef=graphdef, params=params, frozen=frozen, rest=rest, state_sh=state_sh,
-                    frozen_sh=frozen_sh)
+  return SplitModel(graphdef=graphdef, params=params, frozen=frozen, rest=rest, state_sh=state_sh, frozen_sh=frozen_sh)
 
 
 def init_state(params: dict, tx, state_sh: dict) -> dict:
   """The train state at step 0, {"step", "params", "opt_state"}, on the mesh (`state_sh`)."""
-  state = {"step": jnp.zeros((), jnp.int32), "params": params,
-           "opt_state": jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params)}
+  state = {
+    "step": jnp.zeros((), jnp.int32),
+    "params": params,
+    "opt_state": jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params),
+  }
   return jax.device_put(state, {k: state_sh[k] for k in state})
 
 
@@ -82,15 +86,16 @@ def checkpointer(cfg, workdir: str, *, every: int | None = None) -> checkpointin
   """The run's checkpointer on `<workdir>/checkpoints` (`train.checkpoint_every`,
   `train.keep_checkpoints`, `train.async_checkpoints`)."""
   return checkpointing.Checkpointer(
-      os.path.abspath(layout.checkpoints(workdir)),
-      every=cfg.train.checkpoint_every if every is None else every,
-      keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpoints)
+    os.path.abspath(layout.checkpoints(workdir)),
+    every=cfg.train.checkpoint_every if every is None else every,
+    keep=cfg.train.keep_checkpoints,
+    async_save=cfg.train.async_checkpoints,
+  )
 
 
 def latest_step(workdir: str) -> int | None:
   """The newest finished checkpoint's step in `<workdir>/checkpoints`, or None."""
-  ckpt = checkpointing.Checkpointer(os.path.abspath(layout.checkpoints(workdir)), every=0, keep=1,
-                                    async_save=False)
+  ckpt = checkpointing.Checkpointer(os.path.abspath(layout.checkpoints(workdir)), every=0, keep=1, async_save=False)
   try:
     return ckpt.latest_step()
   finally:
@@ -99,9 +104,11 @@ def latest_step(workdir: str) -> int | None:
 
 # ---- the result -----------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class RunResult:
   """What `train.loop.train` and `rl.loop.train` return: the same fields for both."""
+
   run: Any  # what the run was built into: `train.loop.Run`, `rl.loop.RLRun`
   state: dict  # the train state at the end, on the mesh ({"step", "params", "opt_state", ...})
   frozen: dict  # the parameters that did not train, on the mesh
@@ -117,6 +124,7 @@ class RunResult:
 class Resumed:
   """Where a resumed run continues: the checkpoint's step, state, frozen parameters and data
   iterator state."""
+
   step: int
   state: dict
   frozen: dict
@@ -124,6 +132,7 @@ class Resumed:
 
 
 # ---- the loop's services ----------------------------------------------------------------------------
+
 
 class Scaffold:
   """The services of one training loop, opened together and closed together (also when a step
@@ -155,9 +164,11 @@ class Scaffold:
   def restore(self, state, frozen, state_sh, frozen_sh) -> Resumed | None:
     """The checkpoint to continue from (`train.resume_step`, else the newest intact one), its
     config checked against this run's (`resume.check`); None when the workdir has none."""
-    restored = self.ckpt.restore_resumable(checkpointing.abstract_like(state, state_sh),
-                                           checkpointing.abstract_like(frozen, frozen_sh),
-                                           step=self.cfg.train.resume_step or None)
+    restored = self.ckpt.restore_resumable(
+      checkpointing.abstract_like(state, state_sh),
+      checkpointing.abstract_like(frozen, frozen_sh),
+      step=self.cfg.train.resume_step or None,
+    )
     if restored is None:
       return None
     step, state, frozen, data_state, saved_config = restored
@@ -165,8 +176,14 @@ class Scaffold:
     resume.check(saved_config, self.cfg, step=step, steps_key=key)
     self.start = int(step)
     if self.start >= self.total:
-      log.warning("the checkpoint is at %s %d and the run has %d %ss: nothing to train (raise "
-                  "--config.%s to train further)", self.unit, self.start, self.total, self.unit, key)
+      log.warning(
+        "the checkpoint is at %s %d and the run has %d %ss: nothing to train (raise --config.%s to train further)",
+        self.unit,
+        self.start,
+        self.total,
+        self.unit,
+        key,
+      )
     return Resumed(step=self.start, state=state, frozen=frozen, data_state=data_state)
 
   def resumed_from(self) -> None:
@@ -176,13 +193,11 @@ class Scaffold:
   def open(self) -> None:
     """TensorBoard, metrics.jsonl, the progress bar and SIGTERM handling, from `self.start`."""
     self.writer = metrics.SummaryWriter(layout.tensorboard(self.workdir), enabled=self.is_primary)
-    self.metrics = metrics.JsonlWriter(layout.metrics(self.workdir),
-                                       enabled=self.is_primary and self.jsonl)
+    self.metrics = metrics.JsonlWriter(layout.metrics(self.workdir), enabled=self.is_primary and self.jsonl)
     self.bar = metrics.ProgressBar(self.total, start=self.start, every=self.cfg.train.log_every)
     # SIGTERM (a preemption): the step in flight finishes, a checkpoint is saved, `Preempted`
     # exits with the requeue status; train.sigterm_grace_s abandons a step that takes too long.
-    self.preempt = preemption.Preemption(self.cfg.train.get("sigterm_grace_s", 0.0),
-                                         unit=self.unit).__enter__()
+    self.preempt = preemption.Preemption(self.cfg.train.get("sigterm_grace_s", 0.0), unit=self.unit).__enter__()
 
   def scalars(self, step: int, values: dict) -> None:
     """TensorBoard scalars of `step` (None and non-finite values are left out)."""
@@ -199,8 +214,9 @@ class Scaffold:
   def progress(self, step: int, tokens_per_s: float, **values) -> None:
     self.bar.update(step, tokens_per_s, **values)
 
-  def end_step(self, done: int, state, frozen, data_state: dict,
-               hooks: Sequence[StepHook] = ()) -> preemption.Preempted | None:
+  def end_step(
+    self, done: int, state, frozen, data_state: dict, hooks: Sequence[StepHook] = ()
+  ) -> preemption.Preempted | None:
     """After step (round) `done`: its checkpoint when due (`train.checkpoint_every`, the last),
     the hooks, then the SIGTERM check of every process. Returns the `Preempted` to raise once
     the loop has closed its services, after saving `done` if it was not saved; else None."""
@@ -230,5 +246,6 @@ class Scaffold:
         self.preempt = None
 
   def result(self, run, state, frozen, dropped: dict | None = None) -> RunResult:
-    return RunResult(run=run, state=state, frozen=frozen, history=self.history, last=self.last,
-                     steps=self.total, dropped=dropped)
+    return RunResult(
+      run=run, state=state, frozen=frozen, history=self.history, last=self.last, steps=self.total, dropped=dropped
+    )

@@ -40,6 +40,7 @@ IMAGE_WORKERS = 4  # Threads that decode and preprocess tool results (off the ev
 @dataclasses.dataclass
 class AgentStats:
   """Wall time of a run and how the decoder spent it (seconds)."""
+
   wall_s: float = 0.0
   decode_s: float = 0.0
   prefill_s: float = 0.0
@@ -66,22 +67,24 @@ class _Slot:
 class AgentLoop:
   """Runs records through a policy and an environment; see the module docstring."""
 
-  def __init__(self, policy: Policy, env: CodeToolEnvironment, *,
-               on_finish: Callable[[Trajectory], None] | None = None):
+  def __init__(
+    self, policy: Policy, env: CodeToolEnvironment, *, on_finish: Callable[[Trajectory], None] | None = None
+  ):
     self.policy, self.env, self.on_finish = policy, env, on_finish
     self.max_total_tokens = env.config.max_total_tokens
     self.stats = AgentStats()
     capacity = getattr(policy, "capacity", None)
     if capacity is not None and capacity < self.max_total_tokens:
-      raise ValueError(f"the policy holds {capacity} tokens per slot, fewer than max_total_tokens "
-                       f"{self.max_total_tokens}; build it with capacity >= max_total_tokens")
+      raise ValueError(
+        f"the policy holds {capacity} tokens per slot, fewer than max_total_tokens "
+        f"{self.max_total_tokens}; build it with capacity >= max_total_tokens"
+      )
 
   def _start_all(self, starts: list) -> None:
     """Prefills new trajectories' prompts ((slot, trajectory id, Segment)), in one batched call
     when the policy has `start_many`."""
     t = time.perf_counter()
-    items = [(slot, index, seg.input_ids, seg.pixel_values, seg.image_grid_thw)
-             for slot, index, seg in starts]
+    items = [(slot, index, seg.input_ids, seg.pixel_values, seg.image_grid_thw) for slot, index, seg in starts]
     if hasattr(self.policy, "start_many"):
       self.policy.start_many(items)
     else:
@@ -200,12 +203,19 @@ class AgentLoop:
     return sorted(done, key=lambda t: t.id)
 
 
-async def run_agent(policy: Policy, records: Sequence, tokenizer, client, settings: image_lib.ImageSettings,
-                    config: AgentConfig = AgentConfig(), *, on_finish=None, first_id: int = 0
-                    ) -> tuple[list[Trajectory], AgentStats]:
+async def run_agent(
+  policy: Policy,
+  records: Sequence,
+  tokenizer,
+  client,
+  settings: image_lib.ImageSettings,
+  config: AgentConfig = AgentConfig(),
+  *,
+  on_finish=None,
+  first_id: int = 0,
+) -> tuple[list[Trajectory], AgentStats]:
   """Trajectories for `records` (in order, ids from `first_id`) under the CodeVision tool
   environment, and the run's statistics."""
-  loop = AgentLoop(policy, CodeToolEnvironment(tokenizer, client, settings, config),
-                   on_finish=on_finish)
+  loop = AgentLoop(policy, CodeToolEnvironment(tokenizer, client, settings, config), on_finish=on_finish)
   trajectories = await loop.run(records, first_id)
   return trajectories, loop.stats

@@ -114,7 +114,7 @@ def id_array(ids: Sequence[int]) -> np.ndarray:
   """Token ids padded with -1 to a multiple of `ID_SLOTS` entries (at least one multiple)."""
   ids = [int(i) for i in ids]
   out = np.full((max(ID_SLOTS, -(-len(ids) // ID_SLOTS) * ID_SLOTS),), -1, np.int32)
-  out[:len(ids)] = ids
+  out[: len(ids)] = ids
   return out
 
 
@@ -181,8 +181,10 @@ def _embed(graphdef, params, rest, input_ids, vision):
   embeds = place_image_features(embeds, image_index, features)
   if not deepstack_features:
     return embeds, None
-  return embeds, (image_index >= 0, [place_image_features(jnp.zeros_like(embeds), image_index, f)
-                                     for f in deepstack_features])
+  return embeds, (
+    image_index >= 0,
+    [place_image_features(jnp.zeros_like(embeds), image_index, f) for f in deepstack_features],
+  )
 
 
 PATCH_BUCKET_BASE = 64
@@ -214,8 +216,7 @@ def padded_vision_inputs(config, pixel_values, image_grid_thw):
     pixels = np.concatenate([pixels, np.zeros((bucket - n, pixels.shape[1]), pixels.dtype)])
   meta = prepare.vision_metadata(config, grid)
   span = prepare.span_bound(bucket)
-  meta = meta.replace(full_span=span,
-                      window_span=meta.window_span if config.vision.window_size else span)
+  meta = meta.replace(full_span=span, window_span=meta.window_span if config.vision.window_size else span)
   return pixels, meta
 
 
@@ -227,12 +228,28 @@ def _run_vision(engine, pixel_values, image_grid_thw):
   return _vision(engine._graphdef, engine._params, engine._rest, jnp.asarray(pixels), meta)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "all_slots", "cache_sharding", "span",
-                                           "page_size"),
-                   donate_argnames=("state",))
-def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstack, positions, n_real,
-             last, advance, write=None, *, all_slots: bool, cache_sharding=None, span: int = 0,
-             page_size: int = 0) -> DecodeState:
+@functools.partial(
+  jax.jit, static_argnames=("graphdef", "all_slots", "cache_sharding", "span", "page_size"), donate_argnames=("state",)
+)
+def _prefill(
+  graphdef,
+  params,
+  rest,
+  state: DecodeState,
+  slots,
+  embeds,
+  deepstack,
+  positions,
+  n_real,
+  last,
+  advance,
+  write=None,
+  *,
+  all_slots: bool,
+  cache_sharding=None,
+  span: int = 0,
+  page_size: int = 0,
+) -> DecodeState:
   """Runs the decoder over `embeds` [R, C, H] of `slots` [R], written at each slot's length.
 
   positions [3, R, C] count from the slot's counter; n_real [R]: real tokens of the chunk (the rest
@@ -247,29 +264,64 @@ def _prefill(graphdef, params, rest, state: DecodeState, slots, embeds, deepstac
   c = embeds.shape[1]
   start = state.lengths[slots]
   if page_size:
-    rows, index = state.cache, paged_kv.PagedIndex(write, state.pages[slots, :span // page_size])
+    rows, index = state.cache, paged_kv.PagedIndex(write, state.pages[slots, : span // page_size])
   else:
     rows, index = (state.cache if all_slots else _take_slots(state.cache, slots)), start
   entries = jnp.arange(span or cache_entries(rows))
   mask = entries[None, None, :] <= (start[:, None] + jnp.arange(c))[:, :, None]  # [R, C, span]
   positions = positions + state.counters[slots][None, :, None]
   hidden, rows = model.extend(embeds, positions, mask[:, None], rows, index, deepstack)
-  cache = _constrain(rows if all_slots or page_size else _put_slots(state.cache, rows, slots),
-                     cache_sharding)
+  cache = _constrain(rows if all_slots or page_size else _put_slots(state.cache, rows, slots), cache_sharding)
   at_last = jnp.take_along_axis(hidden, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
   new = model.logits(at_last).astype(state.logits.dtype)
   logits = state.logits.at[slots].set(jnp.where((last >= 0)[:, None], new, state.logits[slots]))
-  return state.replace(cache=cache, logits=logits, lengths=state.lengths.at[slots].add(n_real),
-                       counters=state.counters.at[slots].add(advance))
+  return state.replace(
+    cache=cache,
+    logits=logits,
+    lengths=state.lengths.at[slots].add(n_real),
+    counters=state.counters.at[slots].add(advance),
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_steps", "greedy", "filtered",
-                                           "cache_sharding", "span", "page_size", "round_gather"),
-                   donate_argnames=("state",))
-def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity, keys, counts,
-            temperature, top_k, top_p, stop_ids, banned_ids, yield_ids, *, max_steps: int,
-            greedy: bool, filtered: bool, cache_sharding=None, span: int = 0, page_size: int = 0,
-            round_gather: bool = False):
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    "graphdef",
+    "max_steps",
+    "greedy",
+    "filtered",
+    "cache_sharding",
+    "span",
+    "page_size",
+    "round_gather",
+  ),
+  donate_argnames=("state",),
+)
+def _decode(
+  graphdef,
+  params,
+  rest,
+  state: DecodeState,
+  active,
+  budget,
+  capacity,
+  keys,
+  counts,
+  temperature,
+  top_k,
+  top_p,
+  stop_ids,
+  banned_ids,
+  yield_ids,
+  *,
+  max_steps: int,
+  greedy: bool,
+  filtered: bool,
+  cache_sharding=None,
+  span: int = 0,
+  page_size: int = 0,
+  round_gather: bool = False,
+):
   """Up to `max_steps` tokens for each active row, until a stop token or its budget (at most the
   room left in its slot); the whole call ends after the step in which some row sampled one of
   `yield_ids` (a tool call to serve now: the other rows go on in the next call). Row r samples
@@ -287,7 +339,7 @@ def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity
   pool = None
   if page_size and round_gather:
     pool, start = state.cache, state.lengths
-    table = state.pages[:, :span // page_size]
+    table = state.pages[:, : span // page_size]
     view = _per_layer(pool, lambda layer: paged_kv.dense_view(layer, table))
     span += page_size  # The whole view (the scratch page's entries are never valid keys): no
     # slice of it a step; idle rows write to its last entry.
@@ -304,40 +356,50 @@ def _decode(graphdef, params, rest, state: DecodeState, active, budget, capacity
   def body(carry):
     step, state, n, done, tokens, logprobs, yielded = carry
     step_keys = jax.vmap(jax.random.fold_in)(keys, counts + n)
-    tok, _ = choose_tokens(jnp.where(banned, -jnp.inf, state.logits), step_keys, temperature,
-                           top_k, top_p, greedy=greedy, filtered=filtered)
+    tok, _ = choose_tokens(
+      jnp.where(banned, -jnp.inf, state.logits), step_keys, temperature, top_k, top_p, greedy=greedy, filtered=filtered
+    )
     live = ~done
     tokens = tokens.at[:, step].set(jnp.where(live, tok, 0))
     logprobs = logprobs.at[:, step].set(jnp.where(live, policy_logprobs(state.logits, tok), 0.0))
     index = jnp.where(live, state.lengths, scratch)
     key_ok = (entries[None, :] <= index[:, None]) | ~live[:, None]  # Idle rows: output dropped.
     if page_size:  # The flat pool entry of each row's new token (idle rows: the scratch page's).
-      page = jnp.take_along_axis(state.pages, (state.lengths // page_size)[:, None], 1,
-                                 mode="clip")[:, 0]
-      flat = jnp.where(live, page * page_size + state.lengths % page_size,
-                       paged_kv.SCRATCH_PAGE * page_size)
-      index = paged_kv.PagedIndex(flat[:, None], state.pages[:, :span // page_size])
+      page = jnp.take_along_axis(state.pages, (state.lengths // page_size)[:, None], 1, mode="clip")[:, 0]
+      flat = jnp.where(live, page * page_size + state.lengths % page_size, paged_kv.SCRATCH_PAGE * page_size)
+      index = paged_kv.PagedIndex(flat[:, None], state.pages[:, : span // page_size])
     embeds, _ = model.embed(tok[:, None])
     positions = jnp.broadcast_to(state.counters[None, :, None], (3, s, 1))
     hidden, cache = model.extend(embeds, positions, key_ok[:, None, None, :], state.cache, index)
     cache = _constrain(cache, cache_sharding)
     new_logits = model.logits(hidden[:, -1]).astype(state.logits.dtype)
-    state = state.replace(cache=cache, logits=jnp.where(live[:, None], new_logits, state.logits),
-                          lengths=state.lengths + live, counters=state.counters + live)
+    state = state.replace(
+      cache=cache,
+      logits=jnp.where(live[:, None], new_logits, state.logits),
+      lengths=state.lengths + live,
+      counters=state.counters + live,
+    )
     n = n + live
     stopped = jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
     done = done | (live & stopped) | (n >= budget)
     yielded = jnp.any(live & jnp.any(tok[:, None] == yield_ids[None, :], axis=-1))
     return step + 1, state, n, done, tokens, logprobs, yielded
 
-  carry = (jnp.asarray(0, jnp.int32), state, jnp.zeros((s,), jnp.int32), ~active | (budget <= 0),
-           jnp.zeros((s, max_steps), jnp.int32), jnp.zeros((s, max_steps), jnp.float32),
-           jnp.asarray(False))
+  carry = (
+    jnp.asarray(0, jnp.int32),
+    state,
+    jnp.zeros((s,), jnp.int32),
+    ~active | (budget <= 0),
+    jnp.zeros((s, max_steps), jnp.int32),
+    jnp.zeros((s, max_steps), jnp.float32),
+    jnp.asarray(False),
+  )
   _, state, n, _, tokens, logprobs, _ = jax.lax.while_loop(cond, body, carry)
   if pool is not None:
     steps = max_steps
-    pool = _per_layer((pool, state.cache), lambda both: paged_kv.write_back(
-        both[0], both[1], start, n, state.pages, steps))
+    pool = _per_layer(
+      (pool, state.cache), lambda both: paged_kv.write_back(both[0], both[1], start, n, state.pages, steps)
+    )
     state = state.replace(cache=pool)
   return tokens, logprobs, n, state
 
@@ -367,8 +429,16 @@ class DecodeEngine:
   CPU) is `_decode`'s.
   """
 
-  def __init__(self, model: nnx.Module, *, chunk: int = 128, params: nnx.State | None = None,
-               rules=None, page_size: int = 0, round_gather: bool | None = None):
+  def __init__(
+    self,
+    model: nnx.Module,
+    *,
+    chunk: int = 128,
+    params: nnx.State | None = None,
+    rules=None,
+    page_size: int = 0,
+    round_gather: bool | None = None,
+  ):
     self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
     self.config = model.config
     # The cache's form follows the decoder's (stacked for scanned layers).
@@ -404,8 +474,10 @@ class DecodeEngine:
     old, new = self._check_structure(params)
     for (path, a), (_, b) in zip(old, new):
       if a.shape != b.shape or a.dtype != b.dtype:
-        raise ValueError(f"update_params: {jax.tree_util.keystr(path)} is {b.dtype}{list(b.shape)}, "
-                         f"the sampler was built for {a.dtype}{list(a.shape)}")
+        raise ValueError(
+          f"update_params: {jax.tree_util.keystr(path)} is {b.dtype}{list(b.shape)}, "
+          f"the sampler was built for {a.dtype}{list(a.shape)}"
+        )
     self._params = params
 
   def _check_structure(self, params: nnx.State) -> tuple[list, list]:
@@ -413,9 +485,11 @@ class DecodeEngine:
     new, new_def = jax.tree_util.tree_flatten_with_path(params)
     if new_def != jax.tree.structure(self._params):
       missing = {jax.tree_util.keystr(p) for p, _ in old} ^ {jax.tree_util.keystr(p) for p, _ in new}
-      raise ValueError("update_params: the new state's structure differs from the model's "
-                       f"parameters (paths in one but not the other: {sorted(missing)[:5]}); pass "
-                       "nnx.state(model, nnx.Param) of the same architecture")
+      raise ValueError(
+        "update_params: the new state's structure differs from the model's "
+        f"parameters (paths in one but not the other: {sorted(missing)[:5]}); pass "
+        "nnx.state(model, nnx.Param) of the same architecture"
+      )
     return old, new
 
   @property
@@ -463,9 +537,16 @@ class DecodeEngine:
       self.pool = PagePool(num_pages, p, num_slots, max_pages=-(-capacity // p))
       self._pages_version = -1
       self._cache_sharding = self.cache_sharding(num_pages, p)
-      make = functools.partial(paged_kv.init_pool, tc.num_hidden_layers, num_pages, p,
-                               tc.num_key_value_heads, tc.resolved_head_dim, self.dtype,
-                               stacked=self._stacked)
+      make = functools.partial(
+        paged_kv.init_pool,
+        tc.num_hidden_layers,
+        num_pages,
+        p,
+        tc.num_key_value_heads,
+        tc.resolved_head_dim,
+        self.dtype,
+        stacked=self._stacked,
+      )
     else:
       length = capacity + self.chunk + 1
       self._cache_sharding = self.cache_sharding(num_slots, length)
@@ -475,8 +556,11 @@ class DecodeEngine:
     else:  # Born sharded: the whole cache never exists on one device.
       cache = jax.jit(make, out_shardings=self._cache_sharding)()
     self.state = DecodeState(
-        cache=cache, logits=jnp.zeros((num_slots, tc.vocab_size), jnp.float32),
-        lengths=jnp.zeros((num_slots,), jnp.int32), counters=jnp.zeros((num_slots,), jnp.int32))
+      cache=cache,
+      logits=jnp.zeros((num_slots, tc.vocab_size), jnp.float32),
+      lengths=jnp.zeros((num_slots,), jnp.int32),
+      counters=jnp.zeros((num_slots,), jnp.int32),
+    )
     self.capacity = capacity
     self._sync_pages()
     self._lengths = np.zeros((num_slots,), np.int64)
@@ -504,9 +588,11 @@ class DecodeEngine:
   def _reserve(self, slot: int, tokens: int) -> None:
     """Pages for a paged slot's first `tokens` entries, or PoolFull."""
     if self.pool is not None and not self.pool.reserve(slot, tokens):
-      raise PoolFull(f"slot {slot}: no free pages for {tokens} tokens ({self.pool.free_tokens} "
-                     f"free of the pool's {(self.pool.num_pages - 1) * self.page_size}); free or "
-                     "preempt a slot, or raise the pool size (rollout.kv_pool_tokens)")
+      raise PoolFull(
+        f"slot {slot}: no free pages for {tokens} tokens ({self.pool.free_tokens} "
+        f"free of the pool's {(self.pool.num_pages - 1) * self.page_size}); free or "
+        "preempt a slot, or raise the pool size (rollout.kv_pool_tokens)"
+      )
 
   @property
   def num_slots(self) -> int:
@@ -531,8 +617,9 @@ class DecodeEngine:
     if self.pool is not None:
       self.pool.release(slot)
     self.lengths[slot] = 0
-    self.state = self.state.replace(lengths=self.state.lengths.at[slot].set(0),
-                                    counters=self.state.counters.at[slot].set(0))
+    self.state = self.state.replace(
+      lengths=self.state.lengths.at[slot].set(0), counters=self.state.counters.at[slot].set(0)
+    )
 
   # ---- prefill ----------------------------------------------------------------------------
 
@@ -556,8 +643,10 @@ class DecodeEngine:
     segments are prefilled together, `chunk` tokens of every row a call, in groups of 2^k rows
     (few compilations); each slot ends as `append` leaves it."""
     if not self.chunk:
-      raise ValueError("this engine was built with chunk=0 (whole-batch prefill only); build it "
-                       "with a chunk size to append to single slots")
+      raise ValueError(
+        "this engine was built with chunk=0 (whole-batch prefill only); build it "
+        "with a chunk size to append to single slots"
+      )
     rows = []
     for slot, input_ids, pixel_values, image_grid_thw in items:
       ids = np.asarray(input_ids, np.int32).reshape(-1)
@@ -591,14 +680,15 @@ class DecodeEngine:
     padded = np.full((len(rows), width), self._filler_id(), np.int32)
     positions = np.zeros((3, len(rows), width), np.int32)
     for i, (_, ids, _, grid) in enumerate(rows):
-      padded[i, :len(ids)] = ids
-      positions[:, i, :len(ids)] = prepare.position_ids(self.config, ids[None], grid)[:, 0]
+      padded[i, : len(ids)] = ids
+      positions[:, i, : len(ids)] = prepare.position_ids(self.config, ids[None], grid)[:, 0]
     advance = np.asarray([positions[:, i, :n].max() + 1 for i, n in enumerate(lengths)], np.int32)
     grids = [r[3] for r in rows if r[3] is not None]
     vision = None
     if grids:  # Every row's images in row order: the k-th image token of the batch takes row k.
-      vision = _run_vision(self, np.concatenate([np.asarray(r[2]) for r in rows if r[3] is not None]),
-                           np.concatenate(grids))
+      vision = _run_vision(
+        self, np.concatenate([np.asarray(r[2]) for r in rows if r[3] is not None]), np.concatenate(grids)
+      )
     embeds, deepstack = _embed(self._graphdef, self._params, self._rest, padded, vision)
     for lo in range(0, n_max, c):
       piece = slice(lo, lo + c)
@@ -607,14 +697,27 @@ class DecodeEngine:
       is_last = (lengths > lo) & (lengths <= lo + c)
       write = None
       if self.pool is not None:
-        write = np.stack([self.pool.write_entries(s, int(st) + lo, int(k), c)
-                          for s, st, k in zip(slots, starts, n_real)])
+        write = np.stack(
+          [self.pool.write_entries(s, int(st) + lo, int(k), c) for s, st, k in zip(slots, starts, n_real)]
+        )
       self.state = _prefill(
-          self._graphdef, self._params, self._rest, self.state, slots, embeds[:, piece], ds,
-          positions[:, :, piece], n_real, np.where(is_last, lengths - 1 - lo, -1).astype(np.int32),
-          np.where(is_last, advance, 0).astype(np.int32), write, all_slots=False,
-          cache_sharding=self._cache_sharding,
-          span=self._span(int((starts + np.minimum(lengths, lo)).max()) + c), page_size=self.page_size)
+        self._graphdef,
+        self._params,
+        self._rest,
+        self.state,
+        slots,
+        embeds[:, piece],
+        ds,
+        positions[:, :, piece],
+        n_real,
+        np.where(is_last, lengths - 1 - lo, -1).astype(np.int32),
+        np.where(is_last, advance, 0).astype(np.int32),
+        write,
+        all_slots=False,
+        cache_sharding=self._cache_sharding,
+        span=self._span(int((starts + np.minimum(lengths, lo)).max()) + c),
+        page_size=self.page_size,
+      )
     for s, st, n in zip(slots, starts, lengths):
       self._lengths[s] = st + n
 
@@ -638,24 +741,48 @@ class DecodeEngine:
       for slot, n in enumerate(lengths):
         self._reserve(slot, int(n))
       self._sync_pages()
-      write = np.stack([self.pool.write_entries(slot, 0, int(n), padded.shape[1])
-                        for slot, n in enumerate(lengths)])
+      write = np.stack([self.pool.write_entries(slot, 0, int(n), padded.shape[1]) for slot, n in enumerate(lengths)])
     positions = prepare.position_ids(self.config, padded, image_grid_thw, real)
-    embeds, deepstack = _embed(self._graphdef, self._params, self._rest, padded,
-                               _run_vision(self, pixel_values, image_grid_thw))
-    self.state = _prefill(self._graphdef, self._params, self._rest, self.state,
-                          np.arange(s, dtype=np.int32), embeds, deepstack, positions, lengths,
-                          lengths - 1, (positions.max(axis=(0, 2)) + 1).astype(np.int32), write,
-                          all_slots=True, cache_sharding=self._cache_sharding,
-                          span=self._span(padded.shape[1]), page_size=self.page_size)
+    embeds, deepstack = _embed(
+      self._graphdef, self._params, self._rest, padded, _run_vision(self, pixel_values, image_grid_thw)
+    )
+    self.state = _prefill(
+      self._graphdef,
+      self._params,
+      self._rest,
+      self.state,
+      np.arange(s, dtype=np.int32),
+      embeds,
+      deepstack,
+      positions,
+      lengths,
+      lengths - 1,
+      (positions.max(axis=(0, 2)) + 1).astype(np.int32),
+      write,
+      all_slots=True,
+      cache_sharding=self._cache_sharding,
+      span=self._span(padded.shape[1]),
+      page_size=self.page_size,
+    )
     self._lengths = lengths.astype(np.int64)
 
   # ---- decode -----------------------------------------------------------------------------
 
-  def decode(self, active, budget, keys, counts, *, max_steps: int, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, stop_ids: Sequence[int] = (),
-             banned_ids: Sequence[int] = (), yield_ids: Sequence[int] = ()
-             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def decode(
+    self,
+    active,
+    budget,
+    keys,
+    counts,
+    *,
+    max_steps: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_ids: Sequence[int] = (),
+    banned_ids: Sequence[int] = (),
+    yield_ids: Sequence[int] = (),
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Samples for the slots where `active` [S] is set; see `_decode` (`yield_ids`: stop ids
     that end the call for every slot, e.g. `</tool_call>`, so that its tool runs at once).
     Returns device arrays: tokens and log-probs [S, max_steps] and the count sampled per slot.
@@ -678,12 +805,28 @@ class DecodeEngine:
         budget[slot] = min(budget[slot], self.pool.room(slot) - lengths[slot])
       self._sync_pages()
     tokens, logprobs, n, self.state = _decode(
-        self._graphdef, self._params, self._rest, self.state, active,
-        budget, np.int32(self.capacity), keys, np.asarray(counts, np.int32),
-        np.float32(temperature), np.int32(top_k), np.float32(top_p), id_array(stop_ids),
-        id_array(banned_ids), id_array(yield_ids), max_steps=max_steps, greedy=temperature == 0,
-        filtered=temperature > 0 and (top_k > 0 or top_p < 1), cache_sharding=self._cache_sharding,
-        span=self._span(filled + max_steps), page_size=self.page_size,
-        round_gather=self.round_gather)
+      self._graphdef,
+      self._params,
+      self._rest,
+      self.state,
+      active,
+      budget,
+      np.int32(self.capacity),
+      keys,
+      np.asarray(counts, np.int32),
+      np.float32(temperature),
+      np.int32(top_k),
+      np.float32(top_p),
+      id_array(stop_ids),
+      id_array(banned_ids),
+      id_array(yield_ids),
+      max_steps=max_steps,
+      greedy=temperature == 0,
+      filtered=temperature > 0 and (top_k > 0 or top_p < 1),
+      cache_sharding=self._cache_sharding,
+      span=self._span(filled + max_steps),
+      page_size=self.page_size,
+      round_gather=self.round_gather,
+    )
     self._unsynced = n if self._unsynced is None else self._unsynced + n  # Stays on device.
     return tokens, logprobs, n

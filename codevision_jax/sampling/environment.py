@@ -33,8 +33,7 @@ from codevision_jax.processing import chat
 from codevision_jax.processing import image as image_lib
 from codevision_jax.processing import png as png_lib
 from codevision_jax.processing import code_tool
-from codevision_jax.sampling.trajectory import (CallStatus, Finish, ToolCallRecord, Trajectory,
-                                                TrajectoryImage)
+from codevision_jax.sampling.trajectory import CallStatus, Finish, ToolCallRecord, Trajectory, TrajectoryImage
 from codevision_jax.execution.client import ExecutorUnavailable
 
 TOOL_CALL_END = "</tool_call>"
@@ -43,6 +42,7 @@ TOOL_CALL_END = "</tool_call>"
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
   """The limits of one trajectory."""
+
   max_turns: int = 12  # assistant turns, as CodeVision
   max_total_tokens: int = 16384  # prompt + response, per trajectory
   max_tool_response_tokens: int = 10000
@@ -58,6 +58,7 @@ class AgentConfig:
 @dataclasses.dataclass(frozen=True)
 class Segment:
   """Tokens the policy did not sample (a prompt, a tool turn) and their images, to prefill."""
+
   input_ids: np.ndarray
   pixel_values: np.ndarray | None = None
   image_grid_thw: np.ndarray | None = None
@@ -93,8 +94,7 @@ def prompt_messages(record, system_prompt: bool = True) -> list[dict]:
 class CodeToolEnvironment:
   """CodeVision's `code_image_tool` over an executor client; see the module docstring."""
 
-  def __init__(self, tokenizer, client, settings: image_lib.ImageSettings,
-               config: AgentConfig = AgentConfig()):
+  def __init__(self, tokenizer, client, settings: image_lib.ImageSettings, config: AgentConfig = AgentConfig()):
     self.tokenizer, self.client, self.settings, self.config = tokenizer, client, settings, config
     self.stop_ids = set(stop_ids(tokenizer))
     self.tool_call_end = tokenizer.convert_tokens_to_ids(TOOL_CALL_END)
@@ -109,18 +109,20 @@ class CodeToolEnvironment:
   def start(self, index: int, record) -> tuple[Trajectory, Segment | None]:
     """A new trajectory for `record` and its prompt; None (and the trajectory finished with
     `error`) when the prompt cannot be built or does not fit."""
-    meta = {k: getattr(record, k) for k in ("ground_truth", "required_transforms", "target_box",
-                                           "question", "answer", "data_source")}
+    meta = {
+      k: getattr(record, k)
+      for k in ("ground_truth", "required_transforms", "target_box", "question", "answer", "data_source")
+    }
     traj = Trajectory(id=index, origin=getattr(record, "origin", ""), metadata=meta)
     try:
       messages = prompt_messages(record, self.config.system_prompt)
       n_images = sum(m["content"].count(code_tool.IMAGE_PLACEHOLDER) for m in messages)
-      images = [records_lib.load_image(x, origin=getattr(record, "origin", "") or None)
-                for x in record.images[:n_images]]
+      images = [
+        records_lib.load_image(x, origin=getattr(record, "origin", "") or None) for x in record.images[:n_images]
+      ]
       pv, grid, counts = self._vision(images)
       tools = [code_tool.CODE_IMAGE_TOOL] if self.config.system_prompt else None
-      tok = chat.tokenize_conversation(self.tokenizer, messages, counts, tools=tools,
-                                       add_generation_prompt=True)
+      tok = chat.tokenize_conversation(self.tokenizer, messages, counts, tools=tools, add_generation_prompt=True)
     except (ValueError, TypeError, OSError) as e:  # A bad record ends as an error, not the run.
       traj.error = f"record {traj.origin or index}: {type(e).__name__}: {e}"
       traj.finish_reason = Finish.ERROR
@@ -130,9 +132,11 @@ class CodeToolEnvironment:
     traj.add(tok.input_ids, 0)
     traj.prompt_length = len(tok.input_ids)
     if len(tok.input_ids) >= self.config.max_total_tokens:
-      traj.error = (f"the prompt has {len(tok.input_ids)} tokens, over max_total_tokens "
-                    f"{self.config.max_total_tokens} (agent.max_total_tokens): raise it, or "
-                    "shorten the prompt")
+      traj.error = (
+        f"the prompt has {len(tok.input_ids)} tokens, over max_total_tokens "
+        f"{self.config.max_total_tokens} (agent.max_total_tokens): raise it, or "
+        "shorten the prompt"
+      )
       traj.finish_reason = Finish.ERROR
       return traj, None
     return traj, Segment(tok.input_ids, pv, grid)
@@ -150,14 +154,15 @@ class CodeToolEnvironment:
     raw = blocks[-1].strip() if blocks else text
     parsed = code_tool.parse_tool_call(text, len(traj.images))
     if isinstance(parsed, code_tool.ParseError):
-      return ToolCallRecord(turn=traj.num_turns, raw=raw, status=CallStatus.PARSE_ERROR,
-                            error=parsed.message)
-    call = ToolCallRecord(turn=traj.num_turns, raw=raw, code=parsed.code,
-                          description=parsed.description, image_index=parsed.image_index)
+      return ToolCallRecord(turn=traj.num_turns, raw=raw, status=CallStatus.PARSE_ERROR, error=parsed.message)
+    call = ToolCallRecord(
+      turn=traj.num_turns, raw=raw, code=parsed.code, description=parsed.description, image_index=parsed.image_index
+    )
     if len(traj.images) >= self.config.max_images:
-      call.status, call.error = CallStatus.LIMIT, (
-          f"this conversation already has {len(traj.images)} images, the limit; answer with what "
-          "you have")
+      call.status, call.error = (
+        CallStatus.LIMIT,
+        (f"this conversation already has {len(traj.images)} images, the limit; answer with what you have"),
+      )
     return call
 
   async def execute(self, traj: Trajectory, call: ToolCallRecord) -> bytes | None:
@@ -165,8 +170,9 @@ class CodeToolEnvironment:
     call's status, error, ops, stdout and latency filled in."""
     t = time.perf_counter()
     try:
-      res = await self.client.execute(call.code, [im.png for im in traj.images], call.image_index,
-                                      timeout_s=self.config.tool_timeout_s)
+      res = await self.client.execute(
+        call.code, [im.png for im in traj.images], call.image_index, timeout_s=self.config.tool_timeout_s
+      )
     except (ExecutorUnavailable, ValueError, aiohttp.ClientError, asyncio.TimeoutError) as e:
       call.status, call.error = CallStatus.EXECUTOR_ERROR, f"{type(e).__name__}: {e}"
       return None
@@ -176,8 +182,10 @@ class CodeToolEnvironment:
     if not res.ok:
       call.status, call.error = CallStatus.CODE_ERROR, res.error_text()
     elif not res.images:
-      call.status, call.error = CallStatus.CODE_ERROR, ("the code produced no image: leave the "
-                                                        "output image in `result`")
+      call.status, call.error = (
+        CallStatus.CODE_ERROR,
+        ("the code produced no image: leave the output image in `result`"),
+      )
     else:
       call.result_map = res.result_maps[0] if res.result_maps else None
       return res.images[0]
@@ -194,8 +202,7 @@ class CodeToolEnvironment:
     except image_lib.ImagePreprocessingError as e:
       return e
 
-  def tool_turn(self, traj: Trajectory, call: ToolCallRecord, png: bytes | None,
-                vision=None) -> Segment | Finish:
+  def tool_turn(self, traj: Trajectory, call: ToolCallRecord, png: bytes | None, vision=None) -> Segment | Finish:
     """Records the call and builds the tool turn that answers it (its result image, or its error)
     up to the next generation prompt; a Finish when the trajectory cannot go on. `vision`: the
     png's `result_vision` when already computed."""
@@ -215,17 +222,20 @@ class CodeToolEnvironment:
         pv, grid, counts = vision
       if png is not None and counts[0] + 32 > cfg.max_tool_response_tokens:
         call.status = CallStatus.LIMIT
-        call.error = (f"the result image needs {counts[0]} tokens, over the limit of "
-                      f"{cfg.max_tool_response_tokens}; crop or downscale it")
+        call.error = (
+          f"the result image needs {counts[0]} tokens, over the limit of "
+          f"{cfg.max_tool_response_tokens}; crop or downscale it"
+        )
         png, pv, grid, counts = None, None, None, ()
-    stdout = (call.stdout or "")[:cfg.max_stdout_chars].strip()
+    stdout = (call.stdout or "")[: cfg.max_stdout_chars].strip()
     if png is not None:
       call.result_image_index = len(traj.images)
       content = code_tool.tool_response_content(call.result_image_index, stdout or None)
     else:
       content = f"Error: {call.error}"
-    ids, _ = chat.tokenize_text(self.tokenizer, chat.IM_END + chat.render_tool_turn([content]),
-                                image_token_counts=counts)
+    ids, _ = chat.tokenize_text(
+      self.tokenizer, chat.IM_END + chat.render_tool_turn([content]), image_token_counts=counts
+    )
     if len(traj.token_ids) + len(ids) >= cfg.max_total_tokens:
       return Finish.MAX_TOKENS
     if png is not None:

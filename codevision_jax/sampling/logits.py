@@ -49,8 +49,9 @@ def filtered_sorted_logits(scaled: jax.Array, top_k, top_p) -> tuple[jax.Array, 
   return order, jnp.where(keep, ranked, -jnp.inf)
 
 
-def choose_tokens(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p, *, greedy: bool,
-                  filtered: bool) -> tuple[jax.Array, jax.Array]:
+def choose_tokens(
+  logits: jax.Array, keys: jax.Array, temperature, top_k, top_p, *, greedy: bool, filtered: bool
+) -> tuple[jax.Array, jax.Array]:
   """The next token of each row and its policy log-probability.
 
   logits [B, V]; keys [B] PRNG keys (one per row, already specific to this step). `greedy` and

@@ -93,6 +93,7 @@ def token_bytes(text_config, dtype) -> int:
 class CacheFit:
   """What a KV cache holds: `pool_tokens` in all, `token_bytes` a token; how many trajectories
   of `average_tokens` and of `max_tokens` fit at once; `slots` configured."""
+
   paged: bool
   pool_tokens: int
   token_bytes: int
@@ -102,18 +103,22 @@ class CacheFit:
 
   @property
   def gib(self) -> float:
-    return self.pool_tokens * self.token_bytes / 2 ** 30
+    return self.pool_tokens * self.token_bytes / 2**30
 
   def fit(self, tokens: int) -> int:
     return self.pool_tokens // max(tokens, 1) if self.paged else self.slots
 
   def line(self) -> str:
     if not self.paged:
-      return (f"KV cache: dense, {self.slots} slots x {self.max_tokens} tokens ({self.gib:.2f} GiB, "
-              f"{self.token_bytes / 1024:.1f} KiB a token): {self.slots} trajectories in flight "
-              "whatever their lengths")
-    return (f"KV cache: paged, a pool of {self.pool_tokens} tokens ({self.gib:.2f} GiB, "
-            f"{self.token_bytes / 1024:.1f} KiB a token) for {self.slots} slots: "
-            f"{min(self.fit(self.average_tokens), self.slots)} trajectories of {self.average_tokens} "
-            f"tokens fit at once, {min(self.fit(self.max_tokens), self.slots)} of the maximum "
-            f"{self.max_tokens}")
+      return (
+        f"KV cache: dense, {self.slots} slots x {self.max_tokens} tokens ({self.gib:.2f} GiB, "
+        f"{self.token_bytes / 1024:.1f} KiB a token): {self.slots} trajectories in flight "
+        "whatever their lengths"
+      )
+    return (
+      f"KV cache: paged, a pool of {self.pool_tokens} tokens ({self.gib:.2f} GiB, "
+      f"{self.token_bytes / 1024:.1f} KiB a token) for {self.slots} slots: "
+      f"{min(self.fit(self.average_tokens), self.slots)} trajectories of {self.average_tokens} "
+      f"tokens fit at once, {min(self.fit(self.max_tokens), self.slots)} of the maximum "
+      f"{self.max_tokens}"
+    )

@@ -44,28 +44,22 @@ log = logging.getLogger(__name__)
 class Policy(Protocol):
   num_slots: int
 
-  def start(self, slot: int, trajectory_id: int, input_ids, pixel_values=None,
-            image_grid_thw=None) -> None:
-    ...
+  def start(self, slot: int, trajectory_id: int, input_ids, pixel_values=None, image_grid_thw=None) -> None: ...
 
-  def append(self, slot: int, input_ids, pixel_values=None, image_grid_thw=None) -> None:
-    ...
+  def append(self, slot: int, input_ids, pixel_values=None, image_grid_thw=None) -> None: ...
 
-  def decode(self, slots: Sequence[int], budgets: Sequence[int]
-             ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    ...
+  def decode(self, slots: Sequence[int], budgets: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]: ...
 
-  def finish(self, slot: int) -> None:
-    ...
+  def finish(self, slot: int) -> None: ...
 
-  def can_admit(self, pending: int = 0) -> bool:
-    ...
+  def can_admit(self, pending: int = 0) -> bool: ...
 
 
 @dataclasses.dataclass
 class _Held:
   """What a paged slot holds, to prefill it again after a preemption: its segments in order
   (token ids, pixel values or None, grids or None) and when it started (the preemption order)."""
+
   started: int
   segments: list = dataclasses.field(default_factory=list)
 
@@ -99,25 +93,47 @@ class ModelPolicy:
   it is logged at start.
   """
 
-  def __init__(self, model: nnx.Module, stop_ids: Sequence[int], *, num_slots: int = 8,
-               capacity: int = 4096, chunk: int = 128, steps_per_call: int = 32,
-               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-               params: nnx.State | None = None, rules=None, yield_ids: Sequence[int] = (),
-               page_size: int = 0, pool_tokens: int | None = None, admit_tokens: int | None = None,
-               average_tokens: int | None = None):
+  def __init__(
+    self,
+    model: nnx.Module,
+    stop_ids: Sequence[int],
+    *,
+    num_slots: int = 8,
+    capacity: int = 4096,
+    chunk: int = 128,
+    steps_per_call: int = 32,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    params: nnx.State | None = None,
+    rules=None,
+    yield_ids: Sequence[int] = (),
+    page_size: int = 0,
+    pool_tokens: int | None = None,
+    admit_tokens: int | None = None,
+    average_tokens: int | None = None,
+  ):
     self.num_slots, self.capacity = num_slots, capacity
     if page_size:
       pool_tokens = num_slots * capacity if not pool_tokens else min(pool_tokens, num_slots * capacity)
     self.pool_tokens = pool_tokens
     if page_size and pool_tokens < capacity:
-      raise ValueError(f"the KV pool of {pool_tokens} tokens (rollout.kv_pool_tokens) cannot hold "
-                       f"one trajectory of {capacity} tokens; raise it to at least {capacity}")
+      raise ValueError(
+        f"the KV pool of {pool_tokens} tokens (rollout.kv_pool_tokens) cannot hold "
+        f"one trajectory of {capacity} tokens; raise it to at least {capacity}"
+      )
     self.admit_tokens = capacity // 8 if admit_tokens is None else admit_tokens
     self.engine = DecodeEngine(model, chunk=chunk, params=params, rules=rules, page_size=page_size)
     self.engine.allocate(num_slots, capacity, pool_tokens)
-    self.fit = CacheFit(bool(page_size), pool_tokens if page_size else num_slots * capacity,
-                        token_bytes(model.config.text, self.engine.dtype), num_slots, capacity,
-                        capacity // 4 if average_tokens is None else average_tokens)
+    self.fit = CacheFit(
+      bool(page_size),
+      pool_tokens if page_size else num_slots * capacity,
+      token_bytes(model.config.text, self.engine.dtype),
+      num_slots,
+      capacity,
+      capacity // 4 if average_tokens is None else average_tokens,
+    )
     log.info(self.fit.line())
     self._held: dict[int, _Held] = {}  # paged: every slot in use
     self.paused: list[int] = []  # paged: preempted slots, oldest first
@@ -129,8 +145,9 @@ class ModelPolicy:
     self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     self._temperature = temperature  # The policy's own; `reseed` may override it for a while.
     c = model.config
-    self.banned_ids = [i for i in (c.image_token_id, c.video_token_id, c.vision_start_token_id,
-                                   c.vision_end_token_id) if i is not None]
+    self.banned_ids = [
+      i for i in (c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id) if i is not None
+    ]
     self.seed = seed
     self._keys = np.array(jax.random.split(jax.random.PRNGKey(seed), num_slots))
     self._counts = np.zeros((num_slots,), np.int32)
@@ -248,14 +265,16 @@ class ModelPolicy:
     pool, lengths = self.engine.pool, self.engine.lengths
 
     def short() -> int:
-      need = sum(max(pool.pages_for(t) - int(pool.held[s]), 0) for s, t in wants.items()
-                 if s not in self.paused)
+      need = sum(max(pool.pages_for(t) - int(pool.held[s]), 0) for s, t in wants.items() if s not in self.paused)
       return need - pool.free_pages
 
     while short() > 0:
       oldest = min(self._held[s].started for s in wants if s not in self.paused)
-      victims = [s for s in self._held if s not in self.paused and s != keep
-                 and self._held[s].started > oldest and (lengths[s] > 0 or s in wants)]
+      victims = [
+        s
+        for s in self._held
+        if s not in self.paused and s != keep and self._held[s].started > oldest and (lengths[s] > 0 or s in wants)
+      ]
       if not victims:
         return False
       self._preempt(max(victims, key=lambda s: self._held[s].started))
@@ -272,9 +291,9 @@ class ModelPolicy:
     When the oldest is `asked` to decode and there is no room, slots not asked (idle: waiting on
     a tool call) are preempted for it, the latest started first, so that it always progresses."""
     pool = self.engine.pool
+
     def fits(slot):
-      return pool.free_tokens >= min(len(self._held[slot].whole()[0]) + self.steps_per_call,
-                                     self.capacity)
+      return pool.free_tokens >= min(len(self._held[slot].whole()[0]) + self.steps_per_call, self.capacity)
 
     while self.paused:  # Each pass resumes a slot or preempts an idle one: it ends.
       slot = min(self.paused, key=lambda s: self._held[s].started)
@@ -284,8 +303,7 @@ class ModelPolicy:
           return
         slot = min(waiting, key=lambda s: self._held[s].started)
         if not fits(slot):
-          idle = [s for s in self._held if s not in self.paused and s not in asked
-                  and pool.held[s] > 0]
+          idle = [s for s in self._held if s not in self.paused and s not in asked and pool.held[s] > 0]
           if not idle:
             return  # (An empty pool resumes any slot: the pool holds `capacity` at least.)
           self._preempt(max(idle, key=lambda s: self._held[s].started))
@@ -305,8 +323,7 @@ class ModelPolicy:
     if self.paged:
       self._resume(set(asked))
       lengths = self.engine.lengths
-      self._make_room({s: int(lengths[s]) + min(self.steps_per_call, int(b))
-                       for s, b in zip(slots, budgets)})
+      self._make_room({s: int(lengths[s]) + min(self.steps_per_call, int(b)) for s, b in zip(slots, budgets)})
       kept = [(s, b) for s, b in zip(slots, budgets) if s not in self.paused]
       slots, budgets = [s for s, _ in kept], [b for _, b in kept]
     empty = (np.zeros((0,), np.int32), np.zeros((0,), np.float32))
@@ -316,12 +333,21 @@ class ModelPolicy:
     budget = np.zeros((self.num_slots,), np.int32)
     active[list(slots)] = True
     budget[list(slots)] = budgets
-    tokens, logprobs, n = jax.device_get(self.engine.decode(
-        active, budget, self._keys, self._counts, max_steps=self.steps_per_call,
-        stop_ids=self.stop_ids, banned_ids=self.banned_ids, yield_ids=self.yield_ids,
-        **self.sampling))
+    tokens, logprobs, n = jax.device_get(
+      self.engine.decode(
+        active,
+        budget,
+        self._keys,
+        self._counts,
+        max_steps=self.steps_per_call,
+        stop_ids=self.stop_ids,
+        banned_ids=self.banned_ids,
+        yield_ids=self.yield_ids,
+        **self.sampling,
+      )
+    )
     self._counts += n.astype(np.int32)
-    out = {s: (tokens[s, :n[s]], logprobs[s, :n[s]]) for s in slots}
+    out = {s: (tokens[s, : n[s]], logprobs[s, : n[s]]) for s in slots}
     for s in out if self.paged else ():
       self._held[s].add_tokens(out[s][0])
     return {s: out.get(s, empty) for s in asked}

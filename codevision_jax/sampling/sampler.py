@@ -71,9 +71,20 @@ class Sampler:
     """
     self.engine.update_params(params)
 
-  def generate(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None, *,
-               max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-               seed: int = 0, stop_token_ids: Sequence[int] = ()) -> tuple[jax.Array, jax.Array]:
+  def generate(
+    self,
+    input_ids,
+    pixel_values=None,
+    image_grid_thw=None,
+    attention_mask=None,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    stop_token_ids: Sequence[int] = (),
+  ) -> tuple[jax.Array, jax.Array]:
     """Samples up to `max_new_tokens` per row; see the module docstring for the outputs."""
     if (pixel_values is None) != (image_grid_thw is None):
       raise ValueError("pixel_values and image_grid_thw must be given together")
@@ -91,34 +102,61 @@ class Sampler:
     if mask.shape != (b, p):
       raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {input_ids.shape}")
     if not mask[:, -1].all():
-      raise ValueError("inputs must be left-padded (attention_mask[:, -1] all 1), as transformers' "
-                       "processor gives them with padding_side='left'")
+      raise ValueError(
+        "inputs must be left-padded (attention_mask[:, -1] all 1), as transformers' "
+        "processor gives them with padding_side='left'"
+      )
     prepare.check_image_tokens(self.config, input_ids, pixel_values, image_grid_thw)
     n = -(-max_new_tokens // _NEW_TOKEN_MULTIPLE) * _NEW_TOKEN_MULTIPLE
     engine = self.engine
     engine.allocate(b, prompt_bucket(p) + n)
     try:
-      engine.prefill([row[m.astype(bool)] for row, m in zip(input_ids, mask)], pixel_values,
-                     image_grid_thw)
+      engine.prefill([row[m.astype(bool)] for row, m in zip(input_ids, mask)], pixel_values, image_grid_thw)
       tokens, logprobs, counts = engine.decode(
-          np.ones((b,), bool), np.full((b,), max_new_tokens, np.int32),
-          jax.random.split(jax.random.PRNGKey(seed), b), np.zeros((b,), np.int32), max_steps=n,
-          temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stop_token_ids)
+        np.ones((b,), bool),
+        np.full((b,), max_new_tokens, np.int32),
+        jax.random.split(jax.random.PRNGKey(seed), b),
+        np.zeros((b,), np.int32),
+        max_steps=n,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_ids=stop_token_ids,
+      )
     finally:
       engine.release()
     tokens = jnp.where(jnp.arange(n)[None, :] < counts[:, None], tokens, self.pad_token_id)
     return tokens[:, :max_new_tokens], logprobs[:, :max_new_tokens]
 
 
-def generate(model: nnx.Module, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
-             max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-             seed: int = 0, stop_token_ids: Sequence[int] = (), pad_token_id: int | None = None
-             ) -> tuple[jax.Array, jax.Array]:
+def generate(
+  model: nnx.Module,
+  input_ids,
+  pixel_values=None,
+  image_grid_thw=None,
+  attention_mask=None,
+  max_new_tokens: int = 64,
+  temperature: float = 0.0,
+  top_p: float = 1.0,
+  top_k: int = 0,
+  seed: int = 0,
+  stop_token_ids: Sequence[int] = (),
+  pad_token_id: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """`tokens, logprobs` for left-padded processor outputs; see `Sampler` and the module docstring.
 
   Compilations are shared by every model of the same architecture, so repeated calls (with new
   parameters too) compile once per shape bucket.
   """
   return Sampler(model, pad_token_id=pad_token_id).generate(
-      input_ids, pixel_values, image_grid_thw, attention_mask, max_new_tokens=max_new_tokens,
-      temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop_token_ids=stop_token_ids)
+    input_ids,
+    pixel_values,
+    image_grid_thw,
+    attention_mask,
+    max_new_tokens=max_new_tokens,
+    temperature=temperature,
+    top_p=top_p,
+    top_k=top_k,
+    seed=seed,
+    stop_token_ids=stop_token_ids,
+  )

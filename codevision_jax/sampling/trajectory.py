@@ -1,7 +1,7 @@
 """The record of one agent trajectory, and its JSONL form (images saved beside the file).
 
-    save_jsonl(trajectories, "out/trajectories.jsonl")  # images go to out/images/<id>_<k>.png
-    trajectories = load_jsonl("out/trajectories.jsonl")
+save_jsonl(trajectories, "out/trajectories.jsonl")  # images go to out/images/<id>_<k>.png
+trajectories = load_jsonl("out/trajectories.jsonl")
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 class Finish(enum.StrEnum):
   """Why a trajectory ended."""
+
   ANSWER = "answer"  # a turn closed with <|im_end|> or eos after an <answer>
   EOS = "eos"  # a turn closed without one
   MAX_TURNS = "max_turns"  # a tool call in the last allowed assistant turn
@@ -24,6 +25,7 @@ class Finish(enum.StrEnum):
 
 class CallStatus(enum.StrEnum):
   """What came of a tool call."""
+
   OK = "ok"
   PARSE_ERROR = "parse_error"  # malformed JSON, unknown tool, bad argument: never executed
   CODE_ERROR = "code_error"  # the code raised, timed out or returned no usable image
@@ -34,6 +36,7 @@ class CallStatus(enum.StrEnum):
 @dataclasses.dataclass
 class TrajectoryImage:
   """An image of the trajectory at full resolution (PNG bytes) and the grid the model saw."""
+
   png: bytes
   grid_thw: list  # [t, h, w] in patches, after resizing to the model's pixel budget
   source: str  # "input" or "tool"
@@ -42,6 +45,7 @@ class TrajectoryImage:
 @dataclasses.dataclass
 class ToolCallRecord:
   """One `</tool_call>` of the policy and what came of it (`status`: a `CallStatus`)."""
+
   turn: int
   raw: str  # the text of the call block
   code: str | None = None
@@ -61,6 +65,7 @@ class ToolCallRecord:
 @dataclasses.dataclass
 class Trajectory:
   """Tokens (prompt included) with the mask of the ones the policy sampled and their log-probs."""
+
   id: int
   origin: str = ""
   token_ids: list = dataclasses.field(default_factory=list)
@@ -79,7 +84,7 @@ class Trajectory:
     tokens = [int(t) for t in tokens]
     self.token_ids += tokens
     self.policy_mask += [mask] * len(tokens)
-    self.logprobs += ([0.0] * len(tokens) if logprobs is None else [float(x) for x in logprobs])
+    self.logprobs += [0.0] * len(tokens) if logprobs is None else [float(x) for x in logprobs]
 
   @property
   def num_tool_errors(self) -> int:
@@ -87,8 +92,9 @@ class Trajectory:
 
   def to_json(self, image_paths: list[str]) -> dict[str, Any]:
     out = dataclasses.asdict(self)
-    out["images"] = [{"path": p, "grid_thw": list(im.grid_thw), "source": im.source}
-                     for p, im in zip(image_paths, self.images)]
+    out["images"] = [
+      {"path": p, "grid_thw": list(im.grid_thw), "source": im.source} for p, im in zip(image_paths, self.images)
+    ]
     return out
 
   @classmethod

@@ -36,12 +36,19 @@ log = logging.getLogger(__name__)
 
 # ---- building blocks ------------------------------------------------------------------------------
 
+
 def make_spec(cfg) -> pipeline.BatchSpec:
-  return pipeline.BatchSpec(buckets=tuple(cfg.data.buckets), batch_size=cfg.data.batch_size,
-                            patch_budget=cfg.data.patch_budget, grad_accum=cfg.train.grad_accum,
-                            max_images=cfg.data.max_images, num_hosts=jax.process_count(),
-                            sort_window=cfg.data.sort_window, num_groups=cfg.data.groups,
-                            packing=cfg.data.packing)
+  return pipeline.BatchSpec(
+    buckets=tuple(cfg.data.buckets),
+    batch_size=cfg.data.batch_size,
+    patch_budget=cfg.data.patch_budget,
+    grad_accum=cfg.train.grad_accum,
+    max_images=cfg.data.max_images,
+    num_hosts=jax.process_count(),
+    sort_window=cfg.data.sort_window,
+    num_groups=cfg.data.groups,
+    packing=cfg.data.packing,
+  )
 
 
 def record_origin(source, index: int) -> str:
@@ -61,8 +68,15 @@ def dropped_records(cfg, sizes, source) -> list[dict]:
   out = []
   for i in np.flatnonzero(~spec.fits(sizes)):
     n, p, k = (int(x) for x in sizes[i])
-    out.append({"record": record_origin(source, int(i)), "tokens": n, "patches": p, "images": k,
-                "why": why.get(int(i), "an image that cannot be used (data.skip_bad)")})
+    out.append(
+      {
+        "record": record_origin(source, int(i)),
+        "tokens": n,
+        "patches": p,
+        "images": k,
+        "why": why.get(int(i), "an image that cannot be used (data.skip_bad)"),
+      }
+    )
   return out
 
 
@@ -79,17 +93,26 @@ def record_sizes(data_cfg, source, tokenizer, settings, workdir: str):
   """Every record's tokens, patches and images (`size_cache.record_sizes`): read from the size
   cache (`data.size_cache`) or sized in `data.workers` processes; process 0 writes the cache."""
   return size_cache.record_sizes(
-      source, tokenizer, settings, cache_dir=size_cache.cache_dir(data_cfg, workdir),
-      skip_bad=data_cfg.skip_bad, workers=data_cfg.get("workers", 0),
-      process_index=jax.process_index(),
-      barrier=functools.partial(distributed_env.barrier, "size_cache"))
+    source,
+    tokenizer,
+    settings,
+    cache_dir=size_cache.cache_dir(data_cfg, workdir),
+    skip_bad=data_cfg.skip_bad,
+    workers=data_cfg.get("workers", 0),
+    process_index=jax.process_index(),
+    barrier=functools.partial(distributed_env.barrier, "size_cache"),
+  )
 
 
 def check_geometry(cfg, mesh):
   """Batch rows and patches are split over the batch mesh axes: sizes must divide evenly."""
-  geometry.check_divisible(cfg.data.batch_size, cfg.data.patch_budget,
-                           mesh.shape["data"] * mesh.shape["fsdp"], rows_key="data.batch_size",
-                           budget_key="data.patch_budget")
+  geometry.check_divisible(
+    cfg.data.batch_size,
+    cfg.data.patch_budget,
+    mesh.shape["data"] * mesh.shape["fsdp"],
+    rows_key="data.batch_size",
+    budget_key="data.patch_budget",
+  )
 
 
 def to_global(batch: dict, shardings: dict) -> dict:
@@ -99,9 +122,11 @@ def to_global(batch: dict, shardings: dict) -> dict:
 
 # ---- the run -----------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Run:
   """Everything a training run is made of, before the first step (see `build`)."""
+
   cfg: Any
   mesh: Any
   rules: tuple
@@ -109,7 +134,7 @@ class Run:
   plan: pipeline.BatchPlan
   builder: pipeline.BatchBuilder
   total_steps: int
-  state: dict   # {"step", "params", "opt_state"}, on the mesh
+  state: dict  # {"step", "params", "opt_state"}, on the mesh
   frozen: dict  # parameters that do not train, on the mesh
   state_sh: dict
   frozen_sh: dict
@@ -120,8 +145,12 @@ class Run:
     """The jitted step for batches shaped like `host_batch` -> (step, batch shardings)."""
     batch_sh = step_lib.batch_shardings(self.mesh, self.rules, host_batch)
     replicated = NamedSharding(self.mesh, P())
-    return jax.jit(self.step_fn, in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
-                   out_shardings=(self.state_sh, replicated), donate_argnums=(0,)), batch_sh
+    return jax.jit(
+      self.step_fn,
+      in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
+      out_shardings=(self.state_sh, replicated),
+      donate_argnums=(0,),
+    ), batch_sh
 
 
 def build(cfg, workdir: str) -> Run:
@@ -133,26 +162,51 @@ def build(cfg, workdir: str) -> Run:
   mc = model.config
   source = run_setup.conversation_source(cfg.data, kind="sft")
   if not len(source):
-    raise ValueError(f"0 records in {cfg.data.paths or 'the synthetic data (data.synthetic_size)'}: "
-                     "nothing to train on")
+    raise ValueError(
+      f"0 records in {cfg.data.paths or 'the synthetic data (data.synthetic_size)'}: nothing to train on"
+    )
   sizes = record_sizes(cfg.data, source, tokenizer, settings, workdir)
   dropped = dropped_records(cfg, sizes, source)
   plan = make_plan(cfg, sizes, cfg.train.steps)
   total_steps = cfg.train.steps or len(plan)
   builder = pipeline.BatchBuilder(source, tokenizer, settings, plan.spec, mc, host=jax.process_index())
-  log.info("%d records (%d dropped), %d steps per epoch, training %d steps", len(sizes),
-           plan.num_dropped, plan.steps_per_epoch, total_steps)
+  log.info(
+    "%d records (%d dropped), %d steps per epoch, training %d steps",
+    len(sizes),
+    plan.num_dropped,
+    plan.steps_per_epoch,
+    total_steps,
+  )
 
   tx = optim_lib.make_optimizer(cfg.optim, total_steps)
   parts = scaffold.split_model(model, cfg, tx, mesh, rules)
   state = scaffold.init_state(nnx.to_pure_dict(parts.params), tx, parts.state_sh)
-  options = step_lib.StepOptions(compute_dtype=run_setup.DTYPES[cfg.train.compute_dtype],
-                                 loss_chunk=cfg.train.loss_chunk)
-  step_fn = functools.partial(step_lib.train_step, graphdef=parts.graphdef, rest=parts.rest, tx=tx,
-                              lr_schedule=optim_lib.schedule(cfg.optim, total_steps), options=options)
-  return Run(cfg=cfg, mesh=mesh, rules=rules, model_config=mc, plan=plan, builder=builder,
-             total_steps=total_steps, state=state, frozen=nnx.to_pure_dict(parts.frozen),
-             state_sh=parts.state_sh, frozen_sh=parts.frozen_sh, step_fn=step_fn, dropped=dropped)
+  options = step_lib.StepOptions(
+    compute_dtype=run_setup.DTYPES[cfg.train.compute_dtype], loss_chunk=cfg.train.loss_chunk
+  )
+  step_fn = functools.partial(
+    step_lib.train_step,
+    graphdef=parts.graphdef,
+    rest=parts.rest,
+    tx=tx,
+    lr_schedule=optim_lib.schedule(cfg.optim, total_steps),
+    options=options,
+  )
+  return Run(
+    cfg=cfg,
+    mesh=mesh,
+    rules=rules,
+    model_config=mc,
+    plan=plan,
+    builder=builder,
+    total_steps=total_steps,
+    state=state,
+    frozen=nnx.to_pure_dict(parts.frozen),
+    state_sh=parts.state_sh,
+    frozen_sh=parts.frozen_sh,
+    step_fn=step_fn,
+    dropped=dropped,
+  )
 
 
 def host_step_flops(run: Run, host_batch: dict, grids: np.ndarray) -> tuple[float, float]:
@@ -160,8 +214,12 @@ def host_step_flops(run: Run, host_batch: dict, grids: np.ndarray) -> tuple[floa
   hosts = jax.process_count()
   tokens = float((host_batch["attention_mask"] > 0).sum()) * hosts
   flops = metrics_lib.step_flops(
-      run.model_config, tokens=tokens, seq_len=host_batch["input_ids"].shape[-1],
-      patches=float(grids.prod(-1).sum()) * hosts, train_vision=not run.cfg.train.freeze_vision_tower)
+    run.model_config,
+    tokens=tokens,
+    seq_len=host_batch["input_ids"].shape[-1],
+    patches=float(grids.prod(-1).sum()) * hosts,
+    train_vision=not run.cfg.train.freeze_vision_tower,
+  )
   return flops, tokens
 
 
@@ -183,8 +241,9 @@ def train(cfg, workdir: str, *, hooks: Sequence[StepHook] = ()) -> scaffold.RunR
     if resumed is not None:
       state, frozen, data_state = resumed.state, resumed.frozen, resumed.data_state
       sc.resumed_from()
-    iterator = pipeline.make_iterator(run.plan, run.builder, workers=cfg.data.workers,
-                                      buffer=cfg.data.prefetch_buffer, state=data_state)
+    iterator = pipeline.make_iterator(
+      run.plan, run.builder, workers=cfg.data.workers, buffer=cfg.data.prefetch_buffer, state=data_state
+    )
     try:
       sc.open()
       dropped = _report_dropped(run, workdir, sc, sc.start)
@@ -218,13 +277,22 @@ def _steps(run: Run, sc: scaffold.Scaffold, iterator, state, frozen, hooks):
       elapsed = time.perf_counter() - t_last
       last = fetched[-1][1]
       tps = tokens_acc / elapsed if elapsed > 0 else 0.0
-      sc.scalars(done, {"train/loss": last["loss"], "train/learning_rate": last["learning_rate"],
-                        "train/grad_norm": last["grad_norm"], "train/loss_tokens": last["loss_tokens"],
-                        "perf/tokens_per_s": tps,
-                        "perf/mfu": flops_acc / elapsed / peak if peak and elapsed > 0 else None})
+      sc.scalars(
+        done,
+        {
+          "train/loss": last["loss"],
+          "train/learning_rate": last["learning_rate"],
+          "train/grad_norm": last["grad_norm"],
+          "train/loss_tokens": last["loss_tokens"],
+          "perf/tokens_per_s": tps,
+          "perf/mfu": flops_acc / elapsed / peak if peak and elapsed > 0 else None,
+        },
+      )
       sc.progress(done, tps, loss=float(last["loss"]), lr=float(last["learning_rate"]))
-      sc.append([{"step": s, "loss": float(mm["loss"]), "batch_hash": h} for s, mm, h in fetched],
-                last={"step": done, "loss": float(last["loss"]), "tokens_per_s": tps})
+      sc.append(
+        [{"step": s, "loss": float(mm["loss"]), "batch_hash": h} for s, mm, h in fetched],
+        last={"step": done, "loss": float(last["loss"]), "tokens_per_s": tps},
+      )
       pending, t_last, flops_acc, tokens_acc = [], time.perf_counter(), 0.0, 0.0
     stopped = sc.end_step(done, state, frozen, iterator.get_state(), hooks)
     if stopped is not None:
@@ -242,7 +310,5 @@ def _report_dropped(run: Run, workdir: str, sc: scaffold.Scaffold, step: int) ->
     with open(path, "w", encoding="utf-8") as f:
       for d in run.dropped:
         f.write(json.dumps(d) + "\n")
-  sc.scalars(step, {"data/dropped_records": float(len(run.dropped)),
-                    "data/records": float(len(run.plan.sizes))})
-  return {"records": len(run.dropped), "of": len(run.plan.sizes), "why": why,
-          "path": path if run.dropped else None}
+  sc.scalars(step, {"data/dropped_records": float(len(run.dropped)), "data/records": float(len(run.plan.sizes))})
+  return {"records": len(run.dropped), "of": len(run.plan.sizes), "why": why, "path": path if run.dropped else None}

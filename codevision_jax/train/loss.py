@@ -45,16 +45,17 @@ def chunked(fn, chunk: int, *arrays):
   return jax.lax.map(jax.checkpoint(lambda args: fn(*args)), tuple(split(x) for x in arrays))
 
 
-def chunked_token_loss(hidden: jax.Array, logits_fn, targets: jax.Array, mask: jax.Array,
-                       chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+def chunked_token_loss(
+  hidden: jax.Array, logits_fn, targets: jax.Array, mask: jax.Array, chunk: int = 0
+) -> tuple[jax.Array, jax.Array]:
   """`token_loss(logits_fn(hidden), ...)` computed `chunk` positions at a time (0: at once)."""
-  sums, counts = chunked(lambda h, tg, m: token_loss(logits_fn(h), tg, m), chunk, hidden, targets,
-                         mask)
+  sums, counts = chunked(lambda h, tg, m: token_loss(logits_fn(h), tg, m), chunk, hidden, targets, mask)
   return jnp.sum(sums), jnp.sum(counts)
 
 
-def chunked_target_logprobs(hidden: jax.Array, logits_fn, targets: jax.Array,
-                            chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+def chunked_target_logprobs(
+  hidden: jax.Array, logits_fn, targets: jax.Array, chunk: int = 0
+) -> tuple[jax.Array, jax.Array]:
   """`target_logprobs(logits_fn(hidden), targets)` computed `chunk` positions at a time: [B, T]."""
   b, t = targets.shape
   out = chunked(lambda h, tg: target_logprobs(logits_fn(h), tg), chunk, hidden, targets)

@@ -24,7 +24,6 @@ from codevision_jax import parallel
 from codevision_jax.train import loss as loss_lib
 
 
-
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
   compute_dtype: Any = jnp.float32
@@ -43,8 +42,15 @@ def forward_hidden(model, mb: dict) -> jax.Array:
   """
   vision = mb["vision"]
   pixel_values, meta = (vision.pixel_values, vision.meta) if vision.pixel_values.shape[0] else (None, None)
-  return model.forward(mb["input_ids"], pixel_values, meta, mb["attention_mask"], mb["position_ids"],
-                       image_index=mb["image_index"], return_hidden=True)
+  return model.forward(
+    mb["input_ids"],
+    pixel_values,
+    meta,
+    mb["attention_mask"],
+    mb["position_ids"],
+    image_index=mb["image_index"],
+    return_hidden=True,
+  )
 
 
 def microbatch_loss(params, frozen, mb, *, graphdef, rest, options: StepOptions):
@@ -52,12 +58,12 @@ def microbatch_loss(params, frozen, mb, *, graphdef, rest, options: StepOptions)
   dtype = options.compute_dtype
   model = nnx.merge(graphdef, cast_floats(params, dtype), cast_floats(frozen, dtype), rest)
   hidden = forward_hidden(model, mb)
-  return loss_lib.chunked_token_loss(hidden, model.logits, mb["targets"], mb["loss_mask"],
-                                     options.loss_chunk)
+  return loss_lib.chunked_token_loss(hidden, model.logits, mb["targets"], mb["loss_mask"], options.loss_chunk)
 
 
-def train_step(state, frozen, batch, *, graphdef, rest, tx: optax.GradientTransformation,
-               lr_schedule, options: StepOptions):
+def train_step(
+  state, frozen, batch, *, graphdef, rest, tx: optax.GradientTransformation, lr_schedule, options: StepOptions
+):
   """One optimizer step over the batch's microbatches -> (new state, metrics)."""
   params = state["params"]
   grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)
@@ -73,21 +79,28 @@ def train_step(state, frozen, batch, *, graphdef, rest, tx: optax.GradientTransf
   grads = jax.tree.map(lambda g: g / denom, grads)
   updates, opt_state = tx.update(grads, state["opt_state"], params)
   new_params = optax.apply_updates(params, updates)
-  metrics = {"loss": loss_sum / denom, "loss_tokens": count, "grad_norm": optax.tree.norm(grads),
-             "learning_rate": lr_schedule(state["step"]),
-             "tokens": jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32)}
+  metrics = {
+    "loss": loss_sum / denom,
+    "loss_tokens": count,
+    "grad_norm": optax.tree.norm(grads),
+    "learning_rate": lr_schedule(state["step"]),
+    "tokens": jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32),
+  }
   return {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}, metrics
 
 
 # ---- shardings -------------------------------------------------------------------------------------
 
+
 def batch_shardings(mesh, rules, batch: dict, *, stacked: bool = True) -> dict:
   """NamedShardings of a batch (a pytree of arrays): the row axis, or the patch axis of the vision
   inputs, over the batch mesh axes. `stacked`: the arrays have a leading microbatch axis [k, ...]
   (the SFT step's batches); else one microbatch (`position_ids` [3, b, T], the rest [b or P, ...])."""
+
   def sharding(path, x):
     axis = (1 if path[0].key == "position_ids" else 0) + int(stacked)
     return parallel.batch_sharding(mesh, x.ndim, rules, batch_axis=axis)
+
   return jax.tree_util.tree_map_with_path(sharding, batch)
 
 

@@ -41,12 +41,12 @@ from evals.suites.items import BadItem, EvalItem
 Reader = Callable[[str, int], tuple[list[EvalItem], list[BadItem]]]
 
 SUITES: dict[str, Reader] = {
-    "ocrbench": ocrbench.read,
-    "chartqapro": chartqapro.read,
-    "mvtoolbench": mvtoolbench.read,
-    "vstar": vstar.read,
-    "hrbench4k": hrbench.read_4k,
-    "hrbench8k": hrbench.read_8k,
+  "ocrbench": ocrbench.read,
+  "chartqapro": chartqapro.read,
+  "mvtoolbench": mvtoolbench.read,
+  "vstar": vstar.read,
+  "hrbench4k": hrbench.read_4k,
+  "hrbench8k": hrbench.read_8k,
 }
 
 # The readers under the names the single-module `evals/suites.py` gave them.
@@ -71,6 +71,18 @@ def read_suite(name: str, path: str, *, limit: int = 0) -> tuple[list[EvalItem],
   return SUITES[name](path, limit)
 
 
-__all__ = ["SUITES", "BadItem", "EvalItem", "MCQ_INSTRUCTION", "TFDS_PREFIX", "read_suite",
-           "read_tfds", "read_ocrbench", "read_chartqapro", "read_mvtoolbench", "read_vstar",
-           "read_hrbench4k", "read_hrbench8k"]
+__all__ = [
+  "SUITES",
+  "BadItem",
+  "EvalItem",
+  "MCQ_INSTRUCTION",
+  "TFDS_PREFIX",
+  "read_suite",
+  "read_tfds",
+  "read_ocrbench",
+  "read_chartqapro",
+  "read_mvtoolbench",
+  "read_vstar",
+  "read_hrbench4k",
+  "read_hrbench8k",
+]

@@ -15,8 +15,7 @@ from evals.suites.images import image_value
 from evals.suites.items import EvalItem
 
 NAME = "chartqapro"
-EXPECTED = ("the ahmed-masry/ChartQAPro test .parquet (columns Question, Answer, Question Type, "
-            "image)")
+EXPECTED = "the ahmed-masry/ChartQAPro test .parquet (columns Question, Answer, Question Type, image)"
 
 
 def _question(questions: list[str], answers: list[str], paragraph: str = "") -> str:
@@ -37,12 +36,22 @@ def _item(raw, row: int, *, path: str) -> EvalItem:
   image = image_value(raw.get("image"), "image", os.path.dirname(path))
   paragraph = "" if fields.missing(raw.get("Paragraph")) else str(raw["Paragraph"]).strip()
   qtype = fields.category(raw, "Question Type")
-  return EvalItem(suite=NAME, id=fields.item_id(raw, "id", row),
-                  question=_question(questions, answers, paragraph),
-                  answers=[answers[-1]],  # The official scorer scores the last answer only.
-                  image=image, source=f"{path}:{row}", category=qtype,
-                  extra={"question_type": qtype, "questions": questions, "answers": answers,
-                         "year_flags": raw.get("Year"), "paragraph": paragraph})
+  return EvalItem(
+    suite=NAME,
+    id=fields.item_id(raw, "id", row),
+    question=_question(questions, answers, paragraph),
+    answers=[answers[-1]],  # The official scorer scores the last answer only.
+    image=image,
+    source=f"{path}:{row}",
+    category=qtype,
+    extra={
+      "question_type": qtype,
+      "questions": questions,
+      "answers": answers,
+      "year_flags": raw.get("Year"),
+      "paragraph": paragraph,
+    },
+  )
 
 
 def read(path: str, limit: int = 0):

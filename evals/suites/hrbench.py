@@ -28,31 +28,34 @@ def _item(raw, row: int, *, suite: str, path: str, images: Base64Images) -> Eval
   item_id = fields.item_id(raw, "index", row)
   image = images.get(raw.get("image"), item_id)  # First: later rows may refer to this image.
   question = fields.text(raw, "question", "question")
-  options = {k: str(raw[k]).strip() for k in string.ascii_uppercase
-             if not fields.missing(raw.get(k))}
+  options = {k: str(raw[k]).strip() for k in string.ascii_uppercase if not fields.missing(raw.get(k))}
   if not options:
     raise BadRow("no options in columns A, B, C, D")
   answer = fields.option_letter(fields.text(raw, "answer", "ground truth"), "answer")
   if answer not in options:
-    raise BadRow(f"ground truth {answer!r} in field 'answer' is not one of the options "
-                 f"{', '.join(options)}")
-  return EvalItem(suite=suite, id=item_id, question=_mcq_question(question, options),
-                  answers=[answer], image=image, source=f"{path}:{row}",
-                  category=fields.category(raw, "category"),
-                  extra={"index": raw.get("index"), "options": options,
-                         "cycle_category": raw.get("cycle_category")})
+    raise BadRow(f"ground truth {answer!r} in field 'answer' is not one of the options {', '.join(options)}")
+  return EvalItem(
+    suite=suite,
+    id=item_id,
+    question=_mcq_question(question, options),
+    answers=[answer],
+    image=image,
+    source=f"{path}:{row}",
+    category=fields.category(raw, "category"),
+    extra={"index": raw.get("index"), "options": options, "cycle_category": raw.get("cycle_category")},
+  )
 
 
 def _read(suite: str, resolution: str, path: str, limit: int):
   expected = f"hr_bench_{resolution}.tsv (DreamMr/HR-Bench) or a .parquet with the same columns"
-  file = rows.resolve_file(suite, path, (".tsv", ".parquet"),
-                           (f"hr_bench_{resolution}.tsv", f"*{resolution}*.parquet"), expected)
+  file = rows.resolve_file(
+    suite, path, (".tsv", ".parquet"), (f"hr_bench_{resolution}.tsv", f"*{resolution}*.parquet"), expected
+  )
   other = "8k" if resolution == "4k" else "4k"
   if other in os.path.basename(file).lower():
     raise ValueError(f"{file}: this is HR-Bench {other.upper()}, but {suite} reads {expected}")
   raws = rows.table_rows(file, ("question", "answer", "image"), expected)
-  to_item = functools.partial(_item, suite=suite, path=file,
-                              images=Base64Images(os.path.dirname(file)))
+  to_item = functools.partial(_item, suite=suite, path=file, images=Base64Images(os.path.dirname(file)))
   return rows.read(suite, file, raws, to_item, limit, expected)
 
 

@@ -61,8 +61,7 @@ class Base64Images:
     elif len(value.strip()) <= _REF_MAX_CHARS:
       ref = value.strip()
       if ref not in self._by_index:
-        raise BadRow(f"field {field!r} refers to the image of row index {ref!r}, which no earlier "
-                     f"row holds")
+        raise BadRow(f"field {field!r} refers to the image of row index {ref!r}, which no earlier row holds")
       image = self._by_index[ref]
     else:
       image = self._decode(value, field)
@@ -86,5 +85,4 @@ def check_image(image) -> None:
       im.verify()
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error, ...).
     where = f"image file {image}" if isinstance(image, str) else "the image"
-    raise BadRow(f"{where} cannot be decoded ({type(e).__name__}: {e}); replace it with a PNG "
-                 f"or JPEG") from None
+    raise BadRow(f"{where} cannot be decoded ({type(e).__name__}: {e}); replace it with a PNG or JPEG") from None

@@ -8,6 +8,7 @@ import dataclasses
 @dataclasses.dataclass
 class EvalItem:
   """One benchmark question, ready for the eval binary."""
+
   suite: str  # the suite name (a key of SUITES)
   id: str  # stable and unique within the suite: the published id/index, else the row number
   question: str  # the text shown after the image (options included, as the suite words them)
@@ -23,6 +24,7 @@ class EvalItem:
 @dataclasses.dataclass
 class BadItem:
   """A row that could not become an item, and why."""
+
   suite: str
   file: str
   row: int

@@ -17,14 +17,12 @@ from evals.suites import fields, rows
 from evals.suites.items import BadRow, EvalItem
 
 NAME = "mvtoolbench"
-EXPECTED = ("verl RL rows (prompt, images, reward_model.ground_truth, extra_info) in "
-            "a .parquet, .jsonl or .json")
+EXPECTED = "verl RL rows (prompt, images, reward_model.ground_truth, extra_info) in a .parquet, .jsonl or .json"
 
 
 def record_item(conv, row: int, *, suite: str, source: str) -> EvalItem:
   """A normalised RL record (`records.Conversation`, verl fields) -> an item of `suite`."""
-  texts = (m["content"].replace(code_tool.IMAGE_PLACEHOLDER, "").strip()
-           for m in conv.messages if m["role"] == "user")
+  texts = (m["content"].replace(code_tool.IMAGE_PLACEHOLDER, "").strip() for m in conv.messages if m["role"] == "user")
   question = "\n".join(t for t in texts if t)
   if not question:
     raise BadRow("no question: the user prompt in field 'prompt' has no text")
@@ -39,9 +37,18 @@ def record_item(conv, row: int, *, suite: str, source: str) -> EvalItem:
   transforms = list(conv.required_transforms or [])
   extra = dict(conv.extra, data_source=conv.data_source)
   category = fields.category(conv.extra, "category", "type") or "+".join(transforms)
-  return EvalItem(suite=suite, id=fields.item_id(conv.extra, "index", row), question=question,
-                  answers=[str(truth).strip()], image=conv.images[0], source=source,
-                  required_transforms=transforms, target_box=box, category=category, extra=extra)
+  return EvalItem(
+    suite=suite,
+    id=fields.item_id(conv.extra, "index", row),
+    question=question,
+    answers=[str(truth).strip()],
+    image=conv.images[0],
+    source=source,
+    required_transforms=transforms,
+    target_box=box,
+    category=category,
+    extra=extra,
+  )
 
 
 def _item(raw, row: int, *, path: str) -> EvalItem:

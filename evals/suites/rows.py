@@ -29,14 +29,16 @@ def resolve_file(suite: str, path: str, exts: tuple, patterns: tuple, expected: 
       if len(found) == 1:
         return found[0]
       if found:
-        raise ValueError(f"{path}: several files match {pattern!r} ({', '.join(found[:4])}); "
-                         f"pass the one {suite} should read")
-    raise FileNotFoundError(f"{path}: no {' or '.join(patterns)} in this directory; {suite} reads "
-                            f"{expected}")
+        raise ValueError(
+          f"{path}: several files match {pattern!r} ({', '.join(found[:4])}); pass the one {suite} should read"
+        )
+    raise FileNotFoundError(f"{path}: no {' or '.join(patterns)} in this directory; {suite} reads {expected}")
   ext = os.path.splitext(path)[1].lower()
   if ext not in exts:
-    raise ValueError(f"{path}: {suite} reads {expected}, not a {ext or 'extension-less'} file; "
-                     f"pass that file (or the directory holding it)")
+    raise ValueError(
+      f"{path}: {suite} reads {expected}, not a {ext or 'extension-less'} file; "
+      f"pass that file (or the directory holding it)"
+    )
   return path
 
 
@@ -44,8 +46,7 @@ def check_columns(path: str, names, required: tuple, expected: str) -> None:
   """Raises when a table lacks a column every row needs (then no row could be read)."""
   absent = [c for c in required if c not in names]
   if absent:
-    raise ValueError(f"{path}: no column(s) {absent} (it has {list(names)[:12]}); expected "
-                     f"{expected}")
+    raise ValueError(f"{path}: no column(s) {absent} (it has {list(names)[:12]}); expected {expected}")
 
 
 @contextlib.contextmanager
@@ -83,6 +84,7 @@ def tsv_rows(path: str, required: tuple, expected: str):
 def parquet_rows(path: str, required: tuple, expected: str):
   """Yields (row, dict) of a Parquet file, a few rows in memory at a time."""
   import pyarrow.parquet as pq  # Imported lazily: only Parquet suites need it.
+
   parquet = pq.ParquetFile(path)
   check_columns(path, parquet.schema_arrow.names, required, expected)
   row = 0
@@ -104,6 +106,7 @@ def _file_errors():
   errors = [json.JSONDecodeError, csv.Error, UnicodeDecodeError]
   try:
     import pyarrow
+
     errors.append(pyarrow.ArrowException)
   except ImportError:
     pass

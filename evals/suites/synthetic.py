@@ -17,15 +17,25 @@ NAME = "synthetic"
 HELD_OUT_SEED = 7_919  # Training recipes draw synthetic tasks from seeds 0-2.
 
 
-def synthetic_items(n: int, seed: int = HELD_OUT_SEED, *, kinds=synthetic.KINDS,
-                    p_small: float = 0.5) -> list[EvalItem]:
+def synthetic_items(
+  n: int, seed: int = HELD_OUT_SEED, *, kinds=synthetic.KINDS, p_small: float = 0.5
+) -> list[EvalItem]:
   """`n` upright synthetic items; item i depends only on (seed, i)."""
   items = []
   for i in range(n):
     task = synthetic.make_task(seed, i, p_small=p_small, kinds=tuple(kinds), transforms=("none",))
-    items.append(EvalItem(
-        suite=NAME, id=str(i), question=task.question, answers=[task.answer],
-        image=task.images[0], source=f"synthetic(seed={seed}):{i}",
-        required_transforms=list(task.required_transforms), target_box=list(task.target_box),
-        category=task.extra["content"], extra={"seed": seed, "index": i}))
+    items.append(
+      EvalItem(
+        suite=NAME,
+        id=str(i),
+        question=task.question,
+        answers=[task.answer],
+        image=task.images[0],
+        source=f"synthetic(seed={seed}):{i}",
+        required_transforms=list(task.required_transforms),
+        target_box=list(task.target_box),
+        category=task.extra["content"],
+        extra={"seed": seed, "index": i},
+      )
+    )
   return items

@@ -17,11 +17,14 @@ def read(suite: str, spec: str, limit: int = 0):
   "tfds:NAME:SPLIT@DIR", the command's --name, --split and --data_dir. Each record is one item
   as an MVToolBench row is (user text, ground truth, one image, required transforms, box)."""
   from codevision_jax.data import tfds_source
-  names, at, data_dir = spec[len(PREFIX):].partition("@")
+
+  names, at, data_dir = spec[len(PREFIX) :].partition("@")
   name, _, split = names.partition(":")
   if not (at and name and data_dir):
-    raise ValueError(f"--data={spec}: name a TFDS set as tfds:NAME@DIR or tfds:NAME:SPLIT@DIR "
-                     "(launch.prepare_tfds's --name, --split and --data_dir)")
+    raise ValueError(
+      f"--data={spec}: name a TFDS set as tfds:NAME@DIR or tfds:NAME:SPLIT@DIR "
+      "(launch.prepare_tfds's --name, --split and --data_dir)"
+    )
   try:
     source = tfds_source.TfdsSource(name, data_dir, split or tfds_source.DEFAULT_SPLIT)
   except tfds_source.TfdsError as e:

@@ -17,8 +17,7 @@ from evals.suites.images import image_value
 from evals.suites.items import BadRow, EvalItem
 
 NAME = "vstar"
-EXPECTED = ("test_questions.jsonl (craigwu/vstar_bench, images beside it) or the "
-            "lmms-lab/vstar-bench .parquet")
+EXPECTED = "test_questions.jsonl (craigwu/vstar_bench, images beside it) or the lmms-lab/vstar-bench .parquet"
 
 
 def _boxes(image) -> list[list[float]]:
@@ -41,17 +40,22 @@ def _item(raw, row: int, *, path: str) -> EvalItem:
   label = fields.option_letter(fields.text(raw, "label", "ground truth"), "label")
   image = image_value(raw.get("image"), "image", os.path.dirname(path))
   boxes = _boxes(image)
-  return EvalItem(suite=NAME, id=fields.item_id(raw, "question_id", row), question=question,
-                  answers=[label], image=image, source=f"{path}:{row}",
-                  target_box=boxes[0] if len(boxes) == 1 else None,
-                  category=fields.category(raw, "category"),
-                  extra={"question_id": raw.get("question_id"), "target_boxes": boxes})
+  return EvalItem(
+    suite=NAME,
+    id=fields.item_id(raw, "question_id", row),
+    question=question,
+    answers=[label],
+    image=image,
+    source=f"{path}:{row}",
+    target_box=boxes[0] if len(boxes) == 1 else None,
+    category=fields.category(raw, "category"),
+    extra={"question_id": raw.get("question_id"), "target_boxes": boxes},
+  )
 
 
 def read(path: str, limit: int = 0):
   """V* Bench (small objects in high-resolution images; 4-way multiple choice)."""
-  file = rows.resolve_file(NAME, path, (".jsonl", ".parquet"),
-                           ("test_questions.jsonl", "*.parquet"), EXPECTED)
+  file = rows.resolve_file(NAME, path, (".jsonl", ".parquet"), ("test_questions.jsonl", "*.parquet"), EXPECTED)
   if file.lower().endswith(".jsonl"):
     raws = readers.load_raw(file)
   else:
