@@ -434,29 +434,15 @@ DEFAULT_CONFIG = "configs/orientation_eval.py"
 
 
 def define_flags():
-  import sys
-
   from absl import flags
-  from ml_collections import config_flags
 
   from launch import errors
 
-  try:  # The default config takes the command line's --config.FIELD overrides as it is defined.
-    config_flags.DEFINE_config_file(
-      "config",
-      DEFAULT_CONFIG,
-      "The rollout config: model, sampler (rollout.*), agent limits (agent.*); see the module docstring.",
-      lock_config=False,
-    )
-  except (AttributeError, KeyError):  # One naming no field: one line, exit 2.
-    message = errors._bad_override(sys.argv, DEFAULT_CONFIG)  # noqa: SLF001
-    print(
-      f"evals.orientation: error: {message or 'a --config.FIELD override does not apply'}; "
-      "`evals.orientation --help` lists every field",
-      file=sys.stderr,
-      flush=True,
-    )
-    sys.exit(2)
+  errors.define_config_file(
+    DEFAULT_CONFIG,
+    "The rollout config: model, sampler (rollout.*), agent limits (agent.*); see the module docstring.",
+    lock_config=False,
+  )
   flags.DEFINE_string(
     "checkpoint",
     None,

@@ -188,6 +188,22 @@ def _bad_config_file(argv: list) -> str | None:
   return None
 
 
+def define_config_file(default: str, help_text: str, **kwargs):
+  """`config_flags.DEFINE_config_file("config", default, ...)` for a launcher with a default config:
+  absl applies the command line's `--config.FIELD` overrides to the default as the flag is
+  defined, so an override naming no field (or a renamed one) is reported here, one line, exit 2."""
+  from ml_collections import config_flags
+
+  try:
+    return config_flags.DEFINE_config_file("config", default, help_text, **kwargs)
+  except (AttributeError, KeyError):
+    message = _bad_override(sys.argv, default) or "a --config.FIELD override does not apply"
+    if "--help" not in message:
+      message += f"; `{command()} --help` lists every field"
+    print(f"{command()}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def _print_help(argv: list, default_config: str | None) -> None:
   rest = [a for a in argv[1:] if a not in HELP and a.split("=", 1)[0] not in HELP]
   try:  # Reads --config (and the rest) if given; required flags may be missing: help anyway.

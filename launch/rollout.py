@@ -27,26 +27,14 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 
 from absl import flags
-from ml_collections import config_flags
 
 from launch import errors, shell
 
 DEFAULT_CONFIG = "configs/tiny_rollout.py"
-try:  # The default config takes the command line's --config.FIELD overrides as it is defined.
-  _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file.")
-except (AttributeError, KeyError):  # One naming no field (or a renamed one): one line, exit 2.
-  message = errors._bad_override(sys.argv, DEFAULT_CONFIG)  # noqa: SLF001
-  print(
-    f"launch.rollout: error: {message or 'a --config.FIELD override does not apply'}; "
-    "`launch.rollout --help` lists every field",
-    file=sys.stderr,
-    flush=True,
-  )
-  sys.exit(2)
+_CONFIG = errors.define_config_file(DEFAULT_CONFIG, "Config file.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: a new directory under /tmp).")
 flags.DEFINE_bool(
   "orbax_logs", False, "Show the INFO log lines of Orbax (checkpoint internals) and of JAX's backend probing."
