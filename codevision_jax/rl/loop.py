@@ -194,12 +194,9 @@ class RLRun:
 
 def build(cfg, workdir: str) -> RLRun:
   """Mesh, tokenizer, model, records, optimizer, reference, the sampler; checks the config."""
-  os.makedirs(workdir, exist_ok=True)
-  mesh, rules = run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh)
-  check_config(cfg, mesh)
-  tokenizer, model, settings = run_setup.model_parts(cfg, workdir, mesh, rules)
-  mc = model.config
-  source = run_setup.conversation_source(cfg.data, kind="rl")
+  parts = run_setup.run_parts(cfg, workdir, kind="rl", check=check_config)
+  mesh, rules, tokenizer, model, settings = parts.mesh, parts.rules, parts.tokenizer, parts.model, parts.settings
+  mc, source = model.config, parts.source
   records = check_records([source[i] for i in range(len(source))], skip_bad=cfg.data.skip_bad)
   if len(records) < cfg.rollout.prompts:
     raise ValueError(

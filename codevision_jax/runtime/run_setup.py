@@ -283,6 +283,29 @@ def model_parts(cfg, workdir: str, mesh=None, rules=None):
   return tokenizer, model, image_settings(cfg.model, cfg.data, model.config.model_type)
 
 
+@dataclasses.dataclass
+class RunParts:
+  """What every training run is built from (`run_parts`)."""
+
+  mesh: jax.sharding.Mesh
+  rules: tuple  # the logical-axis rules of the mesh
+  tokenizer: object
+  model: object  # on the mesh
+  settings: image_lib.ImageSettings
+  source: object  # the records (`conversation_source`)
+
+
+def run_parts(cfg, workdir: str, *, kind: str, check=None) -> RunParts:
+  """A training run's workdir, mesh and rules, then `check(cfg, mesh)` (settings that cannot work,
+  refused before the model is built), then `model_parts` and the records of `kind` ("sft", "rl")."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh, rules = make_mesh(cfg.mesh), mesh_rules(cfg.mesh)
+  if check is not None:
+    check(cfg, mesh)
+  tokenizer, model, settings = model_parts(cfg, workdir, mesh, rules)
+  return RunParts(mesh, rules, tokenizer, model, settings, conversation_source(cfg.data, kind=kind))
+
+
 def image_settings(model_cfg, data_cfg, model_type: str) -> image_lib.ImageSettings:
   """Preprocessing settings: the checkpoint's `preprocessor_config.json` when `model.path` has
   one, else the family's; `data.min_pixels` / `data.max_pixels` override when set (non-zero)."""

@@ -15,7 +15,6 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 import zlib
 from typing import Any, Callable, Sequence
@@ -155,12 +154,9 @@ class Run:
 
 def build(cfg, workdir: str) -> Run:
   """Mesh, tokenizer, model, data plan, optimizer and the initial state, from the config."""
-  os.makedirs(workdir, exist_ok=True)
-  mesh, rules = run_setup.make_mesh(cfg.mesh), run_setup.mesh_rules(cfg.mesh)
-  check_geometry(cfg, mesh)
-  tokenizer, model, settings = run_setup.model_parts(cfg, workdir, mesh, rules)
-  mc = model.config
-  source = run_setup.conversation_source(cfg.data, kind="sft")
+  parts = run_setup.run_parts(cfg, workdir, kind="sft", check=check_geometry)
+  mesh, rules, tokenizer, model, settings = parts.mesh, parts.rules, parts.tokenizer, parts.model, parts.settings
+  mc, source = model.config, parts.source
   if not len(source):
     raise ValueError(
       f"0 records in {cfg.data.paths or 'the synthetic data (data.synthetic_size)'}: nothing to train on"
