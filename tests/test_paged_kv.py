@@ -11,7 +11,6 @@ from codevision_jax.models import build_model, presets
 from codevision_jax.models.paged_kv import SCRATCH_PAGE
 from codevision_jax.sampling.engine import DecodeEngine, PoolFull, paged_span
 from codevision_jax.sampling.paged import PagePool
-from codevision_jax.sampling.policy import ModelPolicy
 
 
 def test_page_pool_hands_out_and_takes_back_pages():
@@ -122,46 +121,3 @@ def test_the_pool_holds_what_it_was_given_and_an_append_past_it_fails():
   e.reset(0)
   e.append(1, np.arange(1, 101))
   assert e.pool.held.tolist() == [0, 7, 0, 0]
-
-
-def test_a_small_pool_preempts_and_resumes_with_the_same_tokens():
-  """Three slots whose trajectories outgrow a pool of 10 pages: the latest started is preempted
-  (its pages freed), resumed by prefilling its conversation again (a tool turn with an image
-  that came while it was paused included), and every slot samples what it samples in a dense
-  policy; finished slots give their pages back."""
-  model = _model("qwen2_5_vl")
-  rng = np.random.default_rng(2)
-  prompts = [_segment(model, rng, n) for n in (20, 30, 25)]
-  tools = [_segment(model, rng, 5, (1, 4, 4)) for _ in range(3)]
-
-  def run(**paged):
-    policy = ModelPolicy(
-      model, stop_ids=[], num_slots=3, capacity=128, chunk=16, steps_per_call=8, temperature=1.0, seed=3, **paged
-    )
-    for slot, p in enumerate(prompts):
-      policy.start(slot, slot, *p)
-    rows = {s: ([], []) for s in range(3)}
-
-    def until(n):
-      while min(len(rows[s][0]) for s in rows) < n:
-        out = policy.decode(list(rows), [n - len(rows[s][0]) for s in rows])
-        for s, (tokens, logprobs) in out.items():
-          rows[s][0].extend(tokens.tolist())
-          rows[s][1].extend(logprobs.tolist())
-
-    until(24)
-    for slot in range(3):
-      policy.append(slot, *tools[slot])
-    until(48)
-    return policy, rows
-
-  _, dense = run()
-  policy, paged = run(page_size=16, pool_tokens=160)
-  assert policy.preemptions >= 1 and not policy.paused
-  for s in range(3):
-    assert paged[s][0] == dense[s][0]
-    np.testing.assert_allclose(paged[s][1], dense[s][1], atol=1e-4)
-  pool = policy.engine.pool
-  for s in range(3):
-    policy.finish(s)
-  assert pool.free_pages == pool.num_pages - 1 and policy.can_admit()
