@@ -236,32 +236,11 @@ def plan_at_7b_sizes(seed: int = 0, minibatches: int = 8) -> None:
 def expert_rollouts(run, n: int, group: int):
   """Expert trajectories of `n` synthetic tasks (their assistant tokens as the policy's), with
   made-up sampler log-probs and scores: the learner's input without a rollout."""
-  from codevision_jax.data import encode, synthetic
-  from codevision_jax.rl.scoring import ScoringStats
-  from codevision_jax.sampling.agent import AgentStats
-  from codevision_jax.sampling.trajectory import Finish, Trajectory, TrajectoryImage
+  from codevision_jax.data import synthetic
+  from codevision_jax.rl import rollouts
 
-  rng = np.random.default_rng(0)
-  trajs = []
-  for i, conv in enumerate(synthetic.generate(n, seed=5, kinds=("arrow", "word"), p_small=0.3)):
-    conv.messages = [m for m in conv.messages if m["role"] != "system"]
-    conv.tools = None
-    ex = encode.encode(conv, run.tokenizer, run.settings)
-    t = Trajectory(
-      id=i,
-      token_ids=ex.input_ids.tolist(),
-      policy_mask=ex.loss_mask.tolist(),
-      logprobs=(-rng.random(len(ex)) * ex.loss_mask).tolist(),
-      finish_reason=Finish.ANSWER,
-    )
-    t.images = [
-      TrajectoryImage(png, list(g), "input" if k == 0 else "tool")
-      for k, (png, g) in enumerate(zip(conv.images, ex.image_grid_thw.tolist()))
-    ]
-    trajs.append(t)
-  return loop.ScoredRollouts(
-    trajs, np.arange(n) // group, rng.random(n).astype(np.float32), [{}] * n, AgentStats(), ScoringStats(), 0.0
-  )
+  convs = synthetic.generate(n, seed=5, kinds=("arrow", "word"), p_small=0.3)
+  return rollouts.expert_rollouts(convs, run.tokenizer, run.settings, np.arange(n) // group)
 
 
 def main(argv):

@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 
 from benchmarks import plain_learner
-from codevision_jax.data import encode, geometry as geometry_lib, synthetic
+from codevision_jax.data import geometry as geometry_lib, synthetic
 from codevision_jax.models import presets
 from codevision_jax.processing import image as image_lib
+from codevision_jax.rl import rollouts
 from codevision_jax.rl import batch as batch_lib
 from codevision_jax.rl import learner, loop
-from codevision_jax.rl.scoring import ScoringStats
-from codevision_jax.sampling.agent import AgentStats
-from codevision_jax.sampling.trajectory import Finish, Trajectory, TrajectoryImage
 from configs import tiny_rl
 
 
@@ -36,27 +34,7 @@ def rollout(run) -> loop.ScoredRollouts:
   """Expert trajectories of synthetic tasks with made-up sampler log-probs and scores (two
   different ones in each of 4 groups)."""
   convs = synthetic.generate(8, seed=5, kinds=("arrow",), transforms=("none", "rotate_180"), p_small=0.0)
-  rng = np.random.default_rng(0)
-  trajs = []
-  for i, conv in enumerate(convs):
-    conv.messages = [m for m in conv.messages if m["role"] != "system"]
-    conv.tools = None
-    ex = encode.encode(conv, run.tokenizer, run.settings)
-    t = Trajectory(
-      id=i,
-      token_ids=ex.input_ids.tolist(),
-      policy_mask=ex.loss_mask.tolist(),
-      logprobs=(-rng.random(len(ex)) * ex.loss_mask).tolist(),
-      finish_reason=Finish.ANSWER,
-    )
-    t.images = [
-      TrajectoryImage(png, list(g), "input" if k == 0 else "tool")
-      for k, (png, g) in enumerate(zip(conv.images, ex.image_grid_thw.tolist()))
-    ]
-    trajs.append(t)
-  return loop.ScoredRollouts(
-    trajs, np.repeat(np.arange(4), 2), rng.random(8).astype(np.float32), [{}] * 8, AgentStats(), ScoringStats(), 0.0
-  )
+  return rollouts.expert_rollouts(convs, run.tokenizer, run.settings, np.repeat(np.arange(4), 2))
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,9 @@ on 8 simulated devices (data, fsdp, tensor) equal the updates on one device."""
 import jax
 import numpy as np
 
-from codevision_jax.data import encode, synthetic
+from codevision_jax.data import synthetic
+from codevision_jax.rl import rollouts
 from codevision_jax.rl import loop
-from codevision_jax.rl.scoring import ScoringStats
-from codevision_jax.sampling.agent import AgentStats
-from codevision_jax.sampling.trajectory import Finish, Trajectory, TrajectoryImage
 from configs import tiny_rl
 
 
@@ -30,27 +28,7 @@ def rollout(run) -> loop.ScoredRollouts:
   convs = synthetic.generate(
     8, seed=5, kinds=("arrow",), transforms=("none", "rotate_180"), p_small=0.0
   )  # Two different trajectories in each of 4 groups.
-  rng = np.random.default_rng(0)
-  trajs = []
-  for i, conv in enumerate(convs):
-    conv.messages = [m for m in conv.messages if m["role"] != "system"]
-    conv.tools = None
-    ex = encode.encode(conv, run.tokenizer, run.settings)
-    t = Trajectory(
-      id=i,
-      token_ids=ex.input_ids.tolist(),
-      policy_mask=ex.loss_mask.tolist(),
-      logprobs=(-rng.random(len(ex)) * ex.loss_mask).tolist(),
-      finish_reason=Finish.ANSWER,
-    )
-    t.images = [
-      TrajectoryImage(png, list(g), "input" if k == 0 else "tool")
-      for k, (png, g) in enumerate(zip(conv.images, ex.image_grid_thw.tolist()))
-    ]
-    trajs.append(t)
-  return loop.ScoredRollouts(
-    trajs, np.repeat(np.arange(4), 2), rng.random(8).astype(np.float32), [{}] * 8, AgentStats(), ScoringStats(), 0.0
-  )
+  return rollouts.expert_rollouts(convs, run.tokenizer, run.settings, np.repeat(np.arange(4), 2))
 
 
 def test_rl_update_on_8_devices_equals_one(tmp_path):

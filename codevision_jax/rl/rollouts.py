@@ -255,6 +255,43 @@ async def rollout(
   return ScoredRollouts(trajectories, group_ids, scores, parts, stats, sstats, time.perf_counter() - t)
 
 
+def expert_rollouts(convs, tokenizer, settings, group_ids, *, seed: int = 0) -> ScoredRollouts:
+  """Conversations as finished trajectories, their assistant tokens as the policy's, with made-up
+  sampler log-probs and scores (from `seed`): the learner's input without a rollout (tests and
+  benchmarks). System turns and tool schemas are dropped; `group_ids`: each one's prompt group."""
+  from codevision_jax.data import encode
+  from codevision_jax.sampling.trajectory import Finish, TrajectoryImage
+
+  rng = np.random.default_rng(seed)
+  trajs = []
+  for i, conv in enumerate(convs):
+    conv.messages = [m for m in conv.messages if m["role"] != "system"]
+    conv.tools = None
+    ex = encode.encode(conv, tokenizer, settings)
+    t = Trajectory(
+      id=i,
+      token_ids=ex.input_ids.tolist(),
+      policy_mask=ex.loss_mask.tolist(),
+      logprobs=(-rng.random(len(ex)) * ex.loss_mask).tolist(),
+      finish_reason=Finish.ANSWER,
+    )
+    t.images = [
+      TrajectoryImage(png, list(g), "input" if k == 0 else "tool")
+      for k, (png, g) in enumerate(zip(conv.images, ex.image_grid_thw.tolist()))
+    ]
+    trajs.append(t)
+  n = len(trajs)
+  return ScoredRollouts(
+    trajs,
+    np.asarray(group_ids),
+    rng.random(n).astype(np.float32),
+    [{}] * n,
+    agent_lib.AgentStats(),
+    scoring.ScoringStats(),
+    0.0,
+  )
+
+
 def write_transcripts(path: str, tokenizer, trajectories: Sequence[Trajectory], parts: Sequence[dict | None]) -> None:
   """`rl.transcript`'s readable record of each trajectory, a JSON line each, to `path`."""
   with open(path, "w", encoding="utf-8") as f:
