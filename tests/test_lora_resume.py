@@ -11,7 +11,7 @@ import numpy as np
 
 from codevision_jax.train import loop
 from test_lora import config
-from test_train_resume import assert_resumed_equals_straight
+from test_train_resume import assert_resumed_equals_straight, killed_after_step_3
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,19 +22,7 @@ def qlora_config():
   return c
 
 
-KILLED_AFTER_STEP_3 = f"""
-import os, signal, sys
-sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-from test_lora_resume import qlora_config
-from codevision_jax.train import loop
-
-def kill_after_step_3(step, checkpointer):
-  if step == 3:
-    checkpointer.wait()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-loop.train(qlora_config(), sys.argv[1], hooks=[kill_after_step_3])
-"""
+KILLED_AFTER_STEP_3 = killed_after_step_3("test_lora_resume", "qlora_config")
 
 
 def test_a_killed_qlora_run_resumes_bit_exactly(tmp_path):

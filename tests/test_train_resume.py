@@ -41,10 +41,13 @@ def config():
 
 
 # The run as a preempted job: SIGKILLed, without any cleanup, once step 3's checkpoint is on disk.
-KILLED_AFTER_STEP_3 = f"""
+def killed_after_step_3(module: str = "test_train_resume", config_fn: str = "config") -> str:
+  """A script that trains `module.config_fn()` into argv[1] and SIGKILLs itself once step 3's
+  checkpoint is on disk."""
+  return f"""
 import os, signal, sys
 sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-from test_train_resume import config
+from {module} import {config_fn}
 from codevision_jax.train import loop
 
 def kill_after_step_3(step, checkpointer):
@@ -52,8 +55,11 @@ def kill_after_step_3(step, checkpointer):
     checkpointer.wait()
     os.kill(os.getpid(), signal.SIGKILL)
 
-loop.train(config(), sys.argv[1], hooks=[kill_after_step_3])
+loop.train({config_fn}(), sys.argv[1], hooks=[kill_after_step_3])
 """
+
+
+KILLED_AFTER_STEP_3 = killed_after_step_3()
 
 
 def test_kill_and_resume_equals_straight_run(tmp_path):
