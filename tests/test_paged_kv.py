@@ -11,6 +11,7 @@ from codevision_jax.models import build_model, presets
 from codevision_jax.models.paged_kv import SCRATCH_PAGE
 from codevision_jax.sampling.engine import DecodeEngine, PoolFull, paged_span
 from codevision_jax.sampling.paged import PagePool
+from codevision_jax.sampling.policy import ModelPolicy
 
 
 def test_page_pool_hands_out_and_takes_back_pages():
@@ -121,3 +122,52 @@ def test_the_pool_holds_what_it_was_given_and_an_append_past_it_fails():
   e.reset(0)
   e.append(1, np.arange(1, 101))
   assert e.pool.held.tolist() == [0, 7, 0, 0]
+
+
+def test_a_small_pool_preempts_and_resumes_with_the_same_tokens():
+  """Three slots whose trajectories outgrow a pool of 10 pages, driven as the agent loop drives
+  them (a slot is asked for tokens until it has its share, then waits, as on a tool): slots
+  are preempted (pages freed) and resumed by prefilling their conversation again (a tool turn
+  with an image that came while paused included); every slot samples what it samples in a
+  dense policy, each decode call serves a slot (no livelock), and finished slots give their
+  pages back."""
+  model = _model("qwen2_5_vl")
+  rng = np.random.default_rng(2)
+  prompts = [_segment(model, rng, n) for n in (20, 30, 25)]
+  tools = [_segment(model, rng, 5, (1, 4, 4)) for _ in range(3)]
+
+  def run(**paged):
+    policy = ModelPolicy(
+      model, stop_ids=[], num_slots=3, capacity=128, chunk=16, steps_per_call=8, temperature=1.0, seed=3, **paged
+    )
+    policy.start_many([(slot, slot, *p) for slot, p in enumerate(prompts)])
+    rows = {s: ([], []) for s in range(3)}
+
+    def until(n):
+      for _ in range(3 * n):  # Each call serves a slot: 3 * n calls are more than enough.
+        asked = [s for s in rows if len(rows[s][0]) < n]
+        if not asked:
+          return
+        out = policy.decode(asked, [n - len(rows[s][0]) for s in asked])
+        assert sum(len(t) for t, _ in out.values()) > 0, "a decode call served no slot"
+        for s, (tokens, logprobs) in out.items():
+          rows[s][0].extend(tokens.tolist())
+          rows[s][1].extend(logprobs.tolist())
+      raise AssertionError(f"slots did not reach {n} tokens")
+
+    until(24)
+    policy.append_many([(slot, *tools[slot]) for slot in range(3)])
+    until(48)
+    return policy, rows
+
+  _, dense = run()
+  policy, paged = run(page_size=16, pool_tokens=160)
+  assert policy.preemptions >= 2
+  for s in range(3):
+    assert paged[s][0] == dense[s][0]
+    np.testing.assert_allclose(paged[s][1], dense[s][1], atol=1e-4)
+  pool = policy.engine.pool
+  assert pool.free_pages + int(pool.held.sum()) == pool.num_pages - 1
+  for s in range(3):
+    policy.finish(s)
+  assert pool.free_pages == pool.num_pages - 1 and not policy.paused and policy.can_admit()

@@ -15,11 +15,14 @@ A policy holds `num_slots` sequences. The agent loop calls
 prefill (the agent loop uses them when present).
 
 A `ModelPolicy` with a paged cache (`page_size` > 0) holds pages for the tokens in use only, in a
-pool of `pool_tokens`. When a slot needs pages the pool does not have, the slot started last is
+pool of `pool_tokens`. Each call shares the pool out first to the slots it serves (the slots
+decoding, or those given a segment), then to the other slots in use (waiting on a tool), the
+oldest started first within each group. A slot that does not fit after the ones before it is
 preempted: its pages go back to the pool and it is paused (its `decode` returns nothing) until
-the pool has room again, when its whole conversation is prefilled again into fresh pages (same
-tokens, same positions; its sampling stream is keyed by its token count, so it samples what it
-would have). A paused slot's tool turns are kept and come in with that prefill.
+a call serving it finds room, when its whole conversation is prefilled again into fresh pages
+(same tokens, same positions; its sampling stream is keyed by its token count, so it samples
+what it would have). A paused slot's tool turns are kept and come in with that prefill. The
+oldest slot a call serves always fits, so every call makes progress.
 
 `ModelPolicy` runs the model (`engine.DecodeEngine`); `ScriptedPolicy` replays given assistant texts
 through the tokenizer, so the loop can be tested against the real executor without a model.
@@ -35,7 +38,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from codevision_jax.sampling.engine import DecodeEngine, PoolFull
+from codevision_jax.sampling.engine import DecodeEngine
 from codevision_jax.sampling.paged import CacheFit, token_bytes
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,10 @@ class _Held:
   def add_tokens(self, tokens) -> None:
     if len(tokens):
       self.segments.append((np.asarray(tokens, np.int32), None, None))
+
+  @property
+  def tokens(self) -> int:
+    return sum(len(ids) for ids, _, _ in self.segments)
 
   def whole(self) -> tuple:
     """The conversation as one segment."""
@@ -181,31 +188,10 @@ class ModelPolicy:
     return self.engine.page_size > 0
 
   def start(self, slot, trajectory_id, input_ids, pixel_values=None, image_grid_thw=None):
-    if self.engine.state is None:
-      self.engine.allocate(self.num_slots, self.capacity, self.pool_tokens)
-    self.engine.reset(slot)
-    self._keys[slot] = np.asarray(jax.random.fold_in(jax.random.PRNGKey(self.seed), trajectory_id))
-    self._counts[slot] = 0
-    if not self.paged:
-      self.engine.append(slot, input_ids, pixel_values, image_grid_thw)
-      return
-    self._started += 1
-    self._held[slot] = _Held(self._started)
-    self.append(slot, input_ids, pixel_values, image_grid_thw)
+    self.start_many([(slot, trajectory_id, input_ids, pixel_values, image_grid_thw)])
 
   def append(self, slot, input_ids, pixel_values=None, image_grid_thw=None):
-    if not self.paged:
-      self.engine.append(slot, input_ids, pixel_values, image_grid_thw)
-      return
-    held = self._held[slot]
-    held.segments.append((np.asarray(input_ids, np.int32).reshape(-1), pixel_values, image_grid_thw))
-    if slot in self.paused:
-      return  # Comes in with the slot's prefill when it resumes.
-    tokens = int(self.engine.lengths[slot]) + len(held.segments[-1][0])
-    if self._make_room({slot: tokens}, keep=slot):
-      self.engine.append(slot, input_ids, pixel_values, image_grid_thw)
-    else:
-      self._preempt(slot)
+    self.append_many([(slot, input_ids, pixel_values, image_grid_thw)])
 
   def start_many(self, items) -> None:
     """`start` for several slots: items are (slot, trajectory_id, input_ids, pixel_values,
@@ -224,22 +210,18 @@ class ModelPolicy:
   def append_many(self, items) -> None:
     """`append` for several slots (items: (slot, input_ids, pixel_values, image_grid_thw)) in
     one batched prefill (`DecodeEngine.append_many`): the vision tower over all their images at
-    once, their segments prefilled together."""
+    once, their segments prefilled together. Paged: a slot without room is paused with its
+    segment kept; a paused one with room is resumed, this segment included."""
     if not self.paged:
       self.engine.append_many(items)
       return
-    lengths = self.engine.lengths
-    wants = {}
+    grow = {}
     for slot, input_ids, pixel_values, image_grid_thw in items:
       ids = np.asarray(input_ids, np.int32).reshape(-1)
       self._held[slot].segments.append((ids, pixel_values, image_grid_thw))
-      if slot not in self.paused:
-        wants[slot] = int(lengths[slot]) + len(ids)
-    if not self._make_room(wants):
-      for slot in sorted(wants, key=lambda s: self._held[s].started, reverse=True):
-        if slot not in self.paused and not self.engine.pool.can_reserve(slot, wants[slot]):
-          self._preempt(slot)
-    self.engine.append_many([item for item in items if item[0] not in self.paused])
+      grow[slot] = 0 if slot in self.paused else len(ids)  # A paused slot's whole() has it.
+    live, resumed = self._fit(grow)
+    self.engine.append_many([item for item in items if item[0] in live and item[0] not in resumed])
 
   def finish(self, slot: int) -> None:
     """The slot's trajectory ended: a paged slot's pages go back to the pool."""
@@ -259,72 +241,54 @@ class ModelPolicy:
 
   # ---- paged: preemption ---------------------------------------------------------------------
 
-  def _make_room(self, wants: dict[int, int], keep: int | None = None) -> bool:
-    """Preempts slots started after every slot of `wants` ({slot: tokens it needs}), latest
-    first, until the pool can give each its tokens; whether it can now."""
+  def _fit(self, grow: dict[int, int]) -> tuple[set[int], set[int]]:
+    """Shares the pool out for a call in which the slots of `grow` ({slot: tokens}) take that
+    many tokens more (a decode round, an appended segment): first to those slots, then to the
+    other slots in use (each keeping the pages it holds), the oldest started first in each
+    group. A slot that does not fit after the ones before it is preempted (or stays paused);
+    a paused slot of `grow` that fits is resumed, its conversation prefilled again. Returns the
+    slots of `grow` with room now, and those of them resumed.
+
+    The first slot of `grow` always fits (the pool holds `capacity` tokens at least), so each
+    call lets a slot progress and preemption cannot go round in circles."""
     pool, lengths = self.engine.pool, self.engine.lengths
 
-    def short() -> int:
-      need = sum(max(pool.pages_for(t) - int(pool.held[s]), 0) for s, t in wants.items() if s not in self.paused)
-      return need - pool.free_pages
+    def age(s):
+      return self._held[s].started
 
-    while short() > 0:
-      oldest = min(self._held[s].started for s in wants if s not in self.paused)
-      victims = [
-        s
-        for s in self._held
-        if s not in self.paused and s != keep and self._held[s].started > oldest and (lengths[s] > 0 or s in wants)
-      ]
-      if not victims:
-        return False
-      self._preempt(max(victims, key=lambda s: self._held[s].started))
-    return True
+    others = [s for s in self._held if s not in grow and s not in self.paused]
+    free, live, resumed = pool.num_pages - 1, set(), []
+    for s in sorted(grow, key=age) + sorted(others, key=age):
+      paused = s in self.paused
+      tokens = (self._held[s].tokens if paused else int(lengths[s])) + grow.get(s, 0)
+      need = pool.pages_for(min(tokens, self.capacity))
+      if not paused:
+        need = max(need, int(pool.held[s]))
+      if need <= free:
+        free -= need
+        if s in grow:
+          live.add(s)
+          if paused:
+            resumed.append(s)
+      elif not paused:
+        self._preempt(s)
+    for s in resumed:  # After the preemptions: their pages are free now.
+      self.paused.remove(s)
+      self.engine.append(s, *self._held[s].whole())
+    return live, set(resumed)
 
   def _preempt(self, slot: int) -> None:
     """Frees a slot's pages and pauses it (its segments are kept)."""
+    self.preemptions += int(self.engine.pool.held[slot] > 0)
     self.engine.reset(slot)
     self.paused.append(slot)
-    self.preemptions += 1
-
-  def _resume(self, asked=()) -> None:
-    """Prefills paused slots again, oldest first, while the pool has room for one and a round.
-    When the oldest is `asked` to decode and there is no room, slots not asked (idle: waiting on
-    a tool call) are preempted for it, the latest started first, so that it always progresses."""
-    pool = self.engine.pool
-
-    def fits(slot):
-      return pool.free_tokens >= min(len(self._held[slot].whole()[0]) + self.steps_per_call, self.capacity)
-
-    while self.paused:  # Each pass resumes a slot or preempts an idle one: it ends.
-      slot = min(self.paused, key=lambda s: self._held[s].started)
-      if not fits(slot):
-        waiting = [s for s in self.paused if s in asked]
-        if not waiting:
-          return
-        slot = min(waiting, key=lambda s: self._held[s].started)
-        if not fits(slot):
-          idle = [s for s in self._held if s not in self.paused and s not in asked and pool.held[s] > 0]
-          if not idle:
-            return  # (An empty pool resumes any slot: the pool holds `capacity` at least.)
-          self._preempt(max(idle, key=lambda s: self._held[s].started))
-          continue
-      ids, pv, grid = self._held[slot].whole()
-      self.paused.remove(slot)
-      try:
-        self.engine.append(slot, ids, pv, grid)
-      except PoolFull:  # Page rounding: wait for more room.
-        self.engine.reset(slot)
-        self.paused.append(slot)
-        return
 
   def decode(self, slots, budgets):
     """Samples for `slots`; a paused slot (paged cache) gets no tokens this round."""
     asked = list(slots)
     if self.paged:
-      self._resume(set(asked))
-      lengths = self.engine.lengths
-      self._make_room({s: int(lengths[s]) + min(self.steps_per_call, int(b)) for s, b in zip(slots, budgets)})
-      kept = [(s, b) for s, b in zip(slots, budgets) if s not in self.paused]
+      live, _ = self._fit({s: min(self.steps_per_call, max(int(b), 0)) for s, b in zip(slots, budgets)})
+      kept = [(s, b) for s, b in zip(slots, budgets) if s in live]
       slots, budgets = [s for s, _ in kept], [b for _, b in kept]
     empty = (np.zeros((0,), np.int32), np.zeros((0,), np.float32))
     if not slots:
