@@ -56,11 +56,12 @@ browser-deps:
 
 # The linter and the formatter's check first (settings in pyproject.toml): a finding fails the run
 # before the suite starts. The suite runs on two workers (pytest-xdist; a test file stays on one
-# worker, so its module fixtures are built once) and prints its slowest tests.
+# worker, so its module fixtures are built once; files start in the order tests/conftest.py gives,
+# the longest first) and prints its slowest tests.
 test: $(TEST_STAMP) sandbox-deps browser-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 clean:
 	rm -rf $(VENV) *.egg-info

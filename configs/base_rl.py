@@ -140,7 +140,8 @@ def smoke(c, preset, max_pixels):
   sampler) with the tiny model of `preset` swapped in, on CPU in a minute (tests/test_recipes.py
   runs it on 8 CPU devices). On a 2-core, 24 GB machine it needs few short prompts (no system
   prompt or tool schema: with them a prompt of the tiny tokenizer is over 1,000 tokens), small
-  images (`max_pixels`), a 1024-token limit and bucket, and a small patch budget."""
+  images (`max_pixels`), a 512-token limit and bucket (a random policy writes to the limit:
+  decode time follows it), and a small patch budget."""
   common.tiny_model(c, preset, max_pixels)
   c.data.synthetic_size = 8
   c.rollout.prompts = 2
@@ -148,9 +149,9 @@ def smoke(c, preset, max_pixels):
   c.rollout.slots = 8
   c.algo.mini_batch_prompts = 2
   c.agent.system_prompt = False
-  c.agent.max_total_tokens = 1024
+  c.agent.max_total_tokens = 512
   c.agent.max_turns = 3
-  c.train.buckets = (1024,)
+  c.train.buckets = (512,)
   c.train.patch_budget = 4096
   c.train.rounds = 1
   c.executor.workers = 2

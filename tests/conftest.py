@@ -26,14 +26,47 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pytest  # noqa: E402
 
+# The files that take minutes, longest first: collected first, they start first, so that the two
+# pytest-xdist workers finish together (with `--no-loadscope-reorder`, as the Makefile runs it,
+# the workers take files in collection order; xdist's default order, most tests first, left the
+# long end-to-end files for last). The first needs the session's SFT run (`sft_dir`) and the
+# second does not, so one worker trains it while the other runs the two-process SFT tests.
+SLOW_FIRST = (
+  "test_rl_loop.py",
+  "test_multiprocess.py",
+  "test_multiprocess_rl.py",
+  "test_recipes.py",
+  "test_lora_rl.py",
+  "test_preemption.py",
+  "test_scan_layers.py",
+  "test_slot_append.py",
+  "test_qwen3_vl.py",
+  "test_lora.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: the rest keep their order.
+
 
 @pytest.fixture(scope="session")
 def sft_dir(tmp_path_factory):
   """The tiny RL recipe's short SFT (arrow signs, upright or upside down), trained once per test
-  session for the RL tests that start from it."""
+  session for the RL tests that start from it: the first pytest-xdist worker to ask trains it
+  under a lock in the directory the workers share, the others wait for it and read it."""
+  import fcntl
+
   from codevision_jax.train import loop as sft_loop
   from configs import tiny_rl
 
-  path = str(tmp_path_factory.mktemp("sft"))
-  sft_loop.train(tiny_rl.get_config().sft, path)
-  return path
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # Shared by the workers of this session.
+  path, done = root / "sft_tiny_rl", root / "sft_tiny_rl.done"
+  with open(root / "sft_tiny_rl.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      sft_loop.train(tiny_rl.get_config().sft, str(path))
+      done.touch()
+  return str(path)
