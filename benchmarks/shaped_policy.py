@@ -37,9 +37,10 @@ class ShapedPolicy(ModelPolicy):
     self.left = {}
     self.turn = {}
 
-  def start(self, slot, trajectory_id, *args):
-    super().start(slot, trajectory_id, *args)
-    self.left[slot], self.turn[slot] = self.think, 0
+  def start_many(self, items):  # `start` and the agent loop's batched starts both come here.
+    super().start_many(items)
+    for slot, *_ in items:
+      self.left[slot], self.turn[slot] = self.think, 0
 
   def decode(self, slots, budgets):
     out = {}

@@ -38,11 +38,7 @@ class ForcedFirstTurn(ModelPolicy):
     self.forced = list(tokenizer(CALL, add_special_tokens=False)["input_ids"])
     self.pending = set()
 
-  def start(self, slot, trajectory_id, *args):
-    super().start(slot, trajectory_id, *args)
-    self.pending.add(slot)
-
-  def start_many(self, items):  # The agent loop starts the slots it fills together.
+  def start_many(self, items):  # `start` and the agent loop's batched starts both come here.
     super().start_many(items)
     self.pending.update(slot for slot, *_ in items)
 
