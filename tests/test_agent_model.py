@@ -106,7 +106,7 @@ def test_tiny_model_end_to_end(parts, service):
     np.testing.assert_allclose(got, want, atol=2e-4)
 
 
-def test_launch_rollout_writes_trajectories(service, tmp_path):
+def test_launch_rollout_writes_trajectories_and_a_paged_cache_gives_the_same(service, tmp_path):
   data = tmp_path / "tasks.jsonl"
   write_sft_jsonl(synthetic.generate(3, seed=1), str(data))
   out = tmp_path / "out"
@@ -129,6 +129,16 @@ def test_launch_rollout_writes_trajectories(service, tmp_path):
     assert x["turns"] and x["turns"][0]["role"] == "assistant" and x["ground_truth"]
     assert isinstance(x["correct"], bool) and len(x["tool_calls"]) == len(traj.tool_calls)
   assert summary_file["accuracy"] == sum(x["correct"] for x in lines) / 6
+
+  # The same rollouts on a paged KV cache whose pool holds one trajectory of the limit (the two
+  # slots outgrow it, so slots are preempted and prefilled again): the same trajectories.
+  cfg.rollout.kv_page_size, cfg.rollout.kv_pool_tokens = 16, 1400
+  assert summary["kv_preemptions"] == 0
+  assert rollouts.write_rollouts(cfg, str(tmp_path / "paged"), progress=False)["kv_preemptions"] > 0
+  paged = sorted(traj_lib.load_jsonl(str(tmp_path / "paged" / "trajectories.jsonl")), key=lambda t: t.id)
+  for a, b in zip(sorted(back, key=lambda t: t.id), paged, strict=True):
+    assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason, a.id
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
 
 
 def test_launch_rollout_stops_when_no_executor_answers(tmp_path):

@@ -393,6 +393,8 @@ SUMMARY = {
   "judge_calls": "answers sent to the judge (where scoring statistics are known)",
   "judge_fallbacks": "of those, the judge gave no verdict: the rule's stands",
   "judge_too_long": "of those, the answer was too long to send",
+  "kv_preemptions": "slots preempted for KV-cache pages and prefilled again (a paged cache, where "
+  "the run's statistics are known; 0 with a dense cache)",
   "time": "{rollout_s, generation_s, waiting_on_tools_s, scoring_s, tool_call_s (mean), "
   "sampler_idle_fraction} where the run's timings are known",
 }
@@ -487,6 +489,7 @@ def summarize(
       judge_too_long=scoring_stats.judge_too_long,
     )
   if agent_stats is not None:
+    out["kv_preemptions"] = agent_stats.preemptions
     out["time"] = {
       "rollout_s": agent_stats.wall_s,
       "generation_s": agent_stats.decode_s + agent_stats.prefill_s,

@@ -47,6 +47,7 @@ class AgentStats:
   idle_s: float = 0.0  # nothing to decode while tool calls were in flight
   decode_calls: int = 0
   tool_calls: int = 0
+  preemptions: int = 0  # slots preempted for KV pages and prefilled again (a paged cache)
 
   @property
   def idle_fraction(self) -> float:
@@ -137,6 +138,7 @@ class AgentLoop:
     """All records' trajectories, in record order; record k's trajectory has id `first_id + k`
     (its sampling stream depends on the id)."""
     t_start = time.perf_counter()
+    preempted = getattr(self.policy, "preemptions", 0)
     queue = list(enumerate(records, first_id))[::-1]
     free = list(range(self.policy.num_slots))[::-1]
     slots: dict[int, _Slot] = {}
@@ -200,6 +202,7 @@ class AgentLoop:
         if due:
           await asyncio.to_thread(self._append_all, due)
     self.stats.wall_s = time.perf_counter() - t_start
+    self.stats.preemptions = getattr(self.policy, "preemptions", 0) - preempted
     return sorted(done, key=lambda t: t.id)
 
 
