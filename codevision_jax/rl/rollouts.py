@@ -265,8 +265,7 @@ def expert_rollouts(convs, tokenizer, settings, group_ids, *, seed: int = 0) -> 
   rng = np.random.default_rng(seed)
   trajs = []
   for i, conv in enumerate(convs):
-    conv.messages = [m for m in conv.messages if m["role"] != "system"]
-    conv.tools = None
+    conv = dataclasses.replace(conv, messages=[m for m in conv.messages if m["role"] != "system"], tools=None)
     ex = encode.encode(conv, tokenizer, settings)
     t = Trajectory(
       id=i,
