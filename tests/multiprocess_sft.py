@@ -7,13 +7,15 @@ join through `jax.distributed.initialize` (coordinator on 127.0.0.1:PORT, gloo c
 train the tiny recipe on one (data 2, fsdp 2, tensor 2) mesh over all 8 devices. After STEPS
 steps process 0 writes the trained parameters (gathered from every process) to OUT.npz, with the
 steps this run trained and the fingerprints of the batches each process read. With KILL_AT, every
-process SIGKILLs itself once that step's checkpoint is on disk (a preempted job).
+process SIGKILLs itself once that step's checkpoint is on disk (a preempted job), process 0 (which holds
+the coordination service) last.
 """
 
 import json
 import os
 import signal
 import sys
+import time
 
 import multiprocess_util
 
@@ -56,9 +58,36 @@ def config(steps):
   return c
 
 
+def _dead(pid_file: str) -> bool:
+  """Whether the process whose pid `pid_file` holds has died (gone, or a zombie not yet reaped);
+  False while the file is not there."""
+  if not os.path.exists(pid_file):
+    return False
+  with open(pid_file) as f:
+    pid = f.read()
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+  except FileNotFoundError:
+    return True
+
+
 def kill(step, checkpointer):
   if step == KILL_AT:
     checkpointer.wait()
+    # Process 0 holds the coordination service: it dies last, once the others are dead, so that
+    # none of them loses the service while still in the checkpoint's barrier (it would abort
+    # with its own status instead of being killed).
+    me = jax.process_index()
+    if me:
+      path = os.path.join(WORKDIR, f"killed.{me}")
+      with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+      os.replace(path + ".tmp", path)  # Whole or absent for process 0.
+    else:
+      for other in range(1, jax.process_count()):
+        while not _dead(os.path.join(WORKDIR, f"killed.{other}")):
+          time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
