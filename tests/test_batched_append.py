@@ -1,6 +1,7 @@
 """Appends due together go in one batched call (`DecodeEngine.append_many`: one vision-tower call,
 the segments prefilled together): the slots end as per-slot appends leave them (pending logits,
-lengths, and the tokens and log-probs decoded after), for a dense and a paged cache."""
+lengths, and the tokens and log-probs decoded after), for a dense and a paged cache, and with
+the rows of one call bounded (`append_entries`, CPU's default) as without."""
 
 import jax
 import numpy as np
@@ -23,22 +24,30 @@ def _segment(model, rng, n_text, grid=None):
   return np.asarray(ids, np.int32), pv, grid
 
 
-@pytest.mark.parametrize("family,page_size", [("qwen2_5_vl", 0), ("qwen3_vl", 0), ("qwen2_5_vl", 8)])
-def test_batched_appends_equal_per_slot_appends(family, page_size):
+@pytest.mark.parametrize(
+  "family,page_size,append_entries",
+  [("qwen2_5_vl", 0, 0), ("qwen3_vl", 0, 0), ("qwen2_5_vl", 8, 0), ("qwen2_5_vl", 0, 1)],
+)
+def test_batched_appends_equal_per_slot_appends(family, page_size, append_entries, monkeypatch):
   model = build_model(getattr(presets, f"{family}_tiny")(), seed=3)
   rng = np.random.default_rng(5)
   prompts = [_segment(model, rng, n, g) for n, g in ((9, (1, 4, 4)), (30, None), (5, (1, 2, 6)), (12, None))]
   # Tool turns due together: three slots (one without an image, one longer than a chunk).
   turns = {0: _segment(model, rng, 3, (1, 6, 4)), 1: _segment(model, rng, 40), 3: _segment(model, rng, 6, (1, 4, 2))}
   keys = jax.random.split(jax.random.PRNGKey(1), 4)
-  results = []
+  results, groups = [], []
+  rows = DecodeEngine._append_rows
+  monkeypatch.setattr(DecodeEngine, "_append_rows", lambda self, r: (groups.append(len(r)), rows(self, r)))
   for batched in (False, True):
-    e = DecodeEngine(model, chunk=16, page_size=page_size)
+    e = DecodeEngine(model, chunk=16, page_size=page_size, append_entries=append_entries)
     e.allocate(4, 192)
     for slot, p in enumerate(prompts):
       e.append(slot, *p)
     if batched:
+      groups.clear()
       e.append_many([(slot, *seg) for slot, seg in turns.items()])
+      # Unbounded: 3 rows as 2 + 1 (2^k rows a call). Bounded below one row's span: 1 + 1 + 1.
+      assert groups == ([1, 1, 1] if append_entries else [2, 1]), groups
     else:
       for slot, seg in turns.items():
         e.append(slot, *seg)

@@ -92,6 +92,9 @@ PAGE_SPAN_BASE = 1024
 PAGE_SPAN_STEPS = (4, 5, 6, 7)  # quarters of an octave
 
 
+CPU_APPEND_ENTRIES = 4096  # `DecodeEngine.append_entries` on CPU: 4 rows at 1k entries, 1 at 4k.
+
+
 def paged_span(needed: int, page_size: int, max_pages: int) -> int:
   """The entries a call over a paged cache attends over: `needed` rounded up to 1024 x 2^k x
   (1, 1.25, 1.5 or 1.75), whole pages, at most `max_pages` pages. Gathering pages costs what
@@ -147,16 +150,21 @@ def _slot_index(cache, slots) -> tuple:
   return (slice(None),) * cache_slot_axis(cache) + (slots,)
 
 
-def _take_slots(cache, slots):
-  """The rows `slots` of a cache in either form."""
-  index = _slot_index(cache, slots)
+def _take_slots(cache, slots, span: int = 0):
+  """The rows `slots` of a cache in either form: their first `span` entries (0: all)."""
+  index = _slot_index(cache, slots) + ((slice(None), slice(0, span)) if span else ())
   return jax.tree.map(lambda v: v[index], cache)
 
 
-def _put_slots(cache, rows, slots):
-  """`cache` with its rows `slots` replaced by `rows` (of `_take_slots`' form)."""
-  index = _slot_index(cache, slots)
-  return jax.tree.map(lambda v, r: v.at[index].set(r), cache, rows)
+def _put_entries(cache, rows, slots, start, count: int):
+  """`cache` with the entries start[r] .. start[r] + count - 1 of its rows `slots` taken from
+  `rows` (`_take_slots`' form): what a call wrote, not whole rows (a scatter of whole rows costs
+  their capacity on every call)."""
+  lead = (slice(None),) * cache_slot_axis(cache)
+  entries = start[:, None] + jnp.arange(count)  # [R, C]
+  at = lead + (slots[:, None], slice(None), entries)
+  new = lead + (jnp.arange(len(slots))[:, None], slice(None), entries)
+  return jax.tree.map(lambda v, r: v.at[at].set(r[new], unique_indices=True), cache, rows)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -266,12 +274,13 @@ def _prefill(
   if page_size:
     rows, index = state.cache, paged_kv.PagedIndex(write, state.pages[slots, : span // page_size])
   else:
-    rows, index = (state.cache if all_slots else _take_slots(state.cache, slots)), start
+    rows, index = (state.cache if all_slots else _take_slots(state.cache, slots, span)), start
   entries = jnp.arange(span or cache_entries(rows))
   mask = entries[None, None, :] <= (start[:, None] + jnp.arange(c))[:, :, None]  # [R, C, span]
   positions = positions + state.counters[slots][None, :, None]
   hidden, rows = model.extend(embeds, positions, mask[:, None], rows, index, deepstack)
-  cache = _constrain(rows if all_slots or page_size else _put_slots(state.cache, rows, slots), cache_sharding)
+  cache = rows if all_slots or page_size else _put_entries(state.cache, rows, slots, start, c)
+  cache = _constrain(cache, cache_sharding)
   at_last = jnp.take_along_axis(hidden, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
   new = model.logits(at_last).astype(state.logits.dtype)
   logits = state.logits.at[slots].set(jnp.where((last >= 0)[:, None], new, state.logits[slots]))
@@ -426,7 +435,8 @@ class DecodeEngine:
   room for chunk padding). `page_size` > 0: the cache is paged (`models.paged_kv`): one pool of
   pages shared by the slots, each slot holding pages for its tokens only (`allocate`'s
   `pool_tokens`); 0: a dense cache of `capacity` entries per slot. `round_gather` (default: on
-  CPU) is `_decode`'s.
+  CPU) is `_decode`'s. `append_entries` bounds a batched append's rows x attended entries
+  (default: `CPU_APPEND_ENTRIES` on CPU, no bound elsewhere; 0: none).
   """
 
   def __init__(
@@ -438,6 +448,7 @@ class DecodeEngine:
     rules=None,
     page_size: int = 0,
     round_gather: bool | None = None,
+    append_entries: int | None = None,
   ):
     self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
     self.config = model.config
@@ -448,6 +459,12 @@ class DecodeEngine:
     # Paged decode rounds gather their pages once (CPU: fast, a transient dense copy of the span)
     # or at every step (accelerators: memory follows the pages; a kernel belongs there).
     self.round_gather = jax.default_backend() == "cpu" if round_gather is None else round_gather
+    # A batched append's rows x attended entries, at most (0: no bound). XLA's CPU attention
+    # materialises the [rows, K, G * chunk, span] scores: past a few MB it runs at memory speed
+    # (8 rows at 4k entries cost 2x 8 single rows; docs/performance.md). Accelerators batch.
+    self.append_entries = (
+      (CPU_APPEND_ENTRIES if jax.default_backend() == "cpu" else 0) if append_entries is None else append_entries
+    )
     self.pool: PagePool | None = None  # a paged cache's page accounting
     self._pages_version = -1  # the `pool.version` the device's page table has
     self.rules = parallel.DEFAULT_RULES if rules is None else rules
@@ -664,10 +681,20 @@ class DecodeEngine:
     for slot, ids, _, _ in rows:
       self._reserve(slot, int(self.lengths[slot]) + len(ids))
     self._sync_pages()
+    # Shortest first, so that a group's rows attend over similar spans (its longest row's).
+    rows.sort(key=lambda row: int(self.lengths[row[0]]) + len(row[1]))
     while rows:
       r = 1 << (len(rows).bit_length() - 1)
+      while r > 1 and self.append_entries and r * self._row_span(rows[r - 1]) > self.append_entries:
+        r //= 2
       self._append_rows(rows[:r])
       rows = rows[r:]
+
+  def _row_span(self, row) -> int:
+    """The entries the last chunk of `row` (slot, ids, ...) attends over."""
+    if self.page_size:
+      return paged_span(int(self.lengths[row[0]]) + len(row[1]) + self.chunk, self.page_size, self.pool.max_pages)
+    return attention_span(int(self.lengths[row[0]]) + len(row[1]) + self.chunk, cache_entries(self.state.cache))
 
   def _append_rows(self, rows: list) -> None:
     """One batched prefill of `rows` (slot, ids, pixel values, grid), checked and with pages."""
