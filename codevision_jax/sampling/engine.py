@@ -587,13 +587,16 @@ class DecodeEngine:
     """Drops the state (and the memory of its cache)."""
     self.state, self._unsynced, self.pool = None, None, None
 
-  def _span(self, needed: int) -> int:
+  def _attended(self, needed: int) -> int:
     """The cache entries a call that needs the first `needed` attends over (`attention_span`;
-    `paged_span` for a paged cache); recorded in `last_span`."""
+    `paged_span` for a paged cache)."""
     if self.page_size:
-      self.last_span = paged_span(needed, self.page_size, self.pool.max_pages)
-    else:
-      self.last_span = attention_span(needed, cache_entries(self.state.cache))
+      return paged_span(needed, self.page_size, self.pool.max_pages)
+    return attention_span(needed, cache_entries(self.state.cache))
+
+  def _span(self, needed: int) -> int:
+    """`_attended(needed)` for a call about to run, recorded in `last_span`."""
+    self.last_span = self._attended(needed)
     return self.last_span
 
   def _sync_pages(self) -> None:
@@ -681,20 +684,16 @@ class DecodeEngine:
     for slot, ids, _, _ in rows:
       self._reserve(slot, int(self.lengths[slot]) + len(ids))
     self._sync_pages()
-    # Shortest first, so that a group's rows attend over similar spans (its longest row's).
-    rows.sort(key=lambda row: int(self.lengths[row[0]]) + len(row[1]))
+    # Shortest first, so that a group's rows attend over similar spans (its longest row's, the
+    # last), in groups of 2^k rows of at most `append_entries` rows x span.
+    rows.sort(key=lambda row: self.lengths[row[0]] + len(row[1]))
+    ends = [int(self.lengths[slot]) + len(ids) for slot, ids, _, _ in rows]
     while rows:
       r = 1 << (len(rows).bit_length() - 1)
-      while r > 1 and self.append_entries and r * self._row_span(rows[r - 1]) > self.append_entries:
+      while r > 1 and self.append_entries and r * self._attended(ends[r - 1] + self.chunk) > self.append_entries:
         r //= 2
       self._append_rows(rows[:r])
-      rows = rows[r:]
-
-  def _row_span(self, row) -> int:
-    """The entries the last chunk of `row` (slot, ids, ...) attends over."""
-    if self.page_size:
-      return paged_span(int(self.lengths[row[0]]) + len(row[1]) + self.chunk, self.page_size, self.pool.max_pages)
-    return attention_span(int(self.lengths[row[0]]) + len(row[1]) + self.chunk, cache_entries(self.state.cache))
+      rows, ends = rows[r:], ends[r:]
 
   def _append_rows(self, rows: list) -> None:
     """One batched prefill of `rows` (slot, ids, pixel values, grid), checked and with pages."""
