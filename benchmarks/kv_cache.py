@@ -1,7 +1,7 @@
 """The paged KV cache against the dense one, on CPU with the tiny model, in one run:
 
     python -m benchmarks.kv_cache [--slots=8] [--filled=2048] [--capacity=32768] [--page_size=64]
-        [--steps=32] [--runs=6] [--budget_slots=64] [--max_len=16384]
+        [--steps=32] [--runs=6] [--append_tokens=64] [--budget_slots=64] [--max_len=16384]
 
 1. Decode tokens/s with `--slots` slots filled to about `--filled` tokens, for four engines:
    dense at `--capacity` tokens a slot (today's engine), paged at the same capacity (a pool of
@@ -12,7 +12,11 @@
    the median is printed too: on a shared machine the best is the stable figure); the slots end
    at `--filled`. Prints paged / dense-at-capacity and paged / dense-short (target: at least
    0.9) and checks that all sample the same tokens.
-2. Trajectories in flight at a fixed memory budget: `--budget_slots` dense slots of `--max_len`
+2. Batched appends (`DecodeEngine.append_many`) of 1 to 16 rows of `--append_tokens` tokens to
+   slots filled past 1k tokens (4k attended entries): milliseconds a row, with the rows of a call
+   unbounded (as accelerators run) and with CPU's bound (`engine.CPU_APPEND_ENTRIES`), and the
+   ratio to appending one row alone (median of `--runs` after one that compiles).
+3. Trajectories in flight at a fixed memory budget: `--budget_slots` dense slots of `--max_len`
    tokens, against a paged pool of the same tokens filled with trajectories whose lengths are
    log-uniform in [1024, max_len] (page rounding included; the mean over 20 draws).
 """
@@ -29,6 +33,7 @@ flags.DEFINE_integer("capacity", 32768, "tokens a slot may hold")
 flags.DEFINE_integer("page_size", 64, "tokens a page")
 flags.DEFINE_integer("steps", 32, "decode steps a round")
 flags.DEFINE_integer("runs", 6, "timed rounds per engine (the best is used)")
+flags.DEFINE_integer("append_tokens", 64, "tokens of each row of a batched append")
 flags.DEFINE_integer("budget_slots", 64, "dense slots of the memory budget")
 flags.DEFINE_integer("max_len", 16384, "longest trajectory (the dense slot's capacity)")
 
@@ -89,6 +94,37 @@ def decode_rates() -> dict:
   return rates
 
 
+def append_costs() -> None:
+  import jax
+  import numpy as np
+  from codevision_jax.models import build_model, presets
+  from codevision_jax.sampling import engine as engine_lib
+
+  model = build_model(presets.qwen2_5_vl_tiny(), seed=0)
+  rng = np.random.default_rng(0)
+  sizes, n = (1, 2, 4, 8, 16), FLAGS.append_tokens
+  for label, bound in (("unbounded", 0), ("CPU bound", engine_lib.CPU_APPEND_ENTRIES)):
+    e = engine_lib.DecodeEngine(model, chunk=128, append_entries=bound)
+    e.allocate(max(sizes), 4096)
+    e.append_many([(slot, rng.integers(1, 200, 1200), None, None) for slot in range(max(sizes))])
+    per_row = {}
+    for rows in sizes:
+      times = []
+      for r in range(1 + FLAGS.runs):
+        items = [(slot, rng.integers(1, 200, n), None, None) for slot in range(rows)]
+        t0 = time.perf_counter()
+        e.append_many(items)
+        jax.block_until_ready(e.state)
+        if r:
+          times.append(time.perf_counter() - t0)
+      per_row[rows] = statistics.median(times) / rows * 1e3
+    assert int(e.lengths.max()) + e.chunk <= 4096, e.lengths  # Every call attended over 4k entries.
+    print(
+      f"  {label:10s} ms a row: "
+      + ", ".join(f"{r} rows {per_row[r]:.1f} ({per_row[r] / per_row[1]:.2f}x)" for r in sizes)
+    )
+
+
 def in_flight() -> tuple[float, int]:
   import numpy as np
   from codevision_jax.sampling.paged import PagePool
@@ -117,6 +153,8 @@ def main(_):
     f"paged / dense at capacity {FLAGS.filled}: {ratio:.2f}x (target >= {TARGET}: "
     f"{'met' if ratio >= TARGET else 'NOT met'})"
   )
+  print(f"batched appends of {FLAGS.append_tokens} tokens a row, slots past 1k tokens (4k attended entries):")
+  append_costs()
   paged_n, dense_n = in_flight()
   print(
     f"trajectories in flight in {FLAGS.budget_slots} x {FLAGS.max_len} tokens, lengths "

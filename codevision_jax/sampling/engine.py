@@ -461,7 +461,7 @@ class DecodeEngine:
     self.round_gather = jax.default_backend() == "cpu" if round_gather is None else round_gather
     # A batched append's rows x attended entries, at most (0: no bound). XLA's CPU attention
     # materialises the [rows, K, G * chunk, span] scores: past a few MB it runs at memory speed
-    # (8 rows at 4k entries cost 2x 8 single rows; docs/performance.md). Accelerators batch.
+    # (8 rows at 4k entries: 2.1-2.3x a row; benchmarks/kv_cache.py). Accelerators batch.
     self.append_entries = (
       (CPU_APPEND_ENTRIES if jax.default_backend() == "cpu" else 0) if append_entries is None else append_entries
     )
