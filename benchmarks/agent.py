@@ -12,26 +12,31 @@ output) for the first `--tool_turns` turns, an answer after that. Everything els
 production path: parsing, executor calls as asyncio tasks, tool images resized, preprocessed,
 encoded and appended by chunked prefill, slots refilled from the queue.
 
-The input images are resized to sides drawn log-uniform in `--image_sides` (default 512-2048
-pixels, as real inputs are; the tool's rotations and half-crops of them give results of varied
-sizes), so decoding each result PNG and preparing it for the model costs what it does in a real
-rollout.
+The input image of each task is resized to a side drawn log-uniform in `--image_sides` (default
+512-2048 pixels, as real inputs are; the tool's rotations and half-crops of them give results
+of varied sizes), so decoding each result PNG and preparing it for the model costs what it does
+in a real rollout.
 
 Prints the decoder idle fraction (time with no slot to decode because every slot in flight waits
 on a tool call, over the wall time; target under 10%), the time the decoder stalled on host work
 (the wall time neither decoding nor idle: starting prompts, appending tool turns, and whatever
-host work runs inline in the loop), and the decode, prefill and tool-latency figures. The reference in the same run is the time the tool calls took in total (sum of
-latencies), against which the idle time shows how much of it was hidden behind decoding.
+host work runs inline in the loop), and the decode, prefill and tool-latency figures. The
+reference in the same run is the time the tool calls took in total (sum of latencies), against
+which the idle time shows how much of it was hidden behind decoding. A warm-up runs the same
+trajectories first, so the timed run compiles nothing.
 """
 
 import asyncio
+import io
 import statistics
 import tempfile
 
 import numpy as np
 from absl import app, flags
+from PIL import Image
 
 from codevision_jax.data import synthetic
+from codevision_jax.data.records import png_bytes
 from codevision_jax.sampling import agent as agent_lib
 from codevision_jax.execution.client import ExecutorClient
 from executor.local import local_service
@@ -50,20 +55,16 @@ flags.DEFINE_string("image_sides", "512,2048", "input images' sides, log-uniform
 
 
 def resized(records, sides: str, seed: int = 0):
-  """The records with each image resized to a side drawn log-uniform in `sides` ("lo,hi")."""
-  import io
-
-  from PIL import Image
-
-  from codevision_jax.data.records import png_bytes
-
+  """The records with their input image (the first; the rest are the expert trajectory's tool
+  results, which the agent does not read) resized to a side drawn log-uniform in `sides`."""
   if not sides:
     return records
   lo, hi = (int(x) for x in sides.split(","))
   rng = np.random.default_rng(seed)
   for r in records:
     side = int(round(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
-    r.images = [png_bytes(Image.open(io.BytesIO(im)).convert("RGB").resize((side, side))) for im in r.images]
+    image = Image.open(io.BytesIO(r.images[0])).convert("RGB").resize((side, side))
+    r.images = [png_bytes(image)] + r.images[1:]
   return records
 
 
