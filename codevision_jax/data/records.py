@@ -65,8 +65,10 @@ def load_image(source, origin=None):
   return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def png_bytes(image):
-  """Encodes a PIL image as PNG bytes (the in-memory image source used by generators)."""
+def png_bytes(image, compress_level: int = 6):
+  """Encodes a PIL image as PNG bytes (the in-memory image source used by generators). PNG is
+  lossless at every `compress_level` (0-9); 1 encodes several times faster than PIL's default 6
+  for a slightly larger file."""
   buf = io.BytesIO()
-  image.save(buf, format="PNG")
+  image.save(buf, format="PNG", compress_level=compress_level)
   return buf.getvalue()

@@ -299,7 +299,7 @@ def make_task(seed, index, p_small=0.5, kinds=KINDS, transforms=TRANSFORMS):
   messages.append({"role": "assistant", "content": f"{final}\n<answer>{answer}</answer>"})
   return records_lib.Conversation(
     messages=messages,
-    images=[records_lib.png_bytes(im) for im in images],
+    images=[records_lib.png_bytes(im, compress_level=1) for im in images],  # Held in memory: fast.
     tools=[code_tool.CODE_IMAGE_TOOL],
     ground_truth=answer,
     required_transforms=required,
