@@ -31,6 +31,7 @@ c = tiny_rl.get_config()
 c.init.sft_workdir = SFT_DIR
 c.train.rounds, c.eval.every, c.train.save_rollouts = 1, 0, 8
 c.rollout.prompts, c.rollout.group_size, c.algo.mini_batch_prompts = 4, 2, 2
+c.data.synthetic_size = 16  # The round's 4 prompts among 16 tasks (the recipe's 512 take seconds).
 c.mesh.num_devices = 0
 c.mesh.shape.data, c.mesh.shape.fsdp, c.mesh.shape.tensor = 2, 2, 2
 

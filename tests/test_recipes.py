@@ -19,6 +19,7 @@ import pytest
 from codevision_jax import parallel
 from codevision_jax.models import presets
 from codevision_jax.runtime import dry_run
+from multiprocess_util import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {  # recipe -> (kind, the published shapes' preset)
@@ -170,7 +171,7 @@ def _smoke_command(name, workdir):
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_the_recipe_smoke_test_runs_on_eight_cpu_devices(name, tmp_path):
   workdir = tmp_path / "run"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
   out = subprocess.run(_smoke_command(name, workdir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
   assert "8 x cpu on the mesh" in out.stderr
