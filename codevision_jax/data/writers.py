@@ -29,12 +29,16 @@ def _inline_message(m):
   return {"role": m["role"], "content": content}
 
 
-def _save_image(source, path):
+def _png(source) -> bytes:
+  """`source` (PNG or other image bytes, a path) as PNG bytes: PNG bytes as they are."""
   if isinstance(source, (bytes, bytearray)) and bytes(source[:8]) == _PNG_MAGIC:
-    with open(path, "wb") as f:
-      f.write(source)
-  else:
-    records_lib.load_image(source).save(path, format="PNG")
+    return bytes(source)
+  return records_lib.png_bytes(records_lib.load_image(source))
+
+
+def _save_image(source, path):
+  with open(path, "wb") as f:
+    f.write(_png(source))
 
 
 def record_to_json(conv, image_paths):
@@ -103,9 +107,7 @@ def write_rl_parquet(records, path):
     rows.append(
       {
         "prompt": prompt,
-        "images": [
-          {"bytes": records_lib.png_bytes(records_lib.load_image(src)), "path": None} for src in conv.images[:n_images]
-        ],
+        "images": [{"bytes": _png(src), "path": None} for src in conv.images[:n_images]],
         "data_source": conv.data_source or "",
         "reward_model": {"ground_truth": conv.ground_truth, "style": "rule"},
         "extra_info": extra,
