@@ -27,16 +27,14 @@ trajectories first, so the timed run compiles nothing.
 """
 
 import asyncio
-import io
 import statistics
 import tempfile
 
 import numpy as np
 from absl import app, flags
-from PIL import Image
 
 from codevision_jax.data import synthetic
-from codevision_jax.data.records import png_bytes
+from codevision_jax.data.records import load_image, png_bytes
 from codevision_jax.sampling import agent as agent_lib
 from codevision_jax.execution.client import ExecutorClient
 from executor.local import local_service
@@ -63,8 +61,7 @@ def resized(records, sides: str, seed: int = 0):
   rng = np.random.default_rng(seed)
   for r in records:
     side = int(round(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
-    image = Image.open(io.BytesIO(r.images[0])).convert("RGB").resize((side, side))
-    r.images = [png_bytes(image)] + r.images[1:]
+    r.images = [png_bytes(load_image(r.images[0]).resize((side, side)))] + r.images[1:]
   return records
 
 

@@ -21,10 +21,10 @@ DEVICES = 8  # simulated CPU devices over all processes
 
 
 def xla_flags(devices: int) -> str:
-  """The XLA flags of every test process: `devices` simulated CPU devices, and each program's
-  machine code generated in one piece. (XLA's CPU compiler splits a program to generate its
-  parts on parallel threads; with two pytest workers on the 2-core CI machine that costs more
-  than it saves: six compile-bound test files took 180 s instead of 191 s. The code is the same.)"""
+  """The XLA flags of every test process, in-process or spawned (so that they compile the same
+  programs and share the session's compilation cache): `devices` simulated CPU devices, and each
+  program's machine code generated in one piece. XLA's CPU compiler otherwise splits a program
+  to generate its parts on parallel threads, which two pytest workers on two cores cannot use."""
   return f"--xla_force_host_platform_device_count={devices} --xla_cpu_parallel_codegen_split_count=1"
 
 

@@ -67,8 +67,8 @@ def load_image(source, origin=None):
 
 def png_bytes(image, compress_level: int = 6):
   """Encodes a PIL image as PNG bytes (the in-memory image source used by generators). PNG is
-  lossless at every `compress_level` (0-9); 1 encodes several times faster than PIL's default 6
-  for a slightly larger file."""
+  lossless at every `compress_level` (0-9): a lower level encodes faster into a larger file
+  (PIL's default is 6)."""
   buf = io.BytesIO()
   image.save(buf, format="PNG", compress_level=compress_level)
   return buf.getvalue()

@@ -681,19 +681,22 @@ class DecodeEngine:
       rows.append((int(slot), ids, pixel_values, None if grid is None else grid.reshape(-1, 3)))
     if len({r[0] for r in rows}) != len(rows):
       raise ValueError(f"append_many takes one segment per slot, got slots {[r[0] for r in rows]}")
-    for slot, ids, _, _ in rows:
-      self._reserve(slot, int(self.lengths[slot]) + len(ids))
+
+    def end(row) -> int:  # The row's slot length once appended (rows not yet appended).
+      return int(self.lengths[row[0]]) + len(row[1])
+
+    for row in rows:
+      self._reserve(row[0], end(row))
     self._sync_pages()
     # Shortest first, so that a group's rows attend over similar spans (its longest row's, the
     # last), in groups of 2^k rows of at most `append_entries` rows x span.
-    rows.sort(key=lambda row: self.lengths[row[0]] + len(row[1]))
-    ends = [int(self.lengths[slot]) + len(ids) for slot, ids, _, _ in rows]
+    rows.sort(key=end)
     while rows:
       r = 1 << (len(rows).bit_length() - 1)
-      while r > 1 and self.append_entries and r * self._attended(ends[r - 1] + self.chunk) > self.append_entries:
+      while r > 1 and self.append_entries and r * self._attended(end(rows[r - 1]) + self.chunk) > self.append_entries:
         r //= 2
       self._append_rows(rows[:r])
-      rows, ends = rows[r:], ends[r:]
+      rows = rows[r:]
 
   def _append_rows(self, rows: list) -> None:
     """One batched prefill of `rows` (slot, ids, pixel values, grid), checked and with pages."""
