@@ -23,8 +23,12 @@ $(TEST_STAMP): $(STAMP)
 
 install: $(STAMP)
 
+# glibc's malloc settings for CPU runs, `TUNABLES` in codevision_jax/runtime/host_malloc.py: XLA's
+# step buffers stay in the heap instead of being mapped and faulted in again every step.
+CPU_MALLOC := GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
+
 demo: $(STAMP)
-	$(PY) -m launch.demo --config=configs/tiny.py
+	$(CPU_MALLOC) $(PY) -m launch.demo --config=configs/tiny.py
 
 # OS packages for the executor's sandbox (bubblewrap; libseccomp for pyseccomp). Idempotent: apt runs
 # only when something is missing; without apt the executor still runs, logging the inactive layers.

@@ -52,6 +52,18 @@ def pytest_collection_modifyitems(config, items):
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: the rest keep their order.
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _started_processes_keep_their_heap():
+  """Every process a test starts (launchers, multi-process runs, the executor service) runs under
+  `runtime.host_malloc.TUNABLES`: XLA's step buffers stay in its heap instead of being mapped and
+  faulted in again every step. Set in the processes that run tests (pytest-xdist's workers, or a
+  run without them), which started before this and keep glibc's defaults: a worker runs hundreds of
+  tests of other shapes, and a heap that gives no memory back would keep the holes between them."""
+  from codevision_jax.runtime import host_malloc
+
+  os.environ.update(host_malloc.environ(os.environ))
+
+
 @pytest.fixture(scope="session")
 def sft_dir(tmp_path_factory):
   """The tiny RL recipe's short SFT (arrow signs, upright or upside down), trained once per test
