@@ -349,6 +349,7 @@ def initialize(cfg_distributed=None, env: Mapping[str, str] = os.environ) -> dic
 # ---- one process fails: all stop ------------------------------------------------------------------
 
 FAILURE_KEY = "cvj/failed"
+ACK_LINGER_S = 1.0  # How long the failed coordinator stays after the others read its failure.
 _failure = {"reported": False, "origin": False, "exit_code": 1, "watching": False}
 _stop_watching = threading.Event()
 
@@ -389,16 +390,18 @@ def _another_failed(me: int) -> dict | None:
 
 
 def _say_another_failed(failed: dict, me: int, count: int) -> None:
-  try:  # The failed process, when it hosts the coordination service, waits for this.
-    _client().key_value_set(f"{FAILURE_KEY}_seen/{me}", "1")
-  except Exception:  # noqa: BLE001 - the service is gone: nobody waits.
-    pass
   sys.stdout.flush()
   sys.stderr.write(
     f"\nprocess {failed['process']} of {count} failed: {failed['message']}\n"
     f"stopping process {me} as well (a failed process stops the run)\n"
   )
   sys.stderr.flush()
+  # Said first: the failed process, when it hosts the coordination service, exits once this is
+  # set, and the service's end makes JAX abort this process (its error poller) at any moment.
+  try:
+    _client().key_value_set(f"{FAILURE_KEY}_seen/{me}", "1")
+  except Exception:  # noqa: BLE001 - the service is gone: nobody waits.
+    pass
 
 
 def _watch(me: int, count: int, poll_s: float) -> None:
@@ -438,6 +441,9 @@ def _at_exit(me: int, count: int, wait_s: float) -> None:
           _client().blocking_key_value_get(f"{FAILURE_KEY}_seen/{p}", max(left_ms, 1))
         except Exception:  # noqa: BLE001 - not in time, or gone: exit anyway.
           pass
+      # A process that has read the failure exits right after; the service's end would otherwise
+      # make JAX abort it first (on a loaded machine it sometimes did).
+      time.sleep(min(ACK_LINGER_S, max(deadline - time.monotonic(), 0)))
     os._exit(_failure["exit_code"])  # pylint: disable=protected-access
 
 
