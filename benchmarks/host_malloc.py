@@ -6,7 +6,7 @@ Runs `python -m launch.sft --config=<config> --config.train.steps=<steps>` in a 
 alternately without and with the tunables (`--runs` times each, a fresh workdir each time; one
 short run first fills a compilation cache that all of them share, so none compiles). Prints, for
 each setting, the median over its runs of wall seconds, user and system CPU seconds, minor page
-faults (from the child's `getrusage`) and its peak resident memory, and the ratio of wall and of
+faults and peak resident memory (the child's own, from `os.wait4`), and the ratio of wall and of
 CPU time (user + system), tuned over default. Run it on a quiet machine: on a shared one the
 CPU times are the figures to read.
 """
