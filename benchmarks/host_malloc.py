@@ -47,10 +47,10 @@ def run(env: dict, workdir: str, steps: int) -> dict:
     child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - t
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
+    code = os.waitstatus_to_exitcode(status)
+    if code:
       log.seek(0)
-      sys.exit(f"{' '.join(cmd)} failed ({child.returncode}):\n{log.read()[-3000:]}")
+      sys.exit(f"{' '.join(cmd)} failed ({code}):\n{log.read()[-3000:]}")
   return {
     "wall_s": wall,
     "user_s": usage.ru_utime,

@@ -10,10 +10,8 @@ The price is that a process keeps the memory of its largest step. `benchmarks/ho
 measures both settings on the same run (docs/performance.md has the figures).
 
 glibc reads `GLIBC_TUNABLES` when a process starts, so it is set in the environment of the
-processes to start (`environ`; the test suite and `make demo` do), or on the command line:
-
-    GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 \\
-      python -m launch.sft --config=configs/tiny_sft.py --workdir=/tmp/tiny_sft
+processes to start (`environ`; the test suite and `make demo` do), or on the command line
+(`GLIBC_TUNABLES=<TUNABLES> python -m launch.sft ...`, as the README shows).
 
 On GPUs and TPUs the device's memory holds the buffers and this changes little. Other C libraries
 (musl) ignore the variable.
