@@ -1,8 +1,9 @@
 """glibc's malloc settings for CPU runs (`runtime.host_malloc`): how they join an environment, and
-that `make demo` and the README's command use the same ones."""
+that `make demo` and the README's command use the same ones; the test processes' own (`kept_heap`)."""
 
 import os
 import re
+import ast
 import subprocess
 import sys
 
@@ -41,3 +42,46 @@ def test_make_demo_and_the_readme_use_the_same_settings():
   assert "$(CPU_MALLOC) $(PY) -m launch.demo" in makefile
   with open(os.path.join(ROOT, "README.md")) as f:
     assert re.findall(r"^GLIBC_TUNABLES=(\S+) ", f.read(), re.M) == [host_malloc.TUNABLES]
+
+
+KEPT_HEAP_PROBE = """
+import ctypes, sys
+sys.path.insert(0, {tests!r})
+import kept_heap
+
+class Mallinfo2(ctypes.Structure):
+  _fields_ = [(name, ctypes.c_size_t) for name in (
+    "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def one_large_buffer():
+  # (mapped on its own, bytes of heap once it is freed); 64 MiB is above any mmap threshold
+  # glibc sets itself (32 MiB at most).
+  before = libc.mallinfo2().hblks
+  p = libc.malloc(64 << 20)
+  mapped = libc.mallinfo2().hblks - before
+  libc.free(p)
+  return mapped, libc.mallinfo2().arena
+
+kept_heap.one_arena()
+defaults = one_large_buffer()
+with kept_heap.kept():
+  kept = one_large_buffer()
+print([defaults, kept, libc.mallinfo2().arena])
+"""
+
+
+def test_a_test_file_keeps_its_buffers_in_the_heap_and_gives_the_memory_back_at_its_end():
+  """tests/kept_heap.py, in a process of its own under glibc's defaults (this one is inside a
+  test file's `kept`): a 64 MiB buffer is mapped on its own; within `kept` it comes from the heap
+  and stays there once freed; leaving `kept` gives it back."""
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  probe = KEPT_HEAP_PROBE.format(tests=os.path.join(ROOT, "tests"))
+  out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+  (mapped, _), (kept_mapped, kept_heap_bytes), heap_after = ast.literal_eval(out.stdout.strip())
+  assert mapped == 1 and kept_mapped == 0
+  assert kept_heap_bytes >= 64 << 20 > heap_after
