@@ -10,6 +10,8 @@ at its end give the settings back and return the file's free memory to the kerne
     with kept():     # mmap off and no trimming; on leaving, glibc's defaults and malloc_trim.
       ...
 
+Between files the worker runs under glibc's default values, save one: once `mallopt` has set a
+threshold, glibc no longer raises its mmap threshold by itself as large buffers are freed.
 Elsewhere than glibc both do nothing.
 """
 
