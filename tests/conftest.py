@@ -28,9 +28,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pytest  # noqa: E402
 
-import kept_heap  # noqa: E402
+from codevision_jax.runtime import host_malloc  # noqa: E402
 
-kept_heap.one_arena()  # Before JAX starts its threads (tests/kept_heap.py).
+host_malloc.one_arena()  # Before JAX starts its threads.
 
 # The files that take minutes, longest first: collected first, they start first, so that the two
 # pytest-xdist workers finish together (with `--no-loadscope-reorder`, as the Makefile runs it,
@@ -62,16 +62,14 @@ def _started_processes_keep_their_heap():
   `runtime.host_malloc.TUNABLES`: XLA's step buffers stay in its heap instead of being mapped and
   faulted in again every step. The processes that run tests (pytest-xdist's workers, or a run
   without them) started before this; they keep their heap one test file at a time (below)."""
-  from codevision_jax.runtime import host_malloc
-
   os.environ.update(host_malloc.environ(os.environ))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _file_keeps_its_heap():
   """The process running a test file keeps XLA's buffers in its heap while it does, and gives
-  the free memory back at the file's end (tests/kept_heap.py)."""
-  with kept_heap.kept():
+  the free memory back at the file's end (`runtime.host_malloc.kept`)."""
+  with host_malloc.kept():
     yield
 
 
@@ -92,7 +90,7 @@ def sft_dir(tmp_path_factory):
   with open(root / "sft_tiny_rl.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not done.exists():
-      with kept_heap.kept():  # Set up before the file's own `kept`, a session fixture.
+      with host_malloc.kept():  # Set up before the file's own `kept`, a session fixture.
         sft_loop.train(tiny_rl.get_config().sft, str(path))
       done.touch()
   return str(path)

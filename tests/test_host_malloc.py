@@ -1,9 +1,9 @@
 """glibc's malloc settings for CPU runs (`runtime.host_malloc`): how they join an environment, and
-that `make demo` and the README's command use the same ones; the test processes' own (`kept_heap`)."""
+that `make demo` and the README's command use the same ones; the same settings through `mallopt`."""
 
+import ast
 import os
 import re
-import ast
 import subprocess
 import sys
 
@@ -45,9 +45,8 @@ def test_make_demo_and_the_readme_use_the_same_settings():
 
 
 KEPT_HEAP_PROBE = """
-import ctypes, sys
-sys.path.insert(0, {tests!r})
-import kept_heap
+import ctypes
+from codevision_jax.runtime import host_malloc
 
 class Mallinfo2(ctypes.Structure):
   _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -67,21 +66,21 @@ def one_large_buffer():
   libc.free(p)
   return mapped, libc.mallinfo2().arena
 
-kept_heap.one_arena()
+host_malloc.one_arena()
 defaults = one_large_buffer()
-with kept_heap.kept():
+with host_malloc.kept():
   kept = one_large_buffer()
 print([defaults, kept, libc.mallinfo2().arena])
 """
 
 
 def test_a_test_file_keeps_its_buffers_in_the_heap_and_gives_the_memory_back_at_its_end():
-  """tests/kept_heap.py, in a process of its own under glibc's defaults (this one is inside a
+  """`one_arena` and `kept`, in a process of its own under glibc's defaults (this one is inside a
   test file's `kept`): a 64 MiB buffer is mapped on its own; within `kept` it comes from the heap
   and stays there once freed; leaving `kept` gives it back."""
   env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-  probe = KEPT_HEAP_PROBE.format(tests=os.path.join(ROOT, "tests"))
-  out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+  probe = [sys.executable, "-c", KEPT_HEAP_PROBE]
+  out = subprocess.run(probe, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
   (mapped, _), (kept_mapped, kept_heap_bytes), heap_after = ast.literal_eval(out.stdout.strip())
   assert mapped == 1 and kept_mapped == 0
   assert kept_heap_bytes >= 64 << 20 > heap_after
