@@ -383,16 +383,23 @@ def _xla_attention(q, k, v, mask, scale, kv_layout="bskd"):
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # -> [B, K, S, D]
   kv_heads, s = k.shape[1], k.shape[2]
   groups = h // kv_heads
+  # Keys and values held wider than the queries (the decode engine's float32 copy of a bfloat16
+  # cache on CPU, `DecodeEngine.round_upcast`): both products are rounded to the queries' dtype,
+  # which is what a dot at that dtype gives on XLA's CPU backend (operands converted to float32,
+  # a float32 dot, the result rounded), so the copy changes no bit.
+  wide = jnp.dtype(k.dtype).itemsize > jnp.dtype(q.dtype).itemsize
   # Heads leading, as [B, K, G*T, D] x [B, K, D, S]: batched matmuls with leading batch dims run
   # 2-3x faster on XLA's CPU backend than the same einsums with interleaved batch dims.
   q = q.reshape(b, t, kv_heads, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, groups * t, d)
-  scores = jnp.matmul(q, k.swapaxes(-1, -2)) * jnp.asarray(scale, q.dtype)
+  scores = jnp.matmul(q, k.swapaxes(-1, -2))
+  scores = (scores.astype(q.dtype) if wide else scores) * jnp.asarray(scale, q.dtype)
   scores = scores.astype(jnp.float32).reshape(b, kv_heads, groups, t, s)
   if mask is not None:
     mask = jnp.broadcast_to(mask, (b, 1, t, s))[:, :, None]  # [B, 1, 1, T, S]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, groups * t, s)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype if wide else v.dtype).reshape(b, kv_heads, groups * t, s)
   out = jnp.matmul(probs, v)  # [B, K, G*T, D]
+  out = out.astype(q.dtype) if wide else out
   return out.reshape(b, kv_heads, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 

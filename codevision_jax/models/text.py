@@ -66,8 +66,8 @@ class TextAttention(nnx.Module):
       entries = cache_index[:, None] + jnp.arange(t)
       rows = jnp.arange(b)[:, None]
       kw = dict(unique_indices=True, indices_are_sorted=True)
-      k = cache["k"].at[rows, :, entries].set(k.astype(cache["k"].dtype), **kw)
-      v = cache["v"].at[rows, :, entries].set(v.astype(cache["v"].dtype), **kw)
+      k = cache["k"].at[rows, :, entries].set(stored(k, cache["k"].dtype), **kw)
+      v = cache["v"].at[rows, :, entries].set(stored(v, cache["v"].dtype), **kw)
       cache = {"k": k, "v": v}
       span = mask.shape[-1]  # A mask over the first entries only: attend over those (the filled
       if span < k.shape[2]:  # prefix the decode engine passes), not the whole capacity.
@@ -193,6 +193,16 @@ def init_kv_cache(
     shape = (cfg.num_hidden_layers,) + shape
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
   return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_hidden_layers)]
+
+
+def stored(x: jax.Array, dtype) -> jax.Array:
+  """`x` as a cache of `dtype` holds it. A wider cache (the decode engine's float32 copy of a
+  bfloat16 one, `DecodeEngine.round_upcast`) holds it rounded to its own dtype, as a cache of
+  that dtype would: XLA may compute `x` wider and drop a conversion pair, but not this rounding."""
+  if jnp.dtype(dtype).itemsize > jnp.dtype(x.dtype).itemsize:
+    f = jnp.finfo(x.dtype)
+    return jax.lax.reduce_precision(x.astype(dtype), exponent_bits=f.nexp, mantissa_bits=f.nmant)
+  return x.astype(dtype)
 
 
 def cache_slot_axis(cache: list[dict] | dict) -> int:

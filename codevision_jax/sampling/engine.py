@@ -33,7 +33,9 @@ budget (or `max_steps` pass). Every sampled token, a stop token too, is fed back
 round the cache holds everything sampled and the pending logits follow the last token. Each row
 writes its key/value at its own length; rows not asked for, or done, write to the scratch entry.
 Banned ids (image pads, vision markers: only the environment places them) are never sampled; the
-log-probs stay those of the unrestricted policy at temperature 1 (see `logits`).
+log-probs stay those of the unrestricted policy at temperature 1 (see `logits`). On CPU a round
+over a bfloat16 cache runs on a float32 copy of the entries it attends over (`round_upcast`: XLA's
+CPU dots convert bfloat16 operands at every step), with the same bits as the bfloat16 cache gives.
 
 Sharding. When the parameters live on a mesh (`NamedSharding`), the cache is created sharded on it
 and kept so by every prefill and decode: slots over the batch axes (`data`, `fsdp`), KV heads over
@@ -303,6 +305,7 @@ def _prefill(
     "span",
     "page_size",
     "round_gather",
+    "round_upcast",
   ),
   donate_argnames=("state",),
 )
@@ -330,6 +333,7 @@ def _decode(
   span: int = 0,
   page_size: int = 0,
   round_gather: bool = False,
+  round_upcast: bool = False,
 ):
   """Up to `max_steps` tokens for each active row, until a stop token or its budget (at most the
   room left in its slot); the whole call ends after the step in which some row sampled one of
@@ -341,7 +345,11 @@ def _decode(
   cache, `page_size` > 0: to the scratch page; the caller's budgets keep rows within their pages).
   `round_gather` (paged): the rows' pages are gathered once into a dense view of `span` entries
   (and a scratch entry), the steps run on it as on a dense cache, and the new entries are written
-  back to the pages after the round: a transient dense copy of the span, for speed on CPU."""
+  back to the pages after the round: a transient dense copy of the span, for speed on CPU.
+  `round_upcast`: the steps run on a float32 copy of the (bfloat16) entries they attend over,
+  and the rows' new entries are written back after the round: XLA's CPU backend converts a
+  bfloat16 operand to float32 for every dot, so attending a bfloat16 cache costs a conversion of
+  the span at every step; the tokens and log-probs are the same bits (`_xla_attention`)."""
   TRACE_COUNTS["decode"] += 1
   model = nnx.merge(graphdef, params, rest)
   s = active.shape[0]
@@ -353,6 +361,13 @@ def _decode(
     span += page_size  # The whole view (the scratch page's entries are never valid keys): no
     # slice of it a step; idle rows write to its last entry.
     state, page_size, cache_sharding = state.replace(cache=view), 0, None
+  low = None
+  if round_upcast and not page_size:  # A dense cache, or a paged one's gathered view.
+    if pool is None:  # Dense: the attended entries and one past them, the copy's scratch entry.
+      low, start = state.cache, state.lengths
+      kept = min(span + 1, cache_entries(low)) if span else cache_entries(low)
+      state = state.replace(cache=jax.tree.map(lambda x: x[..., :kept, :], low))
+    state = state.replace(cache=jax.tree.map(lambda x: x.astype(jnp.float32), state.cache))
   scratch = 0 if page_size else cache_entries(state.cache) - 1
   entries = jnp.arange(span or scratch + 1)
   banned = jnp.any(jnp.arange(state.logits.shape[-1])[:, None] == banned_ids[None, :], axis=-1)
@@ -410,7 +425,21 @@ def _decode(
       (pool, state.cache), lambda both: paged_kv.write_back(both[0], both[1], start, n, state.pages, steps)
     )
     state = state.replace(cache=pool)
+  if low is not None:
+    state = state.replace(cache=_constrain(_write_back(low, state.cache, start, n, max_steps), cache_sharding))
   return tokens, logprobs, n, state
+
+
+def _write_back(cache, copy, start, count, steps: int):
+  """`cache` with each row's entries start[r] .. start[r] + count[r] - 1 (count <= `steps`) taken
+  from `copy` (a wider copy of its first entries, which a decode round ran on) in the cache's
+  dtype; the rest of the `steps` writes go to the scratch entry (the cache's last)."""
+  lead = (slice(None),) * cache_slot_axis(cache)
+  e = start[:, None] + jnp.arange(steps)  # [S, steps]
+  rows = jnp.arange(start.shape[0])[:, None]
+  src = lead + (rows, slice(None), jnp.minimum(e, cache_entries(copy) - 1))
+  dst = lead + (rows, slice(None), jnp.where(jnp.arange(steps) < count[:, None], e, cache_entries(cache) - 1))
+  return jax.tree.map(lambda c, w: c.at[dst].set(w[src].astype(c.dtype)), cache, copy)
 
 
 def _per_layer(tree, fn):
@@ -435,8 +464,9 @@ class DecodeEngine:
   room for chunk padding). `page_size` > 0: the cache is paged (`models.paged_kv`): one pool of
   pages shared by the slots, each slot holding pages for its tokens only (`allocate`'s
   `pool_tokens`); 0: a dense cache of `capacity` entries per slot. `round_gather` (default: on
-  CPU) is `_decode`'s. `append_entries` bounds a batched append's rows x attended entries
-  (default: `CPU_APPEND_ENTRIES` on CPU, no bound elsewhere; 0: none).
+  CPU) is `_decode`'s; so is `round_upcast` (default: on CPU; it applies to a cache narrower than
+  float32). `append_entries` bounds a batched append's rows x attended entries (default:
+  `CPU_APPEND_ENTRIES` on CPU, no bound elsewhere; 0: none).
   """
 
   def __init__(
@@ -448,6 +478,7 @@ class DecodeEngine:
     rules=None,
     page_size: int = 0,
     round_gather: bool | None = None,
+    round_upcast: bool | None = None,
     append_entries: int | None = None,
   ):
     self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
@@ -459,6 +490,9 @@ class DecodeEngine:
     # Paged decode rounds gather their pages once (CPU: fast, a transient dense copy of the span)
     # or at every step (accelerators: memory follows the pages; a kernel belongs there).
     self.round_gather = jax.default_backend() == "cpu" if round_gather is None else round_gather
+    # A decode round on CPU runs on a float32 copy of a narrower cache's attended entries: XLA's
+    # CPU dots convert a bfloat16 operand at every step (1.5x the round; benchmarks/bf16_decode.py).
+    self.round_upcast = jax.default_backend() == "cpu" if round_upcast is None else round_upcast
     # A batched append's rows x attended entries, at most (0: no bound). XLA's CPU attention
     # materialises the [rows, K, G * chunk, span] scores: past a few MB it runs at memory speed
     # (8 rows at 4k entries: 2.1-2.3x a row; benchmarks/kv_cache.py). Accelerators batch.
@@ -856,6 +890,7 @@ class DecodeEngine:
       span=self._span(filled + max_steps),
       page_size=self.page_size,
       round_gather=self.round_gather,
+      round_upcast=self.round_upcast and jnp.dtype(self.dtype).itemsize < 4,
     )
     self._unsynced = n if self._unsynced is None else self._unsynced + n  # Stays on device.
     return tokens, logprobs, n
