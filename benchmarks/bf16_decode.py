@@ -16,7 +16,6 @@ the same tokens and log-probs (bit for bit).
 """
 
 import statistics
-import time
 
 from absl import app, flags
 
@@ -35,20 +34,19 @@ def main(_):
   import numpy as np
   from flax import nnx
 
+  from benchmarks.decode_rounds import timed_rounds
   from codevision_jax.models import build_model, presets
   from codevision_jax.sampling.engine import DecodeEngine
+  from codevision_jax.train.step import cast_floats
 
   model = build_model(presets.qwen2_5_vl_tiny(), seed=0)
-  bf16 = jax.tree.map(
-    lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, nnx.state(model, nnx.Param)
-  )
+  bf16 = cast_floats(nnx.state(model, nnx.Param), jnp.bfloat16)
   s, steps = FLAGS.slots, FLAGS.steps
   start = FLAGS.filled - (1 + FLAGS.runs) * steps
   if start < 1 or FLAGS.filled > FLAGS.capacity:
     raise app.UsageError("--filled must exceed (1 + --runs) x --steps and be at most --capacity")
   rng = np.random.default_rng(0)
   prompts = [rng.integers(1, 200, start) for _ in range(s)]
-  keys = jax.random.split(jax.random.PRNGKey(0), s)
   setups = {
     "float32": dict(params=None, round_upcast=False),
     "bfloat16, as is": dict(params=bf16, round_upcast=False),
@@ -59,30 +57,20 @@ def main(_):
     e = DecodeEngine(model, chunk=128, page_size=FLAGS.page_size, **setup)
     e.allocate(s, FLAGS.capacity)
     e.append_many([(slot, p, None, None) for slot, p in enumerate(prompts)])
-    engines[name] = dict(engine=e, counts=np.zeros(s, np.int32), times=[], out=[])
-  for r in range(1 + FLAGS.runs):  # Round 0 compiles; the engines take turns.
-    for v in engines.values():
-      t0 = time.perf_counter()
-      t, lp, n = v["engine"].decode(
-        np.ones(s, bool), np.full(s, steps), keys, v["counts"], max_steps=steps, temperature=1.0
-      )
-      jax.block_until_ready(t)
-      if r:
-        v["times"].append(time.perf_counter() - t0)
-      v["out"].append((np.asarray(t), np.asarray(lp)))
-      v["counts"] = v["counts"] + np.asarray(n)
+    engines[name] = e
+  rounds = timed_rounds(engines, jax.random.split(jax.random.PRNGKey(0), s), steps, FLAGS.runs)
   print(
     f"decode, {s} slots filled to {FLAGS.filled} of {FLAGS.capacity} tokens"
     f"{f', pages of {FLAGS.page_size}' if FLAGS.page_size else ''}, tiny Qwen2.5-VL, {jax.default_backend()}:"
   )
   rates = {}
-  for name, v in engines.items():
-    rates[name] = s * steps / min(v["times"])
+  for name, (times, _) in rounds.items():
+    rates[name] = s * steps / min(times)
     print(
       f"  {name:17s} {rates[name]:8.0f} tokens/s (best round of {FLAGS.runs}; median "
-      f"{s * steps / statistics.median(v['times']):.0f})   attends over {v['engine'].last_span} entries"
+      f"{s * steps / statistics.median(times):.0f})   attends over {engines[name].last_span} entries"
     )
-  a, b = engines["bfloat16, as is"]["out"], engines["bfloat16, copied"]["out"]
+  a, b = rounds["bfloat16, as is"][1], rounds["bfloat16, copied"][1]
   same = all((x[0] == y[0]).all() and (x[1] == y[1]).all() for x, y in zip(a, b))
   print(f"  the copy over bfloat16 as is: {rates['bfloat16, copied'] / rates['bfloat16, as is']:.2f}x")
   print(f"  the copy against float32: {rates['bfloat16, copied'] / rates['float32']:.2f}x")

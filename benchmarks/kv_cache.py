@@ -43,6 +43,7 @@ TARGET = 0.9
 def decode_rates() -> dict:
   import jax
   import numpy as np
+  from benchmarks.decode_rounds import timed_rounds
   from codevision_jax.models import build_model, presets
   from codevision_jax.sampling.engine import DecodeEngine
 
@@ -65,31 +66,19 @@ def decode_rates() -> dict:
     e = DecodeEngine(model, chunk=128, page_size=setup.get("page_size", 0), round_gather=setup.get("round_gather"))
     e.allocate(s, setup["capacity"], setup.get("pool_tokens"))
     e.append_many([(slot, p, None, None) for slot, p in enumerate(prompts)])
-    engines[name] = dict(engine=e, counts=np.zeros(s, np.int32), times=[], tokens=[])
-  for r in range(1 + FLAGS.runs):  # Round 0 compiles; the engines take turns (a shared machine
-    for name, v in engines.items():  # slows them alike).
-      t0 = time.perf_counter()
-      t, _, n = v["engine"].decode(
-        np.ones(s, bool), np.full(s, steps), keys, v["counts"], max_steps=steps, temperature=1.0
-      )
-      jax.block_until_ready(t)
-      if r:
-        v["times"].append(time.perf_counter() - t0)
-      v["tokens"].append(np.asarray(t))
-      v["counts"] = v["counts"] + np.asarray(n)
+    engines[name] = e
+  rounds = timed_rounds(engines, keys, steps, FLAGS.runs)
   rates = {}
-  for name, v in engines.items():
-    e = v["engine"]
+  for name, (times, _) in rounds.items():
+    e = engines[name]
     assert int(e.lengths.max()) == FLAGS.filled, e.lengths
-    rates[name] = s * steps / min(v["times"])
+    rates[name] = s * steps / min(times)
     print(
       f"  {name:18s} {rates[name]:9.0f} tokens/s (best round of {FLAGS.runs}; median "
-      f"{s * steps / statistics.median(v['times']):.0f})   attends over {e.last_span} entries"
+      f"{s * steps / statistics.median(times):.0f})   attends over {e.last_span} entries"
     )
-  same = all(
-    (np.concatenate(v["tokens"], 1) == np.concatenate(engines["dense short"]["tokens"], 1)).all()
-    for v in engines.values()
-  )
+  short = np.concatenate([t for t, _ in rounds["dense short"][1]], 1)
+  same = all((np.concatenate([t for t, _ in out], 1) == short).all() for _, out in rounds.values())
   print(f"  same tokens: {same}")
   return rates
 

@@ -11,18 +11,18 @@ import pytest
 from flax import nnx
 
 from codevision_jax.sampling.engine import DecodeEngine
+from codevision_jax.train.step import cast_floats
 from test_paged_kv import _model, _segment
-
-
-def _bfloat16(model):
-  return jax.tree.map(
-    lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, nnx.state(model, nnx.Param)
-  )
 
 
 def _rounds(model, upcast: bool, capacity: int, page_size: int, long_waiting: bool, round_gather):
   e = DecodeEngine(
-    model, chunk=16, params=_bfloat16(model), page_size=page_size, round_upcast=upcast, round_gather=round_gather
+    model,
+    chunk=16,
+    params=cast_floats(nnx.state(model, nnx.Param), jnp.bfloat16),
+    page_size=page_size,
+    round_upcast=upcast,
+    round_gather=round_gather,
   )
   e.allocate(3, capacity)
   rng = np.random.default_rng(0)

@@ -505,6 +505,9 @@ class DecodeEngine:
     if params is not None:  # The engine's own parameters (e.g. a bfloat16 copy): their dtypes
       self._check_structure(params)  # are what later `update_params` calls must match.
       self._params = params
+    # The cache's dtype is the parameters' (fixed: `update_params` keeps dtypes): a round's float32
+    # copy applies to a narrower one.
+    self._narrow_cache = jnp.dtype(self.dtype).itemsize < 4
     self.state: DecodeState | None = None
     self._cache_sharding = None
     self.last_span = 0
@@ -890,7 +893,7 @@ class DecodeEngine:
       span=self._span(filled + max_steps),
       page_size=self.page_size,
       round_gather=self.round_gather,
-      round_upcast=self.round_upcast and jnp.dtype(self.dtype).itemsize < 4,
+      round_upcast=self.round_upcast and self._narrow_cache,
     )
     self._unsynced = n if self._unsynced is None else self._unsynced + n  # Stays on device.
     return tokens, logprobs, n
