@@ -27,7 +27,8 @@ def get_config():
   # The short SFT that makes the tiny policy (an SFT config; `python -m launch.rl` runs it first
   # into <workdir>/sft, and an empty init.sft_workdir starts RL from its latest checkpoint).
   c.sft = tiny_sft.get_config()
-  c.sft.train.steps = 480
+  c.sft.train.steps = 480  # Not fewer: RL from a 240-step run (seed 0) did not learn, its held-out
+  # reward went 0.52 -> 0.37 in 16 rounds.
   c.sft.optim.lr = 3e-3
   c.sft.data.synthetic_size = 512
   c.sft.data.synthetic_kinds = ("arrow",)
@@ -60,7 +61,9 @@ def get_config():
   c.judge.max_concurrency = 8
   c.executor.workers = 2  # Workers of the local service.
   c.algo.mini_batch_prompts = 4  # Two optimizer steps a round, as the recipe.
-  c.optim.lr = 2e-4
+  c.optim.lr = 2e-4  # Not higher (seed 0, a bfloat16 sampler): at 3e-4 the held-out reward rose to
+  # 0.93 by round 4, then fell to 0.31 by round 8 as the tool code degraded (38 of 40 calls did not
+  # parse); at 6e-4 the policy stopped calling the tool by round 4.
   c.optim.weight_decay = 0.0
 
   c.train.rounds = 16
