@@ -81,6 +81,21 @@ class BatchSpec:
       raise ValueError(f"data.packing {self.packing!r} is not one of {PACKING}")
     _ = self.geometry  # Checks the buckets and the patch budget.
 
+  @classmethod
+  def from_config(cls, cfg) -> BatchSpec:
+    """The layout an SFT config's `data` and `train` sections give, over this job's processes."""
+    return cls(
+      buckets=tuple(cfg.data.buckets),
+      batch_size=cfg.data.batch_size,
+      patch_budget=cfg.data.patch_budget,
+      grad_accum=cfg.train.grad_accum,
+      max_images=cfg.data.max_images,
+      num_hosts=jax.process_count(),
+      sort_window=cfg.data.sort_window,
+      num_groups=cfg.data.groups,
+      packing=cfg.data.packing,
+    )
+
   @property
   def geometry(self) -> geometry_lib.Geometry:
     """The shapes of one group."""

@@ -169,6 +169,12 @@ def build(
   a plan: its trajectories' examples (images decoded now), several to a row as planned; its pixel
   values uint8 (`rl.learner.to_device` normalises them there)."""
   examples = [trajectory_example(trajectories[i], settings, float(advantages[i]), uint8=True) for i in plan.members]
+  return _pack_plan(examples, plan, geometry, model_config, pad_id)
+
+
+def _pack_plan(examples: Sequence[Example], plan: MicrobatchPlan, geometry: Geometry, model_config, pad_id: int):
+  """The microbatch of `plan` from its members' `examples` (in `plan.members` order): `data.pack`
+  with the plan's bucket, rows and patch budget."""
   return pack.pack(
     examples,
     length=plan.bucket,
@@ -197,16 +203,6 @@ def microbatches(
         f"{len(ex.image_grid_thw)} images does not fit the microbatch geometry {geometry}"
       )
   return [
-    pack.pack(
-      [examples[i] for i in p.members],
-      length=p.bucket,
-      rows=geometry.rows,
-      patch_budget=geometry.patch_budget,
-      max_images=geometry.max_images,
-      model_config=model_config,
-      pad_id=pad_id,
-      max_image_patches=geometry.max_image_patches,
-      rows_of=[r for r, row in enumerate(p.rows) for _ in row],
-    )
-    for p in plan_microbatches(range(len(examples)), sizes, geometry, packing)
+    _pack_plan([examples[i] for i in p.members], p, geometry, model_config, pad_id)
+    for p in plan_microbatches(range(len(examples)), sizes, geometry, packing)  # Budget: geometry's.
   ]

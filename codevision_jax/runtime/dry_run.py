@@ -262,16 +262,7 @@ def padding_batch(cfg, mc) -> dict:
   from codevision_jax.data.pipeline import BatchSpec
 
   settings = run_setup.image_settings(cfg.model, cfg.data, mc.model_type)
-  spec = BatchSpec(
-    buckets=tuple(cfg.data.buckets),
-    batch_size=cfg.data.batch_size,
-    patch_budget=cfg.data.patch_budget,
-    grad_accum=cfg.train.grad_accum,
-    max_images=cfg.data.max_images,
-    num_hosts=jax.process_count(),
-    num_groups=cfg.data.groups,
-    packing=cfg.data.packing,
-  )
+  spec = BatchSpec.from_config(cfg)
   mb = pack.pack(
     [],
     length=max(cfg.data.buckets),

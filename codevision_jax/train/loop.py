@@ -36,20 +36,6 @@ log = logging.getLogger(__name__)
 # ---- building blocks ------------------------------------------------------------------------------
 
 
-def make_spec(cfg) -> pipeline.BatchSpec:
-  return pipeline.BatchSpec(
-    buckets=tuple(cfg.data.buckets),
-    batch_size=cfg.data.batch_size,
-    patch_budget=cfg.data.patch_budget,
-    grad_accum=cfg.train.grad_accum,
-    max_images=cfg.data.max_images,
-    num_hosts=jax.process_count(),
-    sort_window=cfg.data.sort_window,
-    num_groups=cfg.data.groups,
-    packing=cfg.data.packing,
-  )
-
-
 def record_origin(source, index: int) -> str:
   """Record `index`'s name in messages: "file:index" (or the TFDS set and index)."""
   origins = source.origins() if hasattr(source, "origins") else None
@@ -60,7 +46,7 @@ def dropped_records(cfg, sizes, source) -> list[dict]:
   """The records no batch can hold, each with its sizes and why: refused (ValueError naming them
   and the setting that fits them) unless `data.drop_oversized`; records skipped as bad
   (`data.skip_bad`) are counted too."""
-  spec = make_spec(cfg)
+  spec = pipeline.BatchSpec.from_config(cfg)
   if not cfg.data.get("drop_oversized", False):
     pipeline.refuse_oversized(sizes, spec, lambda i: record_origin(source, i))
   why = dict(pipeline.oversized(sizes, spec))
@@ -80,7 +66,7 @@ def dropped_records(cfg, sizes, source) -> list[dict]:
 
 
 def make_plan(cfg, sizes, total_steps_hint: int = 0) -> pipeline.BatchPlan:
-  spec = make_spec(cfg)
+  spec = pipeline.BatchSpec.from_config(cfg)
   plan = pipeline.BatchPlan(sizes, spec, seed=cfg.data.seed, num_epochs=cfg.data.num_epochs)
   if total_steps_hint > len(plan):  # More steps than epochs: plan enough further epochs.
     epochs = cfg.data.num_epochs * math.ceil(total_steps_hint / len(plan)) + 1
