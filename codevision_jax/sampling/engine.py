@@ -346,10 +346,11 @@ def _decode(
   `round_gather` (paged): the rows' pages are gathered once into a dense view of `span` entries
   (and a scratch entry), the steps run on it as on a dense cache, and the new entries are written
   back to the pages after the round: a transient dense copy of the span, for speed on CPU.
-  `round_upcast`: the steps run on a float32 copy of the (bfloat16) entries they attend over,
-  and the rows' new entries are written back after the round: XLA's CPU backend converts a
-  bfloat16 operand to float32 for every dot, so attending a bfloat16 cache costs a conversion of
-  the span at every step; the tokens and log-probs are the same bits (`_xla_attention`)."""
+  `round_upcast`: a cache narrower than float32 is attended through a float32 copy of the entries
+  the steps attend over, and the rows' new entries are written back after the round: XLA's CPU
+  backend converts a bfloat16 operand to float32 for every dot, so attending a bfloat16 cache
+  costs a conversion of the span at every step; the tokens and log-probs are the same bits
+  (`_xla_attention`). A float32 cache is attended as it is."""
   TRACE_COUNTS["decode"] += 1
   model = nnx.merge(graphdef, params, rest)
   s = active.shape[0]
@@ -362,7 +363,8 @@ def _decode(
     # slice of it a step; idle rows write to its last entry.
     state, page_size, cache_sharding = state.replace(cache=view), 0, None
   low = None
-  if round_upcast and not page_size:  # A dense cache, or a paged one's gathered view.
+  narrow = jnp.dtype(jax.tree.leaves(state.cache)[0].dtype).itemsize < 4
+  if round_upcast and narrow and not page_size:  # A dense cache, or a paged one's gathered view.
     if pool is None:  # Dense: the attended entries and one past them, the copy's scratch entry.
       low, start = state.cache, state.lengths
       kept = min(span + 1, cache_entries(low)) if span else cache_entries(low)
@@ -505,9 +507,6 @@ class DecodeEngine:
     if params is not None:  # The engine's own parameters (e.g. a bfloat16 copy): their dtypes
       self._check_structure(params)  # are what later `update_params` calls must match.
       self._params = params
-    # The cache's dtype is the parameters' (fixed: `update_params` keeps dtypes): a round's float32
-    # copy applies to a narrower one.
-    self._narrow_cache = jnp.dtype(self.dtype).itemsize < 4
     self.state: DecodeState | None = None
     self._cache_sharding = None
     self.last_span = 0
@@ -893,7 +892,7 @@ class DecodeEngine:
       span=self._span(filled + max_steps),
       page_size=self.page_size,
       round_gather=self.round_gather,
-      round_upcast=self.round_upcast and self._narrow_cache,
+      round_upcast=self.round_upcast,
     )
     self._unsynced = n if self._unsynced is None else self._unsynced + n  # Stays on device.
     return tokens, logprobs, n
