@@ -202,7 +202,8 @@ def microbatches(
         f"an example of {len(ex)} tokens, {len(ex.pixel_values)} patches and "
         f"{len(ex.image_grid_thw)} images does not fit the microbatch geometry {geometry}"
       )
+  # Planned without `patch_budgets`: every plan's patch budget is `geometry.patch_budget`.
   return [
     _pack_plan([examples[i] for i in p.members], p, geometry, model_config, pad_id)
-    for p in plan_microbatches(range(len(examples)), sizes, geometry, packing)  # Budget: geometry's.
+    for p in plan_microbatches(range(len(examples)), sizes, geometry, packing)
   ]
